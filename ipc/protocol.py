@@ -1,0 +1,223 @@
+"""The supervisor <-> worker wire protocol: msgspec Structs in one tagged union.
+
+Every packet is a :class:`Packet` subclass, encoded as a msgpack array whose first
+element is the tag. :data:`AnyPacket` is the union a :class:`ipc.Channel` decodes.
+Direction is noted per class: W→S (worker to supervisor), S→W, or both.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+from msgspec import Struct
+
+__all__ = [
+    "AnyPacket", "Assign", "Assignment", "Drain", "Drained", "Hello",
+    "IdentifyCancel", "IdentifyDone", "IdentifyGrant", "IdentifyRefused", "IdentifyRequest",
+    "IdentifyStarted", "Packet", "Ping", "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
+    "ShardFatal", "ShardStatus", "StatusReport", "WorkerFatal", "decode", "encode",
+]
+
+
+class Packet(Struct, tag=True, array_like=True, frozen=True):
+    """Base of every wire packet."""
+
+
+class SessionInfo(Struct, array_like=True, frozen=True):
+    """What a shard needs to Resume: its session id, last sequence and resume URL."""
+
+    shard_id: int
+    session_id: str
+    seq: int
+    resume_url: str | None = None
+
+
+# --- lifecycle -----------------------------------------------------------------------------
+
+
+class Hello(Packet, tag="hello"):
+    """W→S: the worker process is up, its handler imported, and it is ready for shards."""
+
+    worker_id: int
+    pid: int
+
+
+class Assignment(Struct, array_like=True, frozen=True):
+    """One shard for a worker to run, with the session to resume if there is one."""
+
+    shard_id: int
+    session: SessionInfo | None = None
+
+
+class Assign(Packet, tag="assign"):
+    """S→W: start these shards (of ``shard_total``)."""
+
+    shard_total: int
+    shards: list[Assignment]
+
+
+class Drain(Packet, tag="drain"):
+    """S→W: close every shard (resumably if ``resumable``), answer :class:`Drained`, exit."""
+
+    resumable: bool = True
+
+
+class Drained(Packet, tag="drained"):
+    """W→S: all shards closed; here are their final sessions."""
+
+    sessions: list[SessionInfo]
+
+
+class RestartShard(Packet, tag="restart_shard"):
+    """S→W: reconnect one shard (it resumes if its session allows)."""
+
+    shard_id: int
+    reason: str
+
+
+class WorkerFatal(Packet, tag="worker_fatal"):
+    """W→S: the worker cannot run (e.g. the handler failed to import or set up)."""
+
+    kind: str
+    message: str
+
+
+class ShardFatal(Packet, tag="shard_fatal"):
+    """W→S: a shard was closed with a fatal gateway code (4004, 4010-4014)."""
+
+    shard_id: int
+    code: int | None
+    reason: str
+
+
+# --- liveness ------------------------------------------------------------------------------
+
+
+class Ping(Packet, tag="ping"):
+    """S→W: IPC heartbeat; the worker's event loop answers with :class:`Pong`."""
+
+    nonce: int
+
+
+class Pong(Packet, tag="pong"):
+    """W→S: answer to :class:`Ping`."""
+
+    nonce: int
+
+
+# --- identify coordination -----------------------------------------------------------------
+
+
+class IdentifyRequest(Packet, tag="id_req"):
+    """W→S: the shard wants an identify slot. ``reason``: why it must identify."""
+
+    shard_id: int
+    reason: str = "initial"
+
+
+class IdentifyGrant(Packet, tag="id_grant"):
+    """S→W: the shard may send Identify now."""
+
+    shard_id: int
+
+
+class IdentifyRefused(Packet, tag="id_refused"):
+    """S→W: the supervisor will not let the shard identify (the session budget is guarded)."""
+
+    shard_id: int
+    reason: str
+
+
+class IdentifyStarted(Packet, tag="id_started"):
+    """W→S: the granted shard is sending Identify now; its bucket's window starts here."""
+
+    shard_id: int
+
+
+class IdentifyDone(Packet, tag="id_done"):
+    """W→S: the Identify ended: READY (``ready``) or INVALID_SESSION / close before READY."""
+
+    shard_id: int
+    ready: bool
+
+
+class IdentifyCancel(Packet, tag="id_cancel"):
+    """W→S: the shard stopped waiting (or never used its grant)."""
+
+    shard_id: int
+
+
+# --- reports -------------------------------------------------------------------------------
+
+
+class SessionReport(Packet, tag="sessions"):
+    """W→S: sessions that changed since the last report (batched)."""
+
+    sessions: list[SessionInfo]
+
+
+class ShardStatus(Struct, array_like=True, frozen=True):
+    """One shard's health in a :class:`StatusReport`. Counters are deltas since the last report."""
+
+    shard_id: int
+    state: str
+    latency: float | None = None
+    last_ack_age: float | None = None
+    last_event_age: float | None = None
+    events: dict[str, int] = {}
+
+
+class StatusReport(Packet, tag="status"):
+    """W→S: periodic worker health: its shards, memory and event-loop lag."""
+
+    shards: list[ShardStatus]
+    rss: int = 0
+    loop_lag: float = 0.0
+    blocked: int = 0
+    handler_errors: int = 0
+
+
+# --- calls ---------------------------------------------------------------------------------
+
+
+class Request(Packet, tag="request"):
+    """Both ways: a typed call. ``name`` is an :class:`ipc.Call` type, ``body`` its msgpack.
+
+    With ``broadcast`` (W→S only) the supervisor fans the call out to every worker and
+    answers with one :class:`Response` whose body is a list of :class:`ipc.Reply`.
+    """
+
+    id: int
+    name: str
+    body: bytes
+    broadcast: bool = False
+    timeout: float = 5.0
+
+
+class Response(Packet, tag="response"):
+    """Both ways: the answer to :class:`Request` ``id``: msgpack ``body`` or an ``error``."""
+
+    id: int
+    body: bytes | None = None
+    error: str | None = None
+
+
+AnyPacket = Union[
+    Hello, Assign, Drain, Drained, RestartShard, WorkerFatal, ShardFatal, Ping, Pong,
+    IdentifyRequest, IdentifyGrant, IdentifyRefused, IdentifyStarted, IdentifyDone,
+    IdentifyCancel, SessionReport, StatusReport, Request, Response,
+]
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(AnyPacket)
+
+
+def encode(packet: Packet) -> bytes:
+    """Encode one packet to msgpack (without framing)."""
+    return _encoder.encode(packet)
+
+
+def decode(data: bytes) -> Packet:
+    """Decode one packet; raises ``msgspec.DecodeError`` or ``ValidationError`` if malformed."""
+    return _decoder.decode(data)

@@ -1,0 +1,72 @@
+"""A real worker-side process for the IPC tests: serves typed calls over its pipe end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+
+import ipc
+from ipc.protocol import Hello, Request
+
+
+class Add(ipc.Call):
+    a: int
+    b: int
+
+
+class Sleep(ipc.Call):
+    seconds: float
+
+
+class Block(ipc.Call):
+    """Blocks the peer's event loop (time.sleep), as a misbehaving handler would."""
+
+    seconds: float
+
+
+class Boom(ipc.Call):
+    pass
+
+
+class WhoAmI(ipc.Call):
+    pass
+
+
+class Exit(ipc.Call):
+    code: int
+
+
+def serve(conn, worker_id: int = 0) -> None:
+    asyncio.run(_serve(conn, worker_id))
+
+
+async def _serve(conn, worker_id: int) -> None:
+    async def handle(call: ipc.Call):
+        match call:
+            case Add(a, b):
+                return a + b
+            case Sleep(seconds):
+                await asyncio.sleep(seconds)
+                return "slept"
+            case Block(seconds):
+                time.sleep(seconds)
+                return "blocked"
+            case Boom():
+                raise ValueError("boom")
+            case WhoAmI():
+                return {"worker_id": worker_id, "pid": os.getpid()}
+            case Exit(code):
+                os._exit(code)
+        raise NotImplementedError(type(call).__name__)
+
+    async def reply(request: Request) -> None:
+        channel.send(await ipc.answer(request, handle))
+
+    def on_packet(packet) -> None:
+        if isinstance(packet, Request):
+            asyncio.get_running_loop().create_task(reply(packet))
+
+    channel = await ipc.Channel.open(conn, on_packet, name=f"peer{worker_id}")
+    channel.send(Hello(worker_id, os.getpid()))
+    await channel.wait_closed()
