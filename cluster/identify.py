@@ -1,0 +1,155 @@
+"""The supervisor's identify coordinator (sans-I/O; every method takes ``now``).
+
+One slot per rate-limit bucket ``shard % max_concurrency``. A bucket grants at most one
+Identify per ``window`` seconds, and the granted shard *holds* the slot until it reports
+READY or INVALID_SESSION (or ``hold_timeout`` passes), so a slow shard never overlaps the
+next one in its bucket. The window starts when the worker says the Identify is going out
+(:meth:`started`), not at the grant, so IPC latency cannot shrink the gap; an Identify that
+fails restarts its bucket's window (adaptive slow-down). Every grant spends from the
+:class:`~cluster.budget.SessionBudget`, which may defer or refuse it.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass, field
+
+from cluster.budget import SessionBudget
+
+__all__ = ["Defer", "Grant", "IdentifyCoordinator", "Refuse"]
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """The shard may identify now; it waited ``waited`` seconds in the queue."""
+
+    shard_id: int
+    waited: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """The shard must not identify (the budget's safety margin); ``message`` says why."""
+
+    shard_id: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Defer:
+    """Identifies are held back until ``until`` to protect the budget (log it as a warning)."""
+
+    until: float
+    message: str
+
+
+@dataclass(slots=True)
+class _Bucket:
+    queue: list[int] = field(default_factory=list)  # waiting shard ids, sorted
+    holder: int | None = None
+    held_until: float = 0.0
+    window_start: float = -math.inf
+
+
+class IdentifyCoordinator:
+    """Grants identify slots across every worker of a cluster."""
+
+    def __init__(self, max_concurrency: int, budget: SessionBudget, *, window: float = 5.0,
+                 hold_timeout: float = 15.0, slack: float = 0.05) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be >= 1")
+        self.max_concurrency = max_concurrency
+        self.budget = budget
+        self.window = window + slack
+        self.hold_timeout = hold_timeout
+        self._buckets = [_Bucket() for _ in range(max_concurrency)]
+        self._waiting: dict[int, tuple[float, str]] = {}  # shard -> (enqueued at, reason)
+        self._deferred_until = -math.inf
+        self.expired_holds = 0
+
+    def _bucket(self, shard_id: int) -> _Bucket:
+        return self._buckets[shard_id % self.max_concurrency]
+
+    @property
+    def depth(self) -> int:
+        """Shards waiting for a slot."""
+        return len(self._waiting)
+
+    def holders(self) -> list[int]:
+        return [b.holder for b in self._buckets if b.holder is not None]
+
+    # --- events from workers -------------------------------------------------------------
+
+    def request(self, shard_id: int, now: float, reason: str = "initial") -> None:
+        """A shard asks for a slot (a repeated request while waiting is ignored)."""
+        b = self._bucket(shard_id)
+        if b.holder == shard_id:  # it is identifying again: its previous attempt ended
+            self.done(shard_id, False, now)
+        if shard_id not in self._waiting:
+            self._waiting[shard_id] = (now, reason)
+            bisect.insort(b.queue, shard_id)
+
+    def started(self, shard_id: int, now: float) -> None:
+        """The granted shard is sending Identify: its bucket's window starts now."""
+        b = self._bucket(shard_id)
+        if b.holder == shard_id:
+            b.window_start = max(b.window_start, now)
+
+    def done(self, shard_id: int, ready: bool, now: float) -> None:
+        """The shard's Identify ended with READY (``ready``) or INVALID_SESSION/close."""
+        b = self._bucket(shard_id)
+        if b.holder == shard_id:
+            b.holder = None
+            if not ready:  # back off this bucket a full window from the failure
+                b.window_start = max(b.window_start, now)
+
+    def cancel(self, shard_id: int) -> None:
+        """The shard no longer wants a slot (its worker died or it was closed)."""
+        b = self._bucket(shard_id)
+        if self._waiting.pop(shard_id, None) is not None:
+            b.queue.remove(shard_id)
+        if b.holder == shard_id:
+            b.holder = None  # the window stays: the Identify may have gone out
+
+    # --- decisions ------------------------------------------------------------------------
+
+    def poll(self, now: float) -> list[Grant | Refuse | Defer]:
+        """Grant every slot that is free at ``now``; call again at :meth:`next_deadline`."""
+        out: list[Grant | Refuse | Defer] = []
+        for b in self._buckets:
+            if b.holder is not None and now >= b.held_until:
+                b.holder = None
+                self.expired_holds += 1
+            if b.holder is not None or not b.queue or now < b.window_start + self.window:
+                continue
+            if now < self._deferred_until:
+                continue
+            verdict = self.budget.check(now)
+            if verdict.refused:
+                for shard_id in b.queue:
+                    self._waiting.pop(shard_id, None)
+                    out.append(Refuse(shard_id, verdict.reason))
+                b.queue.clear()
+                continue
+            if not verdict.allowed:
+                self._deferred_until = verdict.not_before
+                out.append(Defer(verdict.not_before, verdict.reason))
+                continue
+            shard_id = b.queue.pop(0)
+            enqueued, reason = self._waiting.pop(shard_id)
+            b.holder, b.held_until, b.window_start = shard_id, now + self.hold_timeout, now
+            self.budget.spend(now)
+            out.append(Grant(shard_id, now - enqueued, reason))
+        return out
+
+    def next_deadline(self, now: float) -> float | None:
+        """The earliest time :meth:`poll` could do something new, or None if idle."""
+        times = []
+        for b in self._buckets:
+            if b.holder is not None:
+                times.append(b.held_until)
+            elif b.queue:
+                times.append(max(b.window_start + self.window, self._deferred_until))
+        return min(times) if times else None

@@ -1,0 +1,173 @@
+"""The identify coordinator and the session budget guard (pure logic, injected clock)."""
+
+import math
+
+from hypothesis import given, settings, strategies as st
+
+from cluster.budget import SessionBudget
+from cluster.identify import Defer, Grant, IdentifyCoordinator, Refuse
+
+
+def coord(mc=4, total=1000, remaining=None, reserve=0, window=5.0, hold=15.0, **kw):
+    return IdentifyCoordinator(mc, SessionBudget(total, remaining, 86400.0, reserve=reserve, **kw),
+                               window=window, hold_timeout=hold, slack=0.0)
+
+
+def grants(decisions):
+    return [d.shard_id for d in decisions if isinstance(d, Grant)]
+
+
+def test_one_grant_per_bucket_and_buckets_in_parallel():
+    c = coord(mc=4)
+    for s in range(8):
+        c.request(s, 0.0)
+    assert grants(c.poll(0.0)) == [0, 1, 2, 3]
+    assert c.depth == 4
+    for s in range(4):
+        c.done(s, True, 0.5)
+    assert grants(c.poll(4.99)) == []
+    assert c.next_deadline(1.0) == 5.0
+    assert grants(c.poll(5.0)) == [4, 5, 6, 7]
+
+
+def test_slot_is_held_until_ready_even_after_the_window():
+    c = coord(mc=1)
+    c.request(0, 0.0)
+    c.request(1, 0.0)
+    assert grants(c.poll(0.0)) == [0]
+    assert grants(c.poll(6.0)) == []  # shard 0 has not reported READY
+    c.done(0, True, 7.0)
+    assert grants(c.poll(7.0)) == [1]
+
+
+def test_hold_expires_after_timeout():
+    c = coord(mc=1, hold=10.0)
+    c.request(0, 0.0)
+    c.request(1, 0.0)
+    c.poll(0.0)
+    assert c.next_deadline(1.0) == 10.0
+    assert grants(c.poll(10.0)) == [1]
+    assert c.expired_holds == 1
+
+
+def test_window_starts_when_identify_is_sent_not_at_grant():
+    c = coord(mc=1)
+    c.request(0, 0.0)
+    c.request(1, 0.0)
+    c.poll(0.0)
+    c.started(0, 0.8)  # IPC / loop latency between grant and send
+    c.done(0, True, 1.0)
+    assert grants(c.poll(5.0)) == []
+    assert grants(c.poll(5.8)) == [1]
+
+
+def test_failed_identify_restarts_the_window():
+    c = coord(mc=1)
+    c.request(0, 0.0)
+    c.request(1, 0.0)
+    c.poll(0.0)
+    c.done(0, False, 3.0)  # INVALID_SESSION: maybe we were too fast; slow down
+    assert grants(c.poll(5.0)) == []
+    assert grants(c.poll(8.0)) == [1]
+
+
+def test_queue_orders_by_shard_id_and_ignores_duplicates():
+    c = coord(mc=2)
+    for s in (6, 2, 4, 0, 2):
+        c.request(s, 0.0)
+    order = []
+    t = 0.0
+    while c.depth:
+        for s in grants(c.poll(t)):
+            order.append(s)
+            c.done(s, True, t)
+        t += 5.0
+    assert order == [0, 2, 4, 6]
+
+
+def test_cancel_releases_waiting_and_held_slots():
+    c = coord(mc=1)
+    c.request(0, 0.0)
+    c.request(1, 0.0)
+    c.poll(0.0)
+    c.cancel(1)
+    c.cancel(0)
+    assert c.depth == 0 and c.holders() == [] and c.next_deadline(0.0) is None
+
+
+def test_reidentify_while_holding_ends_previous_attempt():
+    c = coord(mc=1)
+    c.request(0, 0.0)
+    c.poll(0.0)
+    c.request(0, 2.0, "invalid_session")
+    assert c.holders() == []
+    (g,) = c.poll(7.0)
+    assert g == Grant(0, 5.0, "invalid_session")
+
+
+def test_refuses_below_safety_margin_with_clear_message():
+    c = coord(mc=1, total=1000, remaining=12, reserve=10, pace_below=0)
+    for s in range(4):
+        c.request(s, 0.0)
+    assert grants(c.poll(0.0)) == [0]
+    c.done(0, True, 0.1)
+    assert grants(c.poll(5.0)) == [1]
+    c.done(1, True, 5.1)
+    refused = [d for d in c.poll(10.0) if isinstance(d, Refuse)]
+    assert [r.shard_id for r in refused] == [2, 3]
+    assert "safety margin of 10" in refused[0].message and "10 of 1000" in refused[0].message
+    assert c.budget.remaining == 10 and c.depth == 0
+
+
+def test_paces_identifies_when_budget_is_low():
+    c = coord(mc=4, total=1000, remaining=30, reserve=10, pace_below=40)
+    # after one grant, 19 identifies above the reserve and 86400 s to reset: one per 4547 s
+    for s in range(3):
+        c.request(s, 0.0)
+    d = c.poll(0.0)
+    assert grants(d) == [0]
+    (defer,) = [x for x in d if isinstance(x, Defer)][:1]
+    assert math.isclose(defer.until, 86400 / (29 - 10), rel_tol=1e-6)
+    assert "pacing" in defer.message
+    assert grants(c.poll(100.0)) == []
+    assert grants(c.poll(defer.until)) == [1]
+
+
+def test_budget_refills_at_reset_and_refresh():
+    b = SessionBudget(100, 5, reset_after=60.0, reserve=5)
+    assert not b.check(0.0).allowed
+    assert b.check(60.0).allowed and b.available(60.0) == 100
+    b.refresh(1000, 999, 3600.0, 61.0)
+    assert b.available(61.0) == 999 and math.isclose(b.reset_in(61.0), 3600.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(mc=st.integers(1, 4), shards=st.integers(1, 12),
+       events=st.lists(st.tuples(st.sampled_from(["req", "start", "ok", "fail", "cancel", "tick"]),
+                                 st.integers(0, 11), st.floats(0.0, 3.0)), max_size=60))
+def test_invariants(mc, shards, events):
+    window = 5.0
+    c = coord(mc=mc, total=1000, remaining=40, reserve=10, window=window, hold=8.0)
+    now = 0.0
+    last_grant: dict[int, float] = {}
+    spent = 0
+    for kind, shard, dt in events:
+        shard %= shards
+        now += dt
+        if kind == "req":
+            c.request(shard, now)
+        elif kind == "start":
+            c.started(shard, now)
+        elif kind in ("ok", "fail"):
+            c.done(shard, kind == "ok", now)
+        elif kind == "cancel":
+            c.cancel(shard)
+        for d in c.poll(now):
+            if isinstance(d, Grant):
+                bucket = d.shard_id % mc
+                assert now - last_grant.get(bucket, -math.inf) >= window
+                last_grant[bucket] = now
+                spent += 1
+        holders = c.holders()
+        assert len({h % mc for h in holders}) == len(holders)
+    assert c.budget.remaining == 40 - spent >= 10
