@@ -1,0 +1,79 @@
+"""The admin HTTP API under /_sim/: stats and chaos controls, for tests and for humans poking a running sim.
+
+    GET  /_sim/stats                             accounting snapshot (JSON)
+    GET  /_sim/config                            the settings (token redacted)
+    POST /_sim/shards/{n}/reconnect              op 7
+    POST /_sim/shards/{n}/invalidate?resumable=false   op 9
+    POST /_sim/shards/{n}/zombie?on=true         stop ACKing heartbeats
+    POST /_sim/shards/{n}/drop                   TCP drop, no close frame
+    POST /_sim/shards/{n}/close?code=4000&reason=...
+    POST /_sim/shards/{n}/heartbeat              server-sent op 1
+    POST /_sim/shards/{n}/corrupt?kind=compressed|json|opcode|event
+    POST /_sim/shards/{n}/pause | unpause        pause the event stream
+    POST /_sim/shards/{n}/delay?seconds=0.5      delay all output
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .server import Request, Response, Simulator
+
+
+def _bool(value: str | None, default: bool) -> bool:
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {value!r}")
+
+
+def handle(sim: Simulator, req: Request) -> Response:
+    from .server import json_response
+
+    parts = [p for p in req.path.split("/") if p][1:]  # drop "_sim"
+    if parts == ["stats"] and req.method == "GET":
+        return json_response(sim.stats.snapshot())
+    if parts == ["config"] and req.method == "GET":
+        cfg = dataclasses.asdict(sim.config)
+        cfg["token"] = "<redacted>"
+        return json_response(cfg)
+    if len(parts) == 3 and parts[0] == "shards":
+        if req.method != "POST":
+            return json_response({"message": "chaos controls are POST requests"}, 405)
+        try:
+            shard = int(parts[1])
+            action = parts[2]
+            if action == "reconnect":
+                n = sim.reconnect(shard)
+            elif action == "invalidate":
+                n = sim.invalidate(shard, _bool(req.arg("resumable"), False))
+            elif action == "zombie":
+                n = sim.zombie(shard, _bool(req.arg("on"), True))
+            elif action == "drop":
+                n = sim.drop(shard)
+            elif action == "close":
+                n = sim.close(shard, int(req.arg("code", "4000")), req.arg("reason", "closed by chaos control"))
+            elif action == "heartbeat":
+                n = sim.request_heartbeat(shard)
+            elif action == "corrupt":
+                n = sim.corrupt(shard, req.arg("kind", "compressed"))
+            elif action == "pause":
+                n = sim.pause(shard)
+            elif action == "unpause":
+                n = sim.unpause(shard)
+            elif action == "delay":
+                n = sim.delay(shard, float(req.arg("seconds", "0")))
+            else:
+                return json_response({"message": f"unknown chaos action {action!r}"}, 404)
+        except ValueError as err:
+            return json_response({"message": str(err)}, 400)
+        return json_response({"shard": shard, "action": action, "affected": n})
+    return json_response({"message": "404: Not Found", "code": 0}, 404)
+
+
+__all__ = ["handle"]

@@ -1,0 +1,95 @@
+"""Outgoing gateway encodings: each turns one JSON payload into ready-to-write WebSocket frame bytes."""
+
+from __future__ import annotations
+
+import zlib
+
+from .wsframe import OP_BINARY, OP_TEXT, fragments, frame
+
+try:  # zlib-ng compresses the same format faster; optional extra
+    from zlib_ng import zlib_ng as _fast_zlib
+except ImportError:  # pragma: no cover - depends on the extra
+    _fast_zlib = zlib
+
+try:
+    import zstandard
+except ImportError:  # pragma: no cover - depends on the extra
+    zstandard = None
+
+SYNC_FLUSH_SUFFIX = b"\x00\x00\xff\xff"
+PAYLOAD_COMPRESS_MIN = 1024
+
+
+class Plain:
+    """Uncompressed text frames; with Identify `compress: true`, payloads over 1 KB become standalone zlib binary frames."""
+
+    name = None
+    __slots__ = ("payload_compression",)
+
+    def __init__(self) -> None:
+        self.payload_compression = False
+
+    def encode(self, data: bytes) -> bytes:
+        if self.payload_compression and len(data) > PAYLOAD_COMPRESS_MIN:
+            return frame(zlib.compress(data), OP_BINARY)
+        return frame(data, OP_TEXT)
+
+    def encode_many(self, payloads: list[bytes]) -> bytes:
+        return b"".join(map(self.encode, payloads))
+
+    def corrupt(self) -> bytes:
+        return frame(b"\x78\x9c\xde\xad\xbe\xef" + SYNC_FLUSH_SUFFIX, OP_BINARY)
+
+
+class ZlibStream:
+    """One deflate context per connection, Z_SYNC_FLUSH after each message, optionally split across frames."""
+
+    name = "zlib-stream"
+    __slots__ = ("_c", "_flood", "chunk")
+
+    def __init__(self, level: int, chunk: int = 0) -> None:
+        self._c = _fast_zlib.compressobj(level)
+        self._flood: object | None = None
+        self.chunk = chunk
+
+    def encode(self, data: bytes) -> bytes:
+        c = self._c
+        return fragments(c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH), OP_BINARY, self.chunk)
+
+    def encode_many(self, payloads: list[bytes]) -> bytes:
+        comp, flush, sync = self._c.compress, self._c.flush, zlib.Z_SYNC_FLUSH
+        return b"".join([frame(comp(p) + flush(sync), OP_BINARY) for p in payloads])
+
+    def corrupt(self) -> bytes:
+        # Not a valid continuation of the stream: the inflater fails on it. The client must start a new connection.
+        return frame(b"\xff\xfe\xfd\xfc\xfb\xfa" + SYNC_FLUSH_SUFFIX, OP_BINARY)
+
+
+class ZstdStream:
+    """One zstd frame for the whole connection, one flushed block per message (never ended)."""
+
+    name = "zstd-stream"
+    __slots__ = ("_c",)
+
+    def __init__(self, level: int = 3) -> None:
+        if zstandard is None:
+            raise RuntimeError("compress=zstd-stream needs the 'zstandard' package (pip install shardstack[zstd])")
+        self._c = zstandard.ZstdCompressor(level=level).compressobj()
+
+    def encode(self, data: bytes) -> bytes:
+        c = self._c
+        return frame(c.compress(data) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK), OP_BINARY)
+
+    def encode_many(self, payloads: list[bytes]) -> bytes:
+        return b"".join(map(self.encode, payloads))
+
+    def corrupt(self) -> bytes:
+        return frame(b"\xde\xad\xbe\xef" * 4, OP_BINARY)
+
+
+def transport_for(compress: str | None, zlib_level: int, zlib_chunk: int) -> Plain | ZlibStream | ZstdStream:
+    if compress == "zlib-stream":
+        return ZlibStream(zlib_level, zlib_chunk)
+    if compress == "zstd-stream":
+        return ZstdStream()
+    return Plain()

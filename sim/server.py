@@ -1,0 +1,430 @@
+"""The simulator: one TCP port serving REST (/api/v10), the gateway WebSocket, and the admin API (/_sim/)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import time
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from . import admin, rest, traffic
+from .config import SimConfig
+from .gateway import GatewayConnection
+from .session import EXPIRED, Session
+from .stats import Stats
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+RESUME_PATH = "/resume-gateway/"
+MAX_HEAD = 16384
+MAX_BODY = 1 << 20
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
+           413: "Payload Too Large", 426: "Upgrade Required", 429: "Too Many Requests", 431: "Request Header Fields Too Large"}
+
+
+class Request:
+    __slots__ = ("method", "path", "query", "headers", "body")
+
+    def __init__(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes) -> None:
+        self.method, self.path, self.query, self.headers, self.body = method, path, query, headers, body
+
+    def arg(self, name: str, default: str | None = None) -> str | None:
+        values = self.query.get(name)
+        return values[-1] if values else default
+
+
+class Response:
+    __slots__ = ("status", "body", "headers")
+
+    def __init__(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
+        self.status, self.body, self.headers = status, body, headers or {}
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    # discord.py requires exactly "application/json", with no charset parameter.
+    return Response(status, traffic.encode(obj), {"Content-Type": "application/json", **(headers or {})})
+
+
+class HttpProtocol(asyncio.Protocol):
+    """HTTP/1.1 with keep-alive; hands the transport to a GatewayConnection after a WebSocket upgrade."""
+
+    def __init__(self, sim: Simulator) -> None:
+        self.sim = sim
+        self.buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while self.transport is not None and not self.transport.is_closing():
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(self.buf) > MAX_HEAD:
+                    self._respond(json_response({"message": "request head too large"}, 431), close=True)
+                return
+            head = bytes(self.buf[:end]).decode("latin-1")
+            lines = head.split("\r\n")
+            try:
+                method, target, version = lines[0].split(" ")
+                headers = {}
+                for line in lines[1:]:
+                    name, _, value = line.partition(":")
+                    headers[name.strip().lower()] = value.strip()
+                length = int(headers.get("content-length", "0"))
+            except ValueError:
+                self._respond(json_response({"message": "400: Bad Request", "code": 0}, 400), close=True)
+                return
+            if length > MAX_BODY:
+                self._respond(json_response({"message": "request body too large"}, 413), close=True)
+                return
+            if len(self.buf) < end + 4 + length:
+                return
+            body = bytes(self.buf[end + 4:end + 4 + length])
+            rest_bytes = bytes(self.buf[end + 4 + length:])
+            self.buf = bytearray()
+            url = urlsplit(target)
+            req = Request(method, url.path, parse_qs(url.query), headers, body)
+            if headers.get("upgrade", "").lower() == "websocket":
+                self._upgrade(req, rest_bytes)
+                return
+            self.buf += rest_bytes
+            keep = version == "HTTP/1.1" and headers.get("connection", "").lower() != "close"
+            try:
+                resp = self.sim.handle_http(req)
+            except Exception as err:  # noqa: BLE001 - a bad request must never take the server down
+                resp = json_response({"message": f"500: {type(err).__name__}", "code": 0}, 500)
+            self._respond(resp, close=not keep)
+
+    def _respond(self, resp: Response, close: bool = False) -> None:
+        head = [f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Error')}",
+                f"Content-Length: {len(resp.body)}", f"Connection: {'close' if close else 'keep-alive'}",
+                "Via: 1.1 sim"]
+        head += [f"{k}: {v}" for k, v in resp.headers.items()]
+        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body)
+        if close:
+            self.transport.close()
+
+    def _upgrade(self, req: Request, extra: bytes) -> None:
+        sim = self.sim
+        key = req.headers.get("sec-websocket-key", "")
+        try:
+            key_ok = len(base64.b64decode(key, validate=True)) == 16
+        except ValueError:
+            key_ok = False
+        if (req.method != "GET" or "upgrade" not in req.headers.get("connection", "").lower()
+                or req.headers.get("sec-websocket-version") != "13" or not key_ok):
+            self._respond(json_response({"message": "invalid WebSocket handshake"}, 400), close=True)
+            return
+        if req.path not in ("/", "", RESUME_PATH, RESUME_PATH.rstrip("/")):
+            self._respond(json_response({"message": "404: Not Found", "code": 0}, 404), close=True)
+            return
+        accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
+        self.transport.write((
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
+        compress = req.arg("compress")
+        conn = GatewayConnection(sim, self.transport, compress if compress in ("zlib-stream", "zstd-stream") else None,
+                                 req.path.rstrip("/") == RESUME_PATH.rstrip("/"))
+        self.transport.set_protocol(conn)
+        transport, self.transport = self.transport, None
+        conn.start()
+        version, encoding = req.arg("v"), req.arg("encoding", "json")
+        if version not in ("9", "10"):
+            conn.violate(4012, f"invalid API version {version!r}: use v=10")
+        elif encoding != "json":
+            conn.violate(4002, f"encoding={encoding} is not supported by the simulator (use json)")
+        elif compress not in (None, "zlib-stream", "zstd-stream"):
+            conn.violate(4002, f"unknown compress={compress}")
+        elif extra and not transport.is_closing():
+            conn.data_received(extra)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+class Simulator:
+    """A strict local Discord: REST + gateway + chaos controls + accounting, on one port.
+
+    ``async with Simulator(shards=4, max_concurrency=2) as sim:`` then point a client at ``sim.url``
+    (gateway) and ``sim.api_url`` (REST). Keyword arguments are the fields of `SimConfig`.
+    """
+
+    def __init__(self, config: SimConfig | None = None, **options: Any) -> None:
+        if config is not None and options:
+            raise TypeError("pass either a SimConfig or keyword options, not both")
+        self.config = config or SimConfig(**options)
+        self.stats = Stats()
+        self.sessions: dict[str, Session] = {}
+        self.connections: set[GatewayConnection] = set()
+        self.remaining = self.config.session_limit if self.config.session_remaining is None else self.config.session_remaining
+        self.token_revoked = False
+        self._bucket_last: dict[int, float] = {}
+        self._budget_reset_at = time.monotonic() + self.config.session_reset_after
+        self._member_requests: dict[int, float] = {}
+        self._rest_window: list[float] = []
+        self._server: asyncio.base_events.Server | None = None
+        self._sweeper: asyncio.Task | None = None
+        self.port = self.config.port
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> Simulator:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(lambda: HttpProtocol(self), self.config.host, self.config.port,
+                                                backlog=4096, reuse_address=True)
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._sweeper = loop.create_task(self._sweep())
+        return self
+
+    async def stop(self) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+        for sess in list(self.sessions.values()):
+            if sess.stream_task:
+                sess.stream_task.cancel()
+        if self._server:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.abort()
+        if self._server:
+            await self._server.wait_closed()
+        await asyncio.sleep(0)
+
+    async def __aenter__(self) -> Simulator:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, max(self.config.session_ttl / 4, 0.05)))
+            self.expire_sessions()
+
+    # ---- addresses -------------------------------------------------------------------------------
+
+    @property
+    def base(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        """The gateway URL, as returned by GET /gateway/bot."""
+        return f"ws://{self.base}/"
+
+    @property
+    def resume_url(self) -> str:
+        """The resume_gateway_url handed out in READY: a distinct path, so clients that ignore it are caught."""
+        return f"ws://{self.base}{RESUME_PATH}"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.base}/api/v10"
+
+    @property
+    def admin_url(self) -> str:
+        return f"http://{self.base}/_sim"
+
+    @property
+    def token(self) -> str:
+        return self.config.token
+
+    @property
+    def total_guilds(self) -> int:
+        return self.config.shards * self.config.guilds_per_shard
+
+    def guild_index(self, gid: int) -> int | None:
+        k = (gid >> 22) - traffic.GUILD_BASE
+        return k if 0 <= k < self.total_guilds and traffic.guild_id(k) == gid else None
+
+    # ---- rules shared by connections -------------------------------------------------------------
+
+    def _roll_budget(self) -> None:
+        now = time.monotonic()
+        if now >= self._budget_reset_at:
+            self.remaining = self.config.session_limit
+            self.token_revoked = False
+            while self._budget_reset_at <= now:
+                self._budget_reset_at += max(self.config.session_reset_after, 0.001)
+
+    def token_ok(self, token: str) -> bool:
+        self._roll_budget()
+        if token.startswith("Bot "):
+            token = token[4:]
+        return not self.token_revoked and hmac.compare_digest(token.encode(), self.config.token.encode())
+
+    def identify_slot(self, shard_id: int) -> bool:
+        """Take the identify slot of this shard's bucket, if the window allows it."""
+        key = shard_id % self.config.max_concurrency
+        now = time.monotonic()
+        last = self._bucket_last.get(key)
+        if last is not None and now - last < self.config.identify_window:
+            return False
+        self._bucket_last[key] = now
+        return True
+
+    def spend_session_start(self) -> bool:
+        """Spend one session start. At zero, the token is reset and every session is closed with 4004."""
+        self._roll_budget()
+        if self.remaining <= 0:
+            self.token_revoked = True
+            for conn in list(self.connections):
+                conn.violate(4004, "authentication failed: session start limit exhausted, token reset")
+            return False
+        self.remaining -= 1
+        return True
+
+    def reset_after(self) -> float:
+        self._roll_budget()
+        return max(self._budget_reset_at - time.monotonic(), 0.0)
+
+    def member_request_retry_after(self, gid: int) -> float:
+        now = time.monotonic()
+        last = self._member_requests.get(gid)
+        if last is not None and now - last < self.config.member_chunk_interval:
+            return self.config.member_chunk_interval - (now - last)
+        self._member_requests[gid] = now
+        return 0.0
+
+    def expire_sessions(self) -> None:
+        now = time.monotonic()
+        ttl = self.config.session_ttl
+        for sess in self.sessions.values():
+            if sess.state == "detached" and now - sess.detached_at > ttl:
+                sess.end(EXPIRED, f"not resumed within {ttl:g} s")
+                self.stats.changed()
+
+    def start_stream(self, sess: Session) -> None:
+        conn = sess.conn
+        if self.config.flood:
+            if conn is not None:
+                conn.spawn(conn.flood())
+        elif self.config.events_per_second > 0 and sess.stream_task is None:
+            sess.stream_task = asyncio.get_running_loop().create_task(self._stream(sess))
+
+    async def _stream(self, sess: Session) -> None:
+        """The steady event stream of one session; keeps running while it is disconnected (replayed on Resume)."""
+        pool = traffic.event_pool(sess.shard, sess.num_shards, self.total_guilds, sess.intents, self.config.dm_fraction)
+        if not pool:
+            return
+        loop = asyncio.get_running_loop()
+        rate = self.config.events_per_second
+        tick = max(1.0 / rate, 0.02)
+        last, carry, i = loop.time(), 0.0, 0
+        n = len(pool)
+        while sess.resumable:
+            await asyncio.sleep(tick)
+            now = loop.time()
+            carry += (now - last) * rate
+            last = now
+            due = int(carry)
+            carry -= due
+            conn = sess.conn
+            if sess.stream_paused or (conn is not None and (conn.write_paused or conn.closing)):
+                carry = 0.0
+                continue
+            for _ in range(min(due, 10_000)):
+                t, d = pool[i]
+                i = i + 1 if i + 1 < n else 0
+                sess.dispatch(t, d)
+            if due:
+                self.stats.changed()
+
+    # ---- HTTP routing ----------------------------------------------------------------------------
+
+    def handle_http(self, req: Request) -> Response:
+        if req.path.startswith("/api/"):
+            return rest.handle(self, req)
+        if req.path.startswith("/_sim/") or req.path == "/_sim":
+            return admin.handle(self, req)
+        if req.path in ("/", RESUME_PATH):
+            return json_response({"message": "this is the gateway: connect with a WebSocket"}, 426)
+        return json_response({"message": "404: Not Found", "code": 0}, 404)
+
+    # ---- chaos controls --------------------------------------------------------------------------
+
+    def connections_of(self, shard: int) -> list[GatewayConnection]:
+        """Live connections whose session belongs to `shard`."""
+        return [c for c in self.connections if c.session is not None and c.session.shard == shard and not c.closing]
+
+    def _each(self, shard: int, fn: Callable[[GatewayConnection], object]) -> int:
+        conns = self.connections_of(shard)
+        for c in conns:
+            fn(c)
+        self.stats.changed()
+        return len(conns)
+
+    def reconnect(self, shard: int) -> int:
+        """Send op 7; close with 4000 after `reconnect_close_after` if the client stays."""
+        def go(c: GatewayConnection) -> None:
+            c.send_payload(b'{"t":null,"s":null,"op":7,"d":null}')
+            c.later(self.config.reconnect_close_after, lambda: c.close(4000, "reconnect requested"))
+        return self._each(shard, go)
+
+    def invalidate(self, shard: int, resumable: bool = False) -> int:
+        """Send op 9. With resumable=False the session ends; the socket stays open for a new Identify."""
+        def go(c: GatewayConnection) -> None:
+            sess = c.session
+            if not resumable and sess is not None:
+                sess.end("invalidated", "op 9 sent by chaos control")
+                sess.conn = None
+                c.session = None
+            c.send_payload(b'{"t":null,"s":null,"op":9,"d":%s}' % (b"true" if resumable else b"false"))
+        return self._each(shard, go)
+
+    def zombie(self, shard: int, on: bool = True) -> int:
+        """Stop (or restart) ACKing the heartbeats of the shard's current connections."""
+        return self._each(shard, lambda c: setattr(c, "zombie", on))
+
+    def drop(self, shard: int) -> int:
+        """Drop the TCP connection without a close frame."""
+        return self._each(shard, lambda c: c.abort())
+
+    def close(self, shard: int, code: int, reason: str = "closed by chaos control") -> int:
+        return self._each(shard, lambda c: c.close(code, reason))
+
+    def request_heartbeat(self, shard: int) -> int:
+        """Send op 1 to the client, which must answer with a heartbeat at once."""
+        return self._each(shard, lambda c: c.send_payload(b'{"t":null,"s":null,"op":1,"d":null}'))
+
+    def corrupt(self, shard: int, kind: str) -> int:
+        """Send garbage: 'compressed' (a broken compressed frame), 'json', 'opcode' (op 99) or 'event' (unknown t)."""
+        if kind == "compressed":
+            return self._each(shard, lambda c: c.write_raw(c.enc.corrupt()))
+        if kind == "json":
+            return self._each(shard, lambda c: c.send_payload(b'{"t":"MESSAGE_CREATE","s":,"op":0,"d":{"id":'))
+        if kind == "opcode":
+            return self._each(shard, lambda c: c.send_payload(b'{"t":null,"s":null,"op":99,"d":{"sim":true}}'))
+        if kind == "event":
+            return self._each(shard, lambda c: c.session.dispatch(b"SIM_UNKNOWN_EVENT", b'{"sim":true}'))
+        raise ValueError(f"unknown corruption kind {kind!r}: use compressed, json, opcode or event")
+
+    def pause(self, shard: int, paused: bool = True) -> int:
+        """Pause (or unpause) the event stream of the shard's sessions."""
+        sessions = [s for s in self.sessions.values() if s.shard == shard and s.resumable]
+        for s in sessions:
+            s.stream_paused = paused
+        return len(sessions)
+
+    def unpause(self, shard: int) -> int:
+        return self.pause(shard, False)
+
+    def delay(self, shard: int, seconds: float) -> int:
+        """Delay everything sent to the shard's current connections by `seconds`."""
+        return self._each(shard, lambda c: setattr(c, "delay", max(seconds, 0.0)))
+
+    async def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until `predicate(stats snapshot)` holds; re-checked on every change. Returns the snapshot."""
+        return await self.stats.wait_until(predicate, timeout)

@@ -1,0 +1,101 @@
+"""Accounting for tests: per-shard counters, per-session delivery records, and awaitable change notification."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class ShardStats:
+    connections: int = 0
+    open_connections: int = 0
+    identifies: int = 0
+    resumes: int = 0
+    heartbeats: int = 0
+    dispatched: int = 0
+    concurrency_violations: int = 0
+    ratelimit_closes: int = 0
+    violations: list[dict[str, Any]] = field(default_factory=list)
+    closes: Counter = field(default_factory=Counter)
+    commands: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connections": self.connections, "open_connections": self.open_connections,
+            "identifies": self.identifies, "resumes": self.resumes, "heartbeats": self.heartbeats,
+            "dispatched": self.dispatched, "concurrency_violations": self.concurrency_violations,
+            "ratelimit_closes": self.ratelimit_closes, "violations": list(self.violations),
+            "closes": {str(k): v for k, v in sorted(self.closes.items(), key=str)},
+            "commands": {str(k): v for k, v in sorted(self.commands.items())},
+        }
+
+
+class Stats:
+    """Counters kept by the simulator. `snapshot()` is what GET /_sim/stats returns.
+
+    Shard keys are shard numbers; connections that never identified are counted under shard None
+    ("unidentified" in the snapshot).
+    """
+
+    def __init__(self) -> None:
+        self.shards: dict[int | None, ShardStats] = {}
+        self.sessions: dict[str, Any] = {}  # session id -> sim.session.Session (owned by the registry)
+        self.rest_requests = 0
+        self.rest_rate_limited = 0
+        self.started = time.monotonic()
+        self._changed = asyncio.Event()
+        self._waiters = 0
+
+    def shard(self, number: int | None) -> ShardStats:
+        s = self.shards.get(number)
+        if s is None:
+            s = self.shards[number] = ShardStats()
+        return s
+
+    def violation(self, shard: int | None, code: int, reason: str) -> None:
+        self.shard(shard).violations.append({"code": code, "reason": reason, "at": round(time.monotonic() - self.started, 3)})
+        self.changed()
+
+    def changed(self) -> None:
+        if self._waiters:
+            self._changed.set()
+
+    def total(self, name: str) -> int:
+        return sum(getattr(s, name) for s in self.shards.values())
+
+    @property
+    def violations(self) -> list[dict[str, Any]]:
+        return [dict(v, shard=k) for k, s in self.shards.items() for v in s.violations]
+
+    def snapshot(self) -> dict[str, Any]:
+        shards = {("unidentified" if k is None else str(k)): v.as_dict()
+                  for k, v in sorted(self.shards.items(), key=lambda kv: -1 if kv[0] is None else kv[0])}
+        sessions = {sid: s.record() for sid, s in self.sessions.items()}
+        names = ("connections", "open_connections", "identifies", "resumes", "heartbeats", "dispatched",
+                 "concurrency_violations", "ratelimit_closes")
+        total: dict[str, Any] = {n: self.total(n) for n in names}
+        total["violations"] = sum(len(s.violations) for s in self.shards.values())
+        total["lost"] = sum(r["lost"] for r in sessions.values())
+        total["gapless"] = all(r["gapless"] for r in sessions.values())
+        total["rest_requests"] = self.rest_requests
+        total["rest_rate_limited"] = self.rest_rate_limited
+        return {"uptime": round(time.monotonic() - self.started, 3), "total": total, "shards": shards, "sessions": sessions}
+
+    async def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        """Wait until `predicate(snapshot)` is true, re-checking whenever the stats change. Returns the snapshot."""
+        async with asyncio.timeout(timeout):
+            self._waiters += 1
+            try:
+                while True:
+                    snap = self.snapshot()
+                    if predicate(snap):
+                        return snap
+                    self._changed.clear()
+                    await self._changed.wait()
+            finally:
+                self._waiters -= 1
