@@ -1,0 +1,162 @@
+"""Cluster configuration from flags, the environment and a TOML file.
+
+Precedence: command-line flags, then ``CLUSTER_*`` environment variables, then the TOML
+file (``--config``), then the defaults below. Every key has the same name in all three
+(dashes in flags, upper case with a ``CLUSTER_`` prefix in the environment).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from typing import Any
+
+import msgspec
+
+__all__ = ["ClusterConfig", "ConfigError", "ENV_PREFIX", "load_config"]
+
+ENV_PREFIX = "CLUSTER_"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and where it came from."""
+
+
+class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Everything the supervisor needs. ``None`` means "ask Discord" (``GET /gateway/bot``)."""
+
+    token_env: str = "DISCORD_TOKEN"
+    """Name of the environment variable holding the bot token (the token is never a flag)."""
+    handler: str | None = None
+    """``module:attribute`` of the per-worker handler class or factory."""
+    shards: int | None = None
+    """Shard total; rounded up to a multiple of max_concurrency. None: Discord's recommendation."""
+    workers: int | None = None
+    shards_per_worker: int | None = None
+    max_concurrency: int | None = None
+    intents: int = 513  # GUILDS | GUILD_MESSAGES
+    gateway_url: str | None = None
+    api_url: str = "https://discord.com/api/v10"
+    compression: str | None = "zlib-stream"
+    identify_window: float = 5.0
+    identify_hold_timeout: float = 15.0
+    budget_reserve: int | None = None
+    """Identifies never spent (the safety margin). None: max(shards, 5% of the daily total)."""
+    state_file: str = "cluster-state.json"
+    fresh: bool = False
+    """Ignore the state file: identify every shard."""
+    session_ttl: float = 120.0
+    http_host: str = "127.0.0.1"
+    http_port: int | None = 9100
+    """Port of /metrics, /healthz, /readyz and /status; None disables; 0 picks a free port."""
+    ipc_heartbeat_interval: float = 1.0
+    ipc_heartbeat_missed: int = 10
+    report_interval: float = 1.0
+    restart_min_alive: float = 30.0
+    restart_max_failures: int = 5
+    restart_backoff_base: float = 1.0
+    restart_backoff_cap: float = 60.0
+    shard_stuck_timeout: float = 60.0
+    """A shard not Active for this long is restarted by its worker."""
+    blocked_threshold: float = 0.5
+    """A handler blocking the worker's event loop this long is reported."""
+    shutdown_timeout: float = 10.0
+    status_line: bool | None = None
+    """Progress bar and live status line on stderr; None: only when stderr is a terminal."""
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("shards", "workers", "shards_per_worker", "max_concurrency"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                problems.append(f"{name} must be >= 1, got {v}")
+        if self.workers is not None and self.shards_per_worker is not None:
+            problems.append("give workers or shards_per_worker, not both")
+        if self.compression not in (None, "zlib-stream", "zstd-stream"):
+            problems.append(f"compression must be zlib-stream, zstd-stream or none, got {self.compression!r}")
+        if self.handler is not None and ":" not in self.handler:
+            problems.append(f"handler must look like module:attribute, got {self.handler!r}")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            problems.append(f"http_port out of range: {self.http_port}")
+        for name in ("identify_window", "ipc_heartbeat_interval", "report_interval", "session_ttl"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name} must be > 0")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def token(self, env: Mapping[str, str] | None = None) -> str:
+        """The bot token from the environment variable named by ``token_env``."""
+        value = (os.environ if env is None else env).get(self.token_env, "").strip()
+        if not value:
+            raise ConfigError(f"no bot token: set the {self.token_env} environment variable")
+        return value
+
+
+FIELDS = frozenset(ClusterConfig.__struct_fields__)
+_NONE_WORDS = {"", "none", "null", "auto"}
+
+
+def _check_keys(keys: Any, source: str) -> None:
+    for key in keys:
+        if key not in FIELDS:
+            hint = difflib.get_close_matches(key, FIELDS, n=1)
+            raise ConfigError(f"unknown setting {key!r} in {source}"
+                              + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        if key not in FIELDS:
+            _check_keys([key], f"environment variable {name}")
+        out[key] = None if value.strip().lower() in _NONE_WORDS else value
+    return out
+
+
+def _from_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    data = data.get("cluster", data)  # a [cluster] table or top-level keys
+    data = {k.replace("-", "_"): v for k, v in data.items()}
+    _check_keys(data, f"config file {path}")
+    return data
+
+
+def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,
+                file: str | None = None) -> ClusterConfig:
+    """Merge ``flags`` (only the ones given), ``env`` and the TOML ``file`` into a config."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    _check_keys(flags, "flags")
+    layers = [("config file " + file, _from_file(file)) if file else ("", {}),
+              ("environment", _from_env(os.environ if env is None else env)),
+              ("flags", flags)]
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for source, layer in layers:
+        for key, value in layer.items():
+            merged[key] = value
+            origin[key] = source
+    try:
+        return msgspec.convert(merged, ClusterConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if "$." in text:
+            key = text.rsplit("$.", 1)[1].split("[")[0].strip("` ")
+            if key in origin:
+                message = text.split(" - at ")[0].replace("`", "")
+                raise ConfigError(f"invalid {key} = {merged[key]!r} (from {origin[key]}): "
+                                  f"{message}") from None
+        raise ConfigError(f"invalid configuration: {text}") from None
+    except ConfigError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None

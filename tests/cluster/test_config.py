@@ -1,0 +1,46 @@
+import pytest
+
+from cluster.config import ClusterConfig, ConfigError, load_config
+
+
+def test_precedence_flags_over_env_over_file(tmp_path):
+    f = tmp_path / "cluster.toml"
+    f.write_text('[cluster]\nworkers = 2\nshards = 8\nhandler = "bot:Handler"\nhttp-port = 9200\n')
+    cfg = load_config({"workers": 4, "shards": None}, {"CLUSTER_SHARDS": "16", "OTHER": "x"}, str(f))
+    assert (cfg.workers, cfg.shards, cfg.handler, cfg.http_port) == (4, 16, "bot:Handler", 9200)
+    assert load_config({}, {}, None) == ClusterConfig()
+
+
+def test_env_values_are_parsed_and_none_words_mean_default():
+    cfg = load_config({}, {"CLUSTER_FRESH": "true", "CLUSTER_IDENTIFY_WINDOW": "1.5",
+                           "CLUSTER_HTTP_PORT": "none"})
+    assert cfg.fresh is True and cfg.identify_window == 1.5 and cfg.http_port is None
+
+
+@pytest.mark.parametrize("flags,env,text,match", [
+    ({}, {"CLUSTER_WORKERS": "four"}, None, r"invalid workers = 'four' \(from environment\)"),
+    ({}, {"CLUSTER_WORKER": "4"}, None, r"unknown setting 'worker'.*did you mean 'workers'"),
+    ({}, {}, "shard = 3\n", r"unknown setting 'shard' in config file.*'shards'"),
+    ({}, {}, "shards = [\n", r"not valid TOML"),
+    ({"workers": 2, "shards_per_worker": 4}, {}, None, "not both"),
+    ({"workers": 0}, {}, None, "workers must be >= 1"),
+    ({"handler": "nocolon"}, {}, None, "module:attribute"),
+    ({"compression": "gzip"}, {}, None, "compression must be"),
+])
+def test_clear_errors(tmp_path, flags, env, text, match):
+    file = None
+    if text is not None:
+        file = tmp_path / "c.toml"
+        file.write_text(text)
+        file = str(file)
+    with pytest.raises(ConfigError, match=match):
+        load_config(flags, env, file)
+
+
+def test_missing_file_and_token():
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config({}, {}, "/nonexistent/cluster.toml")
+    cfg = load_config({"token_env": "MY_TOKEN"}, {})
+    with pytest.raises(ConfigError, match="set the MY_TOKEN environment variable"):
+        cfg.token({})
+    assert cfg.token({"MY_TOKEN": " abc "}) == "abc"
