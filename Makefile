@@ -17,7 +17,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m demo
+	$(BIN)/python -m sim --shards 16 --max-concurrency 4 --events-per-second 20
 
 clean:
 	rm -rf $(VENV) build *.egg-info
