@@ -35,6 +35,9 @@ class ShardStats:
         }
 
 
+MIN_RECHECK = 0.005
+
+
 class Stats:
     """Counters kept by the simulator. `snapshot()` is what GET /_sim/stats returns.
 
@@ -88,14 +91,21 @@ class Stats:
 
     async def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
         """Wait until `predicate(snapshot)` is true, re-checking whenever the stats change. Returns the snapshot."""
+        loop = asyncio.get_running_loop()
         async with asyncio.timeout(timeout):
             self._waiters += 1
             try:
                 while True:
                     snap = self.snapshot()
+                    checked = loop.time()
                     if predicate(snap):
                         return snap
                     self._changed.clear()
                     await self._changed.wait()
+                    # Coalesce bursts of changes (a busy stream changes stats thousands of times a second):
+                    # a snapshot costs O(sessions), so re-check at most every MIN_RECHECK seconds.
+                    pause = checked + MIN_RECHECK - loop.time()
+                    if pause > 0:
+                        await asyncio.sleep(pause)
             finally:
                 self._waiters -= 1
