@@ -19,5 +19,9 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m sim --shards 16 --max-concurrency 4 --events-per-second 20
 
+bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(BIN)/python -m bench
+
 clean:
 	rm -rf $(VENV) build *.egg-info
