@@ -1,0 +1,80 @@
+"""Decoding: a cheap envelope scan (op, t, s, with `d` left undecoded), then `d` by event type.
+
+msgspec is the default backend: the envelope decoder skips over `d` and keeps it as `msgspec.Raw`
+(no copy), so events the shard does not want are never decoded. The stdlib `json` backend is
+selectable; it decodes the whole payload at once. Users may register a `msgspec.Struct` per event
+type to decode only the fields they declare.
+"""
+
+from __future__ import annotations
+
+import json as _json
+from collections.abc import Mapping
+from typing import Literal
+
+import msgspec
+
+from .wire import JSONValue
+
+__all__ = ["Envelope", "PayloadDecoder", "DecodeError"]
+
+DecodeError = msgspec.DecodeError
+_NULL = msgspec.Raw(b"null")
+
+
+class Envelope(msgspec.Struct, gc=False):
+    """The gateway envelope with `d` undecoded."""
+
+    op: int
+    t: str | None = None
+    s: int | None = None
+    d: msgspec.Raw = _NULL
+
+
+class PayloadDecoder:
+    """Envelope scan and `d` decoding for one shard's settings."""
+
+    __slots__ = ("backend", "_env", "_default", "_typed", "_types")
+
+    def __init__(self, backend: Literal["msgspec", "json"] = "msgspec",
+                 types: Mapping[str, type[msgspec.Struct]] | None = None) -> None:
+        self.backend = backend
+        self._env = msgspec.json.Decoder(Envelope)
+        self._default = msgspec.json.Decoder()
+        self._types: dict[str, type[msgspec.Struct]] = {}
+        self._typed: dict[str, msgspec.json.Decoder] = {}
+        for name, typ in (types or {}).items():
+            self.register(name, typ)
+
+    def register(self, event_type: str, typ: type[msgspec.Struct]) -> None:
+        """Decode `d` of `event_type` dispatches into `typ` (fields not declared are skipped)."""
+        self._types[event_type] = typ
+        self._typed[event_type] = msgspec.json.Decoder(typ)
+
+    def envelope(self, payload: bytes) -> Envelope:
+        """op, t and s of a payload; `d` stays raw with msgspec, or is decoded with the json backend."""
+        if self.backend == "msgspec":
+            return self._env.decode(payload)
+        try:
+            obj = _json.loads(payload)
+        except ValueError as exc:
+            raise DecodeError(str(exc)) from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("op"), int):
+            raise DecodeError("payload is not a gateway envelope")
+        env = Envelope(obj["op"], obj.get("t"), obj.get("s"))
+        env.d = obj.get("d")  # type: ignore[assignment]  # decoded already
+        return env
+
+    def decode(self, event_type: str, d: msgspec.Raw | JSONValue) -> JSONValue | msgspec.Struct:
+        """Decode a dispatch's `d` (a registered Struct, else plain JSON values)."""
+        if type(d) is msgspec.Raw:
+            dec = self._typed.get(event_type)
+            return (dec or self._default).decode(d)
+        typ = self._types.get(event_type)
+        return msgspec.convert(d, typ) if typ is not None else d
+
+    def decode_as(self, d: msgspec.Raw | JSONValue, typ: type[msgspec.Struct]) -> msgspec.Struct:
+        """Decode `d` into a gateway control Struct."""
+        if type(d) is msgspec.Raw:
+            return msgspec.json.decode(d, type=typ)
+        return msgspec.convert(d, typ)

@@ -1,0 +1,572 @@
+"""The gateway connection as a pure state machine (sans-I/O).
+
+`GatewayProtocol` takes bytes from the socket and timer ticks, and produces bytes to write, events for
+the consumer, and decisions (close, abort, identify, where and when to reconnect). It owns no socket,
+task or timer, so every rule (heartbeat and zombie, resume or identify, close-code policy, backoff)
+is plain code that tests drive directly.
+
+Receive path per WebSocket frame: parse header -> inflate -> envelope scan (op/t/s, `d` kept raw) ->
+filter -> append `(t, s, d, raw, needs_decode)` to `events`. `d` is decoded by the consumer
+(`Shard.next_event`), so unwanted events are never decoded and the receive callback stays short.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+
+import msgspec
+
+from .backoff import Backoff
+from .close_codes import CloseAction, CloseFrame, close_action, close_reason
+from .config import Config
+from .error import ErrorKind, GatewayError
+from .event import Event
+from .event_type import is_all, names_for_flags
+from .heartbeat import Beat, Heartbeater
+from .id import ShardId
+from .inflater import InflateError, ZlibInflater, ZstdInflater, new_inflater
+from .latency import Latency
+from .metrics import ShardMetrics
+from .parse import DecodeError, PayloadDecoder
+from .ratelimiter import MAX_PAYLOAD, CommandRatelimiter
+from .session import Session
+from .state import ShardState, StateKind
+from .websocket import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, encode_close, encode_pong, encode_text
+from .wire import Hello, Identify, InvalidSession, Ready, Resume, default_identify_properties
+
+__all__ = ["GatewayProtocol", "Item"]
+
+log = logging.getLogger("shard")
+
+Item = tuple  # (type | None, seq, data, raw bytes | None, needs_decode); type None means data is a GatewayError
+
+_HEARTBEAT_ACK = "GATEWAY_HEARTBEAT_ACK"
+_USER_CLOSE = "user"
+
+
+class GatewayProtocol:
+    """State of one shard across connections; see the module docstring."""
+
+    def __init__(self, shard_id: ShardId, config: Config, *, clock: Callable[[], float] = time.monotonic,
+                 rand: Callable[[], float] = random.random, metrics: ShardMetrics | None = None) -> None:
+        self.shard_id = shard_id
+        self.config = config
+        self._clock = clock
+        self._rand = rand
+        self.metrics = metrics or ShardMetrics()
+        self.decoder = PayloadDecoder(config.decoder, config.event_structs)
+        self._env_decode = self.decoder.envelope
+        self._wanted: frozenset[str] | None = None if is_all(config.event_types) else names_for_flags(
+            config.event_types)
+        self.backoff = Backoff(config.backoff_base, config.backoff_max, rand)
+
+        # Session (survives connections).
+        session = config.session
+        self.session_id: str | None = session.id if session else None
+        self.sequence: int | None = session.sequence if session else None
+        self.resume_url: str | None = config.resume_url if session else None
+        self.state = ShardState.Disconnected(0)
+        self.attempts = 0
+        self.stopped = False             # closed by the user or fatally: never reconnect
+        self.events: deque[Item] = deque()
+        self.latency = Latency()
+        self.on_identified: Callable[[bool], None] | None = None
+
+        # Per connection (reset by connection_made).
+        self.outgoing: list[bytes] = []
+        self.inflater: ZlibInflater | ZstdInflater | None = None
+        self.heartbeater: Heartbeater | None = None
+        self.ratelimiter: CommandRatelimiter | None = None
+        self.want_identify = False
+        self.identify_pending = False
+        self.closing = False             # a close frame was sent
+        self.abort = False               # drop the TCP connection now, without a close handshake
+        self.hangup = False              # write what is queued, then close the TCP connection
+        self.close_received: CloseFrame | None = None
+        self.disconnect: tuple[CloseAction | str, str] | None = None
+        self.reconnect_delay = 0.0       # a minimum delay decided by this connection (op 9 false)
+        self.suspended = False           # the driver stopped reading (consumer is behind)
+        self.connected = False
+        self._hello = False
+        self._became_active = False
+        self._rbuf = bytearray()
+        self._need = 0
+        self._frag_op = -1
+        self._frag: bytearray | None = None
+
+    # ---- session ----------------------------------------------------------------------------------
+    @property
+    def session(self) -> Session | None:
+        """The current session (id and last sequence), if any."""
+        if self.session_id is None:
+            return None
+        return Session(self.session_id, self.sequence or 0)
+
+    def _clear_session(self) -> None:
+        self.session_id = None
+        self.sequence = None
+        self.resume_url = None
+
+    # ---- connection lifecycle ---------------------------------------------------------------------
+    def connect_target(self) -> tuple[str, float]:
+        """(base URL, delay in seconds) for the next connection attempt."""
+        url = self.resume_url if (self.session_id is not None and self.resume_url) else self.config.gateway_url
+        delay = max(self.backoff.delay(self.attempts), self.reconnect_delay)
+        return url, delay
+
+    def connection_made(self) -> None:
+        """A WebSocket connection is open: fresh per-connection state (a new inflater, no Hello yet)."""
+        self.outgoing = []
+        self.inflater = new_inflater(self.config.compression, self.config.zlib_backend)
+        self.heartbeater = None
+        self.ratelimiter = None
+        self.want_identify = False
+        self.identify_pending = False
+        self.closing = False
+        self.abort = False
+        self.hangup = False
+        self.close_received = None
+        self.disconnect = None
+        self.reconnect_delay = 0.0
+        self.suspended = False
+        self.connected = True
+        self._hello = False
+        self._became_active = False
+        self._rbuf = bytearray()
+        self._need = 0
+        self._frag_op = -1
+        self._frag = None
+        self.latency = Latency()
+        self.state = ShardState.RESUMING if self.session_id is not None else ShardState.IDENTIFYING
+
+    def connect_failed(self, reason: str) -> None:
+        """A connection attempt failed (refused, timed out, bad handshake)."""
+        self.attempts += 1
+        self.resume_url = None  # retry the main gateway URL, still resuming (twilight #1942)
+        self.state = ShardState.Disconnected(self.attempts)
+        self.metrics.reconnect("connect_failed")
+        self._push_error(GatewayError(ErrorKind.RECONNECT, f"connecting to the gateway failed: {reason}"))
+
+    def connection_lost(self) -> None:
+        """The TCP connection is gone. Emits GATEWAY_CLOSE and decides what happens next."""
+        if not self.connected:
+            return
+        self.connected = False
+        frame = self.close_received
+        if self.inflater is not None:
+            self.metrics.inflater_in += self.inflater.bytes_in
+            self.metrics.inflater_out += self.inflater.bytes_out
+            self.inflater = None
+        self.heartbeater = None
+        if self.identify_pending:
+            self._identified(False)
+        self._push_control("GATEWAY_CLOSE", frame if frame is not None else CloseFrame(1006, ""), None)
+
+        decision = self.disconnect
+        if decision is None:
+            if frame is not None:
+                decision = (close_action(frame.code), f"close_{frame.code}")
+            else:
+                decision = (CloseAction.RESUME, "transport")
+        action, reason = decision
+        if action == _USER_CLOSE:
+            self.stopped = True
+            self.state = ShardState.Disconnected(0)
+            self._push_error(GatewayError(ErrorKind.CLOSED, "the shard was closed",
+                                          close_code=frame.code if frame else None))
+            return
+        if action is CloseAction.FATAL:
+            self.stopped = True
+            self.state = ShardState.FATALLY_CLOSED
+            code = frame.code if frame is not None else None
+            self._push_error(GatewayError.from_close(code, frame.reason if frame else ""))
+            log.error("shard %s fatally closed: %s", self.shard_id, close_reason(code))
+            return
+        if action is CloseAction.IDENTIFY:
+            self._clear_session()
+        if not self._became_active:
+            self.attempts += 1
+        self.metrics.reconnect(reason)
+        self.state = ShardState.Disconnected(self.attempts)
+
+    # ---- outgoing ---------------------------------------------------------------------------------
+    def _send(self, payload: bytes) -> None:
+        self.outgoing.append(encode_text(payload))
+
+    def _heartbeat_payload(self) -> bytes:
+        seq = self.sequence
+        return b'{"op":1,"d":%s}' % (b"null" if seq is None else str(seq).encode())
+
+    def send_heartbeat(self, now: float) -> None:
+        self._send(self._heartbeat_payload())
+        self.latency.record_sent(now)
+
+    def identify(self) -> None:
+        """Queue the Identify frame (call once the identify queue and the ratelimiter allowed it)."""
+        cfg = self.config
+        payload = Identify(
+            token=cfg.token.gateway,
+            properties=cfg.identify_properties or default_identify_properties(),
+            intents=cfg.intents,
+            shard=[self.shard_id.number, self.shard_id.total],
+            large_threshold=cfg.large_threshold,
+            presence=cfg.presence,
+        )
+        self._send(b'{"op":2,"d":%s}' % msgspec.json.encode(payload))
+        self.want_identify = False
+        self.identify_pending = True
+        self.state = ShardState.IDENTIFYING
+
+    def _resume(self) -> None:
+        assert self.session_id is not None
+        payload = Resume(token=self.config.token.gateway, session_id=self.session_id, seq=self.sequence or 0)
+        if self.ratelimiter is not None:
+            self.ratelimiter.try_acquire()
+        self._send(b'{"op":6,"d":%s}' % msgspec.json.encode(payload))
+        self.state = ShardState.RESUMING
+
+    def command_frame(self, payload: bytes) -> bytes:
+        """A user payload as a frame; raises GatewayError if it is over 4096 bytes."""
+        check_payload(payload)
+        return encode_text(payload)
+
+    def begin_close(self, frame: CloseFrame, action: CloseAction | str, reason: str) -> None:
+        """Send a close frame (once) and remember what to do once the connection is gone."""
+        if self.disconnect is None or action == _USER_CLOSE:
+            self.disconnect = (action, reason)
+        if not self.closing and self.connected:
+            self.closing = True
+            self.outgoing.append(encode_close(frame.code, frame.reason))
+
+    def close(self, frame: CloseFrame) -> Session | None:
+        """The user closes the shard. 1000/1001 end the session; other codes keep it for a later Resume."""
+        if frame.ends_session():
+            self._clear_session()
+        session = self.session
+        if self.connected:
+            self.begin_close(frame, _USER_CLOSE, "user")
+        else:
+            self.stopped = True
+            self._push_error(GatewayError(ErrorKind.CLOSED, "the shard was closed"))
+        return session
+
+    # ---- timers -----------------------------------------------------------------------------------
+    @property
+    def heartbeat_deadline(self) -> float | None:
+        hb = self.heartbeater
+        return hb.deadline if hb is not None and self.connected and not self.closing else None
+
+    def heartbeat_timer(self, now: float) -> None:
+        """The heartbeat deadline passed: beat, or detect a zombie connection and abort it."""
+        hb = self.heartbeater
+        if hb is None or not self.connected or self.closing:
+            return
+        if hb.tick(now, self.suspended) is Beat.ZOMBIE:
+            log.warning("shard %s: no heartbeat ACK since the last beat; reconnecting to resume", self.shard_id)
+            self.disconnect = (CloseAction.RESUME, "zombie")
+            self.abort = True
+            return
+        self.send_heartbeat(now)
+
+    def hello_timeout(self) -> None:
+        """No Hello arrived in time: give up on this connection."""
+        if self.connected and not self._hello and not self.closing:
+            self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "hello_timeout")
+
+    # ---- incoming ---------------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> None:
+        """Bytes from the socket (after the handshake)."""
+        if self.abort or self.hangup or not self.connected:
+            return
+        rbuf = self._rbuf
+        if rbuf:
+            rbuf += data
+            if len(rbuf) < self._need:
+                return
+            buf = bytes(rbuf)
+            rbuf.clear()
+        else:
+            buf = data
+        n = len(buf)
+        pos = 0
+        mv = memoryview(buf)
+        inflate = self.inflater.feed if self.inflater is not None else None
+        on_payload = self._on_payload
+        try:
+            while n - pos >= 2:
+                b0 = buf[pos]
+                length = buf[pos + 1]
+                if length & 0x80:
+                    self._protocol_error("the server sent a masked frame")
+                    return
+                if length < 126:
+                    start = pos + 2
+                elif length == 126:
+                    if n - pos < 4:
+                        break
+                    length = (buf[pos + 2] << 8) | buf[pos + 3]
+                    start = pos + 4
+                else:
+                    if n - pos < 10:
+                        break
+                    length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                    start = pos + 10
+                    if length > self.config.max_message_size:
+                        self._protocol_error("a frame is over max_message_size")
+                        return
+                end = start + length
+                if end > n:
+                    self._need = end - pos
+                    break
+                pos = end
+                if b0 == 0x82 and self._frag_op < 0:  # final binary frame: the hot path
+                    if inflate is not None:
+                        out = inflate(mv[start:end])
+                        if out is not None:
+                            on_payload(out)
+                    else:
+                        on_payload(self._uncompressed_binary(mv[start:end]))
+                else:
+                    self._on_frame(b0, mv[start:end])
+                if self.abort or self.hangup:
+                    return
+        except InflateError as exc:
+            self._compression_error(str(exc))
+            return
+        finally:
+            mv.release()
+        if pos < n:
+            self._rbuf += buf[pos:]
+        else:
+            self._need = 0
+
+    def _uncompressed_binary(self, payload: memoryview) -> bytes:
+        data = bytes(payload)
+        if data[:1] == b"{":
+            return data
+        import zlib  # payload compression: a standalone zlib stream per message
+        try:
+            return zlib.decompress(data)
+        except zlib.error as exc:
+            raise InflateError(f"compressed payload is corrupt: {exc}") from None
+
+    def _on_frame(self, b0: int, payload: memoryview) -> None:
+        """Slow path: text, fragmented and control frames."""
+        if b0 & 0x70:
+            self._protocol_error("the server set reserved bits")
+            return
+        fin = b0 & 0x80
+        op = b0 & 0x0F
+        if op == OP_CLOSE:
+            self._on_close_frame(bytes(payload))
+            return
+        if op == OP_PING:
+            self.outgoing.append(encode_pong(bytes(payload)))
+            return
+        if op > 0x7:  # pong and reserved control opcodes
+            return
+        if op == OP_CONT:
+            if self._frag is None:
+                self._protocol_error("a continuation frame without a start")
+                return
+            self._frag += payload
+            if len(self._frag) > self.config.max_message_size:
+                self._protocol_error("a message is over max_message_size")
+                return
+            if not fin:
+                return
+            op, data = self._frag_op, bytes(self._frag)
+            self._frag_op, self._frag = -1, None
+        elif op in (OP_TEXT, OP_BINARY):
+            if self._frag is not None:
+                self._protocol_error("a new message started inside a fragmented one")
+                return
+            if not fin:
+                self._frag_op, self._frag = op, bytearray(payload)
+                return
+            data = bytes(payload)
+        else:
+            self._protocol_error(f"unknown WebSocket opcode {op}")
+            return
+        if op == OP_TEXT:
+            self._on_payload(data)
+        elif self.inflater is not None:
+            out = self.inflater.feed(data)
+            if out is not None:
+                self._on_payload(out)
+        else:
+            self._on_payload(self._uncompressed_binary(memoryview(data)))
+
+    def _on_payload(self, out: bytes) -> None:
+        """One complete gateway message."""
+        try:
+            env = self._env_decode(out)
+        except DecodeError as exc:
+            self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid JSON: {exc}"))
+            return
+        if env.op == 0:
+            t = env.t
+            s = env.s
+            if t is None:
+                self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a dispatch has no event name"))
+                return
+            if s is not None:
+                self.sequence = s
+            counts = self.metrics.events
+            counts[t] = counts.get(t, 0) + 1
+            if t == "READY" or t == "RESUMED":
+                self._on_session_event(t, s, env.d, out)
+                return
+            wanted = self._wanted
+            if wanted is None or t in wanted:
+                self.events.append((t, s, env.d, out, True))
+            return
+        self._on_control(env.op, env.d, out)
+
+    def _on_session_event(self, t: str, s: int | None, d: object, out: bytes) -> None:
+        if t == "READY":
+            try:
+                ready = self.decoder.decode_as(d, Ready)  # type: ignore[arg-type]
+            except (DecodeError, msgspec.ValidationError) as exc:
+                self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"READY is malformed: {exc}",
+                                              event_type=t))
+                self.begin_close(CloseFrame.RESUME, CloseAction.IDENTIFY, "bad_ready")
+                return
+            self.session_id = ready.session_id
+            self.resume_url = ready.resume_gateway_url
+            data: object = ready
+            if self.identify_pending:
+                self._identified(True)
+        else:
+            data = None
+        self.state = ShardState.ACTIVE
+        self.attempts = 0
+        self._became_active = True
+        if self._wanted is None or t in self._wanted:
+            if t == "READY":
+                self.events.append((t, s, data, out, False))
+            else:
+                self.events.append((t, s, d, out, True))
+
+    def _on_control(self, op: int, d: object, out: bytes) -> None:
+        if op == 11:
+            if self.heartbeater is not None and not self.heartbeater.ack():
+                log.debug("shard %s: unrequested heartbeat ACK", self.shard_id)
+            self.latency.record_received(self._clock())
+            self._push_control(_HEARTBEAT_ACK, None, out)
+        elif op == 1:
+            self.send_heartbeat(self._clock())
+            if self.heartbeater is not None:
+                self.heartbeater.sent_on_request()
+            self._push_control("GATEWAY_HEARTBEAT", None, out)
+        elif op == 10:
+            self._on_hello(d, out)
+        elif op == 7:
+            self._push_control("GATEWAY_RECONNECT", None, out)
+            self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "reconnect")
+        elif op == 9:
+            try:
+                resumable = bool(self.decoder.decode_as(d, bool))  # type: ignore[arg-type]
+            except (DecodeError, msgspec.ValidationError):
+                resumable = False
+            self._push_control("GATEWAY_INVALID_SESSION", InvalidSession(resumable), out)
+            if self.identify_pending:
+                self._identified(False)
+            if resumable and self.session_id is not None:
+                self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "invalid_session")
+            else:
+                self._clear_session()
+                low, high = self.config.invalid_session_delay
+                self.reconnect_delay = low + (high - low) * self._rand()
+                self.begin_close(CloseFrame.NORMAL, CloseAction.IDENTIFY, "invalid_session")
+        else:
+            log.debug("shard %s: ignoring unknown opcode %s", self.shard_id, op)
+
+    def _on_hello(self, d: object, out: bytes) -> None:
+        try:
+            hello = self.decoder.decode_as(d, Hello)  # type: ignore[arg-type]
+            if hello.heartbeat_interval <= 0:
+                raise msgspec.ValidationError("heartbeat_interval must be positive")
+        except (DecodeError, msgspec.ValidationError) as exc:
+            self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"HELLO is malformed: {exc}",
+                                          event_type="GATEWAY_HELLO"))
+            self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "bad_hello")
+            return
+        self._hello = True
+        interval = hello.heartbeat_interval / 1000.0
+        now = self._clock()
+        self.heartbeater = Heartbeater(interval, now, self._rand)
+        if self.config.ratelimit_messages:
+            self.ratelimiter = CommandRatelimiter(interval)
+        self._push_control("GATEWAY_HELLO", hello, out)
+        if self.session_id is not None:
+            self._resume()
+        else:
+            self.want_identify = True
+            self.state = ShardState.IDENTIFYING
+
+    def _on_close_frame(self, payload: bytes) -> None:
+        code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+        reason = payload[2:].decode("utf-8", "replace")
+        self.close_received = CloseFrame(code, reason)
+        if not self.closing:
+            # The gateway closed: echo its code, then decide by that code.
+            self.closing = True
+            self.outgoing.append(encode_close(code if code != 1005 else 1000))
+        if self.disconnect is None:
+            self.disconnect = (close_action(code), f"close_{code}")
+
+    # ---- errors -----------------------------------------------------------------------------------
+    def _compression_error(self, detail: str) -> None:
+        """A corrupt stream: report it (not fatal), drop this connection and resume on a new one."""
+        self._push_error(GatewayError(ErrorKind.COMPRESSION, detail))
+        self.disconnect = (CloseAction.RESUME, "compression")
+        self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "compression")
+        self.hangup = True
+
+    def _protocol_error(self, detail: str) -> None:
+        log.warning("shard %s: WebSocket protocol error: %s", self.shard_id, detail)
+        self.begin_close(CloseFrame(1002, "protocol error"), CloseAction.RESUME, "protocol_error")
+        self.hangup = True
+
+    def _identified(self, ready: bool) -> None:
+        self.identify_pending = False
+        if self.on_identified is not None:
+            self.on_identified(ready)
+
+    # ---- consumer items ---------------------------------------------------------------------------
+    def _push_control(self, name: str, data: object, out: bytes | None) -> None:
+        wanted = self._wanted
+        if wanted is None or name in wanted:
+            self.events.append((name, None, data, out, False))
+
+    def _push_error(self, error: GatewayError) -> None:
+        self.events.append((None, None, error, None, False))
+
+    def make_event(self, item: Item) -> Event:
+        """Turn a queued item into an Event (decoding `d` now); raises the GatewayError items."""
+        t, s, data, _raw, needs_decode = item
+        if t is None:
+            raise data
+        if needs_decode:
+            try:
+                data = self.decoder.decode(t, data)
+            except (DecodeError, msgspec.ValidationError) as exc:
+                raise GatewayError(ErrorKind.DESERIALIZING, f"{t} could not be decoded: {exc}",
+                                   event_type=t) from None
+        return Event(t, s, data)
+
+
+def check_payload(payload: bytes) -> None:
+    """Refuse outgoing payloads over Discord's 4096-byte limit."""
+    if len(payload) > MAX_PAYLOAD:
+        raise GatewayError(ErrorKind.PAYLOAD_TOO_LARGE,
+                           f"the payload is {len(payload)} bytes; the gateway accepts at most {MAX_PAYLOAD}")
+
+
+def state_is(state: ShardState, kind: StateKind) -> bool:
+    return state.kind is kind

@@ -1,0 +1,586 @@
+"""Shard: the asyncio driver around `GatewayProtocol`.
+
+The socket is an `asyncio.Protocol`: every chunk the loop reads goes straight into the sans-I/O core,
+which parses, inflates and scans all frames in it and queues events; control opcodes (heartbeats, ACKs,
+Hello, op 7, op 9) are handled right there, so heartbeating and zombie detection never depend on how
+fast the consumer calls `next_event`. Heartbeats run on loop timers; one task per connection attempt
+does connect/backoff; identify waits in its own task on the queue. Reading pauses when the consumer
+falls `max_pending_events` behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Self
+
+import msgspec
+
+from .close_codes import CloseFrame
+from .config import Config, Token
+from .error import ErrorKind, GatewayError
+from .event import Event
+from .id import ShardId
+from .intents import Intents
+from .latency import Latency
+from .metrics import ShardMetrics, register_collector
+from .protocol import GatewayProtocol, check_payload
+from .queue import InMemoryQueue, Queue
+from .ratelimiter import CommandRatelimiter
+from .session import Session
+from .state import ShardState, StateKind
+from .websocket import Handshake, HandshakeError, build_url, encode_text
+from .wire import Command, encode_command
+
+__all__ = ["Shard", "MessageSender"]
+
+log = logging.getLogger("shard")
+
+_DEFAULT_QUEUE: InMemoryQueue | None = None
+
+
+def _default_queue() -> InMemoryQueue:
+    """One in-memory queue shared by the shards of a process that were given none."""
+    global _DEFAULT_QUEUE
+    if _DEFAULT_QUEUE is None:
+        _DEFAULT_QUEUE = InMemoryQueue()
+    return _DEFAULT_QUEUE
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection: the handshake, then every chunk goes to the shard's core."""
+
+    __slots__ = ("shard", "handshake", "transport", "opened", "lost", "paused")
+
+    def __init__(self, shard: Shard, handshake: Handshake, loop: asyncio.AbstractEventLoop) -> None:
+        self.shard = shard
+        self.handshake: Handshake | None = handshake
+        self.transport: asyncio.Transport | None = None
+        self.opened: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        assert self.handshake is not None
+        transport.write(self.handshake.request())  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self.handshake is None:
+            self.shard._on_data(self, data)
+            return
+        try:
+            rest = self.handshake.receive(data)
+        except HandshakeError as exc:
+            if not self.opened.done():
+                self.opened.set_exception(exc)
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        if rest is None:
+            return
+        self.handshake = None
+        self.opened.set_result(None)
+        self.shard._on_open(self)
+        if rest:
+            self.shard._on_data(self, rest)
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"connection closed during the handshake: {exc}"))
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self.shard._on_lost(self)
+
+
+class Shard:
+    """A Discord gateway shard: connects, identifies or resumes, heartbeats, reconnects, and yields events.
+
+    ```python
+    shard = Shard(ShardId.ONE, token, Intents.GUILD_MESSAGES)
+    async for event in shard:          # ends after a fatal close
+        ...
+    ```
+    """
+
+    def __init__(self, shard_id: ShardId, token: str | Token, intents: Intents | int) -> None:
+        self._init(shard_id, Config(token, intents))
+
+    @classmethod
+    def with_config(cls, shard_id: ShardId, config: Config) -> Shard:
+        """A shard with every option of `Config`."""
+        self = cls.__new__(cls)
+        self._init(shard_id, config)
+        return self
+
+    def _init(self, shard_id: ShardId, config: Config) -> None:
+        self._id = shard_id
+        self._config = config
+        self._queue: Queue = config.queue if config.queue is not None else _default_queue()
+        self.metrics = ShardMetrics()
+        p = self._protocol = GatewayProtocol(shard_id, config, metrics=self.metrics)
+        p.on_identified = self._on_identified
+        self._conn: _Connection | None = None
+        self._runner: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._hb_handle: asyncio.TimerHandle | None = None
+        self._hb_deadline: float | None = None
+        self._close_handle: asyncio.TimerHandle | None = None
+        self._hello_handle: asyncio.TimerHandle | None = None
+        self._identify_task: asyncio.Task[None] | None = None
+        self._sender_task: asyncio.Task[None] | None = None
+        self._sendq: asyncio.Queue[bytes] | None = None
+        self._active: asyncio.Event | None = None
+        self._final: GatewayError | None = None
+        self._delivered_seq: int | None = p.sequence
+        self._high = max(1, config.max_pending_events)
+        self._low = self._high // 2
+        if config.metrics:
+            register_collector().add(self)
+
+    # ---- public state -----------------------------------------------------------------------------
+    @property
+    def id(self) -> ShardId:
+        return self._id
+
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @property
+    def state(self) -> ShardState:
+        """Active, Disconnected(reconnect_attempts), FatallyClosed, Identifying or Resuming."""
+        return self._protocol.state
+
+    @property
+    def session(self) -> Session | None:
+        """The session to resume (id and last sequence received), if any."""
+        return self._protocol.session
+
+    @property
+    def resume_url(self) -> str | None:
+        """The `resume_gateway_url` of the current session."""
+        return self._protocol.resume_url
+
+    @property
+    def latency(self) -> Latency:
+        """Heartbeat round trips of the current connection."""
+        return self._protocol.latency
+
+    @property
+    def ratelimiter(self) -> CommandRatelimiter | None:
+        """The command ratelimiter of the current connection (None before Hello or when disabled)."""
+        return self._protocol.ratelimiter
+
+    def inflater_stats(self) -> tuple[int, int, int]:
+        """(compressed bytes in, decompressed bytes out, buffer capacity) over all connections."""
+        m = self.metrics
+        inf = self._protocol.inflater
+        if inf is None:
+            return m.inflater_in, m.inflater_out, 0
+        return m.inflater_in + inf.bytes_in, m.inflater_out + inf.bytes_out, inf.capacity
+
+    def register(self, event_type: str, struct: type[msgspec.Struct]) -> None:
+        """Decode `d` of `event_type` into `struct` (only its declared fields are decoded)."""
+        self._protocol.decoder.register(event_type, struct)
+
+    def __repr__(self) -> str:
+        return f"Shard(id={self._id}, state={self.state!r})"
+
+    # ---- receiving --------------------------------------------------------------------------------
+    async def next_event(self) -> Event:
+        """The next event. Raises GatewayError: `is_fatal()` means the shard has stopped for good."""
+        p = self._protocol
+        q = p.events
+        while True:
+            if q:
+                t, s, data, _raw, needs_decode = q.popleft()
+                conn = self._conn
+                if conn is not None and conn.paused and len(q) <= self._low:
+                    self._resume_reading(conn)
+                if needs_decode:
+                    try:
+                        data = p.decoder.decode(t, data)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+                        raise GatewayError(ErrorKind.DESERIALIZING, f"{t} could not be decoded: {exc}",
+                                           event_type=t) from None
+                    if s is not None:
+                        self._delivered_seq = s
+                elif t is None:
+                    self._raise(data)
+                return Event(t, s, data)
+            await self._wait()
+
+    async def next_message(self) -> str | CloseFrame:
+        """The next raw message: the decompressed JSON text, or a CloseFrame when a connection closed.
+
+        Only messages selected by `event_types` are kept. Raises GatewayError like `next_event`.
+        """
+        p = self._protocol
+        q = p.events
+        while True:
+            if q:
+                t, s, data, raw, _ = q.popleft()
+                conn = self._conn
+                if conn is not None and conn.paused and len(q) <= self._low:
+                    self._resume_reading(conn)
+                if t is None:
+                    self._raise(data)
+                if s is not None:
+                    self._delivered_seq = s
+                if t == "GATEWAY_CLOSE":
+                    return data
+                return raw.decode()
+            await self._wait()
+
+    def _raise(self, error: GatewayError) -> None:
+        if error.is_fatal():
+            self._final = error
+        raise error
+
+    def __aiter__(self) -> AsyncIterator[Event]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[Event]:
+        """Events until the shard stops; non-fatal errors are logged and skipped."""
+        while True:
+            try:
+                event = await self.next_event()
+            except GatewayError as error:
+                if error.is_fatal():
+                    return
+                log.warning("shard %s: %s", self._id, error.reason)
+                continue
+            yield event
+
+    async def _wait(self) -> None:
+        if self._final is not None:
+            raise self._final
+        p = self._protocol
+        if p.stopped and (self._runner is None or self._runner.done()):
+            self._final = GatewayError(ErrorKind.CLOSED, "the shard is closed")
+            raise self._final
+        self.start()
+        loop = asyncio.get_running_loop()
+        waiter = self._waiter = loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    # ---- sending ----------------------------------------------------------------------------------
+    async def send(self, payload: str | bytes) -> None:
+        """Queue a raw JSON payload. Sent once the shard is Active, within the ratelimit. Payloads over
+        4096 bytes are refused (GatewayError PAYLOAD_TOO_LARGE); waits while the bounded queue is full."""
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        check_payload(data)
+        q = self._ensure_sender()
+        await q.put(data)
+
+    async def command(self, command: Command) -> None:
+        """Queue a gateway command (UpdatePresence, RequestGuildMembers, UpdateVoiceState, ...)."""
+        await self.send(encode_command(command))
+
+    def sender(self) -> MessageSender:
+        """A handle other tasks can use to send through this shard."""
+        return MessageSender(self)
+
+    def _ensure_sender(self) -> asyncio.Queue[bytes]:
+        if self._protocol.stopped:
+            raise GatewayError(ErrorKind.CLOSED, "the shard is closed")
+        if self._sendq is None:
+            self._sendq = asyncio.Queue(self._config.send_queue_size)
+            self._active = asyncio.Event()
+            if self._protocol.state.kind is StateKind.ACTIVE:
+                self._active.set()
+            self._sender_task = asyncio.get_running_loop().create_task(self._sender())
+        return self._sendq
+
+    async def _sender(self) -> None:
+        assert self._sendq is not None and self._active is not None
+        q, active = self._sendq, self._active
+        p = self._protocol
+        while True:
+            payload = await q.get()
+            while True:  # keep the payload across reconnects until it is written (twilight #2247)
+                await active.wait()
+                rl = p.ratelimiter
+                if rl is not None:
+                    await rl.acquire()
+                conn = self._conn
+                if (conn is not None and conn.transport is not None and p.connected and not p.closing
+                        and p.state.kind is StateKind.ACTIVE and rl is p.ratelimiter):
+                    conn.transport.write(encode_text(payload))
+                    break
+                await asyncio.sleep(0)
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start connecting (done automatically by the first `next_event`)."""
+        if self._runner is None and not self._protocol.stopped:
+            self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"shard-{self._id.number}")
+
+    async def close(self, frame: CloseFrame = CloseFrame.NORMAL) -> Session | None:
+        """Close the connection and stop. Returns the Session to resume later, unless `frame` is
+        1000/1001 (CloseFrame.NORMAL), which ends the session. Events already received stay readable."""
+        p = self._protocol
+        delivered = self._delivered_seq
+        session = p.close(frame)
+        if session is not None and delivered is not None and p.events:
+            session = Session(session.id, delivered)  # undelivered events will be replayed on resume
+        conn = self._conn
+        if conn is not None and p.connected:
+            self._after(conn)
+        runner = self._runner
+        if runner is not None and not runner.done():
+            if not p.connected:
+                runner.cancel()
+            try:
+                await asyncio.wait_for(asyncio.shield(runner), self._config.close_timeout + 1.0)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                runner.cancel()
+        p.stopped = True
+        self._stop_tasks()
+        self._wake()
+        return session
+
+    async def __aenter__(self) -> Self:
+        self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if not self._protocol.stopped:
+            await self.close(CloseFrame.NORMAL)
+
+    def _stop_tasks(self) -> None:
+        for task in (self._identify_task, self._sender_task):
+            if task is not None and not task.done():
+                task.cancel()
+        self._identify_task = None
+        self._sender_task = None
+        self._sendq = None
+
+    async def _run(self) -> None:
+        p = self._protocol
+        cfg = self._config
+        loop = asyncio.get_running_loop()
+        try:
+            while not p.stopped:
+                base, delay = p.connect_target()
+                if delay > 0:
+                    log.info("shard %s: reconnecting in %.2f s (attempt %d)", self._id, delay, p.attempts)
+                    await asyncio.sleep(delay)
+                    if p.stopped:
+                        break
+                url = build_url(base, cfg.compression)
+                try:
+                    handshake = Handshake(url)
+                except Exception as exc:  # noqa: BLE001 - malformed URL from a resume_url
+                    p.connect_failed(f"invalid URL: {type(exc).__name__}")
+                    self._wake()
+                    continue
+                conn = _Connection(self, handshake, loop)
+                self._conn = conn
+                try:
+                    async with asyncio.timeout(cfg.connect_timeout):
+                        await loop.create_connection(
+                            lambda: conn, handshake.host, handshake.port,
+                            ssl=cfg.ssl_context() if handshake.secure else None,
+                            server_hostname=handshake.host if handshake.secure else None)
+                        await conn.opened
+                except (OSError, asyncio.TimeoutError, HandshakeError, ConnectionError) as exc:
+                    if conn.transport is not None:
+                        conn.transport.abort()
+                    self._conn = None
+                    reason = "timed out" if isinstance(exc, asyncio.TimeoutError) else str(exc) or type(exc).__name__
+                    log.warning("shard %s: connecting failed: %s", self._id, reason)
+                    p.connect_failed(reason)
+                    self._wake()
+                    continue
+                await conn.lost
+        finally:
+            self._cancel_timers()
+            conn = self._conn
+            if conn is not None and conn.transport is not None and not conn.lost.done():
+                conn.transport.abort()
+            self._wake()
+
+    # ---- callbacks from the connection ------------------------------------------------------------
+    def _on_open(self, conn: _Connection) -> None:
+        if conn is not self._conn:
+            return
+        self._protocol.connection_made()
+        loop = asyncio.get_running_loop()
+        self._hello_handle = loop.call_later(self._config.connect_timeout, self._on_hello_timeout, conn)
+
+    def _on_data(self, conn: _Connection, data: bytes) -> None:
+        if conn is not self._conn:
+            return
+        self._protocol.receive_data(data)
+        self._after(conn)
+
+    def _on_lost(self, conn: _Connection) -> None:
+        if conn is not self._conn:
+            return
+        self._cancel_timers()
+        if self._identify_task is not None:
+            self._identify_task.cancel()
+            self._identify_task = None
+        p = self._protocol
+        was_connected = p.connected
+        p.connection_lost()
+        if was_connected:
+            self._conn = None
+        self._sync_active()
+        self._wake()
+
+    def _after(self, conn: _Connection) -> None:
+        """Carry out what the core decided after an input."""
+        p = self._protocol
+        transport = conn.transport
+        assert transport is not None
+        out = p.outgoing
+        if out:
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)
+            out.clear()
+        if p.abort:
+            transport.abort()
+        elif p.hangup or (p.closing and p.close_received is not None):
+            transport.close()
+        elif p.closing and self._close_handle is None:
+            self._close_handle = asyncio.get_running_loop().call_later(
+                self._config.close_timeout, self._on_close_timeout, conn)
+        deadline = p.heartbeat_deadline
+        if deadline != self._hb_deadline:
+            if self._hb_handle is not None:
+                self._hb_handle.cancel()
+                self._hb_handle = None
+            self._hb_deadline = deadline
+            if deadline is not None:
+                self._hb_handle = asyncio.get_running_loop().call_later(
+                    max(0.0, deadline - time.monotonic()), self._on_heartbeat, conn)
+        if p.want_identify and self._identify_task is None:
+            self._identify_task = asyncio.get_running_loop().create_task(self._identify(conn))
+        if self._active is not None:
+            self._sync_active()
+        events = p.events
+        if events:
+            self._wake()
+            if len(events) >= self._high and not conn.paused and p.connected:
+                conn.paused = True
+                p.suspended = True
+                transport.pause_reading()
+
+    def _resume_reading(self, conn: _Connection) -> None:
+        conn.paused = False
+        self._protocol.suspended = False
+        if conn.transport is not None and not conn.transport.is_closing():
+            conn.transport.resume_reading()
+
+    def _sync_active(self) -> None:
+        active = self._active
+        if active is None:
+            return
+        p = self._protocol
+        if p.connected and p.state.kind is StateKind.ACTIVE:
+            active.set()
+        else:
+            active.clear()
+
+    def _on_heartbeat(self, conn: _Connection) -> None:
+        self._hb_handle = None
+        self._hb_deadline = None
+        if conn is not self._conn:
+            return
+        self._protocol.heartbeat_timer(time.monotonic())
+        self._after(conn)
+
+    def _on_close_timeout(self, conn: _Connection) -> None:
+        self._close_handle = None
+        if conn is self._conn and conn.transport is not None:
+            log.info("shard %s: no close reply in %.1f s; dropping the connection", self._id,
+                     self._config.close_timeout)
+            conn.transport.abort()
+
+    def _on_hello_timeout(self, conn: _Connection) -> None:
+        self._hello_handle = None
+        if conn is self._conn:
+            self._protocol.hello_timeout()
+            if self._protocol.closing:
+                self._after(conn)
+
+    def _cancel_timers(self) -> None:
+        for name in ("_hb_handle", "_close_handle", "_hello_handle"):
+            handle = getattr(self, name)
+            if handle is not None:
+                handle.cancel()
+                setattr(self, name, None)
+        self._hb_deadline = None
+
+    async def _identify(self, conn: _Connection) -> None:
+        p = self._protocol
+        number = self._id.number
+        try:
+            await self._queue.enqueue(number)
+            rl = p.ratelimiter
+            if rl is not None:
+                await rl.acquire()
+            if conn is self._conn and p.connected and p.want_identify and not p.closing:
+                p.identify()
+                self._after(conn)
+            else:
+                self._queue.identified(number, False)
+        finally:
+            if self._identify_task is asyncio.current_task():
+                self._identify_task = None
+
+    def _on_identified(self, ready: bool) -> None:
+        try:
+            self._queue.identified(self._id.number, ready)
+        except Exception:  # noqa: BLE001 - a broken queue must not break the receive path
+            log.exception("shard %s: identify queue failed", self._id)
+
+
+class MessageSender:
+    """Sends through a shard from other tasks (`Shard.sender()`)."""
+
+    __slots__ = ("_shard",)
+
+    def __init__(self, shard: Shard) -> None:
+        self._shard = shard
+
+    def is_closed(self) -> bool:
+        return self._shard._protocol.stopped
+
+    async def send(self, payload: str | bytes) -> None:
+        await self._shard.send(payload)
+
+    async def command(self, command: Command) -> None:
+        await self._shard.command(command)
+
+    def send_nowait(self, payload: str | bytes) -> None:
+        """Queue without waiting; raises GatewayError SEND_QUEUE_FULL if the bounded queue is full."""
+        data = payload.encode() if isinstance(payload, str) else bytes(payload)
+        check_payload(data)
+        try:
+            self._shard._ensure_sender().put_nowait(data)
+        except asyncio.QueueFull:
+            raise GatewayError(ErrorKind.SEND_QUEUE_FULL, "the outgoing queue is full") from None
+
+    def command_nowait(self, command: Command) -> None:
+        self.send_nowait(encode_command(command))
+
+    async def close(self, frame: CloseFrame = CloseFrame.NORMAL) -> Session | None:
+        return await self._shard.close(frame)
