@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 
-from .wsframe import OP_BINARY, OP_TEXT, fragments, frame
+from .wsframe import OP_BINARY, OP_TEXT, frame
 
 try:  # zlib-ng compresses the same format faster; optional extra
     from zlib_ng import zlib_ng as _fast_zlib
@@ -42,7 +42,7 @@ class Plain:
 
 
 class ZlibStream:
-    """One deflate context per connection, Z_SYNC_FLUSH after each message, optionally split across frames."""
+    """One deflate context per connection, Z_SYNC_FLUSH after each message, optionally split across messages."""
 
     name = "zlib-stream"
     __slots__ = ("_c", "_flood", "chunk")
@@ -54,7 +54,12 @@ class ZlibStream:
 
     def encode(self, data: bytes) -> bytes:
         c = self._c
-        return fragments(c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH), OP_BINARY, self.chunk)
+        out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+        if self.chunk <= 0 or len(out) <= self.chunk:
+            return frame(out, OP_BINARY)
+        # Separate WebSocket *messages* (each a final frame), not one fragmented message: a WebSocket library
+        # reassembles fragments, so only whole messages make the client buffer until the Z_SYNC_FLUSH suffix.
+        return b"".join([frame(out[i:i + self.chunk], OP_BINARY) for i in range(0, len(out), self.chunk)])
 
     def encode_many(self, payloads: list[bytes]) -> bytes:
         comp, flush, sync = self._c.compress, self._c.flush, zlib.Z_SYNC_FLUSH
