@@ -1,1 +1,31 @@
-"""cluster package."""
+"""A multiprocess sharding supervisor with a per-worker handler API.
+
+Run it with ``python -m cluster run --handler mybot:Handler`` or from Python::
+
+    from cluster import ClusterConfig, Supervisor
+    code = await Supervisor(ClusterConfig(workers=4), handler=MyHandler).run()
+
+- :class:`Supervisor`: spawns workers, coordinates identifies, restarts, metrics.
+- :class:`Handler` / :class:`WorkerContext`: what a per-worker handler implements and gets.
+- :class:`ClusterConfig` / :func:`load_config`: flags, ``CLUSTER_*`` env, TOML file.
+- :class:`IdentifyCoordinator`, :class:`SessionBudget`, :class:`IpcQueue`: identify coordination.
+- :class:`RestartPolicy`, :func:`split`, :func:`round_up`, :func:`save_sessions` /
+  :func:`load_sessions`: the pure parts, usable on their own.
+"""
+
+from cluster.budget import SessionBudget
+from cluster.config import ClusterConfig, ConfigError, load_config
+from cluster.exitcodes import ClusterExit, ExitCode
+from cluster.handler import ClusterStatus, Handler, HandlerImportError, WorkerContext
+from cluster.identify import IdentifyCoordinator
+from cluster.layout import round_up, split
+from cluster.queue import IpcQueue
+from cluster.restart import Backoff, RestartPolicy
+from cluster.state import load_sessions, save_sessions
+from cluster.supervisor import Supervisor
+
+__all__ = [
+    "Backoff", "ClusterConfig", "ClusterExit", "ClusterStatus", "ConfigError", "ExitCode", "Handler",
+    "HandlerImportError", "IdentifyCoordinator", "IpcQueue", "RestartPolicy", "SessionBudget", "Supervisor",
+    "WorkerContext", "load_config", "load_sessions", "round_up", "save_sessions", "split",
+]

@@ -77,6 +77,10 @@ class IdentifyCoordinator:
         """Shards waiting for a slot."""
         return len(self._waiting)
 
+    def waiting(self) -> list[int]:
+        """Shards waiting for a slot, in no particular order."""
+        return list(self._waiting)
+
     def holders(self) -> list[int]:
         return [b.holder for b in self._buckets if b.holder is not None]
 

@@ -1,0 +1,167 @@
+"""``python -m cluster``: run a cluster, show its status, restart it.
+
+    python -m cluster run --token-env DISCORD_TOKEN --handler mybot:Handler --workers 4
+    python -m cluster status [--url http://127.0.0.1:9100]
+    python -m cluster restart --rolling [--url ... | --pid PID]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+import typing
+import urllib.error
+import urllib.request
+from typing import Any
+
+from cluster.config import ENV_PREFIX, ClusterConfig, ConfigError, load_config
+from cluster.exitcodes import ExitCode
+
+__all__ = ["main"]
+
+
+def _field_type(annotation: Any) -> type:
+    args = [a for a in typing.get_args(annotation) if a is not type(None)] or [annotation]
+    return args[0] if isinstance(args[0], type) else str
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    hints = typing.get_type_hints(ClusterConfig)
+    for name in ClusterConfig.__struct_fields__:
+        flag = "--" + name.replace("_", "-")
+        kind = _field_type(hints[name])
+        if kind is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            p.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper())
+    p.add_argument("--config", metavar="FILE", help="TOML config file (keys as below, optionally under [cluster])")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m cluster", description="Multiprocess Discord sharding supervisor.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the supervisor and its workers",
+                         description=f"Every option can also come from the environment ({ENV_PREFIX}WORKERS=4) "
+                                     "or the --config TOML file; flags win, then the environment, then the file.")
+    _add_config_flags(run)
+    for name in ("status", "restart"):
+        s = sub.add_parser(name, help="print the workers and shards" if name == "status" else
+                           "restart the workers one by one, resuming every session")
+        s.add_argument("--url", help="the supervisor's HTTP address (default: from --http-host/--http-port, "
+                                     f"{ENV_PREFIX}HTTP_PORT or 9100)")
+        s.add_argument("--config", metavar="FILE")
+        if name == "status":
+            s.add_argument("--json", action="store_true", help="print the raw JSON")
+        else:
+            s.add_argument("--rolling", action="store_true", required=True)
+            s.add_argument("--pid", type=int, help="send SIGHUP to this supervisor instead of using HTTP")
+    return p
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(level=level.upper(), stream=sys.stderr,
+                        format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
+
+
+async def _run(cfg: ClusterConfig) -> int:
+    from cluster.display import StatusDisplay
+    from cluster.supervisor import Supervisor
+
+    sup = Supervisor(cfg)
+    show = cfg.status_line if cfg.status_line is not None else sys.stderr.isatty()
+    display = asyncio.get_running_loop().create_task(StatusDisplay(sup, tty=show).run()) if show else None
+    try:
+        code = await sup.run()
+    finally:
+        if display is not None:
+            display.cancel()
+            await asyncio.gather(display, return_exceptions=True)
+    if code:
+        print(f"cluster: {sup.exit_message or ExitCode(code).name} (exit code {code}: {ExitCode(code).name})",
+              file=sys.stderr)
+    return code
+
+
+def run(cfg: ClusterConfig) -> int:
+    _configure_logging(cfg.log_level)
+    try:
+        import uvloop
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(_run(cfg))
+
+
+def _base_url(args: argparse.Namespace) -> str:
+    if args.url:
+        return args.url.rstrip("/")
+    cfg = load_config({}, os.environ, args.config)
+    return f"http://{cfg.http_host}:{cfg.http_port or 9100}"
+
+
+def _http(method: str, url: str) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def format_status(st: dict[str, Any]) -> str:
+    """The ``cluster status`` tables."""
+    b = st.get("session_budget") or {}
+    lines = [f"{st['active']}/{st['shard_total']} shards active · max_concurrency {st['max_concurrency']} · "
+             f"identify queue {st['identify_queue']} · identifies left {b.get('remaining')}/{b.get('total')} "
+             f"(safety margin {b.get('reserve')}) · up {st['uptime']:.0f} s", "",
+             f"{'WORKER':>6} {'PID':>8} {'STATE':<9} {'SHARDS':<10} {'RSS MB':>7} {'IPC RTT':>9} {'RESTARTS':>8}"]
+    for w in st["workers"]:
+        rtt = f"{w['ipc_rtt'] * 1000:.2f}ms" if w["ipc_rtt"] is not None else "-"
+        lines.append(f"{w['id']:>6} {w['pid'] or '-':>8} {w['state']:<9} {w['shards'][0]}-{w['shards'][1]:<8} "
+                     f"{w['rss'] / 2**20:>7.1f} {rtt:>9} {w['restarts']:>8}")
+    lines += ["", f"{'SHARD':>6} {'WORKER':>6} {'STATE':<13} {'LATENCY':>9} {'LAST EVENT':>10} {'RESUMES':>7}"]
+    for s in st["shards"]:
+        lat = f"{s['latency'] * 1000:.0f}ms" if s["latency"] is not None else "-"
+        age = f"{s['last_event_age']:.1f}s" if s["last_event_age"] is not None else "-"
+        lines.append(f"{s['id']:>6} {s['worker']:>6} {s['state']:<13} {lat:>9} {age:>10} {s['resumes']:>7}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            flags = {k: v for k, v in vars(args).items() if k in ClusterConfig.__struct_fields__}
+            cfg = load_config(flags, os.environ, args.config)
+            return run(cfg)
+        if args.command == "restart" and args.pid:
+            os.kill(args.pid, signal.SIGHUP)
+            print(f"sent SIGHUP to {args.pid}: rolling restart requested")
+            return 0
+        base = _base_url(args)
+    except ConfigError as exc:
+        print(f"cluster: config error: {exc}", file=sys.stderr)
+        return int(ExitCode.CONFIG)
+    try:
+        if args.command == "status":
+            status, body = _http("GET", base + "/status")
+            if status != 200:
+                print(f"cluster: {base}/status answered {status}: {body.decode(errors='replace')}", file=sys.stderr)
+                return int(ExitCode.ERROR)
+            st = json.loads(body)
+            print(json.dumps(st, indent=2) if args.json else format_status(st))
+            return 0
+        status, body = _http("POST", base + "/restart?rolling=1")
+        print(body.decode(errors="replace").strip())
+        return 0 if status in (200, 202) else int(ExitCode.ERROR)
+    except (urllib.error.URLError, OSError) as exc:
+        print(f"cluster: cannot reach the supervisor at {base}: {exc}", file=sys.stderr)
+        return int(ExitCode.ERROR)
+
+

@@ -1,0 +1,56 @@
+"""``GET /gateway/bot``: the recommended shard count, gateway URL and session start limit."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.error
+import urllib.request
+
+import msgspec
+
+from cluster.exitcodes import ClusterExit, ExitCode
+
+__all__ = ["GatewayBot", "SessionStartLimit", "fetch_gateway_bot"]
+
+
+class SessionStartLimit(msgspec.Struct, frozen=True):
+    total: int
+    remaining: int
+    reset_after: int  # milliseconds
+    max_concurrency: int = 1
+
+
+class GatewayBot(msgspec.Struct, frozen=True):
+    url: str
+    shards: int
+    session_start_limit: SessionStartLimit
+
+
+def _get(api_url: str, token: str, timeout: float) -> bytes:
+    auth = token if token.startswith("Bot ") else f"Bot {token}"
+    req = urllib.request.Request(api_url.rstrip("/") + "/gateway/bot",
+                                 headers={"Authorization": auth, "User-Agent": "shardstack-cluster"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - the configured API URL
+        return resp.read()
+
+
+async def fetch_gateway_bot(api_url: str, token: str, timeout: float = 10.0) -> GatewayBot:
+    """Call ``GET /gateway/bot``; a 401 raises :class:`ClusterExit` (authentication failed)."""
+    try:
+        body = await asyncio.to_thread(_get, api_url, token, timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401:
+            raise ClusterExit(ExitCode.AUTHENTICATION_FAILED,
+                              "authentication failed: GET /gateway/bot answered 401; the bot token is invalid") from None
+        detail = exc.read()[:200].decode(errors="replace")
+        raise ClusterExit(ExitCode.ERROR, f"GET /gateway/bot failed: HTTP {exc.code} {detail}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise ClusterExit(ExitCode.ERROR, f"GET /gateway/bot failed: {exc}") from None
+    try:
+        return msgspec.json.decode(body, type=GatewayBot)
+    except msgspec.DecodeError:
+        raise ClusterExit(ExitCode.ERROR, f"GET /gateway/bot returned invalid JSON: {body[:200]!r}") from None
+    except msgspec.ValidationError as exc:
+        raise ClusterExit(ExitCode.ERROR, f"GET /gateway/bot returned an unexpected shape: {exc}") from None
+
+

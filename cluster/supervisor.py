@@ -1,0 +1,658 @@
+"""The supervisor: spawns the workers, owns the identify budget, restarts what breaks.
+
+One asyncio process. It asks ``GET /gateway/bot`` for the shard count and session budget,
+splits the shards into workers (consecutive ranges), spawns them with ``multiprocess``,
+grants identify slots through the :class:`~cluster.identify.IdentifyCoordinator`, keeps every
+shard's latest session, and restarts dead, hung or crash-looping workers behind a
+:class:`~cluster.restart.RestartPolicy`. On SIGTERM/SIGINT it drains the workers resumably and
+writes the state file; on SIGHUP it does a rolling restart that resumes every session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import math
+import os
+import signal
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import multiprocess
+
+from cluster.budget import SessionBudget
+from cluster.config import ClusterConfig
+from cluster.discord_api import fetch_gateway_bot
+from cluster.exitcodes import ClusterExit, ExitCode, for_close_code
+from cluster.handler import ClusterStatus, HandlerImportError, check_handler, maybe_await
+from cluster.identify import Defer, Grant, IdentifyCoordinator, Refuse
+from cluster.layout import round_up, split
+from cluster.restart import Backoff, GiveUp, RestartPolicy
+from cluster.state import load_sessions, save_sessions
+from cluster.worker import EXIT_HANDLER_IMPORT, WorkerSpec, run_worker
+from ipc import Channel, HeartbeatMonitor, answer, gather
+from ipc.calls import encode_value
+from ipc.protocol import (Assign, Assignment, Drain, Drained, Hello, IdentifyCancel, IdentifyDone,
+                          IdentifyGrant, IdentifyRefused, IdentifyRequest, IdentifyStarted, Packet,
+                          Ping, Pong, Request, Response, RestartShard, SessionInfo, SessionReport,
+                          ShardFatal, StatusReport, WorkerFatal)
+
+__all__ = ["Supervisor", "WorkerState"]
+
+log = logging.getLogger("cluster")
+
+ACTIVE = "ACTIVE"
+RECONNECT_EVENTS = {"GATEWAY_RECONNECT": "reconnect", "GATEWAY_INVALID_SESSION": "invalid_session",
+                    "GATEWAY_CLOSE": "close"}
+
+
+class WorkerState(enum.Enum):
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    EXITED = "exited"
+
+
+@dataclass
+class ShardView:
+    """What the supervisor knows about one shard (from its worker's reports)."""
+
+    shard_id: int
+    worker_id: int
+    state: str = "PENDING"
+    since: float = 0.0
+    latency: float | None = None
+    last_event_age: float | None = None
+    generation: int = 0
+    restarted_at: float = -math.inf
+    events: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass
+class WorkerHandle:
+    worker_id: int
+    shard_ids: range
+    generation: int
+    process: Any
+    policy: RestartPolicy
+    state: WorkerState = WorkerState.STARTING
+    channel: Channel | None = None
+    heartbeat: HeartbeatMonitor | None = None
+    pid: int | None = None
+    started_at: float = 0.0
+    exitcode: int | None = None
+    retiring: bool = False
+    last_fatal: str | None = None
+    rss: int = 0
+    loop_lag: float = 0.0
+    blocked: int = 0
+    handler_errors: int = 0
+    hello: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    drained: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    exited: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "unknown exit"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit code {code}"
+
+
+class Supervisor:
+    """Runs a cluster until it is stopped; :meth:`run` returns the process exit code.
+
+    ``handler`` overrides ``config.handler`` (a ``module:attribute`` string or a class,
+    factory or instance, pickled to the workers). ``supervisor_handler.on_call`` answers
+    workers' typed requests that the supervisor does not handle itself.
+    """
+
+    def __init__(self, config: ClusterConfig, *, token: str | None = None, handler: Any = None,
+                 supervisor_handler: Any = None, start_method: str = "spawn",
+                 shard_options: dict[str, Any] | None = None) -> None:
+        self.config = config
+        self._token = token
+        self.handler = handler if handler is not None else config.handler
+        self.supervisor_handler = supervisor_handler
+        self.mp = multiprocess.get_context(start_method)
+        self.shard_options = shard_options or {}
+        self.workers: dict[int, WorkerHandle] = {}
+        self.shards: dict[int, ShardView] = {}
+        self.sessions: dict[int, SessionInfo] = {}
+        self.shard_total = 0
+        self.max_concurrency = 1
+        self.gateway_url: str | None = config.gateway_url
+        self.identifies: Counter[str] = Counter()
+        self.restarts: Counter[tuple[int, str]] = Counter()
+        self.identify_waits: list[float] = []
+        self.exit_code = ExitCode.OK
+        self.exit_message = ""
+        self.stopping = False
+        self.started = time.monotonic()
+        self.http_url: str | None = None
+        self.coordinator: IdentifyCoordinator | None = None
+        self._stop: asyncio.Future[None] | None = None
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._rolling: asyncio.Task[None] | None = None
+        self._last_defer = 0.0
+        self.listeners: list[Any] = []  # callables(event: str, **info) for tests and the display
+
+    # --- public control ------------------------------------------------------------------
+
+    def stop(self, code: ExitCode = ExitCode.OK, message: str = "") -> None:
+        """Ask the cluster to shut down (resumably) and exit with ``code``."""
+        if self._stop is not None and not self._stop.done():
+            if code != ExitCode.OK:
+                self.exit_code, self.exit_message = code, message
+                log.error("%s", message)
+            self._stop.set_result(None)
+
+    def rolling_restart(self) -> bool:
+        """Start a rolling restart (worker by worker, resuming every session); False if one runs."""
+        if self._rolling is not None and not self._rolling.done() or self.stopping:
+            return False
+        self._rolling = self._spawn_task(self._rolling_restart())
+        return True
+
+    @property
+    def rolling(self) -> bool:
+        return self._rolling is not None and not self._rolling.done()
+
+    def active_shards(self) -> int:
+        return sum(1 for v in self.shards.values() if v.state == ACTIVE)
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot: workers, shards, identify queue and budget."""
+        now = time.monotonic()
+        coord = self.coordinator
+        return {
+            "shard_total": self.shard_total,
+            "active": self.active_shards(),
+            "max_concurrency": self.max_concurrency,
+            "uptime": now - self.started,
+            "rolling": self.rolling,
+            "identify_queue": coord.depth if coord else 0,
+            "session_budget": ({"remaining": coord.budget.available(now), "total": coord.budget.total,
+                                "reserve": coord.budget.reserve, "reset_in": coord.budget.reset_in(now)}
+                               if coord else None),
+            "identifies": dict(self.identifies),
+            "workers": [{"id": w.worker_id, "pid": w.pid, "state": w.state.value, "generation": w.generation,
+                         "shards": [w.shard_ids.start, w.shard_ids.stop - 1], "rss": w.rss,
+                         "ipc_rtt": w.heartbeat.rtt if w.heartbeat else None, "loop_lag": w.loop_lag,
+                         "blocked": w.blocked, "handler_errors": w.handler_errors,
+                         "restarts": sum(n for (wid, _), n in self.restarts.items() if wid == w.worker_id)}
+                        for w in sorted(self.workers.values(), key=lambda w: w.worker_id)],
+            "shards": [{"id": v.shard_id, "worker": v.worker_id, "state": v.state, "latency": v.latency,
+                        "last_event_age": v.last_event_age, "session": v.shard_id in self.sessions,
+                        "resumes": v.events.get("RESUMED", 0)}
+                       for v in sorted(self.shards.values(), key=lambda v: v.shard_id)],
+        }
+
+    # --- run -----------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._stop = loop.create_future()
+        try:
+            await self._start()
+        except ClusterExit as exc:
+            log.error("%s", exc)
+            self.exit_code, self.exit_message = exc.code, str(exc)
+            await self._shutdown()
+            return int(exc.code)
+        for sig, fn in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
+                        (signal.SIGHUP, self.rolling_restart)):
+            try:
+                loop.add_signal_handler(sig, fn)
+            except (NotImplementedError, RuntimeError):  # not the main thread
+                pass
+        await self._stop
+        await self._shutdown()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            try:
+                loop.remove_signal_handler(sig)
+            except (NotImplementedError, RuntimeError):
+                pass
+        return int(self.exit_code)
+
+    def token(self) -> str:
+        if self._token is None:
+            self._token = self.config.token()
+        return self._token
+
+    async def _start(self) -> None:
+        cfg = self.config
+        try:
+            token = self.token()
+        except ValueError as exc:
+            raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
+        if isinstance(self.handler, str):
+            try:
+                check_handler(self.handler)
+            except HandlerImportError as exc:
+                raise ClusterExit(ExitCode.HANDLER_IMPORT, f"handler failed to import: {exc}") from None
+        now = time.monotonic()
+        info = await fetch_gateway_bot(cfg.api_url, token)
+        limit = info.session_start_limit
+        self.gateway_url = cfg.gateway_url or info.url
+        self.max_concurrency = cfg.max_concurrency or limit.max_concurrency
+        self.shard_total = round_up(cfg.shards or info.shards, self.max_concurrency)
+        if cfg.shards and self.shard_total != cfg.shards:
+            log.warning("shard count %d rounded up to %d, a multiple of max_concurrency %d",
+                        cfg.shards, self.shard_total, self.max_concurrency)
+        reserve = cfg.budget_reserve if cfg.budget_reserve is not None else max(self.shard_total, limit.total // 20)
+        budget = SessionBudget(limit.total, limit.remaining, limit.reset_after / 1000, now=now, reserve=reserve)
+        self.coordinator = IdentifyCoordinator(self.max_concurrency, budget, window=cfg.identify_window,
+                                               hold_timeout=cfg.identify_hold_timeout)
+        if not cfg.fresh:
+            self.sessions, note = load_sessions(cfg.state_file, self.shard_total, cfg.session_ttl)
+            log.info("%s", note)
+        ranges = split(self.shard_total, shards_per_worker=cfg.shards_per_worker, workers=cfg.workers)
+        log.info("%d shards (max_concurrency %d) in %d workers; session budget %d/%d (safety margin %d)",
+                 self.shard_total, self.max_concurrency, len(ranges), limit.remaining, limit.total, reserve)
+        for wid, r in enumerate(ranges):
+            for s in r:
+                self.shards[s] = ShardView(s, wid)
+        if cfg.http_port is not None:
+            from cluster.http import serve_http
+            self.http_server, self.http_url = await serve_http(self, cfg.http_host, cfg.http_port)
+            log.info("metrics at %s/metrics", self.http_url)
+        self._spawn_task(self._identify_pump())
+        self._spawn_task(self._heartbeat_loop())
+        self._spawn_task(self._health_loop())
+        self._spawn_task(self._budget_refresh_loop())
+        for wid, r in enumerate(ranges):
+            self._spawn_task(self._bring_up(wid, r, RestartPolicy(
+                f"worker {wid}", min_alive=cfg.restart_min_alive, max_failures=cfg.restart_max_failures,
+                backoff=Backoff(cfg.restart_backoff_base, cfg.restart_backoff_cap))))
+
+    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+
+        def done(t: asyncio.Task[Any]) -> None:
+            self._tasks.discard(t)
+            if not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                if isinstance(exc, ClusterExit):
+                    self.stop(exc.code, str(exc))
+                else:
+                    log.error("supervisor task failed", exc_info=exc)
+                    self.stop(ExitCode.ERROR, f"internal error: {type(exc).__name__}: {exc}")
+
+        task.add_done_callback(done)
+        return task
+
+    def _emit(self, event: str, **info: Any) -> None:
+        for fn in self.listeners:
+            try:
+                fn(event, **info)
+            except Exception:  # noqa: BLE001
+                log.exception("listener failed")
+
+    # --- workers -------------------------------------------------------------------------
+
+    async def _spawn(self, worker_id: int, shard_ids: range, policy: RestartPolicy, generation: int) -> WorkerHandle:
+        """Start a worker process and wait for its Hello (handler imported)."""
+        parent, child = self.mp.Pipe(duplex=True)
+        spec = WorkerSpec(worker_id, self.token(), self.config.intents, self.handler, self.gateway_url,
+                          self.config.compression, self.config.report_interval, self.config.blocked_threshold,
+                          self.config.log_level, self.shard_options)
+        process = self.mp.Process(target=run_worker, args=(spec, child), name=f"cluster-worker-{worker_id}",
+                                  daemon=False)
+        handle = WorkerHandle(worker_id, shard_ids, generation, process, policy)
+        await asyncio.to_thread(process.start)
+        child.close()
+        handle.pid = process.pid
+        handle.started_at = time.monotonic()
+        policy.started(handle.started_at)
+        loop = asyncio.get_running_loop()
+        loop.add_reader(process.sentinel, self._on_sentinel, handle)
+        handle.channel = await Channel.open(parent, lambda p: self._on_packet(handle, p),
+                                            name=f"worker {worker_id}")
+        log.debug("worker %d (gen %d) spawned, pid %d", worker_id, generation, process.pid)
+        done, _ = await asyncio.wait([handle.hello, handle.exited], timeout=120,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if not handle.hello.done():
+            if not handle.exited.done():
+                await self._kill(handle, "no hello within 120 s")
+        return handle
+
+    async def _bring_up(self, worker_id: int, shard_ids: range, policy: RestartPolicy, generation: int = 0,
+                        delay: float = 0.0) -> None:
+        if delay:
+            await asyncio.sleep(delay)
+        if self.stopping:
+            return
+        handle = await self._spawn(worker_id, shard_ids, policy, generation)
+        self.workers[worker_id] = handle
+        if handle.hello.done() and not handle.exited.done():
+            self._assign(handle)
+        elif handle.exited.done():
+            self._worker_died(handle)
+
+    def _assign(self, handle: WorkerHandle) -> None:
+        now = time.monotonic()
+        shards = []
+        for s in handle.shard_ids:
+            view = self.shards[s]
+            view.state, view.since, view.generation, view.worker_id = "STARTING", now, handle.generation, handle.worker_id
+            shards.append(Assignment(s, self.sessions.get(s)))
+        handle.state = WorkerState.RUNNING
+        handle.heartbeat = HeartbeatMonitor(self.config.ipc_heartbeat_interval, self.config.ipc_heartbeat_missed,
+                                            now=now)
+        resumes = sum(1 for a in shards if a.session is not None)
+        log.info("worker %d (pid %d) runs shards %d-%d (%d resuming)", handle.worker_id, handle.pid,
+                 handle.shard_ids.start, handle.shard_ids.stop - 1, resumes)
+        assert handle.channel is not None
+        handle.channel.send(Assign(self.shard_total, shards))
+        self._emit("assigned", worker_id=handle.worker_id, pid=handle.pid)
+
+    def _on_sentinel(self, handle: WorkerHandle) -> None:
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(handle.process.sentinel)
+        handle.process.join(0)  # reaps: the process is confirmed dead
+        handle.exitcode = handle.process.exitcode
+        handle.state = WorkerState.EXITED
+        if handle.channel is not None:
+            handle.channel.close()
+        for s in handle.shard_ids:
+            if self.coordinator is not None:
+                self.coordinator.cancel(s)
+            view = self.shards.get(s)
+            if view is not None and view.generation == handle.generation and self.workers.get(handle.worker_id) is handle:
+                view.state = "WORKER_DOWN"
+        self._wake.set()
+        if not handle.exited.done():
+            handle.exited.set_result(handle.exitcode if handle.exitcode is not None else -1)
+        if self.workers.get(handle.worker_id) is handle and not handle.retiring and not self.stopping:
+            self._worker_died(handle)
+
+    def _worker_died(self, handle: WorkerHandle) -> None:
+        reason = handle.last_fatal or describe_exit(handle.exitcode)
+        log.warning("worker %d (pid %s) died: %s", handle.worker_id, handle.pid, reason)
+        kind = "handler_import" if handle.exitcode == EXIT_HANDLER_IMPORT else (
+            "unresponsive" if handle.last_fatal and handle.last_fatal.startswith("unresponsive") else
+            "killed" if (handle.exitcode or 0) < 0 else "exit")
+        self.restarts[(handle.worker_id, kind)] += 1
+        self._emit("worker_died", worker_id=handle.worker_id, reason=reason)
+        decision = handle.policy.exited(time.monotonic(), reason)
+        if isinstance(decision, GiveUp):
+            code = ExitCode.HANDLER_IMPORT if kind == "handler_import" else ExitCode.CRASH_LOOP
+            self.stop(code, decision.message)
+            return
+        log.info("restarting worker %d in %.1f s (attempt %d)", handle.worker_id, decision.delay, decision.attempt)
+        self._spawn_task(self._bring_up(handle.worker_id, handle.shard_ids, handle.policy,
+                                        handle.generation + 1, decision.delay))
+
+    async def _kill(self, handle: WorkerHandle, reason: str) -> None:
+        """SIGKILL a worker and wait until it is reaped (confirmed dead)."""
+        handle.last_fatal = reason
+        if handle.process.exitcode is None:
+            try:
+                os.kill(handle.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        await asyncio.shield(handle.exited)
+
+    # --- packets -------------------------------------------------------------------------
+
+    def _on_packet(self, handle: WorkerHandle, p: Packet) -> None:
+        coord = self.coordinator
+        assert coord is not None
+        now = time.monotonic()
+        t = type(p)
+        if t is StatusReport:
+            self._on_status(handle, p, now)  # type: ignore[arg-type]
+        elif t is SessionReport:
+            for info in p.sessions:  # type: ignore[attr-defined]
+                self.sessions[info.shard_id] = info
+        elif t is Pong:
+            if handle.heartbeat is not None:
+                handle.heartbeat.pong(p.nonce, now)  # type: ignore[attr-defined]
+        elif t is IdentifyRequest:
+            if p.shard_id in handle.shard_ids:  # type: ignore[attr-defined]
+                coord.request(p.shard_id, now, p.reason)  # type: ignore[attr-defined]
+                self._wake.set()
+        elif t is IdentifyStarted:
+            coord.started(p.shard_id, now)  # type: ignore[attr-defined]
+        elif t is IdentifyDone:
+            coord.done(p.shard_id, p.ready, now)  # type: ignore[attr-defined]
+            self._wake.set()
+        elif t is IdentifyCancel:
+            coord.cancel(p.shard_id)  # type: ignore[attr-defined]
+            self._wake.set()
+        elif t is Hello:
+            if not handle.hello.done():
+                handle.hello.set_result(None)
+        elif t is Drained:
+            for info in p.sessions:  # type: ignore[attr-defined]
+                self.sessions[info.shard_id] = info
+            if not handle.drained.done():
+                handle.drained.set_result(None)
+        elif t is Request:
+            self._spawn_task(self._answer(handle, p))  # type: ignore[arg-type]
+        elif t is ShardFatal:
+            code, text = for_close_code(p.code)  # type: ignore[attr-defined]
+            self.stop(code, f"shard {p.shard_id}: {text}")  # type: ignore[attr-defined]
+        elif t is WorkerFatal:
+            handle.last_fatal = f"{p.kind.replace('_', ' ')} failed: {p.message}"  # type: ignore[attr-defined]
+            log.error("worker %d: %s", handle.worker_id, handle.last_fatal)
+            if p.kind == "handler_setup":  # type: ignore[attr-defined]
+                self.stop(ExitCode.HANDLER_SETUP, f"worker {handle.worker_id}: {handle.last_fatal}")
+
+    def _on_status(self, handle: WorkerHandle, report: StatusReport, now: float) -> None:
+        handle.rss, handle.loop_lag = report.rss, report.loop_lag
+        handle.blocked, handle.handler_errors = report.blocked, report.handler_errors
+        for st in report.shards:
+            view = self.shards.get(st.shard_id)
+            if view is None or view.generation != handle.generation:
+                continue
+            if st.state != view.state:
+                view.since = now
+                if st.state == ACTIVE:
+                    self._emit("shard_active", shard_id=st.shard_id)
+            view.state, view.latency, view.last_event_age = st.state, st.latency, st.last_event_age
+            if st.events:
+                view.events.update(st.events)
+
+    async def _answer(self, handle: WorkerHandle, request: Request) -> None:
+        if request.broadcast:
+            channels = {w.worker_id: w.channel for w in self.workers.values()
+                        if w.state == WorkerState.RUNNING and w.channel is not None}
+            replies = await gather(channels, request.name, request.body, request.timeout)  # type: ignore[arg-type]
+            response = Response(request.id, encode_value(replies))
+        else:
+            response = await answer(request, self._on_call)
+        if handle.channel is not None and not handle.channel.closed:
+            handle.channel.send(response)
+
+    async def _on_call(self, call: Any) -> Any:
+        if isinstance(call, ClusterStatus):
+            return self.status()
+        on_call = getattr(self.supervisor_handler, "on_call", None)
+        if on_call is None:
+            raise LookupError(f"the supervisor does not answer {type(call).__name__}")
+        return await maybe_await(on_call(call))
+
+    async def broadcast(self, call: Any, timeout: float = 5.0) -> list[Any]:
+        """Send a typed call to every running worker from the supervisor; gather the replies."""
+        from ipc.calls import encode_call
+        name, body = encode_call(call)
+        channels = {w.worker_id: w.channel for w in self.workers.values()
+                    if w.state == WorkerState.RUNNING and w.channel is not None}
+        return await gather(channels, name, body, timeout)  # type: ignore[arg-type]
+
+    # --- loops ---------------------------------------------------------------------------
+
+    async def _identify_pump(self) -> None:
+        coord = self.coordinator
+        assert coord is not None
+        while True:
+            now = time.monotonic()
+            for d in coord.poll(now):
+                if isinstance(d, Grant):
+                    self._grant(d)
+                elif isinstance(d, Refuse):
+                    self._send_to_shard(d.shard_id, IdentifyRefused(d.shard_id, d.message))
+                    self.stop(ExitCode.SESSION_BUDGET, d.message)
+                elif isinstance(d, Defer) and now - self._last_defer > 60:
+                    self._last_defer = now
+                    log.warning("%s", d.message)
+            deadline = coord.next_deadline(now)
+            try:
+                await asyncio.wait_for(self._wake.wait(), None if deadline is None else max(0.0, deadline - now))
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    def _grant(self, g: Grant) -> None:
+        self.identifies[g.reason] += 1
+        self.identify_waits.append(g.waited)
+        if not self._send_to_shard(g.shard_id, IdentifyGrant(g.shard_id)):
+            assert self.coordinator is not None
+            self.coordinator.cancel(g.shard_id)
+
+    def _send_to_shard(self, shard_id: int, packet: Packet) -> bool:
+        view = self.shards.get(shard_id)
+        handle = self.workers.get(view.worker_id) if view else None
+        if handle is None or handle.channel is None or handle.channel.closed:
+            return False
+        handle.channel.send(packet)
+        return True
+
+    async def _heartbeat_loop(self) -> None:
+        interval = self.config.ipc_heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for handle in list(self.workers.values()):
+                hb = handle.heartbeat
+                if handle.state != WorkerState.RUNNING or hb is None or handle.channel is None:
+                    continue
+                if hb.dead(now):
+                    reason = f"unresponsive: no IPC heartbeat answer for {hb.silence(now):.1f} s"
+                    log.error("worker %d %s; killing it", handle.worker_id, reason)
+                    handle.state = WorkerState.DRAINING
+                    self._spawn_task(self._kill(handle, reason))
+                    continue
+                try:
+                    handle.channel.send(Ping(hb.ping(now)))
+                except ConnectionError:
+                    pass
+
+    async def _health_loop(self) -> None:
+        cfg = self.config
+        while True:
+            await asyncio.sleep(cfg.report_interval)
+            if self.coordinator is None or self.rolling:
+                continue
+            now = time.monotonic()
+            waiting = set(self.coordinator.waiting()) | set(self.coordinator.holders())
+            for view in self.shards.values():
+                handle = self.workers.get(view.worker_id)
+                if handle is None or handle.state != WorkerState.RUNNING or view.generation != handle.generation:
+                    continue
+                if now - view.restarted_at < cfg.shard_stuck_timeout:
+                    continue
+                reason = None
+                if view.state != ACTIVE and view.shard_id not in waiting and now - view.since > cfg.shard_stuck_timeout:
+                    reason = f"stuck in {view.state} for {now - view.since:.0f} s"
+                elif view.state == ACTIVE and view.last_event_age is not None and view.last_event_age > cfg.shard_stuck_timeout:
+                    reason = f"zombie: nothing received for {view.last_event_age:.0f} s"
+                if reason:
+                    view.restarted_at = now
+                    log.warning("shard %d %s; restarting it", view.shard_id, reason)
+                    self._send_to_shard(view.shard_id, RestartShard(view.shard_id, reason))
+
+    async def _budget_refresh_loop(self, every: float = 300.0) -> None:
+        while True:
+            await asyncio.sleep(every)
+            try:
+                info = await fetch_gateway_bot(self.config.api_url, self.token())
+            except ClusterExit as exc:
+                log.warning("could not refresh the session budget: %s", exc)
+                continue
+            limit = info.session_start_limit
+            assert self.coordinator is not None
+            self.coordinator.budget.refresh(limit.total, limit.remaining, limit.reset_after / 1000, time.monotonic())
+
+    # --- rolling restart and shutdown --------------------------------------------------------
+
+    async def _rolling_restart(self) -> None:
+        log.info("rolling restart of %d workers", len(self.workers))
+        self._emit("rolling_started")
+        for wid in sorted(self.workers):
+            if self.stopping:
+                return
+            old = self.workers[wid]
+            new = await self._spawn(wid, old.shard_ids, old.policy, old.generation + 1)
+            if not new.hello.done():
+                log.error("rolling restart aborted: the new worker %d did not start (%s)", wid,
+                          new.last_fatal or describe_exit(new.exitcode))
+                return
+            if old.state == WorkerState.RUNNING:
+                await self._drain(old)
+            self.workers[wid] = new
+            if new.exited.done():
+                self._worker_died(new)
+                return
+            self._assign(new)
+            if not await self._wait_active(new.shard_ids, timeout=60.0):
+                log.warning("rolling restart: worker %d's shards are not all Active after 60 s; going on", wid)
+        log.info("rolling restart done")
+        self._emit("rolling_done")
+
+    async def _drain(self, handle: WorkerHandle, resumable: bool = True) -> None:
+        """Drain a worker (sessions come back in Drained) and wait until it is confirmed dead."""
+        handle.retiring = True
+        handle.state = WorkerState.DRAINING
+        timeout = self.config.shutdown_timeout
+        if handle.channel is not None and not handle.channel.closed:
+            try:
+                handle.channel.send(Drain(resumable))
+            except ConnectionError:
+                pass
+            try:
+                await asyncio.wait_for(asyncio.shield(handle.drained), timeout)
+            except TimeoutError:
+                log.warning("worker %d did not drain within %.0f s; killing it", handle.worker_id, timeout)
+        try:
+            await asyncio.wait_for(asyncio.shield(handle.exited), timeout)
+        except TimeoutError:
+            await self._kill(handle, "did not exit after draining")
+
+    async def _wait_active(self, shard_ids: range, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(self.shards[s].state == ACTIVE for s in shard_ids):
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    async def _shutdown(self) -> None:
+        self.stopping = True
+        if self._rolling is not None:
+            self._rolling.cancel()
+        handles = [w for w in self.workers.values() if w.state != WorkerState.EXITED]
+        await asyncio.gather(*(self._drain(w) for w in handles))
+        for task in list(self._tasks):
+            task.cancel()
+        if self.sessions and self.shard_total:
+            try:
+                save_sessions(self.config.state_file, self.shard_total, list(self.sessions.values()))
+                log.info("saved %d sessions to %s", len(self.sessions), self.config.state_file)
+            except OSError as exc:
+                log.error("could not write the state file %s: %s", self.config.state_file, exc)
+        server = getattr(self, "http_server", None)
+        if server is not None:
+            server.close()
+        self._emit("stopped", code=int(self.exit_code))

@@ -1,0 +1,325 @@
+"""A worker process: several shards on one uvloop event loop, driven by the supervisor.
+
+Lifecycle: import the handler (failure: ``WorkerFatal`` and exit code 3), say ``Hello``,
+wait for ``Assign``, run ``handler.setup``, then run every shard, delivering its events to
+``handler.on_event(shard, event)``. Identify slots come from the supervisor through
+:class:`~cluster.queue.IpcQueue`; sessions and health go back in batched reports. On
+``Drain``, SIGTERM or the supervisor's disappearance, the shards are closed resumably and
+their sessions are handed back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster.handler import HandlerImportError, WorkerContext, load_handler, maybe_await
+from cluster.queue import IpcQueue
+from cluster.watchdog import LoopWatchdog
+from ipc import Channel, SessionDiff, answer
+from ipc.protocol import (Assign, Assignment, Drain, Drained, Hello, IdentifyGrant, IdentifyRefused,
+                          Packet, Request, RestartShard, SessionInfo, SessionReport, ShardFatal,
+                          ShardStatus, StatusReport, WorkerFatal)
+
+__all__ = ["WorkerSpec", "run_worker", "EXIT_HANDLER_IMPORT"]
+
+log = logging.getLogger("cluster.worker")
+
+EXIT_HANDLER_IMPORT = 3
+EXIT_HANDLER_SETUP = 9
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs (pickled to the child; the token never appears in repr)."""
+
+    worker_id: int
+    token: str = field(repr=False)
+    intents: int
+    handler: Any = None
+    gateway_url: str | None = None
+    compression: str | None = "zlib-stream"
+    report_interval: float = 1.0
+    blocked_threshold: float = 0.5
+    log_level: str = "INFO"
+    shard_options: dict[str, Any] = field(default_factory=dict)
+
+
+def _rss() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class _NullHandler:
+    pass
+
+
+class Worker:
+    def __init__(self, spec: WorkerSpec, conn: Any) -> None:
+        self.spec = spec
+        self.conn = conn
+        self.shards: dict[int, Any] = {}
+        self.runners: dict[int, asyncio.Task[None]] = {}
+        self.shard_total = 0
+        self.events: dict[int, Counter[str]] = {}
+        self.last_event: dict[int, float] = {}
+        self.assigned_session: dict[int, bool] = {}
+        self.was_ready: dict[int, bool] = {}
+        self.handler_errors = 0
+        self.sessions = SessionDiff()
+        self.watchdog = LoopWatchdog(spec.blocked_threshold)
+        self._assign: asyncio.Future[Assign] | None = None
+        self._stop: asyncio.Future[bool] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # --- shard/ API adapters (the only place that knows the Shard's attribute names) ------
+
+    def _session_info(self, shard_id: int) -> SessionInfo | None:
+        shard = self.shards.get(shard_id)
+        session = getattr(shard, "session", None)
+        if session is None:
+            return None
+        return SessionInfo(shard_id, session.id, session.sequence, getattr(shard, "resume_url", None))
+
+    def _status(self, shard_id: int, now: float) -> ShardStatus:
+        shard = self.shards[shard_id]
+        state = getattr(shard, "state", None)
+        name = getattr(state, "name", None) or str(state)
+        latency = getattr(shard, "latency", None)
+        avg = getattr(latency, "average", None)
+        if callable(avg):
+            avg = avg()
+        if hasattr(avg, "total_seconds"):
+            avg = avg.total_seconds()
+        last = self.last_event.get(shard_id)
+        counts = self.events[shard_id]
+        delta = dict(counts)
+        counts.clear()
+        return ShardStatus(shard_id, name, float(avg) if isinstance(avg, (int, float)) else None,
+                           None, None if last is None else now - last, delta)
+
+    def _make_shard(self, shard_id: int, info: SessionInfo | None) -> Any:
+        from shard import Config, Intents, Session, Shard, ShardId
+
+        options: dict[str, Any] = dict(self.spec.shard_options)
+        if self.spec.gateway_url:
+            options["gateway_url"] = self.spec.gateway_url
+        if info is not None:
+            options["session"] = Session(info.session_id, info.seq)
+            options["resume_url"] = info.resume_url
+        config = Config(self.spec.token, Intents(self.spec.intents), compression=self.spec.compression,
+                        queue=self.queue, **options)
+        return Shard.with_config(ShardId(shard_id, self.shard_total), config)
+
+    # --- main --------------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self._assign = loop.create_future()
+        self._stop = loop.create_future()
+        self.channel = await Channel.open(self.conn, self._on_packet, name=f"worker {self.spec.worker_id}")
+        try:
+            self.handler = load_handler(self.spec.handler) if self.spec.handler is not None else _NullHandler()
+        except HandlerImportError as exc:
+            log.error("%s", exc)
+            self.channel.send(WorkerFatal("handler_import", str(exc)))
+            await self._flush()
+            return EXIT_HANDLER_IMPORT
+        self.queue = IpcQueue(self.channel.send, self._identify_reason)
+        loop.add_signal_handler(signal.SIGTERM, self.stop, True)
+        self.watchdog.start()
+        self.channel.send(Hello(self.spec.worker_id, os.getpid()))
+        closed = loop.create_task(self.channel.wait_closed())
+        done, _ = await asyncio.wait([self._assign, closed, self._stop], return_when=asyncio.FIRST_COMPLETED)
+        if not self._assign.done():
+            return 0
+        assign = self._assign.result()
+        self.shard_total = assign.shard_total
+        for a in assign.shards:
+            self._start_shard(a)
+        self.ctx = WorkerContext(self.spec.worker_id, self.shards, self.shard_total, self.channel)
+        setup = getattr(self.handler, "setup", None)
+        if setup is not None:
+            try:
+                await maybe_await(setup(self.ctx))
+            except Exception as exc:
+                log.exception("handler setup failed")
+                self.channel.send(WorkerFatal("handler_setup", f"{type(exc).__name__}: {exc}"))
+                await self._flush()
+                return EXIT_HANDLER_SETUP
+        for shard_id in self.shards:
+            self.runners[shard_id] = loop.create_task(self._run_shard(shard_id))
+        reporter = loop.create_task(self._report_loop())
+        await asyncio.wait([closed, self._stop], return_when=asyncio.FIRST_COMPLETED)
+        resumable = self._stop.result() if self._stop.done() else True
+        reporter.cancel()
+        sessions = await self._close_all(resumable)
+        if not self.channel.closed:
+            self.channel.send(Drained(sessions))
+        teardown = getattr(self.handler, "teardown", None)
+        if teardown is not None:
+            try:
+                await maybe_await(teardown())
+            except Exception:
+                log.exception("handler teardown failed")
+        self.watchdog.stop()
+        await self._flush()
+        return 0
+
+    def stop(self, resumable: bool = True) -> None:
+        if self._stop is not None and not self._stop.done():
+            self._stop.set_result(resumable)
+
+    async def _flush(self) -> None:
+        await asyncio.sleep(0)  # let the transport write out
+        self.channel.close()
+        await self.channel.wait_closed()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- packets from the supervisor ---------------------------------------------------------
+
+    def _on_packet(self, packet: Packet) -> None:
+        if isinstance(packet, (IdentifyGrant, IdentifyRefused)):
+            self.queue.feed(packet)
+        elif isinstance(packet, Assign):
+            if self._assign is not None and not self._assign.done():
+                self._assign.set_result(packet)
+        elif isinstance(packet, Request):
+            self._spawn(self._answer(packet))
+        elif isinstance(packet, RestartShard):
+            self._spawn(self._restart_shard(packet.shard_id, packet.reason))
+        elif isinstance(packet, Drain):
+            self.stop(packet.resumable)
+
+    async def _answer(self, request: Request) -> None:
+        on_call = getattr(self.handler, "on_call", None)
+        if on_call is None:
+            def on_call(call: Any) -> Any:
+                raise LookupError(f"worker {self.spec.worker_id}'s handler has no on_call")
+        response = await answer(request, on_call)
+        if not self.channel.closed:
+            self.channel.send(response)
+
+    # --- shards ------------------------------------------------------------------------------
+
+    def _identify_reason(self, shard_id: int) -> str:
+        if self.was_ready.get(shard_id):
+            return "session_lost"
+        if self.assigned_session.get(shard_id):
+            return "resume_failed"
+        return "initial"
+
+    def _start_shard(self, a: Assignment) -> None:
+        self.assigned_session[a.shard_id] = a.session is not None
+        self.events.setdefault(a.shard_id, Counter())
+        self.shards[a.shard_id] = self._make_shard(a.shard_id, a.session)
+
+    async def _run_shard(self, shard_id: int) -> None:
+        from shard import GatewayError
+
+        shard = self.shards[shard_id]
+        counts = self.events[shard_id]
+        on_event = getattr(self.handler, "on_event", None)
+        watchdog = self.watchdog
+        clock = time.monotonic
+        while True:
+            try:
+                event = await shard.next_event()
+            except GatewayError as exc:
+                if exc.is_fatal():
+                    log.error("shard %d closed fatally: %s", shard_id, exc)
+                    if not self.channel.closed:
+                        self.channel.send(ShardFatal(shard_id, exc.close_code, str(exc)))
+                    return
+                log.warning("shard %d: %s", shard_id, exc)
+                continue
+            etype = event.type
+            counts[etype] += 1
+            self.last_event[shard_id] = clock()
+            if etype == "READY":
+                self.was_ready[shard_id] = True
+            if on_event is None:
+                continue
+            watchdog.current = f"handler on_event({etype}) for shard {shard_id}"
+            try:
+                result = on_event(shard, event)
+                if result is not None and hasattr(result, "__await__"):
+                    await result
+            except Exception:
+                self.handler_errors += 1
+                log.exception("handler failed on %s for shard %d; the shard goes on", etype, shard_id)
+            watchdog.current = ""
+
+    async def _close_shard(self, shard_id: int, resumable: bool) -> SessionInfo | None:
+        from shard import CloseFrame
+
+        runner = self.runners.pop(shard_id, None)
+        if runner is not None:
+            runner.cancel()
+        shard = self.shards[shard_id]
+        info = self._session_info(shard_id)
+        try:
+            session = await asyncio.wait_for(
+                shard.close(CloseFrame.RESUME if resumable else CloseFrame.NORMAL), 5.0)
+        except Exception as exc:  # noqa: BLE001 - keep the last known session
+            log.warning("closing shard %d: %s", shard_id, exc)
+            session = None
+        if session is not None:
+            info = SessionInfo(shard_id, session.id, session.sequence, getattr(shard, "resume_url", None))
+        return info if resumable else None
+
+    async def _close_all(self, resumable: bool) -> list[SessionInfo]:
+        infos = await asyncio.gather(*(self._close_shard(s, resumable) for s in list(self.shards)))
+        return [i for i in infos if i is not None]
+
+    async def _restart_shard(self, shard_id: int, reason: str) -> None:
+        if shard_id not in self.shards:
+            return
+        log.warning("restarting shard %d: %s", shard_id, reason)
+        info = await self._close_shard(shard_id, True)
+        self.sessions.forget(shard_id)
+        self._start_shard(Assignment(shard_id, info))
+        self.runners[shard_id] = asyncio.get_running_loop().create_task(self._run_shard(shard_id))
+
+    # --- reports -----------------------------------------------------------------------------
+
+    async def _report_loop(self) -> None:
+        interval = self.spec.report_interval
+        while not self.channel.closed:
+            now = time.monotonic()
+            changed = self.sessions.changes(i for i in map(self._session_info, list(self.shards)) if i)
+            if changed:
+                self.channel.send(SessionReport(changed))
+            self.channel.send(StatusReport([self._status(s, now) for s in list(self.shards)], _rss(),
+                                           self.watchdog.take_lag(), self.watchdog.blocked, self.handler_errors))
+            await asyncio.sleep(interval)
+
+
+def run_worker(spec: WorkerSpec, conn: Any) -> None:
+    """Process entry point: run one worker on a uvloop event loop, then exit with its code."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
+    logging.basicConfig(level=spec.log_level.upper(), stream=sys.stderr,
+                        format=f"%(asctime)s worker-{spec.worker_id} %(levelname)s %(name)s: %(message)s")
+    try:
+        import uvloop
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        code = runner.run(Worker(spec, conn).run())
+    sys.stdout.flush()
+    sys.exit(code)
