@@ -49,9 +49,12 @@ def dpy_zlib(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(discord.utils, "_ActiveDecompressionContext", discordpy_zlib_context())
 
 
-async def test_discordpy_four_shards_zlib_stream(dpy_zlib: None, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("zlib_chunk", [0, 200], ids=["whole", "split-messages"])
+async def test_discordpy_four_shards_zlib_stream(dpy_zlib: None, monkeypatch: pytest.MonkeyPatch,
+                                                 zlib_chunk: int) -> None:
+    # zlib_chunk=200 splits READY and GUILD_CREATE into several WebSocket messages: discord.py must buffer them
     async with Simulator(shards=SHARDS, max_concurrency=SHARDS, identify_window=1.0, guilds_per_shard=2,
-                         events_per_second=20, dm_fraction=0.0) as sim:
+                         events_per_second=20, dm_fraction=0.0, zlib_chunk=zlib_chunk) as sim:
         # The two documented knobs for a custom endpoint (class attributes; restored by monkeypatch).
         monkeypatch.setattr(discord.http.Route, "BASE", sim.api_url)
         monkeypatch.setattr(discord.gateway.DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(sim.url))

@@ -26,9 +26,12 @@ def make_bot(sim: Simulator) -> hikari.GatewayBot:
                              suppress_optimization_warning=True, intents=hikari.Intents.ALL_UNPRIVILEGED)
 
 
-async def test_hikari_four_shards_then_resume_after_op7() -> None:
+@pytest.mark.parametrize("zlib_chunk", [0, 200], ids=["whole", "split-messages"])
+async def test_hikari_four_shards_then_resume_after_op7(zlib_chunk: int) -> None:
+    # zlib_chunk=200 splits READY and GUILD_CREATE into several WebSocket messages: hikari must buffer them
     async with Simulator(shards=SHARDS, max_concurrency=SHARDS, identify_window=1.0, guilds_per_shard=2,
-                         events_per_second=20, dm_fraction=0.0, reconnect_close_after=10.0) as sim:
+                         events_per_second=20, dm_fraction=0.0, reconnect_close_after=10.0,
+                         zlib_chunk=zlib_chunk) as sim:
         bot = make_bot(sim)
         ready: set[int] = set()
         guilds: dict[int, set[int]] = {i: set() for i in range(SHARDS)}
