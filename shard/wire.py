@@ -15,7 +15,8 @@ __all__ = [
     "default_identify_properties",
 ]
 
-JSONValue = Union[dict[str, "JSONValue"], list["JSONValue"], str, int, float, bool, None]
+JSONValue = Union[dict[str, object], list[object], str, int, float, bool, None]
+"""Decoded JSON: dicts, lists, str, int, float, bool or None (nested values likewise)."""
 
 
 class OpCode(enum.IntEnum):
@@ -48,10 +49,10 @@ class Ready(msgspec.Struct, frozen=True):
     session_id: str
     resume_gateway_url: str
     v: int = 10
-    user: dict[str, JSONValue] = {}
-    guilds: list[dict[str, JSONValue]] = []
+    user: dict[str, object] = {}
+    guilds: list[dict[str, object]] = []
     shard: list[int] | None = None
-    application: dict[str, JSONValue] | None = None
+    application: dict[str, object] | None = None
 
 
 class Resumed(msgspec.Struct, frozen=True):

@@ -1,0 +1,317 @@
+"""The sans-I/O core driven byte by byte: frames in, frames/events/decisions out."""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+
+import pytest
+
+from shard import CloseFrame, Config, EventTypeFlags, GatewayError, Session, ShardId, ShardState
+from shard.close_codes import CloseAction
+from shard.error import ErrorKind
+from shard.protocol import GatewayProtocol
+
+TOKEN = "MTIz.secret-token-value"
+
+
+def frame(payload: bytes, opcode: int = 2, fin: bool = True) -> bytes:
+    b0 = (0x80 if fin else 0) | opcode
+    n = len(payload)
+    if n < 126:
+        return struct.pack("!BB", b0, n) + payload
+    if n < 65536:
+        return struct.pack("!BBH", b0, 126, n) + payload
+    return struct.pack("!BBQ", b0, 127, n) + payload
+
+
+def unmask(data: bytes) -> tuple[int, bytes]:
+    """Decode one masked client frame -> (opcode, payload)."""
+    op = data[0] & 0x0F
+    n = data[1] & 0x7F
+    pos = 2
+    if n == 126:
+        n = struct.unpack("!H", data[2:4])[0]
+        pos = 4
+    mask = data[pos:pos + 4]
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(data[pos + 4:pos + 4 + n]))
+    return op, body
+
+
+class Wire:
+    """A fake server side: zlib-stream compressor and a clock."""
+
+    def __init__(self, compression: str | None = "zlib-stream") -> None:
+        self.c = zlib.compressobj()
+        self.compression = compression
+
+    def msg(self, obj: object) -> bytes:
+        data = json.dumps(obj, separators=(",", ":")).encode()
+        if self.compression is None:
+            return frame(data, 1)
+        return frame(self.c.compress(data) + self.c.flush(zlib.Z_SYNC_FLUSH))
+
+
+def make(compression: str | None = "zlib-stream", **kw: object) -> tuple[GatewayProtocol, Wire, list[float]]:
+    now = [100.0]
+    cfg = Config(TOKEN, 513, gateway_url="ws://gw/", compression=compression, **kw)  # type: ignore[arg-type]
+    p = GatewayProtocol(ShardId(0, 1), cfg, clock=lambda: now[0], rand=lambda: 0.5)
+    p.connection_made()
+    return p, Wire(compression), now
+
+
+def sent(p: GatewayProtocol) -> list[tuple[int, bytes]]:
+    out = [unmask(f) for f in p.outgoing]
+    p.outgoing.clear()
+    return out
+
+
+def drain(p: GatewayProtocol) -> list[object]:
+    items = []
+    while p.events:
+        try:
+            items.append(p.make_event(p.events.popleft()))
+        except GatewayError as exc:
+            items.append(exc)
+    return items
+
+
+HELLO = {"op": 10, "d": {"heartbeat_interval": 1000}, "s": None, "t": None}
+READY = {"op": 0, "t": "READY", "s": 1, "d": {"session_id": "sess", "resume_gateway_url": "ws://resume/", "v": 10,
+                                               "user": {"id": "1"}, "guilds": []}}
+
+
+def identify_and_ready(p: GatewayProtocol, w: Wire) -> None:
+    p.receive_data(w.msg(HELLO))
+    assert p.want_identify
+    p.identify()
+    p.receive_data(w.msg(READY))
+
+
+def test_hello_identify_ready() -> None:
+    p, w, now = make()
+    p.receive_data(w.msg(HELLO))
+    assert p.want_identify and p.state == ShardState.IDENTIFYING
+    assert p.heartbeat_deadline == pytest.approx(100.5)  # interval * jitter(0.5)
+    p.identify()
+    (op, body), = sent(p)
+    ident = json.loads(body)
+    assert ident["op"] == 2 and ident["d"]["token"] == TOKEN and ident["d"]["shard"] == [0, 1]
+    assert ident["d"]["intents"] == 513 and ident["d"]["properties"]["os"]
+    p.receive_data(w.msg(READY))
+    assert p.state == ShardState.ACTIVE
+    assert p.session == Session("sess", 1) and p.resume_url == "ws://resume/"
+    events = drain(p)
+    assert [e.type for e in events] == ["GATEWAY_HELLO", "READY"]
+    assert events[1].data.session_id == "sess"
+
+
+def test_heartbeat_carries_last_sequence_and_zombie() -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    sent(p)
+    p.receive_data(w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": 5, "d": {"id": "1"}}))
+    now[0] = 100.5
+    p.heartbeat_timer(now[0])
+    (op, body), = sent(p)
+    assert json.loads(body) == {"op": 1, "d": 5}
+    now[0] = 100.52
+    p.receive_data(w.msg({"op": 11}))
+    assert p.latency.recent[0] == pytest.approx(0.02)
+    now[0] = 101.5
+    p.heartbeat_timer(now[0])
+    assert sent(p) and not p.abort
+    now[0] = 102.5  # no ACK since the previous beat
+    p.heartbeat_timer(now[0])
+    assert p.abort and p.disconnect == (CloseAction.RESUME, "zombie")
+    assert sent(p) == []  # no close frame: the TCP connection is dropped
+    p.connection_lost()
+    assert p.session == Session("sess", 5)  # kept
+    assert p.connect_target() == ("ws://resume/", 0.0)
+    close = [e for e in drain(p) if getattr(e, "type", None) == "GATEWAY_CLOSE"]
+    assert close[0].data == CloseFrame(1006, "")
+
+
+def test_server_heartbeat_request_answered_at_once() -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    sent(p)
+    p.receive_data(w.msg({"op": 1, "d": None}))
+    (op, body), = sent(p)
+    assert json.loads(body) == {"op": 1, "d": 1}
+
+
+def test_resume_on_hello_with_session() -> None:
+    p, w, now = make(session=Session("old", 41), resume_url="ws://resume/")
+    assert p.connect_target() == ("ws://resume/", 0.0)
+    p.receive_data(w.msg(HELLO))
+    assert not p.want_identify and p.state == ShardState.RESUMING
+    (op, body), = sent(p)
+    assert json.loads(body) == {"op": 6, "d": {"token": TOKEN, "session_id": "old", "seq": 41}}
+    p.receive_data(w.msg({"op": 0, "t": "RESUMED", "s": 42, "d": {}}))
+    assert p.state == ShardState.ACTIVE
+
+
+def test_op7_closes_4000_and_resumes() -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    sent(p)
+    p.receive_data(w.msg({"op": 7, "d": None}))
+    (op, body), = sent(p)
+    assert op == 8 and int.from_bytes(body[:2], "big") == 4000
+    p.receive_data(frame(body[:2], 8))  # server echoes
+    p.connection_lost()
+    assert p.session is not None and p.connect_target()[0] == "ws://resume/"
+    assert p.state == ShardState.Disconnected(0)
+
+
+def test_op9_false_waits_then_identifies_on_main_url() -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    p.receive_data(w.msg({"op": 9, "d": False}))
+    assert p.session is None
+    assert 1.0 <= p.reconnect_delay <= 5.0
+    p.connection_lost()
+    url, delay = p.connect_target()
+    assert url == "ws://gw/" and delay == pytest.approx(3.0)  # 1 + 4 * rand(0.5)
+
+
+def test_op9_true_resumes() -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    p.receive_data(w.msg({"op": 9, "d": True}))
+    p.connection_lost()
+    assert p.session is not None and p.connect_target() == ("ws://resume/", 0.0)
+
+
+@pytest.mark.parametrize("code,fatal,keeps_session", [(4004, True, True), (4014, True, True), (4007, False, False),
+                                                      (4009, False, False), (4000, False, True),
+                                                      (1000, False, True), (4008, False, True)])
+def test_server_close_policy(code: int, fatal: bool, keeps_session: bool) -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    drain(p)
+    sent(p)
+    p.receive_data(frame(code.to_bytes(2, "big") + b"bye", 8))
+    (op, body), = sent(p)  # the close is echoed
+    assert op == 8 and int.from_bytes(body[:2], "big") == code
+    p.connection_lost()
+    items = drain(p)
+    assert items[0].type == "GATEWAY_CLOSE" and items[0].data == CloseFrame(code, "bye")
+    if fatal:
+        assert p.stopped and p.state == ShardState.FATALLY_CLOSED
+        assert isinstance(items[1], GatewayError) and items[1].is_fatal() and items[1].close_code == code
+    else:
+        assert not p.stopped and len(items) == 1
+        assert (p.session is not None) == keeps_session
+
+
+def test_failed_connects_back_off_and_reset_on_active() -> None:
+    p, w, now = make()
+    for n in range(1, 4):
+        p.connect_failed("refused")
+        assert p.state == ShardState.Disconnected(n)
+    assert p.connect_target()[1] == pytest.approx(0.75 * 4.0)
+    p.connection_made()
+    identify_and_ready(p, w)
+    assert p.attempts == 0
+
+
+def test_close_before_ready_counts_as_failure() -> None:
+    p, w, now = make()
+    p.receive_data(w.msg(HELLO))
+    p.receive_data(frame((4000).to_bytes(2, "big"), 8))
+    p.connection_lost()
+    assert p.attempts == 1 and p.connect_target()[1] > 0
+
+
+def test_corrupted_stream_is_non_fatal_and_resumes() -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    sent(p)
+    drain(p)
+    p.receive_data(frame(b"\x78\x9c\xde\xad\xbe\xef\x00\x00\xff\xff"))
+    items = drain(p)
+    assert isinstance(items[0], GatewayError) and items[0].kind is ErrorKind.COMPRESSION and not items[0].is_fatal()
+    (op, body), = sent(p)
+    assert op == 8 and int.from_bytes(body[:2], "big") == 4000
+    assert p.hangup
+    p.connection_lost()
+    assert p.session is not None
+    p.connection_made()
+    assert p.inflater is not None and p.inflater.bytes_in == 0  # fresh inflater
+
+
+def test_frames_split_across_reads_and_fragmented_messages() -> None:
+    p, w, now = make()
+    data = w.msg(HELLO) + w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": 2, "d": {"x": "y" * 500}})
+    for i in range(0, len(data), 7):
+        p.receive_data(data[i:i + 7])
+    # one zlib message as a fragmented WebSocket message (binary + continuation frames)
+    raw = json.dumps({"op": 0, "t": "MESSAGE_CREATE", "s": 3, "d": {"x": "z" * 300}}).encode()
+    z = w.c.compress(raw) + w.c.flush(zlib.Z_SYNC_FLUSH)
+    p.receive_data(frame(z[:10], 2, fin=False) + frame(z[10:20], 0, fin=False) + frame(z[20:], 0))
+    # ...and split across two complete WebSocket messages (only the last ends in 00 00 ff ff)
+    raw2 = json.dumps({"op": 0, "t": "MESSAGE_CREATE", "s": 4, "d": {}}).encode()
+    z2 = w.c.compress(raw2) + w.c.flush(zlib.Z_SYNC_FLUSH)
+    p.receive_data(frame(z2[:6]) + frame(z2[6:]))
+    types = [(e.type, e.seq) for e in drain(p)]
+    assert types == [("GATEWAY_HELLO", None), ("MESSAGE_CREATE", 2), ("MESSAGE_CREATE", 3), ("MESSAGE_CREATE", 4)]
+
+
+def test_ping_answered_with_pong() -> None:
+    p, w, now = make()
+    p.receive_data(frame(b"abc", 9))
+    assert sent(p) == [(10, b"abc")]
+
+
+def test_unknown_opcode_and_event_do_not_crash() -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    drain(p)
+    p.receive_data(w.msg({"op": 99, "d": {"x": 1}}))
+    p.receive_data(w.msg({"op": 0, "t": "BRAND_NEW_EVENT", "s": 9, "d": {"x": 1}}))
+    p.receive_data(w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": 10, "d": {}}))
+    assert [e.type for e in drain(p)] == ["BRAND_NEW_EVENT", "MESSAGE_CREATE"]
+    assert p.sequence == 10
+
+
+def test_event_filter_skips_before_decoding() -> None:
+    p, w, now = make(event_types=EventTypeFlags.READY | EventTypeFlags.MESSAGE_CREATE)
+    identify_and_ready(p, w)
+    p.receive_data(w.msg({"op": 0, "t": "TYPING_START", "s": 2, "d": {"x": 1}}))
+    p.receive_data(w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": 3, "d": {}}))
+    p.receive_data(w.msg({"op": 0, "t": "BRAND_NEW_EVENT", "s": 4, "d": {}}))
+    assert [e.type for e in drain(p)] == ["READY", "MESSAGE_CREATE"]
+    assert p.sequence == 4 and p.metrics.events["TYPING_START"] == 1
+
+
+def test_bad_json_is_a_non_fatal_error() -> None:
+    p, w, now = make(compression=None)
+    p.receive_data(frame(b'{"t":"MESSAGE_CREATE","s":,"op":0,"d":{"id":', 1))
+    err, = drain(p)
+    assert isinstance(err, GatewayError) and err.kind is ErrorKind.DESERIALIZING and not err.is_fatal()
+
+
+def test_user_close_normal_ends_session_resume_keeps_it() -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    assert p.close(CloseFrame.RESUME) == Session("sess", 1)
+    p2, w2, _ = make()
+    identify_and_ready(p2, w2)
+    assert p2.close(CloseFrame.NORMAL) is None and p2.session is None
+
+
+def test_oversized_command_refused() -> None:
+    p, w, now = make()
+    with pytest.raises(GatewayError) as info:
+        p.command_frame(b"x" * 4097)
+    assert info.value.kind is ErrorKind.PAYLOAD_TOO_LARGE and "4096" in str(info.value)
+    assert p.command_frame(b"x" * 4096)
+
+
+def test_masked_server_frame_is_protocol_error() -> None:
+    p, w, now = make()
+    p.receive_data(b"\x82\x85" + b"\x00" * 9)
+    assert p.hangup and p.disconnect is not None
