@@ -116,8 +116,9 @@ class Supervisor:
 
     def __init__(self, config: ClusterConfig, *, token: str | None = None, handler: Any = None,
                  supervisor_handler: Any = None, start_method: str = "spawn",
-                 shard_options: dict[str, Any] | None = None) -> None:
+                 shard_options: dict[str, Any] | None = None, handle_signals: bool = True) -> None:
         self.config = config
+        self.handle_signals = handle_signals
         self._token = token
         self.handler = handler if handler is not None else config.handler
         self.supervisor_handler = supervisor_handler
@@ -208,15 +209,16 @@ class Supervisor:
             self.exit_code, self.exit_message = exc.code, str(exc)
             await self._shutdown()
             return int(exc.code)
-        for sig, fn in ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
-                        (signal.SIGHUP, self.rolling_restart)):
+        signals = ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
+                   (signal.SIGHUP, self.rolling_restart)) if self.handle_signals else ()
+        for sig, fn in signals:
             try:
                 loop.add_signal_handler(sig, fn)
             except (NotImplementedError, RuntimeError):  # not the main thread
                 pass
         await self._stop
         await self._shutdown()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        for sig, _ in signals:
             try:
                 loop.remove_signal_handler(sig)
             except (NotImplementedError, RuntimeError):
@@ -249,7 +251,8 @@ class Supervisor:
             log.warning("shard count %d rounded up to %d, a multiple of max_concurrency %d",
                         cfg.shards, self.shard_total, self.max_concurrency)
         reserve = cfg.budget_reserve if cfg.budget_reserve is not None else max(self.shard_total, limit.total // 20)
-        budget = SessionBudget(limit.total, limit.remaining, limit.reset_after / 1000, now=now, reserve=reserve)
+        budget = SessionBudget(limit.total, limit.remaining, limit.reset_after / 1000, now=now, reserve=reserve,
+                               pace_below=cfg.budget_pace_below)
         self.coordinator = IdentifyCoordinator(self.max_concurrency, budget, window=cfg.identify_window,
                                                hold_timeout=cfg.identify_hold_timeout)
         if not cfg.fresh:
@@ -357,9 +360,13 @@ class Supervisor:
         self._emit("assigned", worker_id=handle.worker_id, pid=handle.pid)
 
     def _on_sentinel(self, handle: WorkerHandle) -> None:
-        loop = asyncio.get_running_loop()
-        loop.remove_reader(handle.process.sentinel)
-        handle.process.join(0)  # reaps: the process is confirmed dead
+        asyncio.get_running_loop().remove_reader(handle.process.sentinel)
+        self._spawn_task(self._reap(handle))
+
+    async def _reap(self, handle: WorkerHandle) -> None:
+        # the sentinel closes while the process exits; waitpid confirms it is dead and reaps it
+        while handle.process.exitcode is None:
+            await asyncio.to_thread(handle.process.join, 1.0)
         handle.exitcode = handle.process.exitcode
         handle.state = WorkerState.EXITED
         if handle.channel is not None:

@@ -1,0 +1,72 @@
+"""Handlers used by the cluster tests; workers import them by ``module:attribute``."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from typing import Any
+
+import ipc
+
+
+class Count(ipc.Call):
+    """Per-worker counts of events by type, and the shards that delivered them."""
+
+
+class Freeze(ipc.Call):
+    """Blocks worker ``worker_id``'s event loop for ``seconds`` (a hung worker)."""
+
+    worker_id: int
+    seconds: float
+
+
+class AskBroadcast(ipc.Call):
+    """Asks a worker to broadcast Count itself and return the total (worker-to-all IPC)."""
+
+
+class Recorder:
+    """Counts events per shard; raises on every TYPING_START and blocks once on the first
+    MESSAGE_CREATE of worker 0, to show that both are survived and reported."""
+
+    def __init__(self) -> None:
+        self.events: Counter[str] = Counter()
+        self.shard_ok = True
+        self.blocked_once = False
+
+    async def setup(self, ctx: Any) -> None:
+        self.ctx = ctx
+
+    async def on_event(self, shard: Any, event: Any) -> None:
+        self.events[event.type] += 1
+        if shard.id.number not in self.ctx.shards:
+            self.shard_ok = False
+        if event.type == "TYPING_START":
+            raise RuntimeError("handler bug on TYPING_START")
+        if event.type == "MESSAGE_CREATE" and self.ctx.worker_id == 0 and not self.blocked_once:
+            self.blocked_once = True
+            time.sleep(0.8)  # blocks the loop: the watchdog reports it
+
+    async def on_call(self, call: ipc.Call) -> Any:
+        if isinstance(call, Count):
+            return {"worker": self.ctx.worker_id, "events": dict(self.events), "shard_ok": self.shard_ok,
+                    "pid": os.getpid()}
+        if isinstance(call, Freeze):
+            if call.worker_id == self.ctx.worker_id:
+                time.sleep(call.seconds)
+            return "ok"
+        if isinstance(call, AskBroadcast):
+            replies = await self.ctx.broadcast(Count(), dict, timeout=5)
+            status = await self.ctx.status()
+            return {"workers": [r.worker_id for r in replies if r.ok],
+                    "messages": sum(r.value["events"].get("MESSAGE_CREATE", 0) for r in replies if r.ok),
+                    "active": status["active"]}
+        raise LookupError(type(call).__name__)
+
+
+class CrashOnReady:
+    """Kills its own worker as soon as a shard is READY: every respawn must identify again."""
+
+    async def on_event(self, shard: Any, event: Any) -> None:
+        if event.type == "READY":
+            os._exit(1)

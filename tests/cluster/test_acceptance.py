@@ -1,0 +1,88 @@
+"""The issue's acceptance tests: a real supervisor, real worker processes, the strict simulator."""
+
+import asyncio
+import os
+import signal
+import sys
+
+from conftest import running, until
+
+
+def totals(sim):
+    return sim.stats.snapshot()["total"]
+
+
+async def test_bring_up_16_shards_4_workers(sim, tmp_path):
+    async with running(sim, "cluster.example:ExampleHandler", tmp_path, workers=4, fresh=True) as (sup, task):
+        await until(lambda: sup.active_shards() == 16, what="16 active shards")
+        t = totals(sim)
+        assert t["identifies"] == 16
+        assert t["concurrency_violations"] == 0 and t["violations"] == 0
+        assert sorted(len(w.shard_ids) for w in sup.workers.values()) == [4, 4, 4, 4]
+        assert len({w.pid for w in sup.workers.values()} | {os.getpid()}) == 5
+
+
+async def test_kill_9_worker_resumes_without_identifies_or_loss(sim, tmp_path):
+    async with running(sim, "cluster.example:ExampleHandler", tmp_path, workers=4, fresh=True) as (sup, task):
+        await until(lambda: sup.active_shards() == 16, what="bring-up")
+        await asyncio.sleep(0.5)  # a steady stream flows; sessions get reported
+        victim = sup.workers[1]
+        os.kill(victim.pid, signal.SIGKILL)
+        snap = await sim.wait_until(lambda s: s["total"]["resumes"] >= 4, timeout=15)
+        await until(lambda: sup.active_shards() == 16 and sup.workers[1].pid != victim.pid, what="recovery")
+        assert victim.process.exitcode == -signal.SIGKILL  # confirmed dead (reaped) before the respawn
+        resumed = {r["shard"][0] for r in snap["sessions"].values() if r["resumes"]}
+        assert resumed == {4, 5, 6, 7}
+        await asyncio.sleep(1.0)  # more events flow to the resumed sessions
+        t = totals(sim)
+        assert t["identifies"] == 16 and t["concurrency_violations"] == 0
+        assert sup.restarts[(1, "killed")] == 1
+    sessions = sim.stats.snapshot()["sessions"]
+    assert all(r["lost"] == 0 for r in sessions.values()), {k: r for k, r in sessions.items() if r["lost"]}
+
+
+async def test_sigterm_then_restart_resumes_every_shard_from_state_file(sim, tmp_path):
+    """Two real `python -m cluster run` processes: SIGTERM writes the state file, the next one resumes."""
+    env = {**os.environ, "DISCORD_TOKEN": sim.token}
+    args = ["-m", "cluster", "run", "--handler", "cluster.example:ExampleHandler", "--workers", "4",
+            "--gateway-url", sim.url, "--api-url", sim.api_url, "--identify-window", "1",
+            "--state-file", str(tmp_path / "state.json"), "--http-port", "0", "--report-interval", "0.2",
+            "--no-status-line", "--log-level", "WARNING"]
+
+    async def start():
+        return await asyncio.create_subprocess_exec(sys.executable, *args, env=env, stderr=asyncio.subprocess.PIPE)
+
+    first = await start()
+    await sim.wait_until(lambda s: sum(1 for r in s["sessions"].values() if r["state"] == "active") == 16, 30)
+    first.send_signal(signal.SIGTERM)
+    _, err = await asyncio.wait_for(first.communicate(), 30)
+    assert first.returncode == 0, err.decode()
+    assert (tmp_path / "state.json").exists()
+
+    second = await start()
+    try:
+        snap = await sim.wait_until(lambda s: s["total"]["resumes"] == 16 and all(
+            r["state"] == "active" for r in s["sessions"].values()), 30)
+        assert snap["total"]["identifies"] == 16
+    finally:
+        second.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(second.communicate(), 30)
+    assert second.returncode == 0, err.decode()
+    assert all(r["lost"] == 0 for r in sim.stats.snapshot()["sessions"].values())
+
+
+async def test_rolling_restart_spends_zero_identifies(sim, tmp_path):
+    async with running(sim, "cluster.example:ExampleHandler", tmp_path, workers=4, fresh=True) as (sup, task):
+        await until(lambda: sup.active_shards() == 16, what="bring-up")
+        pids = {w.worker_id: w.pid for w in sup.workers.values()}
+        done = asyncio.Event()
+        sup.listeners.append(lambda event, **_: event == "rolling_done" and done.set())
+        assert sup.rolling_restart()
+        assert not sup.rolling_restart()  # one at a time
+        await asyncio.wait_for(done.wait(), 60)
+        assert all(sup.workers[w].pid != pid for w, pid in pids.items())
+        assert sup.active_shards() == 16
+        t = totals(sim)
+        assert t["identifies"] == 16 and t["resumes"] == 16
+        assert sup.identifies == {"initial": 16}
+    assert all(r["lost"] == 0 for r in sim.stats.snapshot()["sessions"].values())
