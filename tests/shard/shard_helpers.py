@@ -1,0 +1,67 @@
+"""Helpers for driving real shards against `sim.Simulator`."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from shard import Event, GatewayError, Shard
+
+
+async def call(result: Any) -> Any:
+    """Sim chaos controls may be sync or async."""
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+class Recorder:
+    """Consumes a shard in the background and records events and errors, awaitably."""
+
+    def __init__(self, shard: Shard) -> None:
+        self.shard = shard
+        self.events: list[Event] = []
+        self.errors: list[GatewayError] = []
+        self._changed = asyncio.Event()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                event = await self.shard.next_event()
+            except GatewayError as error:
+                self.errors.append(error)
+                self._changed.set()
+                if error.is_fatal():
+                    return
+                continue
+            self.events.append(event)
+            self._changed.set()
+
+    def types(self) -> list[str]:
+        return [e.type for e in self.events]
+
+    def count(self, event_type: str) -> int:
+        return sum(1 for e in self.events if e.type == event_type)
+
+    async def wait_for(self, predicate: Callable[[Recorder], bool], timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while not predicate(self):
+                self._changed.clear()
+                await self._changed.wait()
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        try:
+            await self.task
+        except (asyncio.CancelledError, Exception):
+            pass
+
+
+def shard_stats(snap: dict[str, Any], number: int = 0) -> dict[str, Any]:
+    """The simulator's counters for one shard (zeros before it identified)."""
+    return snap["shards"].get(str(number), {"connections": 0, "identifies": 0, "resumes": 0, "heartbeats": 0,
+                                            "violations": [], "closes": {}, "commands": {},
+                                            "concurrency_violations": 0, "ratelimit_closes": 0})

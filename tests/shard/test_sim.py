@@ -1,0 +1,562 @@
+"""Every behaviour of the Shard, against the strict local simulator (`sim/`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from shard import (CloseFrame, Config, EventTypeFlags, GatewayError, InMemoryQueue, Intents, RequestGuildMembers,
+                   Session, Shard, ShardId, ShardState, UpdatePresence, create_recommended)
+from shard.error import ErrorKind
+from shard.metrics import register_collector
+from sim import Simulator
+
+from shard_helpers import Recorder, call, shard_stats
+
+pytestmark = pytest.mark.timeout(60)
+
+FAST = {"identify_window": 0.2, "heartbeat_interval": 1000, "session_ttl": 30.0}
+
+
+def no_violations(snap: dict[str, Any]) -> bool:
+    return snap["total"]["violations"] == 0
+
+
+async def ready(rec: Recorder, n: int = 1) -> None:
+    await rec.wait_for(lambda r: r.count("READY") >= n)
+
+
+# ---- connect, identify, heartbeat -----------------------------------------------------------------
+
+async def test_identify_ready_guilds_and_state(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        assert shard.state == ShardState.Disconnected(0)
+        rec = Recorder(shard)
+        await rec.wait_for(lambda r: r.count("GUILD_CREATE") == 2)
+        assert rec.types()[:2] == ["GATEWAY_HELLO", "READY"]
+        ready_event = rec.events[1]
+        assert ready_event.seq == 1 and ready_event.data.resume_gateway_url == sim.resume_url
+        assert shard.state == ShardState.ACTIVE
+        assert shard.session is not None and shard.session.id == ready_event.data.session_id
+        assert shard.resume_url == sim.resume_url
+        snap = sim.stats.snapshot()
+        assert shard_stats(snap)["identifies"] == 1 and no_violations(snap)
+        await rec.stop()
+
+
+async def test_heartbeats_carry_last_sequence_even_without_a_consumer(shards) -> None:
+    async with Simulator(events_per_second=50, **FAST) as sim:
+        shard = shards(sim, max_pending_events=10_000)
+        shard.start()  # nobody calls next_event: heartbeating must go on by itself
+        snap = await sim.wait_until(lambda s: shard_stats(s)["heartbeats"] >= 3, timeout=15)
+        sess = next(iter(snap["sessions"].values()))
+        assert sess["confirmed"] > 1  # heartbeats carried sequence numbers received meanwhile
+        assert shard_stats(snap)["connections"] == 1 and no_violations(snap)
+        lat = shard.latency
+        assert lat.periods >= 2 and lat.average is not None and len(lat.recent) >= 2
+        assert lat.sent is not None and lat.received is not None
+
+
+async def test_server_heartbeat_request_is_answered_at_once(shards) -> None:
+    async with Simulator(identify_window=0.2, heartbeat_interval=60_000) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        before = shard_stats(sim.stats.snapshot())["heartbeats"]
+        await call(sim.request_heartbeat(0))
+        await sim.wait_until(lambda s: shard_stats(s)["heartbeats"] > before, timeout=2)
+        await rec.wait_for(lambda r: "GATEWAY_HEARTBEAT" in r.types())
+        await rec.stop()
+
+
+# ---- zombie, reconnect, invalid session ----------------------------------------------------------
+
+async def test_zombie_connection_resumes_to_resume_url(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        await call(sim.zombie(0, True))
+        snap = await sim.wait_until(lambda s: shard_stats(s)["resumes"] >= 1, timeout=10)
+        stats = shard_stats(snap)
+        assert stats["identifies"] == 1
+        assert not any(k in stats["closes"] for k in ("client 1000", "client 1001"))
+        assert no_violations(snap)  # also: the Resume went to resume_gateway_url
+        await rec.wait_for(lambda r: "RESUMED" in r.types())
+        closes = [e.data for e in rec.events if e.type == "GATEWAY_CLOSE"]
+        assert closes == [CloseFrame(1006, "")]
+        assert shard.state == ShardState.ACTIVE
+        await rec.stop()
+
+
+async def test_op7_reconnect_resumes(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        await call(sim.reconnect(0))
+        snap = await sim.wait_until(lambda s: shard_stats(s)["resumes"] == 1, timeout=10)
+        assert shard_stats(snap)["identifies"] == 1 and "client 4000" in shard_stats(snap)["closes"]
+        assert no_violations(snap)
+        await rec.wait_for(lambda r: "RESUMED" in r.types())
+        assert "GATEWAY_RECONNECT" in rec.types()
+        await rec.stop()
+
+
+async def test_invalid_session_resumable_resumes(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        await call(sim.invalidate(0, True))
+        snap = await sim.wait_until(lambda s: shard_stats(s)["resumes"] == 1, timeout=10)
+        assert shard_stats(snap)["identifies"] == 1 and no_violations(snap)
+        await rec.stop()
+
+
+async def test_invalid_session_not_resumable_identifies_after_a_wait(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        await call(sim.invalidate(0, False))
+        snap = await sim.wait_until(lambda s: shard_stats(s)["identifies"] == 2, timeout=10)
+        assert shard_stats(snap)["resumes"] == 0 and no_violations(snap)
+        await ready(rec, 2)
+        invalid = [e for e in rec.events if e.type == "GATEWAY_INVALID_SESSION"]
+        assert invalid and invalid[0].data.resumable is False
+        await rec.stop()
+
+
+async def test_invalid_session_default_delay_is_one_to_five_seconds() -> None:
+    cfg = Config("t", 0)
+    assert cfg.invalid_session_delay == (1.0, 5.0)
+
+
+# ---- close codes ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code", [4004, 4010, 4011, 4012, 4013, 4014])
+async def test_fatal_close_codes_stop_the_shard(shards, code: int) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        await call(sim.close(0, code))
+        await rec.wait_for(lambda r: any(e.is_fatal() for e in r.errors))
+        fatal = rec.errors[-1]
+        assert fatal.close_code == code and fatal.kind is ErrorKind.FATALLY_CLOSED
+        assert str(code) not in fatal.reason or fatal.reason  # a plain-English reason
+        assert shard.state == ShardState.FATALLY_CLOSED
+        with pytest.raises(GatewayError) as again:
+            await shard.next_event()
+        assert again.value.is_fatal()
+        await asyncio.sleep(0.2)  # a reconnect would have happened by now (backoff_base 0.05)
+        assert shard_stats(sim.stats.snapshot())["connections"] == 1
+        async for _ in shard:  # iteration ends after a fatal close
+            pytest.fail("no events after a fatal close")
+
+
+@pytest.mark.parametrize("code", [4007, 4009])
+async def test_session_ending_close_codes_identify(shards, code: int) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        await call(sim.close(0, code))
+        snap = await sim.wait_until(lambda s: shard_stats(s)["identifies"] == 2, timeout=10)
+        assert shard_stats(snap)["resumes"] == 0 and no_violations(snap)
+        assert not any(e.is_fatal() for e in rec.errors)
+        await rec.stop()
+
+
+@pytest.mark.parametrize("how", ["4000", "4008", "1000", "drop"])
+async def test_other_closes_and_transport_errors_resume(shards, how: str) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        if how == "drop":
+            await call(sim.drop(0))
+        else:
+            await call(sim.close(0, int(how)))
+        snap = await sim.wait_until(lambda s: shard_stats(s)["resumes"] == 1, timeout=10)
+        assert shard_stats(snap)["identifies"] == 1 and no_violations(snap)
+        await rec.wait_for(lambda r: "RESUMED" in r.types())
+        expected = 1006 if how == "drop" else int(how)
+        assert [e.data.code for e in rec.events if e.type == "GATEWAY_CLOSE"] == [expected]
+        await rec.stop()
+
+
+# ---- backoff and timeouts ------------------------------------------------------------------------
+
+async def _unused_port() -> int:
+    server = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    server.close()
+    await server.wait_closed()
+    return port
+
+
+async def test_failed_connects_back_off_with_growing_attempts() -> None:
+    port = await _unused_port()
+    cfg = Config("tok", 1, gateway_url=f"ws://127.0.0.1:{port}/", backoff_base=0.02, backoff_max=0.1, metrics=False)
+    shard = Shard.with_config(ShardId.ONE, cfg)
+    seen: list[int] = []
+    for _ in range(4):
+        with pytest.raises(GatewayError) as info:
+            await asyncio.wait_for(shard.next_event(), 5)
+        assert info.value.kind is ErrorKind.RECONNECT and not info.value.is_fatal()
+        seen.append(shard.state.reconnect_attempts)
+    assert seen == [1, 2, 3, 4]
+    delays = {shard._protocol.backoff.delay(3) for _ in range(10)}
+    assert len(delays) > 1 and all(0.04 <= d <= 0.08 for d in delays)
+    await shard.close()
+
+
+async def test_connect_timeout() -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)  # never answers the handshake
+        await asyncio.sleep(30)
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = Config("tok", 1, gateway_url=f"ws://127.0.0.1:{port}/", connect_timeout=0.2, metrics=False)
+    shard = Shard.with_config(ShardId.ONE, cfg)
+    with pytest.raises(GatewayError) as info:
+        await asyncio.wait_for(shard.next_event(), 5)
+    assert info.value.kind is ErrorKind.RECONNECT and "timed out" in info.value.reason
+    await shard.close()
+    server.close()
+
+
+async def test_close_handshake_timeout() -> None:
+    """A server that never answers our close frame: the shard drops the connection after close_timeout."""
+    import base64
+    import hashlib
+
+    lost = asyncio.Event()
+
+    async def mute(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        key = [line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"sec-websocket-key")][0]
+        accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+        hello = b'{"op":10,"d":{"heartbeat_interval":45000}}'
+        writer.write(bytes([0x81, len(hello)]) + hello)
+        while await reader.read(65536):
+            pass  # swallow everything, answer nothing
+        lost.set()
+
+    server = await asyncio.start_server(mute, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    cfg = Config("tok", 1, gateway_url=f"ws://127.0.0.1:{port}/", compression=None, close_timeout=0.3,
+                 queue=InMemoryQueue(interval=0), metrics=False)
+    shard = Shard.with_config(ShardId.ONE, cfg)
+    event = await asyncio.wait_for(shard.next_event(), 5)
+    assert event.type == "GATEWAY_HELLO"
+    await asyncio.wait_for(shard.close(CloseFrame.RESUME), 5)
+    await asyncio.wait_for(lost.wait(), 5)  # the shard dropped the TCP connection itself
+    server.close()
+
+
+# ---- identify queue ------------------------------------------------------------------------------
+
+async def test_identify_queue_buckets_respect_max_concurrency(shards) -> None:
+    async with Simulator(shards=4, max_concurrency=2, identify_window=0.3, heartbeat_interval=5000) as sim:
+        queue = InMemoryQueue(max_concurrency=2, interval=0.3)
+        recs = [Recorder(shards(sim, n, 4, queue=queue)) for n in range(4)]
+        for rec in recs:
+            await ready(rec)
+        snap = sim.stats.snapshot()
+        assert snap["total"]["identifies"] == 4
+        assert snap["total"]["concurrency_violations"] == 0 and no_violations(snap)
+        assert queue.outcomes == {0: True, 1: True, 2: True, 3: True}
+        for rec in recs:
+            await rec.stop()
+
+
+async def test_identify_queue_without_spacing_is_caught_by_sim(shards) -> None:
+    """Negative control: with no spacing the simulator answers op 9; the shard recovers through the queue."""
+    async with Simulator(shards=2, max_concurrency=1, identify_window=0.3, heartbeat_interval=5000) as sim:
+        bad = InMemoryQueue(max_concurrency=1, interval=0.0)
+        recs = [Recorder(shards(sim, n, 2, queue=bad)) for n in range(2)]
+        await sim.wait_until(lambda s: s["total"]["concurrency_violations"] >= 1, timeout=10)
+        for rec in recs:
+            await ready(rec)
+        assert False in bad.outcomes.values() or len(bad.outcomes) == 2
+        for rec in recs:
+            await rec.stop()
+
+
+# ---- ratelimiter and payload size ----------------------------------------------------------------
+
+async def test_ratelimiter_keeps_under_the_gateway_limit(shards) -> None:
+    async with Simulator(identify_window=0.2, heartbeat_interval=41250) as sim:
+        shard = shards(sim, send_queue_size=200)
+        rec = Recorder(shard)
+        await ready(rec)
+        rl = shard.ratelimiter
+        assert rl is not None and rl.max == 117 and rl.available() == 116  # Identify took one
+        for i in range(130):
+            await shard.command(UpdatePresence(status="online" if i % 2 else "idle"))
+        snap = await sim.wait_until(lambda s: shard_stats(s)["commands"].get("3", 0) >= 116, timeout=10)
+        await asyncio.sleep(0.3)
+        snap = sim.stats.snapshot()
+        assert shard_stats(snap)["commands"]["3"] == 116  # the rest wait for the window
+        assert shard_stats(snap)["ratelimit_closes"] == 0 and no_violations(snap)
+        assert rl.available() == 0 and rl.next_available() > 0
+        await rec.stop()
+
+
+async def test_oversized_payload_refused_client_side(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        with pytest.raises(GatewayError) as info:
+            await shard.send('{"op":3,"d":{"status":"online","afk":false,"since":null,"activities":[{"name":"'
+                             + "x" * 4096 + '"}]}}')
+        assert info.value.kind is ErrorKind.PAYLOAD_TOO_LARGE and "4096" in str(info.value)
+        with pytest.raises(GatewayError):
+            shard.sender().send_nowait("x" * 5000)
+        snap = sim.stats.snapshot()
+        assert no_violations(snap) and shard_stats(snap)["connections"] == 1
+        await rec.stop()
+
+
+async def test_commands_reach_the_gateway(shards) -> None:
+    async with Simulator(privileged_intents=33026, **FAST) as sim:
+        shard = shards(sim, intents=Intents.GUILDS | Intents.GUILD_MEMBERS)
+        rec = Recorder(shard)
+        await rec.wait_for(lambda r: r.count("GUILD_CREATE") == 2)
+        gid = rec.events[-1].data["id"]
+        await shard.command(RequestGuildMembers(gid, query="", nonce="n1"))
+        await shard.sender().command(UpdatePresence(status="dnd"))
+        await rec.wait_for(lambda r: "GUILD_MEMBERS_CHUNK" in r.types())
+        snap = await sim.wait_until(lambda s: shard_stats(s)["commands"].get("3") == 1)
+        assert no_violations(snap)
+        await rec.stop()
+
+
+async def test_bounded_send_queue(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim, send_queue_size=2)
+        sender = shard.sender()
+        sender.command_nowait(UpdatePresence())
+        sender.command_nowait(UpdatePresence())
+        with pytest.raises(GatewayError) as info:
+            sender.command_nowait(UpdatePresence())
+        assert info.value.kind is ErrorKind.SEND_QUEUE_FULL
+        rec = Recorder(shard)
+        await sim.wait_until(lambda s: shard_stats(s)["commands"].get("3") == 2)  # sent once Active
+        await rec.stop()
+
+
+# ---- compression ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["zlib", "zlib-ng"])
+async def test_zlib_messages_split_across_frames(shards, backend: str) -> None:
+    async with Simulator(zlib_chunk=64, guild_size="medium", events_per_second=50, **FAST) as sim:
+        shard = shards(sim, zlib_backend=backend)
+        rec = Recorder(shard)
+        await rec.wait_for(lambda r: r.count("GUILD_CREATE") == 2 and r.count("MESSAGE_CREATE") >= 5)
+        assert not rec.errors
+        assert shard.inflater_stats()[1] > 100_000
+        await rec.stop()
+
+
+async def test_zstd_stream(shards) -> None:
+    async with Simulator(events_per_second=50, **FAST) as sim:
+        shard = shards(sim, compression="zstd-stream")
+        rec = Recorder(shard)
+        await rec.wait_for(lambda r: r.count("GUILD_CREATE") == 2 and r.count("MESSAGE_CREATE") >= 5)
+        assert not rec.errors and no_violations(sim.stats.snapshot())
+        await rec.stop()
+
+
+async def test_uncompressed(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim, compression=None)
+        rec = Recorder(shard)
+        await rec.wait_for(lambda r: r.count("GUILD_CREATE") == 2)
+        assert not rec.errors
+        await rec.stop()
+
+
+@pytest.mark.parametrize("compression", ["zlib-stream", "zstd-stream"])
+async def test_corrupted_stream_gives_non_fatal_error_then_resume(shards, compression: str) -> None:
+    async with Simulator(events_per_second=20, **FAST) as sim:
+        shard = shards(sim, compression=compression)
+        rec = Recorder(shard)
+        await ready(rec)
+        await call(sim.corrupt(0, "compressed"))
+        await rec.wait_for(lambda r: any(e.kind is ErrorKind.COMPRESSION for e in r.errors))
+        assert not any(e.is_fatal() for e in rec.errors)
+        snap = await sim.wait_until(lambda s: shard_stats(s)["resumes"] == 1, timeout=10)
+        assert shard_stats(snap)["identifies"] == 1
+        await rec.wait_for(lambda r: "RESUMED" in r.types())
+        n = rec.count("MESSAGE_CREATE")
+        await rec.wait_for(lambda r: r.count("MESSAGE_CREATE") > n + 2)  # the fresh inflater works
+        await rec.stop()
+
+
+async def test_bad_json_unknown_opcode_and_unknown_event(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        await call(sim.corrupt(0, "json"))
+        await rec.wait_for(lambda r: any(e.kind is ErrorKind.DESERIALIZING for e in r.errors))
+        await call(sim.corrupt(0, "opcode"))
+        await call(sim.corrupt(0, "event"))
+        await rec.wait_for(lambda r: "SIM_UNKNOWN_EVENT" in r.types())
+        assert not any(e.is_fatal() for e in rec.errors)
+        assert shard_stats(sim.stats.snapshot())["connections"] == 1
+        await rec.stop()
+
+
+# ---- decoding ------------------------------------------------------------------------------------
+
+class Message(msgspec.Struct):
+    id: str
+    channel_id: str
+
+
+async def test_event_filter_and_registered_struct(shards) -> None:
+    async with Simulator(events_per_second=100, **FAST) as sim:
+        shard = shards(sim, event_types=EventTypeFlags.READY | EventTypeFlags.MESSAGE_CREATE,
+                       event_structs={"MESSAGE_CREATE": Message})
+        rec = Recorder(shard)
+        await rec.wait_for(lambda r: r.count("MESSAGE_CREATE") >= 5)
+        assert set(rec.types()) == {"READY", "MESSAGE_CREATE"}
+        assert all(isinstance(e.data, Message) for e in rec.events if e.type == "MESSAGE_CREATE")
+        assert shard.metrics.events.get("GUILD_CREATE") == 2  # counted, but never decoded or delivered
+        await rec.stop()
+
+
+async def test_stdlib_json_decoder(shards) -> None:
+    async with Simulator(events_per_second=50, **FAST) as sim:
+        shard = shards(sim, decoder="json", event_structs={"MESSAGE_CREATE": Message})
+        rec = Recorder(shard)
+        await rec.wait_for(lambda r: r.count("MESSAGE_CREATE") >= 3)
+        assert isinstance(rec.events[1].data.session_id, str)
+        assert all(isinstance(e.data, Message) for e in rec.events if e.type == "MESSAGE_CREATE")
+        await rec.stop()
+
+
+async def test_next_message_returns_raw_text_and_close_frames(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim, event_types=EventTypeFlags.READY | EventTypeFlags.GATEWAY_CLOSE)
+        text = await asyncio.wait_for(shard.next_message(), 5)
+        assert isinstance(text, str) and '"READY"' in text
+        await call(sim.close(0, 4000))
+        frame = await asyncio.wait_for(shard.next_message(), 5)
+        assert frame == CloseFrame(4000, "closed by chaos control")
+
+
+# ---- sessions across processes -------------------------------------------------------------------
+
+async def test_resume_across_restart_with_saved_session(shards) -> None:
+    async with Simulator(events_per_second=50, **FAST) as sim:
+        first = shards(sim)
+        rec = Recorder(first)
+        await rec.wait_for(lambda r: r.count("MESSAGE_CREATE") >= 3)
+        await rec.stop()
+        session = await first.close(CloseFrame.RESUME)
+        resume_url = first.resume_url
+        assert isinstance(session, Session) and resume_url == sim.resume_url
+        saved = session.to_json()  # what a process would write to disk
+
+        second = shards(sim, session=Session.from_json(saved), resume_url=resume_url)
+        rec2 = Recorder(second)
+        await rec2.wait_for(lambda r: "RESUMED" in r.types())
+        snap = sim.stats.snapshot()
+        assert shard_stats(snap)["identifies"] == 1 and shard_stats(snap)["resumes"] == 1 and no_violations(snap)
+        seqs = [e.seq for e in rec2.events if e.seq is not None]
+        assert seqs[0] == session.sequence + 1  # continues where the first process stopped: no gap, no repeat
+        await rec2.stop()
+
+
+async def test_close_normal_ends_the_session(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        assert await shard.close(CloseFrame.NORMAL) is None
+        snap = await sim.wait_until(lambda s: "client 1000" in shard_stats(s)["closes"])
+        assert no_violations(snap)
+        await rec.wait_for(lambda r: any(e.kind is ErrorKind.CLOSED for e in r.errors))
+
+
+# ---- slow consumers, metrics, helpers, tokens ----------------------------------------------------
+
+async def test_slow_consumer_pauses_reading_without_losing_events(shards) -> None:
+    async with Simulator(events_per_second=400, **FAST) as sim:
+        shard = shards(sim, max_pending_events=50)
+        shard.start()
+        await sim.wait_until(lambda s: shard_stats(s)["heartbeats"] >= 3, timeout=15)
+        assert shard_stats(sim.stats.snapshot())["connections"] == 1  # no zombie false positive
+        seqs = []
+        while len(seqs) < 600:
+            event = await asyncio.wait_for(shard.next_event(), 5)
+            if event.seq is not None:
+                seqs.append(event.seq)
+        assert seqs == list(range(1, len(seqs) + 1))
+
+
+async def test_metrics_are_exported_per_shard(shards) -> None:
+    async with Simulator(events_per_second=50, **FAST) as sim:
+        shard = shards(sim, number=0, total=1)
+        registry = CollectorRegistry()
+        register_collector(registry).add(shard)
+        rec = Recorder(shard)
+        await rec.wait_for(lambda r: r.count("MESSAGE_CREATE") >= 3)
+        await call(sim.reconnect(0))
+        await rec.wait_for(lambda r: "RESUMED" in r.types())
+        await sim.wait_until(lambda s: shard_stats(s)["heartbeats"] >= 1)
+        await rec.wait_for(lambda r: r.count("GATEWAY_HEARTBEAT_ACK") >= 1)
+        text = generate_latest(registry).decode()
+        assert 'shard_gateway_events_received_total{shard="0",type="GUILD_CREATE"} 2.0' in text
+        assert 'shard_gateway_reconnects_total{reason="reconnect",shard="0"} 1.0' in text
+        assert 'shard_gateway_state{shard="0",state="active"} 1.0' in text
+        assert "shard_gateway_latency_seconds{" in text
+        assert "shard_gateway_inflater_bytes_in_total{" in text and "shard_gateway_inflater_buffer_bytes{" in text
+        await rec.stop()
+
+
+async def test_create_recommended_uses_gateway_bot(shards) -> None:
+    async with Simulator(shards=3, max_concurrency=3, **FAST) as sim:
+        made = await create_recommended(sim.token, lambda sid: Config(sim.token, Intents.GUILDS, metrics=False),
+                                        api_url=sim.api_url)
+        assert [s.id for s in made] == [ShardId(n, 3) for n in range(3)]
+        queue = made[0].config.queue
+        assert isinstance(queue, InMemoryQueue) and queue.max_concurrency == 3
+        assert all(s.config.queue is queue for s in made)
+        assert made[0].config.gateway_url.startswith("ws://127.0.0.1")
+        recs = [Recorder(s) for s in made]
+        for rec in recs:
+            await ready(rec)
+        for s in made:
+            await s.close()
+
+
+async def test_token_never_logged_or_shown(shards, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        await call(sim.reconnect(0))
+        await rec.wait_for(lambda r: "RESUMED" in r.types())
+        await call(sim.close(0, 4004))
+        await rec.wait_for(lambda r: any(e.is_fatal() for e in r.errors))
+        texts = [r.getMessage() for r in caplog.records] + [repr(shard), repr(shard.config), str(shard.config.token)]
+        texts += [str(e) for e in rec.errors] + [repr(e) for e in rec.errors] + [repr(e) for e in rec.events]
+        assert all(sim.token not in t for t in texts)
