@@ -20,7 +20,7 @@ async def shards() -> AsyncIterator[Callable[..., Shard]]:
                 **options: Any) -> Shard:
         options.setdefault("gateway_url", sim.url)
         options.setdefault("queue", InMemoryQueue(max_concurrency=sim.config.max_concurrency,
-                                                  interval=sim.config.identify_window))
+                                                  interval=sim.config.identify_window + 0.05))
         options.setdefault("backoff_base", 0.05)
         options.setdefault("backoff_max", 0.5)
         options.setdefault("close_timeout", 1.0)

@@ -270,7 +270,7 @@ async def test_close_handshake_timeout() -> None:
 
 async def test_identify_queue_buckets_respect_max_concurrency(shards) -> None:
     async with Simulator(shards=4, max_concurrency=2, identify_window=0.3, heartbeat_interval=5000) as sim:
-        queue = InMemoryQueue(max_concurrency=2, interval=0.3)
+        queue = InMemoryQueue(max_concurrency=2, interval=0.35)
         recs = [Recorder(shards(sim, n, 4, queue=queue)) for n in range(4)]
         for rec in recs:
             await ready(rec)
