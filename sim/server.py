@@ -393,6 +393,9 @@ class Simulator:
         return self._each(shard, lambda c: c.abort())
 
     def close(self, shard: int, code: int, reason: str = "closed by chaos control") -> int:
+        # RFC 6455 7.4: 1005, 1006 and 1015 must never be sent, and codes outside 1000-4999 do not exist.
+        if not 1000 <= code <= 4999 or code in (1004, 1005, 1006, 1015):
+            raise ValueError(f"close code {code} cannot be sent: use 1000-4999 except 1004, 1005, 1006, 1015")
         return self._each(shard, lambda c: c.close(code, reason))
 
     def request_heartbeat(self, shard: int) -> int:

@@ -202,3 +202,16 @@ async def test_admin_api_stats_config_and_errors(sim, gw):
     # none of that touched the connection
     await c.heartbeat()
     assert (await c.recv_until(op=11))[0]["op"] == 11
+
+
+@pytest.mark.parametrize("code", [70000, 999, 1005, 1006, 5000])
+async def test_close_with_an_unsendable_code_is_refused(sim, gw, code):
+    """A close code that cannot go on the wire is a 400 (ValueError in Python), and the session is untouched."""
+    c, session_id = await connected(sim, gw)
+    with pytest.raises(ValueError):
+        sim.close(0, code)
+    status, _, _ = await admin(sim, f"close?code={code}")
+    assert status == 400
+    assert sim.stats.snapshot()["sessions"][session_id]["state"] == "active"
+    await c.heartbeat()
+    assert (await c.recv_until(op=11))[0]["op"] == 11
