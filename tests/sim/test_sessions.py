@@ -43,14 +43,14 @@ async def test_identify_concurrency_same_bucket_gets_op9(make_sim, gw):
 
 
 async def test_identify_window_elapses(make_sim, gw):
-    sim = await make_sim(shards=2, max_concurrency=1, identify_window=0.2)
+    sim = await make_sim(shards=2, max_concurrency=1, identify_window=0.5)
     a = await gw(sim.url)
     await a.ready(sim.token, shard=(0, 2))
     b = await gw(sim.url)
     await b.identify(sim.token, shard=(1, 2))
     assert (await b.recv())["op"] == 9
     # a client that waits out the window (as an identify queue does) is accepted on a new connection
-    await asyncio.sleep(0.25)  # the identify window itself is what is being waited out
+    await asyncio.sleep(0.55)  # the identify window itself is what is being waited out
     c = await gw(sim.url)
     ready = await c.ready(sim.token, shard=(1, 2))
     assert ready["d"]["shard"] == [1, 2]
