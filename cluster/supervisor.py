@@ -71,7 +71,7 @@ class ShardView:
     events: Counter[str] = field(default_factory=Counter)
 
 
-@dataclass
+@dataclass(eq=False)
 class WorkerHandle:
     worker_id: int
     shard_ids: range
@@ -142,6 +142,9 @@ class Supervisor:
         self._stop: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._reapers: set[asyncio.Future[Any]] = set()  # never cancelled: they confirm exits
+        self._handles: set[WorkerHandle] = set()  # every worker ever started, for the shutdown
+        self._stop_early = False
         self._rolling: asyncio.Task[None] | None = None
         self._last_defer = 0.0
         self.listeners: list[Any] = []  # callables(event: str, **info) for tests and the display
@@ -150,11 +153,14 @@ class Supervisor:
 
     def stop(self, code: ExitCode = ExitCode.OK, message: str = "") -> None:
         """Ask the cluster to shut down (resumably) and exit with ``code``."""
-        if self._stop is not None and not self._stop.done():
-            if code != ExitCode.OK:
+        if self._stop is None:
+            self._stop_early = True
+        if self._stop is None or not self._stop.done():
+            if code != ExitCode.OK and self.exit_code == ExitCode.OK:
                 self.exit_code, self.exit_message = code, message
                 log.error("%s", message)
-            self._stop.set_result(None)
+            if self._stop is not None:
+                self._stop.set_result(None)
 
     def rolling_restart(self) -> bool:
         """Start a rolling restart (worker by worker, resuming every session); False if one runs."""
@@ -202,6 +208,8 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self._stop = loop.create_future()
+        if self._stop_early:
+            self._stop.set_result(None)
         try:
             await self._start()
         except ClusterExit as exc:
@@ -312,21 +320,26 @@ class Supervisor:
         process = self.mp.Process(target=run_worker, args=(spec, child), name=f"cluster-worker-{worker_id}",
                                   daemon=False)
         handle = WorkerHandle(worker_id, shard_ids, generation, process, policy)
-        await asyncio.to_thread(process.start)
-        child.close()
-        handle.pid = process.pid
-        handle.started_at = time.monotonic()
-        policy.started(handle.started_at)
-        loop = asyncio.get_running_loop()
-        loop.add_reader(process.sentinel, self._on_sentinel, handle)
-        handle.channel = await Channel.open(parent, lambda p: self._on_packet(handle, p),
-                                            name=f"worker {worker_id}")
+        self._handles.add(handle)
+
+        async def start() -> None:  # never cancelled half-way: a started process is always watched
+            await asyncio.to_thread(process.start)
+            child.close()
+            handle.pid = process.pid
+            handle.started_at = time.monotonic()
+            policy.started(handle.started_at)
+            asyncio.get_running_loop().add_reader(process.sentinel, self._on_sentinel, handle)
+            handle.channel = await Channel.open(parent, lambda p: self._on_packet(handle, p),
+                                                name=f"worker {worker_id}")
+
+        starting = asyncio.ensure_future(start())
+        self._reapers.add(starting)
+        starting.add_done_callback(self._reapers.discard)
+        await asyncio.shield(starting)
         log.debug("worker %d (gen %d) spawned, pid %d", worker_id, generation, process.pid)
-        done, _ = await asyncio.wait([handle.hello, handle.exited], timeout=120,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if not handle.hello.done():
-            if not handle.exited.done():
-                await self._kill(handle, "no hello within 120 s")
+        await asyncio.wait([handle.hello, handle.exited], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        if not handle.hello.done() and not handle.exited.done():
+            await self._kill(handle, "no hello within 120 s")
         return handle
 
     async def _bring_up(self, worker_id: int, shard_ids: range, policy: RestartPolicy, generation: int = 0,
@@ -336,6 +349,8 @@ class Supervisor:
         if self.stopping:
             return
         handle = await self._spawn(worker_id, shard_ids, policy, generation)
+        if self.stopping:
+            return  # the shutdown drains every started handle
         self.workers[worker_id] = handle
         if handle.hello.done() and not handle.exited.done():
             self._assign(handle)
@@ -361,7 +376,9 @@ class Supervisor:
 
     def _on_sentinel(self, handle: WorkerHandle) -> None:
         asyncio.get_running_loop().remove_reader(handle.process.sentinel)
-        self._spawn_task(self._reap(handle))
+        reaper = asyncio.get_running_loop().create_task(self._reap(handle))
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
 
     async def _reap(self, handle: WorkerHandle) -> None:
         # the sentinel closes while the process exits; waitpid confirms it is dead and reaps it
@@ -647,12 +664,12 @@ class Supervisor:
 
     async def _shutdown(self) -> None:
         self.stopping = True
-        if self._rolling is not None:
-            self._rolling.cancel()
-        handles = [w for w in self.workers.values() if w.state != WorkerState.EXITED]
-        await asyncio.gather(*(self._drain(w) for w in handles))
         for task in list(self._tasks):
             task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*list(self._reapers), return_exceptions=True)  # started processes are watched
+        handles = [w for w in self._handles if w.pid is not None and not w.exited.done()]
+        await asyncio.gather(*(self._drain(w) for w in handles))
         if self.sessions and self.shard_total:
             try:
                 save_sessions(self.config.state_file, self.shard_total, list(self.sessions.values()))

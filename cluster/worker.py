@@ -141,7 +141,10 @@ class Worker:
         self.channel.send(Hello(self.spec.worker_id, os.getpid()))
         closed = loop.create_task(self.channel.wait_closed())
         done, _ = await asyncio.wait([self._assign, closed, self._stop], return_when=asyncio.FIRST_COMPLETED)
-        if not self._assign.done():
+        if not self._assign.done():  # drained (or orphaned) before getting any shard
+            if not self.channel.closed:
+                self.channel.send(Drained([]))
+            await self._flush()
             return 0
         assign = self._assign.result()
         self.shard_total = assign.shard_total

@@ -1,0 +1,94 @@
+"""Crash loops, the session budget guard, hung workers and fatal gateway codes."""
+
+import asyncio
+import os
+import signal
+import sys
+
+import pytest
+
+from cluster import ExitCode
+from conftest import running, until
+
+
+@pytest.fixture
+def sim_options():
+    return dict(shards=4, max_concurrency=4, identify_window=1.0, events_per_second=2.0)
+
+
+async def test_crash_looping_handler_import_gives_up_with_a_clear_message(sim, tmp_path, caplog):
+    async with running(sim, "cluster_broken_handler:Handler", tmp_path, workers=2, restart_min_alive=30,
+                       restart_max_failures=3, fresh=True) as (sup, task):
+        code = await asyncio.wait_for(task, 60)
+    assert code == ExitCode.HANDLER_IMPORT
+    assert "failed 3 times in a row" in sup.exit_message
+    assert "missing_dependency" in sup.exit_message
+    assert sim.stats.snapshot()["total"]["identifies"] == 0
+
+
+async def test_crash_loop_after_ready_stops_before_the_budget_safety_margin(tmp_path):
+    from sim import Simulator
+
+    async with Simulator(shards=4, max_concurrency=4, identify_window=0.2, session_limit=40) as sim:
+        async with running(sim, "cluster_handlers:CrashOnReady", tmp_path, workers=1, identify_window=0.2,
+                           restart_max_failures=100, restart_min_alive=30, budget_reserve=20,
+                           budget_pace_below=0, fresh=True) as (sup, task):
+            code = await asyncio.wait_for(task, 90)
+        assert code == ExitCode.SESSION_BUDGET
+        assert "below the safety margin of 20" in sup.exit_message
+        assert "crash-looping" in sup.exit_message
+        spent = sim.stats.snapshot()["total"]["identifies"]
+    assert 8 <= spent <= 20  # several loops happened, and the margin was never touched
+
+
+async def test_hung_worker_is_killed_and_its_shards_resume(sim, tmp_path):
+    from cluster_handlers import Freeze
+
+    async with running(sim, "cluster_handlers:Quiet", tmp_path, workers=2, ipc_heartbeat_interval=0.2,
+                       ipc_heartbeat_missed=5, fresh=True) as (sup, task):
+        await until(lambda: sup.active_shards() == 4, what="bring-up")
+        await asyncio.sleep(0.5)
+        old = sup.workers[1]
+        replies = await sup.broadcast(Freeze(1, 60.0), timeout=0.5)
+        assert replies[0].ok and "timed out" in replies[1].error
+        await sim.wait_until(lambda s: s["total"]["resumes"] >= 2, timeout=20)
+        await until(lambda: sup.active_shards() == 4, what="recovery")
+        assert old.exitcode == -signal.SIGKILL and sup.workers[1].pid != old.pid
+        assert sup.restarts[(1, "unresponsive")] == 1
+        assert sim.stats.snapshot()["total"]["identifies"] == 4
+
+
+async def test_bad_token_exits_with_code_4(sim, tmp_path):
+    from cluster import ClusterConfig, Supervisor
+
+    cfg = ClusterConfig(gateway_url=sim.url, api_url=sim.api_url, http_port=None,
+                        state_file=str(tmp_path / "s.json"))
+    sup = Supervisor(cfg, token="not-the-token", handle_signals=False)
+    assert await sup.run() == ExitCode.AUTHENTICATION_FAILED
+    assert "token is invalid" in sup.exit_message
+
+
+async def test_disallowed_intents_exit_with_code_5(sim, tmp_path):
+    # GUILD_MEMBERS (1 << 1) is privileged; the simulator allows none by default
+    async with running(sim, None, tmp_path, workers=1, intents=(1 << 0) | (1 << 1), fresh=True) as (sup, task):
+        code = await asyncio.wait_for(task, 30)
+    assert code == ExitCode.DISALLOWED_INTENTS
+    assert "4014" in sup.exit_message
+
+
+async def test_handler_that_fails_to_import_in_the_supervisor_exits_with_code_3(tmp_path):
+    env = {**os.environ, "DISCORD_TOKEN": "x"}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cluster", "run", "--handler", "no_such_module_xyz:Handler", "--http-port", "0",
+        "--state-file", str(tmp_path / "s.json"), env=env, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == ExitCode.HANDLER_IMPORT
+    assert "no_such_module_xyz" in err.decode() and "HANDLER_IMPORT" in err.decode()
+
+
+async def test_config_error_exits_with_code_2(tmp_path):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cluster", "run", "--workers", "2", "--shards-per-worker", "2",
+        stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == ExitCode.CONFIG and "not both" in err.decode()

@@ -1,0 +1,76 @@
+"""The per-worker handler API and the supervisor's HTTP endpoints, against the simulator."""
+
+import asyncio
+import sys
+import urllib.request
+
+import pytest
+
+from conftest import running, until
+
+
+@pytest.fixture
+def sim_options():
+    return dict(shards=4, max_concurrency=4, identify_window=1.0, events_per_second=20.0)
+
+
+def get(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+async def test_handler_gets_events_with_their_shard_survives_errors_and_blocking(sim, tmp_path, capfd):
+    from cluster_handlers import AskBroadcast, Count
+
+    async with running(sim, "cluster_handlers:Recorder", tmp_path, workers=2, fresh=True) as (sup, task):
+        await until(lambda: sup.active_shards() == 4, what="bring-up")
+        # GUILD_CREATE raises in the handler (2 guilds per shard); the shards keep delivering
+        await until(lambda: all(w.handler_errors == 4 for w in sup.workers.values()), what="handler errors")
+        await until(lambda: sup.workers[0].blocked >= 1, what="blocked loop reported")
+        replies = await sup.broadcast(Count(), timeout=5)
+        assert [r.worker_id for r in replies] == [0, 1] and all(r.ok for r in replies)
+        for r in replies:
+            assert r.value["shard_ok"]
+            assert r.value["events"]["READY"] == 2 and r.value["events"]["MESSAGE_CREATE"] > 0
+        assert sup.active_shards() == 4
+        # a worker broadcasts to every worker (itself included) and asks the supervisor
+        replies = await sup.broadcast(AskBroadcast(), timeout=10)
+        for r in replies:
+            assert r.value["workers"] == [0, 1] and r.value["messages"] > 0 and r.value["active"] == 4
+    err = capfd.readouterr().err
+    assert "handler failed on GUILD_CREATE" in err and "RuntimeError: handler bug" in err
+    assert "event loop blocked" in err and "cluster_handlers.py" in err
+
+
+async def test_http_endpoints_and_status_cli(sim, tmp_path):
+    async with running(sim, "cluster.example:ExampleHandler", tmp_path, workers=2, fresh=True) as (sup, task):
+        await until(lambda: sup.http_url is not None, what="HTTP server")
+        base = sup.http_url
+        assert base.startswith("http://127.0.0.1:")
+        code, text = await asyncio.to_thread(get, base + "/readyz")
+        assert code == 503 or text == "4/4 shards active\n"
+        await until(lambda: sup.active_shards() == 4, what="bring-up")
+        await asyncio.sleep(0.5)  # a report with event counts and RTTs
+        assert (await asyncio.to_thread(get, base + "/readyz")) == (200, "4/4 shards active\n")
+        assert (await asyncio.to_thread(get, base + "/healthz"))[0] == 200
+        code, metrics = await asyncio.to_thread(get, base + "/metrics")
+        assert code == 200
+        for line in ('cluster_shard_state{shard="3",state="ACTIVE"} 1.0', 'cluster_identifies_total{reason="initial"} 4.0',
+                     "cluster_identify_queue_depth 0.0", 'cluster_worker_up{worker="1"} 1.0',
+                     "cluster_session_start_remaining 996.0"):
+            assert line in metrics, line
+        for family in ("cluster_gateway_events_total", "cluster_ipc_rtt_seconds", "cluster_worker_rss_bytes",
+                       "cluster_identify_wait_seconds_bucket", "cluster_shard_latency_seconds"):
+            assert family in metrics, family
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cluster", "status", "--url", base,
+                                                    stdout=asyncio.subprocess.PIPE)
+        out, _ = await proc.communicate()
+        text = out.decode()
+        assert proc.returncode == 0
+        assert text.startswith("4/4 shards active")
+        assert text.count("ACTIVE") == 4 and "WORKER" in text and "running" in text
+        code, _ = await asyncio.to_thread(get, base + "/nope")
+        assert code == 404
