@@ -15,6 +15,8 @@ __all__ = ["StatusDisplay", "progress_bar", "status_line"]
 
 def progress_bar(active: int, total: int, queued: int, width: int = 30) -> str:
     """``[#########.........]  8/16 shards active · 8 queued for identify``"""
+    if not total:
+        return "starting: asking Discord for the shard count and session budget..."
     filled = int(width * active / total) if total else 0
     return f"[{'#' * filled}{'.' * (width - filled)}] {active}/{total} shards active · {queued} queued for identify"
 
@@ -30,6 +32,8 @@ def status_line(status: dict[str, Any], rate: float, metrics_url: str | None) ->
              f"identifies left {budget.get('remaining', '?')}/{budget.get('total', '?')}"]
     if status.get("rolling"):
         parts.append("rolling restart")
+    if status.get("stopping"):
+        parts.append("stopping")
     if metrics_url:
         parts.append(f"metrics {metrics_url}/metrics")
     return " · ".join(parts)
@@ -75,8 +79,11 @@ class StatusDisplay:
     async def run(self) -> None:
         try:
             while True:
+                was_up = self.was_up
                 text = self.line()
                 now = time.monotonic()
+                if self.was_up and not was_up:
+                    self._last_plain = 0.0  # print the first status line at once
                 if self.tty:
                     self.stream.write("\r\x1b[2K" + text)
                     self.stream.flush()

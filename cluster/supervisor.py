@@ -186,6 +186,7 @@ class Supervisor:
             "max_concurrency": self.max_concurrency,
             "uptime": now - self.started,
             "rolling": self.rolling,
+            "stopping": self.stopping,
             "identify_queue": coord.depth if coord else 0,
             "session_budget": ({"remaining": coord.budget.available(now), "total": coord.budget.total,
                                 "reserve": coord.budget.reserve, "reset_in": coord.budget.reset_in(now)}
