@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from sim_client import GatewayClient  # tests/sim is on sys.path: pytest's default (prepend) import mode
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from sim_client import GatewayClient  # noqa: E402
-
-from sim import Simulator  # noqa: E402
+from sim import Simulator
 
 
 @pytest.fixture
