@@ -94,11 +94,13 @@ class GatewayConnection(asyncio.Protocol):
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    def start(self) -> None:
-        """Send Hello and start the heartbeat deadline."""
+    def start(self, hello: bool = True) -> None:
+        """Register the connection; send Hello and start the heartbeat deadline."""
         self.sim.connections.add(self)
         self.stats.connections += 1
         self.stats.open_connections += 1
+        if not hello:
+            return
         self.send_payload(b'{"t":null,"s":null,"op":10,"d":{"heartbeat_interval":%d,"_trace":%s}}'
                           % (self.cfg.heartbeat_interval, HELLO_TRACE))
         self._arm_heartbeat()

@@ -132,14 +132,13 @@ class HttpProtocol(asyncio.Protocol):
                                  req.path.rstrip("/") == RESUME_PATH.rstrip("/"))
         self.transport.set_protocol(conn)
         transport, self.transport = self.transport, None
-        conn.start()
         version, encoding = req.arg("v"), req.arg("encoding", "json")
-        if version not in ("9", "10"):
-            conn.violate(4012, f"invalid API version {version!r}: use v=10")
-        elif encoding != "json":
-            conn.violate(4002, f"encoding={encoding} is not supported by the simulator (use json)")
-        elif compress not in (None, "zlib-stream", "zstd-stream"):
-            conn.violate(4002, f"unknown compress={compress}")
+        problem = (f"invalid API version {version!r}: use v=10" if version not in ("9", "10") else
+                   f"encoding={encoding} is not supported by the simulator (use json)" if encoding != "json" else
+                   f"unknown compress={compress}" if compress not in (None, "zlib-stream", "zstd-stream") else None)
+        conn.start(hello=problem is None)  # a refused connection is closed at once, without Hello
+        if problem is not None:
+            conn.violate(4012 if problem.startswith("invalid API version") else 4002, problem)
         elif extra and not transport.is_closing():
             conn.data_received(extra)
 

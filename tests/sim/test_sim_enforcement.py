@@ -201,7 +201,7 @@ async def test_too_many_guilds_4011(make_sim, gw):
 
 @pytest.mark.parametrize("v", ["8", "11", None, "abc"])
 async def test_bad_version_4012(sim, gw, v):
-    c = await gw(sim.url, v=v)
+    c = await gw(sim.url, v=v, hello=False)  # refused at once: no Hello
     await assert_closed_with(c, sim, 4012, "invalid API version")
 
 
