@@ -5,7 +5,7 @@ import os
 import signal
 import sys
 
-from conftest import running, until
+from cluster_testing import running, until
 
 
 def totals(sim):

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cluster import ExitCode
-from conftest import running, until
+from cluster_testing import running, until
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import urllib.request
 
 import pytest
 
-from conftest import running, until
+from cluster_testing import running, until
 
 
 @pytest.fixture
