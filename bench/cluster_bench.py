@@ -93,9 +93,11 @@ def supervisor(sim: Sim, tmp: str, **options: object) -> Supervisor:
     return Supervisor(cfg, token=DEFAULT_TOKEN, handle_signals=False)
 
 
-async def until(pred, timeout: float, what: str, every: float = 0.01) -> None:
+async def until(pred, timeout: float, what: str, every: float = 0.01, task: asyncio.Task | None = None) -> None:
     deadline = time.monotonic() + timeout
     while not pred():
+        if task is not None and task.done():
+            raise RuntimeError(f"the supervisor stopped (exit code {task.result()}) before {what}")
         if time.monotonic() > deadline:
             raise TimeoutError(what)
         await asyncio.sleep(every)
@@ -114,7 +116,7 @@ async def bench_bringup(n: int, m: int, window: float, workers: int) -> dict:
             sup = supervisor(sim, tmp, workers=workers, identify_window=window, report_interval=0.05)
             t0 = time.monotonic()
             task = asyncio.get_running_loop().create_task(sup.run())
-            await until(lambda: sup.active_shards() == n, 120, "bring-up")
+            await until(lambda: sup.active_shards() == n, 120, "bring-up", task=task)
             ours = time.monotonic() - t0
             stats = await sim.stats()
             sup.stop()
@@ -144,12 +146,13 @@ async def bench_bringup(n: int, m: int, window: float, workers: int) -> dict:
 
 async def bench_scale(n: int, m: int, window: float, workers: int, idle: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
-        async with Sim(shards=n, max_concurrency=m, identify_window=window, guilds_per_shard=1) as sim:
+        async with Sim(shards=n, max_concurrency=m, identify_window=window, guilds_per_shard=1,
+                       session_limit=5000) as sim:
             sup = supervisor(sim, tmp, workers=workers, identify_window=window, report_interval=1.0,
                              identify_hold_timeout=30.0)
             t0 = time.monotonic()
             task = asyncio.get_running_loop().create_task(sup.run())
-            await until(lambda: sup.active_shards() == n, 600, "scale bring-up", every=0.2)
+            await until(lambda: sup.active_shards() == n, 600, "scale bring-up", every=0.2, task=task)
             bringup = time.monotonic() - t0
             await asyncio.sleep(3)  # settle
             pids = [w.pid for w in sup.workers.values()]
@@ -160,13 +163,19 @@ async def bench_scale(n: int, m: int, window: float, workers: int, idle: float) 
             cpu1 = time.process_time(), sum(proc_cpu(p) for p in pids), sim.cpu_seconds()
             stats = await sim.stats()
             healthy = sup.active_shards() == n and stats["total"]["open_connections"] == n
+            kinds: dict[str, int] = {}
+            for rec in stats["shards"].values():
+                for v in rec["violations"]:
+                    key = str(v)[:90]
+                    kinds[key] = kinds.get(key, 0) + 1
             rss = sum(w.rss for w in sup.workers.values())
             sup.stop()
             await task
     per_k = 1000 / n
     return {"n": n, "m": m, "workers": workers, "bringup": bringup, "target": math.ceil(n / m) * window + 1.0,
             "idle": wall, "healthy": healthy, "identifies": stats["total"]["identifies"],
-            "violations": stats["total"]["violations"] + stats["total"]["concurrency_violations"],
+            "violations": stats["total"]["violations"], "violation_kinds": kinds,
+            "concurrency_violations": stats["total"]["concurrency_violations"],
             "supervisor_cpu_pct_per_1k": 100 * (cpu1[0] - cpu0[0]) / wall * per_k,
             "workers_cpu_pct_per_1k": 100 * (cpu1[1] - cpu0[1]) / wall * per_k,
             "sim_cpu_pct": 100 * (cpu1[2] - cpu0[2]) / wall,
@@ -221,7 +230,8 @@ def report(results: dict) -> str:
                   f"process. Bring-up {s['bringup']:.1f} s (target {s['target']:.0f} s); then {s['idle']:.0f} s idle.", "",
                   "| measure | value |", "|---|---|",
                   f"| all shards Active and connected after the idle period | {s['healthy']} |",
-                  f"| identifies / violations | {s['identifies']} / {s['violations']} |",
+                  f"| identifies / violations / concurrency violations | {s['identifies']} / {s['violations']} / "
+                  f"{s['concurrency_violations']} |",
                   f"| supervisor CPU per 1,000 idle shards | {s['supervisor_cpu_pct_per_1k']:.2f} % of a core |",
                   f"| workers' CPU per 1,000 idle shards | {s['workers_cpu_pct_per_1k']:.2f} % of a core |",
                   f"| simulator CPU | {s['sim_cpu_pct']:.1f} % of a core |",

@@ -43,7 +43,7 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     identify_window: float = 5.0
     identify_hold_timeout: float = 15.0
     budget_reserve: int | None = None
-    """Identifies never spent (the safety margin). None: max(shards, 5% of the daily total)."""
+    """Identifies never spent (the safety margin). None: the shard count, at most 5% of the daily total."""
     budget_pace_below: int | None = None
     """Below this many identifies left, space them out until the reset. None: 2 x the margin."""
     state_file: str = "cluster-state.json"

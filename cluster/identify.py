@@ -1,11 +1,12 @@
 """The supervisor's identify coordinator (sans-I/O; every method takes ``now``).
 
-One slot per rate-limit bucket ``shard % max_concurrency``. A bucket grants at most one
-Identify per ``window`` seconds, and the granted shard *holds* the slot until it reports
-READY or INVALID_SESSION (or ``hold_timeout`` passes), so a slow shard never overlaps the
-next one in its bucket. The window starts when the worker says the Identify is going out
-(:meth:`started`), not at the grant, so IPC latency cannot shrink the gap; an Identify that
-fails restarts its bucket's window (adaptive slow-down). Every grant spends from the
+One slot per rate-limit bucket ``shard % max_concurrency``. The granted shard *holds* its
+bucket's slot until it reports READY or INVALID_SESSION (or ``hold_timeout`` passes), and the
+bucket's next grant comes ``window`` seconds after the *latest* of: the grant, the moment the
+worker said the Identify was going out (:meth:`started`), and the moment its outcome arrived
+(:meth:`done`). The gateway has certainly processed an Identify once its READY arrived, so
+neither IPC latency nor a gateway slow to read its socket can make two Identifies of one
+bucket land closer than the window. Every grant spends from the
 :class:`~cluster.budget.SessionBudget`, which may defer or refuse it.
 """
 
@@ -102,12 +103,14 @@ class IdentifyCoordinator:
             b.window_start = max(b.window_start, now)
 
     def done(self, shard_id: int, ready: bool, now: float) -> None:
-        """The shard's Identify ended with READY (``ready``) or INVALID_SESSION/close."""
+        """The shard's Identify ended with READY (``ready``) or INVALID_SESSION/close.
+
+        The outcome proves the gateway has processed the Identify: the window restarts here.
+        """
         b = self._bucket(shard_id)
         if b.holder == shard_id:
             b.holder = None
-            if not ready:  # back off this bucket a full window from the failure
-                b.window_start = max(b.window_start, now)
+            b.window_start = max(b.window_start, now)
 
     def cancel(self, shard_id: int) -> None:
         """The shard no longer wants a slot (its worker died or it was closed)."""

@@ -259,7 +259,8 @@ class Supervisor:
         if cfg.shards and self.shard_total != cfg.shards:
             log.warning("shard count %d rounded up to %d, a multiple of max_concurrency %d",
                         cfg.shards, self.shard_total, self.max_concurrency)
-        reserve = cfg.budget_reserve if cfg.budget_reserve is not None else max(self.shard_total, limit.total // 20)
+        reserve = (cfg.budget_reserve if cfg.budget_reserve is not None
+                   else max(1, min(self.shard_total, limit.total // 20)))
         budget = SessionBudget(limit.total, limit.remaining, limit.reset_after / 1000, now=now, reserve=reserve,
                                pace_below=cfg.budget_pace_below)
         self.coordinator = IdentifyCoordinator(self.max_concurrency, budget, window=cfg.identify_window,

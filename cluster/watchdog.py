@@ -70,6 +70,8 @@ class LoopWatchdog:
             self.blocked += 1
             frame = sys._current_frames().get(self._main)
             where = "".join(traceback.format_stack(frame, limit=6)) if frame else "?"
-            log.warning("event loop blocked for %.1f s%s; a handler must not block "
-                        "(use await or run_in_executor). Main thread at:\n%s",
-                        stalled, f" in {self.current}" if self.current else "", where)
+            if self.current:
+                log.warning("event loop blocked for %.1f s in %s; a handler must not block "
+                            "(use await or run_in_executor). Main thread at:\n%s", stalled, self.current, where)
+            else:
+                log.warning("event loop blocked for %.1f s (not in a handler). Main thread at:\n%s", stalled, where)

@@ -136,6 +136,7 @@ class Worker:
             await self._flush()
             return EXIT_HANDLER_IMPORT
         self.queue = IpcQueue(self.channel.send, self._identify_reason)
+        import shard  # noqa: F401 - imported before the watchdog starts: the first shard must not pay for it
         loop.add_signal_handler(signal.SIGTERM, self.stop, True)
         self.watchdog.start()
         self.channel.send(Hello(self.spec.worker_id, os.getpid()))

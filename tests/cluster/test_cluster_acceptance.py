@@ -42,7 +42,8 @@ async def test_kill_9_worker_resumes_without_identifies_or_loss(sim, tmp_path):
 
 
 async def test_sigterm_then_restart_resumes_every_shard_from_state_file(sim, tmp_path):
-    """Two real `python -m cluster run` processes: SIGTERM writes the state file, the next one resumes."""
+    """Two real `python -m cluster run` processes: SIGTERM writes the state file, the next one resumes;
+    then `cluster restart --rolling --pid` (SIGHUP) resumes every session once more."""
     env = {**os.environ, "DISCORD_TOKEN": sim.token}
     args = ["-m", "cluster", "run", "--handler", "cluster.example:ExampleHandler", "--workers", "4",
             "--gateway-url", sim.url, "--api-url", sim.api_url, "--identify-window", "1",
@@ -63,6 +64,14 @@ async def test_sigterm_then_restart_resumes_every_shard_from_state_file(sim, tmp
     try:
         snap = await sim.wait_until(lambda s: s["total"]["resumes"] == 16 and all(
             r["state"] == "active" for r in s["sessions"].values()), 30)
+        assert snap["total"]["identifies"] == 16
+        # and a rolling restart through the CLI (SIGHUP to the supervisor) resumes them all again
+        cli = await asyncio.create_subprocess_exec(sys.executable, "-m", "cluster", "restart", "--rolling",
+                                                   "--pid", str(second.pid), stdout=asyncio.subprocess.PIPE)
+        out, _ = await cli.communicate()
+        assert cli.returncode == 0 and b"rolling restart requested" in out
+        snap = await sim.wait_until(lambda s: s["total"]["resumes"] == 32 and all(
+            r["state"] == "active" for r in s["sessions"].values()), 60)
         assert snap["total"]["identifies"] == 16
     finally:
         second.send_signal(signal.SIGTERM)

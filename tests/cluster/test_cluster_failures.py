@@ -42,9 +42,9 @@ async def test_crash_loop_after_ready_stops_before_the_budget_safety_margin(tmp_
 
 
 async def test_hung_worker_is_killed_and_its_shards_resume(sim, tmp_path):
-    from cluster_handlers import Freeze
+    from cluster_handlers import Freeze, Quiet  # the class itself: pickled to the workers
 
-    async with running(sim, "cluster_handlers:Quiet", tmp_path, workers=2, ipc_heartbeat_interval=0.2,
+    async with running(sim, Quiet, tmp_path, workers=2, ipc_heartbeat_interval=0.2,
                        ipc_heartbeat_missed=5, fresh=True) as (sup, task):
         await until(lambda: sup.active_shards() == 4, what="bring-up")
         await asyncio.sleep(0.5)
@@ -92,3 +92,19 @@ async def test_config_error_exits_with_code_2(tmp_path):
         stderr=asyncio.subprocess.PIPE)
     _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == ExitCode.CONFIG and "not both" in err.decode()
+
+
+async def test_zombie_shard_is_restarted_by_the_supervisor_and_resumes(tmp_path):
+    from sim import Simulator
+
+    # everything the simulator sends to shard 2 is held back 60 s: no ACKs, no events. The shard's own
+    # zombie check waits a whole heartbeat interval (41 s); the supervisor sees the silence first.
+    async with Simulator(shards=4, max_concurrency=4, identify_window=1.0, events_per_second=10.0) as sim:
+        async with running(sim, None, tmp_path, workers=2, shard_stuck_timeout=3.0, fresh=True) as (sup, task):
+            await until(lambda: sup.active_shards() == 4, what="bring-up")
+            await asyncio.sleep(1.0)
+            assert sim.delay(2, 60.0) == 1
+            snap = await sim.wait_until(lambda s: any(r["shard"][0] == 2 and r["resumes"] for r in s["sessions"].values()),
+                                        timeout=30)
+            assert snap["total"]["identifies"] == 4
+            await until(lambda: sup.active_shards() == 4, what="shard 2 back")
