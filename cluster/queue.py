@@ -19,13 +19,16 @@ class IpcQueue:
 
     ``send`` writes a packet to the supervisor; the worker feeds the supervisor's
     :class:`IdentifyGrant` / :class:`IdentifyRefused` packets to :meth:`feed`.
-    ``reason(shard_id)`` labels why a shard identifies (for metrics).
+    ``reason(shard_id)`` labels why a shard identifies (for metrics); ``on_identified`` is
+    told of every outcome (the worker paces new connections with it).
     """
 
     def __init__(self, send: Callable[[Packet], None],
-                 reason: Callable[[int], str] = lambda shard_id: "initial") -> None:
+                 reason: Callable[[int], str] = lambda shard_id: "initial",
+                 on_identified: Callable[[int, bool], None] | None = None) -> None:
         self._send = send
         self._reason = reason
+        self._on_identified = on_identified
         self._waiters: dict[int, asyncio.Future[None]] = {}
         self.refusals: dict[int, str] = {}
 
@@ -59,6 +62,8 @@ class IpcQueue:
 
     def identified(self, shard_id: int, ready: bool) -> None:
         """Identify ended: READY (True) or INVALID_SESSION/close before READY (False)."""
+        if self._on_identified is not None:
+            self._on_identified(shard_id, ready)
         try:
             self._send(IdentifyDone(shard_id, ready))
         except Exception:  # noqa: BLE001 - a dead supervisor expires the hold by itself

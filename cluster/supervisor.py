@@ -373,7 +373,7 @@ class Supervisor:
         log.info("worker %d (pid %d) runs shards %d-%d (%d resuming)", handle.worker_id, handle.pid,
                  handle.shard_ids.start, handle.shard_ids.stop - 1, resumes)
         assert handle.channel is not None
-        handle.channel.send(Assign(self.shard_total, shards))
+        handle.channel.send(Assign(self.shard_total, shards, self.max_concurrency))
         self._emit("assigned", worker_id=handle.worker_id, pid=handle.pid)
 
     def _on_sentinel(self, handle: WorkerHandle) -> None:

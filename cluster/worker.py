@@ -76,6 +76,8 @@ class Worker:
         self.assigned_session: dict[int, bool] = {}
         self.was_ready: dict[int, bool] = {}
         self.handler_errors = 0
+        self.connecting: set[int] = set()  # started shards that have not finished identifying
+        self._connecting_changed = asyncio.Event()
         self.sessions = SessionDiff()
         self.watchdog = LoopWatchdog(spec.blocked_threshold)
         self._assign: asyncio.Future[Assign] | None = None
@@ -135,7 +137,7 @@ class Worker:
             self.channel.send(WorkerFatal("handler_import", str(exc)))
             await self._flush()
             return EXIT_HANDLER_IMPORT
-        self.queue = IpcQueue(self.channel.send, self._identify_reason)
+        self.queue = IpcQueue(self.channel.send, self._identify_reason, self._identified)
         import shard  # noqa: F401 - imported before the watchdog starts: the first shard must not pay for it
         loop.add_signal_handler(signal.SIGTERM, self.stop, True)
         self.watchdog.start()
@@ -161,12 +163,16 @@ class Worker:
                 self.channel.send(WorkerFatal("handler_setup", f"{type(exc).__name__}: {exc}"))
                 await self._flush()
                 return EXIT_HANDLER_SETUP
-        for shard_id in self.shards:
-            self.runners[shard_id] = loop.create_task(self._run_shard(shard_id))
+        fresh = [a.shard_id for a in assign.shards if a.session is None]
+        for a in assign.shards:  # sessions resume at once; new sessions connect when their turn nears
+            if a.session is not None:
+                self.runners[a.shard_id] = loop.create_task(self._run_shard(a.shard_id))
+        starter = loop.create_task(self._start_fresh(fresh, assign.max_concurrency))
         reporter = loop.create_task(self._report_loop())
         await asyncio.wait([closed, self._stop], return_when=asyncio.FIRST_COMPLETED)
         resumable = self._stop.result() if self._stop.done() else True
         reporter.cancel()
+        starter.cancel()
         sessions = await self._close_all(resumable)
         if not self.channel.closed:
             self.channel.send(Drained(sessions))
@@ -226,6 +232,22 @@ class Worker:
         if self.assigned_session.get(shard_id):
             return "resume_failed"
         return "initial"
+
+    def _identified(self, shard_id: int, ready: bool) -> None:
+        self.connecting.discard(shard_id)
+        self._connecting_changed.set()
+
+    async def _start_fresh(self, shard_ids: list[int], max_concurrency: int) -> None:
+        """Start the shards that must identify, keeping at most two per identify bucket connected
+        and waiting for their slot: thousands of shards never sit on idle gateway connections."""
+        limit = 2 * max(1, min(len(shard_ids), max_concurrency))
+        loop = asyncio.get_running_loop()
+        for shard_id in shard_ids:
+            while len(self.connecting) >= limit:
+                self._connecting_changed.clear()
+                await self._connecting_changed.wait()
+            self.connecting.add(shard_id)
+            self.runners[shard_id] = loop.create_task(self._run_shard(shard_id))
 
     def _start_shard(self, a: Assignment) -> None:
         self.assigned_session[a.shard_id] = a.session is not None

@@ -51,10 +51,11 @@ class Assignment(Struct, array_like=True, frozen=True):
 
 
 class Assign(Packet, tag="assign"):
-    """S→W: start these shards (of ``shard_total``)."""
+    """S→W: start these shards (of ``shard_total``; identify buckets: ``max_concurrency``)."""
 
     shard_total: int
     shards: list[Assignment]
+    max_concurrency: int = 1
 
 
 class Drain(Packet, tag="drain"):

@@ -95,3 +95,19 @@ async def test_rolling_restart_spends_zero_identifies(sim, tmp_path):
         assert t["identifies"] == 16 and t["resumes"] == 16
         assert sup.identifies == {"initial": 16}
     assert all(r["lost"] == 0 for r in sim.stats.snapshot()["sessions"].values())
+
+
+async def test_new_shards_connect_only_when_their_identify_turn_nears(tmp_path):
+    """max_concurrency 1: six shards identify one per window; at most two wait connected."""
+    from sim import Simulator
+
+    async with Simulator(shards=6, max_concurrency=1, identify_window=0.5) as sim:
+        async with running(sim, None, tmp_path, workers=1, identify_window=0.5, fresh=True) as (sup, task):
+            waiting = []
+            while sup.active_shards() < 6:
+                t = totals(sim)
+                waiting.append(t["open_connections"] - t["identifies"])
+                await asyncio.sleep(0.05)
+                assert not task.done()
+            assert max(waiting) == 2
+            assert totals(sim)["concurrency_violations"] == 0
