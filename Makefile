@@ -17,7 +17,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 demo: $(STAMP)
-	$(BIN)/python -m sim --shards 16 --max-concurrency 4 --events-per-second 20
+	$(BIN)/python -m cluster.demo
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
