@@ -31,15 +31,25 @@ class Envelope(msgspec.Struct, gc=False):
     d: msgspec.Raw = _NULL
 
 
+class Message(msgspec.Struct, gc=False):
+    """The gateway envelope with `d` decoded in the same pass (to JSON values)."""
+
+    op: int
+    t: str | None = None
+    s: int | None = None
+    d: object = None
+
+
 class PayloadDecoder:
     """Envelope scan and `d` decoding for one shard's settings."""
 
-    __slots__ = ("backend", "_env", "_default", "_typed", "_types")
+    __slots__ = ("backend", "_env", "_one", "_default", "_typed", "_types")
 
     def __init__(self, backend: Literal["msgspec", "json"] = "msgspec",
                  types: Mapping[str, type[msgspec.Struct]] | None = None) -> None:
         self.backend = backend
         self._env = msgspec.json.Decoder(Envelope)
+        self._one = msgspec.json.Decoder(Message)
         self._default = msgspec.json.Decoder()
         self._types: dict[str, type[msgspec.Struct]] = {}
         self._typed: dict[str, msgspec.json.Decoder] = {}
@@ -50,6 +60,17 @@ class PayloadDecoder:
         """Decode `d` of `event_type` dispatches into `typ` (fields not declared are skipped)."""
         self._types[event_type] = typ
         self._typed[event_type] = msgspec.json.Decoder(typ)
+
+    @property
+    def typed(self) -> bool:
+        """True when some event types decode into registered Structs."""
+        return bool(self._types)
+
+    def message(self, payload: bytes) -> Message | Envelope:
+        """Envelope and `d` in one pass (the fastest way to decode every event)."""
+        if self.backend == "msgspec":
+            return self._one.decode(payload)
+        return self.envelope(payload)
 
     def envelope(self, payload: bytes) -> Envelope:
         """op, t and s of a payload; `d` stays raw with msgspec, or is decoded with the json backend."""
@@ -77,4 +98,4 @@ class PayloadDecoder:
         """Decode `d` into a gateway control Struct."""
         if type(d) is msgspec.Raw:
             return msgspec.json.decode(d, type=typ)
-        return msgspec.convert(d, typ)
+        return msgspec.convert(d, typ, strict=False)

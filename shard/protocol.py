@@ -28,7 +28,7 @@ from .event import Event
 from .event_type import is_all, names_for_flags
 from .heartbeat import Beat, Heartbeater
 from .id import ShardId
-from .inflater import InflateError, ZlibInflater, ZstdInflater, new_inflater
+from .inflater import SYNC_FLUSH_SUFFIX, InflateError, ZlibInflater, ZstdInflater, new_inflater
 from .latency import Latency
 from .metrics import ShardMetrics
 from .parse import DecodeError, PayloadDecoder
@@ -59,9 +59,11 @@ class GatewayProtocol:
         self._rand = rand
         self.metrics = metrics or ShardMetrics()
         self.decoder = PayloadDecoder(config.decoder, config.event_structs)
-        self._env_decode = self.decoder.envelope
         self._wanted: frozenset[str] | None = None if is_all(config.event_types) else names_for_flags(
             config.event_types)
+        self._lazy = False
+        self._counts = self.metrics.events
+        self.decoding_changed()
         self.backoff = Backoff(config.backoff_base, config.backoff_max, rand)
 
         # Session (survives connections).
@@ -93,10 +95,21 @@ class GatewayProtocol:
         self.connected = False
         self._hello = False
         self._became_active = False
-        self._rbuf = bytearray()
+        self._inbox: deque[bytes] = deque()
+        self._inbox_size = 0
+        self._pos = 0
         self._need = 0
         self._frag_op = -1
         self._frag: bytearray | None = None
+
+    def decoding_changed(self) -> None:
+        """Pick the decode strategy. Every event wanted, no Struct registered: envelope and `d` in one pass.
+        Otherwise: scan the envelope with `d` left raw (unwanted events are never decoded) and decode `d`
+        in the consumer, with its registered Struct if any."""
+        self._lazy = self._wanted is not None or self.decoder.typed or self.decoder.backend != "msgspec"
+        self._env_decode = self.decoder.envelope
+        self._decode_all = msgspec.json.Decoder().decode
+        self._on_payload = self._on_payload_lazy if self._lazy else self._on_payload_eager  # type: ignore[method-assign]
 
     # ---- session ----------------------------------------------------------------------------------
     @property
@@ -136,8 +149,7 @@ class GatewayProtocol:
         self.connected = True
         self._hello = False
         self._became_active = False
-        self._rbuf = bytearray()
-        self._need = 0
+        self._drop_inbox()
         self._frag_op = -1
         self._frag = None
         self.latency = Latency()
@@ -155,6 +167,8 @@ class GatewayProtocol:
         """The TCP connection is gone. Emits GATEWAY_CLOSE and decides what happens next."""
         if not self.connected:
             return
+        self.process()  # everything received before the connection ended comes first
+        self._drop_inbox()
         self.connected = False
         frame = self.close_received
         if self.inflater is not None:
@@ -262,6 +276,7 @@ class GatewayProtocol:
 
     def heartbeat_timer(self, now: float) -> None:
         """The heartbeat deadline passed: beat, or detect a zombie connection and abort it."""
+        self.process()  # an ACK may be waiting unread behind a slow consumer
         hb = self.heartbeater
         if hb is None or not self.connected or self.closing:
             return
@@ -274,75 +289,139 @@ class GatewayProtocol:
 
     def hello_timeout(self) -> None:
         """No Hello arrived in time: give up on this connection."""
+        self.process()
         if self.connected and not self._hello and not self.closing:
             self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "hello_timeout")
 
     # ---- incoming ---------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
-        """Bytes from the socket (after the handshake)."""
+        """Bytes from the socket (after the handshake). They are only buffered here: `process()` parses
+        them, so the consumer can pull a few events at a time while they are hot in the CPU cache."""
         if self.abort or self.hangup or not self.connected:
             return
-        rbuf = self._rbuf
-        if rbuf:
-            rbuf += data
-            if len(rbuf) < self._need:
-                return
-            buf = bytes(rbuf)
-            rbuf.clear()
-        else:
-            buf = data
-        n = len(buf)
-        pos = 0
-        mv = memoryview(buf)
-        inflate = self.inflater.feed if self.inflater is not None else None
-        on_payload = self._on_payload
+        self._inbox.append(data)
+        self._inbox_size += len(data)
+
+    @property
+    def pending(self) -> int:
+        """Received bytes not processed yet."""
+        return self._inbox_size - self._pos
+
+    def process(self, budget: int = -1) -> bool:
+        """Parse, inflate and handle buffered frames until `budget` more consumer items are queued
+        (-1: everything buffered). Control opcodes are handled as they are reached. Returns False when
+        nothing could be processed (only part of a frame is buffered)."""
+        before = self._inbox_size - self._pos
+        self._process(budget)
+        return self._inbox_size - self._pos != before
+
+    def _process(self, budget: int) -> None:
+        inbox = self._inbox
+        events = self.events
+        stop_at = len(events) + budget if budget >= 0 else 1 << 62
+        inflater = self.inflater
+        inflate = inflater.feed if inflater is not None else None
+        # zlib fast path, inlined: a whole message in one frame, nothing buffered -> inflate the frame in place.
+        zlib_inf = inflater if type(inflater) is ZlibInflater else None
+        zdecompress = zlib_inf._d.decompress if zlib_inf is not None else None
+        zin = zout = 0
         try:
-            while n - pos >= 2:
-                b0 = buf[pos]
-                length = buf[pos + 1]
-                if length & 0x80:
-                    self._protocol_error("the server sent a masked frame")
-                    return
-                if length < 126:
-                    start = pos + 2
-                elif length == 126:
-                    if n - pos < 4:
-                        break
-                    length = (buf[pos + 2] << 8) | buf[pos + 3]
-                    start = pos + 4
-                else:
-                    if n - pos < 10:
-                        break
-                    length = int.from_bytes(buf[pos + 2:pos + 10], "big")
-                    start = pos + 10
-                    if length > self.config.max_message_size:
-                        self._protocol_error("a frame is over max_message_size")
+            while inbox:
+                buf = inbox[0]
+                pos = self._pos
+                n = len(buf)
+                need = self._need
+                if need and n - pos < need:  # the next frame continues in later chunks
+                    if self._inbox_size - pos < need:
                         return
-                end = start + length
-                if end > n:
-                    self._need = end - pos
-                    break
-                pos = end
-                if b0 == 0x82 and self._frag_op < 0:  # final binary frame: the hot path
-                    if inflate is not None:
-                        out = inflate(mv[start:end])
-                        if out is not None:
-                            on_payload(out)
-                    else:
-                        on_payload(self._uncompressed_binary(mv[start:end]))
-                else:
-                    self._on_frame(b0, mv[start:end])
-                if self.abort or self.hangup:
-                    return
+                    merged = b"".join([buf[pos:], *list(inbox)[1:]])
+                    inbox.clear()
+                    inbox.append(merged)
+                    self._inbox_size = len(merged)
+                    self._pos = 0
+                    self._need = 0
+                    continue
+                self._need = 0
+                mv = memoryview(buf)
+                try:
+                    while True:
+                        if n - pos < 2:
+                            if n > pos:
+                                self._need = 2
+                            break
+                        b0 = buf[pos]
+                        length = buf[pos + 1]
+                        if length & 0x80:
+                            self._protocol_error("the server sent a masked frame")
+                            return
+                        if length < 126:
+                            start = pos + 2
+                        elif length == 126:
+                            if n - pos < 4:
+                                self._need = 4
+                                break
+                            length = (buf[pos + 2] << 8) | buf[pos + 3]
+                            start = pos + 4
+                        else:
+                            if n - pos < 10:
+                                self._need = 10
+                                break
+                            length = int.from_bytes(buf[pos + 2:pos + 10], "big")
+                            start = pos + 10
+                            if length > self.config.max_message_size:
+                                self._protocol_error("a frame is over max_message_size")
+                                return
+                        end = start + length
+                        if end > n:
+                            self._need = end - pos
+                            break
+                        pos = end
+                        if b0 == 0x82 and self._frag_op < 0:  # a final binary frame: the hot path
+                            if zdecompress is not None and buf[end - 4:end] == SYNC_FLUSH_SUFFIX and not zlib_inf._buf:
+                                out = zdecompress(mv[start:end])
+                                zin += length
+                                zout += len(out)
+                                self._on_payload(out)
+                            elif inflate is not None:
+                                out = inflate(mv[start:end])
+                                if out is not None:
+                                    self._on_payload(out)
+                            else:
+                                self._on_payload(self._uncompressed_binary(mv[start:end]))
+                        else:
+                            self._on_frame(b0, mv[start:end])
+                        if self.abort or self.hangup:
+                            self._drop_inbox()
+                            return
+                        if len(events) >= stop_at:
+                            break
+                finally:
+                    mv.release()
+                if pos >= n:
+                    inbox.popleft()
+                    self._inbox_size -= n
+                    self._pos = 0
+                    continue
+                self._pos = pos
+                if not self._need or len(inbox) == 1:
+                    return  # the budget is used up, or waiting for the rest of a frame
         except InflateError as exc:
             self._compression_error(str(exc))
-            return
+        except Exception as exc:
+            if zlib_inf is not None and isinstance(exc, zlib_inf._error):
+                self._compression_error(f"zlib-stream is corrupt: {exc}")
+            else:
+                raise
         finally:
-            mv.release()
-        if pos < n:
-            self._rbuf += buf[pos:]
-        else:
-            self._need = 0
+            if zlib_inf is not None:
+                zlib_inf.bytes_in += zin
+                zlib_inf.bytes_out += zout
+
+    def _drop_inbox(self) -> None:
+        self._inbox.clear()
+        self._inbox_size = 0
+        self._pos = 0
+        self._need = 0
 
     def _uncompressed_binary(self, payload: memoryview) -> bytes:
         data = bytes(payload)
@@ -402,7 +481,40 @@ class GatewayProtocol:
             self._on_payload(self._uncompressed_binary(memoryview(data)))
 
     def _on_payload(self, out: bytes) -> None:
-        """One complete gateway message."""
+        """One complete gateway message (replaced per instance by one of the two strategies below)."""
+        self._on_payload_lazy(out)
+
+    def _on_payload_eager(self, out: bytes) -> None:
+        """Every event is wanted: decode the whole message once (plain msgspec decode to dict is the
+        cheapest full decode; a Struct envelope with an `object` field costs ~50% more)."""
+        try:
+            msg = self._decode_all(out)
+            op = msg["op"]
+        except (DecodeError, TypeError, KeyError) as exc:
+            self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid: {exc}"))
+            return
+        if op == 0:
+            t = msg.get("t")
+            s = msg.get("s")
+            if type(t) is not str or (s is not None and type(s) is not int):
+                self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a dispatch has no valid t or s"))
+                return
+            if s is not None:
+                self.sequence = s
+            counts = self._counts
+            counts[t] = counts.get(t, 0) + 1
+            if t == "READY" or t == "RESUMED":
+                self._on_session_event(t, s, msg.get("d"), out)
+                return
+            self.events.append((t, s, msg.get("d"), out, False))
+            return
+        if type(op) is not int:
+            self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a payload has no integer op"))
+            return
+        self._on_control(op, msg.get("d"), out)
+
+    def _on_payload_lazy(self, out: bytes) -> None:
+        """Filtering or typed decoding: scan op/t/s with `d` left raw; `d` is decoded by the consumer."""
         try:
             env = self._env_decode(out)
         except DecodeError as exc:
@@ -416,14 +528,14 @@ class GatewayProtocol:
                 return
             if s is not None:
                 self.sequence = s
-            counts = self.metrics.events
+            counts = self._counts
             counts[t] = counts.get(t, 0) + 1
             if t == "READY" or t == "RESUMED":
                 self._on_session_event(t, s, env.d, out)
                 return
             wanted = self._wanted
             if wanted is None or t in wanted:
-                self.events.append((t, s, env.d, out, True))
+                self.events.append((t, s, env.d, out, self._lazy))
             return
         self._on_control(env.op, env.d, out)
 
@@ -450,7 +562,7 @@ class GatewayProtocol:
             if t == "READY":
                 self.events.append((t, s, data, out, False))
             else:
-                self.events.append((t, s, d, out, True))
+                self.events.append((t, s, d, out, self._lazy))
 
     def _on_control(self, op: int, d: object, out: bytes) -> None:
         if op == 11:
@@ -524,12 +636,14 @@ class GatewayProtocol:
     def _compression_error(self, detail: str) -> None:
         """A corrupt stream: report it (not fatal), drop this connection and resume on a new one."""
         self._push_error(GatewayError(ErrorKind.COMPRESSION, detail))
+        self._drop_inbox()
         self.disconnect = (CloseAction.RESUME, "compression")
         self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "compression")
         self.hangup = True
 
     def _protocol_error(self, detail: str) -> None:
         log.warning("shard %s: WebSocket protocol error: %s", self.shard_id, detail)
+        self._drop_inbox()
         self.begin_close(CloseFrame(1002, "protocol error"), CloseAction.RESUME, "protocol_error")
         self.hangup = True
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Self
 
 import msgspec
@@ -39,6 +38,10 @@ __all__ = ["Shard", "MessageSender"]
 log = logging.getLogger("shard")
 
 _DEFAULT_QUEUE: InMemoryQueue | None = None
+_PULL_BATCH = 16            # frames the consumer processes at a time
+_BACKGROUND_DELAY = 0.05    # seconds before unread data is processed without the consumer
+_PAUSE_BYTES = 1 << 20      # stop reading with this much unprocessed data...
+_RESUME_BYTES = 256 << 10   # ...until it is below this
 
 
 def _default_queue() -> InMemoryQueue:
@@ -136,6 +139,9 @@ class Shard:
         self._sendq: asyncio.Queue[bytes] | None = None
         self._active: asyncio.Event | None = None
         self._final: GatewayError | None = None
+        self._pulls = 0
+        self._bg_handle: asyncio.TimerHandle | None = None
+        self._bg_pulls = 0
         self._delivered_seq: int | None = p.sequence
         self._high = max(1, config.max_pending_events)
         self._low = self._high // 2
@@ -187,6 +193,7 @@ class Shard:
     def register(self, event_type: str, struct: type[msgspec.Struct]) -> None:
         """Decode `d` of `event_type` into `struct` (only its declared fields are decoded)."""
         self._protocol.decoder.register(event_type, struct)
+        self._protocol.decoding_changed()
 
     def __repr__(self) -> str:
         return f"Shard(id={self._id}, state={self.state!r})"
@@ -213,6 +220,8 @@ class Shard:
                 elif t is None:
                     self._raise(data)
                 return Event(t, s, data)
+            if p._inbox and self._pull():
+                continue
             await self._wait()
 
     async def next_message(self) -> str | CloseFrame:
@@ -235,27 +244,39 @@ class Shard:
                 if t == "GATEWAY_CLOSE":
                     return data
                 return raw.decode()
+            if p._inbox and self._pull():
+                continue
             await self._wait()
+
+    def _pull(self) -> bool:
+        """The consumer processes the next few buffered frames itself (they stay hot in the CPU cache)."""
+        self._pulls += 1
+        p = self._protocol
+        progressed = p.process(_PULL_BATCH)
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            self._after(conn)
+            if conn.paused and p.pending < _RESUME_BYTES and len(p.events) <= self._low:
+                self._resume_reading(conn)
+        return progressed
 
     def _raise(self, error: GatewayError) -> None:
         if error.is_fatal():
             self._final = error
         raise error
 
-    def __aiter__(self) -> AsyncIterator[Event]:
-        return self._iterate()
+    def __aiter__(self) -> Shard:
+        return self
 
-    async def _iterate(self) -> AsyncIterator[Event]:
-        """Events until the shard stops; non-fatal errors are logged and skipped."""
+    async def __anext__(self) -> Event:
+        """`async for event in shard`: events until the shard stops; non-fatal errors are logged and skipped."""
         while True:
             try:
-                event = await self.next_event()
+                return await self.next_event()
             except GatewayError as error:
                 if error.is_fatal():
-                    return
+                    raise StopAsyncIteration from None
                 log.warning("shard %s: %s", self._id, error.reason)
-                continue
-            yield event
 
     async def _wait(self) -> None:
         if self._final is not None:
@@ -425,8 +446,33 @@ class Shard:
     def _on_data(self, conn: _Connection, data: bytes) -> None:
         if conn is not self._conn:
             return
-        self._protocol.receive_data(data)
-        self._after(conn)
+        p = self._protocol
+        p.receive_data(data)
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)  # the waiting consumer processes it
+        if self._bg_handle is None:
+            self._bg_pulls = self._pulls
+            self._bg_handle = asyncio.get_running_loop().call_later(_BACKGROUND_DELAY, self._background, conn)
+        if p.pending > _PAUSE_BYTES and not conn.paused and conn.transport is not None:
+            conn.paused = True
+            p.suspended = True
+            conn.transport.pause_reading()
+
+    def _background(self, conn: _Connection) -> None:
+        """Process unread data when the consumer is not doing it, so control opcodes never wait on it."""
+        self._bg_handle = None
+        if conn is not self._conn or conn.transport is None:
+            return
+        p = self._protocol
+        if self._pulls != self._bg_pulls:
+            pass  # the consumer is pulling: leave the work to it (reading pauses if it falls behind)
+        else:
+            p.process()
+            self._after(conn)
+        if p._inbox and self._conn is conn:
+            self._bg_pulls = self._pulls
+            self._bg_handle = asyncio.get_running_loop().call_later(_BACKGROUND_DELAY, self._background, conn)
 
     def _on_lost(self, conn: _Connection) -> None:
         if conn is not self._conn:
@@ -478,7 +524,7 @@ class Shard:
         events = p.events
         if events:
             self._wake()
-            if len(events) >= self._high and not conn.paused and p.connected:
+            if len(events) >= self._high and not conn.paused and p.connected and not transport.is_closing():
                 conn.paused = True
                 p.suspended = True
                 transport.pause_reading()
@@ -522,7 +568,7 @@ class Shard:
                 self._after(conn)
 
     def _cancel_timers(self) -> None:
-        for name in ("_hb_handle", "_close_handle", "_hello_handle"):
+        for name in ("_hb_handle", "_close_handle", "_hello_handle", "_bg_handle"):
             handle = getattr(self, name)
             if handle is not None:
                 handle.cancel()

@@ -61,6 +61,11 @@ def make(compression: str | None = "zlib-stream", **kw: object) -> tuple[Gateway
     return p, Wire(compression), now
 
 
+def feed(p: GatewayProtocol, data: bytes) -> None:
+    p.receive_data(data)
+    p.process()
+
+
 def sent(p: GatewayProtocol) -> list[tuple[int, bytes]]:
     out = [unmask(f) for f in p.outgoing]
     p.outgoing.clear()
@@ -83,15 +88,15 @@ READY = {"op": 0, "t": "READY", "s": 1, "d": {"session_id": "sess", "resume_gate
 
 
 def identify_and_ready(p: GatewayProtocol, w: Wire) -> None:
-    p.receive_data(w.msg(HELLO))
+    feed(p, w.msg(HELLO))
     assert p.want_identify
     p.identify()
-    p.receive_data(w.msg(READY))
+    feed(p, w.msg(READY))
 
 
 def test_hello_identify_ready() -> None:
     p, w, now = make()
-    p.receive_data(w.msg(HELLO))
+    feed(p, w.msg(HELLO))
     assert p.want_identify and p.state == ShardState.IDENTIFYING
     assert p.heartbeat_deadline == pytest.approx(100.5)  # interval * jitter(0.5)
     p.identify()
@@ -99,7 +104,7 @@ def test_hello_identify_ready() -> None:
     ident = json.loads(body)
     assert ident["op"] == 2 and ident["d"]["token"] == TOKEN and ident["d"]["shard"] == [0, 1]
     assert ident["d"]["intents"] == 513 and ident["d"]["properties"]["os"]
-    p.receive_data(w.msg(READY))
+    feed(p, w.msg(READY))
     assert p.state == ShardState.ACTIVE
     assert p.session == Session("sess", 1) and p.resume_url == "ws://resume/"
     events = drain(p)
@@ -111,13 +116,13 @@ def test_heartbeat_carries_last_sequence_and_zombie() -> None:
     p, w, now = make()
     identify_and_ready(p, w)
     sent(p)
-    p.receive_data(w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": 5, "d": {"id": "1"}}))
+    feed(p, w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": 5, "d": {"id": "1"}}))
     now[0] = 100.5
     p.heartbeat_timer(now[0])
     (op, body), = sent(p)
     assert json.loads(body) == {"op": 1, "d": 5}
     now[0] = 100.52
-    p.receive_data(w.msg({"op": 11}))
+    feed(p, w.msg({"op": 11}))
     assert p.latency.recent[0] == pytest.approx(0.02)
     now[0] = 101.5
     p.heartbeat_timer(now[0])
@@ -137,7 +142,7 @@ def test_server_heartbeat_request_answered_at_once() -> None:
     p, w, now = make()
     identify_and_ready(p, w)
     sent(p)
-    p.receive_data(w.msg({"op": 1, "d": None}))
+    feed(p, w.msg({"op": 1, "d": None}))
     (op, body), = sent(p)
     assert json.loads(body) == {"op": 1, "d": 1}
 
@@ -145,11 +150,11 @@ def test_server_heartbeat_request_answered_at_once() -> None:
 def test_resume_on_hello_with_session() -> None:
     p, w, now = make(session=Session("old", 41), resume_url="ws://resume/")
     assert p.connect_target() == ("ws://resume/", 0.0)
-    p.receive_data(w.msg(HELLO))
+    feed(p, w.msg(HELLO))
     assert not p.want_identify and p.state == ShardState.RESUMING
     (op, body), = sent(p)
     assert json.loads(body) == {"op": 6, "d": {"token": TOKEN, "session_id": "old", "seq": 41}}
-    p.receive_data(w.msg({"op": 0, "t": "RESUMED", "s": 42, "d": {}}))
+    feed(p, w.msg({"op": 0, "t": "RESUMED", "s": 42, "d": {}}))
     assert p.state == ShardState.ACTIVE
 
 
@@ -157,10 +162,10 @@ def test_op7_closes_4000_and_resumes() -> None:
     p, w, now = make()
     identify_and_ready(p, w)
     sent(p)
-    p.receive_data(w.msg({"op": 7, "d": None}))
+    feed(p, w.msg({"op": 7, "d": None}))
     (op, body), = sent(p)
     assert op == 8 and int.from_bytes(body[:2], "big") == 4000
-    p.receive_data(frame(body[:2], 8))  # server echoes
+    feed(p, frame(body[:2], 8))  # server echoes
     p.connection_lost()
     assert p.session is not None and p.connect_target()[0] == "ws://resume/"
     assert p.state == ShardState.Disconnected(0)
@@ -169,7 +174,7 @@ def test_op7_closes_4000_and_resumes() -> None:
 def test_op9_false_waits_then_identifies_on_main_url() -> None:
     p, w, now = make()
     identify_and_ready(p, w)
-    p.receive_data(w.msg({"op": 9, "d": False}))
+    feed(p, w.msg({"op": 9, "d": False}))
     assert p.session is None
     assert 1.0 <= p.reconnect_delay <= 5.0
     p.connection_lost()
@@ -180,7 +185,7 @@ def test_op9_false_waits_then_identifies_on_main_url() -> None:
 def test_op9_true_resumes() -> None:
     p, w, now = make()
     identify_and_ready(p, w)
-    p.receive_data(w.msg({"op": 9, "d": True}))
+    feed(p, w.msg({"op": 9, "d": True}))
     p.connection_lost()
     assert p.session is not None and p.connect_target() == ("ws://resume/", 0.0)
 
@@ -193,7 +198,7 @@ def test_server_close_policy(code: int, fatal: bool, keeps_session: bool) -> Non
     identify_and_ready(p, w)
     drain(p)
     sent(p)
-    p.receive_data(frame(code.to_bytes(2, "big") + b"bye", 8))
+    feed(p, frame(code.to_bytes(2, "big") + b"bye", 8))
     (op, body), = sent(p)  # the close is echoed
     assert op == 8 and int.from_bytes(body[:2], "big") == code
     p.connection_lost()
@@ -220,8 +225,8 @@ def test_failed_connects_back_off_and_reset_on_active() -> None:
 
 def test_close_before_ready_counts_as_failure() -> None:
     p, w, now = make()
-    p.receive_data(w.msg(HELLO))
-    p.receive_data(frame((4000).to_bytes(2, "big"), 8))
+    feed(p, w.msg(HELLO))
+    feed(p, frame((4000).to_bytes(2, "big"), 8))
     p.connection_lost()
     assert p.attempts == 1 and p.connect_target()[1] > 0
 
@@ -231,7 +236,7 @@ def test_corrupted_stream_is_non_fatal_and_resumes() -> None:
     identify_and_ready(p, w)
     sent(p)
     drain(p)
-    p.receive_data(frame(b"\x78\x9c\xde\xad\xbe\xef\x00\x00\xff\xff"))
+    feed(p, frame(b"\x78\x9c\xde\xad\xbe\xef\x00\x00\xff\xff"))
     items = drain(p)
     assert isinstance(items[0], GatewayError) and items[0].kind is ErrorKind.COMPRESSION and not items[0].is_fatal()
     (op, body), = sent(p)
@@ -247,22 +252,22 @@ def test_frames_split_across_reads_and_fragmented_messages() -> None:
     p, w, now = make()
     data = w.msg(HELLO) + w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": 2, "d": {"x": "y" * 500}})
     for i in range(0, len(data), 7):
-        p.receive_data(data[i:i + 7])
+        feed(p, data[i:i + 7])
     # one zlib message as a fragmented WebSocket message (binary + continuation frames)
     raw = json.dumps({"op": 0, "t": "MESSAGE_CREATE", "s": 3, "d": {"x": "z" * 300}}).encode()
     z = w.c.compress(raw) + w.c.flush(zlib.Z_SYNC_FLUSH)
-    p.receive_data(frame(z[:10], 2, fin=False) + frame(z[10:20], 0, fin=False) + frame(z[20:], 0))
+    feed(p, frame(z[:10], 2, fin=False) + frame(z[10:20], 0, fin=False) + frame(z[20:], 0))
     # ...and split across two complete WebSocket messages (only the last ends in 00 00 ff ff)
     raw2 = json.dumps({"op": 0, "t": "MESSAGE_CREATE", "s": 4, "d": {}}).encode()
     z2 = w.c.compress(raw2) + w.c.flush(zlib.Z_SYNC_FLUSH)
-    p.receive_data(frame(z2[:6]) + frame(z2[6:]))
+    feed(p, frame(z2[:6]) + frame(z2[6:]))
     types = [(e.type, e.seq) for e in drain(p)]
     assert types == [("GATEWAY_HELLO", None), ("MESSAGE_CREATE", 2), ("MESSAGE_CREATE", 3), ("MESSAGE_CREATE", 4)]
 
 
 def test_ping_answered_with_pong() -> None:
     p, w, now = make()
-    p.receive_data(frame(b"abc", 9))
+    feed(p, frame(b"abc", 9))
     assert sent(p) == [(10, b"abc")]
 
 
@@ -270,9 +275,9 @@ def test_unknown_opcode_and_event_do_not_crash() -> None:
     p, w, now = make()
     identify_and_ready(p, w)
     drain(p)
-    p.receive_data(w.msg({"op": 99, "d": {"x": 1}}))
-    p.receive_data(w.msg({"op": 0, "t": "BRAND_NEW_EVENT", "s": 9, "d": {"x": 1}}))
-    p.receive_data(w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": 10, "d": {}}))
+    feed(p, w.msg({"op": 99, "d": {"x": 1}}))
+    feed(p, w.msg({"op": 0, "t": "BRAND_NEW_EVENT", "s": 9, "d": {"x": 1}}))
+    feed(p, w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": 10, "d": {}}))
     assert [e.type for e in drain(p)] == ["BRAND_NEW_EVENT", "MESSAGE_CREATE"]
     assert p.sequence == 10
 
@@ -280,16 +285,16 @@ def test_unknown_opcode_and_event_do_not_crash() -> None:
 def test_event_filter_skips_before_decoding() -> None:
     p, w, now = make(event_types=EventTypeFlags.READY | EventTypeFlags.MESSAGE_CREATE)
     identify_and_ready(p, w)
-    p.receive_data(w.msg({"op": 0, "t": "TYPING_START", "s": 2, "d": {"x": 1}}))
-    p.receive_data(w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": 3, "d": {}}))
-    p.receive_data(w.msg({"op": 0, "t": "BRAND_NEW_EVENT", "s": 4, "d": {}}))
+    feed(p, w.msg({"op": 0, "t": "TYPING_START", "s": 2, "d": {"x": 1}}))
+    feed(p, w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": 3, "d": {}}))
+    feed(p, w.msg({"op": 0, "t": "BRAND_NEW_EVENT", "s": 4, "d": {}}))
     assert [e.type for e in drain(p)] == ["READY", "MESSAGE_CREATE"]
     assert p.sequence == 4 and p.metrics.events["TYPING_START"] == 1
 
 
 def test_bad_json_is_a_non_fatal_error() -> None:
     p, w, now = make(compression=None)
-    p.receive_data(frame(b'{"t":"MESSAGE_CREATE","s":,"op":0,"d":{"id":', 1))
+    feed(p, frame(b'{"t":"MESSAGE_CREATE","s":,"op":0,"d":{"id":', 1))
     err, = drain(p)
     assert isinstance(err, GatewayError) and err.kind is ErrorKind.DESERIALIZING and not err.is_fatal()
 
@@ -313,5 +318,5 @@ def test_oversized_command_refused() -> None:
 
 def test_masked_server_frame_is_protocol_error() -> None:
     p, w, now = make()
-    p.receive_data(b"\x82\x85" + b"\x00" * 9)
+    feed(p, b"\x82\x85" + b"\x00" * 9)
     assert p.hangup and p.disconnect is not None
