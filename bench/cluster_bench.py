@@ -247,7 +247,7 @@ def report(results: dict) -> str:
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("which", nargs="*", choices=["bringup", "scale", "recovery"], default=[])
+    p.add_argument("which", nargs="*", help="bringup, scale and/or recovery (default: all three)")
     p.add_argument("--scale-shards", type=int, default=1024)
     p.add_argument("--scale-mc", type=int, default=64)
     p.add_argument("--scale-workers", type=int, default=8)
@@ -256,6 +256,8 @@ async def main() -> None:
     p.add_argument("--out", default=str(RESULTS / "cluster.md"))
     args = p.parse_args()
     which = args.which or ["bringup", "scale", "recovery"]
+    if unknown := set(which) - {"bringup", "scale", "recovery"}:
+        p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     results = {}
     if "bringup" in which:
         results["bringup"] = await bench_bringup(64, 16, 1.0, 4)

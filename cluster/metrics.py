@@ -6,6 +6,8 @@ counters survive worker restarts. Every family is prefixed ``cluster_``.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -29,27 +31,17 @@ class ClusterCollector:
 
     def __init__(self, supervisor: Supervisor) -> None:
         self.sup = supervisor
-        self._wait_counts = [0] * (len(WAIT_BUCKETS) + 1)
+        self._wait_counts = [0] * (len(WAIT_BUCKETS) + 1)  # the last one is +Inf
         self._wait_sum = 0.0
-        self._wait_seen = 0
 
     def _waits(self) -> tuple[list[tuple[str, float]], float]:
-        waits = self.sup.identify_waits
-        for w in waits[self._wait_seen:]:
+        """Fold the identify waits recorded since the last scrape into the histogram."""
+        for w in self.sup.identify_waits:
             self._wait_sum += w
-            for i, b in enumerate(WAIT_BUCKETS):
-                if w <= b:
-                    self._wait_counts[i] += 1
-                    break
-            else:
-                self._wait_counts[-1] += 1
-        del waits[:]
-        self._wait_seen = 0
-        buckets, acc = [], 0
-        for b, n in zip([*map(str, WAIT_BUCKETS), "+Inf"], self._wait_counts):
-            acc += n
-            buckets.append((b, acc))
-        return buckets, self._wait_sum
+            self._wait_counts[bisect.bisect_left(WAIT_BUCKETS, w)] += 1
+        self.sup.identify_waits.clear()
+        cumulative = itertools.accumulate(self._wait_counts)
+        return list(zip([*map(str, WAIT_BUCKETS), "+Inf"], cumulative)), self._wait_sum
 
     def collect(self) -> Any:
         sup = self.sup

@@ -17,7 +17,7 @@ import math
 import os
 import signal
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +45,6 @@ __all__ = ["Supervisor", "WorkerState"]
 log = logging.getLogger("cluster")
 
 ACTIVE = "ACTIVE"
-RECONNECT_EVENTS = {"GATEWAY_RECONNECT": "reconnect", "GATEWAY_INVALID_SESSION": "invalid_session",
-                    "GATEWAY_CLOSE": "close"}
-
 
 class WorkerState(enum.Enum):
     STARTING = "starting"
@@ -132,7 +129,7 @@ class Supervisor:
         self.gateway_url: str | None = config.gateway_url
         self.identifies: Counter[str] = Counter()
         self.restarts: Counter[tuple[int, str]] = Counter()
-        self.identify_waits: list[float] = []
+        self.identify_waits: deque[float] = deque(maxlen=100_000)  # until the next scrape
         self.exit_code = ExitCode.OK
         self.exit_message = ""
         self.stopping = False
@@ -435,45 +432,44 @@ class Supervisor:
         coord = self.coordinator
         assert coord is not None
         now = time.monotonic()
-        t = type(p)
-        if t is StatusReport:
-            self._on_status(handle, p, now)  # type: ignore[arg-type]
-        elif t is SessionReport:
-            for info in p.sessions:  # type: ignore[attr-defined]
-                self.sessions[info.shard_id] = info
-        elif t is Pong:
-            if handle.heartbeat is not None:
-                handle.heartbeat.pong(p.nonce, now)  # type: ignore[attr-defined]
-        elif t is IdentifyRequest:
-            if p.shard_id in handle.shard_ids:  # type: ignore[attr-defined]
-                coord.request(p.shard_id, now, p.reason)  # type: ignore[attr-defined]
+        match p:
+            case StatusReport():
+                self._on_status(handle, p, now)
+            case SessionReport(sessions=sessions):
+                for info in sessions:
+                    self.sessions[info.shard_id] = info
+            case Pong(nonce=nonce):
+                if handle.heartbeat is not None:
+                    handle.heartbeat.pong(nonce, now)
+            case IdentifyRequest(shard_id=shard_id, reason=reason) if shard_id in handle.shard_ids:
+                coord.request(shard_id, now, reason)
                 self._wake.set()
-        elif t is IdentifyStarted:
-            coord.started(p.shard_id, now)  # type: ignore[attr-defined]
-        elif t is IdentifyDone:
-            coord.done(p.shard_id, p.ready, now)  # type: ignore[attr-defined]
-            self._wake.set()
-        elif t is IdentifyCancel:
-            coord.cancel(p.shard_id)  # type: ignore[attr-defined]
-            self._wake.set()
-        elif t is Hello:
-            if not handle.hello.done():
-                handle.hello.set_result(None)
-        elif t is Drained:
-            for info in p.sessions:  # type: ignore[attr-defined]
-                self.sessions[info.shard_id] = info
-            if not handle.drained.done():
-                handle.drained.set_result(None)
-        elif t is Request:
-            self._spawn_task(self._answer(handle, p))  # type: ignore[arg-type]
-        elif t is ShardFatal:
-            code, text = for_close_code(p.code)  # type: ignore[attr-defined]
-            self.stop(code, f"shard {p.shard_id}: {text}")  # type: ignore[attr-defined]
-        elif t is WorkerFatal:
-            handle.last_fatal = f"{p.kind.replace('_', ' ')} failed: {p.message}"  # type: ignore[attr-defined]
-            log.error("worker %d: %s", handle.worker_id, handle.last_fatal)
-            if p.kind == "handler_setup":  # type: ignore[attr-defined]
-                self.stop(ExitCode.HANDLER_SETUP, f"worker {handle.worker_id}: {handle.last_fatal}")
+            case IdentifyStarted(shard_id=shard_id):
+                coord.started(shard_id, now)
+            case IdentifyDone(shard_id=shard_id, ready=ready):
+                coord.done(shard_id, ready, now)
+                self._wake.set()
+            case IdentifyCancel(shard_id=shard_id):
+                coord.cancel(shard_id)
+                self._wake.set()
+            case Hello():
+                if not handle.hello.done():
+                    handle.hello.set_result(None)
+            case Drained(sessions=sessions):
+                for info in sessions:
+                    self.sessions[info.shard_id] = info
+                if not handle.drained.done():
+                    handle.drained.set_result(None)
+            case Request():
+                self._spawn_task(self._answer(handle, p))
+            case ShardFatal(shard_id=shard_id, code=code):
+                exit_code, text = for_close_code(code)
+                self.stop(exit_code, f"shard {shard_id}: {text}")
+            case WorkerFatal(kind=kind, message=message):
+                handle.last_fatal = f"{kind.replace('_', ' ')} failed: {message}"
+                log.error("worker %d: %s", handle.worker_id, handle.last_fatal)
+                if kind == "handler_setup":
+                    self.stop(ExitCode.HANDLER_SETUP, f"worker {handle.worker_id}: {handle.last_fatal}")
 
     def _on_status(self, handle: WorkerHandle, report: StatusReport, now: float) -> None:
         handle.rss, handle.loop_lag = report.rss, report.loop_lag

@@ -69,7 +69,7 @@ class LoopWatchdog:
             reported = True
             self.blocked += 1
             frame = sys._current_frames().get(self._main)
-            where = "".join(traceback.format_stack(frame, limit=6)) if frame else "?"
+            where = "".join(traceback.format_stack(frame)[-8:]) if frame else "?"
             if self.current:
                 log.warning("event loop blocked for %.1f s in %s; a handler must not block "
                             "(use await or run_in_executor). Main thread at:\n%s", stalled, self.current, where)

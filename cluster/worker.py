@@ -108,7 +108,7 @@ class Worker:
         delta = dict(counts)
         counts.clear()
         return ShardStatus(shard_id, name, float(avg) if isinstance(avg, (int, float)) else None,
-                           None, None if last is None else now - last, delta)
+                           None if last is None else now - last, delta)
 
     def _make_shard(self, shard_id: int, info: SessionInfo | None) -> Any:
         from shard import Config, Intents, Session, Shard, ShardId

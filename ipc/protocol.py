@@ -164,7 +164,6 @@ class ShardStatus(Struct, array_like=True, frozen=True):
     shard_id: int
     state: str
     latency: float | None = None
-    last_ack_age: float | None = None
     last_event_age: float | None = None
     events: dict[str, int] = {}
 

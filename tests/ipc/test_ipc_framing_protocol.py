@@ -54,7 +54,7 @@ SAMPLES = [
     p.Ping(7), p.Pong(7), p.IdentifyRequest(5, "invalid_session"), p.IdentifyGrant(5),
     p.IdentifyRefused(5, "budget"), p.IdentifyStarted(5), p.IdentifyDone(5, True), p.IdentifyCancel(5),
     p.SessionReport([p.SessionInfo(0, "a", 1, None)]),
-    p.StatusReport([p.ShardStatus(0, "Active", 0.04, 1.0, 0.1, {"MESSAGE_CREATE": 3})], rss=1 << 20),
+    p.StatusReport([p.ShardStatus(0, "ACTIVE", 0.04, 0.1, {"MESSAGE_CREATE": 3})], rss=1 << 20),
     p.Request(9, "m:Add", b"\x92\x01\x02", True, 2.0), p.Response(9, b"\x03"), p.Response(10, error="x"),
 ]
 
