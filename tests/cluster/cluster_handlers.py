@@ -26,8 +26,9 @@ class AskBroadcast(ipc.Call):
 
 
 class Recorder:
-    """Counts events per shard; raises on every GUILD_CREATE and blocks once on the first
-    MESSAGE_CREATE of worker 0, to show that both are survived and reported."""
+    """Counts events per shard and sets each shard's presence on READY; raises on every
+    GUILD_CREATE and blocks once on the first MESSAGE_CREATE of worker 0, to show that both
+    are survived and reported."""
 
     blocks = True
 
@@ -43,6 +44,9 @@ class Recorder:
         self.events[event.type] += 1
         if shard.id.number not in self.ctx.shards:
             self.shard_ok = False
+        if event.type == "READY":  # a command through the shard the event came from
+            from shard import UpdatePresence
+            await shard.command(UpdatePresence(status="idle"))
         if event.type == "GUILD_CREATE":
             raise RuntimeError("handler bug on GUILD_CREATE")
         if self.blocks and event.type == "MESSAGE_CREATE" and self.ctx.worker_id == 0 and not self.blocked_once:

@@ -36,6 +36,8 @@ async def test_handler_gets_events_with_their_shard_survives_errors_and_blocking
             assert r.value["shard_ok"]
             assert r.value["events"]["READY"] == 2 and r.value["events"]["MESSAGE_CREATE"] > 0
         assert sup.active_shards() == 4
+        shards = sim.stats.snapshot()["shards"]
+        assert all(shards[str(n)]["commands"].get("3") == 1 for n in range(4))  # op 3 sent through each shard
         # a worker broadcasts to every worker (itself included) and asks the supervisor
         replies = await sup.broadcast(AskBroadcast(), timeout=10)
         for r in replies:
