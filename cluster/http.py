@@ -28,11 +28,9 @@ def route(sup: Supervisor, method: str, path: str) -> tuple[int, str, bytes]:
     if path == "/metrics" and method == "GET":
         return 200, "text/plain; version=0.0.4; charset=utf-8", render(sup)
     if path == "/healthz" and method == "GET":
-        down = [w.worker_id for w in sup.workers.values() if w.state.value == "exited"]
-        if sup.stopping:
-            return 503, "text/plain", b"stopping\n"
-        if down:
-            return 503, "text/plain", f"workers down: {down}\n".encode()
+        problems = sup.health_problems()
+        if problems:
+            return 503, "text/plain", ("\n".join(problems) + "\n").encode()
         return 200, "text/plain", b"ok\n"
     if path == "/readyz" and method == "GET":
         active = sup.active_shards()

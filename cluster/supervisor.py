@@ -173,6 +173,21 @@ class Supervisor:
     def active_shards(self) -> int:
         return sum(1 for v in self.shards.values() if v.state == ACTIVE)
 
+    def health_problems(self) -> list[str]:
+        """Why the cluster is unhealthy (empty when healthy): stopping, workers down or with a
+        silent event loop (IPC heartbeats unanswered for 3 intervals)."""
+        if self.stopping:
+            return ["stopping"]
+        now = time.monotonic()
+        problems = []
+        for w in sorted(self.workers.values(), key=lambda w: w.worker_id):
+            if w.state == WorkerState.EXITED:
+                problems.append(f"worker {w.worker_id} is down (restarting)")
+            elif w.heartbeat is not None and w.heartbeat.missed(now) >= 3:
+                problems.append(f"worker {w.worker_id} has not answered IPC heartbeats for "
+                                f"{w.heartbeat.silence(now):.1f} s")
+        return problems
+
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot: workers, shards, identify queue and budget."""
         now = time.monotonic()
@@ -342,14 +357,18 @@ class Supervisor:
         return handle
 
     async def _bring_up(self, worker_id: int, shard_ids: range, policy: RestartPolicy, generation: int = 0,
-                        delay: float = 0.0) -> None:
+                        delay: float = 0.0, replacing: WorkerHandle | None = None) -> None:
+        """Spawn a worker for ``shard_ids`` (after ``delay``), replacing the dead ``replacing``."""
         if delay:
             await asyncio.sleep(delay)
-        if self.stopping:
-            return
+        if self.stopping or self.workers.get(worker_id) is not replacing:
+            return  # stopping, or someone else (a rolling restart) replaced it meanwhile
         handle = await self._spawn(worker_id, shard_ids, policy, generation)
         if self.stopping:
             return  # the shutdown drains every started handle
+        if self.workers.get(worker_id) is not replacing:
+            await self._drain(handle)  # surplus: never run a shard twice
+            return
         self.workers[worker_id] = handle
         if handle.hello.done() and not handle.exited.done():
             self._assign(handle)
@@ -414,7 +433,7 @@ class Supervisor:
             return
         log.info("restarting worker %d in %.1f s (attempt %d)", handle.worker_id, decision.delay, decision.attempt)
         self._spawn_task(self._bring_up(handle.worker_id, handle.shard_ids, handle.policy,
-                                        handle.generation + 1, decision.delay))
+                                        handle.generation + 1, decision.delay, replacing=handle))
 
     async def _kill(self, handle: WorkerHandle, reason: str) -> None:
         """SIGKILL a worker and wait until it is reaped (confirmed dead)."""
@@ -616,13 +635,19 @@ class Supervisor:
             if self.stopping:
                 return
             old = self.workers[wid]
+            if old.state != WorkerState.RUNNING:
+                log.warning("rolling restart: skipping worker %d, it is being restarted", wid)
+                continue
+            old.retiring = True  # from now on its exit is ours to handle, not the crash path's
             new = await self._spawn(wid, old.shard_ids, old.policy, old.generation + 1)
             if not new.hello.done():
                 log.error("rolling restart aborted: the new worker %d did not start (%s)", wid,
                           new.last_fatal or describe_exit(new.exitcode))
+                old.retiring = False
+                if old.exited.done():
+                    self._worker_died(old)
                 return
-            if old.state == WorkerState.RUNNING:
-                await self._drain(old)
+            await self._drain(old)
             self.workers[wid] = new
             if new.exited.done():
                 self._worker_died(new)
