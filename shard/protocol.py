@@ -86,8 +86,9 @@ class GatewayProtocol:
         self.want_identify = False
         self.identify_pending = False
         self.closing = False             # a close frame was sent
-        self.abort = False               # drop the TCP connection now, without a close handshake
-        self.hangup = False              # write what is queued, then close the TCP connection
+        self._abort = False              # drop the TCP connection now, without a close handshake
+        self._hangup = False             # write what is queued, then close the TCP connection
+        self._halt = False               # abort or hangup: stop processing input
         self.close_received: CloseFrame | None = None
         self.disconnect: tuple[CloseAction | str, str] | None = None
         self.reconnect_delay = 0.0       # a minimum delay decided by this connection (op 9 false)
@@ -98,6 +99,7 @@ class GatewayProtocol:
         self._inbox: deque[bytes] = deque()
         self._inbox_size = 0
         self._pos = 0
+        self._skip = 0
         self._need = 0
         self._frag_op = -1
         self._frag: bytearray | None = None
@@ -110,6 +112,26 @@ class GatewayProtocol:
         self._env_decode = self.decoder.envelope
         self._decode_all = msgspec.json.Decoder().decode
         self._on_payload = self._on_payload_lazy if self._lazy else self._on_payload_eager  # type: ignore[method-assign]
+
+    @property
+    def abort(self) -> bool:
+        """The driver must drop the TCP connection now, without a close handshake."""
+        return self._abort
+
+    @abort.setter
+    def abort(self, value: bool) -> None:
+        self._abort = value
+        self._halt = value or self._hangup
+
+    @property
+    def hangup(self) -> bool:
+        """The driver must write what is queued, then close the TCP connection."""
+        return self._hangup
+
+    @hangup.setter
+    def hangup(self, value: bool) -> None:
+        self._hangup = value
+        self._halt = value or self._abort
 
     # ---- session ----------------------------------------------------------------------------------
     @property
@@ -140,8 +162,9 @@ class GatewayProtocol:
         self.want_identify = False
         self.identify_pending = False
         self.closing = False
-        self.abort = False
-        self.hangup = False
+        self._abort = False
+        self._hangup = False
+        self._halt = False
         self.close_received = None
         self.disconnect = None
         self.reconnect_delay = 0.0
@@ -297,7 +320,7 @@ class GatewayProtocol:
     def receive_data(self, data: bytes) -> None:
         """Bytes from the socket (after the handshake). They are only buffered here: `process()` parses
         them, so the consumer can pull a few events at a time while they are hot in the CPU cache."""
-        if self.abort or self.hangup or not self.connected:
+        if self._halt or not self.connected:
             return
         self._inbox.append(data)
         self._inbox_size += len(data)
@@ -305,15 +328,44 @@ class GatewayProtocol:
     @property
     def pending(self) -> int:
         """Received bytes not processed yet."""
-        return self._inbox_size - self._pos
+        return self._inbox_size - self._pos - self._skip
 
     def process(self, budget: int = -1) -> bool:
         """Parse, inflate and handle buffered frames until `budget` more consumer items are queued
         (-1: everything buffered). Control opcodes are handled as they are reached. Returns False when
         nothing could be processed (only part of a frame is buffered)."""
-        before = self._inbox_size - self._pos
+        before = self._inbox_size - self._pos - self._skip
         self._process(budget)
-        return self._inbox_size - self._pos != before
+        return self._inbox_size - self._pos - self._skip != before
+
+    def _merge(self, need: int) -> None:
+        """Copy exactly the `need` bytes of a frame that spans chunks into one chunk at the front."""
+        inbox = self._inbox
+        first = inbox.popleft()
+        self._inbox_size -= len(first)
+        parts = [first[self._pos:]]
+        got = len(parts[0])
+        self._pos, self._skip = self._skip, 0
+        while got < need:
+            nxt = inbox[0]
+            start = self._pos
+            avail = len(nxt) - start
+            take = need - got
+            if avail <= take:
+                parts.append(nxt[start:] if start else nxt)
+                got += avail
+                inbox.popleft()
+                self._inbox_size -= len(nxt)
+                self._pos = 0
+            else:
+                parts.append(nxt[start:start + take])
+                got += take
+                self._pos = start + take
+        merged = b"".join(parts)
+        self._skip = self._pos if inbox else 0
+        inbox.appendleft(merged)
+        self._inbox_size += len(merged)
+        self._pos = 0
 
     def _process(self, budget: int) -> None:
         inbox = self._inbox
@@ -324,6 +376,8 @@ class GatewayProtocol:
         # zlib fast path, inlined: a whole message in one frame, nothing buffered -> inflate the frame in place.
         zlib_inf = inflater if type(inflater) is ZlibInflater else None
         zdecompress = zlib_inf._d.decompress if zlib_inf is not None else None
+        on_payload = self._on_payload
+        suffix = SYNC_FLUSH_SUFFIX
         zin = zout = 0
         try:
             while inbox:
@@ -332,13 +386,9 @@ class GatewayProtocol:
                 n = len(buf)
                 need = self._need
                 if need and n - pos < need:  # the next frame continues in later chunks
-                    if self._inbox_size - pos < need:
+                    if self._inbox_size - pos - self._skip < need:
                         return
-                    merged = b"".join([buf[pos:], *list(inbox)[1:]])
-                    inbox.clear()
-                    inbox.append(merged)
-                    self._inbox_size = len(merged)
-                    self._pos = 0
+                    self._merge(need)
                     self._need = 0
                     continue
                 self._need = 0
@@ -351,9 +401,6 @@ class GatewayProtocol:
                             break
                         b0 = buf[pos]
                         length = buf[pos + 1]
-                        if length & 0x80:
-                            self._protocol_error("the server sent a masked frame")
-                            return
                         if length < 126:
                             start = pos + 2
                         elif length == 126:
@@ -363,6 +410,9 @@ class GatewayProtocol:
                             length = (buf[pos + 2] << 8) | buf[pos + 3]
                             start = pos + 4
                         else:
+                            if length & 0x80:
+                                self._protocol_error("the server sent a masked frame")
+                                return
                             if n - pos < 10:
                                 self._need = 10
                                 break
@@ -376,21 +426,22 @@ class GatewayProtocol:
                             self._need = end - pos
                             break
                         pos = end
-                        if b0 == 0x82 and self._frag_op < 0:  # a final binary frame: the hot path
-                            if zdecompress is not None and buf[end - 4:end] == SYNC_FLUSH_SUFFIX and not zlib_inf._buf:
-                                out = zdecompress(mv[start:end])
-                                zin += length
-                                zout += len(out)
-                                self._on_payload(out)
-                            elif inflate is not None:
+                        if b0 == 0x82 and zdecompress is not None and buf.endswith(suffix, start, end) \
+                                and not zlib_inf._buf and self._frag is None:  # the hot path
+                            out = zdecompress(mv[start:end])
+                            zin += length
+                            zout += len(out)
+                            on_payload(out)
+                        elif b0 == 0x82 and self._frag is None:
+                            if inflate is not None:
                                 out = inflate(mv[start:end])
                                 if out is not None:
-                                    self._on_payload(out)
+                                    on_payload(out)
                             else:
-                                self._on_payload(self._uncompressed_binary(mv[start:end]))
+                                on_payload(self._uncompressed_binary(mv[start:end]))
                         else:
                             self._on_frame(b0, mv[start:end])
-                        if self.abort or self.hangup:
+                        if self._halt:
                             self._drop_inbox()
                             return
                         if len(events) >= stop_at:
@@ -400,7 +451,7 @@ class GatewayProtocol:
                 if pos >= n:
                     inbox.popleft()
                     self._inbox_size -= n
-                    self._pos = 0
+                    self._pos, self._skip = self._skip, 0
                     continue
                 self._pos = pos
                 if not self._need or len(inbox) == 1:
@@ -421,6 +472,7 @@ class GatewayProtocol:
         self._inbox.clear()
         self._inbox_size = 0
         self._pos = 0
+        self._skip = 0
         self._need = 0
 
     def _uncompressed_binary(self, payload: memoryview) -> bytes:
