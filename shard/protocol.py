@@ -45,6 +45,7 @@ log = logging.getLogger("shard")
 Item = tuple  # (type | None, seq, data, raw bytes | None, needs_decode); type None means data is a GatewayError
 
 _HEARTBEAT_ACK = "GATEWAY_HEARTBEAT_ACK"
+_SESSION_EVENTS = frozenset({"READY", "RESUMED"})
 _USER_CLOSE = "user"
 
 
@@ -377,6 +378,10 @@ class GatewayProtocol:
         zlib_inf = inflater if type(inflater) is ZlibInflater else None
         zdecompress = zlib_inf._d.decompress if zlib_inf is not None else None
         on_payload = self._on_payload
+        eager = not self._lazy
+        decode_all = self._decode_all
+        counts = self._counts
+        append = events.append
         suffix = SYNC_FLUSH_SUFFIX
         zin = zout = 0
         try:
@@ -431,7 +436,23 @@ class GatewayProtocol:
                             out = zdecompress(mv[start:end])
                             zin += length
                             zout += len(out)
-                            on_payload(out)
+                            if eager:  # _on_payload_eager's dispatch case, inlined
+                                try:
+                                    msg = decode_all(out)
+                                    t = msg["t"]
+                                    s = msg["s"]
+                                except Exception:  # noqa: BLE001 - anything unusual takes the full path
+                                    on_payload(out)
+                                else:
+                                    if type(t) is str and type(s) is int and msg.get("op") == 0 \
+                                            and t not in _SESSION_EVENTS:
+                                        self.sequence = s
+                                        counts[t] = counts.get(t, 0) + 1
+                                        append((t, s, msg.get("d"), out, False))
+                                    else:
+                                        on_payload(out)
+                            else:
+                                on_payload(out)
                         elif b0 == 0x82 and self._frag is None:
                             if inflate is not None:
                                 out = inflate(mv[start:end])

@@ -206,9 +206,6 @@ class Shard:
         while True:
             if q:
                 t, s, data, _raw, needs_decode = q.popleft()
-                conn = self._conn
-                if conn is not None and conn.paused and len(q) <= self._low:
-                    self._resume_reading(conn)
                 if needs_decode:
                     try:
                         data = p.decoder.decode(t, data)
@@ -286,6 +283,9 @@ class Shard:
             self._final = GatewayError(ErrorKind.CLOSED, "the shard is closed")
             raise self._final
         self.start()
+        conn = self._conn
+        if conn is not None and conn.paused:
+            self._resume_reading(conn)  # everything buffered was consumed
         loop = asyncio.get_running_loop()
         waiter = self._waiter = loop.create_future()
         try:
