@@ -383,6 +383,7 @@ class GatewayProtocol:
         counts = self._counts
         append = events.append
         suffix = SYNC_FLUSH_SUFFIX
+        fast = zdecompress is not None and not zlib_inf._buf and self._frag is None
         zin = zout = 0
         try:
             while inbox:
@@ -431,9 +432,8 @@ class GatewayProtocol:
                             self._need = end - pos
                             break
                         pos = end
-                        if b0 == 0x82 and zdecompress is not None and buf.endswith(suffix, start, end) \
-                                and not zlib_inf._buf and self._frag is None:  # the hot path
-                            out = zdecompress(mv[start:end])
+                        if fast and b0 == 0x82 and buf.endswith(suffix, start, end):  # the hot path
+                            out = zdecompress(buf[start:end])
                             zin += length
                             zout += len(out)
                             if eager:  # _on_payload_eager's dispatch case, inlined
@@ -453,15 +453,17 @@ class GatewayProtocol:
                                         on_payload(out)
                             else:
                                 on_payload(out)
-                        elif b0 == 0x82 and self._frag is None:
-                            if inflate is not None:
-                                out = inflate(mv[start:end])
-                                if out is not None:
-                                    on_payload(out)
-                            else:
-                                on_payload(self._uncompressed_binary(mv[start:end]))
                         else:
-                            self._on_frame(b0, mv[start:end])
+                            if b0 == 0x82 and self._frag is None:
+                                if inflate is not None:
+                                    out = inflate(mv[start:end])
+                                    if out is not None:
+                                        on_payload(out)
+                                else:
+                                    on_payload(self._uncompressed_binary(mv[start:end]))
+                            else:
+                                self._on_frame(b0, mv[start:end])
+                            fast = zdecompress is not None and not zlib_inf._buf and self._frag is None
                         if self._halt:
                             self._drop_inbox()
                             return

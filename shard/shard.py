@@ -38,7 +38,7 @@ __all__ = ["Shard", "MessageSender"]
 log = logging.getLogger("shard")
 
 _DEFAULT_QUEUE: InMemoryQueue | None = None
-_PULL_BATCH = 16            # frames the consumer processes at a time
+_PULL_BATCH = 32            # frames the consumer processes at a time
 _BACKGROUND_DELAY = 0.05    # seconds before unread data is processed without the consumer
 _PAUSE_BYTES = 1 << 20      # stop reading with this much unprocessed data...
 _RESUME_BYTES = 256 << 10   # ...until it is below this
