@@ -549,8 +549,9 @@ class Supervisor:
                     self._last_defer = now
                     log.warning("%s", d.message)
             deadline = coord.next_deadline(now)
-            try:
-                await asyncio.wait_for(self._wake.wait(), None if deadline is None else max(0.0, deadline - now))
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a racing cancel
+                async with asyncio.timeout(None if deadline is None else max(0.0, deadline - now)):
+                    await self._wake.wait()
             except TimeoutError:
                 pass
             self._wake.clear()
@@ -669,11 +670,13 @@ class Supervisor:
             except ConnectionError:
                 pass
             try:
-                await asyncio.wait_for(asyncio.shield(handle.drained), timeout)
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(handle.drained)
             except TimeoutError:
                 log.warning("worker %d did not drain within %.0f s; killing it", handle.worker_id, timeout)
         try:
-            await asyncio.wait_for(asyncio.shield(handle.exited), timeout)
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(handle.exited)
         except TimeoutError:
             await self._kill(handle, "did not exit after draining")
 

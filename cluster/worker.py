@@ -299,8 +299,8 @@ class Worker:
         shard = self.shards[shard_id]
         info = self._session_info(shard_id)
         try:
-            session = await asyncio.wait_for(
-                shard.close(CloseFrame.RESUME if resumable else CloseFrame.NORMAL), 5.0)
+            async with asyncio.timeout(5.0):
+                session = await shard.close(CloseFrame.RESUME if resumable else CloseFrame.NORMAL)
         except Exception as exc:  # noqa: BLE001 - keep the last known session
             log.warning("closing shard %d: %s", shard_id, exc)
             session = None

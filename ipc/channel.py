@@ -137,7 +137,8 @@ class Channel:
         try:
             self.send(Request(rid, name, body, broadcast, timeout))
             try:
-                response = await asyncio.wait_for(fut, timeout)
+                async with asyncio.timeout(timeout):  # not wait_for: it can swallow a racing cancel in 3.11
+                    response = await fut
             except TimeoutError:
                 raise CallError(f"{self.name}: {name} timed out after {timeout:g}s") from None
         except ChannelClosed as exc:
@@ -211,7 +212,8 @@ async def answer(request: Request, handler: Callable[[Call], Awaitable[Any] | An
         call = decode_call(request.name, request.body)
         result = handler(call)
         if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
-            result = await asyncio.wait_for(result, request.timeout)
+            async with asyncio.timeout(request.timeout):
+                result = await result
         return Response(request.id, encode_value(result))
     except TimeoutError:
         return Response(request.id, error=f"{request.name} timed out after {request.timeout:g}s")
