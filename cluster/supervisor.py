@@ -32,7 +32,7 @@ from cluster.identify import Defer, Grant, IdentifyCoordinator, Refuse
 from cluster.layout import round_up, split
 from cluster.restart import Backoff, GiveUp, RestartPolicy
 from cluster.state import load_sessions, save_sessions
-from cluster.worker import EXIT_HANDLER_IMPORT, WorkerSpec, run_worker
+from cluster.worker import EXIT_HANDLER_IMPORT, QUEUED, WorkerSpec, run_worker
 from ipc import Channel, HeartbeatMonitor, answer, gather
 from ipc.calls import encode_value
 from ipc.protocol import (Assign, Assignment, Drain, Drained, Hello, IdentifyCancel, IdentifyDone,
@@ -606,7 +606,8 @@ class Supervisor:
                 if now - view.restarted_at < cfg.shard_stuck_timeout:
                     continue
                 reason = None
-                if view.state != ACTIVE and view.shard_id not in waiting and now - view.since > cfg.shard_stuck_timeout:
+                if (view.state not in (ACTIVE, QUEUED) and view.shard_id not in waiting
+                        and now - view.since > cfg.shard_stuck_timeout):
                     reason = f"stuck in {view.state} for {now - view.since:.0f} s"
                 elif view.state == ACTIVE and view.last_event_age is not None and view.last_event_age > cfg.shard_stuck_timeout:
                     reason = f"zombie: nothing received for {view.last_event_age:.0f} s"

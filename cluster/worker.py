@@ -28,11 +28,13 @@ from ipc.protocol import (Assign, Assignment, Drain, Drained, Hello, IdentifyGra
                           Packet, Request, RestartShard, SessionInfo, SessionReport, ShardFatal,
                           ShardStatus, StatusReport, WorkerFatal)
 
-__all__ = ["WorkerSpec", "run_worker", "EXIT_HANDLER_IMPORT"]
+__all__ = ["EXIT_HANDLER_IMPORT", "QUEUED", "WorkerSpec", "run_worker"]
 
 log = logging.getLogger("cluster.worker")
 
 EXIT_HANDLER_IMPORT = 3
+QUEUED = "QUEUED"
+"""The reported state of a shard the worker has not started yet (see ``Worker._start_fresh``)."""
 EXIT_HANDLER_SETUP = 9
 
 
@@ -97,6 +99,8 @@ class Worker:
         shard = self.shards[shard_id]
         state = getattr(shard, "state", None)
         name = getattr(state, "name", None) or str(state)
+        if shard_id not in self.runners:
+            name = QUEUED  # not connected yet: waiting for its identify turn to near
         latency = getattr(shard, "latency", None)
         avg = getattr(latency, "average", None)
         if callable(avg):
@@ -313,8 +317,8 @@ class Worker:
         return [i for i in infos if i is not None]
 
     async def _restart_shard(self, shard_id: int, reason: str) -> None:
-        if shard_id not in self.shards:
-            return
+        if shard_id not in self.runners:
+            return  # not started yet (or already being restarted)
         log.warning("restarting shard %d: %s", shard_id, reason)
         info = await self._close_shard(shard_id, True)
         self.sessions.forget(shard_id)

@@ -103,11 +103,13 @@ async def test_new_shards_connect_only_when_their_identify_turn_nears(tmp_path):
 
     async with Simulator(shards=6, max_concurrency=1, identify_window=0.5) as sim:
         async with running(sim, None, tmp_path, workers=1, identify_window=0.5, fresh=True) as (sup, task):
-            waiting = []
+            waiting, queued = [], set()
             while sup.active_shards() < 6:
                 t = totals(sim)
                 waiting.append(t["open_connections"] - t["identifies"])
+                queued |= {v.shard_id for v in sup.shards.values() if v.state == "QUEUED"}
                 await asyncio.sleep(0.05)
                 assert not task.done()
             assert max(waiting) == 2
+            assert {3, 4, 5} <= queued  # reported as waiting for their turn (not stuck)
             assert totals(sim)["concurrency_violations"] == 0
