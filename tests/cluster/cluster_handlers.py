@@ -82,3 +82,8 @@ class CrashOnReady:
     async def on_event(self, shard: Any, event: Any) -> None:
         if event.type == "READY":
             os._exit(1)
+
+
+class FailingSetup:
+    async def setup(self, ctx: Any) -> None:
+        raise RuntimeError("database unreachable")

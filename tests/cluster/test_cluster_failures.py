@@ -76,6 +76,25 @@ async def test_disallowed_intents_exit_with_code_5(sim, tmp_path):
     assert "4014" in sup.exit_message
 
 
+async def test_shard_count_refused_by_discord_exits_with_code_6(tmp_path):
+    from sim import Simulator
+
+    # a "large bot" whose shard count must be a multiple of 8: 4 shards are refused with 4010
+    async with Simulator(shards=4, max_concurrency=4, identify_window=1.0, shard_multiple=8) as sim:
+        async with running(sim, None, tmp_path, workers=1, fresh=True) as (sup, task):
+            code = await asyncio.wait_for(task, 30)
+    assert code == ExitCode.SHARDING_REJECTED
+    assert "4010" in sup.exit_message and "multiple" in sup.exit_message
+
+
+async def test_handler_setup_failure_exits_with_code_9(sim, tmp_path):
+    async with running(sim, "cluster_handlers:FailingSetup", tmp_path, workers=1, fresh=True) as (sup, task):
+        code = await asyncio.wait_for(task, 30)
+    assert code == ExitCode.HANDLER_SETUP
+    assert "RuntimeError: database unreachable" in sup.exit_message
+    assert sim.stats.snapshot()["total"]["identifies"] == 0  # setup runs before any shard connects
+
+
 async def test_handler_that_fails_to_import_in_the_supervisor_exits_with_code_3(tmp_path):
     env = {**os.environ, "DISCORD_TOKEN": "x"}
     proc = await asyncio.create_subprocess_exec(
