@@ -46,6 +46,7 @@ Item = tuple  # (type | None, seq, data, raw bytes | None, needs_decode); type N
 
 _HEARTBEAT_ACK = "GATEWAY_HEARTBEAT_ACK"
 _SESSION_EVENTS = frozenset({"READY", "RESUMED"})
+STABLE_AFTER = 30.0  # seconds Active before a disconnect no longer counts as a failed attempt
 _USER_CLOSE = "user"
 
 
@@ -97,6 +98,7 @@ class GatewayProtocol:
         self.connected = False
         self._hello = False
         self._became_active = False
+        self._active_since = 0.0
         self._inbox: deque[bytes] = deque()
         self._inbox_size = 0
         self._pos = 0
@@ -226,8 +228,10 @@ class GatewayProtocol:
             return
         if action is CloseAction.IDENTIFY:
             self._clear_session()
-        if not self._became_active:
-            self.attempts += 1
+        if self._became_active and self._clock() - self._active_since >= STABLE_AFTER:
+            self.attempts = 0  # a connection that worked for a while: reconnect at once
+        else:
+            self.attempts += 1  # failed or short-lived (even if the gateway closed it): back off
         self.metrics.reconnect(reason)
         self.state = ShardState.Disconnected(self.attempts)
 
@@ -444,8 +448,7 @@ class GatewayProtocol:
                                 except Exception:  # noqa: BLE001 - anything unusual takes the full path
                                     on_payload(out)
                                 else:
-                                    if type(t) is str and type(s) is int and msg.get("op") == 0 \
-                                            and t not in _SESSION_EVENTS:
+                                    if type(t) is str and type(s) is int and t not in _SESSION_EVENTS:
                                         self.sequence = s
                                         counts[t] = counts.get(t, 0) + 1
                                         append((t, s, msg.get("d"), out, False))
@@ -631,7 +634,8 @@ class GatewayProtocol:
         else:
             data = None
         self.state = ShardState.ACTIVE
-        self.attempts = 0
+        if not self._became_active:
+            self._active_since = self._clock()
         self._became_active = True
         if self._wanted is None or t in self._wanted:
             if t == "READY":

@@ -142,7 +142,6 @@ class Shard:
         self._pulls = 0
         self._bg_handle: asyncio.TimerHandle | None = None
         self._bg_pulls = 0
-        self._delivered_seq: int | None = p.sequence
         self._high = max(1, config.max_pending_events)
         self._low = self._high // 2
         if config.metrics:
@@ -212,8 +211,6 @@ class Shard:
                     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
                         raise GatewayError(ErrorKind.DESERIALIZING, f"{t} could not be decoded: {exc}",
                                            event_type=t) from None
-                    if s is not None:
-                        self._delivered_seq = s
                 elif t is None:
                     self._raise(data)
                 return Event(t, s, data)
@@ -236,8 +233,6 @@ class Shard:
                     self._resume_reading(conn)
                 if t is None:
                     self._raise(data)
-                if s is not None:
-                    self._delivered_seq = s
                 if t == "GATEWAY_CLOSE":
                     return data
                 return raw.decode()
@@ -267,6 +262,10 @@ class Shard:
 
     async def __anext__(self) -> Event:
         """`async for event in shard`: events until the shard stops; non-fatal errors are logged and skipped."""
+        q = self._protocol.events
+        if q and not q[0][4] and q[0][0] is not None:  # fast path: a decoded event is ready
+            t, s, data, _raw, _ = q.popleft()
+            return Event(t, s, data)
         while True:
             try:
                 return await self.next_event()
@@ -354,10 +353,11 @@ class Shard:
         """Close the connection and stop. Returns the Session to resume later, unless `frame` is
         1000/1001 (CloseFrame.NORMAL), which ends the session. Events already received stay readable."""
         p = self._protocol
-        delivered = self._delivered_seq
         session = p.close(frame)
-        if session is not None and delivered is not None and p.events:
-            session = Session(session.id, delivered)  # undelivered events will be replayed on resume
+        if session is not None:
+            pending = next((item[1] for item in p.events if item[1] is not None), None)
+            if pending is not None:  # events received but not consumed yet are replayed on resume
+                session = Session(session.id, pending - 1)
         conn = self._conn
         if conn is not None and p.connected:
             self._after(conn)

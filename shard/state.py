@@ -53,3 +53,8 @@ ShardState.ACTIVE = ShardState(StateKind.ACTIVE)
 ShardState.FATALLY_CLOSED = ShardState(StateKind.FATALLY_CLOSED)
 ShardState.IDENTIFYING = ShardState(StateKind.IDENTIFYING)
 ShardState.RESUMING = ShardState(StateKind.RESUMING)
+# twilight's variant names
+ShardState.Active = ShardState.ACTIVE  # type: ignore[attr-defined]
+ShardState.FatallyClosed = ShardState.FATALLY_CLOSED  # type: ignore[attr-defined]
+ShardState.Identifying = ShardState.IDENTIFYING  # type: ignore[attr-defined]
+ShardState.Resuming = ShardState.RESUMING  # type: ignore[attr-defined]

@@ -133,7 +133,7 @@ def test_heartbeat_carries_last_sequence_and_zombie() -> None:
     assert sent(p) == []  # no close frame: the TCP connection is dropped
     p.connection_lost()
     assert p.session == Session("sess", 5)  # kept
-    assert p.connect_target() == ("ws://resume/", 0.0)
+    assert p.connect_target()[0] == "ws://resume/"
     close = [e for e in drain(p) if getattr(e, "type", None) == "GATEWAY_CLOSE"]
     assert close[0].data == CloseFrame(1006, "")
 
@@ -165,9 +165,10 @@ def test_op7_closes_4000_and_resumes() -> None:
     feed(p, w.msg({"op": 7, "d": None}))
     (op, body), = sent(p)
     assert op == 8 and int.from_bytes(body[:2], "big") == 4000
+    now[0] += 60.0  # the connection had been up for a minute
     feed(p, frame(body[:2], 8))  # server echoes
     p.connection_lost()
-    assert p.session is not None and p.connect_target()[0] == "ws://resume/"
+    assert p.session is not None and p.connect_target() == ("ws://resume/", 0.0)
     assert p.state == ShardState.Disconnected(0)
 
 
@@ -187,7 +188,7 @@ def test_op9_true_resumes() -> None:
     identify_and_ready(p, w)
     feed(p, w.msg({"op": 9, "d": True}))
     p.connection_lost()
-    assert p.session is not None and p.connect_target() == ("ws://resume/", 0.0)
+    assert p.session is not None and p.connect_target()[0] == "ws://resume/"
 
 
 @pytest.mark.parametrize("code,fatal,keeps_session", [(4004, True, True), (4014, True, True), (4007, False, False),
@@ -220,7 +221,24 @@ def test_failed_connects_back_off_and_reset_on_active() -> None:
     assert p.connect_target()[1] == pytest.approx(0.75 * 4.0)
     p.connection_made()
     identify_and_ready(p, w)
-    assert p.attempts == 0
+    now[0] += 31.0  # a connection that worked for a while...
+    p.connection_lost()
+    assert p.attempts == 0 and p.connect_target()[1] == 0.0  # ...reconnects at once
+
+
+def test_gateway_closes_right_after_ready_back_off() -> None:
+    p, w, now = make()
+    delays = []
+    for n in range(1, 4):
+        identify_and_ready(p, w) if n == 1 else None
+        feed(p, frame((4000).to_bytes(2, "big"), 8))
+        p.connection_lost()
+        assert p.state == ShardState.Disconnected(n)
+        delays.append(p.connect_target()[1])
+        p.connection_made()
+        feed(p, w.msg(HELLO))
+        feed(p, w.msg({"op": 0, "t": "RESUMED", "s": 2, "d": {}}))
+    assert delays == sorted(delays) and delays[0] > 0  # no immediate retry loop
 
 
 def test_close_before_ready_counts_as_failure() -> None:
