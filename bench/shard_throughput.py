@@ -302,11 +302,22 @@ def client_memory(port: int, count: int, compression: str) -> None:
 # Orchestration
 # ---------------------------------------------------------------------------------------------------
 
+PEERS_FAKEGW = Path("/work/shared/peers/fakegw.py")
+
+
 class Sim:
-    def __init__(self, *args: str) -> None:
+    """The flood server in its own process: `python -m sim` (default), or the peers' fakegw.py
+    (pre-compressed replay, near-zero server cost) with `fakegw=True`."""
+
+    def __init__(self, *args: str, fakegw: bool = False) -> None:
         self.port = _free_port()
-        cmd = [PY, "-m", "sim", "--port", str(self.port), "--quiet", "--token", TOKEN, *args]
-        self.cmd = " ".join(["python", "-m", "sim", *cmd[3:]])
+        if fakegw:
+            cmd = [PY, str(PEERS_FAKEGW), "--port", str(self.port), "--flood", "--flood-delay", "0.5",
+                   "--max-concurrency", "16"]
+            self.cmd = f"python {PEERS_FAKEGW} " + " ".join(cmd[2:])
+        else:
+            cmd = [PY, "-m", "sim", "--port", str(self.port), "--quiet", "--token", TOKEN, *args]
+            self.cmd = " ".join(["python", "-m", "sim", *cmd[3:]])
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 15
         while time.time() < deadline:
@@ -344,12 +355,12 @@ CLIENTS = (("shardstack", "handler", "ours-handler"), ("shardstack", "bare", "ou
            ("hikari 2.7.0", "handler", "hikari-handler"), ("hikari 2.7.0", "bare", "hikari-bare"))
 
 
-def throughput(seconds: float, warmup: float, rounds: int
+def throughput(seconds: float, warmup: float, rounds: int, fakegw: bool = False
                ) -> tuple[list[tuple[str, str, float, float]], dict[str, object], str]:
     """Every client once per round, interleaved (this machine is shared and noisy); median per client."""
     sim = Sim("--flood", "--shards", "1", "--guilds-per-shard", "1", "--zlib-level", "1",
               "--max-concurrency", "16", "--identify-window", "0.05", "--session-limit", "100000",
-              "--privileged-intents", "33026", "--no-strict-intents")
+              "--privileged-intents", "33026", "--no-strict-intents", fakegw=fakegw)
     samples: dict[str, list[tuple[float, float]]] = {}
     ceilings: list[dict[str, object]] = []
     try:
@@ -458,7 +469,7 @@ def report(rows: list[tuple[str, str, float, float]], ceiling: dict[str, object]
     return "\n".join(lines) + "\n"
 
 
-def plot(rows: list[tuple[str, str, float, float]], ceiling: dict[str, object], path: Path) -> None:
+def plot(rows: list[tuple[str, str, float, float]], ceiling: dict[str, object], path: Path, server: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -480,7 +491,7 @@ def plot(rows: list[tuple[str, str, float, float]], ceiling: dict[str, object], 
                         ha="center", va="bottom", fontsize=9)
     ax.set_xticks(list(xs), labels)
     ax.set_ylabel("MESSAGE_CREATE events/s (thousands)")
-    ax.set_title("One shard, zlib-stream flood from sim/, ~1 KB messages")
+    ax.set_title(f"One shard, zlib-stream flood from {server}, ~1 KB messages")
     ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -496,6 +507,9 @@ def main() -> None:
     ap.add_argument("--count", type=int)
     ap.add_argument("--compression", default="zlib-stream")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--fakegw", action="store_true",
+                    help="flood from the peers' fakegw.py (pre-compressed replay) instead of sim/")
+    ap.add_argument("--out", default="shard_throughput", help="file stem under bench/results/")
     ap.add_argument("--memory-counts", default="1,128,1024")
     args = ap.parse_args()
 
@@ -517,17 +531,18 @@ def main() -> None:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     print("throughput (one flooded shard):", flush=True)
-    rows, ceiling, sim_cmd = throughput(args.seconds, args.warmup, args.rounds)
+    rows, ceiling, sim_cmd = throughput(args.seconds, args.warmup, args.rounds, args.fakegw)
     mem = mem_cmd = None
     if not args.skip_memory:
         print("idle memory:", flush=True)
         mem, mem_cmd = memory([int(x) for x in args.memory_counts.split(",")])
     text = report(rows, ceiling, sim_cmd, mem, mem_cmd, args.seconds, args.rounds)
-    (RESULTS / "shard_throughput.md").write_text(text)
-    plot(rows, ceiling, RESULTS / "shard_throughput.png")
+    md, png = RESULTS / f"{args.out}.md", RESULTS / f"{args.out}.png"
+    md.write_text(text)
+    plot(rows, ceiling, png, "fakegw.py" if args.fakegw else "sim/")
     print()
     print(text)
-    print(f"wrote {RESULTS / 'shard_throughput.md'} and {RESULTS / 'shard_throughput.png'}")
+    print(f"wrote {md} and {png}")
 
 
 if __name__ == "__main__":
