@@ -19,7 +19,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from cluster.config import ENV_PREFIX, ClusterConfig, ConfigError, load_config
+from cluster.config import ENV_PREFIX, HELP, ClusterConfig, ConfigError, load_config
 from cluster.exitcodes import ExitCode
 
 __all__ = ["main"]
@@ -36,9 +36,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         kind = _field_type(hints[name])
         if kind is bool:
-            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None)
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=HELP[name])
         else:
-            p.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper())
+            p.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper(), help=HELP[name])
     p.add_argument("--config", metavar="FILE", help="TOML config file (keys as below, optionally under [cluster])")
 
 

@@ -97,6 +97,41 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return value
 
 
+HELP: dict[str, str] = {
+    "token_env": "environment variable that holds the bot token (the token is never a flag)",
+    "handler": "per-worker handler, as module:attribute (a class or a factory)",
+    "shards": "total shard count, rounded up to a multiple of max_concurrency (default: GET /gateway/bot)",
+    "workers": "number of worker processes (or give --shards-per-worker)",
+    "shards_per_worker": "shards per worker process, as consecutive ranges (or give --workers)",
+    "max_concurrency": "identify buckets (default: session_start_limit.max_concurrency from /gateway/bot)",
+    "intents": "gateway intents bitmask",
+    "gateway_url": "gateway URL (default: the url from /gateway/bot); for testing against sim/",
+    "api_url": "REST base URL; point it at sim/ for testing",
+    "compression": "transport compression: zlib-stream, zstd-stream or none",
+    "identify_window": "seconds between two identifies of the same bucket",
+    "identify_hold_timeout": "seconds an identify slot is held waiting for READY or INVALID_SESSION",
+    "budget_reserve": "identifies never spent: the safety margin (default: the shard count, at most 5%% of the daily total)",
+    "budget_pace_below": "below this many identifies left, space them out until the reset (default: 2x the margin)",
+    "state_file": "where SIGTERM saves sessions so that the next start resumes them",
+    "fresh": "ignore the state file and identify every shard",
+    "session_ttl": "seconds a saved session is considered resumable",
+    "http_host": "interface of /metrics, /healthz, /readyz and /status",
+    "http_port": "port of /metrics, /healthz, /readyz and /status (0 picks a free one, none disables)",
+    "ipc_heartbeat_interval": "seconds between IPC heartbeats to each worker",
+    "ipc_heartbeat_missed": "missed IPC heartbeats before a worker counts as stuck and is restarted",
+    "report_interval": "seconds between the workers' batched session and metrics reports",
+    "restart_min_alive": "a worker that dies sooner than this counts toward the crash-loop breaker",
+    "restart_max_failures": "consecutive early deaths before the supervisor gives up",
+    "restart_backoff_base": "first restart delay in seconds (doubles with jitter)",
+    "restart_backoff_cap": "longest restart delay in seconds",
+    "shard_stuck_timeout": "a shard not Active for this long is restarted by its worker",
+    "blocked_threshold": "a handler blocking the worker's event loop this long is reported",
+    "shutdown_timeout": "seconds to wait for workers to close their shards on shutdown",
+    "status_line": "progress bar and live status line on stderr (default: when stderr is a terminal)",
+    "log_level": "logging level: DEBUG, INFO, WARNING or ERROR",
+}
+"""The help text of every setting, shown by ``python -m cluster run --help``."""
+
 FIELDS = frozenset(ClusterConfig.__struct_fields__)
 _NONE_WORDS = {"", "none", "null", "auto"}
 

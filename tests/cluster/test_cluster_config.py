@@ -44,3 +44,17 @@ def test_missing_file_and_token():
     with pytest.raises(ConfigError, match="set the MY_TOKEN environment variable"):
         cfg.token({})
     assert cfg.token({"MY_TOKEN": " abc "}) == "abc"
+
+
+def test_every_setting_has_help_text_in_the_cli():
+    import subprocess
+    import sys
+
+    from cluster.config import HELP, ClusterConfig
+
+    assert set(HELP) == set(ClusterConfig.__struct_fields__)
+    out = subprocess.run([sys.executable, "-m", "cluster", "run", "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    for name in ClusterConfig.__struct_fields__:
+        assert "--" + name.replace("_", "-") in out
+    assert "safety margin" in out and "module:attribute" in out
