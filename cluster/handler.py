@@ -5,7 +5,7 @@ async)::
 
     class Handler:
         async def setup(self, ctx: WorkerContext) -> None: ...     # before the shards start
-        async def on_event(self, shard, event) -> None: ...        # every event, with its shard
+        async def on_event(self, shard: Shard, event: Event) -> None: ...   # every event, with its shard
         async def on_call(self, call: ipc.Call) -> Any: ...        # typed calls and broadcasts
         async def teardown(self) -> None: ...                      # after the shards closed
 
@@ -25,6 +25,7 @@ import ipc
 
 if TYPE_CHECKING:
     from ipc.channel import Channel
+    from shard import Event, Shard
 
 __all__ = ["ClusterStatus", "Handler", "HandlerImportError", "WorkerContext", "check_handler", "load_handler",
            "maybe_await"]
@@ -37,7 +38,7 @@ class Handler(Protocol):
     """What a worker calls on the user's handler (every method is optional)."""
 
     async def setup(self, ctx: WorkerContext) -> None: ...
-    async def on_event(self, shard: Any, event: Any) -> None: ...
+    async def on_event(self, shard: Shard, event: Event) -> None: ...
     async def on_call(self, call: ipc.Call) -> Any: ...
     async def teardown(self) -> None: ...
 
@@ -97,7 +98,7 @@ async def maybe_await(value: Any) -> Any:
 class WorkerContext:
     """What a handler gets in ``setup``: its worker, its shards, and typed IPC."""
 
-    def __init__(self, worker_id: int, shards: dict[int, Any], shard_total: int, channel: Channel) -> None:
+    def __init__(self, worker_id: int, shards: dict[int, Shard], shard_total: int, channel: Channel) -> None:
         self.worker_id = worker_id
         self.shards = shards
         """This worker's shards by shard id (the live ``shard.Shard`` objects)."""
@@ -105,7 +106,7 @@ class WorkerContext:
         self.log = logging.getLogger(f"cluster.worker.{worker_id}")
         self._channel = channel
 
-    def shard_for_guild(self, guild_id: int) -> Any | None:
+    def shard_for_guild(self, guild_id: int) -> Shard | None:
         """The shard of this worker that receives ``guild_id``'s events, if it runs here."""
         return self.shards.get((guild_id >> 22) % self.shard_total)
 
