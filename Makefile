@@ -21,7 +21,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
-	$(BIN)/python -m bench
+	$(BIN)/python bench/shard_throughput.py
+	$(BIN)/python bench/cluster_bench.py
+	$(BIN)/python bench/sim_capacity.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
