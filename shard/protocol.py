@@ -5,9 +5,13 @@ the consumer, and decisions (close, abort, identify, where and when to reconnect
 task or timer, so every rule (heartbeat and zombie, resume or identify, close-code policy, backoff)
 is plain code that tests drive directly.
 
-Receive path per WebSocket frame: parse header -> inflate -> envelope scan (op/t/s, `d` kept raw) ->
-filter -> append `(t, s, d, raw, needs_decode)` to `events`. `d` is decoded by the consumer
-(`Shard.next_event`), so unwanted events are never decoded and the receive callback stays short.
+Receive path: `receive_data` only buffers; `process(budget)` then parses WebSocket frames, inflates,
+decodes and queues `(t, s, d, raw, needs_decode)` items until `budget` more are queued. The driver lets
+the consumer call it a few frames at a time, so each message goes inflate -> decode -> consumer while it
+is still in the CPU cache; control opcodes are handled as they are reached. With every event wanted,
+the whole message is decoded in one msgspec pass (the fast path is inlined in `_process`); with an
+event filter or registered Structs, only the envelope is scanned (`d` stays raw) and `d` is decoded
+by the consumer, so unwanted events are never decoded.
 """
 
 from __future__ import annotations
@@ -36,7 +40,8 @@ from .ratelimiter import MAX_PAYLOAD, CommandRatelimiter
 from .session import Session
 from .state import ShardState, StateKind
 from .websocket import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, encode_close, encode_pong, encode_text
-from .wire import Hello, Identify, InvalidSession, Ready, Resume, default_identify_properties
+from .wire import (HeartbeatAck, HeartbeatRequest, Hello, Identify, InvalidSession, Ready, Reconnect, Resume, Resumed,
+                   default_identify_properties)
 
 __all__ = ["GatewayProtocol", "Item"]
 
@@ -46,7 +51,9 @@ Item = tuple  # (type | None, seq, data, raw bytes | None, needs_decode); type N
 
 _HEARTBEAT_ACK = "GATEWAY_HEARTBEAT_ACK"
 _SESSION_EVENTS = frozenset({"READY", "RESUMED"})
+_ACK, _HB_REQUEST, _RECONNECT, _RESUMED = HeartbeatAck(), HeartbeatRequest(), Reconnect(), Resumed()
 STABLE_AFTER = 30.0  # seconds Active before a disconnect no longer counts as a failed attempt
+RESUME_URL_ATTEMPTS = 3  # failed connects to resume_gateway_url before giving the session up
 _USER_CLOSE = "user"
 
 
@@ -184,7 +191,9 @@ class GatewayProtocol:
     def connect_failed(self, reason: str) -> None:
         """A connection attempt failed (refused, timed out, bad handshake)."""
         self.attempts += 1
-        self.resume_url = None  # retry the main gateway URL, still resuming (twilight #1942)
+        if self.resume_url is not None and self.attempts >= RESUME_URL_ATTEMPTS:
+            # The resume host keeps failing: Discord says to use the cached gateway URL and Identify.
+            self._clear_session()
         self.state = ShardState.Disconnected(self.attempts)
         self.metrics.reconnect("connect_failed")
         self._push_error(GatewayError(ErrorKind.RECONNECT, f"connecting to the gateway failed: {reason}"))
@@ -632,32 +641,29 @@ class GatewayProtocol:
             if self.identify_pending:
                 self._identified(True)
         else:
-            data = None
+            data = _RESUMED
         self.state = ShardState.ACTIVE
         if not self._became_active:
             self._active_since = self._clock()
         self._became_active = True
         if self._wanted is None or t in self._wanted:
-            if t == "READY":
-                self.events.append((t, s, data, out, False))
-            else:
-                self.events.append((t, s, d, out, self._lazy))
+            self.events.append((t, s, data, out, False))
 
     def _on_control(self, op: int, d: object, out: bytes) -> None:
         if op == 11:
             if self.heartbeater is not None and not self.heartbeater.ack():
                 log.debug("shard %s: unrequested heartbeat ACK", self.shard_id)
             self.latency.record_received(self._clock())
-            self._push_control(_HEARTBEAT_ACK, None, out)
+            self._push_control(_HEARTBEAT_ACK, _ACK, out)
         elif op == 1:
             self.send_heartbeat(self._clock())
             if self.heartbeater is not None:
                 self.heartbeater.sent_on_request()
-            self._push_control("GATEWAY_HEARTBEAT", None, out)
+            self._push_control("GATEWAY_HEARTBEAT", _HB_REQUEST, out)
         elif op == 10:
             self._on_hello(d, out)
         elif op == 7:
-            self._push_control("GATEWAY_RECONNECT", None, out)
+            self._push_control("GATEWAY_RECONNECT", _RECONNECT, out)
             self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "reconnect")
         elif op == 9:
             try:

@@ -338,3 +338,28 @@ def test_masked_server_frame_is_protocol_error() -> None:
     p, w, now = make()
     feed(p, b"\x82\x85" + b"\x00" * 9)
     assert p.hangup and p.disconnect is not None
+
+
+def test_failed_connects_to_resume_url_fall_back_to_identify() -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    now[0] += 60.0
+    p.connection_lost()
+    assert p.connect_target()[0] == "ws://resume/"
+    p.connect_failed("refused")
+    p.connect_failed("refused")
+    assert p.connect_target()[0] == "ws://resume/" and p.session is not None  # keep trying the resume URL
+    p.connect_failed("refused")
+    assert p.connect_target()[0] == "ws://gw/" and p.session is None  # then the cached URL and Identify
+
+
+def test_control_events_are_typed() -> None:
+    from shard.wire import HeartbeatAck, Hello, Reconnect, Resumed
+    p, w, now = make(session=Session("old", 3), resume_url="ws://resume/")
+    feed(p, w.msg(HELLO))
+    feed(p, w.msg({"op": 0, "t": "RESUMED", "s": 4, "d": {"_trace": []}}))
+    feed(p, w.msg({"op": 11}))
+    feed(p, w.msg({"op": 7, "d": None}))
+    data = {e.type: e.data for e in drain(p)}
+    assert data["GATEWAY_HELLO"] == Hello(1000) and data["RESUMED"] == Resumed()
+    assert data["GATEWAY_HEARTBEAT_ACK"] == HeartbeatAck() and data["GATEWAY_RECONNECT"] == Reconnect()
