@@ -236,20 +236,50 @@ def client_ceiling(port: int, seconds: float, warmup: float, frames_wanted: int 
             frames.append(ws.recv())
     results: dict[str, object] = {"frames": len(frames)}
     decoder = msgspec.json.Decoder()
-    for name, module in (("zlib-ng", zlib_ng), ("zlib", zlib)):
-        best = 0.0
-        for _ in range(5):
-            d = module.decompressobj()
-            decompress, decode = d.decompress, decoder.decode
-            t = time.perf_counter()
-            for f in frames:
-                decode(decompress(f))
-            best = max(best, len(frames) / (time.perf_counter() - t))
-        results[name] = best
+
+    def measure() -> dict[str, float]:
+        out = {}
+        for name, module in (("zlib-ng", zlib_ng), ("zlib", zlib)):
+            best = 0.0
+            for _ in range(5):
+                d = module.decompressobj()
+                decompress, decode = d.decompress, decoder.decode
+                t = time.perf_counter()
+                for f in frames:
+                    decode(decompress(f))
+                best = max(best, len(frames) / (time.perf_counter() - t))
+            out[name] = best
+        return out
+
+    results.update(measure())
+    # The same loop while the flood server is busy on the other core (a discarding reader keeps it
+    # flooding), i.e. under the conditions the clients were measured in.
+    reader = subprocess.Popen([PY, str(Path(__file__).resolve()), "--client", "discard", "--port", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(2.0)
+    loaded = measure()
+    reader.kill()
+    reader.wait()
+    results["zlib-ng-loaded"] = loaded["zlib-ng"]
+    results["zlib-loaded"] = loaded["zlib"]
     raw = sum(len(zlib_ng.decompressobj().decompress(b"".join(frames))) for _ in range(1)) / len(frames)
     results["mean_message_bytes"] = raw
     results["mean_frame_bytes"] = sum(map(len, frames)) / len(frames)
     emit(results)
+
+
+def client_discard(port: int) -> None:
+    """Identify, then read and discard the flood as fast as the socket gives it (keeps the server busy)."""
+    from websockets.sync.client import connect
+
+    with connect(f"ws://127.0.0.1:{port}/?v=10&encoding=json&compress=zlib-stream", compression=None,
+                 max_size=None) as ws:
+        ws.recv()
+        ws.send(json.dumps({"op": 2, "d": {"token": TOKEN, "intents": 513, "shard": [0, 1],
+                                           "properties": {"os": "linux", "browser": "bench", "device": "bench"}}}))
+        sock = ws.socket
+        while sock.recv(1 << 20):
+            pass
 
 
 def client_memory(port: int, count: int, compression: str) -> None:
@@ -374,11 +404,12 @@ def throughput(seconds: float, warmup: float, rounds: int, fakegw: bool = False
             c = run_client(["--client", "ceiling", *common])
             ceilings.append(c)
             print(f"  round {n + 1}: decode ceiling: zlib-ng {float(c['zlib-ng']):,.0f}/s, "  # type: ignore[arg-type]
-                  f"zlib {float(c['zlib']):,.0f}/s", flush=True)
+                  f"zlib {float(c['zlib']):,.0f}/s; with the flood server busy: zlib-ng "
+                  f"{float(c['zlib-ng-loaded']):,.0f}/s", flush=True)  # type: ignore[arg-type]
     finally:
         sim.stop()
     ceiling = dict(ceilings[0])
-    for key in ("zlib-ng", "zlib"):
+    for key in ("zlib-ng", "zlib", "zlib-ng-loaded", "zlib-loaded"):
         values = sorted(float(c[key]) for c in ceilings)  # type: ignore[arg-type]
         ceiling[key] = values[len(values) // 2]
     rows = []
@@ -417,6 +448,7 @@ def report(rows: list[tuple[str, str, float, float]], ceiling: dict[str, object]
     dpy_h, dpy_b = get[("discord.py 2.7.1", "handler")], get[("discord.py 2.7.1", "bare")]
     hik_h, hik_b = get[("hikari 2.7.0", "handler")], get[("hikari 2.7.0", "bare")]
     ceil_ng, ceil_z = float(ceiling["zlib-ng"]), float(ceiling["zlib"])  # type: ignore[arg-type]
+    ceil_ng_l, ceil_z_l = float(ceiling["zlib-ng-loaded"]), float(ceiling["zlib-loaded"])  # type: ignore[arg-type]
 
     def check(ok: bool) -> str:
         return "PASS" if ok else "FAIL"
@@ -440,6 +472,8 @@ def report(rows: list[tuple[str, str, float, float]], ceiling: dict[str, object]
     lines += [
         f"| decode ceiling (inflate zlib-ng + msgspec, no I/O) | ceiling | {ceil_ng:,.0f} | 100% |",
         f"| decode ceiling (inflate stock zlib + msgspec, no I/O) | ceiling | {ceil_z:,.0f} | 100% |",
+        f"| decode ceiling, zlib-ng, while the flood server is busy on the other core | ceiling | {ceil_ng_l:,.0f} | 100% |",
+        f"| decode ceiling, stock zlib, while the flood server is busy on the other core | ceiling | {ceil_z_l:,.0f} | 100% |",
         "",
         "## Targets",
         "",
@@ -449,8 +483,10 @@ def report(rows: list[tuple[str, str, float, float]], ceiling: dict[str, object]
         f"| handler tier >= 5x hikari default listener | {ours_h / hik_h:.2f}x | {check(ours_h >= 5 * hik_h)} |",
         f"| bare tier >= 1.25x hikari bare | {ours_b / hik_b:.2f}x | {check(ours_b >= 1.25 * hik_b)} |",
         f"| bare tier >= 1.5x discord.py bare | {ours_b / dpy_b:.2f}x | {check(ours_b >= 1.5 * dpy_b)} |",
-        f"| bare tier >= 70% of the decode ceiling (same backend, zlib-ng) | {ours_b / ceil_ng:.0%} | "
-        f"{check(ours_b >= 0.7 * ceil_ng)} |",
+        f"| bare tier >= 70% of the decode ceiling (same backend, zlib-ng), ceiling on an idle machine | "
+        f"{ours_b / ceil_ng:.0%} | {check(ours_b >= 0.7 * ceil_ng)} |",
+        f"| bare tier >= 70% of the decode ceiling (zlib-ng), ceiling with the flood server busy, as during "
+        f"the client runs | {ours_b / ceil_ng_l:.0%} | {check(ours_b >= 0.7 * ceil_ng_l)} |",
     ]
     if mem:
         lines += ["", "## Idle memory per additional shard", "",
@@ -523,6 +559,8 @@ def main() -> None:
             client_hikari(args.port, args.seconds, args.warmup, name == "hikari-handler")
         elif name == "ceiling":
             client_ceiling(args.port, args.seconds, args.warmup)
+        elif name == "discard":
+            client_discard(args.port)
         elif name == "memory":
             client_memory(args.port, args.count, args.compression)
         else:
