@@ -472,8 +472,8 @@ def report(rows: list[tuple[str, str, float, float]], ceiling: dict[str, object]
     lines += [
         f"| decode ceiling (inflate zlib-ng + msgspec, no I/O) | ceiling | {ceil_ng:,.0f} | 100% |",
         f"| decode ceiling (inflate stock zlib + msgspec, no I/O) | ceiling | {ceil_z:,.0f} | 100% |",
-        f"| decode ceiling, zlib-ng, while the flood server is busy on the other core | ceiling | {ceil_ng_l:,.0f} | 100% |",
-        f"| decode ceiling, stock zlib, while the flood server is busy on the other core | ceiling | {ceil_z_l:,.0f} | 100% |",
+        f"| decode ceiling, zlib-ng, while the flood server and a discarding reader run (3 busy processes on 2 cores: pessimistic) | ceiling | {ceil_ng_l:,.0f} | 100% |",
+        f"| decode ceiling, stock zlib, while the flood server and a discarding reader run (3 busy processes on 2 cores: pessimistic) | ceiling | {ceil_z_l:,.0f} | 100% |",
         "",
         "## Targets",
         "",
@@ -485,8 +485,8 @@ def report(rows: list[tuple[str, str, float, float]], ceiling: dict[str, object]
         f"| bare tier >= 1.5x discord.py bare | {ours_b / dpy_b:.2f}x | {check(ours_b >= 1.5 * dpy_b)} |",
         f"| bare tier >= 70% of the decode ceiling (same backend, zlib-ng), ceiling on an idle machine | "
         f"{ours_b / ceil_ng:.0%} | {check(ours_b >= 0.7 * ceil_ng)} |",
-        f"| bare tier >= 70% of the decode ceiling (zlib-ng), ceiling with the flood server busy, as during "
-        f"the client runs | {ours_b / ceil_ng_l:.0%} | {check(ours_b >= 0.7 * ceil_ng_l)} |",
+        f"| bare tier >= 70% of the decode ceiling (zlib-ng), ceiling with the flood server and a discarding "
+        f"reader busy (pessimistic, indicative only) | {ours_b / ceil_ng_l:.0%} | {check(ours_b >= 0.7 * ceil_ng_l)} |",
     ]
     if mem:
         lines += ["", "## Idle memory per additional shard", "",
