@@ -45,16 +45,28 @@ class ZlibStream:
     """One deflate context per connection, Z_SYNC_FLUSH after each message, optionally split across messages."""
 
     name = "zlib-stream"
-    __slots__ = ("_c", "_flood", "chunk")
+    __slots__ = ("_c", "_flush", "_pending", "chunk")
 
     def __init__(self, level: int, chunk: int = 0) -> None:
         self._c = _fast_zlib.compressobj(level)
-        self._flood: object | None = None
+        self._flush = zlib.Z_SYNC_FLUSH
+        self._pending = b""
         self.chunk = chunk
+
+    def independent(self) -> None:
+        """From now on, end every message with Z_FULL_FLUSH: no later message refers back to earlier data,
+        so pre-compressed segments (see `replay_segment`) can be spliced in between."""
+        if self._flush != zlib.Z_FULL_FLUSH:
+            self._flush = zlib.Z_FULL_FLUSH
+            self._pending = self._c.flush(zlib.Z_FULL_FLUSH)  # the reset point, sent ahead of the next message
+
+    def take_pending(self) -> bytes:
+        pending, self._pending = self._pending, b""
+        return pending
 
     def encode(self, data: bytes) -> bytes:
         c = self._c
-        out = c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH)
+        out = self.take_pending() + c.compress(data) + c.flush(self._flush)
         if self.chunk <= 0 or len(out) <= self.chunk:
             return frame(out, OP_BINARY)
         # Separate WebSocket *messages* (each a final frame), not one fragmented message: a WebSocket library
@@ -62,8 +74,8 @@ class ZlibStream:
         return b"".join([frame(out[i:i + self.chunk], OP_BINARY) for i in range(0, len(out), self.chunk)])
 
     def encode_many(self, payloads: list[bytes]) -> bytes:
-        comp, flush, sync = self._c.compress, self._c.flush, zlib.Z_SYNC_FLUSH
-        return b"".join([frame(comp(p) + flush(sync), OP_BINARY) for p in payloads])
+        comp, flush, mode = self._c.compress, self._c.flush, self._flush
+        return b"".join([frame(comp(p) + flush(mode), OP_BINARY) for p in payloads])
 
     def corrupt(self) -> bytes:
         # Not a valid continuation of the stream: the inflater fails on it. The client must start a new connection.
@@ -90,6 +102,18 @@ class ZstdStream:
 
     def corrupt(self) -> bytes:
         return frame(b"\xde\xad\xbe\xef" * 4, OP_BINARY)
+
+
+def replay_segment(payloads: list[bytes], level: int) -> bytes:
+    """WebSocket frames of `payloads` as one zlib-stream segment that can be appended to any stream
+    at a Z_FULL_FLUSH point, any number of times: messages share a dictionary inside the segment
+    (Z_SYNC_FLUSH, like Discord), and the segment ends with Z_FULL_FLUSH."""
+    c = _fast_zlib.compressobj(level)
+    c.compress(b"")
+    c.flush(zlib.Z_FULL_FLUSH)  # drop the zlib header: the client's stream already had one
+    last = len(payloads) - 1
+    return b"".join(frame(c.compress(p) + c.flush(zlib.Z_FULL_FLUSH if i == last else zlib.Z_SYNC_FLUSH), OP_BINARY)
+                    for i, p in enumerate(payloads))
 
 
 def transport_for(compress: str | None, zlib_level: int, zlib_chunk: int) -> Plain | ZlibStream | ZstdStream:

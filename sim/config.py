@@ -45,6 +45,8 @@ class SimConfig:
     dm_fraction: float = _opt(0.05, "share of the stream sent as DMs (to shard 0 only)")
     flood: bool = _opt(False, "after READY, flood MESSAGE_CREATE as fast as the client reads (benchmarks)")
     flood_delay: float = _opt(0.0, "seconds after READY before the flood starts")
+    flood_replay: bool = _opt(False, "zlib-stream floods replay one pre-compressed segment, so the sim costs almost "
+                                     "nothing; its sequence numbers repeat and are not replayable (client benchmarks only)")
     zlib_level: int = _opt(6, "zlib-stream compression level (1 is cheaper for floods)")
     zlib_chunk: int = _opt(0, "split zlib-stream messages into WebSocket messages of at most this many bytes (0 = never)")
     replay_buffer: int = _opt(10000, "dispatches kept per session for Resume replay")

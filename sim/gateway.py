@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from . import traffic
-from .compress import Plain, transport_for
+from . import compress
+from .compress import Plain, ZlibStream, transport_for
 from .session import CLOSED, EXPIRED, INVALIDATED, Session
 from .wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader, close_frame, frame
 
@@ -578,6 +579,9 @@ class GatewayConnection(asyncio.Protocol):
             await asyncio.sleep(self.cfg.flood_delay)
         pool = traffic.flood_pool(sess.shard, sess.num_shards, self.sim.total_guilds,
                                   bool(sess.intents & traffic.INTENT_MESSAGE_CONTENT))
+        if self.cfg.flood_replay and isinstance(self.enc, ZlibStream):
+            await self._flood_replay(pool)
+            return
         n = len(pool)
         i = random.randrange(n)
         enc, buffer, stats = self.enc, sess.buffer, self.stats
@@ -585,7 +589,7 @@ class GatewayConnection(asyncio.Protocol):
         drained = self._drained
         while sess.conn is self and not self.closing:
             if self.write_paused or sess.stream_paused or self._delayed:
-                await drained.wait() if self.write_paused else asyncio.sleep(0.01)
+                await (drained.wait() if self.write_paused else asyncio.sleep(0.01))
                 continue
             seq = sess.seq
             batch = []
@@ -598,4 +602,27 @@ class GatewayConnection(asyncio.Protocol):
             buffer.extend(batch)
             stats.dispatched += 64
             write(enc.encode_many(batch))
+            await asyncio.sleep(0)
+
+    async def _flood_replay(self, pool: tuple[bytes, ...]) -> None:
+        """The benchmark flood: one pre-compressed segment written again and again (see SimConfig.flood_replay).
+
+        Its dispatches carry sequence numbers after the session's current one, repeated on every pass;
+        they are counted as dispatched but are not part of the session's replayable stream.
+        """
+        sess, enc = self.session, self.enc
+        start = sess.seq
+        segment = compress.replay_segment([b"%s%d}" % (p, start + 1 + i) for i, p in enumerate(pool)],
+                                          self.cfg.zlib_level)
+        # Live messages (ACKs, ...) now end with Z_FULL_FLUSH, so they never refer back into segment data;
+        # the segment refers to nothing before itself.
+        enc.independent()
+        n = len(pool)
+        stats, write, drained = self.stats, self.transport.write, self._drained
+        while sess.conn is self and not self.closing:
+            if self.write_paused or sess.stream_paused or self._delayed:
+                await (drained.wait() if self.write_paused else asyncio.sleep(0.01))
+                continue
+            write(segment)
+            stats.dispatched += n
             await asyncio.sleep(0)
