@@ -85,6 +85,9 @@ class _Connection(asyncio.Protocol):
         if rest is None:
             return
         self.handshake = None
+        if self.opened.done():  # the connect timeout gave up on this connection while the reply was in flight
+            self.transport.abort()  # type: ignore[union-attr]
+            return
         self.opened.set_result(None)
         self.shard._on_open(self)
         if rest:

@@ -324,3 +324,36 @@ def test_state_constants() -> None:
     assert not ShardState.Disconnected(2).is_identified()
     assert ShardState.Disconnected(2).reconnect_attempts == 2
     assert repr(ShardState.Disconnected(2)) == "ShardState.Disconnected(reconnect_attempts=2)"
+
+
+async def test_handshake_reply_after_connect_timeout_is_dropped_quietly() -> None:
+    """A 101 that arrives after the connect timeout cancelled the wait must not raise InvalidStateError."""
+    import asyncio
+    import base64
+    import hashlib
+
+    from shard import Config, Shard, ShardId
+    from shard.shard import _Connection
+    from shard.websocket import Handshake
+
+    class FakeTransport:
+        aborted = False
+        sent = b""
+
+        def write(self, data: bytes) -> None:
+            self.sent += data
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    shard = Shard.with_config(ShardId.ONE, Config("tok", 1, gateway_url="ws://127.0.0.1:1/", metrics=False))
+    conn = _Connection(shard, Handshake("ws://127.0.0.1:1/?v=10&encoding=json"), asyncio.get_running_loop())
+    transport = FakeTransport()
+    conn.connection_made(transport)  # type: ignore[arg-type]
+    key = next(line.split(b": ")[1] for line in transport.sent.split(b"\r\n")
+               if line.lower().startswith(b"sec-websocket-key"))
+    accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+    conn.opened.cancel()  # what asyncio.timeout does to the awaited future
+    conn.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                       b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+    assert transport.aborted and conn.opened.cancelled()
