@@ -5,9 +5,11 @@
 
 Everything runs in one go, side by side, on the same flood: `python -m sim --flood` in its own process (one
 shard, zlib-stream, MESSAGE_CREATE of about 1 KB), each client in a fresh process of its own, one after the
-other, so the simulator and the client each have a core. The simulator runs with `--zlib-level 1`: at the
-default level 6 its live compression caps the flood near 80k events/s (bench/results/sim_capacity.md), below
-what the faster clients read.
+other, so the simulator and the client each have a core. The simulator runs with `--flood-replay`: it writes
+one pre-compressed segment of 1,024 MESSAGE_CREATEs again and again (Z_SYNC_FLUSH between messages, like
+Discord; Z_FULL_FLUSH at the segment's end), so it costs almost no CPU and is never the bottleneck. Live
+compression would cap the flood near 80k events/s at level 6 and 100-250k at level 1
+(bench/results/sim_capacity.md), at or below what the faster clients read.
 
 Tiers (events/s counted by the client over the window, after READY and a warm-up):
   handler  - a user handler gets every MESSAGE_CREATE with the library's default decoding
@@ -388,7 +390,7 @@ CLIENTS = (("shardstack", "handler", "ours-handler"), ("shardstack", "bare", "ou
 def throughput(seconds: float, warmup: float, rounds: int, fakegw: bool = False
                ) -> tuple[list[tuple[str, str, float, float]], dict[str, object], str]:
     """Every client once per round, interleaved (this machine is shared and noisy); median per client."""
-    sim = Sim("--flood", "--shards", "1", "--guilds-per-shard", "1", "--zlib-level", "1",
+    sim = Sim("--flood", "--flood-replay", "--shards", "1", "--guilds-per-shard", "1", "--zlib-level", "1",
               "--max-concurrency", "16", "--identify-window", "0.05", "--session-limit", "100000",
               "--privileged-intents", "33026", "--no-strict-intents", fakegw=fakegw)
     samples: dict[str, list[tuple[float, float]]] = {}
