@@ -26,6 +26,8 @@ class SimConfig:
 
     host: str = _opt("127.0.0.1", "interface to bind")
     port: int = _opt(0, "TCP port for REST, gateway and admin API (0 = pick a free one)")
+    tls_cert: str | None = _opt(None, "PEM certificate chain: serve wss:// and https:// instead of ws:// and http://")
+    tls_key: str | None = _opt(None, "PEM private key for --tls-cert (default: in the certificate file)")
     token: str = _opt(DEFAULT_TOKEN, "the accepted bot token (without the 'Bot ' prefix)")
     shards: int = _opt(1, "recommended shard count returned by GET /gateway/bot")
     max_concurrency: int = _opt(1, "identify buckets (session_start_limit.max_concurrency)")

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ssl
 import time
 from collections.abc import Callable
 from typing import Any
@@ -174,8 +175,12 @@ class Simulator:
 
     async def start(self) -> Simulator:
         loop = asyncio.get_running_loop()
+        tls = None
+        if self.config.tls_cert:
+            tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            tls.load_cert_chain(self.config.tls_cert, self.config.tls_key)
         self._server = await loop.create_server(lambda: HttpProtocol(self), self.config.host, self.config.port,
-                                                backlog=4096, reuse_address=True)
+                                                backlog=4096, reuse_address=True, ssl=tls)
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = loop.create_task(self._sweep())
         return self
@@ -219,22 +224,26 @@ class Simulator:
         return f"{self.config.host}:{self.port}"
 
     @property
+    def _tls(self) -> str:
+        return "s" if self.config.tls_cert else ""
+
+    @property
     def url(self) -> str:
         """The gateway URL, as returned by GET /gateway/bot."""
-        return f"ws://{self.base}/"
+        return f"ws{self._tls}://{self.base}/"
 
     @property
     def resume_url(self) -> str:
         """The resume_gateway_url handed out in READY: a distinct path, so clients that ignore it are caught."""
-        return f"ws://{self.base}{RESUME_PATH}"
+        return f"ws{self._tls}://{self.base}{RESUME_PATH}"
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.base}/api/v10"
+        return f"http{self._tls}://{self.base}/api/v10"
 
     @property
     def admin_url(self) -> str:
-        return f"http://{self.base}/_sim"
+        return f"http{self._tls}://{self.base}/_sim"
 
     @property
     def token(self) -> str:
