@@ -89,13 +89,9 @@ async def _run(cfg: ClusterConfig) -> int:
 
 def run(cfg: ClusterConfig) -> int:
     _configure_logging(cfg.log_level)
-    try:
-        import uvloop
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(_run(cfg))
+    from shard import run as shard_run  # uvloop when installed
+
+    return shard_run(_run(cfg))
 
 
 def _base_url(args: argparse.Namespace) -> str:

@@ -17,6 +17,7 @@ import sys
 import tempfile
 
 from cluster.config import ClusterConfig
+from shard import run as shard_run
 
 __all__ = ["main"]
 
@@ -86,13 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        import uvloop
-        factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(demo(args))
+    return shard_run(demo(args))
 
 
 if __name__ == "__main__":

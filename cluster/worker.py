@@ -340,16 +340,12 @@ class Worker:
 
 
 def run_worker(spec: WorkerSpec, conn: Any) -> None:
-    """Process entry point: run one worker on a uvloop event loop, then exit with its code."""
+    """Process entry point: run one worker on a uvloop event loop (`shard.run`), then exit with its code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the supervisor decides
     logging.basicConfig(level=spec.log_level.upper(), stream=sys.stderr,
                         format=f"%(asctime)s worker-{spec.worker_id} %(levelname)s %(name)s: %(message)s")
-    try:
-        import uvloop
-        loop_factory = uvloop.new_event_loop
-    except ImportError:  # pragma: no cover
-        loop_factory = None
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        code = runner.run(Worker(spec, conn).run())
+    from shard import run as shard_run  # uvloop when installed
+
+    code = shard_run(Worker(spec, conn).run())
     sys.stdout.flush()
     sys.exit(code)
