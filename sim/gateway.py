@@ -40,7 +40,6 @@ INVALID_SESSION = {True: b'{"t":null,"s":null,"op":9,"d":true}', False: b'{"t":n
 
 _decode = msgspec.json.decode
 _encode = traffic.encode
-_B = bool
 
 
 def _snowflake(value: Any) -> int | None:

@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from . import admin, rest, traffic
 from .config import SimConfig
-from .gateway import GatewayConnection
+from .gateway import HEARTBEAT_REQUEST, INVALID_SESSION, RECONNECT, GatewayConnection
 from .session import EXPIRED, Session
 from .stats import Stats
 
@@ -377,7 +377,7 @@ class Simulator:
     def reconnect(self, shard: int) -> int:
         """Send op 7; close with 4000 after `reconnect_close_after` if the client stays."""
         def go(c: GatewayConnection) -> None:
-            c.send_payload(b'{"t":null,"s":null,"op":7,"d":null}')
+            c.send_payload(RECONNECT)
             c.later(self.config.reconnect_close_after, lambda: c.close(4000, "reconnect requested"))
         return self._each(shard, go)
 
@@ -389,7 +389,7 @@ class Simulator:
                 sess.end("invalidated", "op 9 sent by chaos control")
                 sess.conn = None
                 c.session = None
-            c.send_payload(b'{"t":null,"s":null,"op":9,"d":%s}' % (b"true" if resumable else b"false"))
+            c.send_payload(INVALID_SESSION[resumable])
         return self._each(shard, go)
 
     def zombie(self, shard: int, on: bool = True) -> int:
@@ -408,7 +408,7 @@ class Simulator:
 
     def request_heartbeat(self, shard: int) -> int:
         """Send op 1 to the client, which must answer with a heartbeat at once."""
-        return self._each(shard, lambda c: c.send_payload(b'{"t":null,"s":null,"op":1,"d":null}'))
+        return self._each(shard, lambda c: c.send_payload(HEARTBEAT_REQUEST))
 
     def corrupt(self, shard: int, kind: str) -> int:
         """Send garbage: 'compressed' (a broken compressed frame), 'json', 'opcode' (op 99) or 'event' (unknown t)."""
