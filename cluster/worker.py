@@ -34,7 +34,9 @@ log = logging.getLogger("cluster.worker")
 
 EXIT_HANDLER_IMPORT = 3
 QUEUED = "QUEUED"
-"""The reported state of a shard the worker has not started yet (see ``Worker._start_fresh``)."""
+"""The reported state of a shard waiting for its identify slot. The shard opens no gateway connection
+until the slot is granted (``shard.Shard`` takes its identify turn before connecting), so the worker
+starts every shard at once."""
 EXIT_HANDLER_SETUP = 9
 
 
@@ -78,8 +80,6 @@ class Worker:
         self.assigned_session: dict[int, bool] = {}
         self.was_ready: dict[int, bool] = {}
         self.handler_errors = 0
-        self.connecting: set[int] = set()  # started shards that have not finished identifying
-        self._connecting_changed = asyncio.Event()
         self.sessions = SessionDiff()
         self.watchdog = LoopWatchdog(spec.blocked_threshold)
         self._assign: asyncio.Future[Assign] | None = None
@@ -95,12 +95,12 @@ class Worker:
             return None
         return SessionInfo(shard_id, session.id, session.sequence, getattr(shard, "resume_url", None))
 
-    def _status(self, shard_id: int, now: float) -> ShardStatus:
+    def _status(self, shard_id: int, now: float, queued: frozenset[int] = frozenset()) -> ShardStatus:
         shard = self.shards[shard_id]
         state = getattr(shard, "state", None)
         name = getattr(state, "name", None) or str(state)
-        if shard_id not in self.runners:
-            name = QUEUED  # not connected yet: waiting for its identify turn to near
+        if shard_id in queued:
+            name = QUEUED  # waiting for its identify slot, with no gateway connection
         latency = getattr(shard, "latency", None)
         avg = getattr(latency, "average", None)
         if callable(avg):
@@ -141,7 +141,7 @@ class Worker:
             self.channel.send(WorkerFatal("handler_import", str(exc)))
             await self._flush()
             return EXIT_HANDLER_IMPORT
-        self.queue = IpcQueue(self.channel.send, self._identify_reason, self._identified)
+        self.queue = IpcQueue(self.channel.send, self._identify_reason)
         import shard  # noqa: F401 - imported before the watchdog starts: the first shard must not pay for it
         loop.add_signal_handler(signal.SIGTERM, self.stop, True)
         self.watchdog.start()
@@ -167,16 +167,13 @@ class Worker:
                 self.channel.send(WorkerFatal("handler_setup", f"{type(exc).__name__}: {exc}"))
                 await self._flush()
                 return EXIT_HANDLER_SETUP
-        fresh = [a.shard_id for a in assign.shards if a.session is None]
-        for a in assign.shards:  # sessions resume at once; new sessions connect when their turn nears
-            if a.session is not None:
-                self.runners[a.shard_id] = loop.create_task(self._run_shard(a.shard_id))
-        starter = loop.create_task(self._start_fresh(fresh, assign.max_concurrency))
+        # Sessions resume at once; new sessions wait for their identify slot without a connection.
+        for a in assign.shards:
+            self.runners[a.shard_id] = loop.create_task(self._run_shard(a.shard_id))
         reporter = loop.create_task(self._report_loop())
         await asyncio.wait([closed, self._stop], return_when=asyncio.FIRST_COMPLETED)
         resumable = self._stop.result() if self._stop.done() else True
         reporter.cancel()
-        starter.cancel()
         sessions = await self._close_all(resumable)
         if not self.channel.closed:
             self.channel.send(Drained(sessions))
@@ -236,22 +233,6 @@ class Worker:
         if self.assigned_session.get(shard_id):
             return "resume_failed"
         return "initial"
-
-    def _identified(self, shard_id: int, ready: bool) -> None:
-        self.connecting.discard(shard_id)
-        self._connecting_changed.set()
-
-    async def _start_fresh(self, shard_ids: list[int], max_concurrency: int) -> None:
-        """Start the shards that must identify, keeping at most two per identify bucket connected
-        and waiting for their slot: thousands of shards never sit on idle gateway connections."""
-        limit = 2 * max(1, min(len(shard_ids), max_concurrency))
-        loop = asyncio.get_running_loop()
-        for shard_id in shard_ids:
-            while len(self.connecting) >= limit:
-                self._connecting_changed.clear()
-                await self._connecting_changed.wait()
-            self.connecting.add(shard_id)
-            self.runners[shard_id] = loop.create_task(self._run_shard(shard_id))
 
     def _start_shard(self, a: Assignment) -> None:
         self.assigned_session[a.shard_id] = a.session is not None
@@ -334,7 +315,8 @@ class Worker:
             changed = self.sessions.changes(i for i in map(self._session_info, list(self.shards)) if i)
             if changed:
                 self.channel.send(SessionReport(changed))
-            self.channel.send(StatusReport([self._status(s, now) for s in list(self.shards)], _rss(),
+            queued = frozenset(self.queue.waiting)
+            self.channel.send(StatusReport([self._status(s, now, queued) for s in list(self.shards)], _rss(),
                                            self.watchdog.take_lag(), self.watchdog.blocked, self.handler_errors))
             await asyncio.sleep(interval)
 

@@ -86,6 +86,8 @@ class GatewayProtocol:
         self.events: deque[Item] = deque()
         self.latency = Latency()
         self.on_identified: Callable[[bool], None] | None = None
+        self.permit = False              # an identify permit is held, the Identify is not sent yet
+        self.on_unused: Callable[[], None] | None = None
 
         # Per connection (reset by connection_made).
         self.outgoing: list[bytes] = []
@@ -163,6 +165,32 @@ class GatewayProtocol:
         delay = max(self.backoff.delay(self.attempts), self.reconnect_delay)
         return url, delay
 
+    @property
+    def needs_permit(self) -> bool:
+        """The next connection will Identify (no session to resume) and no identify permit is held yet:
+        the driver must wait for the identify queue *before* connecting, so a shard waiting for its turn
+        holds no gateway connection (and sends no heartbeats)."""
+        return self.session_id is None and not self.permit and not self.stopped
+
+    def waiting_for_permit(self) -> None:
+        """The driver is waiting for the identify queue. No connection is open; the state is Identifying
+        (the shard is in its identify phase: waiting for its turn, connecting, or awaiting READY)."""
+        self.state = ShardState.IDENTIFYING
+
+    def permit_granted(self) -> None:
+        """The identify queue granted this shard's turn: the next connection sends Identify right after
+        Hello. If that connection fails or closes first, the permit is returned as `on_identified(False)`."""
+        self.permit = True
+
+    def release_permit(self) -> None:
+        """Give up a permit whose Identify was never sent (connect failed, closed before Hello, shard closed
+        or cancelled): reported as a failed identify so a coordinating queue frees the slot at once."""
+        if self.permit:
+            self.permit = False
+            self._identified(False)
+            if self.on_unused is not None:
+                self.on_unused()
+
     def connection_made(self) -> None:
         """A WebSocket connection is open: fresh per-connection state (a new inflater, no Hello yet)."""
         self.outgoing = []
@@ -190,6 +218,7 @@ class GatewayProtocol:
 
     def connect_failed(self, reason: str) -> None:
         """A connection attempt failed (refused, timed out, bad handshake)."""
+        self.release_permit()
         self.attempts += 1
         if self.resume_url is not None and self.attempts >= RESUME_URL_ATTEMPTS:
             # The resume host keeps failing: Discord says to use the cached gateway URL and Identify.
@@ -205,6 +234,7 @@ class GatewayProtocol:
         self.process()  # everything received before the connection ended comes first
         self._drop_inbox()
         self.connected = False
+        self.release_permit()  # closed before Hello: the Identify never went out
         frame = self.close_received
         if self.inflater is not None:
             self.metrics.inflater_in += self.inflater.bytes_in
@@ -258,6 +288,7 @@ class GatewayProtocol:
 
     def identify(self) -> None:
         """Queue the Identify frame (call once the identify queue and the ratelimiter allowed it)."""
+        self.permit = False
         cfg = self.config
         payload = Identify(
             token=cfg.token.gateway,
@@ -302,6 +333,7 @@ class GatewayProtocol:
             self.begin_close(frame, _USER_CLOSE, "user")
         else:
             self.stopped = True
+            self.release_permit()
             self._push_error(GatewayError(ErrorKind.CLOSED, "the shard was closed"))
         return session
 
@@ -702,7 +734,11 @@ class GatewayProtocol:
         self._push_control("GATEWAY_HELLO", hello, out)
         if self.session_id is not None:
             self._resume()
-        else:
+        elif self.permit:  # the identify queue's turn was taken before connecting: Identify at once
+            if self.ratelimiter is not None:
+                self.ratelimiter.try_acquire()
+            self.identify()
+        else:  # no permit (a driver that does not wait before connecting): ask the queue now
             self.want_identify = True
             self.state = ShardState.IDENTIFYING
 

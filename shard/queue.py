@@ -23,15 +23,20 @@ class Queue(Protocol):
         """Return when shard `shard_id` may send Identify (cancel-safe)."""
 
     def identified(self, shard_id: int, ready: bool) -> None:
-        """The shard's Identify ended: READY (True) or INVALID_SESSION/close before READY (False)."""
+        """The shard's Identify ended: READY (True) or INVALID_SESSION/close before READY (False). Also called
+        with False when a granted turn went unused (the connection failed before Identify was sent)."""
+
+    # Optional: `unused(shard_id)` is called (after `identified(shard_id, False)`) when the shard gave a
+    # granted turn back without sending Identify, so a queue may refund it (see InMemoryQueue.unused).
 
 
 class _Bucket:
-    __slots__ = ("lock", "next_at")
+    __slots__ = ("lock", "next_at", "last")
 
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.next_at = 0.0
+        self.last: tuple[int, float] | None = None  # (shard granted last, next_at before that grant)
 
 
 class InMemoryQueue:
@@ -59,6 +64,7 @@ class InMemoryQueue:
         self.interval = interval
         self._buckets: dict[int, _Bucket] = {}
         self.granted = 0
+        self.unused_grants = 0
         self.outcomes: dict[int, bool] = {}
 
     # -- budget -------------------------------------------------------------------------------------
@@ -106,6 +112,7 @@ class InMemoryQueue:
                     await asyncio.sleep(bucket.next_at - now)
                     continue
                 self._remaining -= 1
+                bucket.last = (shard_id, bucket.next_at)
                 bucket.next_at = now + self.interval
                 self.granted += 1
                 return
@@ -113,6 +120,20 @@ class InMemoryQueue:
     def identified(self, shard_id: int, ready: bool) -> None:
         """Record the outcome; the in-memory queue needs nothing else (the 5 s spacing already applies)."""
         self.outcomes[shard_id] = ready
+
+    def unused(self, shard_id: int) -> None:
+        """The shard's last grant was given back without an Identify (its connection failed first): refund
+        the session start, and if it was its bucket's latest grant, free the bucket's window again (Discord
+        never saw an Identify), so a failed connect costs neither budget nor a 5 s turn."""
+        self.unused_grants += 1
+        if self.max_concurrency == 0:
+            return
+        bucket = self._buckets.get(shard_id % self.max_concurrency)
+        if bucket is None or bucket.last is None or bucket.last[0] != shard_id:
+            return
+        bucket.next_at = bucket.last[1]
+        bucket.last = None
+        self._remaining = min(self.total, self._remaining + 1)
 
     def __repr__(self) -> str:
         return (f"InMemoryQueue(max_concurrency={self.max_concurrency}, remaining={self._remaining}, "

@@ -6,7 +6,10 @@ at a time, so messages are decoded while hot in the CPU cache. When the consumer
 timer processes the buffer within 50 ms, and the heartbeat timer processes it before every beat, so
 heartbeats, ACKs, op 7 and op 9 never wait on a slow consumer. Reading pauses when 1 MiB of unprocessed
 data or `max_pending_events` events are waiting. One task per shard connects (with backoff and a
-connect timeout); identify waits in its own task on the queue; commands go through a bounded queue.
+connect timeout). A connection that will Identify (no session, or the session was just invalidated) is
+opened only after the identify queue granted the shard's turn, and Identify goes out right after Hello;
+while the shard waits for its turn it holds no connection, sends no heartbeats, and its state is
+Identifying. Resumes never wait on the queue. Commands go through a bounded queue.
 """
 
 from __future__ import annotations
@@ -131,6 +134,7 @@ class Shard:
         self.metrics = ShardMetrics()
         p = self._protocol = GatewayProtocol(shard_id, config, metrics=self.metrics)
         p.on_identified = self._on_identified
+        p.on_unused = self._on_unused
         self._conn: _Connection | None = None
         self._runner: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -162,7 +166,11 @@ class Shard:
 
     @property
     def state(self) -> ShardState:
-        """Active, Disconnected(reconnect_attempts), FatallyClosed, Identifying or Resuming."""
+        """Active, Disconnected(reconnect_attempts), FatallyClosed, Identifying or Resuming.
+
+        Identifying covers the whole identify phase: waiting for the identify queue's turn (with no
+        connection open), connecting, and waiting for READY after Identify. Disconnected(n) is the wait
+        before a reconnect (backoff); a shard that must identify then moves to Identifying while queued."""
         return self._protocol.state
 
     @property
@@ -406,6 +414,21 @@ class Shard:
                     await asyncio.sleep(delay)
                     if p.stopped:
                         break
+                if p.needs_permit:
+                    # This connection will Identify: take the identify queue's turn *before* connecting,
+                    # so shards waiting for their turn hold no gateway connection (and send no heartbeats).
+                    p.waiting_for_permit()
+                    try:
+                        await self._queue.enqueue(self._id.number)  # cancel-safe; a grant is recorded at once
+                    except Exception as exc:  # noqa: BLE001 - a broken queue: retry with backoff, never hang
+                        log.exception("shard %s: identify queue failed", self._id)
+                        p.connect_failed(f"the identify queue failed: {type(exc).__name__}")
+                        self._wake()
+                        continue
+                    p.permit_granted()
+                    if p.stopped:
+                        break  # closed meanwhile: `finally` gives the permit back
+                    base, _ = p.connect_target()
                 url = build_url(base, cfg.compression)
                 try:
                     handshake = Handshake(url)
@@ -433,6 +456,7 @@ class Shard:
                     continue
                 await conn.lost
         finally:
+            p.release_permit()  # cancelled or closed between the grant and the Identify
             self._cancel_timers()
             conn = self._conn
             if conn is not None and conn.transport is not None and not conn.lost.done():
@@ -600,6 +624,16 @@ class Shard:
         try:
             self._queue.identified(self._id.number, ready)
         except Exception:  # noqa: BLE001 - a broken queue must not break the receive path
+            log.exception("shard %s: identify queue failed", self._id)
+
+
+    def _on_unused(self) -> None:
+        unused = getattr(self._queue, "unused", None)  # optional Queue method: refund a turn never used
+        if unused is None:
+            return
+        try:
+            unused(self._id.number)
+        except Exception:  # noqa: BLE001
             log.exception("shard %s: identify queue failed", self._id)
 
 

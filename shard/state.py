@@ -20,7 +20,14 @@ class StateKind(enum.Enum):
 
 class ShardState(msgspec.Struct, frozen=True):
     """The shard's connection state. Compare with the constants, e.g. `shard.state == ShardState.ACTIVE`,
-    or use `state.kind`; `Disconnected` carries `reconnect_attempts`."""
+    or use `state.kind`; `Disconnected` carries `reconnect_attempts`.
+
+    - `Disconnected(n)`: not started yet, or waiting (backoff) before reconnect attempt `n`.
+    - `Identifying`: the identify phase. It starts while the shard waits for its identify queue turn, *before*
+      any connection is opened (so a long queue holds no idle gateway connections), and lasts through
+      connecting, Hello and Identify until READY.
+    - `Resuming`: connected to resume a session (resumes never wait on the queue) until RESUMED.
+    - `Active`: READY or RESUMED received. `FatallyClosed`: stopped by a fatal close code."""
 
     kind: StateKind
     reconnect_attempts: int = 0

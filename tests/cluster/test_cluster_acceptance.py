@@ -98,7 +98,9 @@ async def test_rolling_restart_spends_zero_identifies(sim, tmp_path):
 
 
 async def test_new_shards_connect_only_when_their_identify_turn_nears(tmp_path):
-    """max_concurrency 1: six shards identify one per window; at most two wait connected."""
+    """max_concurrency 1: six shards identify one per window; a shard waiting for its slot holds no
+    connection (the shard takes its identify turn before connecting): at most the granted one is
+    connected and not identified yet."""
     from sim import Simulator
 
     async with Simulator(shards=6, max_concurrency=1, identify_window=0.5) as sim:
@@ -110,6 +112,6 @@ async def test_new_shards_connect_only_when_their_identify_turn_nears(tmp_path):
                 queued |= {v.shard_id for v in sup.shards.values() if v.state == "QUEUED"}
                 await asyncio.sleep(0.05)
                 assert not task.done()
-            assert max(waiting) == 2
+            assert max(waiting) <= 1  # was 2 when workers paced connects; now no queued shard is connected
             assert {3, 4, 5} <= queued  # reported as waiting for their turn (not stuck)
             assert totals(sim)["concurrency_violations"] == 0

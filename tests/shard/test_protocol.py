@@ -363,3 +363,64 @@ def test_control_events_are_typed() -> None:
     data = {e.type: e.data for e in drain(p)}
     assert data["GATEWAY_HELLO"] == Hello(1000) and data["RESUMED"] == Resumed()
     assert data["GATEWAY_HEARTBEAT_ACK"] == HeartbeatAck() and data["GATEWAY_RECONNECT"] == Reconnect()
+
+
+# ---- identify permit taken before connecting -------------------------------------------------------
+
+def permit_protocol() -> tuple[GatewayProtocol, Wire, list[tuple[str, object]]]:
+    now = [100.0]
+    cfg = Config(TOKEN, 513, gateway_url="ws://gw/", compression="zlib-stream")
+    p = GatewayProtocol(ShardId(0, 1), cfg, clock=lambda: now[0], rand=lambda: 0.5)
+    calls: list[tuple[str, object]] = []
+    p.on_identified = lambda ready: calls.append(("identified", ready))
+    p.on_unused = lambda: calls.append(("unused", None))
+    return p, Wire(), calls
+
+
+def test_with_a_permit_identify_goes_out_right_after_hello() -> None:
+    p, w, calls = permit_protocol()
+    assert p.needs_permit  # no session: the driver waits for the queue before connecting
+    p.waiting_for_permit()
+    assert p.state == ShardState.IDENTIFYING and p.heartbeat_deadline is None and not p.connected
+    p.permit_granted()
+    assert not p.needs_permit
+    p.connection_made()
+    feed(p, w.msg(HELLO))
+    (op, body), = sent(p)
+    assert json.loads(body)["op"] == 2 and not p.want_identify and p.identify_pending and not p.permit
+    assert p.ratelimiter is not None and p.ratelimiter.available() == p.ratelimiter._max - 1
+    feed(p, w.msg(READY))
+    assert calls == [("identified", True)] and p.state == ShardState.ACTIVE
+    assert not p.needs_permit  # a session: Resume, which never waits on the queue
+
+
+def test_a_permit_unused_before_identify_is_given_back() -> None:
+    p, w, calls = permit_protocol()
+    p.permit_granted()
+    p.connect_failed("refused")  # the connection never opened
+    assert calls == [("identified", False), ("unused", None)] and p.needs_permit
+    p.permit_granted()
+    p.connection_made()
+    p.connection_lost()  # closed before Hello: the Identify never went out
+    assert calls[2:] == [("identified", False), ("unused", None)] and p.needs_permit
+    assert p.state == ShardState.Disconnected(2)
+    p.permit_granted()
+    p.close(CloseFrame.NORMAL)  # closed by the user while holding the permit, not connected
+    assert calls[4:] == [("identified", False), ("unused", None)] and not p.needs_permit
+
+
+def test_op9_or_close_after_identify_reports_failure_and_needs_a_new_permit() -> None:
+    p, w, calls = permit_protocol()
+    p.permit_granted()
+    p.connection_made()
+    feed(p, w.msg(HELLO))
+    feed(p, w.msg({"op": 9, "d": False}))
+    assert calls == [("identified", False)]  # the Identify went out: nothing to refund
+    p.connection_lost()
+    assert p.needs_permit and calls == [("identified", False)]
+    p.permit_granted()
+    p.connection_made()
+    feed(p, Wire().msg(HELLO))  # a new connection: a new zlib stream
+    assert p.identify_pending
+    p.connection_lost()  # closed after Identify, before READY
+    assert calls[1:] == [("identified", False)] and p.needs_permit

@@ -295,6 +295,140 @@ async def test_identify_queue_without_spacing_is_caught_by_sim(shards) -> None:
             await rec.stop()
 
 
+class WatchedQueue(InMemoryQueue):
+    """An InMemoryQueue that snapshots the simulator at every grant, and logs what the shards report."""
+
+    def __init__(self, sim: Simulator, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.sim = sim
+        self.at_grant: dict[int, dict[str, Any]] = {}
+        self.calls: list[tuple[str, int, Any]] = []
+
+    async def enqueue(self, shard_id: int) -> None:
+        self.calls.append(("enqueue", shard_id, None))
+        await super().enqueue(shard_id)
+        self.at_grant[shard_id] = self.sim.stats.snapshot()
+        self.calls.append(("granted", shard_id, None))
+
+    def identified(self, shard_id: int, ready: bool) -> None:
+        super().identified(shard_id, ready)
+        self.calls.append(("identified", shard_id, ready))
+
+    def unused(self, shard_id: int) -> None:
+        super().unused(shard_id)
+        self.calls.append(("unused", shard_id, None))
+
+
+async def test_shards_wait_for_their_identify_turn_without_a_connection(shards) -> None:
+    """Shards queued for Identify hold no gateway connection (and so send no heartbeats) until their turn."""
+    async with Simulator(shards=4, max_concurrency=1, identify_window=0.3, heartbeat_interval=5000) as sim:
+        queue = WatchedQueue(sim, max_concurrency=1, interval=0.35)
+        made = [shards(sim, n, 4, queue=queue) for n in range(4)]
+        recs = [Recorder(shard) for shard in made]
+        await ready(recs[0])
+        # Shard 3 is still waiting its turn (two more turns come first): Identifying, with no connection.
+        assert made[3].state == ShardState.IDENTIFYING and made[3].latency.sent is None
+        snap = sim.stats.snapshot()
+        assert snap["total"]["open_connections"] <= 3 and snap["total"]["connections"] <= 3
+        assert shard_stats(snap, 3)["open_connections"] == 0 and shard_stats(snap, 3)["heartbeats"] == 0
+        for rec in recs:
+            await ready(rec)
+        # At the moment shard k got its turn, exactly k connections had ever been opened (one per earlier
+        # turn): none of the queued shards had connected.
+        for k in range(4):
+            at = queue.at_grant[k]
+            assert at["total"]["connections"] == k and at["total"]["open_connections"] <= k
+            assert shard_stats(at, k)["connections"] == 0 and shard_stats(at, k)["open_connections"] == 0
+        snap = sim.stats.snapshot()
+        assert snap["total"]["identifies"] == 4 and snap["total"]["connections"] == 4
+        assert snap["total"]["concurrency_violations"] == 0 and no_violations(snap)
+        assert queue.outcomes == {0: True, 1: True, 2: True, 3: True} and queue.unused_grants == 0
+        for rec in recs:
+            await rec.stop()
+
+
+class FlakyProxy:
+    """A TCP proxy in front of the simulator that drops its first `failures` connections at once."""
+
+    def __init__(self, target_port: int, failures: int = 1) -> None:
+        self.target_port = target_port
+        self.failures = failures
+        self.accepted = 0
+        self.server: asyncio.Server | None = None
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        return f"ws://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.accepted += 1
+        if self.accepted <= self.failures:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (ConnectionError, asyncio.CancelledError):
+                pass
+            finally:
+                dst.close()
+
+        for task in (asyncio.ensure_future(pipe(reader, up_writer)), asyncio.ensure_future(pipe(up_reader, writer))):
+            self.tasks.add(task)
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_granted_turn_whose_connect_fails_is_given_back_and_retried(shards) -> None:
+    async with Simulator(max_concurrency=1, identify_window=0.3, heartbeat_interval=5000) as sim:
+        proxy = FlakyProxy(sim.port, failures=1)
+        url = await proxy.start()
+        queue = WatchedQueue(sim, max_concurrency=1, interval=0.35)
+        rec = Recorder(shards(sim, queue=queue, gateway_url=url))
+        await ready(rec)
+        assert rec.errors and rec.errors[0].kind is ErrorKind.RECONNECT  # the failed connect
+        # The first turn was granted, the connect failed before Identify: reported as a failed identify (a
+        # cluster coordinator frees the slot) and refunded; the shard then waited for a new turn.
+        assert queue.calls == [("enqueue", 0, None), ("granted", 0, None), ("identified", 0, False),
+                               ("unused", 0, None), ("enqueue", 0, None), ("granted", 0, None),
+                               ("identified", 0, True)]
+        assert queue.unused_grants == 1 and queue.remaining == 999 and queue.granted == 2
+        snap = sim.stats.snapshot()
+        assert snap["total"]["identifies"] == 1 and snap["total"]["concurrency_violations"] == 0
+        assert no_violations(snap) and proxy.accepted == 2
+        await rec.stop()
+        await proxy.close()
+
+
+async def test_close_while_waiting_for_the_identify_turn(shards) -> None:
+    async with Simulator(shards=2, max_concurrency=1, identify_window=0.3, heartbeat_interval=5000) as sim:
+        queue = WatchedQueue(sim, max_concurrency=1, interval=60.0)  # shard 1's turn never comes in this test
+        first, second = shards(sim, 0, 2, queue=queue), shards(sim, 1, 2, queue=queue)
+        first.start()  # first in the queue
+        second.start()
+        rec = Recorder(first)
+        await ready(rec)
+        assert ("enqueue", 1, None) in queue.calls and second.state == ShardState.IDENTIFYING
+        assert sim.stats.snapshot()["total"]["connections"] == 1  # shard 1 waits without a connection
+        assert await asyncio.wait_for(second.close(), 5) is None  # cancels the wait (cancel-safe)
+        with pytest.raises(GatewayError) as info:
+            await asyncio.wait_for(second.next_event(), 5)
+        assert info.value.kind is ErrorKind.CLOSED
+        assert queue.granted == 1 and ("granted", 1, None) not in queue.calls
+        assert not [c for c in queue.calls if c[0] == "identified" and c[1] == 1]  # never granted: nothing to report
+        assert sim.stats.snapshot()["total"]["connections"] == 1
+        await rec.stop()
+
+
 # ---- ratelimiter and payload size ----------------------------------------------------------------
 
 async def test_ratelimiter_keeps_under_the_gateway_limit(shards) -> None:
