@@ -79,3 +79,8 @@ class SessionBudget:
         self.remaining -= 1
         self.spent += 1
         self._last_spent = now
+
+    def refund(self) -> None:
+        """Give back the last spend: its grant was returned before any Identify reached Discord."""
+        self.remaining = min(self.total, self.remaining + 1)
+        self.spent = max(0, self.spent - 1)

@@ -52,6 +52,8 @@ class _Bucket:
     holder: int | None = None
     held_until: float = 0.0
     window_start: float = -math.inf
+    last_grant: int | None = None  # the latest grant, with the window it replaced (for `unused`)
+    window_before_grant: float = -math.inf
 
 
 class IdentifyCoordinator:
@@ -69,6 +71,7 @@ class IdentifyCoordinator:
         self._waiting: dict[int, tuple[float, str]] = {}  # shard -> (enqueued at, reason)
         self._deferred_until = -math.inf
         self.expired_holds = 0
+        self.unused_grants = 0
 
     def _bucket(self, shard_id: int) -> _Bucket:
         return self._buckets[shard_id % self.max_concurrency]
@@ -120,6 +123,19 @@ class IdentifyCoordinator:
         if b.holder == shard_id:
             b.holder = None  # the window stays: the Identify may have gone out
 
+    def unused(self, shard_id: int) -> None:
+        """The shard's latest grant was given back without an Identify (its connection failed first):
+        Discord never saw it, so refund the session start and, if no later grant used the bucket, its window."""
+        b = self._bucket(shard_id)
+        if b.last_grant != shard_id:
+            return
+        b.last_grant = None
+        if b.holder == shard_id:
+            b.holder = None
+        b.window_start = b.window_before_grant
+        self.budget.refund()
+        self.unused_grants += 1
+
     # --- decisions ------------------------------------------------------------------------
 
     def poll(self, now: float) -> list[Grant | Refuse | Defer]:
@@ -146,6 +162,7 @@ class IdentifyCoordinator:
                 continue
             shard_id = b.queue.pop(0)
             enqueued, reason = self._waiting.pop(shard_id)
+            b.last_grant, b.window_before_grant = shard_id, b.window_start
             b.holder, b.held_until, b.window_start = shard_id, now + self.hold_timeout, now
             self.budget.spend(now)
             out.append(Grant(shard_id, now - enqueued, reason))

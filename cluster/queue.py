@@ -7,7 +7,7 @@ import logging
 from collections.abc import Callable
 
 from ipc.protocol import (IdentifyCancel, IdentifyDone, IdentifyGrant, IdentifyRefused,
-                          IdentifyRequest, IdentifyStarted, Packet)
+                          IdentifyRequest, IdentifyStarted, IdentifyUnused, Packet)
 
 __all__ = ["IpcQueue"]
 
@@ -68,6 +68,14 @@ class IpcQueue:
             self._send(IdentifyDone(shard_id, ready))
         except Exception:  # noqa: BLE001 - a dead supervisor expires the hold by itself
             log.debug("could not report identify result of shard %d", shard_id)
+
+    def unused(self, shard_id: int) -> None:
+        """The grant was given back without an Identify (the connection failed first): the coordinator
+        refunds the session start and the bucket's window."""
+        try:
+            self._send(IdentifyUnused(shard_id))
+        except Exception:  # noqa: BLE001 - a dead supervisor has nothing to refund
+            log.debug("could not return the unused grant of shard %d", shard_id)
 
     def feed(self, packet: IdentifyGrant | IdentifyRefused) -> None:
         """Deliver the supervisor's answer."""

@@ -35,7 +35,7 @@ from cluster.state import load_sessions, save_sessions
 from cluster.worker import EXIT_HANDLER_IMPORT, QUEUED, WorkerSpec, run_worker
 from ipc import Channel, HeartbeatMonitor, answer, gather
 from ipc.calls import encode_value
-from ipc.protocol import (Assign, Assignment, Drain, Drained, Hello, IdentifyCancel, IdentifyDone,
+from ipc.protocol import (Assign, Assignment, Drain, Drained, Hello, IdentifyCancel, IdentifyDone, IdentifyUnused,
                           IdentifyGrant, IdentifyRefused, IdentifyRequest, IdentifyStarted, Packet,
                           Ping, Pong, Request, Response, RestartShard, SessionInfo, SessionReport,
                           ShardFatal, StatusReport, WorkerFatal)
@@ -470,6 +470,9 @@ class Supervisor:
                 self._wake.set()
             case IdentifyCancel(shard_id=shard_id):
                 coord.cancel(shard_id)
+                self._wake.set()
+            case IdentifyUnused(shard_id=shard_id) if shard_id in handle.shard_ids:
+                coord.unused(shard_id)
                 self._wake.set()
             case Hello():
                 if not handle.hello.done():

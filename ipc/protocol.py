@@ -14,7 +14,7 @@ from msgspec import Struct
 
 __all__ = [
     "AnyPacket", "Assign", "Assignment", "Drain", "Drained", "Hello",
-    "IdentifyCancel", "IdentifyDone", "IdentifyGrant", "IdentifyRefused", "IdentifyRequest",
+    "IdentifyCancel", "IdentifyDone", "IdentifyGrant", "IdentifyRefused", "IdentifyRequest", "IdentifyUnused",
     "IdentifyStarted", "Packet", "Ping", "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
     "ShardFatal", "ShardStatus", "StatusReport", "WorkerFatal", "decode", "encode",
 ]
@@ -149,6 +149,12 @@ class IdentifyCancel(Packet, tag="id_cancel"):
     shard_id: int
 
 
+class IdentifyUnused(Packet, tag="id_unused"):
+    """W→S: the shard gave its grant back without sending Identify (its connection failed first)."""
+
+    shard_id: int
+
+
 # --- reports -------------------------------------------------------------------------------
 
 
@@ -206,7 +212,7 @@ class Response(Packet, tag="response"):
 AnyPacket = Union[
     Hello, Assign, Drain, Drained, RestartShard, WorkerFatal, ShardFatal, Ping, Pong,
     IdentifyRequest, IdentifyGrant, IdentifyRefused, IdentifyStarted, IdentifyDone,
-    IdentifyCancel, SessionReport, StatusReport, Request, Response,
+    IdentifyCancel, IdentifyUnused, SessionReport, StatusReport, Request, Response,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

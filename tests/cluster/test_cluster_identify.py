@@ -173,3 +173,38 @@ def test_invariants(mc, shards, events):
         holders = c.holders()
         assert len({h % mc for h in holders}) == len(holders)
     assert c.budget.remaining == 40 - spent >= 10
+
+
+def test_unused_grant_refunds_budget_and_window():
+    c = coord(mc=1, total=10)
+    for s in (0, 1):
+        c.request(s, 0.0)
+    assert grants(c.poll(0.0)) == [0]
+    assert c.budget.available(0.0) == 9
+    c.started(0, 0.1)
+    c.done(0, False, 0.2)  # its connection failed before Hello
+    assert grants(c.poll(0.3)) == []  # without the refund, shard 1 would wait a whole window
+    c.unused(0)
+    assert c.budget.available(0.3) == 10 and c.unused_grants == 1
+    assert grants(c.poll(0.3)) == [1]  # Discord saw no Identify: the bucket is free again
+    c.unused(0)  # a stale report for an older grant changes nothing
+    assert c.budget.available(0.3) == 9 and c.unused_grants == 1
+
+
+def test_budget_refund_never_exceeds_total():
+    b = SessionBudget(5, 5, 86400.0)
+    b.refund()
+    assert b.available(0.0) == 5
+    b.spend(0.0)
+    b.refund()
+    assert b.available(0.0) == 5 and b.spent == 0
+
+
+def test_ipc_queue_reports_an_unused_grant_to_the_supervisor():
+    from cluster.queue import IpcQueue
+    from ipc.protocol import IdentifyUnused, decode, encode
+
+    sent = []
+    IpcQueue(sent.append).unused(3)
+    assert sent == [IdentifyUnused(3)]
+    assert decode(encode(sent[0])) == IdentifyUnused(3)
