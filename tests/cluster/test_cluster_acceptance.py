@@ -25,7 +25,9 @@ async def test_bring_up_16_shards_4_workers(sim, tmp_path):
 async def test_kill_9_worker_resumes_without_identifies_or_loss(sim, tmp_path):
     async with running(sim, "cluster.example:ExampleHandler", tmp_path, workers=4, fresh=True) as (sup, task):
         await until(lambda: sup.active_shards() == 16, what="bring-up")
-        await asyncio.sleep(0.5)  # a steady stream flows; sessions get reported
+        # A steady stream flows and the victim's sessions reach the supervisor past their GUILD_CREATEs.
+        await until(lambda: all(s in sup.sessions and sup.sessions[s].seq > 5 for s in (4, 5, 6, 7)),
+                    what="session reports for the victim's shards")
         victim = sup.workers[1]
         os.kill(victim.pid, signal.SIGKILL)
         snap = await sim.wait_until(lambda s: s["total"]["resumes"] >= 4, timeout=15)
@@ -33,7 +35,9 @@ async def test_kill_9_worker_resumes_without_identifies_or_loss(sim, tmp_path):
         assert victim.process.exitcode == -signal.SIGKILL  # confirmed dead (reaped) before the respawn
         resumed = {r["shard"][0] for r in snap["sessions"].values() if r["resumes"]}
         assert resumed == {4, 5, 6, 7}
-        await asyncio.sleep(1.0)  # more events flow to the resumed sessions
+        at_resume = {sid: r["dispatched"] for sid, r in snap["sessions"].items() if r["resumes"]}
+        await sim.wait_until(lambda s: all(s["sessions"][sid]["dispatched"] >= n + 5 and s["sessions"][sid]["connected"]
+                                           for sid, n in at_resume.items()), timeout=15)  # the stream flows on
         t = totals(sim)
         assert t["identifies"] == 16 and t["concurrency_violations"] == 0
         assert sup.restarts[(1, "killed")] == 1

@@ -47,7 +47,7 @@ async def test_hung_worker_is_killed_and_its_shards_resume(sim, tmp_path):
     async with running(sim, Quiet, tmp_path, workers=2, ipc_heartbeat_interval=0.2,
                        ipc_heartbeat_missed=5, fresh=True) as (sup, task):
         await until(lambda: sup.active_shards() == 4, what="bring-up")
-        await asyncio.sleep(0.5)
+        await until(lambda: all(s in sup.sessions for s in range(4)), what="session reports")  # resumable after the kill
         old = sup.workers[1]
         replies = await sup.broadcast(Freeze(1, 60.0), timeout=0.5)
         assert replies[0].ok and "timed out" in replies[1].error
