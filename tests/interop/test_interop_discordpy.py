@@ -1,4 +1,4 @@
-"""discord.py 2.7.1, unmodified from PyPI, brings up 4 shards over zlib-stream against the simulator.
+"""discord.py 2.7.1, unmodified from PyPI, brings up 4 shards over zlib-stream (and zstd-stream) against the simulator.
 
 Why zlib-stream has to be forced: discord.py picks its transport compression at import time. When the
 ``zstandard`` package is importable (it is here: it is the simulator's ``zstd`` extra), ``discord/utils.py``
@@ -44,15 +44,14 @@ def discordpy_zlib_context() -> type:
     raise AssertionError("discord/utils.py has no zstd/zlib import-time switch any more: revisit this test")
 
 
-@pytest.fixture
-def dpy_zlib(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(discord.utils, "_ActiveDecompressionContext", discordpy_zlib_context())
-
-
-@pytest.mark.parametrize("zlib_chunk", [0, 200], ids=["whole", "split-messages"])
-async def test_discordpy_four_shards_zlib_stream(dpy_zlib: None, monkeypatch: pytest.MonkeyPatch,
-                                                 zlib_chunk: int) -> None:
-    # zlib_chunk=200 splits READY and GUILD_CREATE into several WebSocket messages: discord.py must buffer them
+@pytest.mark.parametrize("compression, zlib_chunk", [("zlib-stream", 0), ("zlib-stream", 200), ("zstd-stream", 0)],
+                         ids=["zlib-whole", "zlib-split-messages", "zstd"])
+async def test_discordpy_four_shards(monkeypatch: pytest.MonkeyPatch, compression: str, zlib_chunk: int) -> None:
+    # zlib_chunk=200 splits READY and GUILD_CREATE into several WebSocket messages: discord.py must buffer them.
+    # zstd-stream is what discord.py picks by itself when zstandard is installed (as it is here).
+    if compression == "zlib-stream":
+        monkeypatch.setattr(discord.utils, "_ActiveDecompressionContext", discordpy_zlib_context())
+    assert discord.utils._ActiveDecompressionContext.COMPRESSION_TYPE == compression
     async with Simulator(shards=SHARDS, max_concurrency=SHARDS, identify_window=1.0, guilds_per_shard=2,
                          events_per_second=20, dm_fraction=0.0, zlib_chunk=zlib_chunk) as sim:
         # The two documented knobs for a custom endpoint (class attributes; restored by monkeypatch).
@@ -99,7 +98,7 @@ async def test_discordpy_four_shards_zlib_stream(dpy_zlib: None, monkeypatch: py
                 await client.close()
                 await asyncio.wait_for(task, 10)
 
-    assert compressions == {"zlib-stream"}
+    assert compressions == {compression}
     for i in range(SHARDS):
         shard = snap["shards"][str(i)]
         assert shard["identifies"] == 1, shard
