@@ -89,7 +89,6 @@ class GatewayConnection(asyncio.Protocol):
         self.write_paused = False
         self._drained = asyncio.Event()
         self._drained.set()
-        self.last_heartbeat = time.monotonic()
         transport.set_write_buffer_limits(high=1 << 20)
 
     # ---- lifecycle -------------------------------------------------------------------------------
@@ -290,7 +289,6 @@ class GatewayConnection(asyncio.Protocol):
             self.violate(4001, "heartbeat 'd' must be the last sequence number or null")
             return
         self.stats.heartbeats += 1
-        self.last_heartbeat = time.monotonic()
         sess = self.session
         if sess is not None and d is not None:
             sess.confirm(d)

@@ -205,13 +205,6 @@ class Simulator:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    async def serve_forever(self) -> None:
-        await self.start()
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await self.stop()
-
     async def _sweep(self) -> None:
         while True:
             await asyncio.sleep(min(1.0, max(self.config.session_ttl / 4, 0.05)))

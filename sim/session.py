@@ -27,7 +27,7 @@ class Session:
     """
 
     __slots__ = ("id", "shard", "num_shards", "intents", "seq", "confirmed", "buffer", "conn", "state",
-                 "resumes", "replayed", "lost", "end_reason", "detached_at", "created", "unconfirmed_at_end",
+                 "resumes", "replayed", "lost", "end_reason", "detached_at", "unconfirmed_at_end",
                  "guilds", "stream_paused", "large_threshold", "stats", "stream_task")
 
     def __init__(self, shard: int, num_shards: int, intents: int, buffer_size: int, guilds: range,
@@ -49,7 +49,6 @@ class Session:
         self.unconfirmed_at_end = 0
         self.end_reason = ""
         self.detached_at = 0.0
-        self.created = time.monotonic()
         self.stream_paused = False
         self.stats = stats
         self.stream_task: asyncio.Task | None = None

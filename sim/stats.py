@@ -71,10 +71,6 @@ class Stats:
     def total(self, name: str) -> int:
         return sum(getattr(s, name) for s in self.shards.values())
 
-    @property
-    def violations(self) -> list[dict[str, Any]]:
-        return [dict(v, shard=k) for k, s in self.shards.items() for v in s.violations]
-
     def snapshot(self) -> dict[str, Any]:
         shards = {("unidentified" if k is None else str(k)): v.as_dict()
                   for k, v in sorted(self.shards.items(), key=lambda kv: -1 if kv[0] is None else kv[0])}
