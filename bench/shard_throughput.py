@@ -40,6 +40,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,6 +59,16 @@ def rss_kib() -> int:
 
 def emit(result: dict[str, object]) -> None:
     print("RESULT " + json.dumps(result), flush=True)
+
+
+async def emit_rate(count: Callable[[], int], warmup: float, seconds: float) -> None:
+    """Wait out `warmup`, then emit the client-counted events/s and CPU share over `seconds` (peer clients,
+    whose own tasks do the counting while this one sleeps)."""
+    await asyncio.sleep(warmup)
+    c0, t0, cpu0 = count(), time.perf_counter(), time.process_time()
+    await asyncio.sleep(seconds)
+    c1, t1 = count(), time.perf_counter()
+    emit({"events_per_s": (c1 - c0) / (t1 - t0), "cpu": (time.process_time() - cpu0) / (t1 - t0)})
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -149,11 +160,7 @@ def client_dpy(port: int, seconds: float, warmup: float, handler_tier: bool) -> 
         async with client:
             task = asyncio.create_task(client.start(TOKEN))
             await client.wait_until_ready()
-            await asyncio.sleep(warmup)
-            c0, t0, cpu0 = count, time.perf_counter(), time.process_time()
-            await asyncio.sleep(seconds)
-            c1, t1 = count, time.perf_counter()
-            emit({"events_per_s": (c1 - c0) / (t1 - t0), "cpu": (time.process_time() - cpu0) / (t1 - t0)})
+            await emit_rate(lambda: count, warmup, seconds)
             await client.close()
             task.cancel()
 
@@ -175,11 +182,7 @@ def client_hikari(port: int, seconds: float, warmup: float, handler_tier: bool) 
 
         async def main() -> None:
             await bot.start(shard_count=1, check_for_updates=False)
-            await asyncio.sleep(warmup)
-            c0, t0, cpu0 = count, time.perf_counter(), time.process_time()
-            await asyncio.sleep(seconds)
-            c1, t1 = count, time.perf_counter()
-            emit({"events_per_s": (c1 - c0) / (t1 - t0), "cpu": (time.process_time() - cpu0) / (t1 - t0)})
+            await emit_rate(lambda: count, warmup, seconds)
             await bot.close()
 
         asyncio.run(main())
@@ -209,11 +212,7 @@ def client_hikari(port: int, seconds: float, warmup: float, handler_tier: bool) 
             shard_id=0, shard_count=1, http_settings=hconfig.HTTPSettings(), proxy_settings=hconfig.ProxySettings(),
             event_manager=RawEventManager(), event_factory=RawEventFactory())  # type: ignore[arg-type]
         await s.start()
-        await asyncio.sleep(warmup)
-        c0, t0, cpu0 = count, time.perf_counter(), time.process_time()
-        await asyncio.sleep(seconds)
-        c1, t1 = count, time.perf_counter()
-        emit({"events_per_s": (c1 - c0) / (t1 - t0), "cpu": (time.process_time() - cpu0) / (t1 - t0)})
+        await emit_rate(lambda: count, warmup, seconds)
         await s.close()
 
     asyncio.run(main_raw())
