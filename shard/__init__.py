@@ -9,7 +9,7 @@ shard = Shard(ShardId.ONE, token, Intents.GUILD_MESSAGES)
 from .close_codes import CloseCode, CloseFrame
 from .config import Config, Token, certifi_ssl_context, default_ssl_context
 from .error import ErrorKind, GatewayError
-from .event import Event
+from .event import Dispatch, Event
 from .event_type import EventTypeFlags
 from .id import ShardId, bucket
 from .inflater import InflateError
@@ -26,7 +26,7 @@ from .wire import (Activity, Hello, Identify, IdentifyProperties, InvalidSession
                    RequestSoundboardSounds, Resume, Resumed, UpdatePresence, UpdateVoiceState)
 
 __all__ = [
-    "Shard", "ShardId", "Config", "Intents", "EventTypeFlags", "Event", "CloseFrame", "CloseCode", "Session",
+    "Shard", "ShardId", "Config", "Intents", "EventTypeFlags", "Event", "Dispatch", "CloseFrame", "CloseCode", "Session",
     "ShardState", "GatewayError", "ErrorKind", "InMemoryQueue", "Queue", "UpdatePresence", "RequestGuildMembers",
     "UpdateVoiceState", "RequestSoundboardSounds", "Activity", "Hello", "Ready", "Resumed", "InvalidSession",
     "Identify", "IdentifyProperties", "Resume", "Latency", "CommandRatelimiter", "MessageSender", "Token",

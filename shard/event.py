@@ -6,13 +6,15 @@ import msgspec
 
 from .wire import JSONValue
 
-__all__ = ["Event", "EventData"]
+__all__ = ["Event", "Dispatch", "EventData"]
 
 EventData = JSONValue | msgspec.Struct
 """A decoded payload: JSON values by default, a typed Struct for gateway control events and registered types."""
 
+_WIRE_NAMES = {"type": "t", "seq": "s", "data": "d"}
 
-class Event(msgspec.Struct, frozen=True, gc=False):
+
+class Event(msgspec.Struct, frozen=True, gc=False, rename=_WIRE_NAMES):
     """One gateway event.
 
     - `type`: the dispatch name ("READY", "MESSAGE_CREATE", ...) or a GATEWAY_* name for other opcodes
@@ -20,8 +22,23 @@ class Event(msgspec.Struct, frozen=True, gc=False):
       "GATEWAY_HEARTBEAT", "GATEWAY_CLOSE").
     - `seq`: the dispatch's sequence number, else None.
     - `data`: the decoded `d` (a CloseFrame for GATEWAY_CLOSE).
+
+    `msgspec.json.encode(event)` gives the gateway's own field names: `{"t": ..., "s": ..., "d": ...}`.
     """
 
     type: str
     seq: int | None
     data: EventData
+
+
+class Dispatch(Event, frozen=True, gc=False, rename=_WIRE_NAMES):
+    """An Event decoded straight from a gateway payload in one msgspec pass (the default fast path).
+
+    Dispatches the shard delivers this way are instances of this subclass; their `type` is always a str.
+    Decoding skips `op` and unknown keys; a payload without `t` decodes with `type` None and is handled
+    as a control message instead.
+    """
+
+    type: str | None = None  # type: ignore[assignment]
+    seq: int | None = None
+    data: object = None

@@ -6,12 +6,14 @@ task or timer, so every rule (heartbeat and zombie, resume or identify, close-co
 is plain code that tests drive directly.
 
 Receive path: `receive_data` only buffers; `process(budget)` then parses WebSocket frames, inflates,
-decodes and queues `(t, s, d, raw, needs_decode)` items until `budget` more are queued. The driver lets
-the consumer call it a few frames at a time, so each message goes inflate -> decode -> consumer while it
-is still in the CPU cache; control opcodes are handled as they are reached. With every event wanted,
-the whole message is decoded in one msgspec pass (the fast path is inlined in `_process`); with an
-event filter or registered Structs, only the envelope is scanned (`d` stays raw) and `d` is decoded
-by the consumer, so unwanted events are never decoded.
+decodes and queues items (`events`, with each item's raw message in `raws`) until `budget` more are
+queued. The driver lets the consumer call it a few frames at a time, so messages go inflate -> decode ->
+consumer while they are still in the CPU cache; control opcodes are handled as they are reached.
+Whole zlib-stream messages are handled in runs (`_run`): inflate the run in one C loop, then decode it in
+one C loop, which keeps each library's code and tables hot. With every event wanted, each message is
+decoded in one msgspec pass straight into a `Dispatch` (the Event itself); with an event filter or
+registered Structs, only the envelope is scanned (`d` stays raw) and `d` is decoded by the consumer, so
+unwanted events are never decoded.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ import random
 import time
 from collections import deque
 from collections.abc import Callable
+from itertools import repeat
+from operator import attrgetter
 
 import msgspec
 
@@ -28,14 +32,14 @@ from .backoff import Backoff
 from .close_codes import CloseAction, CloseFrame, close_action, close_reason
 from .config import Config
 from .error import ErrorKind, GatewayError
-from .event import Event
+from .event import Dispatch, Event
 from .event_type import is_all, names_for_flags
 from .heartbeat import Beat, Heartbeater
 from .id import ShardId
 from .inflater import SYNC_FLUSH_SUFFIX, InflateError, ZlibInflater, ZstdInflater, new_inflater
 from .latency import Latency
 from .metrics import ShardMetrics
-from .parse import DecodeError, PayloadDecoder
+from .parse import DecodeError, Envelope, PayloadDecoder
 from .ratelimiter import MAX_PAYLOAD, CommandRatelimiter
 from .session import Session
 from .state import ShardState, StateKind
@@ -47,7 +51,8 @@ __all__ = ["GatewayProtocol", "Item"]
 
 log = logging.getLogger("shard")
 
-Item = tuple  # (type | None, seq, data, raw bytes | None, needs_decode); type None means data is a GatewayError
+Item = Event | Envelope | GatewayError
+"""A queued consumer item: a ready Event, an Envelope whose `d` the consumer decodes, or an error to raise."""
 
 _HEARTBEAT_ACK = "GATEWAY_HEARTBEAT_ACK"
 _SESSION_EVENTS = frozenset({"READY", "RESUMED"})
@@ -55,6 +60,16 @@ _ACK, _HB_REQUEST, _RECONNECT, _RESUMED = HeartbeatAck(), HeartbeatRequest(), Re
 STABLE_AFTER = 30.0  # seconds Active before a disconnect no longer counts as a failed attempt
 RESUME_URL_ATTEMPTS = 3  # failed connects to resume_gateway_url before giving the session up
 _USER_CLOSE = "user"
+_RUN = 32  # whole zlib-stream messages inflated, then decoded, together (more spills the CPU cache)
+_SUFFIXES = repeat(SYNC_FLUSH_SUFFIX)
+_TYPE = attrgetter("type")
+
+try:
+    from _collections import _count_elements  # C: counts[x] += 1 for x in iterable (what Counter uses)
+except ImportError:  # pragma: no cover - other Python implementations
+    def _count_elements(mapping: dict[str, int], iterable: list[str]) -> None:
+        for x in iterable:
+            mapping[x] = mapping.get(x, 0) + 1
 
 
 class GatewayProtocol:
@@ -84,6 +99,7 @@ class GatewayProtocol:
         self.attempts = 0
         self.stopped = False             # closed by the user or fatally: never reconnect
         self.events: deque[Item] = deque()
+        self.raws: deque[bytes | None] = deque()  # each queued item's raw message, in step with `events`
         self.latency = Latency()
         self.on_identified: Callable[[bool], None] | None = None
         self.permit = False              # an identify permit is held, the Identify is not sent yet
@@ -123,6 +139,7 @@ class GatewayProtocol:
         self._lazy = self._wanted is not None or self.decoder.typed or self.decoder.backend != "msgspec"
         self._env_decode = self.decoder.envelope
         self._decode_all = msgspec.json.Decoder().decode
+        self._decode_dispatch = msgspec.json.Decoder(Dispatch).decode
         self._on_payload = self._on_payload_lazy if self._lazy else self._on_payload_eager  # type: ignore[method-assign]
 
     @property
@@ -419,17 +436,12 @@ class GatewayProtocol:
         stop_at = len(events) + budget if budget >= 0 else 1 << 62
         inflater = self.inflater
         inflate = inflater.feed if inflater is not None else None
-        # zlib fast path, inlined: a whole message in one frame, nothing buffered -> inflate the frame in place.
-        zlib_inf = inflater if type(inflater) is ZlibInflater else None
-        zdecompress = zlib_inf._d.decompress if zlib_inf is not None else None
         on_payload = self._on_payload
-        eager = not self._lazy
-        decode_all = self._decode_all
-        counts = self._counts
-        append = events.append
-        suffix = SYNC_FLUSH_SUFFIX
-        fast = zdecompress is not None and not zlib_inf._buf and self._frag is None
-        zin = zout = 0
+        zlib_inf = inflater if type(inflater) is ZlibInflater else None
+        # zlib-stream binary frames outside a fragmented message are collected into `run`.
+        fast = zlib_inf is not None and self._frag is None
+        run: list[bytes] = []
+        room = min(stop_at - len(events), _RUN)
         try:
             while inbox:
                 buf = inbox[0]
@@ -438,7 +450,7 @@ class GatewayProtocol:
                 need = self._need
                 if need and n - pos < need:  # the next frame continues in later chunks
                     if self._inbox_size - pos - self._skip < need:
-                        return
+                        break
                     self._merge(need)
                     self._need = 0
                     continue
@@ -462,6 +474,8 @@ class GatewayProtocol:
                             start = pos + 4
                         else:
                             if length & 0x80:
+                                if run:
+                                    self._run(run)
                                 self._protocol_error("the server sent a masked frame")
                                 return
                             if n - pos < 10:
@@ -470,6 +484,8 @@ class GatewayProtocol:
                             length = int.from_bytes(buf[pos + 2:pos + 10], "big")
                             start = pos + 10
                             if length > self.config.max_message_size:
+                                if run:
+                                    self._run(run)
                                 self._protocol_error("a frame is over max_message_size")
                                 return
                         end = start + length
@@ -477,27 +493,17 @@ class GatewayProtocol:
                             self._need = end - pos
                             break
                         pos = end
-                        if fast and b0 == 0x82 and buf.endswith(suffix, start, end):  # the hot path
-                            out = zdecompress(buf[start:end])
-                            zin += length
-                            zout += len(out)
-                            if eager:  # _on_payload_eager's dispatch case, inlined
-                                try:
-                                    msg = decode_all(out)
-                                    t = msg["t"]
-                                    s = msg["s"]
-                                except Exception:  # noqa: BLE001 - anything unusual takes the full path
-                                    on_payload(out)
-                                else:
-                                    if type(t) is str and type(s) is int and t not in _SESSION_EVENTS:
-                                        self.sequence = s
-                                        counts[t] = counts.get(t, 0) + 1
-                                        append((t, s, msg.get("d"), out, False))
-                                    else:
-                                        on_payload(out)
-                            else:
-                                on_payload(out)
+                        if fast and b0 == 0x82:  # the hot path
+                            run.append(buf[start:end])
+                            if len(run) < room:
+                                continue
+                            self._run(run)
                         else:
+                            if run:  # in order: the run before this frame first
+                                self._run(run)
+                                if self._halt:
+                                    self._drop_inbox()
+                                    return
                             if b0 == 0x82 and self._frag is None:
                                 if inflate is not None:
                                     out = inflate(mv[start:end])
@@ -507,33 +513,95 @@ class GatewayProtocol:
                                     on_payload(self._uncompressed_binary(mv[start:end]))
                             else:
                                 self._on_frame(b0, mv[start:end])
-                            fast = zdecompress is not None and not zlib_inf._buf and self._frag is None
+                            fast = zlib_inf is not None and self._frag is None
                         if self._halt:
                             self._drop_inbox()
                             return
-                        if len(events) >= stop_at:
+                        room = stop_at - len(events)
+                        if room <= 0:
                             break
+                        if room > _RUN:
+                            room = _RUN
                 finally:
                     mv.release()
                 if pos >= n:
                     inbox.popleft()
                     self._inbox_size -= n
                     self._pos, self._skip = self._skip, 0
-                    continue
+                    if room > 0:
+                        continue
+                    break
                 self._pos = pos
                 if not self._need or len(inbox) == 1:
-                    return  # the budget is used up, or waiting for the rest of a frame
+                    break  # the budget is used up, or waiting for the rest of a frame
+            if run:
+                self._run(run)
+                if self._halt:
+                    self._drop_inbox()
         except InflateError as exc:
             self._compression_error(str(exc))
-        except Exception as exc:
-            if zlib_inf is not None and isinstance(exc, zlib_inf._error):
-                self._compression_error(f"zlib-stream is corrupt: {exc}")
+
+    def _run(self, run: list[bytes]) -> None:
+        """Inflate, decode and queue a run of zlib-stream frames, in order, and empty `run`.
+
+        The usual run is whole messages (each ends with 00 00 ff ff, nothing buffered) that all decode as
+        dispatches: inflated, decoded, counted and queued by C loops. A corrupt stream loses the run with
+        the connection: nothing of it was queued and the sequence did not move, so the Resume replays it.
+        Anything else in a run (a message split across frames, a control opcode, READY, a payload that
+        does not decode) takes the full path in its place."""
+        inflater: ZlibInflater = self.inflater  # type: ignore[assignment]
+        if inflater._buf or not all(map(bytes.endswith, run, _SUFFIXES)):
+            on_payload, feed = self._on_payload, inflater.feed
+            for frame in run:
+                out = feed(frame)
+                if out is not None:
+                    on_payload(out)
+                    if self._halt:
+                        break
+            run.clear()
+            return
+        outs = inflater.feed_whole(run)
+        run.clear()
+        if not self._lazy:
+            try:
+                decoded = list(map(self._decode_dispatch, outs))
+            except (DecodeError, msgspec.ValidationError):
+                pass  # reported message by message below
             else:
-                raise
-        finally:
-            if zlib_inf is not None:
-                zlib_inf.bytes_in += zin
-                zlib_inf.bytes_out += zout
+                types = list(map(_TYPE, decoded))
+                if None not in types and _SESSION_EVENTS.isdisjoint(types):  # dispatches only
+                    self.events.extend(decoded)
+                    self.raws.extend(outs)
+                    _count_elements(self._counts, types)
+                    for ev in reversed(decoded):
+                        if ev.seq is not None:
+                            self.sequence = ev.seq
+                            break
+                    return
+                append, raw_append, counts = self.events.append, self.raws.append, self._counts
+                seq = self.sequence
+                for ev, out in zip(decoded, outs):
+                    t = ev.type
+                    if t is not None and t not in _SESSION_EVENTS:
+                        s = ev.seq
+                        if s is not None:
+                            seq = s
+                        counts[t] = counts.get(t, 0) + 1
+                        append(ev)
+                        raw_append(out)
+                    else:  # a control opcode, READY or RESUMED: the full path (decodes it again)
+                        self.sequence = seq
+                        self._on_payload(out)
+                        seq = self.sequence
+                        if self._halt:
+                            return
+                self.sequence = seq
+                return
+        on_payload = self._on_payload
+        for out in outs:
+            on_payload(out)
+            if self._halt:
+                return
 
     def _drop_inbox(self) -> None:
         self._inbox.clear()
@@ -625,7 +693,7 @@ class GatewayProtocol:
             if t == "READY" or t == "RESUMED":
                 self._on_session_event(t, s, msg.get("d"), out)
                 return
-            self.events.append((t, s, msg.get("d"), out, False))
+            self._push(Event(t, s, msg.get("d")), out)
             return
         if type(op) is not int:
             self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a payload has no integer op"))
@@ -654,7 +722,7 @@ class GatewayProtocol:
                 return
             wanted = self._wanted
             if wanted is None or t in wanted:
-                self.events.append((t, s, env.d, out, self._lazy))
+                self._push(env, out)  # `d` is decoded by the consumer
             return
         self._on_control(env.op, env.d, out)
 
@@ -679,7 +747,7 @@ class GatewayProtocol:
             self._active_since = self._clock()
         self._became_active = True
         if self._wanted is None or t in self._wanted:
-            self.events.append((t, s, data, out, False))
+            self._push(Event(t, s, data), out)
 
     def _on_control(self, op: int, d: object, out: bytes) -> None:
         if op == 11:
@@ -774,26 +842,44 @@ class GatewayProtocol:
             self.on_identified(ready)
 
     # ---- consumer items ---------------------------------------------------------------------------
+    def _push(self, item: Item, raw: bytes | None) -> None:
+        self.events.append(item)
+        self.raws.append(raw)
+
     def _push_control(self, name: str, data: object, out: bytes | None) -> None:
         wanted = self._wanted
         if wanted is None or name in wanted:
-            self.events.append((name, None, data, out, False))
+            self._push(Event(name, None, data), out)  # type: ignore[arg-type]
 
     def _push_error(self, error: GatewayError) -> None:
-        self.events.append((None, None, error, None, False))
+        self._push(error, None)
+
+    def pop(self) -> tuple[Item, bytes | None]:
+        """The next queued item and its raw message (None for errors and GATEWAY_CLOSE)."""
+        return self.events.popleft(), self.raws.popleft()
 
     def make_event(self, item: Item) -> Event:
-        """Turn a queued item into an Event (decoding `d` now); raises the GatewayError items."""
-        t, s, data, _raw, needs_decode = item
-        if t is None:
-            raise data
-        if needs_decode:
-            try:
-                data = self.decoder.decode(t, data)
-            except (DecodeError, msgspec.ValidationError) as exc:
-                raise GatewayError(ErrorKind.DESERIALIZING, f"{t} could not be decoded: {exc}",
-                                   event_type=t) from None
-        return Event(t, s, data)
+        """Turn a queued item into an Event (decoding an Envelope's `d` now); raises GatewayError items."""
+        if isinstance(item, Event):
+            return item
+        if isinstance(item, GatewayError):
+            raise item
+        t = item.t
+        try:
+            data = self.decoder.decode(t, item.d)  # type: ignore[arg-type]
+        except (DecodeError, msgspec.ValidationError) as exc:
+            raise GatewayError(ErrorKind.DESERIALIZING, f"{t} could not be decoded: {exc}",
+                               event_type=t) from None
+        return Event(t, item.s, data)  # type: ignore[arg-type]
+
+    def pending_sequence(self) -> int | None:
+        """The sequence of the first queued dispatch the consumer has not taken yet, if any."""
+        for item in self.events:
+            if isinstance(item, Event) and item.seq is not None:
+                return item.seq
+            if isinstance(item, Envelope) and item.s is not None:
+                return item.s
+        return None
 
 
 def check_payload(payload: bytes) -> None:

@@ -24,7 +24,7 @@ import msgspec
 from .close_codes import CloseFrame
 from .config import Config, Token
 from .error import ErrorKind, GatewayError
-from .event import Event
+from .event import Dispatch, Event
 from .id import ShardId
 from .intents import Intents
 from .latency import Latency
@@ -216,16 +216,13 @@ class Shard:
         q = p.events
         while True:
             if q:
-                t, s, data, _raw, needs_decode = q.popleft()
-                if needs_decode:
-                    try:
-                        data = p.decoder.decode(t, data)
-                    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-                        raise GatewayError(ErrorKind.DESERIALIZING, f"{t} could not be decoded: {exc}",
-                                           event_type=t) from None
-                elif t is None:
-                    self._raise(data)
-                return Event(t, s, data)
+                item = q.popleft()
+                p.raws.popleft()
+                if type(item) is Dispatch:
+                    return item
+                if isinstance(item, GatewayError):
+                    self._raise(item)
+                return p.make_event(item)
             if p._inbox and self._pull():
                 continue
             await self._wait()
@@ -239,14 +236,14 @@ class Shard:
         q = p.events
         while True:
             if q:
-                t, s, data, raw, _ = q.popleft()
+                item, raw = p.pop()
                 conn = self._conn
                 if conn is not None and conn.paused and len(q) <= self._low:
                     self._resume_reading(conn)
-                if t is None:
-                    self._raise(data)
-                if t == "GATEWAY_CLOSE":
-                    return data
+                if isinstance(item, GatewayError):
+                    self._raise(item)
+                if raw is None:  # GATEWAY_CLOSE
+                    return item.data  # type: ignore[union-attr,return-value]
                 return raw.decode()
             if p._inbox and self._pull():
                 continue
@@ -274,10 +271,11 @@ class Shard:
 
     async def __anext__(self) -> Event:
         """`async for event in shard`: events until the shard stops; non-fatal errors are logged and skipped."""
-        q = self._protocol.events
-        if q and not q[0][4] and q[0][0] is not None:  # fast path: a decoded event is ready
-            t, s, data, _raw, _ = q.popleft()
-            return Event(t, s, data)
+        p = self._protocol
+        q = p.events
+        if q and type(q[0]) is Dispatch:  # fast path: a decoded dispatch is ready
+            p.raws.popleft()
+            return q.popleft()  # type: ignore[return-value]
         while True:
             try:
                 return await self.next_event()
@@ -367,7 +365,7 @@ class Shard:
         p = self._protocol
         session = p.close(frame)
         if session is not None:
-            pending = next((item[1] for item in p.events if item[1] is not None), None)
+            pending = p.pending_sequence()
             if pending is not None:  # events received but not consumed yet are replayed on resume
                 session = Session(session.id, pending - 1)
         conn = self._conn

@@ -76,7 +76,7 @@ def drain(p: GatewayProtocol) -> list[object]:
     items = []
     while p.events:
         try:
-            items.append(p.make_event(p.events.popleft()))
+            items.append(p.make_event(p.pop()[0]))
         except GatewayError as exc:
             items.append(exc)
     return items
@@ -424,3 +424,73 @@ def test_op9_or_close_after_identify_reports_failure_and_needs_a_new_permit() ->
     assert p.identify_pending
     p.connection_lost()  # closed after Identify, before READY
     assert calls[1:] == [("identified", False)] and p.needs_permit
+
+
+def dispatch(s: int, t: str = "MESSAGE_CREATE", **d: object) -> dict[str, object]:
+    return {"op": 0, "t": t, "s": s, "d": d}
+
+
+def test_a_run_of_messages_keeps_order_around_controls_and_bad_payloads() -> None:
+    """Whole zlib-stream messages are inflated and decoded as runs; anything that is not a plain dispatch
+    (a control opcode, READY, a payload that does not decode) is handled in its place, in order."""
+    p, w, now = make()
+    identify_and_ready(p, w)
+    drain(p)
+    data = w.msg(dispatch(2, x=1)) + w.msg({"op": 11, "d": None, "s": None, "t": None}) + w.msg(dispatch(3))
+    data += frame(w.c.compress(b'{"op":0,"t":"MESSAGE_CREATE","s":,') + w.c.flush(zlib.Z_SYNC_FLUSH))
+    data += w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": "4", "d": {}})
+    data += w.msg(dispatch(5, t="RESUMED")) + w.msg(dispatch(6, y=[1, 2]))
+    feed(p, data)
+    raws = [r for r in p.raws]
+    items = drain(p)
+    kinds = [(i.type, i.seq) if not isinstance(i, GatewayError) else i.kind for i in items]
+    assert kinds == [("MESSAGE_CREATE", 2), ("GATEWAY_HEARTBEAT_ACK", None), ("MESSAGE_CREATE", 3),
+                     ErrorKind.DESERIALIZING, ErrorKind.DESERIALIZING, ("RESUMED", 5), ("MESSAGE_CREATE", 6)]
+    assert items[0].data == {"x": 1} and items[6].data == {"y": [1, 2]}
+    assert json.loads(raws[0]) == dispatch(2, x=1) and raws[3] is None and json.loads(raws[6]) == dispatch(6, y=[1, 2])
+    assert p.sequence == 6 and p.metrics.events["MESSAGE_CREATE"] == 3
+    # a run that decodes as dispatches except for a control opcode and RESUMED in the middle
+    feed(p, w.msg(dispatch(7)) + w.msg({"op": 11, "d": None, "s": None, "t": None}) + w.msg(dispatch(8, t="RESUMED"))
+         + w.msg(dispatch(9)))
+    assert [(i.type, i.seq) for i in drain(p)] == [("MESSAGE_CREATE", 7), ("GATEWAY_HEARTBEAT_ACK", None),
+                                                   ("RESUMED", 8), ("MESSAGE_CREATE", 9)]
+    assert p.sequence == 9 and p.metrics.events["MESSAGE_CREATE"] == 5 and not p.raws
+
+
+def test_runs_respect_the_budget_and_the_consumer_sees_every_event() -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    drain(p)
+    p.receive_data(b"".join(w.msg(dispatch(i, n=i)) for i in range(2, 202)))
+    p.process(10)
+    assert 10 <= len(p.events) < 200  # processed a few at a time, not all at once
+    p.process()
+    assert [(e.seq, e.data["n"]) for e in drain(p)] == [(i, i) for i in range(2, 202)]
+    assert p.sequence == 201
+
+
+def test_a_corrupt_frame_inside_a_run_loses_nothing_the_resume_cannot_replay() -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    drain(p)
+    feed(p, w.msg(dispatch(2)) + w.msg(dispatch(3)) + frame(b"\xde\xad\xbe\xef\x00\x00\xff\xff"))
+    items = drain(p)
+    assert isinstance(items[-1], GatewayError) and items[-1].kind is ErrorKind.COMPRESSION
+    delivered = [e.seq for e in items if not isinstance(e, GatewayError)]
+    # Whatever was delivered moved the session's sequence, and nothing else did: Resume replays the rest.
+    assert p.session == Session("sess", max(delivered, default=1))
+
+
+def test_dispatches_are_events_that_encode_with_the_wire_names() -> None:
+    import msgspec
+
+    from shard import Dispatch, Event
+
+    p, w, now = make()
+    identify_and_ready(p, w)
+    drain(p)
+    feed(p, w.msg(dispatch(2, content="hi")))
+    event, = drain(p)
+    assert isinstance(event, Event) and type(event) is Dispatch
+    assert json.loads(msgspec.json.encode(event)) == {"t": "MESSAGE_CREATE", "s": 2, "d": {"content": "hi"}}
+    assert json.loads(msgspec.json.encode(Event("X", None, None))) == {"t": "X", "s": None, "d": None}
