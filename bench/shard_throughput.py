@@ -457,7 +457,7 @@ def report(rows: list[tuple[str, str, float, float]], ceiling: dict[str, object]
     lines = [
         "# Shard throughput and memory",
         "",
-        f"Command: `.venv/bin/python bench/shard_throughput.py` (from the repository root). Machine: {os.cpu_count()} cores, "
+        f"Command: `{' '.join(['.venv/bin/python bench/shard_throughput.py', *sys.argv[1:]])}` (from the repository root). Machine: {os.cpu_count()} cores, "
         f"Python {platform.python_version()}, {platform.platform()}; run at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.",
         "",
         f"Flood: `{sim_cmd}` (its own process). One shard, zlib-stream, MESSAGE_CREATE of "

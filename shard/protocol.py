@@ -548,7 +548,7 @@ class GatewayProtocol:
         dispatches: inflated, decoded, counted and queued by C loops. A corrupt stream loses the run with
         the connection: nothing of it was queued and the sequence did not move, so the Resume replays it.
         Anything else in a run (a message split across frames, a control opcode, READY, a payload that
-        does not decode) takes the full path in its place."""
+        does not decode) sends the run through the full path, message by message."""
         inflater: ZlibInflater = self.inflater  # type: ignore[assignment]
         if inflater._buf or not all(map(bytes.endswith, run, _SUFFIXES)):
             on_payload, feed = self._on_payload, inflater.feed
@@ -566,8 +566,8 @@ class GatewayProtocol:
             try:
                 decoded = list(map(self._decode_dispatch, outs))
             except (DecodeError, msgspec.ValidationError):
-                pass  # reported message by message below
-            else:
+                decoded = None  # reported message by message below
+            if decoded is not None:
                 types = list(map(_TYPE, decoded))
                 if None not in types and _SESSION_EVENTS.isdisjoint(types):  # dispatches only
                     self.events.extend(decoded)
@@ -578,25 +578,7 @@ class GatewayProtocol:
                             self.sequence = ev.seq
                             break
                     return
-                append, raw_append, counts = self.events.append, self.raws.append, self._counts
-                seq = self.sequence
-                for ev, out in zip(decoded, outs):
-                    t = ev.type
-                    if t is not None and t not in _SESSION_EVENTS:
-                        s = ev.seq
-                        if s is not None:
-                            seq = s
-                        counts[t] = counts.get(t, 0) + 1
-                        append(ev)
-                        raw_append(out)
-                    else:  # a control opcode, READY or RESUMED: the full path (decodes it again)
-                        self.sequence = seq
-                        self._on_payload(out)
-                        seq = self.sequence
-                        if self._halt:
-                            return
-                self.sequence = seq
-                return
+        # A run with a control opcode, READY/RESUMED or a bad payload in it (rare): message by message.
         on_payload = self._on_payload
         for out in outs:
             on_payload(out)

@@ -58,6 +58,39 @@ async def test_hung_worker_is_killed_and_its_shards_resume(sim, tmp_path):
         assert sim.stats.snapshot()["total"]["identifies"] == 4
 
 
+async def test_healthz_reports_a_silent_worker_and_recovers_when_it_answers_again(sim, tmp_path):
+    import urllib.error
+    import urllib.request
+
+    from cluster_handlers import Freeze, Quiet
+
+    def healthz(url):
+        try:
+            with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read().decode()
+
+    async def until_healthz(check, what):
+        deadline = asyncio.get_running_loop().time() + 20
+        while not check(*(reply := await asyncio.to_thread(healthz, sup.http_url))):
+            assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}: {reply}"
+            await asyncio.sleep(0.05)
+
+    # Never killed for silence here (1,000 missed beats), so /healthz alone shows the hang and the recovery.
+    async with running(sim, Quiet, tmp_path, workers=2, ipc_heartbeat_interval=0.2,
+                       ipc_heartbeat_missed=1000, fresh=True) as (sup, task):
+        await until(lambda: sup.active_shards() == 4 and sup.http_url is not None, what="bring-up")
+        await until_healthz(lambda code, text: code == 200 and text == "ok\n", "healthy")
+        pid = sup.workers[1].pid
+        replies = await sup.broadcast(Freeze(1, 4.0), timeout=0.3)
+        assert replies[0].ok and "timed out" in replies[1].error
+        await until_healthz(lambda code, text: code == 503 and "worker 1 has not answered IPC heartbeats" in text
+                            and "worker 0" not in text, "the frozen worker reported")
+        await until_healthz(lambda code, text: code == 200, "healthy again once the worker answers")
+        assert sup.workers[1].pid == pid and not sup.restarts  # reported, not restarted
+
+
 async def test_bad_token_exits_with_code_4(sim, tmp_path):
     from cluster import ClusterConfig, Supervisor
 
