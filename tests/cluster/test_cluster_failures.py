@@ -154,7 +154,7 @@ async def test_zombie_shard_is_restarted_by_the_supervisor_and_resumes(tmp_path)
     async with Simulator(shards=4, max_concurrency=4, identify_window=1.0, events_per_second=10.0) as sim:
         async with running(sim, None, tmp_path, workers=2, shard_stuck_timeout=3.0, fresh=True) as (sup, task):
             await until(lambda: sup.active_shards() == 4, what="bring-up")
-            await asyncio.sleep(1.0)
+            await until(lambda: 2 in sup.sessions, what="shard 2's session report")  # resumable after the restart
             assert sim.delay(2, 60.0) == 1
             snap = await sim.wait_until(lambda s: any(r["shard"][0] == 2 and r["resumes"] for r in s["sessions"].values()),
                                         timeout=30)

@@ -55,18 +55,22 @@ async def test_http_endpoints_and_status_cli(sim, tmp_path):
         code, text = await asyncio.to_thread(get, base + "/readyz")
         assert code == 503 or text == "4/4 shards active\n"
         await until(lambda: sup.active_shards() == 4, what="bring-up")
-        await asyncio.sleep(0.5)  # a report with event counts and RTTs
         assert (await asyncio.to_thread(get, base + "/readyz")) == (200, "4/4 shards active\n")
         assert (await asyncio.to_thread(get, base + "/healthz"))[0] == 200
-        code, metrics = await asyncio.to_thread(get, base + "/metrics")
-        assert code == 200
+        families = ("cluster_gateway_events_total", "cluster_ipc_rtt_seconds", "cluster_worker_rss_bytes",
+                    "cluster_identify_wait_seconds_bucket", "cluster_shard_latency_seconds")
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:  # until the workers' reports (event counts) and IPC pings (RTTs) have come in
+            code, metrics = await asyncio.to_thread(get, base + "/metrics")
+            assert code == 200
+            if all(family in metrics for family in families):
+                break
+            assert asyncio.get_running_loop().time() < deadline, [f for f in families if f not in metrics]
+            await asyncio.sleep(0.05)
         for line in ('cluster_shard_state{shard="3",state="ACTIVE"} 1.0', 'cluster_identifies_total{reason="initial"} 4.0',
                      "cluster_identify_queue_depth 0.0", 'cluster_worker_up{worker="1"} 1.0',
                      "cluster_session_start_remaining 996.0"):
             assert line in metrics, line
-        for family in ("cluster_gateway_events_total", "cluster_ipc_rtt_seconds", "cluster_worker_rss_bytes",
-                       "cluster_identify_wait_seconds_bucket", "cluster_shard_latency_seconds"):
-            assert family in metrics, family
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cluster", "status", "--url", base,
                                                     stdout=asyncio.subprocess.PIPE)
         out, _ = await proc.communicate()

@@ -20,7 +20,8 @@ class Sleep(ipc.Call):
 
 
 class Block(ipc.Call):
-    """Blocks the peer's event loop (time.sleep), as a misbehaving handler would."""
+    """Blocks the peer's event loop (time.sleep), as a misbehaving handler would. Right before it
+    blocks, the peer sends a Hello again, so the test knows when the loop is blocked."""
 
     seconds: float
 
@@ -50,6 +51,7 @@ async def _serve(conn, worker_id: int) -> None:
                 await asyncio.sleep(seconds)
                 return "slept"
             case Block(seconds):
+                channel.send(Hello(worker_id, os.getpid()))  # written to the pipe at once
                 time.sleep(seconds)
                 return "blocked"
             case Boom():

@@ -127,7 +127,7 @@ async def test_heartbeats_are_answered_by_the_peer_loop(peers):
 async def test_blocked_peer_loop_misses_heartbeats(peers):
     (peer,) = await peers()
     blocked = asyncio.ensure_future(peer.channel.call(Block(1.5), timeout=30))
-    await asyncio.sleep(0.2)  # the peer is now inside time.sleep
+    assert isinstance(await asyncio.wait_for(peer.packets.get(), 10), Hello)  # the peer is now inside time.sleep
     start = time.monotonic()
     mon = ipc.HeartbeatMonitor(interval=0.1, missed_limit=5, now=start)
     peer.channel.send(Ping(mon.ping(start)))
@@ -157,7 +157,7 @@ async def test_gather_collects_every_worker_and_reports_failures(peers):
 async def test_gather_timeout_marks_only_the_slow_worker(peers):
     ps = await peers(2)
     blocked = asyncio.ensure_future(ps[0].channel.call(Block(1.0), timeout=30))
-    await asyncio.sleep(0.1)
+    assert isinstance(await asyncio.wait_for(ps[0].packets.get(), 10), Hello)  # its loop is blocked now
     name, body = ipc.calls.encode_call(Add(1, 1))
     replies = await ipc.gather({0: ps[0].channel, 1: ps[1].channel}, name, body, timeout=0.3)
     assert replies[0].error and "timed out" in replies[0].error
