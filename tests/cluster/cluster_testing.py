@@ -3,6 +3,8 @@
 import asyncio
 import contextlib
 import time
+import urllib.error
+import urllib.request
 
 from cluster import ClusterConfig, Supervisor
 from sim import Simulator
@@ -32,3 +34,12 @@ async def until(predicate, timeout=20.0, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+def http_get(url):
+    """(status, body text) of a GET, error statuses included (blocking: call it via asyncio.to_thread)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()

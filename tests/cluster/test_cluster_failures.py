@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from cluster import ExitCode
-from cluster_testing import running, until
+from cluster_testing import http_get, running, until
 
 
 @pytest.fixture
@@ -59,21 +59,11 @@ async def test_hung_worker_is_killed_and_its_shards_resume(sim, tmp_path):
 
 
 async def test_healthz_reports_a_silent_worker_and_recovers_when_it_answers_again(sim, tmp_path):
-    import urllib.error
-    import urllib.request
-
     from cluster_handlers import Freeze, Quiet
-
-    def healthz(url):
-        try:
-            with urllib.request.urlopen(url + "/healthz", timeout=5) as r:
-                return r.status, r.read().decode()
-        except urllib.error.HTTPError as e:
-            return e.code, e.read().decode()
 
     async def until_healthz(check, what):
         deadline = asyncio.get_running_loop().time() + 20
-        while not check(*(reply := await asyncio.to_thread(healthz, sup.http_url))):
+        while not check(*(reply := await asyncio.to_thread(http_get, sup.http_url + "/healthz"))):
             assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}: {reply}"
             await asyncio.sleep(0.05)
 

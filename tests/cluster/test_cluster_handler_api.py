@@ -2,24 +2,15 @@
 
 import asyncio
 import sys
-import urllib.request
 
 import pytest
 
-from cluster_testing import running, until
+from cluster_testing import http_get, running, until
 
 
 @pytest.fixture
 def sim_options():
     return dict(shards=4, max_concurrency=4, identify_window=1.0, events_per_second=20.0)
-
-
-def get(url):
-    try:
-        with urllib.request.urlopen(url, timeout=5) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
 
 
 async def test_handler_gets_events_with_their_shard_survives_errors_and_blocking(sim, tmp_path, capfd):
@@ -52,16 +43,16 @@ async def test_http_endpoints_and_status_cli(sim, tmp_path):
         await until(lambda: sup.http_url is not None, what="HTTP server")
         base = sup.http_url
         assert base.startswith("http://127.0.0.1:")
-        code, text = await asyncio.to_thread(get, base + "/readyz")
+        code, text = await asyncio.to_thread(http_get, base + "/readyz")
         assert code == 503 or text == "4/4 shards active\n"
         await until(lambda: sup.active_shards() == 4, what="bring-up")
-        assert (await asyncio.to_thread(get, base + "/readyz")) == (200, "4/4 shards active\n")
-        assert (await asyncio.to_thread(get, base + "/healthz"))[0] == 200
+        assert (await asyncio.to_thread(http_get, base + "/readyz")) == (200, "4/4 shards active\n")
+        assert (await asyncio.to_thread(http_get, base + "/healthz"))[0] == 200
         families = ("cluster_gateway_events_total", "cluster_ipc_rtt_seconds", "cluster_worker_rss_bytes",
                     "cluster_identify_wait_seconds_bucket", "cluster_shard_latency_seconds")
         deadline = asyncio.get_running_loop().time() + 20
         while True:  # until the workers' reports (event counts) and IPC pings (RTTs) have come in
-            code, metrics = await asyncio.to_thread(get, base + "/metrics")
+            code, metrics = await asyncio.to_thread(http_get, base + "/metrics")
             assert code == 200
             if all(family in metrics for family in families):
                 break
@@ -78,5 +69,5 @@ async def test_http_endpoints_and_status_cli(sim, tmp_path):
         assert proc.returncode == 0
         assert text.startswith("4/4 shards active")
         assert text.count("ACTIVE") == 4 and "WORKER" in text and "running" in text
-        code, _ = await asyncio.to_thread(get, base + "/nope")
+        code, _ = await asyncio.to_thread(http_get, base + "/nope")
         assert code == 404
