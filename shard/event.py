@@ -31,12 +31,12 @@ class Event(msgspec.Struct, frozen=True, gc=False, rename=_WIRE_NAMES):
     data: EventData
 
 
-class Dispatch(Event, frozen=True, gc=False, rename=_WIRE_NAMES):
+class Dispatch(Event, frozen=True, gc=False, rename=_WIRE_NAMES, tag_field="op", tag=0):
     """An Event decoded straight from a gateway payload in one msgspec pass (the default fast path).
 
-    Dispatches the shard delivers this way are instances of this subclass; their `type` is always a str.
-    Decoding skips `op` and unknown keys; a payload without `t` decodes with `type` None and is handled
-    as a control message instead.
+    Dispatches the shard delivers this way are instances of this subclass; their `type` is always a str,
+    and they encode with `"op": 0`, as on the wire. A payload with another `op` does not decode as one;
+    a payload without `t` decodes with `type` None: both are handled as control messages instead.
     """
 
     type: str | None = None  # type: ignore[assignment]

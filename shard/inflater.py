@@ -25,7 +25,13 @@ _SHRINK_ABOVE = 64 * 1024
 
 
 class InflateError(Exception):
-    """The compressed stream is corrupt (the connection must be replaced)."""
+    """The compressed stream is corrupt (the connection must be replaced).
+
+    `inflated`: from `feed_whole`, the messages of the run that inflated before the corrupt one."""
+
+    def __init__(self, message: str, inflated: list[bytes] | None = None) -> None:
+        super().__init__(message)
+        self.inflated: list[bytes] = inflated if inflated is not None else []
 
 
 class Inflater(Protocol):
@@ -34,6 +40,10 @@ class Inflater(Protocol):
 
     def feed(self, data: bytes | memoryview) -> bytes | None:
         """One WebSocket message in; a complete gateway message out, or None while it is incomplete."""
+
+    def feed_whole(self, messages: list[bytes]) -> list[bytes]:
+        """A run of WebSocket messages that each hold one whole gateway message, inflated in one C loop.
+        On a corrupt stream, InflateError with the outputs before the corrupt message in `inflated`."""
 
     @property
     def capacity(self) -> int:
@@ -91,12 +101,12 @@ class ZlibInflater:
         return out
 
     def feed_whole(self, messages: list[bytes]) -> list[bytes]:
-        """Inflate a run of whole messages (each ends with 00 00 ff ff; nothing is buffered) in one C loop.
-        On a corrupt stream, InflateError: the outputs of the run are lost with the connection."""
+        """See `Inflater.feed_whole`; here each message must end with 00 00 ff ff, with nothing buffered."""
+        out: list[bytes] = []
         try:
-            out = list(map(self._d.decompress, messages))
+            out.extend(map(self._d.decompress, messages))  # keeps what inflated if one fails
         except self._error as exc:
-            raise InflateError(f"zlib-stream is corrupt: {exc}") from None
+            raise InflateError(f"zlib-stream is corrupt: {exc}", out) from None
         self.bytes_in += sum(map(len, messages))
         self.bytes_out += sum(map(len, out))
         return out
@@ -128,6 +138,17 @@ class ZstdInflater:
             return None
         self.bytes_out += len(out)
         return out
+
+    def feed_whole(self, messages: list[bytes]) -> list[bytes]:
+        """See `Inflater.feed_whole` (a message that yields no output yet is left out)."""
+        out: list[bytes] = []
+        try:
+            out.extend(map(self._d.decompress, messages))
+        except _zstd.ZstdError as exc:
+            raise InflateError(f"zstd-stream is corrupt: {exc}", [o for o in out if o]) from None
+        self.bytes_in += sum(map(len, messages))
+        self.bytes_out += sum(map(len, out))
+        return out if all(out) else [o for o in out if o]
 
     @property
     def capacity(self) -> int:

@@ -31,25 +31,15 @@ class Envelope(msgspec.Struct, gc=False):
     d: msgspec.Raw = _NULL
 
 
-class Message(msgspec.Struct, gc=False):
-    """The gateway envelope with `d` decoded in the same pass (to JSON values)."""
-
-    op: int
-    t: str | None = None
-    s: int | None = None
-    d: object = None
-
-
 class PayloadDecoder:
     """Envelope scan and `d` decoding for one shard's settings."""
 
-    __slots__ = ("backend", "_env", "_one", "_default", "_typed", "_types")
+    __slots__ = ("backend", "_env", "_default", "_typed", "_types")
 
     def __init__(self, backend: Literal["msgspec", "json"] = "msgspec",
                  types: Mapping[str, type[msgspec.Struct]] | None = None) -> None:
         self.backend = backend
         self._env = msgspec.json.Decoder(Envelope)
-        self._one = msgspec.json.Decoder(Message)
         self._default = msgspec.json.Decoder()
         self._types: dict[str, type[msgspec.Struct]] = {}
         self._typed: dict[str, msgspec.json.Decoder] = {}
@@ -66,23 +56,20 @@ class PayloadDecoder:
         """True when some event types decode into registered Structs."""
         return bool(self._types)
 
-    def message(self, payload: bytes) -> Message | Envelope:
-        """Envelope and `d` in one pass (the fastest way to decode every event)."""
-        if self.backend == "msgspec":
-            return self._one.decode(payload)
-        return self.envelope(payload)
-
     def envelope(self, payload: bytes) -> Envelope:
         """op, t and s of a payload; `d` stays raw with msgspec, or is decoded with the json backend."""
         if self.backend == "msgspec":
             return self._env.decode(payload)
         try:
             obj = _json.loads(payload)
-        except ValueError as exc:
-            raise DecodeError(str(exc)) from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("op"), int):
+        except (ValueError, RecursionError) as exc:
+            raise DecodeError(f"JSON is malformed: {exc}") from None
+        if not isinstance(obj, dict) or type(obj.get("op")) is not int:
             raise DecodeError("payload is not a gateway envelope")
-        env = Envelope(obj["op"], obj.get("t"), obj.get("s"))
+        t, s = obj.get("t"), obj.get("s")
+        if (t is not None and type(t) is not str) or (s is not None and type(s) is not int):
+            raise DecodeError("the envelope's t must be a string and s an integer")
+        env = Envelope(obj["op"], t, s)
         env.d = obj.get("d")  # type: ignore[assignment]  # decoded already
         return env
 

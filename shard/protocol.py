@@ -437,9 +437,8 @@ class GatewayProtocol:
         inflater = self.inflater
         inflate = inflater.feed if inflater is not None else None
         on_payload = self._on_payload
-        zlib_inf = inflater if type(inflater) is ZlibInflater else None
-        # zlib-stream binary frames outside a fragmented message are collected into `run`.
-        fast = zlib_inf is not None and self._frag is None
+        # Compressed binary frames outside a fragmented message are collected into `run`.
+        fast = inflater is not None and self._frag is None
         run: list[bytes] = []
         room = min(stop_at - len(events), _RUN)
         try:
@@ -513,7 +512,7 @@ class GatewayProtocol:
                                     on_payload(self._uncompressed_binary(mv[start:end]))
                             else:
                                 self._on_frame(b0, mv[start:end])
-                            fast = zlib_inf is not None and self._frag is None
+                            fast = inflater is not None and self._frag is None
                         if self._halt:
                             self._drop_inbox()
                             return
@@ -542,15 +541,15 @@ class GatewayProtocol:
             self._compression_error(str(exc))
 
     def _run(self, run: list[bytes]) -> None:
-        """Inflate, decode and queue a run of zlib-stream frames, in order, and empty `run`.
+        """Inflate, decode and queue a run of compressed frames, in order, and empty `run`.
 
-        The usual run is whole messages (each ends with 00 00 ff ff, nothing buffered) that all decode as
-        dispatches: inflated, decoded, counted and queued by C loops. A corrupt stream loses the run with
-        the connection: nothing of it was queued and the sequence did not move, so the Resume replays it.
-        Anything else in a run (a message split across frames, a control opcode, READY, a payload that
-        does not decode) sends the run through the full path, message by message."""
-        inflater: ZlibInflater = self.inflater  # type: ignore[assignment]
-        if inflater._buf or not all(map(bytes.endswith, run, _SUFFIXES)):
+        The usual run is whole messages (with zlib-stream: each ends with 00 00 ff ff, nothing buffered)
+        that all decode as dispatches: inflated, decoded, counted and queued by C loops. Anything else in
+        a run (a zlib message split across frames, a control opcode, READY, a payload that does not
+        decode) sends it through the full path, message by message. On a corrupt stream, the messages
+        before the corrupt one are handled, then the error is raised."""
+        inflater = self.inflater
+        if type(inflater) is ZlibInflater and (inflater._buf or not all(map(bytes.endswith, run, _SUFFIXES))):
             on_payload, feed = self._on_payload, inflater.feed
             for frame in run:
                 out = feed(frame)
@@ -560,7 +559,12 @@ class GatewayProtocol:
                         break
             run.clear()
             return
-        outs = inflater.feed_whole(run)
+        try:
+            outs = inflater.feed_whole(run)  # type: ignore[union-attr]
+        except InflateError as exc:
+            run.clear()
+            self._each(exc.inflated)
+            raise
         run.clear()
         if not self._lazy:
             try:
@@ -578,7 +582,10 @@ class GatewayProtocol:
                             self.sequence = ev.seq
                             break
                     return
-        # A run with a control opcode, READY/RESUMED or a bad payload in it (rare): message by message.
+        self._each(outs)  # a control opcode, READY/RESUMED or a bad payload in the run (rare)
+
+    def _each(self, outs: list[bytes]) -> None:
+        """The full path for each message, in order, until one halts the connection."""
         on_payload = self._on_payload
         for out in outs:
             on_payload(out)

@@ -492,5 +492,71 @@ def test_dispatches_are_events_that_encode_with_the_wire_names() -> None:
     feed(p, w.msg(dispatch(2, content="hi")))
     event, = drain(p)
     assert isinstance(event, Event) and type(event) is Dispatch
-    assert json.loads(msgspec.json.encode(event)) == {"t": "MESSAGE_CREATE", "s": 2, "d": {"content": "hi"}}
+    assert json.loads(msgspec.json.encode(event)) == {"op": 0, "t": "MESSAGE_CREATE", "s": 2, "d": {"content": "hi"}}
     assert json.loads(msgspec.json.encode(Event("X", None, None))) == {"t": "X", "s": None, "d": None}
+
+
+def test_a_corrupt_frame_right_after_ready_keeps_the_session() -> None:
+    """Messages of a run that inflated before the corrupt one are still handled: READY's session survives."""
+    p, w, now = make()
+    outcomes: list[bool] = []
+    p.on_identified = outcomes.append
+    feed(p, w.msg(HELLO))
+    p.identify()
+    drain(p)
+    feed(p, w.msg(READY) + w.msg(dispatch(2)) + frame(b"\xff\xff\xff\xff\x00\x00\xff\xff"))
+    items = drain(p)
+    assert [getattr(i, "type", None) for i in items[:2]] == ["READY", "MESSAGE_CREATE"]
+    assert isinstance(items[2], GatewayError) and items[2].kind is ErrorKind.COMPRESSION
+    assert outcomes == [True] and p.session == Session("sess", 2)
+    p.connection_lost()
+    assert p.session == Session("sess", 2) and p.resume_url == "ws://resume/"  # the next connection resumes
+
+
+def test_a_message_with_t_but_another_opcode_is_not_a_dispatch() -> None:
+    p, w, now = make()
+    identify_and_ready(p, w)
+    sent(p)
+    drain(p)
+    feed(p, w.msg(dispatch(2)) + w.msg({"op": 1, "t": "MESSAGE_CREATE", "s": 5, "d": None}) + w.msg(dispatch(3)))
+    assert [(e.type, e.seq) for e in drain(p)] == [("MESSAGE_CREATE", 2), ("GATEWAY_HEARTBEAT", None),
+                                                   ("MESSAGE_CREATE", 3)]
+    (op, body), = sent(p)  # the heartbeat request was answered
+    assert json.loads(body) == {"op": 1, "d": 2} and p.sequence == 3
+
+
+def test_json_decoder_rejects_bad_envelope_types_and_deep_nesting() -> None:
+    p, w, now = make(decoder="json")
+    identify_and_ready(p, w)
+    drain(p)
+    feed(p, w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": "7", "d": {}}))
+    feed(p, frame(w.c.compress(b"[" * 100000 + b"]" * 100000) + w.c.flush(zlib.Z_SYNC_FLUSH)))
+    feed(p, w.msg(dispatch(8)))
+    items = drain(p)
+    assert [i.kind for i in items[:2]] == [ErrorKind.DESERIALIZING] * 2
+    assert (items[2].type, items[2].seq) == ("MESSAGE_CREATE", 8) and p.sequence == 8
+
+
+def test_zstd_stream_runs_keep_order_and_a_corrupt_frame_keeps_what_came_before() -> None:
+    import zstandard
+
+    p, _, now = make(compression="zstd-stream")
+    c = zstandard.ZstdCompressor().compressobj()
+
+    def zmsg(obj: object) -> bytes:
+        data = json.dumps(obj, separators=(",", ":")).encode()
+        return frame(c.compress(data) + c.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+
+    feed(p, zmsg(HELLO))
+    p.identify()
+    feed(p, zmsg(READY) + b"".join(zmsg(dispatch(i, n=i)) for i in range(2, 80))
+         + zmsg({"op": 11, "d": None, "s": None, "t": None}) + zmsg(dispatch(80)))
+    items = drain(p)
+    assert [(e.type, e.seq) for e in items[:2]] == [("GATEWAY_HELLO", None), ("READY", 1)]
+    assert [e.seq for e in items[2:80]] == list(range(2, 80)) and [e.data["n"] for e in items[2:80]] == list(range(2, 80))
+    assert [(e.type, e.seq) for e in items[80:]] == [("GATEWAY_HEARTBEAT_ACK", None), ("MESSAGE_CREATE", 80)]
+    feed(p, zmsg(dispatch(81)) + frame(b"\xde\xad\xbe\xef" * 4))
+    items = drain(p)
+    assert (items[0].type, items[0].seq) == ("MESSAGE_CREATE", 81)
+    assert isinstance(items[1], GatewayError) and items[1].kind is ErrorKind.COMPRESSION
+    assert p.sequence == 81 and p.inflater is not None and p.inflater.bytes_out > 0
