@@ -22,6 +22,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install -q -e ".[bench]"
 	$(BIN)/python bench/shard_throughput.py
+	$(BIN)/python bench/shard_hotpath.py
 	$(BIN)/python bench/cluster_bench.py
 	$(BIN)/python bench/sim_capacity.py
 
