@@ -16,7 +16,6 @@ the per-round ratios. The feeding uses the Shard's private `_conn`, `_wait` and 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import platform
 import statistics
 import sys
@@ -112,7 +111,7 @@ def main() -> None:
     ap.add_argument("--no-write", action="store_true", help="print only")
     args = ap.parse_args()
     ours, ceil, sizes = gateway.run(measure(args.rounds, args.seconds))
-    ratios = [o / c for o, c in zip(ours, ceil)]
+    ratios = [o / c for o, c in zip(ours, ceil, strict=True)]
     lines = [
         "# Shard receive hot path (no socket) vs the decode ceiling",
         "",

@@ -81,7 +81,7 @@ def build(spec: list[tuple[str, str, int, bool]]) -> tuple[bytes, list[tuple[str
             continue
         z = c.compress(raw) + c.flush(zlib.Z_SYNC_FLUSH)
         cuts = sorted({len(z) * k // (split + 1) for k in range(1, split + 1)} - {0}) if len(z) > 8 else []
-        pieces = [z[a:b] for a, b in zip([0, *cuts], [*cuts, len(z)])]
+        pieces = [z[a:b] for a, b in zip([0, *cuts], [*cuts, len(z)], strict=True)]
         if any(p.endswith(SUFFIX) for p in pieces[:-1]):
             pieces = [z]
         out.extend(ws_message(p, 2, fragment) for p in pieces)
