@@ -47,6 +47,9 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     budget_pace_below: int | None = None
     """Below this many identifies left, space them out until the reset. None: 2 x the margin."""
     state_file: str = "cluster-state.json"
+    state_save_interval: float = 5.0
+    """Seconds between saves of the sessions while running (a killed supervisor resumes from the last
+    one); 0 saves only at shutdown."""
     fresh: bool = False
     """Ignore the state file: identify every shard."""
     session_ttl: float = 120.0
@@ -86,6 +89,8 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name in ("identify_window", "ipc_heartbeat_interval", "report_interval", "session_ttl"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be > 0")
+        if self.state_save_interval < 0:
+            problems.append("state_save_interval must be >= 0 (0: save only at shutdown)")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -112,7 +117,9 @@ HELP: dict[str, str] = {
     "identify_hold_timeout": "seconds an identify slot is held waiting for READY or INVALID_SESSION",
     "budget_reserve": "identifies never spent: the safety margin (default: the shard count, at most 5%% of the daily total)",
     "budget_pace_below": "below this many identifies left, space them out until the reset (default: 2x the margin)",
-    "state_file": "where SIGTERM saves sessions so that the next start resumes them",
+    "state_file": "where sessions are saved (at shutdown and while running) so that the next start resumes them",
+    "state_save_interval": "seconds between saves of the sessions while running, so that a killed supervisor's "
+                           "successor resumes them (0: only at shutdown)",
     "fresh": "ignore the state file and identify every shard",
     "session_ttl": "seconds a saved session is considered resumable",
     "http_host": "interface of /metrics, /healthz, /readyz and /status",

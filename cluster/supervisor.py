@@ -139,6 +139,9 @@ class Supervisor:
         self._stop: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._sessions_version = 0       # bumped by every session report; the state file has `_saved_version`
+        self._saved_version = 0
+        self._state_error: str | None = None
         self._reapers: set[asyncio.Future[Any]] = set()  # never cancelled: they confirm exits
         self._handles: set[WorkerHandle] = set()  # every worker ever started, for the shutdown
         self._stop_early = False
@@ -294,6 +297,8 @@ class Supervisor:
         self._spawn_task(self._heartbeat_loop())
         self._spawn_task(self._health_loop())
         self._spawn_task(self._budget_refresh_loop())
+        if cfg.state_save_interval > 0:
+            self._spawn_task(self._state_loop(cfg.state_save_interval))
         for wid, r in enumerate(ranges):
             self._spawn_task(self._bring_up(wid, r, RestartPolicy(
                 f"worker {wid}", min_alive=cfg.restart_min_alive, max_failures=cfg.restart_max_failures,
@@ -457,6 +462,7 @@ class Supervisor:
             case SessionReport(sessions=sessions):
                 for info in sessions:
                     self.sessions[info.shard_id] = info
+                self._sessions_version += 1
             case Pong(nonce=nonce):
                 if handle.heartbeat is not None:
                     handle.heartbeat.pong(nonce, now)
@@ -480,6 +486,7 @@ class Supervisor:
             case Drained(sessions=sessions):
                 for info in sessions:
                     self.sessions[info.shard_id] = info
+                self._sessions_version += 1
                 if not handle.drained.done():
                     handle.drained.set_result(None)
             case Request():
@@ -631,6 +638,27 @@ class Supervisor:
             assert self.coordinator is not None
             self.coordinator.budget.refresh(limit.total, limit.remaining, limit.reset_after / 1000, time.monotonic())
 
+    async def _state_loop(self, every: float) -> None:
+        """Save the sessions while running, so that a supervisor killed without SIGTERM (OOM, kill -9,
+        a host crash) is followed by one that resumes them: its workers close their shards resumably."""
+        while True:
+            await asyncio.sleep(every)
+            if self.sessions and self._sessions_version != self._saved_version:
+                self._save_state()
+
+    def _save_state(self) -> bool:
+        """Write the known sessions to the state file (atomically). A failure is logged once per reason."""
+        version = self._sessions_version
+        try:
+            save_sessions(self.config.state_file, self.shard_total, list(self.sessions.values()))
+        except OSError as exc:
+            if str(exc) != self._state_error:
+                log.error("could not write the state file %s: %s", self.config.state_file, exc)
+            self._state_error = str(exc)
+            return False
+        self._saved_version, self._state_error = version, None
+        return True
+
     # --- rolling restart and shutdown --------------------------------------------------------
 
     async def _rolling_restart(self) -> None:
@@ -701,11 +729,9 @@ class Supervisor:
         handles = [w for w in self._handles if w.pid is not None and not w.exited.done()]
         await asyncio.gather(*(self._drain(w) for w in handles))
         if self.sessions and self.shard_total:
-            try:
-                save_sessions(self.config.state_file, self.shard_total, list(self.sessions.values()))
+            self._state_error = None  # the final save reports its failure even if a periodic one did
+            if self._save_state():
                 log.info("saved %d sessions to %s", len(self.sessions), self.config.state_file)
-            except OSError as exc:
-                log.error("could not write the state file %s: %s", self.config.state_file, exc)
         server = getattr(self, "http_server", None)
         if server is not None:
             server.close()

@@ -1,9 +1,11 @@
 """The issue's acceptance tests: a real supervisor, real worker processes, the strict simulator."""
 
 import asyncio
+import json
 import os
 import signal
 import sys
+import time
 
 from cluster_testing import running, until
 
@@ -81,6 +83,64 @@ async def test_sigterm_then_restart_resumes_every_shard_from_state_file(sim, tmp
         second.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(second.communicate(), 30)
     assert second.returncode == 0, err.decode()
+    assert all(r["lost"] == 0 for r in sim.stats.snapshot()["sessions"].values())
+
+
+def children(pid):
+    """Live child processes of ``pid`` (from /proc; zombies count as gone)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_supervisor_killed_with_sigkill_is_followed_by_one_that_resumes(sim, tmp_path):
+    """kill -9 of the supervisor itself (no SIGTERM, no final save): its workers close their shards
+    resumably and exit, and the state file it kept saving lets the next supervisor resume every session."""
+    state = tmp_path / "state.json"
+    env = {**os.environ, "DISCORD_TOKEN": sim.token}
+    first = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cluster", "run", "--handler", "cluster.example:ExampleHandler", "--workers", "4",
+        "--gateway-url", sim.url, "--api-url", sim.api_url, "--identify-window", "1", "--state-file", str(state),
+        "--state-save-interval", "0.2", "--report-interval", "0.2", "--http-port", "0", "--no-status-line",
+        "--log-level", "WARNING", env=env)
+    try:
+        await sim.wait_until(lambda s: sum(1 for r in s["sessions"].values() if r["state"] == "active") == 16, 30)
+        deadline = time.monotonic() + 20
+        while True:  # the running supervisor has saved all 16 sessions
+            try:
+                if len(json.loads(state.read_bytes())["sessions"]) == 16:
+                    break
+            except (OSError, ValueError):
+                pass
+            assert time.monotonic() < deadline, "no state file with 16 sessions"
+            await asyncio.sleep(0.05)
+        workers = children(first.pid)  # the 4 workers (and multiprocess's helper process, if any)
+        assert len(workers) >= 4
+    finally:
+        first.kill()
+        await first.wait()
+    await sim.wait_until(lambda s: not any(r["state"] == "active" for r in s["sessions"].values()), 30)
+    await until(lambda: not any(map(alive, workers)), what="every process of the killed supervisor to exit")
+    async with running(sim, "cluster.example:ExampleHandler", tmp_path, workers=4) as (sup, task):
+        snap = await sim.wait_until(lambda s: s["total"]["resumes"] == 16 and all(
+            r["state"] == "active" for r in s["sessions"].values()), 30)
+        assert snap["total"]["identifies"] == 16 and snap["total"]["concurrency_violations"] == 0
     assert all(r["lost"] == 0 for r in sim.stats.snapshot()["sessions"].values())
 
 

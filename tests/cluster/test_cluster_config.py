@@ -26,6 +26,7 @@ def test_env_values_are_parsed_and_none_words_mean_default():
     ({"workers": 0}, {}, None, "workers must be >= 1"),
     ({"handler": "nocolon"}, {}, None, "module:attribute"),
     ({"compression": "gzip"}, {}, None, "compression must be"),
+    ({"state_save_interval": -1.0}, {}, None, "state_save_interval must be >= 0"),
 ])
 def test_clear_errors(tmp_path, flags, env, text, match):
     file = None
