@@ -24,6 +24,8 @@ class Event(msgspec.Struct, frozen=True, gc=False, rename=_WIRE_NAMES):
     - `data`: the decoded `d` (a CloseFrame for GATEWAY_CLOSE).
 
     `msgspec.json.encode(event)` gives the gateway's own field names: `{"t": ..., "s": ..., "d": ...}`.
+    Events are immutable and, to stay cheap, not tracked by the cycle collector (msgspec `gc=False`):
+    never put an event inside its own `data`.
     """
 
     type: str
