@@ -18,6 +18,8 @@ Tiers (events/s counted by the client over the window, after READY and a warm-up
   bare     - transport + inflate + full JSON decode of every dispatch, nothing else
              ours: `await shard.next_event()` in a loop; discord.py: parser replaced by a counter
              (max_messages=None); hikari: standalone GatewayShardImpl counting consume_raw_event
+  raw      - ours only: `await shard.next_message()`, the text of every message for forwarding (only the
+             envelope is scanned; no target, shown for gateway-proxy style users)
   ceiling  - inflate + msgspec decode of the same frames (recorded from the same flood) in a tight loop,
              no network, no event loop: zlib-ng (our default backend) and stock zlib; measured every round
 Peers are pinned to zlib-stream (discord.py would switch to zstd-stream because `zstandard` is installed).
@@ -75,7 +77,7 @@ async def emit_rate(count: Callable[[], int], warmup: float, seconds: float) -> 
 # Clients (each runs in its own process: `shard_throughput.py --client NAME --port P --seconds S`)
 # ---------------------------------------------------------------------------------------------------
 
-def client_ours(port: int, seconds: float, warmup: float, handler_tier: bool) -> None:
+def client_ours(port: int, seconds: float, warmup: float, tier: str) -> None:
     sys.path.insert(0, str(ROOT))
     import shard as gateway
     from shard import Config, Intents, Shard, ShardId
@@ -98,7 +100,7 @@ def client_ours(port: int, seconds: float, warmup: float, handler_tier: bool) ->
         end = start + seconds
         c0 = None
         cpu0 = 0.0
-        if handler_tier:
+        if tier == "handler":
             async for event in shard:
                 await handler(event)
                 if not count & 1023:
@@ -107,8 +109,8 @@ def client_ours(port: int, seconds: float, warmup: float, handler_tier: bool) ->
                         c0, t0, cpu0 = count, now, time.process_time()
                     elif c0 is not None and now >= end:
                         break
-        else:
-            next_event = shard.next_event
+        else:  # bare: every event decoded; raw: the text of every message, for forwarding
+            next_event = shard.next_event if tier == "bare" else shard.next_message
             while True:
                 event = await next_event()
                 count += 1
@@ -382,6 +384,7 @@ def run_client(args: list[str], timeout: float = 240) -> dict[str, object]:
 
 
 CLIENTS = (("shardstack", "handler", "ours-handler"), ("shardstack", "bare", "ours-bare"),
+           ("shardstack", "raw (next_message)", "ours-raw"),
            ("discord.py 2.7.1", "handler", "dpy-handler"), ("discord.py 2.7.1", "bare", "dpy-bare"),
            ("hikari 2.7.0", "handler", "hikari-handler"), ("hikari 2.7.0", "bare", "hikari-bare"))
 
@@ -557,8 +560,8 @@ def main() -> None:
 
     if args.client:
         name = args.client
-        if name in ("ours-handler", "ours-bare"):
-            client_ours(args.port, args.seconds, args.warmup, name == "ours-handler")
+        if name in ("ours-handler", "ours-bare", "ours-raw"):
+            client_ours(args.port, args.seconds, args.warmup, name[5:])
         elif name in ("dpy-handler", "dpy-bare"):
             client_dpy(args.port, args.seconds, args.warmup, name == "dpy-handler")
         elif name in ("hikari-handler", "hikari-bare"):

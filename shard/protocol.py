@@ -62,7 +62,8 @@ RESUME_URL_ATTEMPTS = 3  # failed connects to resume_gateway_url before giving t
 _USER_CLOSE = "user"
 _RUN = 32  # whole zlib-stream messages inflated, then decoded, together (more spills the CPU cache)
 _SUFFIXES = repeat(SYNC_FLUSH_SUFFIX)
-_TYPE = attrgetter("type")
+_TYPE, _SEQ = attrgetter("type"), attrgetter("seq")   # of a Dispatch
+_T, _S, _OP = attrgetter("t"), attrgetter("s"), attrgetter("op")   # of an Envelope
 
 try:
     from _collections import _count_elements  # C: counts[x] += 1 for x in iterable (what Counter uses)
@@ -86,6 +87,7 @@ class GatewayProtocol:
         self._wanted: frozenset[str] | None = None if is_all(config.event_types) else names_for_flags(
             config.event_types)
         self._lazy = False
+        self.raw_mode = False            # the consumer reads raw messages: `d` is only decoded on demand
         self._counts = self.metrics.events
         self.decoding_changed()
         self.backoff = Backoff(config.backoff_base, config.backoff_max, rand)
@@ -134,12 +136,21 @@ class GatewayProtocol:
 
     def decoding_changed(self) -> None:
         """Pick the decode strategy. Every event wanted, no Struct registered: envelope and `d` in one pass.
-        Otherwise: scan the envelope with `d` left raw (unwanted events are never decoded) and decode `d`
-        in the consumer, with its registered Struct if any."""
-        self._lazy = self._wanted is not None or self.decoder.typed or self.decoder.backend != "msgspec"
+        Otherwise (an event filter, registered Structs, the json backend, or `raw_mode`): scan the envelope
+        with `d` left raw (unwanted events are never decoded) and decode `d` in the consumer, with its
+        registered Struct if any, only if it asks for an Event."""
+        self._lazy = (self._wanted is not None or self.decoder.typed or self.decoder.backend != "msgspec"
+                      or self.raw_mode)
         self._env_decode = self.decoder.envelope
         self._decode_all = msgspec.json.Decoder().decode
-        self._decode_dispatch = msgspec.json.Decoder(Dispatch).decode
+        # How a run of messages is decoded in one C loop: into Dispatch events, or into Envelopes with `d`
+        # left raw; None (an event filter or the json backend): message by message.
+        self._batch: tuple[Callable[[bytes], Dispatch | Envelope], Callable[..., str | None],
+                           Callable[..., int | None]] | None = None
+        if not self._lazy:
+            self._batch = (msgspec.json.Decoder(Dispatch).decode, _TYPE, _SEQ)
+        elif self._wanted is None and self.decoder.backend == "msgspec":
+            self._batch = (self._env_decode, _T, _S)
         self._on_payload = self._on_payload_lazy if self._lazy else self._on_payload_eager  # type: ignore[method-assign]
 
     @property
@@ -566,20 +577,25 @@ class GatewayProtocol:
             self._each(exc.inflated)
             raise
         run.clear()
-        if not self._lazy:
+        batch = self._batch
+        if batch is not None:
+            decode, get_type, get_seq = batch
             try:
-                decoded = list(map(self._decode_dispatch, outs))
+                decoded = list(map(decode, outs))
             except (DecodeError, msgspec.ValidationError):
                 decoded = None  # reported message by message below
             if decoded is not None:
-                types = list(map(_TYPE, decoded))
-                if None not in types and _SESSION_EVENTS.isdisjoint(types):  # dispatches only
+                types = list(map(get_type, decoded))
+                # Dispatches only (a Dispatch is tagged op 0; an Envelope's op is checked here).
+                if (None not in types and _SESSION_EVENTS.isdisjoint(types)
+                        and (get_type is _TYPE or not any(map(_OP, decoded)))):
                     self.events.extend(decoded)
                     self.raws.extend(outs)
                     _count_elements(self._counts, types)
                     for ev in reversed(decoded):
-                        if ev.seq is not None:
-                            self.sequence = ev.seq
+                        s = get_seq(ev)
+                        if s is not None:
+                            self.sequence = s
                             break
                     return
         self._each(outs)  # a control opcode, READY/RESUMED or a bad payload in the run (rare)

@@ -230,9 +230,14 @@ class Shard:
     async def next_message(self) -> str | CloseFrame:
         """The next raw message: the decompressed JSON text, or a CloseFrame when a connection closed.
 
-        Only messages selected by `event_types` are kept. Raises GatewayError like `next_event`.
+        Only messages selected by `event_types` are kept. Raises GatewayError like `next_event`. From the
+        first call on, `d` is no longer decoded up front (only the envelope is scanned): a later
+        `next_event` still works, and decodes `d` then.
         """
         p = self._protocol
+        if not p.raw_mode:
+            p.raw_mode = True
+            p.decoding_changed()
         q = p.events
         while True:
             if q:

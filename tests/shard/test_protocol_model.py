@@ -20,7 +20,7 @@ from test_protocol import frame, make
 SUFFIX = b"\x00\x00\xff\xff"
 TYPES = ("MESSAGE_CREATE", "TYPING_START", "GUILD_CREATE")
 KINDS = ("dispatch", "dispatch", "dispatch", "dispatch", "big", "ack", "ready", "resumed", "bad_json", "not_object",
-         "ping", "heartbeat_request", "text")
+         "ping", "heartbeat_request", "odd_heartbeat_request", "text")
 
 
 class Author(msgspec.Struct):
@@ -34,6 +34,7 @@ CONFIGS = {
     "json decoder": ({"decoder": "json"}, None),
     "registered struct": ({"event_structs": {"MESSAGE_CREATE": Author}}, None),
     "event filter": ({"event_types": FILTER}, names_for_flags(int(FILTER))),
+    "raw mode": ({}, None),  # what next_message switches on: envelopes only, `d` decoded on demand
 }
 
 traffic = st.lists(st.tuples(st.sampled_from(KINDS), st.sampled_from(TYPES),
@@ -70,8 +71,9 @@ def build(spec: list[tuple[str, str, int, bool]]) -> tuple[bytes, list[tuple[str
                 d = {"session_id": "s", "resume_gateway_url": "ws://resume/", "v": 10, "user": {"id": "1"}, "guilds": []}
             raw = json.dumps({"op": 0, "t": t, "s": seq, "d": d}, separators=(",", ":")).encode()
             model.append((t, seq, raw))
-        elif kind in ("ack", "heartbeat_request"):
-            raw = json.dumps({"op": 11 if kind == "ack" else 1, "d": None, "s": None, "t": None}).encode()
+        elif kind in ("ack", "heartbeat_request", "odd_heartbeat_request"):
+            odd = kind == "odd_heartbeat_request"  # carries a `t`, yet op 1 makes it no dispatch
+            raw = json.dumps({"op": 11 if kind == "ack" else 1, "d": None, "s": None, "t": t if odd else None}).encode()
             model.append(("GATEWAY_HEARTBEAT_ACK" if kind == "ack" else "GATEWAY_HEARTBEAT", None, raw))
         else:
             raw = b'{"op":0,"t":"MESSAGE_CREATE","s":,' if kind == "bad_json" else b"[1,2,3]"
@@ -123,6 +125,9 @@ def test_any_traffic_any_reads_any_budgets_come_out_as_the_model_says(config, sp
     options, wanted = CONFIGS[config]
     stream, model = build(spec)
     p, _, _ = make(**options)
+    if config == "raw mode":
+        p.raw_mode = True
+        p.decoding_changed()
     got: list[tuple[str | None, int | None, bytes | None]] = []
     pos = i = 0
     while pos < len(stream):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from typing import Any
 
@@ -593,6 +594,25 @@ async def test_next_message_returns_raw_text_and_close_frames(shards) -> None:
         await call(sim.close(0, 4000))
         frame = await asyncio.wait_for(shard.next_message(), 5)
         assert frame == CloseFrame(4000, "closed by chaos control")
+
+
+async def test_next_message_forwards_the_stream_exactly_and_next_event_still_decodes(shards) -> None:
+    """A forwarding consumer gets every message's exact text (in raw mode `d` is not decoded up front);
+    switching back to next_event still gives decoded events."""
+    async with Simulator(**{**FAST, "events_per_second": 400.0}) as sim:
+        shard = shards(sim)
+        first = await asyncio.wait_for(shard.next_event(), 5)  # GATEWAY_HELLO, decoded as usual
+        assert first.type == "GATEWAY_HELLO"
+        texts = [await asyncio.wait_for(shard.next_message(), 5) for _ in range(200)]
+        payloads = [json.loads(t) for t in texts]
+        seqs = [p["s"] for p in payloads if p["op"] == 0]
+        assert payloads[0]["t"] == "READY" and seqs == list(range(1, len(seqs) + 1)) and len(seqs) > 150
+        assert any(p["t"] == "MESSAGE_CREATE" and isinstance(p["d"]["content"], str) for p in payloads)
+        event = await asyncio.wait_for(shard.next_event(), 5)
+        while event.seq is None:
+            event = await asyncio.wait_for(shard.next_event(), 5)
+        assert event.seq == seqs[-1] + 1 and isinstance(event.data, dict) and event.data["id"]
+        assert shard.session is not None and shard.session.sequence >= event.seq
 
 
 # ---- sessions across processes -------------------------------------------------------------------
