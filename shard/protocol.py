@@ -9,11 +9,14 @@ Receive path: `receive_data` only buffers; `process(budget)` then parses WebSock
 decodes and queues items (`events`, with each item's raw message in `raws`) until `budget` more are
 queued. The driver lets the consumer call it a few frames at a time, so messages go inflate -> decode ->
 consumer while they are still in the CPU cache; control opcodes are handled as they are reached.
-Whole zlib-stream messages are handled in runs (`_run`): inflate the run in one C loop, then decode it in
-one C loop, which keeps each library's code and tables hot. With every event wanted, each message is
-decoded in one msgspec pass straight into a `Dispatch` (the Event itself); with an event filter or
-registered Structs, only the envelope is scanned (`d` stays raw) and `d` is decoded by the consumer, so
-unwanted events are never decoded.
+Compressed messages are handled in runs (`_run`, up to 32): inflate the run in one C loop, then decode
+it in one C loop, which keeps each library's code and tables hot; a run of plain dispatches is counted
+and queued without a Python step per message. With every event wanted, each message is decoded in one
+msgspec pass straight into a `Dispatch` (the Event itself). With registered Structs, or once the
+consumer reads raw messages (`raw_mode`), only the envelope is scanned (`d` stays raw) and `d` is decoded
+by the consumer if it asks for an Event. With an event filter, messages go one by one and unwanted events
+are never decoded. Anything unusual in a run (a control opcode, READY, a bad payload, a zlib message
+split across frames) takes the full path, message by message, in order.
 """
 
 from __future__ import annotations
