@@ -18,8 +18,8 @@ log = logging.getLogger(__name__)
 class LoopWatchdog:
     """Counts and logs episodes of the loop being blocked for more than ``threshold`` seconds.
 
-    ``current`` may be set by the caller to say what is running (e.g. "handler on_event for
-    MESSAGE_CREATE on shard 3"); it is included in the report.
+    ``current`` may be set by the caller to say what is running: a string, or an (event type, shard id)
+    pair for a handler's on_event (set per event, so it is formatted only when a block is reported).
     """
 
     def __init__(self, threshold: float = 0.5, tick: float = 0.1) -> None:
@@ -27,7 +27,7 @@ class LoopWatchdog:
         self.tick = tick
         self.blocked = 0
         self.max_lag = 0.0
-        self.current = ""
+        self.current: str | tuple[str, int] | None = None
         self._last_tick = time.monotonic()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -70,8 +70,10 @@ class LoopWatchdog:
             self.blocked += 1
             frame = sys._current_frames().get(self._main)
             where = "".join(traceback.format_stack(frame)[-8:]) if frame else "?"
-            if self.current:
+            current = self.current
+            if current:
+                what = f"handler on_event({current[0]}) for shard {current[1]}" if isinstance(current, tuple) else current
                 log.warning("event loop blocked for %.1f s in %s; a handler must not block "
-                            "(use await or run_in_executor). Main thread at:\n%s", stalled, self.current, where)
+                            "(use await or run_in_executor). Main thread at:\n%s", stalled, what, where)
             else:
                 log.warning("event loop blocked for %.1f s (not in a handler). Main thread at:\n%s", stalled, where)

@@ -16,7 +16,6 @@ import os
 import signal
 import sys
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,7 +74,7 @@ class Worker:
         self.shards: dict[int, Any] = {}
         self.runners: dict[int, asyncio.Task[None]] = {}
         self.shard_total = 0
-        self.events: dict[int, Counter[str]] = {}
+        self.events: dict[int, dict[str, int]] = {}  # per shard: events by type since the last report
         self.last_event: dict[int, float] = {}
         self.assigned_session: dict[int, bool] = {}
         self.was_ready: dict[int, bool] = {}
@@ -236,7 +235,7 @@ class Worker:
 
     def _start_shard(self, a: Assignment) -> None:
         self.assigned_session[a.shard_id] = a.session is not None
-        self.events.setdefault(a.shard_id, Counter())
+        self.events.setdefault(a.shard_id, {})
         self.shards[a.shard_id] = self._make_shard(a.shard_id, a.session)
 
     async def _run_shard(self, shard_id: int) -> None:
@@ -244,6 +243,7 @@ class Worker:
 
         shard = self.shards[shard_id]
         counts = self.events[shard_id]
+        count = counts.get
         on_event = getattr(self.handler, "on_event", None)
         watchdog = self.watchdog
         clock = time.monotonic
@@ -259,13 +259,13 @@ class Worker:
                 log.warning("shard %d: %s", shard_id, exc)
                 continue
             etype = event.type
-            counts[etype] += 1
+            counts[etype] = count(etype, 0) + 1
             self.last_event[shard_id] = clock()
             if etype == "READY":
                 self.was_ready[shard_id] = True
             if on_event is None:
                 continue
-            watchdog.current = f"handler on_event({etype}) for shard {shard_id}"
+            watchdog.current = (etype, shard_id)  # formatted only if the loop is reported blocked
             try:
                 result = on_event(shard, event)
                 if result is not None and hasattr(result, "__await__"):
@@ -273,7 +273,7 @@ class Worker:
             except Exception:
                 self.handler_errors += 1
                 log.exception("handler failed on %s for shard %d; the shard goes on", etype, shard_id)
-            watchdog.current = ""
+            watchdog.current = None
 
     async def _close_shard(self, shard_id: int, resumable: bool) -> SessionInfo | None:
         from shard import CloseFrame

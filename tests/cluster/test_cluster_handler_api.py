@@ -36,6 +36,7 @@ async def test_handler_gets_events_with_their_shard_survives_errors_and_blocking
     err = capfd.readouterr().err
     assert "handler failed on GUILD_CREATE" in err and "RuntimeError: handler bug" in err
     assert "event loop blocked" in err and "cluster_handlers.py" in err
+    assert "in handler on_event(MESSAGE_CREATE) for shard " in err  # what was running when it blocked
 
 
 async def test_http_endpoints_and_status_cli(sim, tmp_path):
