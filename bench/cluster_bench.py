@@ -1,7 +1,8 @@
-"""Cluster benchmarks (not tests): bring-up vs. the theoretical minimum and vs. hikari, scale, recovery.
+"""Cluster benchmarks (not tests): bring-up vs. the theoretical minimum and vs. hikari, scale, recovery,
+handler throughput.
 
     .venv/bin/python bench/cluster_bench.py                 # all three, writes bench/results/cluster.md
-    .venv/bin/python bench/cluster_bench.py bringup         # or: scale, recovery
+    .venv/bin/python bench/cluster_bench.py bringup         # or: scale, recovery, handler
     .venv/bin/python bench/cluster_bench.py scale --scale-shards 256 --idle 10   # a quicker scale run
 
 The simulator always runs in its own process (``python -m sim``), started as a user would; the
@@ -15,6 +16,9 @@ supervisor runs in this process and its workers in their own processes.
    the workers' CPU per 1,000 idle shards (from /proc), worker RSS.
 3. **Recovery.** kill -9 of one worker (of 4, 16 shards, events flowing) until every one of its shards
    is RESUMED on the simulator; repeated, min/median/max.
+4. **Handler throughput.** One flooded shard (the simulator's replayed zlib-stream flood): events/s that
+   a worker delivers to the example handler, against the Shard alone with a handler
+   (`bench/shard_throughput.py --client ours-handler`) on the same flood, alternating rounds.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ from cluster import ClusterConfig, Supervisor  # noqa: E402
 from sim import DEFAULT_TOKEN  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
+SHARD_BENCH_TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.x.y"
 
 
 class Sim:
@@ -51,7 +56,8 @@ class Sim:
     async def __aenter__(self) -> Sim:
         args = []
         for k, v in self.options.items():
-            args += [f"--{k.replace('_', '-')}", str(v)]
+            flag = f"--{k.replace('_', '-')}"
+            args += [flag] if v is True else [flag, str(v)]
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "sim", "--port", "0", "--quiet", *args, cwd=ROOT,
             stdout=asyncio.subprocess.PIPE, start_new_session=True)
@@ -87,10 +93,10 @@ def proc_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def supervisor(sim: Sim, tmp: str, **options: object) -> Supervisor:
+def supervisor(sim: Sim, tmp: str, token: str = DEFAULT_TOKEN, **options: object) -> Supervisor:
     cfg = ClusterConfig(**{"gateway_url": sim.url, "api_url": sim.api_url, "http_port": None, "fresh": True,
                            "state_file": os.path.join(tmp, "state.json"), "log_level": "WARNING", **options})
-    return Supervisor(cfg, token=DEFAULT_TOKEN, handle_signals=False)
+    return Supervisor(cfg, token=token, handle_signals=False)
 
 
 async def until(pred, timeout: float, what: str, every: float = 0.01, task: asyncio.Task | None = None) -> None:
@@ -210,6 +216,38 @@ async def bench_recovery(reps: int) -> dict:
             "identifies": stats["total"]["identifies"], "lost": stats["total"]["lost"]}
 
 
+async def bench_handler(rounds: int, seconds: float, warmup: float = 1.0) -> dict:
+    from cluster.example import MessageCount
+
+    worker, alone = [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        # the token bench/shard_throughput.py's clients use
+        async with Sim(token=SHARD_BENCH_TOKEN, shards=1, guilds_per_shard=1, flood=True, flood_replay=True,
+                       zlib_level=1, max_concurrency=1, identify_window=0.05, session_limit=100000) as sim:
+            port = sim.url.split(":")[2].split("/")[0]
+            for _ in range(rounds):
+                sup = supervisor(sim, tmp, token=SHARD_BENCH_TOKEN, shards=1, workers=1, identify_window=0.05,
+                                 handler="cluster.example:ExampleHandler")
+                task = asyncio.get_running_loop().create_task(sup.run())
+                await until(lambda: sup.active_shards() == 1, 60, "the shard Active", task=task)
+                await asyncio.sleep(warmup)
+                a, ta = (await sup.broadcast(MessageCount(), timeout=10))[0].value, time.monotonic()
+                await asyncio.sleep(seconds)
+                b, tb = (await sup.broadcast(MessageCount(), timeout=10))[0].value, time.monotonic()
+                worker.append((b - a) / (tb - ta))
+                sup.stop()
+                await task
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, str(ROOT / "bench" / "shard_throughput.py"), "--client", "ours-handler",
+                    "--port", port, "--seconds", str(seconds), "--warmup", str(warmup), cwd=ROOT,
+                    stdout=asyncio.subprocess.PIPE)
+                out, _ = await proc.communicate()
+                line = next(x for x in out.decode().splitlines() if x.startswith("RESULT "))
+                alone.append(json.loads(line[7:])["events_per_s"])
+    return {"rounds": rounds, "seconds": seconds, "worker": statistics.median(worker),
+            "alone": statistics.median(alone), "worker_rounds": worker, "alone_rounds": alone}
+
+
 def report(results: dict) -> str:
     lines = [f"# Cluster benchmarks\n\n{platform.platform()}, Python {platform.python_version()}, "
              f"{os.cpu_count()} CPUs. Command: `.venv/bin/python bench/cluster_bench.py`.\n"]
@@ -242,12 +280,20 @@ def report(results: dict) -> str:
                   f"on the simulator; {r['reps']} runs.", "",
                   "| min | median | max | identifies (total, 16 = none spent) | lost dispatches |", "|---|---|---|---|---|",
                   f"| {r['min']:.2f} s | {r['median']:.2f} s | {r['max']:.2f} s | {r['identifies']} | {r['lost']} |", ""]
+    if h := results.get("handler"):
+        lines += ["## Handler throughput through a worker", "",
+                  f"One shard, the simulator's replayed zlib-stream flood (MESSAGE_CREATE of about 1 KB); "
+                  f"{h['rounds']} alternating rounds of {h['seconds']:g} s, medians.", "",
+                  "| path | events/s |", "|---|---|",
+                  f"| supervisor + 1 worker, `cluster.example:ExampleHandler` (counted over IPC) | {h['worker']:,.0f} |",
+                  f"| the Shard alone, `async for event in shard: await handler(event)` | {h['alone']:,.0f} |", "",
+                  f"The worker delivers {h['worker'] / h['alone']:.0%} of what the bare Shard does.", ""]
     return "\n".join(lines)
 
 
 async def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("which", nargs="*", help="bringup, scale and/or recovery (default: all three)")
+    p.add_argument("which", nargs="*", help="bringup, scale, recovery and/or handler (default: all four)")
     p.add_argument("--scale-shards", type=int, default=1024)
     p.add_argument("--scale-mc", type=int, default=64)
     p.add_argument("--scale-workers", type=int, default=8)
@@ -255,8 +301,8 @@ async def main() -> None:
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--out", default=str(RESULTS / "cluster.md"))
     args = p.parse_args()
-    which = args.which or ["bringup", "scale", "recovery"]
-    if unknown := set(which) - {"bringup", "scale", "recovery"}:
+    which = args.which or ["bringup", "scale", "recovery", "handler"]
+    if unknown := set(which) - {"bringup", "scale", "recovery", "handler"}:
         p.error(f"unknown benchmark(s): {', '.join(sorted(unknown))}")
     results = {}
     if "bringup" in which:
@@ -268,6 +314,9 @@ async def main() -> None:
     if "recovery" in which:
         results["recovery"] = await bench_recovery(args.reps)
         print(json.dumps(results["recovery"]), flush=True)
+    if "handler" in which:
+        results["handler"] = await bench_handler(3, 5.0)
+        print(json.dumps(results["handler"]), flush=True)
     text = report(results)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,7 @@ log = logging.getLogger("shard")
 
 _DEFAULT_QUEUE: InMemoryQueue | None = None
 _PULL_BATCH = 32            # frames the consumer processes at a time
+_YIELD_EVERY = 32           # pulls (about 1,000 events) between yields to the event loop while a backlog lasts
 _BACKGROUND_DELAY = 0.05    # seconds before unread data is processed without the consumer
 _PAUSE_BYTES = 1 << 20      # stop reading with this much unprocessed data...
 _RESUME_BYTES = 256 << 10   # ...until it is below this
@@ -224,6 +225,8 @@ class Shard:
                     self._raise(item)
                 return p.make_event(item)
             if p._inbox and self._pull():
+                if not self._pulls % _YIELD_EVERY:
+                    await asyncio.sleep(0)  # a long backlog must not starve other shards and timers
                 continue
             await self._wait()
 
@@ -251,6 +254,8 @@ class Shard:
                     return item.data  # type: ignore[union-attr,return-value]
                 return raw.decode()
             if p._inbox and self._pull():
+                if not self._pulls % _YIELD_EVERY:
+                    await asyncio.sleep(0)  # a long backlog must not starve other shards and timers
                 continue
             await self._wait()
 

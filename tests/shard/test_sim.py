@@ -651,6 +651,41 @@ async def test_close_normal_ends_the_session(shards) -> None:
 
 # ---- slow consumers, metrics, helpers, tokens ----------------------------------------------------
 
+async def test_a_long_backlog_does_not_starve_the_event_loop(shards) -> None:
+    """A consumer working through a large backlog yields to the event loop about every 1,000 events, so the
+    other shards and the timers of a busy worker still run. The backlog (6,144 MESSAGE_CREATEs, the
+    simulator's flood segment) is handed to the READY shard as if its socket had read it all at once."""
+    from sim import compress, traffic
+
+    async with Simulator(session_ttl=30.0, identify_window=0.2) as sim:  # default heartbeat: no ACK arrives
+        shard = shards(sim)
+        while (await asyncio.wait_for(shard.next_event(), 5)).type != "READY":
+            pass
+        conn = shard._conn
+        assert conn is not None and conn.transport is not None
+        conn.transport.pause_reading()
+        pool = traffic.flood_pool(0, 1, 1, False)
+        segment = compress.replay_segment([b"%s%d}" % (p, 100 + i) for i, p in enumerate(pool)], 1)
+        shard._on_data(conn, segment * 6)  # independent segments (Z_FULL_FLUSH at the end of each)
+        ticks = 0
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while True:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.get_running_loop().create_task(ticker())
+        await asyncio.sleep(0)
+        ticks = 0
+        seen = 0
+        while seen < 6 * len(pool):  # (the GUILD_CREATE after READY comes first)
+            seen += (await shard.next_event()).type == "MESSAGE_CREATE"
+        task.cancel()
+        assert ticks >= 4  # without the yields: 0 (the backlog never runs dry, so the consumer never waits)
+        conn.transport.abort()
+
+
 async def test_slow_consumer_pauses_reading_without_losing_events(shards) -> None:
     async with Simulator(events_per_second=400, **FAST) as sim:
         shard = shards(sim, max_pending_events=50)
