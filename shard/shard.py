@@ -245,9 +245,6 @@ class Shard:
         while True:
             if q:
                 item, raw = p.pop()
-                conn = self._conn
-                if conn is not None and conn.paused and len(q) <= self._low:
-                    self._resume_reading(conn)
                 if isinstance(item, GatewayError):
                     self._raise(item)
                 if raw is None:  # GATEWAY_CLOSE

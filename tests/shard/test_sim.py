@@ -686,6 +686,39 @@ async def test_a_long_backlog_does_not_starve_the_event_loop(shards) -> None:
         conn.transport.abort()
 
 
+@pytest.mark.parametrize("read", ["next_event", "next_message"])
+async def test_reading_stays_paused_while_a_backlog_of_bytes_waits(shards, read) -> None:
+    """Over 1 MiB of unprocessed bytes pauses reading until the backlog is nearly worked off, whichever
+    way the consumer reads (next_message once resumed reading whenever few events were queued, and under
+    a fast flood its buffer grew without bound). The backlog (12 flood segments, about 2 MB) is handed to
+    the READY shard as if its socket had read it."""
+    from shard.shard import _RESUME_BYTES
+    from sim import compress, traffic
+
+    async with Simulator(session_ttl=30.0, identify_window=0.2) as sim:  # default heartbeat: no ACK arrives
+        shard = shards(sim)
+        while (await asyncio.wait_for(shard.next_event(), 5)).type != "READY":
+            pass
+        conn = shard._conn
+        assert conn is not None and conn.transport is not None
+        pool = traffic.flood_pool(0, 1, 1, False)
+        segment = compress.replay_segment([b"%s%d}" % (p, 100 + i) for i, p in enumerate(pool)], 1)
+        shard._on_data(conn, segment * 12)
+        assert conn.paused
+        receive = getattr(shard, read)
+        received = 0
+        while shard._protocol.pending > _RESUME_BYTES:
+            await receive()
+            received += 1
+            pending = shard._protocol.pending
+            assert conn.paused or pending < _RESUME_BYTES, f"reading resumed with {pending} bytes unprocessed"
+        while conn.paused:  # and it resumes once the backlog is nearly worked off
+            await receive()
+            received += 1
+        assert received < 12 * len(pool)
+        conn.transport.abort()
+
+
 async def test_slow_consumer_pauses_reading_without_losing_events(shards) -> None:
     async with Simulator(events_per_second=400, **FAST) as sim:
         shard = shards(sim, max_pending_events=50)
