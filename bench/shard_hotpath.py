@@ -32,25 +32,16 @@ from zlib_ng import zlib_ng  # noqa: E402
 import shard as gateway  # noqa: E402
 from shard import Config, Intents, Shard, ShardId  # noqa: E402
 from sim import Simulator, compress, traffic  # noqa: E402
+from sim.wsframe import OP_BINARY, frame  # noqa: E402
 
 TOKEN = "MTIzNDU2Nzg5MDEyMzQ1Njc4.x.y"
 CHUNK = 64 * 1024
 
 
 def segment() -> tuple[bytes, list[bytes]]:
-    """The replay segment's WebSocket frames (as one byte string) and their payloads."""
-    pool = traffic.flood_pool(0, 1, 1, False)
-    seg = compress.replay_segment([b"%s%d}" % (p, 1000 + i) for i, p in enumerate(pool)], 1)
-    payloads, pos = [], 0
-    while pos < len(seg):
-        n, start = seg[pos + 1], pos + 2
-        if n == 126:
-            n, start = int.from_bytes(seg[pos + 2:pos + 4], "big"), pos + 4
-        elif n == 127:
-            n, start = int.from_bytes(seg[pos + 2:pos + 10], "big"), pos + 10
-        payloads.append(seg[start:start + n])
-        pos = start + n
-    return seg, payloads
+    """The replay segment's WebSocket frames (as one byte string) and their compressed payloads."""
+    payloads = compress.replay_messages(traffic.numbered(traffic.flood_pool(0, 1, 1, False), 1000), 1)
+    return b"".join(frame(p, OP_BINARY) for p in payloads), payloads
 
 
 def ceiling(payloads: list[bytes], passes: int) -> float:

@@ -98,28 +98,30 @@ def client_ours(port: int, seconds: float, warmup: float, tier: str) -> None:
         loop = asyncio.get_running_loop()
         start = loop.time() + warmup
         end = start + seconds
-        c0 = None
-        cpu0 = 0.0
+        c0: int | None = None
+        t0 = cpu0 = 0.0
+
+        def window_over() -> bool:  # every 1,024 events: open the window after the warm-up, close it at its end
+            nonlocal c0, t0, cpu0
+            now = loop.time()
+            if c0 is None:
+                if now >= start:
+                    c0, t0, cpu0 = count, now, time.process_time()
+                return False
+            return now >= end
+
         if tier == "handler":
             async for event in shard:
                 await handler(event)
-                if not count & 1023:
-                    now = loop.time()
-                    if c0 is None and now >= start:
-                        c0, t0, cpu0 = count, now, time.process_time()
-                    elif c0 is not None and now >= end:
-                        break
+                if not count & 1023 and window_over():
+                    break
         else:  # bare: every event decoded; raw: the text of every message, for forwarding
             next_event = shard.next_event if tier == "bare" else shard.next_message
             while True:
                 event = await next_event()
                 count += 1
-                if not count & 1023:
-                    now = loop.time()
-                    if c0 is None and now >= start:
-                        c0, t0, cpu0 = count, now, time.process_time()
-                    elif c0 is not None and now >= end:
-                        break
+                if not count & 1023 and window_over():
+                    break
         elapsed = loop.time() - t0
         emit({"events_per_s": (count - c0) / elapsed, "cpu": (time.process_time() - cpu0) / elapsed})
         await shard.close()

@@ -393,7 +393,7 @@ def ceiling_frames(compress: bool, level: int) -> bytes:
     from sim.wsframe import OP_BINARY, OP_TEXT, frame
 
     pool = traffic.flood_pool(0, 1, 2, False)
-    payloads = [b"%s%d}" % (p, 1_000_000 + i) for i, p in enumerate(pool)]
+    payloads = traffic.numbered(pool, 1_000_000)
     if not compress:
         return b"".join(frame(p, OP_TEXT) for p in payloads)
     c = zlib.compressobj(level)

@@ -104,16 +104,21 @@ class ZstdStream:
         return frame(b"\xde\xad\xbe\xef" * 4, OP_BINARY)
 
 
-def replay_segment(payloads: list[bytes], level: int) -> bytes:
-    """WebSocket frames of `payloads` as one zlib-stream segment that can be appended to any stream
-    at a Z_FULL_FLUSH point, any number of times: messages share a dictionary inside the segment
-    (Z_SYNC_FLUSH, like Discord), and the segment ends with Z_FULL_FLUSH."""
+def replay_messages(payloads: list[bytes], level: int) -> list[bytes]:
+    """`payloads` compressed as one zlib-stream segment that can be appended to any stream at a
+    Z_FULL_FLUSH point, any number of times: messages share a dictionary inside the segment
+    (Z_SYNC_FLUSH, like Discord), and the segment ends with Z_FULL_FLUSH. One compressed message each."""
     c = _fast_zlib.compressobj(level)
     c.compress(b"")
     c.flush(zlib.Z_FULL_FLUSH)  # drop the zlib header: the client's stream already had one
     last = len(payloads) - 1
-    return b"".join(frame(c.compress(p) + c.flush(zlib.Z_FULL_FLUSH if i == last else zlib.Z_SYNC_FLUSH), OP_BINARY)
-                    for i, p in enumerate(payloads))
+    return [c.compress(p) + c.flush(zlib.Z_FULL_FLUSH if i == last else zlib.Z_SYNC_FLUSH)
+            for i, p in enumerate(payloads)]
+
+
+def replay_segment(payloads: list[bytes], level: int) -> bytes:
+    """The WebSocket frames of `replay_messages(payloads, level)`, as one byte string."""
+    return b"".join(frame(m, OP_BINARY) for m in replay_messages(payloads, level))
 
 
 def transport_for(compress: str | None, zlib_level: int, zlib_chunk: int) -> Plain | ZlibStream | ZstdStream:

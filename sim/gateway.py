@@ -609,7 +609,7 @@ class GatewayConnection(asyncio.Protocol):
         """
         sess, enc = self.session, self.enc
         start = sess.seq
-        segment = compress.replay_segment([b"%s%d}" % (p, start + 1 + i) for i, p in enumerate(pool)],
+        segment = compress.replay_segment(traffic.numbered(pool, start + 1),
                                           self.cfg.zlib_level)
         # Live messages (ACKs, ...) now end with Z_FULL_FLUSH, so they never refer back into segment data;
         # the segment refers to nothing before itself.

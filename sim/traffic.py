@@ -200,6 +200,11 @@ def event_pool(shard_id: int, num_shards: int, total_guilds: int, intents: int, 
     return tuple(out)
 
 
+def numbered(pool: tuple[bytes, ...], first_seq: int) -> list[bytes]:
+    """The flood pool's dispatches completed with consecutive sequence numbers from `first_seq`."""
+    return [b"%s%d}" % (p, first_seq + i) for i, p in enumerate(pool)]
+
+
 @lru_cache(maxsize=256)
 def flood_pool(shard_id: int, num_shards: int, total_guilds: int, content: bool) -> tuple[bytes, ...]:
     """Pre-encoded MESSAGE_CREATE dispatch prefixes for flood mode: each is b'{"t":"MESSAGE_CREATE","op":0,"d":{...},"s":'."""

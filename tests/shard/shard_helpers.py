@@ -65,3 +65,20 @@ def shard_stats(snap: dict[str, Any], number: int = 0) -> dict[str, Any]:
     return snap["shards"].get(str(number), {"connections": 0, "open_connections": 0, "identifies": 0, "resumes": 0, "heartbeats": 0,
                                             "violations": [], "closes": {}, "commands": {},
                                             "concurrency_violations": 0, "ratelimit_closes": 0})
+
+
+async def feed_backlog(shard: Shard, segments: int) -> tuple[Any, int]:
+    """Wait for READY, stop the socket's reading, then hand the shard `segments` copies of the simulator's
+    flood segment as if its socket had read them all at once (they are independent: Z_FULL_FLUSH at the
+    end of each). Returns the connection and the number of MESSAGE_CREATEs fed. Use a simulator with the
+    default heartbeat interval: an ACK arriving later would not fit the stream."""
+    from sim import compress, traffic
+
+    while (await asyncio.wait_for(shard.next_event(), 5)).type != "READY":
+        pass
+    conn = shard._conn
+    assert conn is not None and conn.transport is not None
+    conn.transport.pause_reading()
+    pool = traffic.flood_pool(0, 1, 1, False)
+    shard._on_data(conn, compress.replay_segment(traffic.numbered(pool, 100), 1) * segments)
+    return conn, segments * len(pool)

@@ -17,7 +17,7 @@ from shard.error import ErrorKind
 from shard.metrics import register_collector
 from sim import Simulator
 
-from shard_helpers import Recorder, call, shard_stats
+from shard_helpers import Recorder, call, feed_backlog, shard_stats
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -655,18 +655,9 @@ async def test_a_long_backlog_does_not_starve_the_event_loop(shards) -> None:
     """A consumer working through a large backlog yields to the event loop about every 1,000 events, so the
     other shards and the timers of a busy worker still run. The backlog (6,144 MESSAGE_CREATEs, the
     simulator's flood segment) is handed to the READY shard as if its socket had read it all at once."""
-    from sim import compress, traffic
-
     async with Simulator(session_ttl=30.0, identify_window=0.2) as sim:  # default heartbeat: no ACK arrives
         shard = shards(sim)
-        while (await asyncio.wait_for(shard.next_event(), 5)).type != "READY":
-            pass
-        conn = shard._conn
-        assert conn is not None and conn.transport is not None
-        conn.transport.pause_reading()
-        pool = traffic.flood_pool(0, 1, 1, False)
-        segment = compress.replay_segment([b"%s%d}" % (p, 100 + i) for i, p in enumerate(pool)], 1)
-        shard._on_data(conn, segment * 6)  # independent segments (Z_FULL_FLUSH at the end of each)
+        conn, fed = await feed_backlog(shard, 6)
         ticks = 0
 
         async def ticker() -> None:
@@ -679,7 +670,7 @@ async def test_a_long_backlog_does_not_starve_the_event_loop(shards) -> None:
         await asyncio.sleep(0)
         ticks = 0
         seen = 0
-        while seen < 6 * len(pool):  # (the GUILD_CREATE after READY comes first)
+        while seen < fed:  # (the GUILD_CREATE after READY comes first)
             seen += (await shard.next_event()).type == "MESSAGE_CREATE"
         task.cancel()
         assert ticks >= 4  # without the yields: 0 (the backlog never runs dry, so the consumer never waits)
@@ -693,18 +684,11 @@ async def test_reading_stays_paused_while_a_backlog_of_bytes_waits(shards, read)
     a fast flood its buffer grew without bound). The backlog (12 flood segments, about 2 MB) is handed to
     the READY shard as if its socket had read it."""
     from shard.shard import _RESUME_BYTES
-    from sim import compress, traffic
 
     async with Simulator(session_ttl=30.0, identify_window=0.2) as sim:  # default heartbeat: no ACK arrives
         shard = shards(sim)
-        while (await asyncio.wait_for(shard.next_event(), 5)).type != "READY":
-            pass
-        conn = shard._conn
-        assert conn is not None and conn.transport is not None
-        pool = traffic.flood_pool(0, 1, 1, False)
-        segment = compress.replay_segment([b"%s%d}" % (p, 100 + i) for i, p in enumerate(pool)], 1)
-        shard._on_data(conn, segment * 12)
-        assert conn.paused
+        conn, fed = await feed_backlog(shard, 12)
+        assert conn.paused  # the shard's own decision: over 1 MiB waits unprocessed
         receive = getattr(shard, read)
         received = 0
         while shard._protocol.pending > _RESUME_BYTES:
@@ -715,7 +699,7 @@ async def test_reading_stays_paused_while_a_backlog_of_bytes_waits(shards, read)
         while conn.paused:  # and it resumes once the backlog is nearly worked off
             await receive()
             received += 1
-        assert received < 12 * len(pool)
+        assert received < fed
         conn.transport.abort()
 
 
