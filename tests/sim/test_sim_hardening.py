@@ -94,3 +94,88 @@ async def test_chaos_close_with_long_non_ascii_reason(sim, gw):
     ended = await c.ended()
     assert ended.code == 4000 and ended.reason == "é" * 61  # the client got a valid close frame, not a 1007
 
+
+# ---- HTTP front end --------------------------------------------------------------------------------
+
+async def exchange(sim: Simulator, data: bytes) -> bytes:
+    """Send raw bytes on a new connection and read until the server closes it."""
+    reader, writer = await asyncio.open_connection(sim.config.host, sim.port)
+    try:
+        writer.write(data)
+        async with asyncio.timeout(5):
+            return await reader.read()
+    finally:
+        writer.close()
+
+
+def status_and_body(response: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = response.partition(b"\r\n\r\n")
+    return int(head.split(b" ")[1]), json.loads(body)
+
+
+HEAD = b"GET /api/v10/gateway HTTP/1.1\r\nHost: sim\r\n"
+
+
+@pytest.mark.parametrize("sent", [b"", HEAD, HEAD + b"Content-Length: 10\r\n\r\nabc"],
+                         ids=["nothing", "half-head", "half-body"])
+async def test_half_sent_request_gets_408_and_close(make_sim, sent):
+    sim = await make_sim(http_request_timeout=0.2)
+    status, body = status_and_body(await exchange(sim, sent))  # read() returns at EOF: the sim closed
+    assert status == 408 and body["message"] == "request not complete within 0.2 s"
+    status, _, _ = await rest(sim.api_url + "/gateway")
+    assert status == 200
+
+
+async def test_request_trickled_byte_by_byte_still_times_out(make_sim):
+    """The deadline counts from the request's first byte: a byte now and then does not keep it alive."""
+    sim = await make_sim(http_request_timeout=0.3)
+    reader, writer = await asyncio.open_connection(sim.config.host, sim.port)
+
+    async def trickle() -> None:
+        for byte in HEAD + b"X-Pad: " + b"a" * 1000:  # 20 s of bytes at this pace
+            writer.write(bytes((byte,)))
+            await asyncio.sleep(0.02)
+
+    task = asyncio.create_task(trickle())
+    try:
+        async with asyncio.timeout(5):
+            response = await reader.read()  # returns when the sim closes the connection
+    finally:
+        task.cancel()
+        writer.close()
+    assert status_and_body(response)[0] == 408
+
+
+async def test_pipelined_requests_on_one_connection_are_all_answered(make_sim):
+    sim = await make_sim(http_request_timeout=0.2)
+    one = HEAD + b"\r\n"
+    response = await exchange(sim, one + one + HEAD + b"Connection: close\r\n\r\n")
+    assert response.count(b"HTTP/1.1 200 OK") == 3 and b"408" not in response
+
+
+@pytest.mark.parametrize("value", ["-5", "+5", "1_0", "0x10", "5 5", "1e3", "\u00b2"])
+async def test_bad_content_length_is_400(sim, value):
+    status, body = status_and_body(await exchange(sim, HEAD + f"Content-Length: {value}\r\n\r\nhello".encode("latin-1")))
+    assert status == 400 and body["message"] == "Content-Length must be a non-negative decimal integer"
+    assert (await rest(sim.api_url + "/gateway"))[0] == 200
+
+
+async def test_huge_content_length_is_413(sim):
+    status, body = status_and_body(await exchange(sim, HEAD + b"Content-Length: " + b"9" * 5000 + b"\r\n\r\n"))
+    assert status == 413 and body["message"] == "request body too large"
+
+
+async def test_chunked_body_is_501(sim):
+    sent = HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+    status, body = status_and_body(await exchange(sim, sent))
+    assert status == 501 and "Content-Length" in body["message"]
+
+
+# ---- config ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("bad", [dict(identify_window=math.nan), dict(session_ttl=math.inf),
+                                 dict(events_per_second=math.nan), dict(http_request_timeout=0.0),
+                                 dict(http_request_timeout=math.inf)])
+def test_non_finite_or_zero_config_is_a_clear_error(bad):
+    with pytest.raises(ValueError, match="invalid simulator config: .*" + next(iter(bad))):
+        SimConfig(**bad)
