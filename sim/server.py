@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import math
 import ssl
 import time
 from collections.abc import Callable
@@ -471,8 +472,10 @@ class Simulator:
         return self.pause(shard, False)
 
     def delay(self, shard: int, seconds: float) -> int:
-        """Delay everything sent to the shard's current connections by `seconds`."""
-        return self._each(shard, lambda c: setattr(c, "delay", max(seconds, 0.0)))
+        """Delay everything sent to the shard's current connections by `seconds` (finite, >= 0)."""
+        if not 0 <= seconds < math.inf:  # also false for nan
+            raise ValueError(f"delay must be a finite number of seconds >= 0, got {seconds!r}")
+        return self._each(shard, lambda c: setattr(c, "delay", seconds))
 
     async def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
         """Wait until `predicate(stats snapshot)` holds; re-checked on every change. Returns the snapshot."""

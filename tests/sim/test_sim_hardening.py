@@ -171,6 +171,64 @@ async def test_chunked_body_is_501(sim):
     assert status == 501 and "Content-Length" in body["message"]
 
 
+# ---- admin API -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("query", "message"), [
+    ("delay?seconds=nan", "delay must be a finite number of seconds >= 0, got nan"),
+    ("delay?seconds=inf", "delay must be a finite number of seconds >= 0, got inf"),
+    ("delay?seconds=1e999", "delay must be a finite number of seconds >= 0, got inf"),
+    ("delay?seconds=-1", "delay must be a finite number of seconds >= 0, got -1.0"),
+    ("delay?seconds=soon", "seconds must be a number, got 'soon'"),
+    ("close?code=1_000", "code must be a non-negative integer, got '1_000'"),
+    ("close?code=" + "9" * 5000, "code must be a non-negative integer, got '" + "9" * 40 + "...'"),
+    ("close?code=-4000", "code must be a non-negative integer, got '-4000'"),
+    ("zombie?on=maybe", "not a boolean: 'maybe'"),
+])
+async def test_bad_admin_values_are_400_and_change_nothing(sim, gw, query, message):
+    c = await gw(sim.url)
+    await c.ready(sim.token)
+    status, head, body = await rest(f"{sim.admin_url}/shards/0/{query}", method="POST")
+    assert status == 400 and head["content-type"] == "application/json"
+    assert json.loads(body) == {"message": message}
+    conn = sim.connections_of(0)[0]
+    assert conn.delay == 0.0 and not conn.zombie and not conn.closing
+    await c.heartbeat()
+    await c.recv_until(op=11)  # still served, without delay
+
+
+@pytest.mark.parametrize("shard", ["9" * 5000, "-1", "+0", "1_0", "%C2%B2", "0x1"])
+async def test_bad_shard_number_is_400(sim, shard):
+    status, _, body = await rest(f"{sim.admin_url}/shards/{shard}/drop", method="POST")
+    assert status == 400
+    message = json.loads(body)["message"]
+    assert message.startswith("shard must be a non-negative integer, got ") and len(message) < 100
+
+
+def test_delay_refuses_non_finite_seconds_from_python():
+    sim = Simulator()
+    for seconds in (math.nan, math.inf, -0.5):
+        with pytest.raises(ValueError, match="finite number of seconds"):
+            sim.delay(0, seconds)
+
+
+ACTIONS = ["reconnect", "invalidate", "zombie", "drop", "close", "heartbeat", "corrupt", "pause", "unpause", "delay"]
+hostile = st.text(max_size=12) | st.sampled_from(["nan", "inf", "-inf", "1e999", "-1", "9" * 5000, "1_000", "", "0"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(shard=hostile, action=st.sampled_from(ACTIONS), params=st.dictionaries(
+    st.sampled_from(["seconds", "code", "reason", "kind", "on", "resumable"]), hostile, max_size=3))
+def test_admin_never_answers_500(shard, action, params):
+    """Whatever the values, a chaos control answers 200, or a 4xx whose body says what was wrong."""
+    sim = Simulator()
+    req = Request("POST", f"/_sim/shards/{shard}/{action}", {k: [v] for k, v in params.items()}, {}, b"")
+    resp = sim.handle_http(req)
+    body = json.loads(resp.body)
+    assert resp.status in (200, 400, 404), (resp.status, body)
+    if resp.status != 200:
+        assert isinstance(body["message"], str) and body["message"]
+
+
 # ---- config ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bad", [dict(identify_window=math.nan), dict(session_ttl=math.inf),
