@@ -11,7 +11,7 @@ import ssl
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from . import admin, rest, traffic
 from .config import SimConfig
@@ -59,17 +59,26 @@ class HttpError(Exception):
         self.status = status
 
 
-def parse_head(head: str) -> tuple[str, str, str, dict[str, str], int]:
-    """The request line, headers (lower-case names) and body length of one request head; raises HttpError."""
+def parse_head(head: str) -> tuple[str, SplitResult, str, dict[str, str], int]:
+    """The method, split target, version, headers (lower-case names) and body length of one request head.
+
+    Raises HttpError for anything the front end will not route: the connection cannot be trusted after it.
+    """
     lines = head.split("\r\n")
     try:
         method, target, version = lines[0].split(" ")
+        url = urlsplit(target)  # ValueError for "http://[::1" and the like
     except ValueError:
         raise HttpError(400, "malformed request line") from None
-    headers = {}
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise HttpError(400, "malformed request line: the version must be HTTP/1.0 or HTTP/1.1")
+    headers: dict[str, str] = {}
     for line in lines[1:]:
         name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
+        name, value = name.strip().lower(), value.strip()
+        if name == "content-length" and headers.get(name, value) != value:  # RFC 9112 6.3: no guessing which
+            raise HttpError(400, "conflicting Content-Length headers")
+        headers[name] = value
     if "transfer-encoding" in headers:  # RFC 9112 6.1: a coding the server does not implement is a 501
         raise HttpError(501, "Transfer-Encoding is not supported: send the body with a Content-Length")
     raw = headers.get("content-length", "0")
@@ -78,7 +87,7 @@ def parse_head(head: str) -> tuple[str, str, str, dict[str, str], int]:
     length = int(raw) if len(raw) <= 9 else MAX_BODY + 1  # int() of thousands of digits is slow, then refused
     if length > MAX_BODY:
         raise HttpError(413, "request body too large")
-    return method, target, version, headers, length
+    return method, url, version, headers, length
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -121,7 +130,7 @@ class HttpProtocol(asyncio.Protocol):
                     self._respond(json_response({"message": "request head too large"}, 431), close=True)
                 break
             try:
-                method, target, version, headers, length = parse_head(bytes(self.buf[:end]).decode("latin-1"))
+                method, url, version, headers, length = parse_head(bytes(self.buf[:end]).decode("latin-1"))
             except HttpError as err:
                 self._respond(json_response({"message": str(err), "code": 0}, err.status), close=True)
                 return
@@ -131,7 +140,6 @@ class HttpProtocol(asyncio.Protocol):
             body = bytes(self.buf[end + 4:end + 4 + length])
             rest_bytes = bytes(self.buf[end + 4 + length:])
             self.buf = bytearray()
-            url = urlsplit(target)
             req = Request(method, url.path, parse_qs(url.query), headers, body)
             if headers.get("upgrade", "").lower() == "websocket":
                 self._upgrade(req, rest_bytes)

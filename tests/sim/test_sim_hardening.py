@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sim_client import GatewayClient, rest, violations
 
 from sim import SimConfig, Simulator
-from sim.server import Request
+from sim.server import HttpError, Request, parse_head
 from sim.wsframe import close_frame
 
 
@@ -169,6 +169,29 @@ async def test_chunked_body_is_501(sim):
     sent = HEAD + b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
     status, body = status_and_body(await exchange(sim, sent))
     assert status == 501 and "Content-Length" in body["message"]
+
+
+@pytest.mark.parametrize(("sent", "message"), [
+    (b"GET http://[::1 HTTP/1.1\r\n\r\n", "malformed request line"),
+    (b"GET / HTTP/1.1 extra\r\n\r\n", "malformed request line"),
+    (b"GET / HTTP/2\r\n\r\n", "malformed request line: the version must be HTTP/1.0 or HTTP/1.1"),
+    (HEAD + b"Content-Length: 5\r\nContent-Length: 7\r\n\r\nhello", "conflicting Content-Length headers"),
+], ids=["bad-ipv6-target", "four-parts", "http2", "two-lengths"])
+async def test_malformed_head_is_400(sim, loop_errors, sent, message):
+    assert status_and_body(await exchange(sim, sent)) == (400, {"message": message, "code": 0})
+    assert loop_errors == []
+    assert (await rest(sim.api_url + "/gateway"))[0] == 200
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(st.characters(max_codepoint=255), max_size=80) | st.lists(
+    st.sampled_from(["GET", " ", "/", "http://[", "?a=%zz", "HTTP/1.1", "\r\n", "Content-Length", ":", "-1", "5",
+                     "Transfer-Encoding", "chunked", "\x00"]), max_size=20).map("".join))
+def test_parse_head_refuses_with_http_error_only(head):
+    try:
+        parse_head(head)
+    except HttpError as err:
+        assert err.status in (400, 413, 501) and str(err)
 
 
 # ---- admin API -------------------------------------------------------------------------------------
