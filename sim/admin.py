@@ -22,6 +22,25 @@ if TYPE_CHECKING:
     from .server import Request, Response, Simulator
 
 
+def _shown(value: str) -> str:
+    """A caller's value for an error message: short, whatever was sent."""
+    return repr(value if len(value) <= 40 else value[:40] + "...")
+
+
+def _int(name: str, value: str) -> int:
+    """A plain decimal integer (no sign, '_' or spaces), as short as any real shard number or close code."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 9):
+        raise ValueError(f"{name} must be a non-negative integer, got {_shown(value)}")
+    return int(value)
+
+
+def _float(name: str, value: str) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, got {_shown(value)}") from None
+
+
 def _bool(value: str | None, default: bool) -> bool:
     if value is None:
         return default
@@ -29,7 +48,7 @@ def _bool(value: str | None, default: bool) -> bool:
         return True
     if value.lower() in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"not a boolean: {value!r}")
+    raise ValueError(f"not a boolean: {_shown(value)}")
 
 
 def handle(sim: Simulator, req: Request) -> Response:
@@ -46,7 +65,7 @@ def handle(sim: Simulator, req: Request) -> Response:
         if req.method != "POST":
             return json_response({"message": "chaos controls are POST requests"}, 405)
         try:
-            shard = int(parts[1])
+            shard = _int("shard", parts[1])
             action = parts[2]
             if action == "reconnect":
                 n = sim.reconnect(shard)
@@ -57,7 +76,7 @@ def handle(sim: Simulator, req: Request) -> Response:
             elif action == "drop":
                 n = sim.drop(shard)
             elif action == "close":
-                n = sim.close(shard, int(req.arg("code", "4000")), req.arg("reason", "closed by chaos control"))
+                n = sim.close(shard, _int("code", req.arg("code", "4000")), req.arg("reason", "closed by chaos control"))
             elif action == "heartbeat":
                 n = sim.request_heartbeat(shard)
             elif action == "corrupt":
@@ -67,9 +86,9 @@ def handle(sim: Simulator, req: Request) -> Response:
             elif action == "unpause":
                 n = sim.unpause(shard)
             elif action == "delay":
-                n = sim.delay(shard, float(req.arg("seconds", "0")))
+                n = sim.delay(shard, _float("seconds", req.arg("seconds", "0")))
             else:
-                return json_response({"message": f"unknown chaos action {action!r}"}, 404)
+                return json_response({"message": f"unknown chaos action {_shown(action)}"}, 404)
         except ValueError as err:
             return json_response({"message": str(err)}, 400)
         return json_response({"shard": shard, "action": action, "affected": n})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 BOT_ID = 123456789012345678
@@ -61,6 +62,9 @@ class SimConfig:
     member_chunk_interval: float = _opt(30.0, "seconds between two all-member requests for the same guild")
     rest_rate_limit: int = _opt(50, "REST requests per rest-rate-window before 429")
     rest_rate_window: float = _opt(1.0, "REST rate-limit window in seconds")
+    http_request_timeout: float = _opt(10.0, "seconds an HTTP request may take to arrive whole (head and body), "
+                                             "counted from its first byte, or from connecting for the first request; "
+                                             "then 408 and the connection is closed (idle keep-alive connections stay)")
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,6 +92,10 @@ class SimConfig:
             problems.append("token must be the bare token, without the 'Bot ' prefix")
         if self.rate_limit_frames < 1 or self.rest_rate_limit < 1:
             problems.append("rate limits must be >= 1")
+        if not self.http_request_timeout > 0:
+            problems.append("http_request_timeout must be > 0")
+        problems += [f"{f.name} must be a finite number" for f in dataclasses.fields(self)
+                     if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
         if problems:
             raise ValueError("invalid simulator config: " + "; ".join(problems))
 

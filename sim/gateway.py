@@ -52,7 +52,8 @@ def _snowflake(value: Any) -> int | None:
 
 
 def _valid_presence(d: Any) -> bool:
-    if not isinstance(d, dict) or d.get("status") not in STATUSES:
+    status = d.get("status") if isinstance(d, dict) else None
+    if not isinstance(status, str) or status not in STATUSES:  # an unhashable status must not raise
         return False
     since, afk, activities = d.get("since"), d.get("afk", False), d.get("activities", [])
     if since is not None and (not isinstance(since, int) or isinstance(since, bool)):
@@ -246,6 +247,9 @@ class GatewayConnection(asyncio.Protocol):
             msg = _decode(payload)
         except (msgspec.DecodeError, UnicodeDecodeError):
             self.violate(4002, "payload is not valid JSON")
+            return
+        except RecursionError:  # a few KB of "[[[[..." is enough
+            self.violate(4002, "payload is nested too deeply to decode")
             return
         if not isinstance(msg, dict):
             self.violate(4001, "payload is not a JSON object")
@@ -529,7 +533,7 @@ class GatewayConnection(asyncio.Protocol):
 
     def _on_channel_info(self, d: Any) -> None:
         if (not isinstance(d, dict) or _snowflake(d.get("guild_id")) is None or not isinstance(d.get("fields"), list)
-                or not d["fields"] or not set(d["fields"]) <= CHANNEL_INFO_FIELDS):
+                or not d["fields"] or not all(isinstance(f, str) and f in CHANNEL_INFO_FIELDS for f in d["fields"])):
             self.violate(4001, "Request Channel Info needs 'guild_id' and 'fields' from status, voice_start_time")
             return
         gid = _snowflake(d["guild_id"])

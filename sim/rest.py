@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import hmac
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from . import traffic
 
@@ -44,6 +45,36 @@ def _rate_limit(sim: Simulator) -> tuple[dict[str, str], float]:
     return headers, retry
 
 
+def _gateway(sim: Simulator) -> dict[str, Any]:
+    return {"url": sim.url.rstrip("/")}
+
+
+def _gateway_bot(sim: Simulator) -> dict[str, Any]:
+    cfg = sim.config
+    return {"url": sim.url.rstrip("/"), "shards": cfg.shards,
+            "session_start_limit": {"total": cfg.session_limit, "remaining": sim.remaining,
+                                    "reset_after": int(sim.reset_after() * 1000),
+                                    "max_concurrency": cfg.max_concurrency}}
+
+
+def _user(sim: Simulator) -> dict[str, Any]:
+    return traffic.BOT_USER
+
+
+def _application(sim: Simulator) -> dict[str, Any]:
+    return dict(traffic.APPLICATION, approximate_guild_count=sim.total_guilds)
+
+
+ROUTES: dict[str, Callable[[Simulator], dict[str, Any]]] = {
+    "/gateway": _gateway, "/gateway/bot": _gateway_bot, "/users/@me": _user,
+    "/oauth2/applications/@me": _application, "/applications/@me": _application,
+}
+"""Every GET route served under /api/v10, and the function building its 200 body (tests validate each one
+against Discord's OpenAPI schema)."""
+PUBLIC_ROUTES = frozenset(("/gateway",))
+"""Routes that need no Authorization."""
+
+
 def handle(sim: Simulator, req: Request) -> Response:
     from .server import json_response
 
@@ -62,20 +93,9 @@ def handle(sim: Simulator, req: Request) -> Response:
                               "global": False}, 429, headers)
     if req.method != "GET":
         return json_response({"message": "405: Method Not Allowed", "code": 0}, 405, headers)
-    if route == "/gateway":
-        return json_response({"url": sim.url.rstrip("/")}, 200, headers)
-    if not _authorized(sim, req):
+    if route not in PUBLIC_ROUTES and not _authorized(sim, req):
         return json_response(UNAUTHORIZED, 401, headers)
-    if route == "/gateway/bot":
-        cfg = sim.config
-        return json_response({
-            "url": sim.url.rstrip("/"), "shards": cfg.shards,
-            "session_start_limit": {"total": cfg.session_limit, "remaining": sim.remaining,
-                                    "reset_after": int(sim.reset_after() * 1000),
-                                    "max_concurrency": cfg.max_concurrency},
-        }, 200, headers)
-    if route == "/users/@me":
-        return json_response(traffic.BOT_USER, 200, headers)
-    if route in ("/oauth2/applications/@me", "/applications/@me"):
-        return json_response(dict(traffic.APPLICATION, approximate_guild_count=sim.total_guilds), 200, headers)
-    return json_response(NOT_FOUND, 404, headers)
+    build = ROUTES.get(route)
+    if build is None:
+        return json_response(NOT_FOUND, 404, headers)
+    return json_response(build(sim), 200, headers)

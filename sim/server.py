@@ -6,11 +6,12 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import math
 import ssl
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import SplitResult, parse_qs, urlsplit
 
 from . import admin, rest, traffic
 from .config import SimConfig
@@ -23,7 +24,8 @@ RESUME_PATH = "/resume-gateway/"
 MAX_HEAD = 16384
 MAX_BODY = 1 << 20
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Payload Too Large", 426: "Upgrade Required", 429: "Too Many Requests", 431: "Request Header Fields Too Large"}
+           408: "Request Timeout", 413: "Payload Too Large", 426: "Upgrade Required", 429: "Too Many Requests",
+           431: "Request Header Fields Too Large", 500: "Internal Server Error", 501: "Not Implemented"}
 
 
 class Request:
@@ -49,16 +51,75 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
     return Response(status, traffic.encode(obj), {"Content-Type": "application/json", **(headers or {})})
 
 
+class HttpError(Exception):
+    """A request the front end refuses before routing it: answered with `status` and closed."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def parse_head(head: str) -> tuple[str, SplitResult, str, dict[str, str], int]:
+    """The method, split target, version, headers (lower-case names) and body length of one request head.
+
+    Raises HttpError for anything the front end will not route: the connection cannot be trusted after it.
+    """
+    lines = head.split("\r\n")
+    try:
+        method, target, version = lines[0].split(" ")
+        url = urlsplit(target)  # ValueError for "http://[::1" and the like
+    except ValueError:
+        raise HttpError(400, "malformed request line") from None
+    if version not in ("HTTP/1.0", "HTTP/1.1"):
+        raise HttpError(400, "malformed request line: the version must be HTTP/1.0 or HTTP/1.1")
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        name, value = name.strip().lower(), value.strip()
+        if name == "content-length" and headers.get(name, value) != value:  # RFC 9112 6.3: no guessing which
+            raise HttpError(400, "conflicting Content-Length headers")
+        headers[name] = value
+    if "transfer-encoding" in headers:  # RFC 9112 6.1: a coding the server does not implement is a 501
+        raise HttpError(501, "Transfer-Encoding is not supported: send the body with a Content-Length")
+    raw = headers.get("content-length", "0")
+    if not (raw.isascii() and raw.isdigit()):  # RFC 9110 8.6: 1*DIGIT, so no sign, no '_', no spaces
+        raise HttpError(400, "Content-Length must be a non-negative decimal integer")
+    length = int(raw) if len(raw) <= 9 else MAX_BODY + 1  # int() of thousands of digits is slow, then refused
+    if length > MAX_BODY:
+        raise HttpError(413, "request body too large")
+    return method, url, version, headers, length
+
+
 class HttpProtocol(asyncio.Protocol):
-    """HTTP/1.1 with keep-alive; hands the transport to a GatewayConnection after a WebSocket upgrade."""
+    """HTTP/1.1 with keep-alive; hands the transport to a GatewayConnection after a WebSocket upgrade.
+
+    A request must arrive whole within `http_request_timeout` of its first byte (the first request: of the
+    connection), or it is answered 408 and the connection closed; an idle keep-alive connection has no deadline.
+    """
 
     def __init__(self, sim: Simulator) -> None:
         self.sim = sim
         self.buf = bytearray()
         self.transport: asyncio.Transport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._arm_deadline()
+
+    def _arm_deadline(self) -> None:
+        timeout = self.sim.config.http_request_timeout
+        self._deadline = asyncio.get_running_loop().call_later(timeout, self._request_timed_out, timeout)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _request_timed_out(self, timeout: float) -> None:
+        self._deadline = None
+        if self.transport is not None and not self.transport.is_closing():
+            self._respond(json_response({"message": f"request not complete within {timeout:g} s"}, 408), close=True)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
@@ -67,28 +128,18 @@ class HttpProtocol(asyncio.Protocol):
             if end < 0:
                 if len(self.buf) > MAX_HEAD:
                     self._respond(json_response({"message": "request head too large"}, 431), close=True)
-                return
-            head = bytes(self.buf[:end]).decode("latin-1")
-            lines = head.split("\r\n")
+                break
             try:
-                method, target, version = lines[0].split(" ")
-                headers = {}
-                for line in lines[1:]:
-                    name, _, value = line.partition(":")
-                    headers[name.strip().lower()] = value.strip()
-                length = int(headers.get("content-length", "0"))
-            except ValueError:
-                self._respond(json_response({"message": "400: Bad Request", "code": 0}, 400), close=True)
-                return
-            if length > MAX_BODY:
-                self._respond(json_response({"message": "request body too large"}, 413), close=True)
+                method, url, version, headers, length = parse_head(bytes(self.buf[:end]).decode("latin-1"))
+            except HttpError as err:
+                self._respond(json_response({"message": str(err), "code": 0}, err.status), close=True)
                 return
             if len(self.buf) < end + 4 + length:
-                return
+                break
+            self._cancel_deadline()
             body = bytes(self.buf[end + 4:end + 4 + length])
             rest_bytes = bytes(self.buf[end + 4 + length:])
             self.buf = bytearray()
-            url = urlsplit(target)
             req = Request(method, url.path, parse_qs(url.query), headers, body)
             if headers.get("upgrade", "").lower() == "websocket":
                 self._upgrade(req, rest_bytes)
@@ -100,6 +151,8 @@ class HttpProtocol(asyncio.Protocol):
             except Exception as err:  # noqa: BLE001 - a bad request must never take the server down
                 resp = json_response({"message": f"500: {type(err).__name__}", "code": 0}, 500)
             self._respond(resp, close=not keep)
+        if self.buf and self._deadline is None and self.transport is not None and not self.transport.is_closing():
+            self._arm_deadline()  # the next request has begun
 
     def _respond(self, resp: Response, close: bool = False) -> None:
         head = [f"HTTP/1.1 {resp.status} {REASONS.get(resp.status, 'Error')}",
@@ -145,6 +198,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
+        self._cancel_deadline()
 
 
 class Simulator:
@@ -426,8 +480,10 @@ class Simulator:
         return self.pause(shard, False)
 
     def delay(self, shard: int, seconds: float) -> int:
-        """Delay everything sent to the shard's current connections by `seconds`."""
-        return self._each(shard, lambda c: setattr(c, "delay", max(seconds, 0.0)))
+        """Delay everything sent to the shard's current connections by `seconds` (finite, >= 0)."""
+        if not 0 <= seconds < math.inf:  # also false for nan
+            raise ValueError(f"delay must be a finite number of seconds >= 0, got {seconds!r}")
+        return self._each(shard, lambda c: setattr(c, "delay", seconds))
 
     async def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
         """Wait until `predicate(stats snapshot)` holds; re-checked on every change. Returns the snapshot."""

@@ -38,13 +38,19 @@ BOT_USER = {
     "id": str(BOT_ID), "username": "simbot", "discriminator": "0", "global_name": None, "avatar": None,
     "bot": True, "system": False, "mfa_enabled": False, "verified": True, "email": None, "flags": 0,
     "public_flags": 0, "premium_type": 0, "locale": "en-US", "banner": None, "accent_color": None,
+    "primary_guild": None,
 }
+# Every field Discord's OpenAPI spec requires of a PrivateApplicationResponse (tests/sim/test_sim_openapi.py).
 APPLICATION = {
     "id": str(BOT_ID), "name": "simbot", "icon": None, "description": "", "rpc_origins": [], "bot_public": True,
-    "bot_require_code_grant": False, "verify_key": "00" * 32, "team": None, "flags": 0, "summary": "",
-    "type": None, "hook": True, "redirect_uris": [], "interactions_endpoint_url": None, "tags": [],
-    "owner": {k: BOT_USER[k] for k in ("id", "username", "discriminator", "avatar", "public_flags", "global_name")},
-    "bot": BOT_USER, "approximate_guild_count": 0,
+    "bot_require_code_grant": False, "verify_key": "00" * 32, "team": None, "flags": 0, "flags_new": "0", "summary": "",
+    "type": None, "hook": True, "redirect_uris": [], "interactions_endpoint_url": None,
+    "role_connections_verification_url": None, "tags": [], "explicit_content_filter": 0,
+    "eligible_oauth2_scopes": ["applications.commands", "bot"],
+    "owner": {k: BOT_USER[k] for k in ("id", "username", "discriminator", "avatar", "public_flags", "flags",
+                                       "global_name", "primary_guild")},
+    "bot": BOT_USER, "approximate_guild_count": 0, "approximate_user_install_count": 0,
+    "approximate_user_authorization_count": 0,
 }
 
 

@@ -42,7 +42,11 @@ def fragments(payload: bytes, opcode: int, size: int) -> bytes:
 
 
 def close_frame(code: int, reason: str = "") -> bytes:
-    return frame(struct.pack("!H", code) + reason.encode()[:123], OP_CLOSE)
+    """A close frame; the reason is cut to the 123 bytes a control frame allows, never inside a UTF-8 character."""
+    data = reason.encode()
+    if len(data) > 123:
+        data = data[:123].decode(errors="ignore").encode()  # RFC 6455 5.5.1: the reason must stay valid UTF-8
+    return frame(struct.pack("!H", code) + data, OP_CLOSE)
 
 
 class FrameError(Exception):
