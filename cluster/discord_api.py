@@ -32,6 +32,12 @@ def _get(api_url: str, token: str, timeout: float) -> bytes:
                           user_agent="shardstack-cluster")
 
 
+def _scrub(text: str, token: str) -> str:
+    """``text`` (from the server: it may echo the request) without the token."""
+    bare = token.removeprefix("Bot ").strip()
+    return text.replace(bare, "<redacted>") if bare else text
+
+
 async def fetch_gateway_bot(api_url: str, token: str, timeout: float = 10.0) -> GatewayBot:
     """Call ``GET /gateway/bot``; a 401 raises :class:`ClusterExit` (authentication failed).
 
@@ -47,14 +53,15 @@ async def fetch_gateway_bot(api_url: str, token: str, timeout: float = 10.0) -> 
         if exc.code == 401:
             raise ClusterExit(ExitCode.AUTHENTICATION_FAILED,
                               "authentication failed: GET /gateway/bot answered 401; the bot token is invalid") from None
-        detail = exc.read()[:200].decode(errors="replace")
+        detail = _scrub(exc.read()[:200].decode(errors="replace"), token)
         raise ClusterExit(ExitCode.ERROR, f"GET /gateway/bot failed: HTTP {exc.code} {detail}") from None
     except (urllib.error.URLError, OSError) as exc:
         raise ClusterExit(ExitCode.ERROR, f"GET /gateway/bot failed: {exc}") from None
     try:
         return msgspec.json.decode(body, type=GatewayBot)
     except msgspec.DecodeError:
-        raise ClusterExit(ExitCode.ERROR, f"GET /gateway/bot returned invalid JSON: {body[:200]!r}") from None
+        raise ClusterExit(ExitCode.ERROR,
+                          f"GET /gateway/bot returned invalid JSON: {_scrub(repr(body[:200]), token)}") from None
     except msgspec.ValidationError as exc:
         raise ClusterExit(ExitCode.ERROR, f"GET /gateway/bot returned an unexpected shape: {exc}") from None
 

@@ -131,3 +131,16 @@ async def test_api_url_must_be_https_unless_local(url, caplog):
                                  "http://localhost/api", "http://[::1]:80/api"])
 def test_api_url_accepted(url):
     check_api_url(url)
+
+
+@pytest.mark.parametrize("status", [b"500 Internal Server Error", b"200 OK"])
+async def test_a_server_echoing_the_request_does_not_put_the_token_in_the_error(status, caplog):
+    def echo(server):
+        body = b"you sent: " + server.requests[-1]  # the Authorization header included; not JSON
+        return b"HTTP/1.1 %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s" % (status, len(body), body)
+
+    async with _Http(echo) as api:
+        with pytest.raises(ClusterExit) as info:
+            await cluster_fetch_gateway_bot(f"http://127.0.0.1:{api.port}/api/v10", TOKEN, timeout=5)
+    assert info.value.code == ExitCode.ERROR and "<redacted>" in str(info.value)
+    assert TOKEN not in str(info.value) and TOKEN not in caplog.text
