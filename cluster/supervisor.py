@@ -31,7 +31,7 @@ from cluster.handler import ClusterStatus, HandlerImportError, check_handler, ma
 from cluster.identify import Defer, Grant, IdentifyCoordinator, Refuse
 from cluster.layout import round_up, split
 from cluster.restart import Backoff, GiveUp, RestartPolicy
-from cluster.state import load_sessions, save_sessions
+from cluster.state import load_sessions, save_sessions, token_user_id
 from cluster.worker import EXIT_HANDLER_IMPORT, QUEUED, WorkerSpec, run_worker
 from ipc import Channel, HeartbeatMonitor, answer, gather
 from ipc.calls import encode_value
@@ -280,9 +280,9 @@ class Supervisor:
                                pace_below=cfg.budget_pace_below)
         self.coordinator = IdentifyCoordinator(self.max_concurrency, budget, window=cfg.identify_window,
                                                hold_timeout=cfg.identify_hold_timeout)
-        if not cfg.fresh:
-            self.sessions, note = load_sessions(cfg.state_file, self.shard_total, cfg.session_ttl)
-            log.info("%s", note)
+        if not cfg.fresh:  # it logs what it used, or one warning saying what it ignored and why
+            self.sessions, _ = load_sessions(cfg.state_file, self.shard_total, cfg.session_ttl,
+                                             user_id=token_user_id(token), gateway_url=self.gateway_url)
         ranges = split(self.shard_total, shards_per_worker=cfg.shards_per_worker, workers=cfg.workers)
         log.info("%d shards (max_concurrency %d) in %d workers; session budget %d/%d (safety margin %d)",
                  self.shard_total, self.max_concurrency, len(ranges), limit.remaining, limit.total, reserve)
@@ -650,7 +650,8 @@ class Supervisor:
         """Write the known sessions to the state file (atomically). A failure is logged once per reason."""
         version = self._sessions_version
         try:
-            save_sessions(self.config.state_file, self.shard_total, list(self.sessions.values()))
+            save_sessions(self.config.state_file, self.shard_total, list(self.sessions.values()),
+                          user_id=token_user_id(self.token()))
         except OSError as exc:
             if str(exc) != self._state_error:
                 log.error("could not write the state file %s: %s", self.config.state_file, exc)

@@ -12,13 +12,13 @@
 from ipc.broadcast import gather
 from ipc.calls import Call, CallError, Reply, UnknownCall
 from ipc.channel import Channel, ChannelClosed, answer, pipe_socket
-from ipc.framing import FrameDecoder, FramingError, encode_frame
+from ipc.framing import FrameDecoder, FrameTooLarge, FramingError, encode_frame
 from ipc.heartbeat import HeartbeatMonitor
 from ipc.protocol import Packet, SessionInfo
 from ipc.sessions import SessionDiff
 
 __all__ = [
-    "Call", "CallError", "Channel", "ChannelClosed", "FrameDecoder", "FramingError",
+    "Call", "CallError", "Channel", "ChannelClosed", "FrameDecoder", "FrameTooLarge", "FramingError",
     "HeartbeatMonitor", "Packet", "Reply", "SessionDiff", "SessionInfo", "UnknownCall",
     "answer", "encode_frame", "gather", "pipe_socket",
 ]

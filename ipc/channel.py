@@ -19,7 +19,7 @@ import msgspec
 
 from ipc import protocol
 from ipc.calls import Call, CallError, Reply, decode_call, decode_value, encode_call, encode_value
-from ipc.framing import FrameDecoder, FramingError, encode_frame
+from ipc.framing import MAX_FRAME, FrameDecoder, FrameTooLarge, FramingError, encode_frame
 from ipc.protocol import Packet, Ping, Pong, Request, Response
 
 __all__ = ["Channel", "ChannelClosed", "answer", "pipe_socket"]
@@ -50,7 +50,7 @@ def pipe_socket(conn: Any) -> socket.socket:
 class _Protocol(asyncio.Protocol):
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
-        self.decoder = FrameDecoder()
+        self.decoder = FrameDecoder(channel.max_frame)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.channel._transport = transport  # type: ignore[assignment]
@@ -82,10 +82,15 @@ class Channel:
 
     ``on_packet`` gets every packet except heartbeats (answered here) and responses to
     this end's own requests. Create it with :meth:`open`.
+
+    ``max_frame`` is the largest packet (encoded bytes) this end accepts and sends; both
+    ends of a pipe use the same limit, so a packet over it is refused here, where it is
+    made, instead of tearing down the pipe at the peer.
     """
 
-    def __init__(self, on_packet: PacketHandler, name: str = "ipc") -> None:
+    def __init__(self, on_packet: PacketHandler, name: str = "ipc", *, max_frame: int = MAX_FRAME) -> None:
         self.name = name
+        self.max_frame = max_frame
         self._on_packet = on_packet
         self._transport: asyncio.Transport | None = None
         self._ids = itertools.count(1)
@@ -95,9 +100,10 @@ class Channel:
         self.received = 0
 
     @classmethod
-    async def open(cls, conn: Any, on_packet: PacketHandler, name: str = "ipc") -> Channel:
+    async def open(cls, conn: Any, on_packet: PacketHandler, name: str = "ipc", *,
+                   max_frame: int = MAX_FRAME) -> Channel:
         """Attach to a pipe end (a duplex ``Connection`` or a connected Unix socket)."""
-        self = cls(on_packet, name)
+        self = cls(on_packet, name, max_frame=max_frame)
         loop = asyncio.get_running_loop()
         await loop.create_unix_connection(lambda: _Protocol(self), sock=pipe_socket(conn))
         return self
@@ -121,12 +127,27 @@ class Channel:
     # --- sending -------------------------------------------------------------------------
 
     def send(self, packet: Packet) -> None:
-        """Queue ``packet`` for the peer; raise :class:`ChannelClosed` if the pipe is gone."""
+        """Queue ``packet`` for the peer; raise :class:`ChannelClosed` if the pipe is gone.
+
+        A packet over ``max_frame`` is not sent (the peer would close the pipe on it): a
+        :class:`Response` is replaced by one whose ``error`` says so, which the caller gets as a
+        :class:`CallError`; any other packet raises :class:`FrameTooLarge`. The pipe stays up.
+        """
         transport = self._transport
         if transport is None or transport.is_closing():
             raise ChannelClosed(f"{self.name}: channel is closed")
-        transport.write(encode_frame(protocol.encode(packet)))
+        payload = protocol.encode(packet)
+        if len(payload) > self.max_frame:
+            payload = self._oversize(packet, len(payload))
+        transport.write(encode_frame(payload))
         self.sent += 1
+
+    def _oversize(self, packet: Packet, size: int) -> bytes:
+        text = f"{type(packet).__name__} of {size} bytes exceeds the {self.max_frame}-byte IPC frame limit"
+        if type(packet) is not Response:
+            raise FrameTooLarge(f"{self.name}: {text}; not sent")
+        log.warning("%s: reply to request %d not sent: %s", self.name, packet.id, text)
+        return protocol.encode(Response(packet.id, error=f"the reply was not sent: {text}"))
 
     async def request_raw(self, name: str, body: bytes, *, timeout: float = 5.0,
                           broadcast: bool = False) -> bytes:
@@ -143,6 +164,8 @@ class Channel:
                 raise CallError(f"{self.name}: {name} timed out after {timeout:g}s") from None
         except ChannelClosed as exc:
             raise CallError(f"{self.name}: {name} failed, the peer went away") from exc
+        except FrameTooLarge as exc:
+            raise CallError(str(exc)) from None
         finally:
             self._pending.pop(rid, None)
         if response.error is not None:

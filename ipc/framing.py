@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import struct
 
-__all__ = ["FrameDecoder", "FramingError", "encode_frame"]
+__all__ = ["MAX_FRAME", "FrameDecoder", "FrameTooLarge", "FramingError", "encode_frame"]
 
 _SHORT = struct.Struct("!i")
 _LONG = struct.Struct("!Q")
 _SHORT_MAX = 0x7FFFFFFF
 
+MAX_FRAME = 64 * 1024 * 1024
+"""The default frame limit (payload bytes) of both ends of an IPC pipe."""
+
 
 class FramingError(ValueError):
     """The byte stream does not follow the framing format."""
+
+
+class FrameTooLarge(FramingError):
+    """A payload to send is over the frame limit the receiving end enforces."""
 
 
 def encode_frame(payload: bytes) -> bytes:
@@ -37,7 +44,7 @@ class FrameDecoder:
 
     __slots__ = ("_buf", "max_frame")
 
-    def __init__(self, max_frame: int = 64 * 1024 * 1024) -> None:
+    def __init__(self, max_frame: int = MAX_FRAME) -> None:
         self._buf = bytearray()
         self.max_frame = max_frame
 

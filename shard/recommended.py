@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import ssl as _ssl
+import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
@@ -14,7 +17,8 @@ from .id import ShardId
 from .queue import InMemoryQueue
 from .shard import Shard
 
-__all__ = ["create_recommended", "GatewayBot", "SessionStartLimit", "fetch_gateway_bot"]
+__all__ = ["create_recommended", "GatewayBot", "SessionStartLimit", "RedirectRefused", "check_api_url",
+           "fetch_gateway_bot", "get_authorized"]
 
 
 class SessionStartLimit(msgspec.Struct, frozen=True):
@@ -30,20 +34,77 @@ class GatewayBot(msgspec.Struct, frozen=True):
     session_start_limit: SessionStartLimit
 
 
+class RedirectRefused(RuntimeError):
+    """An authorized request was answered with a redirect, which is not followed (it would carry the token)."""
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    # urllib's own handler resends every header, Authorization included, to whatever host the
+    # Location names; returning None makes the 3xx an HTTPError instead.
+    def redirect_request(self, *args: object) -> None:
+        return None
+
+
+def _is_local(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_api_url(api_url: str) -> None:
+    """Raise ValueError unless `api_url` is https://, or http:// to this machine (the simulator, tests):
+    the bot token is sent to it."""
+    parts = urllib.parse.urlsplit(api_url)
+    if parts.scheme == "https" and parts.hostname or parts.scheme == "http" and _is_local(parts.hostname):
+        return
+    raise ValueError(f"the API URL must be https:// (http:// only to localhost), got {parts.scheme}://"
+                     f"{parts.hostname or ''}; the bot token is not sent there")
+
+
+def get_authorized(url: str, authorization: str, *, timeout: float, ssl: _ssl.SSLContext | None = None,
+                   user_agent: str = "DiscordBot (shardstack, 0.1)") -> bytes:
+    """Blocking GET of `url` with the Authorization header; redirects are not followed.
+
+    Raises ValueError for a URL the token must not go to (`check_api_url`), RedirectRefused for a
+    3xx answer, urllib.error.HTTPError for any other error status and OSError for network errors.
+    """
+    check_api_url(url)
+    handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
+    if ssl is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=ssl))
+    request = urllib.request.Request(url, headers={"Authorization": authorization, "User-Agent": user_agent})
+    try:
+        with urllib.request.build_opener(*handlers).open(request, timeout=timeout) as response:
+            return response.read()
+    except urllib.error.HTTPError as exc:
+        if not 300 <= exc.code < 400:
+            raise
+        exc.close()
+        where = urllib.parse.urlsplit(exc.headers.get("Location", "")).hostname or "another URL"
+        raise RedirectRefused(f"GET {urllib.parse.urlsplit(url).path} answered HTTP {exc.code}, a redirect to "
+                              f"{where}; not followed, as the request carries the bot token") from None
+
+
 async def fetch_gateway_bot(token: str | Token, *, api_url: str = DEFAULT_API_URL,
                             ssl: _ssl.SSLContext | None = None, timeout: float = 10.0) -> GatewayBot:
-    """`GET {api_url}/gateway/bot` with the bot's Authorization header."""
+    """`GET {api_url}/gateway/bot` with the bot's Authorization header.
+
+    Raises ValueError for a plain-http API URL that is not local, RedirectRefused for a redirect (never
+    followed with the token), RuntimeError for an error status and OSError for network errors."""
     auth = Token(token).authorization
-    request = urllib.request.Request(api_url.rstrip("/") + "/gateway/bot",
-                                     headers={"Authorization": auth, "User-Agent": "DiscordBot (shardstack, 0.1)"})
+    url = api_url.rstrip("/") + "/gateway/bot"
     context = ssl if ssl is not None else default_ssl_context()
 
     def fetch() -> bytes:
-        kwargs = {"context": context} if request.full_url.startswith("https") else {}
         try:
-            with urllib.request.urlopen(request, timeout=timeout, **kwargs) as response:  # noqa: S310
-                return response.read()
+            return get_authorized(url, auth, timeout=timeout, ssl=context)
         except urllib.error.HTTPError as exc:  # never echo the request (it carries the token)
+            exc.close()
             raise RuntimeError(f"GET /gateway/bot failed with HTTP {exc.code}") from None
 
     body = await asyncio.to_thread(fetch)

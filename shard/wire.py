@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import platform
+from collections.abc import Iterator
 from typing import ClassVar, Literal, Union
 
 import msgspec
@@ -161,8 +162,22 @@ def encode_command(command: Command) -> bytes:
     return msgspec.json.encode(_Envelope(type(command).OP, command))
 
 
+class _Redacted:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<redacted>"
+
+
+_REDACTED = _Redacted()
+
+
+def _repr(shown: Iterator[tuple[str, object]], name: str) -> str:
+    return f"{name}({', '.join(f'{key}={value!r}' for key, value in shown)})"
+
+
 class Identify(msgspec.Struct, frozen=True, omit_defaults=True):
-    """op 2 `d`. Its repr hides the token."""
+    """op 2 `d`. Its repr (and rich's `__rich_repr__`, which msgspec would fill with every field) hides the token."""
 
     token: str
     properties: IdentifyProperties
@@ -174,12 +189,17 @@ class Identify(msgspec.Struct, frozen=True, omit_defaults=True):
 
     OP: ClassVar[int] = 2
 
+    def __rich_repr__(self) -> Iterator[tuple[str, object]]:
+        yield "token", _REDACTED
+        yield "intents", self.intents
+        yield "shard", self.shard
+
     def __repr__(self) -> str:
-        return f"Identify(token=<redacted>, intents={self.intents}, shard={self.shard})"
+        return _repr(self.__rich_repr__(), "Identify")
 
 
 class Resume(msgspec.Struct, frozen=True):
-    """op 6 `d`. Its repr hides the token."""
+    """op 6 `d`. Its repr (and `__rich_repr__`) hides the token."""
 
     token: str
     session_id: str
@@ -187,5 +207,10 @@ class Resume(msgspec.Struct, frozen=True):
 
     OP: ClassVar[int] = 6
 
+    def __rich_repr__(self) -> Iterator[tuple[str, object]]:
+        yield "token", _REDACTED
+        yield "session_id", self.session_id
+        yield "seq", self.seq
+
     def __repr__(self) -> str:
-        return f"Resume(token=<redacted>, session_id={self.session_id!r}, seq={self.seq})"
+        return _repr(self.__rich_repr__(), "Resume")

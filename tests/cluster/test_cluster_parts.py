@@ -19,10 +19,10 @@ from ipc.protocol import (IdentifyCancel, IdentifyDone, IdentifyGrant, IdentifyR
 
 def test_state_round_trip_and_permissions(tmp_path):
     path = tmp_path / "sub" / "state.json"
-    sessions = [SessionInfo(1, "b", 7, "ws://r"), SessionInfo(0, "a", 3)]
+    sessions = [SessionInfo(1, "b", 7, "wss://gateway-us-east1-b.discord.gg"), SessionInfo(0, "a", 3)]
     save_sessions(path, 16, sessions, now=1000.0)
     loaded, note = load_sessions(path, 16, ttl=120, now=1100.0)
-    assert loaded == {0: SessionInfo(0, "a", 3), 1: SessionInfo(1, "b", 7, "ws://r")}
+    assert loaded == {0: SessionInfo(0, "a", 3), 1: SessionInfo(1, "b", 7, "wss://gateway-us-east1-b.discord.gg")}
     assert "resuming 2 sessions" in note
     assert oct(path.stat().st_mode & 0o777) == "0o600"
     assert json.loads(path.read_text())["shard_total"] == 16

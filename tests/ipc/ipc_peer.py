@@ -38,6 +38,18 @@ class Exit(ipc.Call):
     code: int
 
 
+class Big(ipc.Call):
+    """Replies with ``size`` bytes."""
+
+    size: int
+
+
+class Size(ipc.Call):
+    """Replies with the length of ``data``."""
+
+    data: bytes
+
+
 def serve(conn, worker_id: int = 0) -> None:
     asyncio.run(_serve(conn, worker_id))
 
@@ -60,6 +72,10 @@ async def _serve(conn, worker_id: int) -> None:
                 return {"worker_id": worker_id, "pid": os.getpid()}
             case Exit(code):
                 os._exit(code)
+            case Big(size):
+                return bytes(size)
+            case Size(data):
+                return len(data)
         raise NotImplementedError(type(call).__name__)
 
     async def reply(request: Request) -> None:
