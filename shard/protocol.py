@@ -597,18 +597,16 @@ class GatewayProtocol:
                 # Dispatches only (a Dispatch is tagged op 0; an Envelope's op is checked here).
                 if (None not in types and _SESSION_EVENTS.isdisjoint(types)
                         and (get_type is _TYPE or not any(map(_OP, decoded)))):
-                    # Sequences in range (checked by msgspec) and never backwards (checked here, per run).
-                    seqs = list(map(get_seq, decoded))
-                    try:
-                        ordered = seqs[0] >= (self.sequence or 0) and seqs == sorted(seqs)
-                    except TypeError:  # a dispatch without `s`
-                        ordered = False
-                    if ordered:
-                        self.events.extend(decoded)
-                        self.raws.extend(outs)
-                        _count_elements(self._counts, types)
-                        self.sequence = seqs[-1]
-                        return
+                    self.events.extend(decoded)
+                    self.raws.extend(outs)
+                    _count_elements(self._counts, types)
+                    for ev in reversed(decoded):
+                        s = get_seq(ev)  # 0 <= s < 2**63: checked by the decoder
+                        if s is not None:
+                            if self.sequence is None or s > self.sequence:  # never backwards
+                                self.sequence = s
+                            break
+                    return
         self._each(outs)  # a control opcode, READY/RESUMED or a bad payload in the run (rare)
 
     def _each(self, outs: list[bytes]) -> None:
@@ -707,10 +705,11 @@ class GatewayProtocol:
                 self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a dispatch has no valid t or s"))
                 return
             if s is not None:
-                if not (self.sequence or 0) <= s < SEQ_END:
+                if not 0 <= s < SEQ_END:
                     self._bad_sequence(t, s)
                     return
-                self.sequence = s
+                if self.sequence is None or s > self.sequence:  # never backwards
+                    self.sequence = s
             counts = self._counts
             counts[t] = counts.get(t, 0) + 1
             if t == "READY" or t == "RESUMED":
@@ -736,11 +735,8 @@ class GatewayProtocol:
             if t is None:
                 self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a dispatch has no event name"))
                 return
-            if s is not None:  # 0 <= s < 2**63: checked by the envelope decoder
-                if s < (self.sequence or 0):
-                    self._bad_sequence(t, s)
-                    return
-                self.sequence = s
+            if s is not None and (self.sequence is None or s > self.sequence):  # never backwards
+                self.sequence = s  # 0 <= s < 2**63: checked by the envelope decoder
             counts = self._counts
             counts[t] = counts.get(t, 0) + 1
             if t == "READY" or t == "RESUMED":
@@ -877,10 +873,9 @@ class GatewayProtocol:
         self.hangup = True
 
     def _bad_sequence(self, t: str, s: int) -> None:
-        """A dispatch whose `s` would move the sequence backwards: reported and dropped (the session's
-        sequence, sent in Heartbeat and Resume, stays as it was)."""
-        self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a {t} dispatch has sequence {s}, below the "
-                                      f"last one ({self.sequence}) or over 2**63 - 1", event_type=t))
+        """A dispatch whose `s` is out of range (the typed decoders refuse it while decoding)."""
+        self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a {t} dispatch has sequence {s}; it must be from "
+                                      "0 to 2**63 - 1", event_type=t))
 
     def _identified(self, ready: bool) -> None:
         self.identify_pending = False

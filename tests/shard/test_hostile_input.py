@@ -173,8 +173,8 @@ def test_deep_d_decoded_later_is_a_gateway_error() -> None:
 
 @pytest.mark.parametrize("compression", ["zlib-stream", None])
 @pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("bad", [10 ** 25, -1, 2 ** 63, 4, 1.5, "7"])
-def test_bad_sequence_is_an_error_and_never_moves_it(compression: str | None, mode: str, bad: object) -> None:
+@pytest.mark.parametrize("bad", [10 ** 25, -1, 2 ** 63, 1.5, "7"])
+def test_bad_sequence_is_an_error_for_that_message(compression: str | None, mode: str, bad: object) -> None:
     p, w, now = ready_protocol(compression, **_mode_options(mode))
     _mode(p, mode)
     feed(p, raw_message(w, dispatch(5)))
@@ -192,19 +192,32 @@ def test_bad_sequence_is_an_error_and_never_moves_it(compression: str | None, mo
     assert p.session == Session("sess", 7)
 
 
+@pytest.mark.parametrize("compression", ["zlib-stream", None])
+@pytest.mark.parametrize("mode", MODES)
+def test_sequence_never_goes_backwards(compression: str | None, mode: str) -> None:
+    p, w, now = ready_protocol(compression, **_mode_options(mode))
+    _mode(p, mode)
+    seen = []
+    for run in ((10,), (9,), (11, 12, 9, 3), (0,), (5, 4), (13,), (2,)):
+        feed(p, b"".join(raw_message(w, dispatch(s)) for s in run))
+        seen.append(p.sequence)
+    assert seen == sorted(seen) and seen[0] == 10 and seen[-1] == 13  # only ever forwards
+    assert len(drain(p)) == 11  # (delivered: the simulator's flood replay repeats sequence numbers on purpose)
+    now[0] += 5.0
+    p.heartbeat_timer(now[0])
+    (_, beat), = sent(p)
+    assert json.loads(beat) == {"op": 1, "d": 13}
+    p.connection_lost()
+    p.connection_made()
+    feed(p, raw_message(wire_for(compression), json.dumps(HELLO).encode()))
+    (_, resume), = sent(p)
+    assert json.loads(resume)["d"]["seq"] == 13
+
+
 def test_largest_sequence_is_accepted() -> None:
     p, w, now = ready_protocol()
     feed(p, raw_message(w, dispatch(2 ** 63 - 1)))
     assert drain(p)[0].seq == 2 ** 63 - 1 and p.sequence == 2 ** 63 - 1
-
-
-def test_backwards_run_goes_message_by_message() -> None:
-    p, w, now = ready_protocol()
-    feed(p, raw_message(w, dispatch(10)))
-    feed(p, b"".join(raw_message(w, dispatch(s)) for s in (11, 12, 9, 13)))  # 9 inside an otherwise fine run
-    items = drain(p)
-    assert types(items) == ["MESSAGE_CREATE"] * 3 + ["DESERIALIZING", "MESSAGE_CREATE"]
-    assert [i.seq for i in items if not isinstance(i, GatewayError)] == [10, 11, 12, 13] and p.sequence == 13
 
 
 # ---- 4. Hello's heartbeat_interval -----------------------------------------------------------------
