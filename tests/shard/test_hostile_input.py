@@ -4,8 +4,10 @@ close) for that message, never an escaping exception, and the stream goes on or 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import zlib
+from typing import Any
 
 import msgspec
 import pytest
@@ -15,7 +17,10 @@ from shard import CloseFrame, EventTypeFlags, GatewayError, Session
 from shard.error import ErrorKind
 from shard.parse import Envelope
 from shard.protocol import GatewayProtocol
+from sim import Simulator
+from sim.wsframe import close_frame
 
+from shard_helpers import Recorder, call, shard_stats
 from test_protocol import HELLO, READY, Wire, drain, feed, frame, identify_and_ready, make, sent
 
 LIMIT = 1 << 20  # max_inflated_size in these tests
@@ -271,3 +276,98 @@ def test_user_close_with_a_reserved_code_is_refused(code: int) -> None:
     p.close(CloseFrame(4000))
     (op, body), = sent(p)
     assert int.from_bytes(body[:2], "big") == 4000 and p.session is not None  # kept for a later Resume
+
+
+# ---- end to end: a real Shard over a socket to the simulator ---------------------------------------
+
+FAST = {"identify_window": 0.2, "heartbeat_interval": 1000, "session_ttl": 30.0}
+
+
+def _conn(sim: Simulator) -> Any:
+    conn, = sim.connections_of(0)
+    return conn
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("compression", ["zlib-stream", "zstd-stream"])
+async def test_bomb_over_a_socket_reconnects_and_resumes(shards, compression: str) -> None:
+    async with Simulator(events_per_second=20, **FAST) as sim:
+        shard = shards(sim, compression=compression, max_inflated_size=LIMIT)
+        rec = Recorder(shard)
+        await rec.wait_for(lambda r: r.count("READY") == 1)
+        _conn(sim).send_payload(b'{"op":0,"t":"MESSAGE_CREATE","s":99,"d":"' + BOMB + b'"}')  # 8 MiB inflated
+        await rec.wait_for(lambda r: any(e.kind is ErrorKind.COMPRESSION for e in r.errors))
+        assert not any(e.is_fatal() for e in rec.errors) and "max_inflated_size" in str(rec.errors[0])
+        snap = await sim.wait_until(lambda s: shard_stats(s)["resumes"] == 1, timeout=10)
+        assert shard_stats(snap)["identifies"] == 1 and snap["total"]["violations"] == 0
+        await rec.wait_for(lambda r: "RESUMED" in r.types())
+        n = rec.count("MESSAGE_CREATE")
+        await rec.wait_for(lambda r: r.count("MESSAGE_CREATE") > n + 2)  # the fresh connection works
+        inflater = shard._protocol.inflater
+        assert inflater is not None and inflater.capacity < 64 * 1024 and shard._protocol.pending < 64 * 1024
+        assert shard.session is not None and shard.session.sequence < 99
+        await rec.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_deep_json_and_bad_sequences_over_a_socket(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await rec.wait_for(lambda r: r.count("GUILD_CREATE") == 2)
+        conn = _conn(sim)
+        conn.session.dispatch(b"MESSAGE_CREATE", b"[" * 1000 + b"]" * 1000)
+        conn.send_payload(b'{"t":"MESSAGE_CREATE","s":-5,"op":0,"d":{}}')
+        conn.send_payload(b'{"t":"MESSAGE_CREATE","s":10000000000000000000000000,"op":0,"d":{}}')
+        conn.session.dispatch(b"MESSAGE_CREATE", b'{"id":"after"}')
+        await rec.wait_for(lambda r: r.count("MESSAGE_CREATE") == 1)
+        assert [e.kind for e in rec.errors] == [ErrorKind.DESERIALIZING] * 3
+        assert rec.count("READY") == 1  # nothing was parsed twice
+        last = conn.session.seq
+        assert shard.session is not None and shard.session.sequence == last
+        before = shard_stats(sim.stats.snapshot())["heartbeats"]
+        await call(sim.request_heartbeat(0))
+        snap = await sim.wait_until(lambda s: shard_stats(s)["heartbeats"] > before, timeout=5)
+        assert next(iter(snap["sessions"].values()))["confirmed"] == last  # the heartbeat carried it
+        assert shard_stats(snap)["connections"] == 1 and snap["total"]["violations"] == 0
+        await rec.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_raw_mode_invalid_utf8_is_a_gateway_error(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        while '"READY"' not in await asyncio.wait_for(shard.next_message(), 5):
+            pass
+        conn = _conn(sim)
+        conn.session.dispatch(b"MESSAGE_CREATE", b'{"content":"\xff\xfe"}')
+        conn.session.dispatch(b"MESSAGE_CREATE", b'{"content":"fine"}')
+        with pytest.raises(GatewayError) as info:
+            while True:
+                await asyncio.wait_for(shard.next_message(), 5)
+        assert info.value.kind is ErrorKind.DESERIALIZING and not info.value.is_fatal()
+        assert '"fine"' in await asyncio.wait_for(shard.next_message(), 5)  # the stream goes on
+
+
+@pytest.mark.timeout(30)
+async def test_invalid_close_code_over_a_socket(shards) -> None:
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await rec.wait_for(lambda r: r.count("READY") == 1)
+        _conn(sim).write_raw(close_frame(1006, "reserved"))
+        snap = await sim.wait_until(lambda s: shard_stats(s)["resumes"] == 1, timeout=10)
+        assert shard_stats(snap)["closes"].get("client 1002") == 1  # answered with 1002, not echoed
+        assert shard_stats(snap)["identifies"] == 1
+        await rec.stop()
+
+
+@pytest.mark.timeout(30)
+async def test_tiny_hello_interval_is_clamped_over_a_socket(shards) -> None:
+    async with Simulator(identify_window=0.2, heartbeat_interval=1, heartbeat_grace=30.0) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await rec.wait_for(lambda r: r.count("READY") == 1)
+        assert rec.events[0].data.heartbeat_interval == 1
+        assert shard._protocol.heartbeater is not None and shard._protocol.heartbeater.interval == 1.0
+        await rec.stop()
