@@ -645,6 +645,9 @@ class GatewayProtocol:
             return
         fin = b0 & 0x80
         op = b0 & 0x0F
+        if op & 0x8 and (len(payload) > 125 or not fin):
+            self._protocol_error("a control frame over 125 bytes or fragmented")  # RFC 6455 5.5
+            return
         if op == OP_CLOSE:
             self._on_close_frame(bytes(payload))
             return

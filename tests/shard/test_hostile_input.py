@@ -257,6 +257,19 @@ def test_invalid_close_frame_is_answered_with_1002_and_resumes(payload: bytes) -
     assert not p.stopped and p.session is not None and p.connect_target()[0] == "ws://resume/"
 
 
+@pytest.mark.parametrize("opcode,payload,fin", [(9, b"p" * 126, True), (8, b"\x0f\xa0" + b"r" * 124, True),
+                                                 (9, b"ping", False), (10, b"p" * 200, True)])
+def test_invalid_control_frame_is_a_protocol_error(opcode: int, payload: bytes, fin: bool) -> None:
+    # RFC 6455 5.5: at most 125 bytes, never fragmented (found by bench/fuzz_receive.py: a 126-byte ping
+    # made encode_pong raise out of process())
+    p, w, now = ready_protocol()
+    feed(p, frame(payload, opcode, fin))
+    (op, body), = sent(p)
+    assert op == 8 and int.from_bytes(body[:2], "big") == 1002 and p.hangup
+    feed(p, w.msg({"op": 0, "t": "MESSAGE_CREATE", "s": 2, "d": {}}))  # ignored: the connection is closing
+    assert p.sequence == 1 and p.session is not None and not p.stopped
+
+
 @pytest.mark.parametrize("payload,echo", [(b"", 1000), ((1000).to_bytes(2, "big"), 1000),
                                           ((1012).to_bytes(2, "big"), 1012), ((3000).to_bytes(2, "big"), 3000),
                                           ((4999).to_bytes(2, "big"), 4999)])
