@@ -12,7 +12,6 @@ GatewayProtocol, fed bytes in any chunking, with the invariants checked after ev
 from __future__ import annotations
 
 import json
-import struct
 import zlib
 
 import zstandard
@@ -20,6 +19,7 @@ import zstandard
 from shard import Config, GatewayError, ShardId
 from shard.parse import SEQ_END
 from shard.protocol import GatewayProtocol
+from sim.wsframe import frame as ws_frame
 
 COMPRESSIONS = ("zlib-stream", "zstd-stream", None)
 MODES = ("eager", "raw", "filtered")
@@ -33,13 +33,9 @@ READY = (b'{"t":"READY","s":1,"op":0,"d":{"session_id":"s","resume_gateway_url":
 
 def frame(payload: bytes, opcode: int = 2, fin: bool = True, rsv: int = 0) -> bytes:
     """A server frame (unmasked) with any opcode, FIN and RSV bits."""
-    b0 = (0x80 if fin else 0) | (rsv & 7) << 4 | (opcode & 0x0F)
-    n = len(payload)
-    if n < 126:
-        return struct.pack("!BB", b0, n) + payload
-    if n < 65536:
-        return struct.pack("!BBH", b0, 126, n) + payload
-    return struct.pack("!BBQ", b0, 127, n) + payload
+    data = bytearray(ws_frame(payload, opcode & 0x0F))
+    data[0] = (0x80 if fin else 0) | (rsv & 7) << 4 | (opcode & 0x0F)
+    return bytes(data)
 
 
 class Server:
