@@ -630,12 +630,15 @@ class GatewayProtocol:
             return data
         import zlib  # payload compression: a standalone zlib stream per message
         limit = self.config.max_inflated_size
+        inflate = zlib.decompressobj()
         try:
-            out = zlib.decompressobj().decompress(data, limit + 1)
+            out = inflate.decompress(data, limit + 1)  # stops one byte past the bound (a bomb)
         except zlib.error as exc:
             raise InflateError(f"compressed payload is corrupt: {exc}") from None
         if len(out) > limit:
             raise InflateError(f"a message inflates to over max_inflated_size ({limit} bytes)")
+        if not inflate.eof:
+            raise InflateError("compressed payload is corrupt: incomplete or truncated stream")
         return out
 
     def _on_frame(self, b0: int, payload: memoryview) -> None:
@@ -849,8 +852,6 @@ class GatewayProtocol:
             # 1015, 1016-2999, 5000+): a protocol error, answered with 1002, never echoed. Resume after it.
             log.warning("shard %s: the gateway sent an invalid close frame (code %s, %s bytes)", self.shard_id,
                         code, len(payload))
-            if self.disconnect is None:
-                self.disconnect = (CloseAction.RESUME, "protocol_error")
             self.begin_close(CloseFrame(1002, "invalid close code"), CloseAction.RESUME, "protocol_error")
             return
         if not self.closing:

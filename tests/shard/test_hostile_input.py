@@ -117,6 +117,12 @@ def test_payload_compression_bomb() -> None:
     assert types(drain(p)) == ["COMPRESSION"] and p.hangup
 
 
+def test_payload_compression_truncated_is_still_a_compression_error() -> None:
+    p, w, now = ready_protocol(None, max_inflated_size=LIMIT)
+    feed(p, frame(zlib.compress(dispatch(2))[:-6]))  # (the bounded inflate must still see the stream end)
+    assert types(drain(p)) == ["COMPRESSION"] and p.sequence == 1
+
+
 def test_zlib_message_without_end_is_bounded() -> None:
     p, w, now = ready_protocol("zlib-stream", max_message_size=64 * 1024)
     junk = bytes(range(256)) * 16  # 4 KiB that never ends with 00 00 ff ff
