@@ -3,7 +3,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv bench clean
+FUZZ_SECONDS ?= 120
+
+.PHONY: test demo venv bench fuzz clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +27,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/shard_hotpath.py
 	$(BIN)/python bench/cluster_bench.py
 	$(BIN)/python bench/sim_capacity.py
+
+# Coverage-guided fuzzing of the shard's receive path (atheris), for FUZZ_SECONDS; a crash is saved as
+# bench/results/fuzz/crash-<hash> (replay: $(BIN)/python bench/fuzz_receive.py <file>).
+fuzz: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[fuzz]"
+	mkdir -p bench/results/fuzz
+	$(BIN)/python bench/fuzz_receive.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
+		-artifact_prefix=bench/results/fuzz/
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -9,7 +9,7 @@ from typing import Literal
 import msgspec
 
 from .event_type import EventTypeFlags
-from .inflater import Compression, ZlibBackend
+from .inflater import MAX_BUFFERED, MAX_INFLATED, Compression, ZlibBackend
 from .intents import Intents
 from .queue import Queue
 from .session import Session
@@ -106,13 +106,20 @@ class Config:
       invalid_session_delay: (min, max) seconds before re-identifying after op 9 false (default 1-5 s).
     - max_pending_events: received events buffered before reading pauses; send_queue_size: outgoing bound.
     - metrics: publish prometheus metrics for this shard (default True).
+    - max_message_size: the largest compressed message, whole or buffered in parts until zlib-stream's
+      00 00 ff ff suffix (default 64 MiB); max_inflated_size: the largest message once inflated (default
+      64 MiB). Past either bound the shard reports a COMPRESSION GatewayError (not fatal), drops the
+      buffered bytes and reconnects to resume (decompression bombs).
+    - heartbeat_interval_range: (min, max) seconds; Hello's `heartbeat_interval` is clamped into it
+      (default 1-120 s; Discord sends about 41 s), so a hostile 1 ms cannot flood the gateway and a huge
+      value cannot turn heartbeats and zombie detection off.
     """
 
     __slots__ = ("token", "intents", "gateway_url", "compression", "zlib_backend", "event_types", "session",
                  "resume_url", "queue", "large_threshold", "presence", "identify_properties",
                  "ratelimit_messages", "ssl", "decoder", "event_structs", "connect_timeout", "close_timeout",
                  "backoff_base", "backoff_max", "invalid_session_delay", "max_pending_events",
-                 "send_queue_size", "metrics", "max_message_size")
+                 "send_queue_size", "metrics", "max_message_size", "max_inflated_size", "heartbeat_interval_range")
 
     def __init__(
         self,
@@ -141,7 +148,9 @@ class Config:
         max_pending_events: int = 4096,
         send_queue_size: int = 128,
         metrics: bool = True,
-        max_message_size: int = 64 * 1024 * 1024,
+        max_message_size: int = MAX_BUFFERED,
+        max_inflated_size: int = MAX_INFLATED,
+        heartbeat_interval_range: tuple[float, float] = (1.0, 120.0),
     ) -> None:
         if not 50 <= large_threshold <= 250:
             raise ValueError("large_threshold must be between 50 and 250")
@@ -151,6 +160,11 @@ class Config:
             raise ValueError(f"unknown decoder {decoder!r}")
         if not gateway_url.startswith(("ws://", "wss://")):
             raise ValueError("gateway_url must be a ws:// or wss:// URL")
+        if max_message_size < 1 or max_inflated_size < 1:
+            raise ValueError("max_message_size and max_inflated_size must be positive")
+        low, high = heartbeat_interval_range
+        if not 0 < low <= high:
+            raise ValueError("heartbeat_interval_range must be (min, max) seconds with 0 < min <= max")
         self.token = Token(token)
         self.intents = int(intents)
         self.gateway_url = gateway_url
@@ -176,6 +190,8 @@ class Config:
         self.send_queue_size = send_queue_size
         self.metrics = metrics
         self.max_message_size = max_message_size
+        self.max_inflated_size = max_inflated_size
+        self.heartbeat_interval_range = (float(low), float(high))
 
     def replace(self, **changes: object) -> Config:
         """A copy with some options changed."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
+from .parse import Seq
 from .wire import JSONValue
 
 __all__ = ["Event", "Dispatch", "EventData"]
@@ -42,5 +43,5 @@ class Dispatch(Event, frozen=True, gc=False, rename=_WIRE_NAMES, tag_field="op",
     """
 
     type: str | None = None  # type: ignore[assignment]
-    seq: int | None = None
+    seq: Seq | None = None  # 0 <= seq < 2**63, checked while decoding
     data: object = None

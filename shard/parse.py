@@ -10,15 +10,22 @@ from __future__ import annotations
 
 import json as _json
 from collections.abc import Mapping
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from .wire import JSONValue
 
-__all__ = ["Envelope", "PayloadDecoder", "DecodeError"]
+__all__ = ["Envelope", "PayloadDecoder", "DecodeError", "DECODE_ERRORS", "Seq", "SEQ_END"]
 
 DecodeError = msgspec.DecodeError
+DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
+"""What decoding one hostile message can raise (msgspec's ValidationError is a DecodeError; about 1,000
+levels of nesting raise RecursionError, even inside a skipped `d`): each becomes a DESERIALIZING error."""
+SEQ_END = 1 << 63
+Seq = Annotated[int, msgspec.Meta(ge=0, le=SEQ_END - 1)]
+"""A dispatch's `s`: 0 <= s < 2**63, checked by msgspec while decoding (a larger one would overflow the
+msgpack reports of a cluster worker; a negative one would go into Heartbeat and Resume)."""
 _NULL = msgspec.Raw(b"null")
 
 
@@ -27,7 +34,7 @@ class Envelope(msgspec.Struct, gc=False):
 
     op: int
     t: str | None = None
-    s: int | None = None
+    s: Seq | None = None
     d: msgspec.Raw = _NULL
 
 
@@ -67,8 +74,8 @@ class PayloadDecoder:
         if not isinstance(obj, dict) or type(obj.get("op")) is not int:
             raise DecodeError("payload is not a gateway envelope")
         t, s = obj.get("t"), obj.get("s")
-        if (t is not None and type(t) is not str) or (s is not None and type(s) is not int):
-            raise DecodeError("the envelope's t must be a string and s an integer")
+        if (t is not None and type(t) is not str) or (s is not None and (type(s) is not int or not 0 <= s < SEQ_END)):
+            raise DecodeError("the envelope's t must be a string and s an integer from 0 to 2**63 - 1")
         env = Envelope(obj["op"], t, s)
         env.d = obj.get("d")  # type: ignore[assignment]  # decoded already
         return env

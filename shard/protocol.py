@@ -42,11 +42,12 @@ from .id import ShardId
 from .inflater import SYNC_FLUSH_SUFFIX, InflateError, ZlibInflater, ZstdInflater, new_inflater
 from .latency import Latency
 from .metrics import ShardMetrics
-from .parse import DecodeError, Envelope, PayloadDecoder
+from .parse import DECODE_ERRORS, SEQ_END, Envelope, PayloadDecoder
 from .ratelimiter import MAX_PAYLOAD, CommandRatelimiter
 from .session import Session
 from .state import ShardState, StateKind
-from .websocket import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, encode_close, encode_pong, encode_text
+from .websocket import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, encode_close, encode_pong, encode_text,
+                        valid_close_code)
 from .wire import (HeartbeatAck, HeartbeatRequest, Hello, Identify, InvalidSession, Ready, Reconnect, Resume, Resumed,
                    default_identify_properties)
 
@@ -225,7 +226,8 @@ class GatewayProtocol:
     def connection_made(self) -> None:
         """A WebSocket connection is open: fresh per-connection state (a new inflater, no Hello yet)."""
         self.outgoing = []
-        self.inflater = new_inflater(self.config.compression, self.config.zlib_backend)
+        cfg = self.config
+        self.inflater = new_inflater(cfg.compression, cfg.zlib_backend, cfg.max_inflated_size, cfg.max_message_size)
         self.heartbeater = None
         self.ratelimiter = None
         self.want_identify = False
@@ -356,7 +358,10 @@ class GatewayProtocol:
             self.outgoing.append(encode_close(frame.code, frame.reason))
 
     def close(self, frame: CloseFrame) -> Session | None:
-        """The user closes the shard. 1000/1001 end the session; other codes keep it for a later Resume."""
+        """The user closes the shard. 1000/1001 end the session; other codes keep it for a later Resume.
+        Raises ValueError for a code RFC 6455 forbids sending (1004-1006, 1015, below 1000 or over 4999)."""
+        if not valid_close_code(frame.code):
+            raise ValueError(f"close code {frame.code} cannot be sent: use 1000-1003, 1007-1014 or 3000-4999")
         if frame.ends_session():
             self._clear_session()
         session = self.session
@@ -585,7 +590,7 @@ class GatewayProtocol:
             decode, get_type, get_seq = batch
             try:
                 decoded = list(map(decode, outs))
-            except (DecodeError, msgspec.ValidationError):
+            except DECODE_ERRORS:
                 decoded = None  # reported message by message below
             if decoded is not None:
                 types = list(map(get_type, decoded))
@@ -596,9 +601,10 @@ class GatewayProtocol:
                     self.raws.extend(outs)
                     _count_elements(self._counts, types)
                     for ev in reversed(decoded):
-                        s = get_seq(ev)
+                        s = get_seq(ev)  # 0 <= s < 2**63: checked by the decoder
                         if s is not None:
-                            self.sequence = s
+                            if self.sequence is None or s > self.sequence:  # never backwards
+                                self.sequence = s
                             break
                     return
         self._each(outs)  # a control opcode, READY/RESUMED or a bad payload in the run (rare)
@@ -623,10 +629,17 @@ class GatewayProtocol:
         if data[:1] == b"{":
             return data
         import zlib  # payload compression: a standalone zlib stream per message
+        limit = self.config.max_inflated_size
+        inflate = zlib.decompressobj()
         try:
-            return zlib.decompress(data)
+            out = inflate.decompress(data, limit + 1)  # stops one byte past the bound (a bomb)
         except zlib.error as exc:
             raise InflateError(f"compressed payload is corrupt: {exc}") from None
+        if len(out) > limit:
+            raise InflateError(f"a message inflates to over max_inflated_size ({limit} bytes)")
+        if not inflate.eof:
+            raise InflateError("compressed payload is corrupt: incomplete or truncated stream")
+        return out
 
     def _on_frame(self, b0: int, payload: memoryview) -> None:
         """Slow path: text, fragmented and control frames."""
@@ -635,6 +648,9 @@ class GatewayProtocol:
             return
         fin = b0 & 0x80
         op = b0 & 0x0F
+        if op & 0x8 and (len(payload) > 125 or not fin):
+            self._protocol_error("a control frame over 125 bytes or fragmented")  # RFC 6455 5.5
+            return
         if op == OP_CLOSE:
             self._on_close_frame(bytes(payload))
             return
@@ -685,7 +701,7 @@ class GatewayProtocol:
         try:
             msg = self._decode_all(out)
             op = msg["op"]
-        except (DecodeError, TypeError, KeyError) as exc:
+        except (*DECODE_ERRORS, TypeError, KeyError) as exc:
             self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid: {exc}"))
             return
         if op == 0:
@@ -695,7 +711,11 @@ class GatewayProtocol:
                 self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a dispatch has no valid t or s"))
                 return
             if s is not None:
-                self.sequence = s
+                if not 0 <= s < SEQ_END:
+                    self._bad_sequence(t, s)
+                    return
+                if self.sequence is None or s > self.sequence:  # never backwards
+                    self.sequence = s
             counts = self._counts
             counts[t] = counts.get(t, 0) + 1
             if t == "READY" or t == "RESUMED":
@@ -712,8 +732,8 @@ class GatewayProtocol:
         """Filtering or typed decoding: scan op/t/s with `d` left raw; `d` is decoded by the consumer."""
         try:
             env = self._env_decode(out)
-        except DecodeError as exc:
-            self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid JSON: {exc}"))
+        except DECODE_ERRORS as exc:
+            self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid: {exc}"))
             return
         if env.op == 0:
             t = env.t
@@ -721,8 +741,8 @@ class GatewayProtocol:
             if t is None:
                 self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a dispatch has no event name"))
                 return
-            if s is not None:
-                self.sequence = s
+            if s is not None and (self.sequence is None or s > self.sequence):  # never backwards
+                self.sequence = s  # 0 <= s < 2**63: checked by the envelope decoder
             counts = self._counts
             counts[t] = counts.get(t, 0) + 1
             if t == "READY" or t == "RESUMED":
@@ -738,7 +758,7 @@ class GatewayProtocol:
         if t == "READY":
             try:
                 ready = self.decoder.decode_as(d, Ready)  # type: ignore[arg-type]
-            except (DecodeError, msgspec.ValidationError) as exc:
+            except DECODE_ERRORS as exc:
                 self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"READY is malformed: {exc}",
                                               event_type=t))
                 self.begin_close(CloseFrame.RESUME, CloseAction.IDENTIFY, "bad_ready")
@@ -776,7 +796,7 @@ class GatewayProtocol:
         elif op == 9:
             try:
                 resumable = bool(self.decoder.decode_as(d, bool))  # type: ignore[arg-type]
-            except (DecodeError, msgspec.ValidationError):
+            except DECODE_ERRORS:
                 resumable = False
             self._push_control("GATEWAY_INVALID_SESSION", InvalidSession(resumable), out)
             if self.identify_pending:
@@ -796,13 +816,18 @@ class GatewayProtocol:
             hello = self.decoder.decode_as(d, Hello)  # type: ignore[arg-type]
             if hello.heartbeat_interval <= 0:
                 raise msgspec.ValidationError("heartbeat_interval must be positive")
-        except (DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"HELLO is malformed: {exc}",
                                           event_type="GATEWAY_HELLO"))
             self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "bad_hello")
             return
         self._hello = True
+        low, high = self.config.heartbeat_interval_range
         interval = hello.heartbeat_interval / 1000.0
+        if not low <= interval <= high:
+            log.warning("shard %s: Hello's heartbeat_interval of %s ms is outside heartbeat_interval_range; "
+                        "using %s s", self.shard_id, hello.heartbeat_interval, min(max(interval, low), high))
+            interval = min(max(interval, low), high)
         now = self._clock()
         self.heartbeater = Heartbeater(interval, now, self._rand)
         if self.config.ratelimit_messages:
@@ -822,6 +847,13 @@ class GatewayProtocol:
         code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
         reason = payload[2:].decode("utf-8", "replace")
         self.close_received = CloseFrame(code, reason)
+        if payload and (len(payload) == 1 or not valid_close_code(code)):
+            # RFC 6455 5.5.1 and 7.4: a 1-byte body, or a code that must not be sent (0-999, 1004-1006,
+            # 1015, 1016-2999, 5000+): a protocol error, answered with 1002, never echoed. Resume after it.
+            log.warning("shard %s: the gateway sent an invalid close frame (code %s, %s bytes)", self.shard_id,
+                        code, len(payload))
+            self.begin_close(CloseFrame(1002, "invalid close code"), CloseAction.RESUME, "protocol_error")
+            return
         if not self.closing:
             # The gateway closed: echo its code, then decide by that code.
             self.closing = True
@@ -843,6 +875,11 @@ class GatewayProtocol:
         self._drop_inbox()
         self.begin_close(CloseFrame(1002, "protocol error"), CloseAction.RESUME, "protocol_error")
         self.hangup = True
+
+    def _bad_sequence(self, t: str, s: int) -> None:
+        """A dispatch whose `s` is out of range (the typed decoders refuse it while decoding)."""
+        self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a {t} dispatch has sequence {s}; it must be from "
+                                      "0 to 2**63 - 1", event_type=t))
 
     def _identified(self, ready: bool) -> None:
         self.identify_pending = False
@@ -875,7 +912,7 @@ class GatewayProtocol:
         t = item.t
         try:
             data = self.decoder.decode(t, item.d)  # type: ignore[arg-type]
-        except (DecodeError, msgspec.ValidationError) as exc:
+        except DECODE_ERRORS as exc:
             raise GatewayError(ErrorKind.DESERIALIZING, f"{t} could not be decoded: {exc}",
                                event_type=t) from None
         return Event(t, item.s, data)  # type: ignore[arg-type]

@@ -249,7 +249,10 @@ class Shard:
                     self._raise(item)
                 if raw is None:  # GATEWAY_CLOSE
                     return item.data  # type: ignore[union-attr,return-value]
-                return raw.decode()
+                try:
+                    return raw.decode()  # the UTF-8 check inside `d`, which the envelope scan skipped
+                except UnicodeDecodeError as exc:
+                    self._raise(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid UTF-8: {exc}"))
             if p._inbox and self._pull():
                 if not self._pulls % _YIELD_EVERY:
                     await asyncio.sleep(0)  # a long backlog must not starve other shards and timers

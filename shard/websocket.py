@@ -11,11 +11,11 @@ from urllib.parse import urlsplit
 
 from websockets.client import ClientProtocol
 from websockets.exceptions import InvalidHandshake
-from websockets.frames import Frame, Opcode
+from websockets.frames import EXTERNAL_CLOSE_CODES, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
-__all__ = ["Handshake", "HandshakeError", "encode_text", "encode_close", "encode_pong", "build_url",
+__all__ = ["Handshake", "HandshakeError", "encode_text", "encode_close", "encode_pong", "build_url", "valid_close_code",
            "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG"]
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
@@ -78,6 +78,12 @@ class Handshake:
 def encode_text(data: bytes) -> bytes:
     """A masked, final text frame."""
     return Frame(Opcode.TEXT, data).serialize(mask=True, extensions=[])
+
+
+def valid_close_code(code: int) -> bool:
+    """RFC 6455 7.4: a code an endpoint may put in a close frame (1000-1003, 1007-1014, 3000-4999), with
+    `websockets`' list of the registered ones. 1005, 1006 and 1015 are reserved and never sent."""
+    return code in EXTERNAL_CLOSE_CODES or 3000 <= code < 5000
 
 
 def encode_close(code: int, reason: str = "") -> bytes:
