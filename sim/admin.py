@@ -16,10 +16,31 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Protocol, runtime_checkable
 
-if TYPE_CHECKING:
-    from .server import Request, Response, Simulator
+from .config import SimConfig
+from .http import Request, Response, json_response
+from .stats import Stats
+
+
+@runtime_checkable
+class AdminHost(Protocol):
+    """What the admin API reads and drives on the simulator (sim.server.Simulator): each returns how many
+    connections or sessions of the shard it affected."""
+
+    config: SimConfig
+    stats: Stats
+
+    def reconnect(self, shard: int) -> int: ...
+    def invalidate(self, shard: int, resumable: bool = False) -> int: ...
+    def zombie(self, shard: int, on: bool = True) -> int: ...
+    def drop(self, shard: int) -> int: ...
+    def close(self, shard: int, code: int, reason: str = ...) -> int: ...
+    def request_heartbeat(self, shard: int) -> int: ...
+    def corrupt(self, shard: int, kind: str) -> int: ...
+    def pause(self, shard: int, paused: bool = True) -> int: ...
+    def unpause(self, shard: int) -> int: ...
+    def delay(self, shard: int, seconds: float) -> int: ...
 
 
 def _shown(value: str) -> str:
@@ -51,9 +72,7 @@ def _bool(value: str | None, default: bool) -> bool:
     raise ValueError(f"not a boolean: {_shown(value)}")
 
 
-def handle(sim: Simulator, req: Request) -> Response:
-    from .server import json_response
-
+def handle(sim: AdminHost, req: Request) -> Response:
     parts = [p for p in req.path.split("/") if p][1:]  # drop "_sim"
     if parts == ["stats"] and req.method == "GET":
         return json_response(sim.stats.snapshot())

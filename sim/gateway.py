@@ -10,18 +10,17 @@ import asyncio
 import random
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
 from . import traffic
 from . import compress
 from .compress import Plain, ZlibStream, transport_for
+from .config import SimConfig
 from .session import CLOSED, EXPIRED, INVALIDATED, Session
+from .stats import Stats
 from .wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader, close_frame, frame
-
-if TYPE_CHECKING:
-    from .server import Simulator
 
 MAX_PAYLOAD = 4096
 DOCUMENTED_INTENTS = 0x331FFFF
@@ -40,6 +39,29 @@ INVALID_SESSION = {True: b'{"t":null,"s":null,"op":9,"d":true}', False: b'{"t":n
 
 _decode = msgspec.json.decode
 _encode = traffic.encode
+
+
+@runtime_checkable
+class GatewayHost(Protocol):
+    """What a connection needs of the simulator (sim.server.Simulator): the rules shared by all connections
+    (token, identify buckets, session-start budget, member-request pacing), the registries and the accounting."""
+
+    config: SimConfig
+    stats: Stats
+    connections: set[GatewayConnection]
+    sessions: dict[str, Session]
+
+    @property
+    def resume_url(self) -> str: ...
+    @property
+    def total_guilds(self) -> int: ...
+    def token_ok(self, token: str) -> bool: ...
+    def identify_slot(self, shard_id: int) -> bool: ...
+    def spend_session_start(self) -> bool: ...
+    def member_request_retry_after(self, gid: int) -> float: ...
+    def guild_index(self, gid: int) -> int | None: ...
+    def expire_sessions(self) -> None: ...
+    def start_stream(self, sess: Session) -> None: ...
 
 
 def _snowflake(value: Any) -> int | None:
@@ -67,7 +89,7 @@ def _valid_presence(d: Any) -> bool:
 class GatewayConnection(asyncio.Protocol):
     """The protocol object of an upgraded WebSocket. Created by the HTTP front end in `server.py`."""
 
-    def __init__(self, sim: Simulator, transport: asyncio.Transport, compress: str | None, on_resume_url: bool) -> None:
+    def __init__(self, sim: GatewayHost, transport: asyncio.Transport, compress: str | None, on_resume_url: bool) -> None:
         cfg = sim.config
         self.sim = sim
         self.cfg = cfg

@@ -5,28 +5,48 @@ from __future__ import annotations
 import hmac
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, runtime_checkable
 
 from . import traffic
-
-if TYPE_CHECKING:
-    from .server import Request, Response, Simulator
+from .config import SimConfig
+from .http import Request, Response, json_response
+from .stats import Stats
 
 UNAUTHORIZED = {"message": "401: Unauthorized", "code": 0}
 NOT_FOUND = {"message": "404: Not Found", "code": 0}
 
 
-def _authorized(sim: Simulator, req: Request) -> bool:
+@runtime_checkable
+class RestHost(Protocol):
+    """What the REST API reads and counts on the simulator (sim.server.Simulator)."""
+
+    config: SimConfig
+    stats: Stats
+    remaining: int
+    rest_window: list[float]
+    """Monotonic times of the REST requests inside the current rate-limit window, oldest first."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def token(self) -> str: ...
+    @property
+    def total_guilds(self) -> int: ...
+    def token_ok(self, token: str) -> bool: ...
+    def reset_after(self) -> float: ...
+
+
+def _authorized(sim: RestHost, req: Request) -> bool:
     auth = req.headers.get("authorization", "")
     return (auth.startswith("Bot ") and sim.token_ok(auth[4:])
             and hmac.compare_digest(auth[4:].encode(), sim.token.encode()))
 
 
-def _rate_limit(sim: Simulator) -> tuple[dict[str, str], float]:
+def _rate_limit(sim: RestHost) -> tuple[dict[str, str], float]:
     """Sliding-window REST limit: returns the X-RateLimit-* headers and the retry delay (0 = allowed)."""
     cfg = sim.config
     now = time.monotonic()
-    window = sim._rest_window
+    window = sim.rest_window
     while window and window[0] <= now - cfg.rest_rate_window:
         window.pop(0)
     retry = 0.0
@@ -45,11 +65,11 @@ def _rate_limit(sim: Simulator) -> tuple[dict[str, str], float]:
     return headers, retry
 
 
-def _gateway(sim: Simulator) -> dict[str, Any]:
+def _gateway(sim: RestHost) -> dict[str, Any]:
     return {"url": sim.url.rstrip("/")}
 
 
-def _gateway_bot(sim: Simulator) -> dict[str, Any]:
+def _gateway_bot(sim: RestHost) -> dict[str, Any]:
     cfg = sim.config
     return {"url": sim.url.rstrip("/"), "shards": cfg.shards,
             "session_start_limit": {"total": cfg.session_limit, "remaining": sim.remaining,
@@ -57,15 +77,15 @@ def _gateway_bot(sim: Simulator) -> dict[str, Any]:
                                     "max_concurrency": cfg.max_concurrency}}
 
 
-def _user(sim: Simulator) -> dict[str, Any]:
+def _user(sim: RestHost) -> dict[str, Any]:
     return traffic.BOT_USER
 
 
-def _application(sim: Simulator) -> dict[str, Any]:
+def _application(sim: RestHost) -> dict[str, Any]:
     return dict(traffic.APPLICATION, approximate_guild_count=sim.total_guilds)
 
 
-ROUTES: dict[str, Callable[[Simulator], dict[str, Any]]] = {
+ROUTES: dict[str, Callable[[RestHost], dict[str, Any]]] = {
     "/gateway": _gateway, "/gateway/bot": _gateway_bot, "/users/@me": _user,
     "/oauth2/applications/@me": _application, "/applications/@me": _application,
 }
@@ -75,9 +95,7 @@ PUBLIC_ROUTES = frozenset(("/gateway",))
 """Routes that need no Authorization."""
 
 
-def handle(sim: Simulator, req: Request) -> Response:
-    from .server import json_response
-
+def handle(sim: RestHost, req: Request) -> Response:
     sim.stats.rest_requests += 1
     parts = req.path.split("/")  # "", "api", "v10", ...
     if len(parts) > 2 and parts[2] in ("v9", "v10"):

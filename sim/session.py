@@ -7,15 +7,28 @@ import itertools
 import os
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from .gateway import GatewayConnection
     from .stats import ShardStats
 
 ACTIVE, DETACHED, CLOSED, INVALIDATED, EXPIRED = "active", "detached", "closed", "invalidated", "expired"
 
 _counter = itertools.count(1)
+
+
+class Connection(Protocol):
+    """The connection a session is attached to (sim.gateway.GatewayConnection), as the session and the
+    simulator use it through `Session.conn`."""
+
+    closing: bool
+    write_paused: bool
+
+    def send_payload(self, data: bytes) -> None: ...
+    def close(self, code: int, reason: str) -> None: ...
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
+    async def flood(self) -> None: ...
 
 
 class Session:
@@ -41,7 +54,7 @@ class Session:
         self.seq = 0
         self.confirmed = 0
         self.buffer: deque[bytes] = deque(maxlen=buffer_size)
-        self.conn: GatewayConnection | None = None
+        self.conn: Connection | None = None
         self.state = ACTIVE
         self.resumes = 0
         self.replayed = 0

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from sim_client import GatewayClient, rest, violations
 
 from sim import SimConfig, Simulator
-from sim.server import HttpError, Request, parse_head
+from sim.http import HttpError, Request, parse_head
 from sim.wsframe import close_frame
 
 

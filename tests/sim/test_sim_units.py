@@ -6,8 +6,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sim import SimConfig
+from sim import SimConfig, Simulator
 from sim import traffic
+from sim.admin import AdminHost
+from sim.gateway import GatewayHost
+from sim.rest import RestHost
 from sim.session import Session
 from sim.stats import ShardStats
 from sim.wsframe import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, FrameError, FrameReader, fragments, frame
@@ -164,3 +167,10 @@ def test_bad_config_is_a_clear_error(bad):
 def test_config_repr_hides_token():
     cfg = SimConfig(token="secret-token-value")
     assert "secret-token-value" not in repr(cfg)
+
+
+@pytest.mark.parametrize("host", [GatewayHost, RestHost, AdminHost])
+def test_the_simulator_has_what_its_parts_ask_of_it(host):
+    """gateway, rest and admin name what they use of the simulator in a Protocol (so none imports server.py)."""
+    assert isinstance(Simulator(), host)
+
