@@ -135,6 +135,7 @@ class Supervisor:
         self.errors: Counter[tuple[str, str]] = Counter()  # (where, exception type): contained failures
         self.loop_lags: deque[float] = deque(maxlen=64)  # this process's event-loop lag, per heartbeat tick
         self._spawn_failures: Counter[int] = Counter()  # consecutive failures to start each worker
+        self._heartbeat_due = math.inf  # when the heartbeat loop should next run
         self.exit_code = ExitCode.OK
         self.exit_message = ""
         self.stopping = False
@@ -187,7 +188,7 @@ class Supervisor:
         silent event loop (IPC heartbeats unanswered for 3 intervals)."""
         if self.stopping:
             return ["stopping"]
-        now = time.monotonic()
+        now = min(time.monotonic(), self._heartbeat_due)  # past it, this process stalled: not the workers
         problems = []
         for w in sorted(self.workers.values(), key=lambda w: w.worker_id):
             if w.state == WorkerState.EXITED:
@@ -641,7 +642,7 @@ class Supervisor:
     def _send_to_shard(self, shard_id: int, packet: Packet) -> bool:
         view = self.shards.get(shard_id)
         handle = self.workers.get(view.worker_id) if view else None
-        if handle is None or handle.channel is None:
+        if handle is None or handle.channel is None or handle.channel.closed:
             return False
         try:
             handle.channel.send(packet)
@@ -664,7 +665,7 @@ class Supervisor:
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             now = time.monotonic()
             lag = max(0.0, now - due)
-            due = now + interval
+            due = self._heartbeat_due = now + interval
             self.loop_lags.append(lag)
             for handle in list(self.workers.values()):
                 hb = handle.heartbeat

@@ -7,6 +7,7 @@ import http.client
 import json
 import logging
 import os
+import re
 import resource
 import signal
 import sys
@@ -108,7 +109,7 @@ async def test_emfile_while_restarting_a_worker_is_retried_and_the_worker_comes_
 async def test_identify_grant_to_a_worker_whose_pipe_is_closing_does_not_stop_the_cluster(sim, tmp_path, caplog):
     """Worker 1 is stopped (SIGSTOP) with its pipe full, and its channel closed: the pipe is closing
     (written data still pending), so a send raises ChannelClosed, as for a worker on its way out.
-    The identify pump then grants shard 3 (one identify per second) to it."""
+    The identify pump then grants shard 2 or 3 (one identify per second) to it."""
     caplog.set_level(logging.WARNING, "cluster")
     async with running(sim, None, tmp_path, workers=2, fresh=True, max_concurrency=1,
                        ipc_heartbeat_missed=1000) as (sup, task):
@@ -122,9 +123,9 @@ async def test_identify_grant_to_a_worker_whose_pipe_is_closing_does_not_stop_th
         worker.channel.close()
         assert not worker.channel.closed  # closing: the pending bytes keep it open
         try:
-            await until(lambda: sup.errors[("ipc_send", "ChannelClosed")] >= 1, what="the grant to shard 3")
+            await until(lambda: sup.errors[("ipc_send", "ChannelClosed")] >= 1, what="a grant to shard 2 or 3")
             assert not task.done()
-            assert "pipe is closing; IdentifyGrant for shard 3 not sent" in caplog.text
+            assert re.search(r"worker 1's pipe is closing; IdentifyGrant for shard [23] not sent", caplog.text)
         finally:
             os.kill(worker.pid, signal.SIGKILL)
         await until(lambda: sup.workers[1] is not worker and sup.active_shards() == 4, what="worker 1 back")
@@ -144,6 +145,7 @@ async def test_a_stalled_supervisor_loop_does_not_kill_healthy_workers(sim, tmp_
                                                              for w in sup.workers.values()), what="bring-up")
         pids = {wid: w.pid for wid, w in sup.workers.items()}
         time.sleep(2.0)  # the fault: blocks this event loop, which the supervisor runs on
+        assert sup.health_problems() == []  # /healthz, asked before the heartbeat loop has run again
         await until(lambda: max(sup.loop_lags, default=0) > 1.5, what="the heartbeat tick after the stall")
 
         def ticks_since_the_stall():
