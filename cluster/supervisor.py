@@ -332,7 +332,7 @@ class Supervisor:
                 if isinstance(exc, ClusterExit):
                     self.stop(exc.code, str(exc))
                 else:
-                    self._failed(where, exc)
+                    self._failed(where, exc, f"supervisor task {where} failed", "the cluster goes on")
 
         task.add_done_callback(done)
         return task
@@ -348,16 +348,18 @@ class Supervisor:
                 except (ClusterExit, asyncio.CancelledError):
                     raise
                 except Exception as exc:  # noqa: BLE001 - contained: logged, counted, retried
-                    self._failed(where, exc, retry=LOOP_RETRY_DELAY)
+                    self._failed(where, exc, f"supervisor loop {where} failed",
+                                 f"running it again in {LOOP_RETRY_DELAY:g} s")
                 await asyncio.sleep(LOOP_RETRY_DELAY)
 
         return self._spawn_task(keep_running(), where)
 
-    def _failed(self, where: str, exc: BaseException, retry: float | None = None) -> None:
-        """Log and count a contained failure of a supervisor task."""
+    def _failed(self, where: str, exc: BaseException, what: str, then: str) -> None:
+        """Log and count (``cluster_supervisor_errors_total{where,error}``) a failure that the supervisor
+        contains; an OSError (EMFILE, ...) is logged without its traceback, anything else with it."""
         self.errors[(where, type(exc).__name__)] += 1
-        then = f"; running it again in {retry:g} s" if retry is not None else "; the cluster goes on"
-        log.error("supervisor task %s failed: %s: %s%s", where, type(exc).__name__, exc, then, exc_info=exc)
+        log.error("%s: %s: %s; %s", what, type(exc).__name__, exc, then,
+                  exc_info=None if isinstance(exc, OSError) else exc)
 
     def _emit(self, event: str, **info: Any) -> None:
         for fn in self.listeners:
@@ -422,9 +424,7 @@ class Supervisor:
         except Exception as exc:  # noqa: BLE001 - EMFILE, fork failing: try again, the shards wait
             self._spawn_failures[worker_id] += 1
             retry = policy.backoff.delay(self._spawn_failures[worker_id] - 1, policy.rng)
-            self._failed("spawn", exc)
-            log.error("could not start worker %d (%s: %s); trying again in %.1f s",
-                      worker_id, type(exc).__name__, exc, retry)
+            self._failed("spawn", exc, f"could not start worker {worker_id}", f"trying again in {retry:.1f} s")
             self._spawn_task(self._bring_up(worker_id, shard_ids, policy, generation, retry, replacing))
             return
         self._spawn_failures.pop(worker_id, None)
@@ -759,9 +759,8 @@ class Supervisor:
             try:
                 new = await self._spawn(wid, old.shard_ids, old.policy, old.generation + 1)
             except Exception as exc:  # noqa: BLE001 - EMFILE and the like: the old worker keeps running
-                self._failed("spawn", exc)
-                log.error("rolling restart aborted: could not start a new worker %d: %s: %s",
-                          wid, type(exc).__name__, exc)
+                self._failed("spawn", exc, f"rolling restart: could not start a new worker {wid}",
+                             "aborted; the old one runs on")
                 old.retiring = False
                 if old.exited.done():
                     self._worker_died(old)
