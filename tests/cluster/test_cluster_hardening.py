@@ -278,3 +278,17 @@ async def test_connections_are_bounded_and_idle_ones_are_closed(sim, tmp_path):
             assert (await asyncio.wait_for(reader.read(), 10)).startswith(b"HTTP/1.1 400")
             writer.close()
         assert await probe() == "HTTP/1.1 404 Not Found"
+
+
+async def test_an_unreadable_token_file_is_a_config_error_and_the_token_never_shows(sim, tmp_path):
+    async with running(sim, None, tmp_path, workers=1, fresh=True,
+                       http_token_file=str(tmp_path / "missing")) as (sup, task):
+        code = await asyncio.wait_for(task, 30)
+    assert code == ExitCode.CONFIG and "cannot read http_token_file" in sup.exit_message
+    assert not sup.workers  # nothing started
+    with pytest.raises(ValueError, match="not both"):
+        ClusterConfig(http_token=TOKEN, http_token_file=str(tmp_path / "t"))
+    with pytest.raises(ValueError) as err:
+        from cluster.config import load_config
+        load_config({"http_token": TOKEN, "http_timeout": 0})
+    assert TOKEN not in str(err.value) and "http_timeout must be > 0" in str(err.value)
