@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
         else:
             s.add_argument("--rolling", action="store_true", required=True)
             s.add_argument("--pid", type=int, help="send SIGHUP to this supervisor instead of using HTTP")
+            s.add_argument("--http-token-file", metavar="FILE",
+                           help=f"file holding the supervisor's HTTP token (default: {ENV_PREFIX}HTTP_TOKEN, "
+                                f"{ENV_PREFIX}HTTP_TOKEN_FILE or the --config file)")
     return p
 
 
@@ -94,15 +97,14 @@ def run(cfg: ClusterConfig) -> int:
     return shard_run(_run(cfg))
 
 
-def _base_url(args: argparse.Namespace) -> str:
+def _base_url(args: argparse.Namespace, cfg: ClusterConfig) -> str:
     if args.url:
         return args.url.rstrip("/")
-    cfg = load_config({}, os.environ, args.config)
     return f"http://{cfg.http_host}:{cfg.http_port or 9100}"
 
 
-def _http(method: str, url: str) -> tuple[int, bytes]:
-    req = urllib.request.Request(url, method=method)
+def _http(method: str, url: str, token: str | None = None) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, method=method, headers={"Authorization": f"Bearer {token}"} if token else {})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
             return resp.status, resp.read()
@@ -140,7 +142,12 @@ def main(argv: list[str] | None = None) -> int:
             os.kill(args.pid, signal.SIGHUP)
             print(f"sent SIGHUP to {args.pid}: rolling restart requested")
             return 0
-        base = _base_url(args)
+        cfg = load_config({}, os.environ, args.config)
+        base = _base_url(args, cfg)
+        token = None
+        if args.command == "restart":
+            token_from = ClusterConfig(http_token_file=args.http_token_file) if args.http_token_file else cfg
+            token = token_from.http_secret()
     except ConfigError as exc:
         print(f"cluster: config error: {exc}", file=sys.stderr)
         return int(ExitCode.CONFIG)
@@ -153,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
             st = json.loads(body)
             print(json.dumps(st, indent=2) if args.json else format_status(st))
             return 0
-        status, body = _http("POST", base + "/restart?rolling=1")
-        print(body.decode(errors="replace").strip())
+        status, body = _http("POST", base + "/restart?rolling=1", token)
+        print(body.decode(errors="replace").strip(), file=sys.stdout if status in (200, 202) else sys.stderr)
         return 0 if status in (200, 202) else int(ExitCode.ERROR)
     except (urllib.error.URLError, OSError) as exc:
         print(f"cluster: cannot reach the supervisor at {base}: {exc}", file=sys.stderr)

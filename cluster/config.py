@@ -56,6 +56,23 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     http_host: str = "127.0.0.1"
     http_port: int | None = 9100
     """Port of /metrics, /healthz, /readyz and /status; None disables; 0 picks a free port."""
+    http_token: str | None = None
+    """Bearer token that enables ``POST /restart``; without one (or http_token_file) it answers 403.
+    Never logged nor shown in reprs."""
+    http_token_file: str | None = None
+    """File holding http_token (first line), e.g. a systemd credential or a Docker secret."""
+    http_allowed_hosts: str | None = None
+    """Comma-separated Host header names that POST /restart also accepts, besides the bind address,
+    localhost, 127.0.0.1 and ::1 (a DNS-rebinding page sends its own name)."""
+    http_max_connections: int = 64
+    """Open HTTP connections at most; more are answered 503 and closed at once."""
+    http_timeout: float = 5.0
+    """Seconds a client has to send its request, and to take the answer; then it is disconnected."""
+    metrics_cache_interval: float = 1.0
+    """Seconds a rendered /metrics page is served again (rendered off the event loop, once for
+    all concurrent scrapes); 0 renders every scrape."""
+    budget_refresh_interval: float = 300.0
+    """Seconds between GET /gateway/bot refreshes of the session budget; 0 disables them."""
     ipc_heartbeat_interval: float = 1.0
     ipc_heartbeat_missed: int = 10
     report_interval: float = 1.0
@@ -91,8 +108,38 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 problems.append(f"{name} must be > 0")
         if self.state_save_interval < 0:
             problems.append("state_save_interval must be >= 0 (0: save only at shutdown)")
+        for name in ("metrics_cache_interval", "budget_refresh_interval"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        if self.http_timeout <= 0:
+            problems.append("http_timeout must be > 0")
+        if self.http_max_connections < 1:
+            problems.append(f"http_max_connections must be >= 1, got {self.http_max_connections}")
+        if self.http_token is not None and self.http_token_file is not None:
+            problems.append("give http_token or http_token_file, not both")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def __repr__(self) -> str:  # the HTTP token stays out of logs and tracebacks
+        return f"ClusterConfig({', '.join(f'{k}={v!r}' for k, v in self.__rich_repr__())})"
+
+    def __rich_repr__(self) -> Any:
+        for name in self.__struct_fields__:
+            value = getattr(self, name)
+            yield name, "<hidden>" if name == "http_token" and value is not None else value
+
+    def http_secret(self) -> str | None:
+        """The token that enables ``POST /restart`` (http_token, or read from http_token_file), or None."""
+        if self.http_token_file is None:
+            return (self.http_token or "").strip() or None
+        try:
+            with open(self.http_token_file, encoding="utf-8") as f:
+                value = f.readline().strip()
+        except OSError as exc:
+            raise ConfigError(f"cannot read http_token_file {self.http_token_file}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"http_token_file {self.http_token_file} is empty")
+        return value
 
     def token(self, env: Mapping[str, str] | None = None) -> str:
         """The bot token from the environment variable named by ``token_env``."""
@@ -133,6 +180,16 @@ HELP: dict[str, str] = {
     "restart_backoff_cap": "longest restart delay in seconds",
     "shard_stuck_timeout": "a shard not Active for this long is restarted by its worker",
     "blocked_threshold": "a handler blocking the worker's event loop this long is reported",
+"http_token": "bearer token that enables POST /restart (prefer CLUSTER_HTTP_TOKEN or --http-token-file: "
+                  "a flag shows in ps); without one POST /restart answers 403. Read-only endpoints stay open",
+    "http_token_file": "file whose first line is the HTTP token (a systemd credential, a Docker secret)",
+    "http_allowed_hosts": "comma-separated extra Host names POST /restart accepts (default: the bind address, "
+                          "localhost, 127.0.0.1, ::1); other Host headers get 403 (DNS rebinding)",
+    "http_max_connections": "open HTTP connections at most; more get 503 and are closed at once",
+    "http_timeout": "seconds an HTTP client has to send its request and to read the answer",
+    "metrics_cache_interval": "seconds a rendered /metrics page is reused (rendered off the event loop, "
+                              "once for concurrent scrapes); 0: every scrape",
+    "budget_refresh_interval": "seconds between GET /gateway/bot refreshes of the session budget; 0: never",
     "shutdown_timeout": "seconds to wait for workers to close their shards on shutdown",
     "status_line": "progress bar and live status line on stderr (default: when stderr is a terminal)",
     "log_level": "logging level: DEBUG, INFO, WARNING or ERROR",
@@ -199,7 +256,8 @@ def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] |
             key = text.rsplit("$.", 1)[1].split("[")[0].strip("` ")
             if key in origin:
                 message = text.split(" - at ")[0].replace("`", "")
-                raise ConfigError(f"invalid {key} = {merged[key]!r} (from {origin[key]}): "
+                shown = "<hidden>" if key == "http_token" else repr(merged[key])
+                raise ConfigError(f"invalid {key} = {shown} (from {origin[key]}): "
                                   f"{message}") from None
         raise ConfigError(f"invalid configuration: {text}") from None
     except ConfigError as exc:

@@ -1,16 +1,24 @@
 """The supervisor's small HTTP endpoint: /metrics, /healthz, /readyz, /status, POST /restart.
 
-Bound to 127.0.0.1 by default: it exposes internals and a restart control.
+Bound to 127.0.0.1 by default. The read-only endpoints are open (probes, Prometheus). The one
+that acts, ``POST /restart?rolling=1``, is off unless an HTTP token is configured, and then
+needs ``Authorization: Bearer <token>`` and a Host header naming this server (the bind address,
+a loopback name or ``http_allowed_hosts``), so that a web page cannot reach it through DNS
+rebinding. At most ``http_max_connections`` connections are open at once, each for at most
+``http_timeout`` seconds per step, so idle clients cannot use up the file descriptors that
+worker restarts need.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qs
 
-from cluster.metrics import render
+from cluster.metrics import MetricsPage
 
 if TYPE_CHECKING:
     from cluster.supervisor import Supervisor
@@ -18,57 +26,130 @@ if TYPE_CHECKING:
 __all__ = ["serve_http"]
 
 log = logging.getLogger(__name__)
-REASONS = {200: "OK", 202: "Accepted", 404: "Not Found", 405: "Method Not Allowed", 409: "Conflict",
-           503: "Service Unavailable", 400: "Bad Request"}
+REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 500: "Internal Server Error",
+           503: "Service Unavailable"}
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+
+Answer = tuple[int, str, bytes]
 
 
-def route(sup: Supervisor, method: str, path: str) -> tuple[int, str, bytes]:
-    """Answer one request: (status, content type, body)."""
-    path, _, query = path.partition("?")
-    if path == "/metrics" and method == "GET":
-        return 200, "text/plain; version=0.0.4; charset=utf-8", render(sup)
-    if path == "/healthz" and method == "GET":
-        problems = sup.health_problems()
-        if problems:
-            return 503, "text/plain", ("\n".join(problems) + "\n").encode()
-        return 200, "text/plain", b"ok\n"
-    if path == "/readyz" and method == "GET":
-        active = sup.active_shards()
-        ok = sup.shard_total > 0 and active == sup.shard_total and not sup.stopping
-        return (200 if ok else 503), "text/plain", f"{active}/{sup.shard_total} shards active\n".encode()
-    if path == "/status" and method == "GET":
-        return 200, "application/json", json.dumps(sup.status()).encode()
-    if path == "/restart":
+def host_name(value: str) -> str:
+    """The name in a Host header, without the port: ``[::1]:9100`` -> ``::1``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+class Endpoint:
+    """Routes the requests of one supervisor's HTTP server."""
+
+    def __init__(self, sup: Supervisor, host: str, token: str | None) -> None:
+        cfg = sup.config
+        self.sup = sup
+        self._token = token.encode() if token else None
+        extra = {h.strip().lower() for h in (cfg.http_allowed_hosts or "").split(",") if h.strip()}
+        self.allowed_hosts = LOOPBACK_NAMES | {host.lower()} | extra
+        self.metrics = MetricsPage(sup, cfg.metrics_cache_interval)
+
+    async def route(self, method: str, target: str, headers: dict[str, str]) -> Answer:
+        """Answer one request: (status, content type, body)."""
+        sup = self.sup
+        path, _, query = target.partition("?")
+        if path == "/metrics" and method == "GET":
+            return 200, "text/plain; version=0.0.4; charset=utf-8", await self.metrics.get()
+        if path == "/healthz" and method == "GET":
+            problems = sup.health_problems()
+            if problems:
+                return 503, "text/plain", ("\n".join(problems) + "\n").encode()
+            return 200, "text/plain", b"ok\n"
+        if path == "/readyz" and method == "GET":
+            active = sup.active_shards()
+            ok = sup.shard_total > 0 and active == sup.shard_total and not sup.stopping
+            return (200 if ok else 503), "text/plain", f"{active}/{sup.shard_total} shards active\n".encode()
+        if path == "/status" and method == "GET":
+            return 200, "application/json", json.dumps(sup.status()).encode()
+        if path == "/restart":
+            return self.restart(method, query, headers)
+        return 404, "text/plain", b"not found\n"
+
+    def restart(self, method: str, query: str, headers: dict[str, str]) -> Answer:
         if method != "POST":
             return 405, "text/plain", b"use POST\n"
-        if "rolling" not in query:
+        if self._token is None:
+            return 403, "text/plain", (b"POST /restart is off: configure an HTTP token (CLUSTER_HTTP_TOKEN or "
+                                       b"--http-token-file), or send SIGHUP to the supervisor\n")
+        if host_name(headers.get("host", "")) not in self.allowed_hosts:
+            return 403, "text/plain", b"this Host header is not accepted (see --http-allowed-hosts)\n"
+        scheme, _, credential = headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), self._token):
+            return 401, "text/plain", b"a valid Authorization: Bearer <token> header is required\n"
+        if parse_qs(query, keep_blank_values=True).get("rolling") != ["1"]:
             return 400, "text/plain", b"only rolling restarts are supported: POST /restart?rolling=1\n"
-        if sup.rolling_restart():
+        if self.sup.rolling_restart():
             return 202, "text/plain", b"rolling restart started\n"
         return 409, "text/plain", b"a rolling restart is already running\n"
-    return 404, "text/plain", b"not found\n"
 
 
-async def serve_http(sup: Supervisor, host: str, port: int) -> tuple[asyncio.AbstractServer, str]:
-    """Start the server; return it and its base URL (``port`` 0 picks a free port)."""
+def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
+    """Method, target and headers (names lower-cased) of a request head; ValueError if malformed."""
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    headers = {}
+    for line in lines[1:]:
+        if line:
+            name, sep, value = line.partition(":")
+            if not sep:
+                raise ValueError("malformed header line")
+            headers[name.strip().lower()] = value.strip()
+    return method, target, headers
+
+
+async def serve_http(sup: Supervisor, host: str, port: int,
+                     token: str | None = None) -> tuple[asyncio.AbstractServer, str]:
+    """Start the server; return it and its base URL (``port`` 0 picks a free port).
+
+    ``token`` enables ``POST /restart`` (see the module docstring)."""
+    cfg = sup.config
+    endpoint = Endpoint(sup, host, token)
+    limit, timeout = cfg.http_max_connections, cfg.http_timeout
+    open_connections = 0
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal open_connections
+        if open_connections >= limit:
+            writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 21\r\n"
+                         b"Connection: close\r\nRetry-After: 1\r\n\r\ntoo many connections\n")
+            writer.close()
+            return
+        open_connections += 1
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-            method, path, _ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ", 2)
-            status, ctype, body = route(sup, method, path)
+            await respond(reader, writer)
+        finally:
+            open_connections -= 1
+            writer.close()
+
+    async def respond(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                head = await reader.readuntil(b"\r\n\r\n")
+            status, ctype, body = await endpoint.route(*_parse_head(head))
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
             status, ctype, body = 400, "text/plain", b"bad request\n"
         except Exception:  # noqa: BLE001
             log.exception("HTTP handler failed")
             status, ctype, body = 500, "text/plain", b"internal error\n"
+        extra = "WWW-Authenticate: Bearer\r\n" if status == 401 else ""
         writer.write(f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
-                     f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n".encode() + body)
+                     f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n".encode() + body)
         try:
-            await writer.drain()
+            async with asyncio.timeout(timeout):
+                await writer.drain()
+        except TimeoutError:
+            writer.transport.abort()  # a client that does not read its answer
         except ConnectionError:
             pass
-        writer.close()
 
     server = await asyncio.start_server(handle, host, port)
     sock_port = server.sockets[0].getsockname()[1]

@@ -24,7 +24,7 @@ from typing import Any
 import multiprocess
 
 from cluster.budget import SessionBudget
-from cluster.config import ClusterConfig
+from cluster.config import ClusterConfig, ConfigError
 from cluster.discord_api import fetch_gateway_bot
 from cluster.exitcodes import ClusterExit, ExitCode, for_close_code
 from cluster.handler import ClusterStatus, HandlerImportError, check_handler, maybe_await
@@ -33,7 +33,7 @@ from cluster.layout import round_up, split
 from cluster.restart import Backoff, GiveUp, RestartPolicy
 from cluster.state import load_sessions, save_sessions, token_user_id
 from cluster.worker import EXIT_HANDLER_IMPORT, QUEUED, WorkerSpec, run_worker
-from ipc import Channel, HeartbeatMonitor, answer, gather
+from ipc import Channel, ChannelClosed, HeartbeatMonitor, answer, gather
 from ipc.calls import encode_value
 from ipc.protocol import (Assign, Assignment, Drain, Drained, Hello, IdentifyCancel, IdentifyDone, IdentifyUnused,
                           IdentifyGrant, IdentifyRefused, IdentifyRequest, IdentifyStarted, Packet,
@@ -45,6 +45,8 @@ __all__ = ["Supervisor", "WorkerState"]
 log = logging.getLogger("cluster")
 
 ACTIVE = "ACTIVE"
+LOOP_RETRY_DELAY = 1.0
+"""Seconds before a supervisor loop that raised an unexpected exception runs again."""
 
 class WorkerState(enum.Enum):
     STARTING = "starting"
@@ -130,11 +132,16 @@ class Supervisor:
         self.identifies: Counter[str] = Counter()
         self.restarts: Counter[tuple[int, str]] = Counter()
         self.identify_waits: deque[float] = deque(maxlen=100_000)  # until the next scrape
+        self.errors: Counter[tuple[str, str]] = Counter()  # (where, exception type): contained failures
+        self.loop_lags: deque[float] = deque(maxlen=64)  # this process's event-loop lag, per heartbeat tick
+        self._spawn_failures: Counter[int] = Counter()  # consecutive failures to start each worker
+        self._heartbeat_due = math.inf  # when the heartbeat loop should next run
         self.exit_code = ExitCode.OK
         self.exit_message = ""
         self.stopping = False
         self.started = time.monotonic()
         self.http_url: str | None = None
+        self.http_server: asyncio.AbstractServer | None = None
         self.coordinator: IdentifyCoordinator | None = None
         self._stop: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
@@ -181,7 +188,7 @@ class Supervisor:
         silent event loop (IPC heartbeats unanswered for 3 intervals)."""
         if self.stopping:
             return ["stopping"]
-        now = time.monotonic()
+        now = min(time.monotonic(), self._heartbeat_due)  # past it, this process stalled: not the workers
         problems = []
         for w in sorted(self.workers.values(), key=lambda w: w.worker_id):
             if w.state == WorkerState.EXITED:
@@ -291,22 +298,32 @@ class Supervisor:
                 self.shards[s] = ShardView(s, wid)
         if cfg.http_port is not None:
             from cluster.http import serve_http
-            self.http_server, self.http_url = await serve_http(self, cfg.http_host, cfg.http_port)
-            log.info("metrics at %s/metrics", self.http_url)
-        self._spawn_task(self._identify_pump())
-        self._spawn_task(self._heartbeat_loop())
-        self._spawn_task(self._health_loop())
-        self._spawn_task(self._budget_refresh_loop())
+            try:
+                http_token = cfg.http_secret()
+            except ConfigError as exc:
+                raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
+            self.http_server, self.http_url = await serve_http(self, cfg.http_host, cfg.http_port, http_token)
+            log.info("metrics at %s/metrics; POST /restart %s", self.http_url,
+                     "needs the HTTP token" if http_token else "is off (no HTTP token configured)")
+        self._spawn_loop("identify_pump", self._identify_pump)
+        self._spawn_loop("heartbeat", self._heartbeat_loop)
+        self._spawn_loop("health", self._health_loop)
+        if cfg.budget_refresh_interval > 0:
+            self._spawn_loop("budget_refresh", self._budget_refresh_loop, cfg.budget_refresh_interval)
         if cfg.state_save_interval > 0:
-            self._spawn_task(self._state_loop(cfg.state_save_interval))
+            self._spawn_loop("state_save", self._state_loop, cfg.state_save_interval)
         for wid, r in enumerate(ranges):
             self._spawn_task(self._bring_up(wid, r, RestartPolicy(
                 f"worker {wid}", min_alive=cfg.restart_min_alive, max_failures=cfg.restart_max_failures,
                 backoff=Backoff(cfg.restart_backoff_base, cfg.restart_backoff_cap))))
 
-    def _spawn_task(self, coro: Any) -> asyncio.Task[Any]:
+    def _spawn_task(self, coro: Any, where: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` as a supervisor task. A :class:`ClusterExit` from it stops the cluster with its
+        code (the documented fatal conditions); any other exception is logged and counted, and the
+        cluster goes on (one failed request, restart or kill is not worth every shard)."""
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
+        where = where or getattr(coro, "__name__", "task").lstrip("_")
 
         def done(t: asyncio.Task[Any]) -> None:
             self._tasks.discard(t)
@@ -315,11 +332,34 @@ class Supervisor:
                 if isinstance(exc, ClusterExit):
                     self.stop(exc.code, str(exc))
                 else:
-                    log.error("supervisor task failed", exc_info=exc)
-                    self.stop(ExitCode.ERROR, f"internal error: {type(exc).__name__}: {exc}")
+                    self._failed(where, exc, f"supervisor task {where} failed", "the cluster goes on")
 
         task.add_done_callback(done)
         return task
+
+    def _spawn_loop(self, where: str, loop: Any, *args: Any) -> asyncio.Task[Any]:
+        """Run the supervisor loop ``loop(*args)``; restart it :data:`LOOP_RETRY_DELAY` seconds after an
+        unexpected exception (logged and counted in ``cluster_supervisor_errors_total``)."""
+
+        async def keep_running() -> None:
+            while True:
+                try:
+                    return await loop(*args)
+                except (ClusterExit, asyncio.CancelledError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - contained: logged, counted, retried
+                    self._failed(where, exc, f"supervisor loop {where} failed",
+                                 f"running it again in {LOOP_RETRY_DELAY:g} s")
+                await asyncio.sleep(LOOP_RETRY_DELAY)
+
+        return self._spawn_task(keep_running(), where)
+
+    def _failed(self, where: str, exc: BaseException, what: str, then: str) -> None:
+        """Log and count (``cluster_supervisor_errors_total{where,error}``) a failure that the supervisor
+        contains; an OSError (EMFILE, ...) is logged without its traceback, anything else with it."""
+        self.errors[(where, type(exc).__name__)] += 1
+        log.error("%s: %s: %s; %s", what, type(exc).__name__, exc, then,
+                  exc_info=None if isinstance(exc, OSError) else exc)
 
     def _emit(self, event: str, **info: Any) -> None:
         for fn in self.listeners:
@@ -331,7 +371,10 @@ class Supervisor:
     # --- workers -------------------------------------------------------------------------
 
     async def _spawn(self, worker_id: int, shard_ids: range, policy: RestartPolicy, generation: int) -> WorkerHandle:
-        """Start a worker process and wait for its Hello (handler imported)."""
+        """Start a worker process and wait for its Hello (handler imported).
+
+        An ``OSError`` (``EMFILE``, ``EAGAIN`` from fork) leaves nothing behind: the pipe is closed, and a
+        process started before the failure is killed and reaped."""
         parent, child = self.mp.Pipe(duplex=True)
         spec = WorkerSpec(worker_id, self.token(), self.config.intents, self.handler, self.gateway_url,
                           self.config.compression, self.config.report_interval, self.config.blocked_threshold,
@@ -354,7 +397,15 @@ class Supervisor:
         starting = asyncio.ensure_future(start())
         self._reapers.add(starting)
         starting.add_done_callback(self._reapers.discard)
-        await asyncio.shield(starting)
+        try:
+            await asyncio.shield(starting)
+        except Exception:
+            child.close()
+            if handle.channel is None:
+                parent.close()  # Channel.open owns it once it succeeded
+            if handle.pid is not None:
+                await self._kill(handle, "failed to start")
+            raise
         log.debug("worker %d (gen %d) spawned, pid %d", worker_id, generation, process.pid)
         await asyncio.wait([handle.hello, handle.exited], timeout=120, return_when=asyncio.FIRST_COMPLETED)
         if not handle.hello.done() and not handle.exited.done():
@@ -368,7 +419,15 @@ class Supervisor:
             await asyncio.sleep(delay)
         if self.stopping or self.workers.get(worker_id) is not replacing:
             return  # stopping, or someone else (a rolling restart) replaced it meanwhile
-        handle = await self._spawn(worker_id, shard_ids, policy, generation)
+        try:
+            handle = await self._spawn(worker_id, shard_ids, policy, generation)
+        except Exception as exc:  # noqa: BLE001 - EMFILE, fork failing: try again, the shards wait
+            self._spawn_failures[worker_id] += 1
+            retry = policy.backoff.delay(self._spawn_failures[worker_id] - 1, policy.rng)
+            self._failed("spawn", exc, f"could not start worker {worker_id}", f"trying again in {retry:.1f} s")
+            self._spawn_task(self._bring_up(worker_id, shard_ids, policy, generation, retry, replacing))
+            return
+        self._spawn_failures.pop(worker_id, None)
         if self.stopping:
             return  # the shutdown drains every started handle
         if self.workers.get(worker_id) is not replacing:
@@ -394,7 +453,11 @@ class Supervisor:
         log.info("worker %d (pid %d) runs shards %d-%d (%d resuming)", handle.worker_id, handle.pid,
                  handle.shard_ids.start, handle.shard_ids.stop - 1, resumes)
         assert handle.channel is not None
-        handle.channel.send(Assign(self.shard_total, shards, self.max_concurrency))
+        try:
+            handle.channel.send(Assign(self.shard_total, shards, self.max_concurrency))
+        except ChannelClosed:  # it is exiting: its reaper restarts it
+            log.warning("worker %d exited before its assignment could be sent", handle.worker_id)
+            return
         self._emit("assigned", worker_id=handle.worker_id, pid=handle.pid)
 
     def _on_sentinel(self, handle: WorkerHandle) -> None:
@@ -523,8 +586,11 @@ class Supervisor:
             response = Response(request.id, encode_value(replies))
         else:
             response = await answer(request, self._on_call)
-        if handle.channel is not None and not handle.channel.closed:
-            handle.channel.send(response)
+        try:
+            if handle.channel is not None:
+                handle.channel.send(response)
+        except ChannelClosed:
+            log.debug("worker %d is gone; dropping the answer to its %s", handle.worker_id, request.name)
 
     async def _on_call(self, call: Any) -> Any:
         if isinstance(call, ClusterStatus):
@@ -578,18 +644,34 @@ class Supervisor:
         handle = self.workers.get(view.worker_id) if view else None
         if handle is None or handle.channel is None or handle.channel.closed:
             return False
-        handle.channel.send(packet)
+        try:
+            handle.channel.send(packet)
+        except ChannelClosed:  # its pipe is closing (the worker exits): the reaper restarts it
+            self.errors[("ipc_send", "ChannelClosed")] += 1
+            log.warning("worker %d's pipe is closing; %s for shard %d not sent", handle.worker_id,
+                        type(packet).__name__, shard_id)
+            return False
         return True
 
     async def _heartbeat_loop(self) -> None:
+        """Ping every running worker each interval; kill one silent for ``ipc_heartbeat_missed`` intervals.
+
+        Time this process's own event loop was stalled (a slow scrape, a swapped-out host) is
+        measured as the tick's lateness and not counted as the workers' silence: their pongs
+        could not be read, nor pings sent, meanwhile."""
         interval = self.config.ipc_heartbeat_interval
+        due = time.monotonic() + interval
         while True:
-            await asyncio.sleep(interval)
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
             now = time.monotonic()
+            lag = max(0.0, now - due)
+            due = self._heartbeat_due = now + interval
+            self.loop_lags.append(lag)
             for handle in list(self.workers.values()):
                 hb = handle.heartbeat
                 if handle.state != WorkerState.RUNNING or hb is None or handle.channel is None:
                     continue
+                hb.excuse(lag, now)
                 if hb.dead(now):
                     reason = f"unresponsive: no IPC heartbeat answer for {hb.silence(now):.1f} s"
                     log.error("worker %d %s; killing it", handle.worker_id, reason)
@@ -626,13 +708,15 @@ class Supervisor:
                     log.warning("shard %d %s; restarting it", view.shard_id, reason)
                     self._send_to_shard(view.shard_id, RestartShard(view.shard_id, reason))
 
-    async def _budget_refresh_loop(self, every: float = 300.0) -> None:
+    async def _budget_refresh_loop(self, every: float) -> None:
         while True:
             await asyncio.sleep(every)
             try:
                 info = await fetch_gateway_bot(self.config.api_url, self.token())
-            except ClusterExit as exc:
-                log.warning("could not refresh the session budget: %s", exc)
+            except Exception as exc:  # noqa: BLE001 - a truncated body (IncompleteRead), a reset: next time
+                self.errors[("budget_refresh", type(exc).__name__)] += 1
+                log.warning("could not refresh the session budget (trying again in %g s): %s: %s",
+                            every, type(exc).__name__, exc)
                 continue
             limit = info.session_start_limit
             assert self.coordinator is not None
@@ -673,7 +757,15 @@ class Supervisor:
                 log.warning("rolling restart: skipping worker %d, it is being restarted", wid)
                 continue
             old.retiring = True  # from now on its exit is ours to handle, not the crash path's
-            new = await self._spawn(wid, old.shard_ids, old.policy, old.generation + 1)
+            try:
+                new = await self._spawn(wid, old.shard_ids, old.policy, old.generation + 1)
+            except Exception as exc:  # noqa: BLE001 - EMFILE and the like: the old worker keeps running
+                self._failed("spawn", exc, f"rolling restart: could not start a new worker {wid}",
+                             "aborted; the old one runs on")
+                old.retiring = False
+                if old.exited.done():
+                    self._worker_died(old)
+                return
             if not new.hello.done():
                 log.error("rolling restart aborted: the new worker %d did not start (%s)", wid,
                           new.last_fatal or describe_exit(new.exitcode))
@@ -733,7 +825,6 @@ class Supervisor:
             self._state_error = None  # the final save reports its failure even if a periodic one did
             if self._save_state():
                 log.info("saved %d sessions to %s", len(self.sessions), self.config.state_file)
-        server = getattr(self, "http_server", None)
-        if server is not None:
-            server.close()
+        if self.http_server is not None:
+            self.http_server.close()
         self._emit("stopped", code=int(self.exit_code))

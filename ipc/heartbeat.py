@@ -55,3 +55,9 @@ class HeartbeatMonitor:
     def dead(self, now: float) -> bool:
         """True once ``missed_limit`` intervals have passed without a pong."""
         return self.silence(now) >= self.interval * self.missed_limit
+
+    def excuse(self, seconds: float, now: float) -> None:
+        """Do not count ``seconds`` of the caller's own stall as the peer's silence (its event
+        loop was blocked: it could neither send pings nor read pongs meanwhile)."""
+        if seconds > 0:
+            self.last_pong = min(now, self.last_pong + seconds)

@@ -16,6 +16,7 @@ EXPORTED = {
     "cluster_session_start_remaining", "cluster_session_start_reset_seconds", "cluster_worker_restarts_total",
     "cluster_ipc_rtt_seconds", "cluster_worker_rss_bytes", "cluster_worker_loop_lag_seconds",
     "cluster_handler_blocked_total", "cluster_handler_errors_total", "cluster_worker_up",
+    "cluster_supervisor_errors_total", "cluster_supervisor_loop_lag_seconds",
 }
 
 
@@ -35,6 +36,13 @@ def test_example_config_loads():
     assert tomllib.loads((DEPLOY / "cluster.example.toml").read_text())
     cfg = load_config({}, {}, str(DEPLOY / "cluster.example.toml"))
     assert cfg.handler == "mybot:Handler" and cfg.shards_per_worker == 16
+    assert cfg.http_token is None and cfg.http_max_connections == 64  # the token comes from a file or the env
+
+
+def test_docker_image_binding_all_addresses_says_what_protects_it():
+    text = (DEPLOY / "Dockerfile").read_text()
+    assert "CLUSTER_HTTP_HOST=0.0.0.0" in text and "-p 127.0.0.1:9100:9100" in text
+    assert "POST /restart" in text and "CLUSTER_HTTP_TOKEN_FILE" in text
 
 
 def test_systemd_unit_does_not_restart_on_permanent_errors():
