@@ -87,6 +87,7 @@ class WorkerHandle:
     loop_lag: float = 0.0
     blocked: int = 0
     handler_errors: int = 0
+    consumer_errors: int = 0
     hello: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     drained: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     exited: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -503,6 +504,7 @@ class Supervisor:
     def _on_status(self, handle: WorkerHandle, report: StatusReport, now: float) -> None:
         handle.rss, handle.loop_lag = report.rss, report.loop_lag
         handle.blocked, handle.handler_errors = report.blocked, report.handler_errors
+        handle.consumer_errors = report.consumer_errors
         for st in report.shards:
             view = self.shards.get(st.shard_id)
             if view is None or view.generation != handle.generation:
