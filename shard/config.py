@@ -103,6 +103,9 @@ class Config:
     - ssl: an SSLContext, "system" (default, one shared context) or "certifi".
     - decoder: "msgspec" (default) or "json" (stdlib); event_structs: {event name: msgspec.Struct type}.
     - connect_timeout, close_timeout (seconds); backoff_base, backoff_max (seconds);
+    - write_timeout: seconds writing may stay paused because the gateway reads nothing we send (the socket's
+      buffers are full) before the connection is dropped and resumed on a new one (default 10). While
+      paused, pongs are not queued: only the latest is kept and sent when writing resumes.
       invalid_session_delay: (min, max) seconds before re-identifying after op 9 false (default 1-5 s).
     - max_pending_events: received events buffered before reading pauses; send_queue_size: outgoing bound.
     - metrics: publish prometheus metrics for this shard (default True).
@@ -112,7 +115,7 @@ class Config:
                  "resume_url", "queue", "large_threshold", "presence", "identify_properties",
                  "ratelimit_messages", "ssl", "decoder", "event_structs", "connect_timeout", "close_timeout",
                  "backoff_base", "backoff_max", "invalid_session_delay", "max_pending_events",
-                 "send_queue_size", "metrics", "max_message_size")
+                 "send_queue_size", "metrics", "max_message_size", "write_timeout")
 
     def __init__(
         self,
@@ -142,6 +145,7 @@ class Config:
         send_queue_size: int = 128,
         metrics: bool = True,
         max_message_size: int = 64 * 1024 * 1024,
+        write_timeout: float = 10.0,
     ) -> None:
         if not 50 <= large_threshold <= 250:
             raise ValueError("large_threshold must be between 50 and 250")
@@ -151,6 +155,8 @@ class Config:
             raise ValueError(f"unknown decoder {decoder!r}")
         if not gateway_url.startswith(("ws://", "wss://")):
             raise ValueError("gateway_url must be a ws:// or wss:// URL")
+        if not write_timeout > 0:
+            raise ValueError("write_timeout must be > 0 seconds")
         self.token = Token(token)
         self.intents = int(intents)
         self.gateway_url = gateway_url
@@ -176,6 +182,7 @@ class Config:
         self.send_queue_size = send_queue_size
         self.metrics = metrics
         self.max_message_size = max_message_size
+        self.write_timeout = write_timeout
 
     def replace(self, **changes: object) -> Config:
         """A copy with some options changed."""

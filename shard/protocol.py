@@ -393,6 +393,14 @@ class GatewayProtocol:
         if self.connected and not self._hello and not self.closing:
             self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "hello_timeout")
 
+    def write_stalled(self) -> None:
+        """The gateway has read nothing we sent for `write_timeout` seconds: drop the connection (a close
+        frame could not get through either) and resume on a new one."""
+        if self.connected:
+            if self.disconnect is None:
+                self.disconnect = (CloseAction.RESUME, "write_timeout")
+            self.abort = True
+
     # ---- incoming ---------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
         """Bytes from the socket (after the handshake). They are only buffered here: `process()` parses

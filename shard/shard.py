@@ -34,7 +34,7 @@ from .queue import InMemoryQueue, Queue
 from .ratelimiter import CommandRatelimiter
 from .session import Session
 from .state import ShardState, StateKind
-from .websocket import Handshake, HandshakeError, build_url, encode_text
+from .websocket import OP_PONG, Handshake, HandshakeError, build_url, encode_text
 from .wire import Command, encode_command
 
 __all__ = ["Shard", "MessageSender"]
@@ -47,6 +47,7 @@ _YIELD_EVERY = 32           # pulls (about 1,000 events) between yields to the e
 _BACKGROUND_DELAY = 0.05    # seconds before unread data is processed without the consumer
 _PAUSE_BYTES = 1 << 20      # stop reading with this much unprocessed data...
 _RESUME_BYTES = 256 << 10   # ...until it is below this
+_PONG = 0x80 | OP_PONG      # first byte of an encoded pong frame
 
 
 def _default_queue() -> InMemoryQueue:
@@ -58,9 +59,10 @@ def _default_queue() -> InMemoryQueue:
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP connection: the handshake, then every chunk goes to the shard's core."""
+    """One TCP connection: the handshake, then every chunk goes to the shard's core. Write flow control:
+    while the transport's buffer is over its high-water mark (`write_paused`), pongs wait in `pong`."""
 
-    __slots__ = ("shard", "handshake", "transport", "opened", "lost", "paused")
+    __slots__ = ("shard", "handshake", "transport", "opened", "lost", "paused", "write_paused", "pong")
 
     def __init__(self, shard: Shard, handshake: Handshake, loop: asyncio.AbstractEventLoop) -> None:
         self.shard = shard
@@ -69,6 +71,8 @@ class _Connection(asyncio.Protocol):
         self.opened: asyncio.Future[None] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()
         self.paused = False
+        self.write_paused = False
+        self.pong: bytes | None = None  # the latest pong held back while writing is paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -99,6 +103,14 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         return False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.shard._on_pause_writing(self)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.shard._on_resume_writing(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
@@ -143,6 +155,9 @@ class Shard:
         self._hb_deadline: float | None = None
         self._close_handle: asyncio.TimerHandle | None = None
         self._hello_handle: asyncio.TimerHandle | None = None
+        self._write_handle: asyncio.TimerHandle | None = None
+        self._writable = asyncio.Event()  # the sender waits on it while the transport's writing is paused
+        self._writable.set()
         self._identify_task: asyncio.Task[None] | None = None
         self._sender_task: asyncio.Task[None] | None = None
         self._sendq: asyncio.Queue[bytes] | None = None
@@ -354,6 +369,9 @@ class Shard:
                 if rl is not None:
                     await rl.acquire()
                 conn = self._conn
+                if conn is not None and conn.write_paused:
+                    await self._writable.wait()  # the gateway is not reading: do not pile up commands
+                    continue
                 if (conn is not None and conn.transport is not None and p.connected and not p.closing
                         and p.state.kind is StateKind.ACTIVE and rl is p.ratelimiter):
                     conn.transport.write(encode_text(payload))
@@ -529,10 +547,10 @@ class Shard:
         assert transport is not None
         out = p.outgoing
         if out:
-            if len(out) == 1:
+            if len(out) == 1 and not conn.write_paused:
                 transport.write(out[0])
             else:
-                transport.writelines(out)
+                self._write_all(conn, out)
             out.clear()
         if p.abort:
             transport.abort()
@@ -561,6 +579,52 @@ class Shard:
                 conn.paused = True
                 p.suspended = True
                 transport.pause_reading()
+
+    def _write_all(self, conn: _Connection, out: list[bytes]) -> None:
+        """Write several frames, or any while writing is paused. Of the pongs among them only the latest is
+        kept (RFC 6455 5.5.3 allows answering only the most recent ping), and while writing is paused it is
+        held back until writing resumes: a server that pings without reading cannot grow our buffer."""
+        pong = None
+        frames = []
+        for frame in out:
+            if frame[0] == _PONG:
+                pong = frame
+            else:
+                frames.append(frame)
+        if pong is not None:
+            if conn.write_paused:
+                conn.pong = pong
+            else:
+                frames.append(pong)
+        if frames:
+            conn.transport.writelines(frames)  # type: ignore[union-attr]
+
+    def _on_pause_writing(self, conn: _Connection) -> None:
+        """The transport's buffer passed its high-water mark: the gateway is not reading what we send."""
+        if conn is not self._conn or self._write_handle is not None:
+            return
+        self._writable.clear()
+        self._write_handle = asyncio.get_running_loop().call_later(
+            self._config.write_timeout, self._on_write_timeout, conn)
+
+    def _on_resume_writing(self, conn: _Connection) -> None:
+        if self._write_handle is not None:
+            self._write_handle.cancel()
+            self._write_handle = None
+        self._writable.set()
+        pong, conn.pong = conn.pong, None
+        transport = conn.transport
+        if pong is not None and transport is not None and not transport.is_closing():
+            transport.write(pong)
+
+    def _on_write_timeout(self, conn: _Connection) -> None:
+        self._write_handle = None
+        if conn is not self._conn or conn.transport is None:
+            return
+        log.warning("shard %s: the gateway has read nothing we sent for %.1f s (%d bytes wait); dropping the "
+                    "connection", self._id, self._config.write_timeout, conn.transport.get_write_buffer_size())
+        self._protocol.write_stalled()
+        self._after(conn)
 
     def _resume_reading(self, conn: _Connection) -> None:
         conn.paused = False
@@ -601,12 +665,13 @@ class Shard:
                 self._after(conn)
 
     def _cancel_timers(self) -> None:
-        for name in ("_hb_handle", "_close_handle", "_hello_handle", "_bg_handle"):
+        for name in ("_hb_handle", "_close_handle", "_hello_handle", "_bg_handle", "_write_handle"):
             handle = getattr(self, name)
             if handle is not None:
                 handle.cancel()
                 setattr(self, name, None)
         self._hb_deadline = None
+        self._writable.set()
 
     async def _identify(self, conn: _Connection) -> None:
         p = self._protocol
