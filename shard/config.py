@@ -20,6 +20,8 @@ __all__ = ["Config", "Token", "DEFAULT_GATEWAY_URL", "DEFAULT_API_URL", "default
 DEFAULT_GATEWAY_URL = "wss://gateway.discord.gg"
 DEFAULT_API_URL = "https://discord.com/api/v10"
 API_VERSION = 10
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds for TCP + WebSocket handshake, and again for Hello; a granted identify turn gets one in all."""
 Decoder = Literal["msgspec", "json"]
 TLSOption = _ssl.SSLContext | Literal["system", "certifi"] | None
 
@@ -102,7 +104,10 @@ class Config:
     - ratelimit_messages: apply the 120/60 s command ratelimiter (default True).
     - ssl: an SSLContext, "system" (default, one shared context) or "certifi".
     - decoder: "msgspec" (default) or "json" (stdlib); event_structs: {event name: msgspec.Struct type}.
-    - connect_timeout, close_timeout (seconds); backoff_base, backoff_max (seconds);
+    - connect_timeout, close_timeout (seconds); backoff_base, backoff_max (seconds). connect_timeout bounds
+      the TCP + WebSocket handshake, and then Hello; a connection that will Identify after the identify
+      queue's grant gets one connect_timeout from the grant for all of it, so a queue may hold the bucket
+      that long and start its window when the Identify is sent.
     - write_timeout: seconds writing may stay paused because the gateway reads nothing we send (the socket's
       buffers are full) before the connection is dropped and resumed on a new one (default 10). While
       paused, pongs are not queued: only the latest is kept and sent when writing resumes.
@@ -136,7 +141,7 @@ class Config:
         ssl: TLSOption = None,
         decoder: Decoder = "msgspec",
         event_structs: Mapping[str, type[msgspec.Struct]] | None = None,
-        connect_timeout: float = 10.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         close_timeout: float = 5.0,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,

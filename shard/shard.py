@@ -9,7 +9,9 @@ data or `max_pending_events` events are waiting. One task per shard connects (wi
 connect timeout). A connection that will Identify (no session, or the session was just invalidated) is
 opened only after the identify queue granted the shard's turn, and Identify goes out right after Hello;
 while the shard waits for its turn it holds no connection, sends no heartbeats, and its state is
-Identifying. Resumes never wait on the queue. Commands go through a bounded queue.
+Identifying. Connecting and Hello share one `connect_timeout` from the grant, so the Identify is sent within
+it or never; the queue is told when it was written (`sent`), and its window starts then. Resumes never
+wait on the queue. Commands go through a bounded queue.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Self
 
 import msgspec
@@ -62,7 +65,8 @@ class _Connection(asyncio.Protocol):
     """One TCP connection: the handshake, then every chunk goes to the shard's core. Write flow control:
     while the transport's buffer is over its high-water mark (`write_paused`), pongs wait in `pong`."""
 
-    __slots__ = ("shard", "handshake", "transport", "opened", "lost", "paused", "write_paused", "pong")
+    __slots__ = ("shard", "handshake", "transport", "opened", "lost", "paused", "write_paused", "pong",
+                 "identify_sent")
 
     def __init__(self, shard: Shard, handshake: Handshake, loop: asyncio.AbstractEventLoop) -> None:
         self.shard = shard
@@ -73,6 +77,7 @@ class _Connection(asyncio.Protocol):
         self.paused = False
         self.write_paused = False
         self.pong: bytes | None = None  # the latest pong held back while writing is paused
+        self.identify_sent = False  # the identify queue was told this connection's Identify was written
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -148,6 +153,10 @@ class Shard:
         p = self._protocol = GatewayProtocol(shard_id, config, metrics=self.metrics)
         p.on_identified = self._on_identified
         p.on_unused = self._on_unused
+        # optional Queue methods (see shard.queue.Queue), looked up once
+        self._queue_sent: Callable[[int], None] | None = getattr(self._queue, "sent", None)
+        self._queue_unused: Callable[[int], None] | None = getattr(self._queue, "unused", None)
+        self._identify_by: float | None = None  # loop time by which a granted turn's Identify must be sent
         self._conn: _Connection | None = None
         self._runner: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -452,6 +461,9 @@ class Shard:
                     if p.stopped:
                         break  # closed meanwhile: `finally` gives the permit back
                     base, _ = p.connect_target()
+                # A granted turn: connecting and Hello share one connect_timeout, so the Identify is sent
+                # within it of the grant (the queue holds the bucket meanwhile) or the turn is given back.
+                self._identify_by = loop.time() + cfg.connect_timeout if p.permit else None
                 url = build_url(base, cfg.compression)
                 try:
                     handshake = Handshake(url)
@@ -462,7 +474,8 @@ class Shard:
                 conn = _Connection(self, handshake, loop)
                 self._conn = conn
                 try:
-                    async with asyncio.timeout(cfg.connect_timeout):
+                    by = self._identify_by
+                    async with asyncio.timeout_at(by if by is not None else loop.time() + cfg.connect_timeout):
                         await loop.create_connection(
                             lambda: conn, handshake.host, handshake.port,
                             ssl=cfg.ssl_context() if handshake.secure else None,
@@ -492,7 +505,9 @@ class Shard:
             return
         self._protocol.connection_made()
         loop = asyncio.get_running_loop()
-        self._hello_handle = loop.call_later(self._config.connect_timeout, self._on_hello_timeout, conn)
+        by = self._identify_by if self._protocol.permit else None
+        self._hello_handle = loop.call_at(by if by is not None else loop.time() + self._config.connect_timeout,
+                                          self._on_hello_timeout, conn)
 
     def _on_data(self, conn: _Connection, data: bytes) -> None:
         if conn is not self._conn:
@@ -552,6 +567,9 @@ class Shard:
             else:
                 self._write_all(conn, out)
             out.clear()
+            if p.identify_pending and not conn.identify_sent:
+                conn.identify_sent = True
+                self._on_identify_sent()
         if p.abort:
             transport.abort()
         elif p.hangup or (p.closing and p.close_received is not None):
@@ -697,8 +715,18 @@ class Shard:
             log.exception("shard %s: identify queue failed", self._id)
 
 
+    def _on_identify_sent(self) -> None:
+        """The Identify was just written: the identify queue starts its bucket's window now."""
+        sent = self._queue_sent
+        if sent is None:
+            return
+        try:
+            sent(self._id.number)
+        except Exception:  # noqa: BLE001 - a broken queue must not break the connection
+            log.exception("shard %s: identify queue failed", self._id)
+
     def _on_unused(self) -> None:
-        unused = getattr(self._queue, "unused", None)  # optional Queue method: refund a turn never used
+        unused = self._queue_unused  # refund a turn never used
         if unused is None:
             return
         try:
