@@ -24,7 +24,7 @@ from typing import Any
 import multiprocess
 
 from cluster.budget import SessionBudget
-from cluster.config import ClusterConfig
+from cluster.config import ClusterConfig, check_identify_timing
 from cluster.discord_api import fetch_gateway_bot
 from cluster.exitcodes import ClusterExit, ExitCode, for_close_code
 from cluster.handler import ClusterStatus, HandlerImportError, check_handler, maybe_await
@@ -122,6 +122,7 @@ class Supervisor:
         self.supervisor_handler = supervisor_handler
         self.mp = multiprocess.get_context(start_method)
         self.shard_options = shard_options or {}
+        check_identify_timing(config, self.shard_options)
         self.workers: dict[int, WorkerHandle] = {}
         self.shards: dict[int, ShardView] = {}
         self.sessions: dict[int, SessionInfo] = {}
