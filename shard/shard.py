@@ -378,7 +378,7 @@ class Shard:
                 if rl is not None:
                     await rl.acquire()
                 conn = self._conn
-                if conn is not None and conn.write_paused:
+                if conn is not None and conn.write_paused and not self._writable.is_set():
                     await self._writable.wait()  # the gateway is not reading: do not pile up commands
                     continue
                 if (conn is not None and conn.transport is not None and p.connected and not p.closing
