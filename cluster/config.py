@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-__all__ = ["ClusterConfig", "ConfigError", "ENV_PREFIX", "load_config"]
+__all__ = ["ClusterConfig", "ConfigError", "ENV_PREFIX", "check_identify_timing", "load_config"]
 
 ENV_PREFIX = "CLUSTER_"
 
@@ -42,6 +42,9 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     compression: str | None = "zlib-stream"
     identify_window: float = 5.0
     identify_hold_timeout: float = 15.0
+    """Seconds a granted identify slot is held until the shard reports READY or INVALID_SESSION. Must be
+    longer than the shards' connect_timeout (10 s): a shard sends its Identify within that of its grant
+    (connect and Hello included) or gives the slot back, and the bucket's window starts at the send."""
     budget_reserve: int | None = None
     """Identifies never spent (the safety margin). None: the shard count, at most 5% of the daily total."""
     budget_pace_below: int | None = None
@@ -161,7 +164,8 @@ HELP: dict[str, str] = {
     "api_url": "REST base URL; point it at sim/ for testing",
     "compression": "transport compression: zlib-stream, zstd-stream or none",
     "identify_window": "seconds between two identifies of the same bucket",
-    "identify_hold_timeout": "seconds an identify slot is held waiting for READY or INVALID_SESSION",
+    "identify_hold_timeout": "seconds an identify slot is held waiting for READY or INVALID_SESSION; "
+                             "must exceed the shards' connect timeout (10 s)",
     "budget_reserve": "identifies never spent: the safety margin (default: the shard count, at most 5%% of the daily total)",
     "budget_pace_below": "below this many identifies left, space them out until the reset (default: 2x the margin)",
     "state_file": "where sessions are saved (at shutdown and while running) so that the next start resumes them",
@@ -232,6 +236,18 @@ def _from_file(path: str) -> dict[str, Any]:
     data = {k.replace("-", "_"): v for k, v in data.items()}
     _check_keys(data, f"config file {path}")
     return data
+
+
+def check_identify_timing(config: ClusterConfig, shard_options: Mapping[str, Any]) -> None:
+    """Raise ConfigError unless an identify slot is held longer than a shard may take from its grant to
+    its Identify (its ``connect_timeout``, for connect and Hello). A shorter hold lets the bucket's next
+    grant overtake an Identify still on its way."""
+    from shard.config import DEFAULT_CONNECT_TIMEOUT
+
+    connect_timeout = shard_options.get("connect_timeout", DEFAULT_CONNECT_TIMEOUT)
+    if config.identify_hold_timeout <= connect_timeout:
+        raise ConfigError(f"identify_hold_timeout ({config.identify_hold_timeout:g} s) must exceed the shards' "
+                          f"connect_timeout ({connect_timeout:g} s), within which a granted shard sends Identify")
 
 
 def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] | None = None,

@@ -3,7 +3,8 @@
 One slot per rate-limit bucket ``shard % max_concurrency``. The granted shard *holds* its
 bucket's slot until it reports READY or INVALID_SESSION (or ``hold_timeout`` passes), and the
 bucket's next grant comes ``window`` seconds after the *latest* of: the grant, the moment the
-worker said the Identify was going out (:meth:`started`), and the moment its outcome arrived
+worker said the Identify was written (:meth:`started`; after connecting and Hello, which the
+shard bounds by its ``connect_timeout``: ``hold_timeout`` must be longer), and the moment its outcome arrived
 (:meth:`done`). The gateway has certainly processed an Identify once its READY arrived, so
 neither IPC latency nor a gateway slow to read its socket can make two Identifies of one
 bucket land closer than the window. Every grant spends from the
@@ -71,6 +72,8 @@ class IdentifyCoordinator:
         self._waiting: dict[int, tuple[float, str]] = {}  # shard -> (enqueued at, reason)
         self._deferred_until = -math.inf
         self.expired_holds = 0
+        self.late_starts = 0  # Identifies written after their hold expired (hold_timeout is too short)
+        self._unstarted: set[int] = set()  # granted shards whose Identify is not written yet
         self.unused_grants = 0
 
     def _bucket(self, shard_id: int) -> _Bucket:
@@ -100,10 +103,15 @@ class IdentifyCoordinator:
             bisect.insort(b.queue, shard_id)
 
     def started(self, shard_id: int, now: float) -> None:
-        """The granted shard is sending Identify: its bucket's window starts now."""
+        """The granted shard wrote its Identify: its bucket's window starts now. Also after its hold
+        expired (the Identify came late), so that at least the grants after it keep their distance."""
         b = self._bucket(shard_id)
-        if b.holder == shard_id:
-            b.window_start = max(b.window_start, now)
+        if shard_id not in self._unstarted and b.holder != shard_id:
+            return
+        self._unstarted.discard(shard_id)
+        b.window_start = max(b.window_start, now)
+        if b.holder != shard_id:
+            self.late_starts += 1
 
     def done(self, shard_id: int, ready: bool, now: float) -> None:
         """The shard's Identify ended with READY (``ready``) or INVALID_SESSION/close.
@@ -111,6 +119,7 @@ class IdentifyCoordinator:
         The outcome proves the gateway has processed the Identify: the window restarts here.
         """
         b = self._bucket(shard_id)
+        self._unstarted.discard(shard_id)
         if b.holder == shard_id:
             b.holder = None
             b.window_start = max(b.window_start, now)
@@ -118,6 +127,7 @@ class IdentifyCoordinator:
     def cancel(self, shard_id: int) -> None:
         """The shard no longer wants a slot (its worker died or it was closed)."""
         b = self._bucket(shard_id)
+        self._unstarted.discard(shard_id)
         if self._waiting.pop(shard_id, None) is not None:
             b.queue.remove(shard_id)
         if b.holder == shard_id:
@@ -129,6 +139,7 @@ class IdentifyCoordinator:
         b = self._bucket(shard_id)
         if b.last_grant != shard_id:
             return
+        self._unstarted.discard(shard_id)
         b.last_grant = None
         if b.holder == shard_id:
             b.holder = None
@@ -164,6 +175,7 @@ class IdentifyCoordinator:
             enqueued, reason = self._waiting.pop(shard_id)
             b.last_grant, b.window_before_grant = shard_id, b.window_start
             b.holder, b.held_until, b.window_start = shard_id, now + self.hold_timeout, now
+            self._unstarted.add(shard_id)
             self.budget.spend(now)
             out.append(Grant(shard_id, now - enqueued, reason))
         return out

@@ -58,7 +58,14 @@ class IpcQueue:
             raise
         finally:
             self._waiters.pop(shard_id, None)
-        self._send(IdentifyStarted(shard_id))
+
+    def sent(self, shard_id: int) -> None:
+        """The shard wrote its Identify: the coordinator starts the bucket's window now (not at the grant:
+        connecting and Hello take time, and the next grant must not overtake this Identify)."""
+        try:
+            self._send(IdentifyStarted(shard_id))
+        except Exception:  # noqa: BLE001 - a dead supervisor expires the hold by itself
+            log.debug("could not report the identify of shard %d", shard_id)
 
     def identified(self, shard_id: int, ready: bool) -> None:
         """Identify ended: READY (True) or INVALID_SESSION/close before READY (False)."""

@@ -24,7 +24,7 @@ from typing import Any
 import multiprocess
 
 from cluster.budget import SessionBudget
-from cluster.config import ClusterConfig, ConfigError
+from cluster.config import ClusterConfig, ConfigError, check_identify_timing
 from cluster.discord_api import fetch_gateway_bot
 from cluster.exitcodes import ClusterExit, ExitCode, for_close_code
 from cluster.handler import ClusterStatus, HandlerImportError, check_handler, maybe_await
@@ -89,6 +89,7 @@ class WorkerHandle:
     loop_lag: float = 0.0
     blocked: int = 0
     handler_errors: int = 0
+    consumer_errors: int = 0
     hello: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     drained: asyncio.Future[None] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
     exited: asyncio.Future[int] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
@@ -123,6 +124,7 @@ class Supervisor:
         self.supervisor_handler = supervisor_handler
         self.mp = multiprocess.get_context(start_method)
         self.shard_options = shard_options or {}
+        check_identify_timing(config, self.shard_options)
         self.workers: dict[int, WorkerHandle] = {}
         self.shards: dict[int, ShardView] = {}
         self.sessions: dict[int, SessionInfo] = {}
@@ -566,6 +568,7 @@ class Supervisor:
     def _on_status(self, handle: WorkerHandle, report: StatusReport, now: float) -> None:
         handle.rss, handle.loop_lag = report.rss, report.loop_lag
         handle.blocked, handle.handler_errors = report.blocked, report.handler_errors
+        handle.consumer_errors = report.consumer_errors
         for st in report.shards:
             view = self.shards.get(st.shard_id)
             if view is None or view.generation != handle.generation:

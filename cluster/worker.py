@@ -22,10 +22,10 @@ from typing import Any
 from cluster.handler import HandlerImportError, WorkerContext, load_handler, maybe_await
 from cluster.queue import IpcQueue
 from cluster.watchdog import LoopWatchdog
-from ipc import Channel, SessionDiff, answer
+from ipc import Channel, ChannelClosed, SessionDiff, answer
 from ipc.protocol import (Assign, Assignment, Drain, Drained, Hello, IdentifyGrant, IdentifyRefused,
                           Packet, Request, RestartShard, SessionInfo, SessionReport, ShardFatal,
-                          ShardStatus, StatusReport, WorkerFatal)
+                          ShardStatus, StatusReport, WorkerFatal, encode)
 
 __all__ = ["EXIT_HANDLER_IMPORT", "QUEUED", "WorkerSpec", "run_worker"]
 
@@ -79,6 +79,7 @@ class Worker:
         self.assigned_session: dict[int, bool] = {}
         self.was_ready: dict[int, bool] = {}
         self.handler_errors = 0
+        self.consumer_errors = 0  # unexpected exceptions out of a shard's next_event (the shard goes on)
         self.sessions = SessionDiff()
         self.watchdog = LoopWatchdog(spec.blocked_threshold)
         self._assign: asyncio.Future[Assign] | None = None
@@ -175,7 +176,7 @@ class Worker:
         reporter.cancel()
         sessions = await self._close_all(resumable)
         if not self.channel.closed:
-            self.channel.send(Drained(sessions))
+            self._send_sessions(Drained, sessions)
         teardown = getattr(self.handler, "teardown", None)
         if teardown is not None:
             try:
@@ -247,6 +248,7 @@ class Worker:
         on_event = getattr(self.handler, "on_event", None)
         watchdog = self.watchdog
         clock = time.monotonic
+        failing = 0  # unexpected errors in a row
         while True:
             try:
                 event = await shard.next_event()
@@ -258,6 +260,17 @@ class Worker:
                     return
                 log.warning("shard %d: %s", shard_id, exc)
                 continue
+            except Exception as exc:  # noqa: BLE001 - one bad input or struct must not end this shard's consumer
+                self.consumer_errors += 1
+                failing += 1
+                if failing == 1:
+                    log.exception("shard %d: reading the next event failed; the shard goes on", shard_id)
+                else:  # the traceback once per run of failures
+                    log.error("shard %d: reading the next event failed (%d in a row): %s: %s",
+                              shard_id, failing, type(exc).__name__, exc)
+                await asyncio.sleep(0)  # never a busy loop that starves the other shards
+                continue
+            failing = 0
             etype = event.type
             counts[etype] = count(etype, 0) + 1
             self.last_event[shard_id] = clock()
@@ -311,14 +324,43 @@ class Worker:
     async def _report_loop(self) -> None:
         interval = self.spec.report_interval
         while not self.channel.closed:
-            now = time.monotonic()
-            changed = self.sessions.changes(i for i in map(self._session_info, list(self.shards)) if i)
-            if changed:
-                self.channel.send(SessionReport(changed))
-            queued = frozenset(self.queue.waiting)
-            self.channel.send(StatusReport([self._status(s, now, queued) for s in list(self.shards)], _rss(),
-                                           self.watchdog.take_lag(), self.watchdog.blocked, self.handler_errors))
+            try:
+                self._report(time.monotonic())
+            except ChannelClosed:
+                return
+            except Exception:  # noqa: BLE001 - one report that cannot be sent must not end the reports
+                log.exception("a status report could not be sent")
             await asyncio.sleep(interval)
+
+    def _report(self, now: float) -> None:
+        changed = self.sessions.changes(i for i in map(self._session_info, list(self.shards)) if i)
+        if changed:
+            self._send_sessions(SessionReport, changed)
+        queued = frozenset(self.queue.waiting)
+        self.channel.send(StatusReport([self._status(s, now, queued) for s in list(self.shards)], _rss(),
+                                       self.watchdog.take_lag(), self.watchdog.blocked, self.handler_errors,
+                                       self.consumer_errors))
+
+    def _send_sessions(self, packet: type[SessionReport] | type[Drained], infos: list[SessionInfo]) -> None:
+        """Send ``infos`` as one ``packet``. A session that cannot be encoded (a sequence number beyond
+        msgpack's 64 bits, say) is logged and left out, so it never costs the other shards theirs."""
+        try:
+            self.channel.send(packet(infos))
+            return
+        except ChannelClosed:
+            raise
+        except Exception:  # noqa: BLE001 - find the bad entries below (rare: the batch is encoded once)
+            pass
+        good = []
+        for info in infos:
+            try:
+                encode(SessionReport([info]))
+            except Exception as exc:  # noqa: BLE001
+                log.error("shard %d: its session cannot be reported (%s: %s); it is left out",
+                          info.shard_id, type(exc).__name__, exc)
+            else:
+                good.append(info)
+        self.channel.send(packet(good))
 
 
 def run_worker(spec: WorkerSpec, conn: Any) -> None:

@@ -182,6 +182,8 @@ class StatusReport(Packet, tag="status"):
     loop_lag: float = 0.0
     blocked: int = 0
     handler_errors: int = 0
+    consumer_errors: int = 0
+    """Unexpected exceptions from the shards' ``next_event`` (each shard goes on)."""
 
 
 # --- calls ---------------------------------------------------------------------------------

@@ -20,6 +20,8 @@ __all__ = ["Config", "Token", "DEFAULT_GATEWAY_URL", "DEFAULT_API_URL", "default
 DEFAULT_GATEWAY_URL = "wss://gateway.discord.gg"
 DEFAULT_API_URL = "https://discord.com/api/v10"
 API_VERSION = 10
+DEFAULT_CONNECT_TIMEOUT = 10.0
+"""Seconds for TCP + WebSocket handshake, and again for Hello; a granted identify turn gets one in all."""
 Decoder = Literal["msgspec", "json"]
 TLSOption = _ssl.SSLContext | Literal["system", "certifi"] | None
 
@@ -102,8 +104,14 @@ class Config:
     - ratelimit_messages: apply the 120/60 s command ratelimiter (default True).
     - ssl: an SSLContext, "system" (default, one shared context) or "certifi".
     - decoder: "msgspec" (default) or "json" (stdlib); event_structs: {event name: msgspec.Struct type}.
-    - connect_timeout, close_timeout (seconds); backoff_base, backoff_max (seconds);
-      invalid_session_delay: (min, max) seconds before re-identifying after op 9 false (default 1-5 s).
+    - connect_timeout, close_timeout (seconds); backoff_base, backoff_max (seconds). connect_timeout bounds
+      the TCP + WebSocket handshake, and then Hello; a connection that will Identify after the identify
+      queue's grant gets one connect_timeout from the grant for all of it, so a queue may hold the bucket
+      that long and start its window when the Identify is sent.
+    - write_timeout: seconds writing may stay paused because the gateway reads nothing we send (the socket's
+      buffers are full) before the connection is dropped and resumed on a new one (default 10). While
+      paused, pongs are not queued: only the latest is kept and sent when writing resumes.
+    - invalid_session_delay: (min, max) seconds before re-identifying after op 9 false (default 1-5 s).
     - max_pending_events: received events buffered before reading pauses; send_queue_size: outgoing bound.
     - metrics: publish prometheus metrics for this shard (default True).
     - max_message_size: the largest compressed message, whole or buffered in parts until zlib-stream's
@@ -119,7 +127,8 @@ class Config:
                  "resume_url", "queue", "large_threshold", "presence", "identify_properties",
                  "ratelimit_messages", "ssl", "decoder", "event_structs", "connect_timeout", "close_timeout",
                  "backoff_base", "backoff_max", "invalid_session_delay", "max_pending_events",
-                 "send_queue_size", "metrics", "max_message_size", "max_inflated_size", "heartbeat_interval_range")
+                 "send_queue_size", "metrics", "max_message_size", "max_inflated_size", "heartbeat_interval_range",
+                 "write_timeout")
 
     def __init__(
         self,
@@ -140,7 +149,7 @@ class Config:
         ssl: TLSOption = None,
         decoder: Decoder = "msgspec",
         event_structs: Mapping[str, type[msgspec.Struct]] | None = None,
-        connect_timeout: float = 10.0,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         close_timeout: float = 5.0,
         backoff_base: float = 1.0,
         backoff_max: float = 60.0,
@@ -151,6 +160,7 @@ class Config:
         max_message_size: int = MAX_BUFFERED,
         max_inflated_size: int = MAX_INFLATED,
         heartbeat_interval_range: tuple[float, float] = (1.0, 120.0),
+        write_timeout: float = 10.0,
     ) -> None:
         if not 50 <= large_threshold <= 250:
             raise ValueError("large_threshold must be between 50 and 250")
@@ -165,6 +175,8 @@ class Config:
         low, high = heartbeat_interval_range
         if not 0 < low <= high:
             raise ValueError("heartbeat_interval_range must be (min, max) seconds with 0 < min <= max")
+        if not write_timeout > 0:
+            raise ValueError("write_timeout must be > 0 seconds")
         self.token = Token(token)
         self.intents = int(intents)
         self.gateway_url = gateway_url
@@ -192,6 +204,7 @@ class Config:
         self.max_message_size = max_message_size
         self.max_inflated_size = max_inflated_size
         self.heartbeat_interval_range = (float(low), float(high))
+        self.write_timeout = write_timeout
 
     def replace(self, **changes: object) -> Config:
         """A copy with some options changed."""

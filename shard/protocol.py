@@ -396,7 +396,16 @@ class GatewayProtocol:
         """No Hello arrived in time: give up on this connection."""
         self.process()
         if self.connected and not self._hello and not self.closing:
+            self.release_permit()  # an identify turn is given back now: its Identify must not go out late
             self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "hello_timeout")
+
+    def write_stalled(self) -> None:
+        """The gateway has read nothing we sent for `write_timeout` seconds: drop the connection (a close
+        frame could not get through either) and resume on a new one."""
+        if self.connected:
+            if self.disconnect is None:
+                self.disconnect = (CloseAction.RESUME, "write_timeout")
+            self.abort = True
 
     # ---- incoming ---------------------------------------------------------------------------------
     def receive_data(self, data: bytes) -> None:
@@ -812,6 +821,8 @@ class GatewayProtocol:
             log.debug("shard %s: ignoring unknown opcode %s", self.shard_id, op)
 
     def _on_hello(self, d: object, out: bytes) -> None:
+        if self.closing:  # Hello came after we gave up on the connection: nothing more goes out on it
+            return
         try:
             hello = self.decoder.decode_as(d, Hello)  # type: ignore[arg-type]
             if hello.heartbeat_interval <= 0:

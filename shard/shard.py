@@ -9,7 +9,9 @@ data or `max_pending_events` events are waiting. One task per shard connects (wi
 connect timeout). A connection that will Identify (no session, or the session was just invalidated) is
 opened only after the identify queue granted the shard's turn, and Identify goes out right after Hello;
 while the shard waits for its turn it holds no connection, sends no heartbeats, and its state is
-Identifying. Resumes never wait on the queue. Commands go through a bounded queue.
+Identifying. Connecting and Hello share one `connect_timeout` from the grant, so the Identify is sent within
+it or never; the queue is told when it was written (`sent`), and its window starts then. Resumes never
+wait on the queue. Commands go through a bounded queue.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Self
 
 import msgspec
@@ -34,7 +37,7 @@ from .queue import InMemoryQueue, Queue
 from .ratelimiter import CommandRatelimiter
 from .session import Session
 from .state import ShardState, StateKind
-from .websocket import Handshake, HandshakeError, build_url, encode_text
+from .websocket import OP_PONG, Handshake, HandshakeError, build_url, encode_text
 from .wire import Command, encode_command
 
 __all__ = ["Shard", "MessageSender"]
@@ -47,6 +50,7 @@ _YIELD_EVERY = 32           # pulls (about 1,000 events) between yields to the e
 _BACKGROUND_DELAY = 0.05    # seconds before unread data is processed without the consumer
 _PAUSE_BYTES = 1 << 20      # stop reading with this much unprocessed data...
 _RESUME_BYTES = 256 << 10   # ...until it is below this
+_PONG = 0x80 | OP_PONG      # first byte of an encoded pong frame
 
 
 def _default_queue() -> InMemoryQueue:
@@ -58,9 +62,11 @@ def _default_queue() -> InMemoryQueue:
 
 
 class _Connection(asyncio.Protocol):
-    """One TCP connection: the handshake, then every chunk goes to the shard's core."""
+    """One TCP connection: the handshake, then every chunk goes to the shard's core. Write flow control:
+    while the transport's buffer is over its high-water mark (`write_paused`), pongs wait in `pong`."""
 
-    __slots__ = ("shard", "handshake", "transport", "opened", "lost", "paused")
+    __slots__ = ("shard", "handshake", "transport", "opened", "lost", "paused", "write_paused", "pong",
+                 "identify_sent")
 
     def __init__(self, shard: Shard, handshake: Handshake, loop: asyncio.AbstractEventLoop) -> None:
         self.shard = shard
@@ -69,6 +75,9 @@ class _Connection(asyncio.Protocol):
         self.opened: asyncio.Future[None] = loop.create_future()
         self.lost: asyncio.Future[None] = loop.create_future()
         self.paused = False
+        self.write_paused = False
+        self.pong: bytes | None = None  # the latest pong held back while writing is paused
+        self.identify_sent = False  # the identify queue was told this connection's Identify was written
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -99,6 +108,14 @@ class _Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         return False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.shard._on_pause_writing(self)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.shard._on_resume_writing(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():
@@ -136,6 +153,10 @@ class Shard:
         p = self._protocol = GatewayProtocol(shard_id, config, metrics=self.metrics)
         p.on_identified = self._on_identified
         p.on_unused = self._on_unused
+        # optional Queue methods (see shard.queue.Queue), looked up once
+        self._queue_sent: Callable[[int], None] | None = getattr(self._queue, "sent", None)
+        self._queue_unused: Callable[[int], None] | None = getattr(self._queue, "unused", None)
+        self._identify_by: float | None = None  # loop time by which a granted turn's Identify must be sent
         self._conn: _Connection | None = None
         self._runner: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -143,6 +164,9 @@ class Shard:
         self._hb_deadline: float | None = None
         self._close_handle: asyncio.TimerHandle | None = None
         self._hello_handle: asyncio.TimerHandle | None = None
+        self._write_handle: asyncio.TimerHandle | None = None
+        self._writable = asyncio.Event()  # the sender waits on it while the transport's writing is paused
+        self._writable.set()
         self._identify_task: asyncio.Task[None] | None = None
         self._sender_task: asyncio.Task[None] | None = None
         self._sendq: asyncio.Queue[bytes] | None = None
@@ -357,6 +381,9 @@ class Shard:
                 if rl is not None:
                     await rl.acquire()
                 conn = self._conn
+                if conn is not None and conn.write_paused and not self._writable.is_set():
+                    await self._writable.wait()  # the gateway is not reading: do not pile up commands
+                    continue
                 if (conn is not None and conn.transport is not None and p.connected and not p.closing
                         and p.state.kind is StateKind.ACTIVE and rl is p.ratelimiter):
                     conn.transport.write(encode_text(payload))
@@ -437,6 +464,9 @@ class Shard:
                     if p.stopped:
                         break  # closed meanwhile: `finally` gives the permit back
                     base, _ = p.connect_target()
+                # A granted turn: connecting and Hello share one connect_timeout, so the Identify is sent
+                # within it of the grant (the queue holds the bucket meanwhile) or the turn is given back.
+                self._identify_by = loop.time() + cfg.connect_timeout if p.permit else None
                 url = build_url(base, cfg.compression)
                 try:
                     handshake = Handshake(url)
@@ -447,7 +477,8 @@ class Shard:
                 conn = _Connection(self, handshake, loop)
                 self._conn = conn
                 try:
-                    async with asyncio.timeout(cfg.connect_timeout):
+                    by = self._identify_by
+                    async with asyncio.timeout_at(by if by is not None else loop.time() + cfg.connect_timeout):
                         await loop.create_connection(
                             lambda: conn, handshake.host, handshake.port,
                             ssl=cfg.ssl_context() if handshake.secure else None,
@@ -477,7 +508,9 @@ class Shard:
             return
         self._protocol.connection_made()
         loop = asyncio.get_running_loop()
-        self._hello_handle = loop.call_later(self._config.connect_timeout, self._on_hello_timeout, conn)
+        by = self._identify_by if self._protocol.permit else None
+        self._hello_handle = loop.call_at(by if by is not None else loop.time() + self._config.connect_timeout,
+                                          self._on_hello_timeout, conn)
 
     def _on_data(self, conn: _Connection, data: bytes) -> None:
         if conn is not self._conn:
@@ -532,11 +565,14 @@ class Shard:
         assert transport is not None
         out = p.outgoing
         if out:
-            if len(out) == 1:
+            if len(out) == 1 and not conn.write_paused:
                 transport.write(out[0])
             else:
-                transport.writelines(out)
+                self._write_all(conn, out)
             out.clear()
+            if p.identify_pending and not conn.identify_sent:
+                conn.identify_sent = True
+                self._on_identify_sent()
         if p.abort:
             transport.abort()
         elif p.hangup or (p.closing and p.close_received is not None):
@@ -564,6 +600,52 @@ class Shard:
                 conn.paused = True
                 p.suspended = True
                 transport.pause_reading()
+
+    def _write_all(self, conn: _Connection, out: list[bytes]) -> None:
+        """Write several frames, or any while writing is paused. Of the pongs among them only the latest is
+        kept (RFC 6455 5.5.3 allows answering only the most recent ping), and while writing is paused it is
+        held back until writing resumes: a server that pings without reading cannot grow our buffer."""
+        pong = None
+        frames = []
+        for frame in out:
+            if frame[0] == _PONG:
+                pong = frame
+            else:
+                frames.append(frame)
+        if pong is not None:
+            if conn.write_paused:
+                conn.pong = pong
+            else:
+                frames.append(pong)
+        if frames:
+            conn.transport.writelines(frames)  # type: ignore[union-attr]
+
+    def _on_pause_writing(self, conn: _Connection) -> None:
+        """The transport's buffer passed its high-water mark: the gateway is not reading what we send."""
+        if conn is not self._conn or self._write_handle is not None:
+            return
+        self._writable.clear()
+        self._write_handle = asyncio.get_running_loop().call_later(
+            self._config.write_timeout, self._on_write_timeout, conn)
+
+    def _on_resume_writing(self, conn: _Connection) -> None:
+        if self._write_handle is not None:
+            self._write_handle.cancel()
+            self._write_handle = None
+        self._writable.set()
+        pong, conn.pong = conn.pong, None
+        transport = conn.transport
+        if pong is not None and transport is not None and not transport.is_closing():
+            transport.write(pong)
+
+    def _on_write_timeout(self, conn: _Connection) -> None:
+        self._write_handle = None
+        if conn is not self._conn or conn.transport is None:
+            return
+        log.warning("shard %s: the gateway has read nothing we sent for %.1f s (%d bytes wait); dropping the "
+                    "connection", self._id, self._config.write_timeout, conn.transport.get_write_buffer_size())
+        self._protocol.write_stalled()
+        self._after(conn)
 
     def _resume_reading(self, conn: _Connection) -> None:
         conn.paused = False
@@ -604,12 +686,13 @@ class Shard:
                 self._after(conn)
 
     def _cancel_timers(self) -> None:
-        for name in ("_hb_handle", "_close_handle", "_hello_handle", "_bg_handle"):
+        for name in ("_hb_handle", "_close_handle", "_hello_handle", "_bg_handle", "_write_handle"):
             handle = getattr(self, name)
             if handle is not None:
                 handle.cancel()
                 setattr(self, name, None)
         self._hb_deadline = None
+        self._writable.set()
 
     async def _identify(self, conn: _Connection) -> None:
         p = self._protocol
@@ -635,8 +718,18 @@ class Shard:
             log.exception("shard %s: identify queue failed", self._id)
 
 
+    def _on_identify_sent(self) -> None:
+        """The Identify was just written: the identify queue starts its bucket's window now."""
+        sent = self._queue_sent
+        if sent is None:
+            return
+        try:
+            sent(self._id.number)
+        except Exception:  # noqa: BLE001 - a broken queue must not break the connection
+            log.exception("shard %s: identify queue failed", self._id)
+
     def _on_unused(self) -> None:
-        unused = getattr(self._queue, "unused", None)  # optional Queue method: refund a turn never used
+        unused = self._queue_unused  # refund a turn never used
         if unused is None:
             return
         try:

@@ -73,6 +73,19 @@ def test_failed_identify_restarts_the_window():
     assert grants(c.poll(8.0)) == [1]
 
 
+def test_an_identify_written_after_its_hold_expired_still_moves_the_window():
+    c = coord(mc=1, window=5.0, hold=15.0)
+    for s in (0, 1, 2):
+        c.request(s, 0.0)
+    assert grants(c.poll(0.0)) == [0]
+    assert grants(c.poll(15.0)) == [1]  # shard 0 never reported: its hold expired
+    c.started(0, 16.0)  # ...yet its Identify went out (a shard whose connect_timeout exceeds the hold)
+    c.done(1, True, 16.5)
+    assert c.late_starts == 1
+    assert grants(c.poll(20.5)) == []  # shard 2 keeps its distance from shard 0's Identify too
+    assert grants(c.poll(21.5)) == [2]
+
+
 def test_queue_orders_by_shard_id_and_ignores_duplicates():
     c = coord(mc=2)
     for s in (6, 2, 4, 0, 2):

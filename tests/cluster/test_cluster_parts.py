@@ -127,6 +127,8 @@ async def test_ipc_queue_grant_flow():
     assert sent == [IdentifyRequest(3, "resume_failed")] and q.waiting == [3]
     q.feed(IdentifyGrant(3))
     await task
+    assert sent[1:] == []  # granted: the shard connects; its Identify is not sent yet
+    q.sent(3)  # the Identify was written: the coordinator's window for the bucket starts now
     q.identified(3, True)
     assert sent[1:] == [IdentifyStarted(3), IdentifyDone(3, True)]
 

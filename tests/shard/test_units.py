@@ -182,6 +182,7 @@ async def test_queue_one_identify_per_bucket_per_interval() -> None:
     async def go(n: int) -> None:
         await q.enqueue(n)
         grants.append((n, loop.time()))
+        q.sent(n)  # the shard wrote its Identify
 
     start = loop.time()
     await asyncio.gather(*(go(n) for n in range(4)))
@@ -195,10 +196,42 @@ async def test_queue_waits_for_budget_reset_instead_of_burning_it() -> None:
     loop = asyncio.get_running_loop()
     q = InMemoryQueue(max_concurrency=1, remaining=1, reset_after=0.3, total=5, interval=0.0)
     await q.enqueue(0)
+    q.sent(0)
     start = loop.time()
     await q.enqueue(0)
     assert loop.time() - start >= 0.25
     assert q.remaining == 4
+
+
+async def test_queue_window_starts_when_the_identify_is_sent() -> None:
+    """A grant holds its bucket until the shard says its Identify went out; the interval counts from then."""
+    loop = asyncio.get_running_loop()
+    q = InMemoryQueue(max_concurrency=1, interval=0.2)
+    await q.enqueue(0)
+    second = asyncio.ensure_future(q.enqueue(1))
+    await asyncio.sleep(0.3)  # a slow connect: more than the interval since the grant
+    assert not second.done()
+    q.sent(0)
+    sent_at = loop.time()
+    await second
+    assert loop.time() - sent_at >= 0.19
+
+
+async def test_queue_hold_ends_after_hold_timeout_or_an_unused_turn() -> None:
+    loop = asyncio.get_running_loop()
+    q = InMemoryQueue(max_concurrency=1, interval=0.1, hold_timeout=0.2)
+    start = loop.time()
+    await q.enqueue(0)
+    await q.enqueue(1)  # shard 0 never reported: its turn is over after the hold, plus the interval
+    assert loop.time() - start >= 0.29
+    q = InMemoryQueue(max_concurrency=1, interval=10.0, hold_timeout=10.0)
+    await q.enqueue(0)
+    second = asyncio.ensure_future(q.enqueue(1))
+    await asyncio.sleep(0)
+    q.identified(0, False)  # the connection failed before Identify: the turn comes back at once...
+    q.unused(0)
+    await asyncio.wait_for(second, 5.0)  # ...not after the 10 s hold or interval
+    assert q.remaining == 999
 
 
 async def test_queue_cancel_safe() -> None:
