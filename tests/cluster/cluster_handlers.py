@@ -87,3 +87,10 @@ class CrashOnReady:
 class FailingSetup:
     async def setup(self, ctx: Any) -> None:
         raise RuntimeError("database unreachable")
+
+
+class DieInSetup:
+    """Its worker exits at once, before any shard connects, every time it is started: a crash loop."""
+
+    async def setup(self, ctx: Any) -> None:
+        os._exit(1)
