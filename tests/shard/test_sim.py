@@ -638,15 +638,27 @@ async def test_resume_across_restart_with_saved_session(shards) -> None:
         await rec2.stop()
 
 
-async def test_close_normal_ends_the_session(shards) -> None:
+@pytest.mark.parametrize("code", [1000, 1001])
+async def test_close_normal_or_going_away_ends_the_session(shards, code: int) -> None:
+    """Discord invalidates the session on a 1000 or 1001 close: close() returns no Session, so the next
+    start identifies instead of sending a Resume the gateway would refuse."""
     async with Simulator(**FAST) as sim:
-        shard = shards(sim)
+        queue = InMemoryQueue(interval=FAST["identify_window"] + 0.05)  # one identify window for both starts
+        shard = shards(sim, queue=queue)
         rec = Recorder(shard)
         await ready(rec)
-        assert await shard.close(CloseFrame.NORMAL) is None
-        snap = await sim.wait_until(lambda s: "client 1000" in shard_stats(s)["closes"])
+        session = await shard.close(CloseFrame(code, "bye"))
+        assert session is None and shard.session is None
+        snap = await sim.wait_until(lambda s: f"client {code}" in shard_stats(s)["closes"])
         assert no_violations(snap)
         await rec.wait_for(lambda r: any(e.kind is ErrorKind.CLOSED for e in r.errors))
+        await rec.stop()
+
+        again = Recorder(shards(sim, session=session, resume_url=shard.resume_url, queue=queue))
+        await ready(again)
+        snap = sim.stats.snapshot()
+        assert (shard_stats(snap)["identifies"], shard_stats(snap)["resumes"]) == (2, 0) and no_violations(snap)
+        await again.stop()
 
 
 # ---- slow consumers, metrics, helpers, tokens ----------------------------------------------------
