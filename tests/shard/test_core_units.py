@@ -209,3 +209,16 @@ async def test_unused_after_a_cancelled_first_wait_changes_nothing(monkeypatch) 
         await waiter
     q.unused(0)  # a shard that gave up before its turn: no grant to refund
     assert q.remaining == 0 and q.unused_grants == 1
+
+
+async def test_recorder_stop_reraises_a_crashed_consumer() -> None:
+    from shard_helpers import Recorder
+
+    class Broken:
+        async def next_event(self) -> None:
+            raise RuntimeError("consumer bug")
+
+    rec = Recorder(Broken())  # type: ignore[arg-type]
+    await asyncio.wait([rec.task])
+    with pytest.raises(RuntimeError, match="consumer bug"):
+        await rec.stop()
