@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv bench clean
+.PHONY: test demo venv bench mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,12 @@ bench: $(STAMP)
 	$(BIN)/python bench/shard_hotpath.py
 	$(BIN)/python bench/cluster_bench.py
 	$(BIN)/python bench/sim_capacity.py
+
+# Mutation testing of the pure core modules with the fast unit tests (minutes, one worker): not part of
+# `make test`; run it before each release and after changing those modules. Writes bench/results/mutation.md.
+mutate: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[mutate]"
+	$(BIN)/python bench/mutation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -79,6 +79,7 @@ def test_refusal_says_when_the_budget_resets():
     assert d.allowed is False and d.refused is True and d.not_before == 7200.0
     assert "3 of 100 identifies left" in d.reason and "safety margin of 3" in d.reason
     assert "resets in 2.0 h" in d.reason
+    assert "resets in 1.1 h" in SessionBudget(100, 3, 3780.0, reserve=3).check(0.0).reason  # 1.05 h, rounded
 
 
 def test_pacing_starts_at_exactly_pace_below_and_spreads_what_is_left_until_the_reset():
