@@ -61,6 +61,13 @@ class SimConfig:
     member_chunk_interval: float = _opt(30.0, "seconds between two all-member requests for the same guild")
     rest_rate_limit: int = _opt(50, "REST requests per rest-rate-window before 429")
     rest_rate_window: float = _opt(1.0, "REST rate-limit window in seconds")
+    # chaos at connect and close time (plain fields: a test may also change them on a running simulator)
+    refuse_connections: int = _opt(0, "drop the next N gateway connections during the WebSocket handshake, without "
+                                      "an answer (a failed connect); counts down as it refuses")
+    silent_handshake: bool = _opt(False, "accept gateway connections but never answer the WebSocket handshake "
+                                         "(a connect timeout)")
+    ignore_close: bool = _opt(False, "never answer a client's close frame and drop what it sends after it, "
+                                     "leaving the TCP connection open (a close handshake timeout)")
 
     def __post_init__(self) -> None:
         problems = []
@@ -88,6 +95,8 @@ class SimConfig:
             problems.append("token must be the bare token, without the 'Bot ' prefix")
         if self.rate_limit_frames < 1 or self.rest_rate_limit < 1:
             problems.append("rate limits must be >= 1")
+        if self.refuse_connections < 0:
+            problems.append("refuse_connections must be >= 0")
         if problems:
             raise ValueError("invalid simulator config: " + "; ".join(problems))
 
