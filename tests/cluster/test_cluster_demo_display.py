@@ -68,7 +68,8 @@ async def test_demo_stops_cleanly_on_ctrl_c():
     assert "Traceback" not in text and "KeyboardInterrupt" not in text, text
     assert re.search(r"stopped: [\d,]+ events handled; 16 identifies; exit code 0", text), text
     deadline = asyncio.get_running_loop().time() + 10
-    while live := live_processes_in_group(proc.pid):  # a worker may still be in its exit: wait for it, bounded
+    # multiprocess's resource tracker exits only once the demo is gone (its pipe closes): wait for it, bounded
+    while live := live_processes_in_group(proc.pid):
         assert asyncio.get_running_loop().time() < deadline, f"still running after the demo exited: {live}"
         await asyncio.sleep(0.05)
     port = int(re.search(r"simulator: gateway ws://127\.0\.0\.1:(\d+)/", text)[1])
