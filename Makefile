@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed
 
 FUZZ_SECONDS ?= 120
 
-.PHONY: test demo venv bench fuzz clean
+.PHONY: test demo venv bench fuzz mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,12 @@ fuzz: $(STAMP)
 	mkdir -p bench/results/fuzz
 	$(BIN)/python bench/fuzz_receive.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
 		-artifact_prefix=bench/results/fuzz/
+
+# Mutation testing of the pure core modules with the fast unit tests (minutes, one worker): not part of
+# `make test`; run it before each release and after changing those modules. Writes bench/results/mutation.md.
+mutate: $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[mutate]"
+	$(BIN)/python bench/mutation.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -65,6 +65,13 @@ class SimConfig:
     http_request_timeout: float = _opt(10.0, "seconds an HTTP request may take to arrive whole (head and body), "
                                              "counted from its first byte, or from connecting for the first request; "
                                              "then 408 and the connection is closed (idle keep-alive connections stay)")
+    # chaos at connect and close time (plain fields: a test may also change them on a running simulator)
+    refuse_connections: int = _opt(0, "drop the next N gateway connections during the WebSocket handshake, without "
+                                      "an answer (a failed connect); counts down as it refuses")
+    silent_handshake: bool = _opt(False, "accept gateway connections but never answer the WebSocket handshake "
+                                         "(a connect timeout)")
+    ignore_close: bool = _opt(False, "never answer a client's close frame and drop what it sends after it, "
+                                     "leaving the TCP connection open (a close handshake timeout)")
 
     def __post_init__(self) -> None:
         problems = []
@@ -96,6 +103,8 @@ class SimConfig:
             problems.append("http_request_timeout must be > 0")
         problems += [f"{f.name} must be a finite number" for f in dataclasses.fields(self)
                      if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
+        if self.refuse_connections < 0:
+            problems.append("refuse_connections must be >= 0")
         if problems:
             raise ValueError("invalid simulator config: " + "; ".join(problems))
 

@@ -239,6 +239,11 @@ class GatewayConnection(asyncio.Protocol):
 
     def _on_client_close(self, payload: bytes) -> None:
         code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
+        if self.cfg.ignore_close:  # chaos: no answer; the client must give up on its own and drop the TCP link
+            self.stats.closes[f"client {code} ignored"] += 1
+            self.closing = True  # reads and sends nothing more
+            self.sim.stats.changed()
+            return
         sess = self.session
         if sess is not None and sess.conn is self:
             if code in (1000, 1001):

@@ -111,6 +111,13 @@ class HttpProtocol(asyncio.Protocol):
         if req.path not in ("/", "", RESUME_PATH, RESUME_PATH.rstrip("/")):
             self._respond(json_response({"message": "404: Not Found", "code": 0}, 404), close=True)
             return
+        if sim.config.refuse_connections > 0:  # chaos: the connect fails before the handshake completes
+            sim.config.refuse_connections -= 1
+            self.transport.abort()
+            return
+        if sim.config.silent_handshake:  # chaos: the 101 never comes; what the client sends is dropped
+            self.transport, self.buf = None, bytearray()
+            return
         accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
         self.transport.write((
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

@@ -87,3 +87,60 @@ class CrashOnReady:
 class FailingSetup:
     async def setup(self, ctx: Any) -> None:
         raise RuntimeError("database unreachable")
+
+
+class DieInSetup:
+    """Its worker exits at once, before any shard connects, every time it is started: a crash loop."""
+
+    async def setup(self, ctx: Any) -> None:
+        os._exit(1)
+
+
+class WhoAmI(ipc.Call):
+    """A user-defined call that a worker sends to the supervisor (``ctx.request``)."""
+
+    worker_id: int
+
+
+class Greeter:
+    """The supervisor's handler: answers WhoAmI."""
+
+    def on_call(self, call: ipc.Call) -> str:
+        if isinstance(call, WhoAmI):
+            return f"worker {call.worker_id}, this is the supervisor (pid {os.getpid()})"
+        raise LookupError(type(call).__name__)
+
+
+class SyncHandler:
+    """Every method plain (not async), as the README allows. On READY it asks the supervisor WhoAmI through
+    ``ctx.request``; ``teardown`` writes what it saw to ``$CLUSTER_TEST_TEARDOWN_DIR/<worker>.json``."""
+
+    def setup(self, ctx: Any) -> None:
+        self.ctx = ctx
+        self.events: Counter[str] = Counter()
+        self.answers: list[str] = []
+        self.tasks: set[Any] = set()
+
+    def on_event(self, shard: Any, event: Any) -> None:
+        self.events[event.type] += 1
+        if event.type == "READY":
+            import asyncio
+            task = asyncio.get_running_loop().create_task(self._ask())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _ask(self) -> None:
+        from cluster_handlers import WhoAmI
+        self.answers.append(await self.ctx.request(WhoAmI(self.ctx.worker_id), str))
+
+    def on_call(self, call: ipc.Call) -> Any:
+        if isinstance(call, Count):
+            return {"worker": self.ctx.worker_id, "events": dict(self.events), "answers": self.answers}
+        raise LookupError(type(call).__name__)
+
+    def teardown(self) -> None:
+        import json
+        report = {"events": dict(self.events), "closed": [s.sender().is_closed() for s in self.ctx.shards.values()]}
+        path = os.path.join(os.environ["CLUSTER_TEST_TEARDOWN_DIR"], f"{self.ctx.worker_id}.json")
+        with open(path, "w") as f:
+            json.dump(report, f)

@@ -110,6 +110,27 @@ async def test_shard_count_refused_by_discord_exits_with_code_6(tmp_path):
     assert "4010" in sup.exit_message and "multiple" in sup.exit_message
 
 
+@pytest.mark.parametrize(("close", "expected"), [(4004, ExitCode.AUTHENTICATION_FAILED), (4013, ExitCode.DISALLOWED_INTENTS),
+                                               (4011, ExitCode.SHARDING_REJECTED), (4012, ExitCode.SHARDING_REJECTED)])
+async def test_fatal_gateway_close_exits_with_its_code(sim, tmp_path, close, expected):
+    """The gateway closes one running shard with a fatal code (not the REST check at start-up)."""
+    async with running(sim, None, tmp_path, workers=2, fresh=True) as (sup, task):
+        await until(lambda: sup.active_shards() == 4, what="bring-up")
+        assert sim.close(3, close, "chaos") == 1
+        code = await asyncio.wait_for(task, 30)
+    assert code == expected
+    assert sup.exit_message.startswith(f"shard 3: ") and f"({close})" in sup.exit_message
+
+
+async def test_worker_crash_loop_exits_with_code_7(sim, tmp_path):
+    async with running(sim, "cluster_handlers:DieInSetup", tmp_path, workers=1, restart_min_alive=30,
+                       restart_max_failures=2, fresh=True) as (sup, task):
+        code = await asyncio.wait_for(task, 30)
+    assert code == ExitCode.CRASH_LOOP
+    assert "worker 0 failed 2 times in a row" in sup.exit_message and "crash loop" in sup.exit_message
+    assert sim.stats.snapshot()["total"]["identifies"] == 0
+
+
 async def test_handler_setup_failure_exits_with_code_9(sim, tmp_path):
     async with running(sim, "cluster_handlers:FailingSetup", tmp_path, workers=1, fresh=True) as (sup, task):
         code = await asyncio.wait_for(task, 30)
@@ -150,3 +171,17 @@ async def test_zombie_shard_is_restarted_by_the_supervisor_and_resumes(tmp_path)
                                         timeout=30)
             assert snap["total"]["identifies"] == 4
             await until(lambda: sup.active_shards() == 4, what="shard 2 back")
+
+
+async def test_fresh_ignores_a_usable_state_file(sim, tmp_path):
+    """A state file that a normal start resumes from: ``fresh=True`` identifies every shard anyway."""
+    async with running(sim, None, tmp_path, workers=2, fresh=True) as (sup, task):
+        await until(lambda: sup.active_shards() == 4 and len(sup.sessions) == 4, what="bring-up")
+    assert (tmp_path / "state.json").exists()
+    async with running(sim, None, tmp_path, workers=2, fresh=True) as (sup, task):
+        await until(lambda: sup.active_shards() == 4 and len(sup.sessions) == 4, what="fresh bring-up")
+        t = sim.stats.snapshot()["total"]
+        assert (t["identifies"], t["resumes"]) == (8, 0)
+    async with running(sim, None, tmp_path, workers=2) as (sup, task):  # the control: the file was usable
+        snap = await sim.wait_until(lambda s: s["total"]["resumes"] == 4, timeout=20)
+        assert snap["total"]["identifies"] == 8

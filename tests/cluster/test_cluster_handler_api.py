@@ -1,6 +1,9 @@
 """The per-worker handler API and the supervisor's HTTP endpoints, against the simulator."""
 
 import asyncio
+import json
+import os
+import re
 import sys
 
 import pytest
@@ -45,7 +48,9 @@ async def test_http_endpoints_and_status_cli(sim, tmp_path):
         base = sup.http_url
         assert base.startswith("http://127.0.0.1:")
         code, text = await asyncio.to_thread(http_get, base + "/readyz")
-        assert code == 503 or text == "4/4 shards active\n"
+        active = re.fullmatch(r"([0-4])/4 shards active\n", text)
+        assert active is not None, text
+        assert (code, active[1] == "4") in ((503, False), (200, True))  # ready exactly when all 4 are active
         await until(lambda: sup.active_shards() == 4, what="bring-up")
         assert (await asyncio.to_thread(http_get, base + "/readyz")) == (200, "4/4 shards active\n")
         assert (await asyncio.to_thread(http_get, base + "/healthz"))[0] == 200
@@ -72,3 +77,30 @@ async def test_http_endpoints_and_status_cli(sim, tmp_path):
         assert text.count("ACTIVE") == 4 and "WORKER" in text and "running" in text
         code, _ = await asyncio.to_thread(http_get, base + "/nope")
         assert code == 404
+
+
+async def test_sync_handler_methods_teardown_and_a_user_call_answered_by_the_supervisor(sim, tmp_path, monkeypatch):
+    """The README's promises: handler methods may be plain functions; ``ctx.request`` with a user-defined call
+    is answered by the supervisor's handler; ``teardown`` runs in every worker after its shards closed."""
+    from cluster_handlers import Count, Greeter
+
+    monkeypatch.setenv("CLUSTER_TEST_TEARDOWN_DIR", str(tmp_path))  # spawned workers inherit it
+    async with running(sim, "cluster_handlers:SyncHandler", tmp_path, supervisor_handler=Greeter(), workers=2,
+                       fresh=True) as (sup, task):
+        await until(lambda: sup.active_shards() == 4, what="bring-up")
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:  # until each worker's READYs were answered by the supervisor
+            replies = await sup.broadcast(Count(), timeout=5)
+            assert [r.worker_id for r in replies] == [0, 1] and all(r.ok for r in replies), replies
+            if all(len(r.value["answers"]) == 2 for r in replies):
+                break
+            assert asyncio.get_running_loop().time() < deadline, replies
+            await asyncio.sleep(0.05)
+        for r in replies:
+            assert r.value["answers"] == [f"worker {r.worker_id}, this is the supervisor (pid {os.getpid()})"] * 2
+            assert r.value["events"]["READY"] == 2 and r.value["events"]["GUILD_CREATE"] == 4
+    assert await asyncio.wait_for(task, 1) == 0
+    for worker in (0, 1):
+        report = json.loads((tmp_path / f"{worker}.json").read_text())
+        assert report["closed"] == [True, True]  # teardown ran after its two shards closed
+        assert report["events"]["READY"] == 2

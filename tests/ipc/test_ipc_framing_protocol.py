@@ -68,3 +68,26 @@ def test_unknown_tag_is_rejected():
     import msgspec
     with pytest.raises(msgspec.ValidationError):
         p.decode(msgspec.msgpack.encode(["nope", 1]))
+
+
+def test_long_form_is_used_only_above_the_short_maximum(monkeypatch):
+    from ipc import framing
+
+    monkeypatch.setattr(framing, "_SHORT_MAX", 5)  # the 2 GiB boundary, scaled down
+    assert encode_frame(b"hello") == b"\x00\x00\x00\x05hello"
+    long = encode_frame(b"hello!")
+    assert long == b"\xff\xff\xff\xff" + (6).to_bytes(8, "big") + b"hello!"
+    assert FrameDecoder().feed(long) == [b"hello!"]
+
+
+def test_long_header_split_after_a_complete_frame():
+    dec = FrameDecoder()
+    empty_long = b"\xff\xff\xff\xff" + bytes(8)  # a 12-byte header and nothing else
+    assert dec.feed(encode_frame(b"abcdef") + empty_long[:5]) == [b"abcdef"]
+    assert dec.buffered == 5
+    assert dec.feed(empty_long[5:]) == [b""]
+    assert dec.buffered == 0
+
+
+def test_a_frame_of_exactly_max_frame_is_accepted():
+    assert FrameDecoder(max_frame=4).feed(encode_frame(b"abcd")) == [b"abcd"]

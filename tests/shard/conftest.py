@@ -31,9 +31,12 @@ async def shards() -> AsyncIterator[Callable[..., Shard]]:
         return shard
 
     yield factory
-    for shard in made:
+    failures = []
+    for shard in made:  # close them all, then report every close that raised or hung
         try:
             await asyncio.wait_for(shard.close(), 3)
-        except Exception:  # noqa: BLE001
-            pass
+        except Exception as exc:  # noqa: BLE001 - reported below
+            failures.append(f"shard {shard.id}: close() {'hung for 3 s' if isinstance(exc, TimeoutError) else 'raised'}: {exc!r}")
+    if failures:
+        pytest.fail("\n".join(failures))
 

@@ -53,11 +53,16 @@ class Recorder:
                 await self._changed.wait()
 
     async def stop(self) -> None:
-        self.task.cancel()
-        try:
-            await self.task
-        except (asyncio.CancelledError, Exception):
-            pass
+        """Stop consuming. A consumer that crashed (anything but a GatewayError from the shard) re-raises here,
+        so a test cannot pass over it."""
+        if not self.task.done():
+            self.task.cancel()
+            try:
+                await self.task
+            except asyncio.CancelledError:
+                pass
+        elif not self.task.cancelled():
+            self.task.result()
 
 
 def shard_stats(snap: dict[str, Any], number: int = 0) -> dict[str, Any]:

@@ -3,46 +3,88 @@
 from __future__ import annotations
 
 import asyncio
-import logging
+import re
 import ssl
+from pathlib import Path
+
+import pytest
 
 import shard as shard_pkg
-from shard import (CloseFrame, Config, EventTypeFlags, GatewayError, InMemoryQueue, Intents, Shard, ShardId,
-                   default_ssl_context)
+import shard.shard
+from shard import Config, GatewayError, Intents, Shard, ShardId, default_ssl_context
 from sim import Simulator
 
-log = logging.getLogger("readme")
+
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-async def readme_example(sim: Simulator) -> list[str]:
-    """The README's example, pointed at the simulator (stops after a few events)."""
-    shard = Shard.with_config(ShardId(0, 1), Config(
-        sim.token, Intents.GUILDS | Intents.GUILD_MESSAGES,
-        gateway_url=sim.url,
-        compression="zlib-stream",
-        event_types=EventTypeFlags.ALL,
-        session=None, resume_url=None,
-        queue=InMemoryQueue(max_concurrency=1, remaining=1000, reset_after=86400.0, total=1000, interval=5.0),
-        large_threshold=50, presence=None, identify_properties=None, ratelimit_messages=True, metrics=False))
-    seen: list[str] = []
-    while len(seen) < 6:
-        try:
-            event = await shard.next_event()
-        except GatewayError as source:
-            log.warning("error receiving event", exc_info=source)
-            if source.is_fatal():
-                break
-            continue
-        seen.append(event.type)
-    session = await shard.close(CloseFrame.RESUME)
-    assert session is not None
-    return seen
+@pytest.fixture(autouse=True)
+def fresh_default_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Shards without a queue share one per process (5 s between Identifies): each test is a new process."""
+    monkeypatch.setattr(shard_pkg.shard, "_DEFAULT_QUEUE", None)
+
+
+def readme_shard_example() -> str:
+    """The README's Shard example, verbatim."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
+    (source,) = [b for b in blocks if "Shard.with_config" in b]
+    return source
+
+
+async def readme_example(sim: Simulator) -> tuple[list[tuple[str, int | None]], list[GatewayError], object]:
+    """Runs the README's example against the simulator: its gateway URL in place of the example's, its
+    ``print`` recorded. When three MESSAGE_CREATEs were printed, the gateway resets the token (close 4004),
+    which is how the example's loop ends: the fatal branch. Returns what it printed, what it logged and the
+    Session it closed with."""
+    source = readme_shard_example()
+    assert '"ws://127.0.0.1:8765"' in source  # the placeholder this test points at the simulator
+    source = source.replace('"ws://127.0.0.1:8765"', repr(sim.url))
+    printed: list[tuple[str, int | None]] = []
+    logged: list[GatewayError] = []
+
+    def record(event_type: str, seq: int | None) -> None:
+        printed.append((event_type, seq))
+        if [t for t, _ in printed].count("MESSAGE_CREATE") == 3:
+            sim.close(0, 4004, "token reset")
+
+    class Log:
+        def warning(self, message: str, *, exc_info: GatewayError) -> None:
+            assert message == "error receiving event"
+            logged.append(exc_info)
+
+    body = "".join(f"    {line}\n" for line in source.splitlines())
+    namespace: dict[str, object] = {}
+    exec(f"async def example(token, log, print):\n{body}    return session\n", vars(shard_pkg) | namespace,
+         namespace)
+    session = await namespace["example"](sim.token, Log(), record)  # type: ignore[operator]
+    return printed, logged, session
 
 
 async def test_readme_example_runs_against_sim() -> None:
     async with Simulator(events_per_second=50, heartbeat_interval=1000) as sim:
-        seen = await asyncio.wait_for(readme_example(sim), 20)
+        printed, logged, session = await asyncio.wait_for(readme_example(sim), 20)
+    assert printed[0] == ("READY", 1)  # only the event types the example asked for
+    assert [t for t, _ in printed[1:]] == ["MESSAGE_CREATE"] * 3
+    seqs = [seq for _, seq in printed]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 4
+    assert [(e.close_code, e.is_fatal()) for e in logged] == [(4004, True)]
+    assert session is None or session.sequence >= seqs[-1]
+
+
+async def test_async_for_delivers_the_events() -> None:
+    """The README: ``async for event in shard`` works too."""
+    async with Simulator(events_per_second=50, heartbeat_interval=1000) as sim:
+        shard = Shard.with_config(ShardId(0, 1), Config(sim.token, Intents.GUILDS | Intents.GUILD_MESSAGES,
+                                                        gateway_url=sim.url, metrics=False))
+        seen: list[str] = []
+        async with asyncio.timeout(20):
+            async for event in shard:
+                seen.append(event.type)
+                if seen.count("MESSAGE_CREATE") == 3:
+                    break
+        await shard.close()
     assert seen[:4] == ["GATEWAY_HELLO", "READY", "GUILD_CREATE", "GUILD_CREATE"]
+    assert seen.count("MESSAGE_CREATE") == 3
 
 
 def test_shard_runs_on_uvloop() -> None:
@@ -51,9 +93,9 @@ def test_shard_runs_on_uvloop() -> None:
         async with Simulator(events_per_second=50, heartbeat_interval=1000) as sim:
             return loop, await asyncio.wait_for(readme_example(sim), 20)
 
-    loop_module, seen = shard_pkg.run(main())
+    loop_module, (printed, _, _) = shard_pkg.run(main())
     assert loop_module.startswith("uvloop")
-    assert "READY" in seen
+    assert printed[0][0] == "READY"
 
 
 def test_one_tls_context_shared_by_all_shards() -> None:

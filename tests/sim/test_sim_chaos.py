@@ -215,3 +215,55 @@ async def test_close_with_an_unsendable_code_is_refused(sim, gw, code):
     assert sim.stats.snapshot()["sessions"][session_id]["state"] == "active"
     await c.heartbeat()
     assert (await c.recv_until(op=11))[0]["op"] == 11
+
+
+# ---- chaos at connect and close time (SimConfig fields, also settable on a running simulator) -----
+
+UPGRADE = (b"GET /?v=10&encoding=json HTTP/1.1\r\nHost: sim\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+async def test_refuse_connections_drops_the_next_n_handshakes(make_sim, gw):
+    sim = await make_sim(refuse_connections=2)
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection(sim.config.host, sim.port)
+        writer.write(UPGRADE)
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # dropped: no 101, no close frame
+        writer.close()
+    assert sim.config.refuse_connections == 0
+    c, _ = await connected(sim, gw)  # the third connects normally
+    t = sim.stats.snapshot()["total"]
+    assert (t["connections"], t["identifies"], t["violations"]) == (1, 1, 0)
+    status, _, _ = await rest(f"{sim.api_url}/gateway")  # REST was never refused
+    assert status == 200
+
+
+async def test_silent_handshake_never_answers_until_switched_off(make_sim, gw):
+    sim = await make_sim(silent_handshake=True)
+    reader, writer = await asyncio.open_connection(sim.config.host, sim.port)
+    writer.write(UPGRADE)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(reader.read(1), 0.3)  # nothing comes, and the connection stays open
+    assert not reader.at_eof() and sim.stats.snapshot()["total"]["connections"] == 0
+    writer.close()
+    sim.config.silent_handshake = False
+    await connected(sim, gw)
+
+
+async def test_ignore_close_leaves_the_client_waiting_for_the_answer(make_sim, gw):
+    sim = await make_sim(ignore_close=True)
+    c, session_id = await connected(sim, gw)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(c.ws.close(4000), 0.3)  # the close handshake never completes
+    snap = await sim.wait_until(lambda s: s["shards"]["0"]["closes"].get("client 4000 ignored") == 1)
+    assert snap["total"]["open_connections"] == 1  # the TCP connection stays until the client drops it
+    c.drop()
+    snap = await sim.wait_until(lambda s: s["total"]["open_connections"] == 0)
+    assert snap["sessions"][session_id]["state"] == "detached"  # resumable, as after a 4000 close
+
+
+def test_refuse_connections_must_not_be_negative():
+    from sim import SimConfig
+
+    with pytest.raises(ValueError, match="refuse_connections must be >= 0"):
+        SimConfig(refuse_connections=-1)

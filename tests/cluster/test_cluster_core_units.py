@@ -1,0 +1,364 @@
+"""Edges of the pure cluster modules that mutation testing (``make mutate``) found untested: the exit code
+of each fatal close code, the session budget at its reserve, the coordinator's windows, the restart
+policy's exact delays, and the state file's filters."""
+
+import json
+import os
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from cluster.budget import SessionBudget
+from cluster.exitcodes import ExitCode, for_close_code
+from cluster.identify import Defer, Grant, IdentifyCoordinator, Refuse
+from cluster.layout import round_up, split
+from cluster.restart import Backoff, GiveUp, Restart, RestartPolicy
+from cluster.state import load_sessions, save_sessions
+from ipc.protocol import SessionInfo
+
+
+def coord(mc=4, total=1000, remaining=None, reserve=0, window=5.0, hold=15.0, **kw):
+    return IdentifyCoordinator(mc, SessionBudget(total, remaining, 86400.0, reserve=reserve, **kw),
+                               window=window, hold_timeout=hold, slack=0.0)
+
+
+def grants(decisions):
+    return [d.shard_id for d in decisions if isinstance(d, Grant)]
+
+
+class FixedRandom:
+    def __init__(self, value):
+        self.value = value
+
+    def random(self):
+        return self.value
+
+
+# ---- exit codes ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("close", "code"), [
+    (4004, ExitCode.AUTHENTICATION_FAILED), (4013, ExitCode.DISALLOWED_INTENTS), (4014, ExitCode.DISALLOWED_INTENTS),
+    (4010, ExitCode.SHARDING_REJECTED), (4011, ExitCode.SHARDING_REJECTED), (4012, ExitCode.SHARDING_REJECTED),
+    (4000, ExitCode.ERROR), (None, ExitCode.ERROR)])
+def test_each_fatal_close_code_has_its_exit_code_and_names_itself(close, code):
+    exit_code, message = for_close_code(close)
+    assert exit_code is code
+    assert str(close) in message
+    assert (int(ExitCode.AUTHENTICATION_FAILED), int(ExitCode.DISALLOWED_INTENTS), int(ExitCode.SHARDING_REJECTED),
+            int(ExitCode.CRASH_LOOP)) == (4, 5, 6, 7)  # documented in the README; operators script on them
+
+
+# ---- session budget ------------------------------------------------------------------------------
+
+def test_budget_defaults():
+    b = SessionBudget()
+    assert (b.total, b.remaining, b.reserve, b.pace_below, b.spent) == (1000, 1000, 0, 0, 0)
+    assert b.reset_in(0.0) == 86400.0
+    assert SessionBudget(reserve=5).pace_below == 10
+
+
+def test_budget_counts_spends_and_refunds_one_at_a_time():
+    b = SessionBudget(10, 5, 100.0)
+    b.spend(0.0)
+    b.spend(0.0)
+    assert (b.remaining, b.spent) == (3, 2)
+    b.refund()
+    assert (b.remaining, b.spent) == (4, 1)
+
+
+def test_budget_refills_at_the_reset_and_schedules_the_next_a_day_later():
+    b = SessionBudget(10, 0, 100.0)
+    assert b.available(100.0) == 10
+    assert b.reset_in(100.0) == 86400.0
+    assert b.reset_in(86499.5) == 0.5
+
+
+def test_refusal_says_when_the_budget_resets():
+    b = SessionBudget(100, 3, 7200.0, reserve=3)
+    d = b.check(0.0)
+    assert d.allowed is False and d.refused is True and d.not_before == 7200.0
+    assert "3 of 100 identifies left" in d.reason and "safety margin of 3" in d.reason
+    assert "resets in 2.0 h" in d.reason
+    assert "resets in 1.1 h" in SessionBudget(100, 3, 3780.0, reserve=3).check(0.0).reason  # 1.05 h, rounded
+
+
+def test_pacing_starts_at_exactly_pace_below_and_spreads_what_is_left_until_the_reset():
+    b = SessionBudget(100, 11, 86400.0, pace_below=10)
+    assert b.check(0.0).allowed
+    b.spend(0.0)
+    d = b.check(1.0)  # 10 left, pace_below 10: paced
+    assert d.allowed is False and d.refused is False
+    assert d.not_before == pytest.approx((86400.0 - 1.0) / 10)
+    assert "one per 8640 s" in d.reason
+
+
+def test_pacing_with_one_identify_above_the_reserve_waits_the_whole_period():
+    b = SessionBudget(100, 2, 1000.0, pace_below=10)
+    b.spend(0.0)
+    assert b.check(1.0).not_before == pytest.approx(999.0)
+
+
+def test_pacing_allows_at_exactly_the_paced_time():
+    b = SessionBudget(100, 3, 300.0, pace_below=10)
+    b.spend(0.0)
+    assert b.check(99.0).allowed is False
+    assert b.check(100.0).allowed  # (300 - 100) / 2 = 100 s after the last spend
+
+
+@settings(max_examples=150, deadline=None)
+@given(reserve=st.integers(0, 5), above=st.integers(0, 6), mc=st.integers(1, 3), shards=st.integers(1, 12))
+def test_the_budget_is_spent_down_to_exactly_its_reserve_and_never_below(reserve, above, mc, shards):
+    """Drives the budget *to* its reserve (the invariant test above stays far from it): every request is
+    granted until exactly ``reserve`` is left, then every later one is refused."""
+    c = coord(mc=mc, total=1000, remaining=reserve + above, reserve=reserve, window=1.0, hold=2.0, pace_below=0)
+    for s in range(shards):
+        c.request(s, 0.0)
+    granted, refused = [], []
+    now = 0.0
+    while c.depth and now < 100:
+        for d in c.poll(now):
+            (granted if isinstance(d, Grant) else refused).append(d.shard_id)
+            assert not isinstance(d, Defer)
+        for h in c.holders():
+            c.done(h, True, now)
+        now += 1.0
+    assert len(granted) == min(shards, max(above, 0))
+    assert c.budget.remaining == reserve + above - len(granted) >= reserve
+    assert sorted(granted + refused) == list(range(shards))
+    if refused:
+        assert c.budget.remaining == reserve  # refused only once the next spend would cross the reserve
+
+
+# ---- identify coordinator ------------------------------------------------------------------------
+
+def test_coordinator_defaults_and_validation():
+    c = IdentifyCoordinator(1, SessionBudget())
+    assert c.window == pytest.approx(5.05) and c.hold_timeout == 15.0
+    with pytest.raises(ValueError, match="^max_concurrency must be >= 1$"):
+        IdentifyCoordinator(0, SessionBudget())
+
+
+def test_started_moves_the_window_when_no_outcome_follows():
+    """The worker said the Identify is going out at 3.0, then died (cancel): the window runs from 3.0."""
+    c = coord(mc=1)
+    c.request(0, 0.0)
+    c.request(1, 0.0)
+    assert grants(c.poll(0.0)) == [0]
+    c.started(0, 3.0)
+    c.cancel(0)
+    assert c.holders() == []
+    assert grants(c.poll(5.0)) == []  # a no-op started() would let shard 1 identify 2 s after shard 0 did
+    assert c.next_deadline(5.0) == 8.0
+    assert grants(c.poll(8.0)) == [1]
+
+
+def test_started_moves_the_window_when_the_hold_expires():
+    c = coord(mc=1, hold=4.0)
+    c.request(0, 0.0)
+    c.request(1, 0.0)
+    c.poll(0.0)
+    c.started(0, 3.0)
+    assert grants(c.poll(5.0)) == [] and c.expired_holds == 1
+    assert grants(c.poll(8.0)) == [1]
+
+
+def test_a_stale_started_from_a_shard_that_no_longer_holds_changes_nothing():
+    c = coord(mc=1)
+    c.request(0, 0.0)
+    c.request(1, 0.0)
+    c.poll(0.0)
+    c.done(0, True, 0.1)
+    c.started(0, 3.0)  # late IPC message
+    assert grants(c.poll(5.1)) == [1]
+
+
+def test_cancelling_a_waiting_shard_leaves_the_holder_alone():
+    c = coord(mc=1)
+    c.request(0, 0.0)
+    c.request(1, 0.0)
+    c.poll(0.0)
+    c.cancel(1)
+    assert c.holders() == [0] and c.waiting() == []
+    c.request(2, 0.0, "resume failed")
+    assert c.waiting() == [2]
+
+
+def test_a_busy_bucket_does_not_stop_the_others_and_grants_carry_their_reason():
+    c = coord(mc=2)
+    c.request(0, 0.0)
+    c.poll(0.0)
+    c.request(1, 2.0)
+    c.request(3, 2.0, "resume failed")
+    out = c.poll(3.0)
+    assert [(d.shard_id, d.waited, d.reason) for d in out] == [(1, 1.0, "initial")]
+    c.done(1, True, 3.0)
+    out = c.poll(8.0)
+    assert [(d.shard_id, d.reason) for d in out] == [(3, "resume failed")]
+
+
+def test_each_expired_hold_is_counted():
+    c = coord(mc=2, hold=1.0)
+    for s in (0, 1):
+        c.request(s, 0.0)
+    c.poll(0.0)
+    c.poll(1.0)
+    assert c.expired_holds == 2 and c.holders() == []
+
+
+def test_refusal_reaches_every_bucket_in_one_poll():
+    c = coord(mc=2, total=100, remaining=3, reserve=3)
+    for s in range(4):
+        c.request(s, 0.0)
+    out = c.poll(0.0)
+    assert sorted(d.shard_id for d in out if isinstance(d, Refuse)) == [0, 1, 2, 3]
+    assert c.depth == 0
+
+
+def test_a_deferral_does_not_stop_later_buckets_from_expiring_their_holds():
+    c = coord(mc=2, total=100, remaining=11, pace_below=10, hold=15.0)
+    c.request(1, 0.0)
+    assert grants(c.poll(0.0)) == [1]  # bucket 1 holds until 15.0; 10 left: pacing starts
+    c.request(0, 20.0)
+    out = c.poll(20.0)
+    assert [type(d) for d in out] == [Defer]
+    assert c.expired_holds == 1 and c.holders() == []  # bucket 1 was still visited
+    c.request(3, 21.0)
+    c.poll(21.0)  # both buckets deferred now
+    assert c.depth == 2
+
+
+def test_a_deferred_bucket_does_not_stop_later_buckets_from_expiring_their_holds():
+    c = coord(mc=2, total=100, remaining=11, pace_below=10, hold=15.0)
+    c.request(1, 0.0)
+    c.poll(0.0)
+    c.request(0, 10.0)
+    assert [type(d) for d in c.poll(10.0)] == [Defer]  # deferred until ~8640 s
+    c.poll(16.0)  # bucket 0 is skipped for the deferral; bucket 1's hold expires
+    assert c.expired_holds == 1 and c.holders() == []
+
+
+def test_unused_grant_frees_a_slot_still_held_and_counts_each_refund():
+    c = coord(mc=1, total=10)
+    for s in (0, 1, 2):
+        c.request(s, 0.0)
+    assert grants(c.poll(0.0)) == [0]
+    c.unused(0)  # its connection failed before it could even report an outcome
+    assert c.holders() == []
+    assert grants(c.poll(0.0)) == [1]
+    c.unused(1)
+    assert c.unused_grants == 2 and c.budget.available(0.0) == 10
+
+
+# ---- layout --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("args", "message"), [((0, 4), "shards and max_concurrency must be >= 1"),
+                                               ((4, 0), "shards and max_concurrency must be >= 1")])
+def test_round_up_validates(args, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        round_up(*args)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(total=0), "total must be >= 1"),
+    (dict(total=4, shards_per_worker=2, workers=2), "give shards_per_worker or workers, not both"),
+    (dict(total=4, shards_per_worker=0), "shards_per_worker must be >= 1"),
+    (dict(total=4, workers=0), "workers must be >= 1")])
+def test_split_validates(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        split(**kwargs)
+
+
+def test_one_shard_per_worker():
+    assert split(3, shards_per_worker=1) == [range(0, 1), range(1, 2), range(2, 3)]
+
+
+# ---- restart policy ------------------------------------------------------------------------------
+
+def test_backoff_is_half_fixed_half_random():
+    b = Backoff(base=1.0, cap=60.0)
+    assert b.delay(2, FixedRandom(0.0)) == 2.0
+    assert b.delay(2, FixedRandom(0.5)) == 3.0
+    assert b.delay(2, FixedRandom(0.999)) == pytest.approx(3.998)
+    assert Backoff(base=1.0, cap=3.0).delay(5, FixedRandom(0.5)) == 2.25
+
+
+def test_restart_policy_defaults():
+    p = RestartPolicy("worker 0")
+    assert (p.min_alive, p.max_failures, p.failures, p.started_at) == (30.0, 5, 0, None)
+
+
+def test_restart_delays_are_exact_with_a_given_rng():
+    p = RestartPolicy("worker 0", min_alive=10.0, max_failures=3, rng=FixedRandom(0.5))
+    p.started(0.0)
+    assert p.exited(10.0, "exit 1") == Restart(pytest.approx(0.075), 0)  # alive exactly min_alive: a long run
+    p.started(20.0)
+    assert p.exited(21.0, "exit 1") == Restart(0.75, 1)
+    p.started(22.0)
+    assert p.exited(23.0, "exit 1") == Restart(1.5, 2)
+    p.started(24.0)
+    give_up = p.exited(25.0, "exit 1")
+    assert isinstance(give_up, GiveUp)
+    assert give_up.message == ("worker 0 failed 3 times in a row, each within 10 s of starting (last: exit 1); "
+                               "giving up (crash loop)")
+
+
+def test_a_worker_that_never_started_counts_as_a_quick_failure():
+    p = RestartPolicy("worker 1", min_alive=1.0, rng=FixedRandom(0.0))
+    assert p.exited(50.0, "spawn failed") == Restart(0.5, 1)
+
+
+# ---- state file ----------------------------------------------------------------------------------
+
+def _write_state(path, total, shard_ids, saved_at):
+    path.write_text(json.dumps({"version": 1, "saved_at": saved_at, "shard_total": total, "sessions": [
+        {"shard_id": s, "session_id": f"s{s}", "seq": 1, "resume_url": None} for s in shard_ids]}))
+
+
+def test_state_keeps_only_shards_of_this_run(tmp_path):
+    path = tmp_path / "state.json"
+    _write_state(path, 4, [-1, 0, 3, 4, 7], saved_at=1000.0)
+    loaded, note = load_sessions(path, 4, ttl=120, now=1010.0)
+    assert sorted(loaded) == [0, 3]
+    assert "resuming 2 sessions" in note
+
+
+def test_state_at_exactly_the_ttl_is_still_used(tmp_path):
+    path = tmp_path / "state.json"
+    save_sessions(path, 4, [SessionInfo(0, "a", 1)], now=1000.0)
+    loaded, _ = load_sessions(path, 4, ttl=120, now=1120.0)
+    assert list(loaded) == [0]
+
+
+def test_state_uses_the_wall_clock_by_default(tmp_path):
+    path = tmp_path / "a" / "b" / "state.json"  # missing directories are created
+    save_sessions(path, 4, [SessionInfo(2, "a", 5)])
+    loaded, note = load_sessions(path, 4, ttl=120)
+    assert list(loaded) == [2] and "written 0 s ago" in note
+
+
+def test_state_is_written_through_a_hidden_temp_file_beside_it(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+    seen = []
+    real = os.replace
+
+    def replace(src, dst):
+        seen.append(os.path.basename(src))
+        assert os.path.dirname(src) == str(tmp_path)  # same filesystem: the rename is atomic
+        real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    save_sessions(path, 4, [SessionInfo(0, "a", 1)], now=0.0)
+    assert len(seen) == 1 and seen[0].startswith(".state.json.") and seen[0].endswith(".tmp")
+
+
+def test_a_failed_rename_reports_its_own_error(tmp_path, monkeypatch):
+    path = tmp_path / "state.json"
+
+    def replace(src, dst):
+        os.unlink(src)  # e.g. a network filesystem that moved the file and still failed
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="^rename failed$"):
+        save_sessions(path, 4, [SessionInfo(0, "a", 1)], now=0.0)
+    assert list(tmp_path.iterdir()) == []
