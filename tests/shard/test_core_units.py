@@ -7,7 +7,9 @@ so the exact delays are asserted without waiting for them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import types
+from collections.abc import AsyncIterator
 
 import pytest
 
@@ -25,7 +27,8 @@ class FakeTime:
     def __init__(self, now: float = 0.0) -> None:
         self.now = now
         self.sleeps: list[float] = []
-        self.asyncio = types.SimpleNamespace(sleep=self.sleep, Lock=asyncio.Lock)
+        self.asyncio = types.SimpleNamespace(sleep=self.sleep, Lock=asyncio.Lock, Event=asyncio.Event,
+                                             timeout=self.timeout)
 
     def __call__(self) -> float:
         return self.now
@@ -34,6 +37,13 @@ class FakeTime:
         assert len(self.sleeps) < 20, f"still waiting after {self.sleeps}"  # a wait that never ends fails fast
         self.sleeps.append(delay)
         self.now += delay
+
+    @contextlib.asynccontextmanager
+    async def timeout(self, delay: float) -> AsyncIterator[None]:
+        """Nothing else runs on a fake clock: the awaited wake-up never comes, the whole delay passes."""
+        await self.sleep(delay)
+        raise TimeoutError
+        yield
 
 
 # ---- close codes ---------------------------------------------------------------------------------
@@ -149,8 +159,10 @@ async def test_queue_grants_at_exactly_the_interval_and_at_the_budget_reset(monk
     monkeypatch.setattr(queue_module, "asyncio", clock.asyncio)
     q = InMemoryQueue(max_concurrency=1, remaining=2, total=5, reset_after=20.0, interval=5.0, clock=clock)
     await q.enqueue(0)  # a new bucket grants at t=0
+    q.sent(0)  # the Identify goes out at once: the window starts now
     assert clock.sleeps == [] and q.granted == 1
     await q.enqueue(1)
+    q.sent(1)
     assert clock.sleeps == [5.0] and clock.now == 5.0  # at exactly the interval, not one wait later
     assert q.remaining == 0 and q.granted == 2
     await q.enqueue(0)  # budget spent: wait for the reset, once, then grant
