@@ -15,13 +15,11 @@ from typing import Any
 
 import msgspec
 
+from cluster.error import ConfigError
+
 __all__ = ["ClusterConfig", "ConfigError", "ENV_PREFIX", "check_identify_timing", "load_config"]
 
 ENV_PREFIX = "CLUSTER_"
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and where it came from."""
 
 
 class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from cluster.error import ClusterExit
+
 __all__ = ["ClusterExit", "ExitCode", "for_close_code"]
 
 
@@ -38,9 +40,3 @@ def for_close_code(code: int | None) -> tuple[ExitCode, str]:
     return _CLOSE.get(code or 0, (ExitCode.ERROR, f"fatal gateway close code {code}"))
 
 
-class ClusterExit(Exception):
-    """Stop the cluster with ``code``; ``str(exc)`` is the message for the operator."""
-
-    def __init__(self, code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
