@@ -15,8 +15,7 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from . import traffic
-from . import compress
-from .compress import Plain, ZlibStream, transport_for
+from .compress import Plain, ZlibStream, replay_segment, transport_for
 from .config import SimConfig
 from .session import CLOSED, EXPIRED, INVALIDATED, Session
 from .stats import Stats
@@ -635,8 +634,7 @@ class GatewayConnection(asyncio.Protocol):
         """
         sess, enc = self.session, self.enc
         start = sess.seq
-        segment = compress.replay_segment(traffic.numbered(pool, start + 1),
-                                          self.cfg.zlib_level)
+        segment = replay_segment(traffic.numbered(pool, start + 1), self.cfg.zlib_level)
         # Live messages (ACKs, ...) now end with Z_FULL_FLUSH, so they never refer back into segment data;
         # the segment refers to nothing before itself.
         enc.independent()
