@@ -17,7 +17,7 @@ import msgspec
 from . import traffic
 from .compress import Plain, ZlibStream, replay_segment, transport_for
 from .config import SimConfig
-from .session import CLOSED, EXPIRED, INVALIDATED, Session
+from .session import ACTIVE, CLOSED, EXPIRED, INVALIDATED, Session
 from .stats import Stats
 from .wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader, close_frame, frame
 
@@ -452,7 +452,7 @@ class GatewayConnection(asyncio.Protocol):
             old.close(4000, "session resumed on another connection")
         sess.confirm(seq)
         sess.conn = self
-        sess.state = "active"
+        sess.state = ACTIVE
         sess.resumes += 1
         sess.replayed += len(replay)
         self.session = sess

@@ -17,7 +17,7 @@ from . import admin, rest, traffic
 from .config import SimConfig
 from .gateway import HEARTBEAT_REQUEST, INVALID_SESSION, RECONNECT, GatewayConnection
 from .http import MAX_HEAD, REASONS, HttpError, Request, Response, json_response, parse_head
-from .session import EXPIRED, Session
+from .session import DETACHED, EXPIRED, INVALIDATED, Session
 from .stats import Stats
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -291,7 +291,7 @@ class Simulator:
         now = time.monotonic()
         ttl = self.config.session_ttl
         for sess in self.sessions.values():
-            if sess.state == "detached" and now - sess.detached_at > ttl:
+            if sess.state == DETACHED and now - sess.detached_at > ttl:
                 sess.end(EXPIRED, f"not resumed within {ttl:g} s")
                 self.stats.changed()
 
@@ -368,7 +368,7 @@ class Simulator:
         def go(c: GatewayConnection) -> None:
             sess = c.session
             if not resumable and sess is not None:
-                sess.end("invalidated", "op 9 sent by chaos control")
+                sess.end(INVALIDATED, "op 9 sent by chaos control")
                 sess.conn = None
                 c.session = None
             c.send_payload(INVALID_SESSION[resumable])
