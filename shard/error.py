@@ -6,7 +6,7 @@ The hierarchy::
     ├── GatewayError            public: a shard's error; `kind` is an `ErrorKind`, `is_fatal()` says if it stopped
     ├── RedirectRefused         public (also a RuntimeError): `fetch_gateway_bot` refused to follow a redirect
     ├── InflateError            internal: the compressed stream is corrupt or over a bound; the core reports it
-    │                           as a `GatewayError` of kind COMPRESSION (or PAYLOAD_TOO_LARGE) and reconnects
+    │                           as a `GatewayError` of kind COMPRESSION and resumes on a new connection
     └── HandshakeError          internal: the WebSocket upgrade was refused; the driver reports it as a
                                 `GatewayError` of kind RECONNECT and retries
 
