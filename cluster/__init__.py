@@ -11,12 +11,15 @@ Run it with ``python -m cluster run --handler mybot:Handler`` or from Python::
 - :class:`IdentifyCoordinator`, :class:`SessionBudget`, :class:`IpcQueue`: identify coordination.
 - :class:`RestartPolicy`, :func:`split`, :func:`round_up`, :func:`save_sessions` /
   :func:`load_sessions`: the pure parts, usable on their own.
+- :class:`ClusterError`: the root of the package's errors (:class:`ConfigError`, :class:`HandlerImportError`,
+  :class:`ClusterExit`); the tree is in :mod:`cluster.error`.
 """
 
 from cluster.budget import SessionBudget
-from cluster.config import ClusterConfig, ConfigError, load_config
-from cluster.exitcodes import ClusterExit, ExitCode
-from cluster.handler import ClusterStatus, Handler, HandlerImportError, WorkerContext
+from cluster.config import ClusterConfig, load_config
+from cluster.error import ClusterError, ClusterExit, ConfigError, HandlerImportError
+from cluster.exitcodes import ExitCode
+from cluster.handler import ClusterStatus, Handler, WorkerContext
 from cluster.identify import IdentifyCoordinator
 from cluster.layout import round_up, split
 from cluster.queue import IpcQueue
@@ -25,7 +28,7 @@ from cluster.state import load_sessions, save_sessions
 from cluster.supervisor import Supervisor
 
 __all__ = [
-    "Backoff", "ClusterConfig", "ClusterExit", "ClusterStatus", "ConfigError", "ExitCode", "Handler",
+    "Backoff", "ClusterConfig", "ClusterError", "ClusterExit", "ClusterStatus", "ConfigError", "ExitCode", "Handler",
     "HandlerImportError", "IdentifyCoordinator", "IpcQueue", "RestartPolicy", "SessionBudget", "Supervisor",
     "WorkerContext", "load_config", "load_sessions", "round_up", "save_sessions", "split",
 ]

@@ -71,7 +71,7 @@ def _configure_logging(level: str) -> None:
                         format="%(asctime)s supervisor %(levelname)s %(name)s: %(message)s")
 
 
-async def _run(cfg: ClusterConfig) -> int:
+async def _supervise(cfg: ClusterConfig) -> int:
     from cluster.display import StatusDisplay
     from cluster.supervisor import Supervisor
 
@@ -94,7 +94,7 @@ def run(cfg: ClusterConfig) -> int:
     _configure_logging(cfg.log_level)
     from shard import run as shard_run  # uvloop when installed
 
-    return shard_run(_run(cfg))
+    return shard_run(_supervise(cfg))
 
 
 def _base_url(args: argparse.Namespace, cfg: ClusterConfig) -> str:

@@ -15,13 +15,14 @@ from typing import Any
 
 import msgspec
 
+from cluster.error import ConfigError
+from shard.config import DEFAULT_API_URL
+from shard.intents import Intents
+from shard.queue import HOLD_TIMEOUT, IDENTIFY_INTERVAL
+
 __all__ = ["ClusterConfig", "ConfigError", "ENV_PREFIX", "check_identify_timing", "load_config"]
 
 ENV_PREFIX = "CLUSTER_"
-
-
-class ConfigError(ValueError):
-    """The configuration is invalid; the message names the key and where it came from."""
 
 
 class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -36,12 +37,12 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     workers: int | None = None
     shards_per_worker: int | None = None
     max_concurrency: int | None = None
-    intents: int = 513  # GUILDS | GUILD_MESSAGES
+    intents: int = int(Intents.GUILDS | Intents.GUILD_MESSAGES)  # 513
     gateway_url: str | None = None
-    api_url: str = "https://discord.com/api/v10"
+    api_url: str = DEFAULT_API_URL
     compression: str | None = "zlib-stream"
-    identify_window: float = 5.0
-    identify_hold_timeout: float = 15.0
+    identify_window: float = IDENTIFY_INTERVAL
+    identify_hold_timeout: float = HOLD_TIMEOUT
     """Seconds a granted identify slot is held until the shard reports READY or INVALID_SESSION. Must be
     longer than the shards' connect_timeout (10 s): a shard sends its Identify within that of its grant
     (connect and Hello included) or gives the slot back, and the bucket's window starts at the send."""

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import enum
 
+from cluster.error import ClusterExit
+from shard.close_codes import CloseCode
+
 __all__ = ["ClusterExit", "ExitCode", "for_close_code"]
 
 
@@ -21,15 +24,19 @@ class ExitCode(enum.IntEnum):
 
 
 _CLOSE = {
-    4004: (ExitCode.AUTHENTICATION_FAILED, "authentication failed (4004): the bot token is invalid or was reset"),
-    4010: (ExitCode.SHARDING_REJECTED, "invalid shard (4010): Discord refused this shard count; "
-                                       "large bots must use a multiple of their assigned number"),
-    4011: (ExitCode.SHARDING_REJECTED, "sharding required (4011): a shard would hold too many guilds; "
-                                       "use more shards (or leave --shards unset)"),
-    4012: (ExitCode.SHARDING_REJECTED, "invalid API version (4012)"),
-    4013: (ExitCode.DISALLOWED_INTENTS, "invalid intents (4013): the intents value is malformed"),
-    4014: (ExitCode.DISALLOWED_INTENTS, "disallowed intents (4014): enable the privileged intents in the "
-                                       "Developer Portal or remove them from --intents"),
+    CloseCode.AUTHENTICATION_FAILED: (
+        ExitCode.AUTHENTICATION_FAILED, "authentication failed (4004): the bot token is invalid or was reset"),
+    CloseCode.INVALID_SHARD: (
+        ExitCode.SHARDING_REJECTED, "invalid shard (4010): Discord refused this shard count; "
+                                    "large bots must use a multiple of their assigned number"),
+    CloseCode.SHARDING_REQUIRED: (
+        ExitCode.SHARDING_REJECTED, "sharding required (4011): a shard would hold too many guilds; "
+                                    "use more shards (or leave --shards unset)"),
+    CloseCode.INVALID_API_VERSION: (ExitCode.SHARDING_REJECTED, "invalid API version (4012)"),
+    CloseCode.INVALID_INTENTS: (ExitCode.DISALLOWED_INTENTS, "invalid intents (4013): the intents value is malformed"),
+    CloseCode.DISALLOWED_INTENTS: (
+        ExitCode.DISALLOWED_INTENTS, "disallowed intents (4014): enable the privileged intents in the "
+                                     "Developer Portal or remove them from --intents"),
 }
 
 
@@ -38,9 +45,3 @@ def for_close_code(code: int | None) -> tuple[ExitCode, str]:
     return _CLOSE.get(code or 0, (ExitCode.ERROR, f"fatal gateway close code {code}"))
 
 
-class ClusterExit(Exception):
-    """Stop the cluster with ``code``; ``str(exc)`` is the message for the operator."""
-
-    def __init__(self, code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import ipc
 
+from cluster.error import HandlerImportError
+
 if TYPE_CHECKING:
     from ipc.channel import Channel
     from shard import Event, Shard
@@ -45,10 +47,6 @@ class Handler(Protocol):
 
 class ClusterStatus(ipc.Call):
     """Built-in call answered by the supervisor: the status table as a dict (see /status)."""
-
-
-class HandlerImportError(ImportError):
-    """The ``module:attribute`` handler could not be imported or created."""
 
 
 def _resolve(ref: str) -> Any:

@@ -196,7 +196,7 @@ class Worker:
         self.channel.close()
         await self.channel.wait_closed()
 
-    def _spawn(self, coro: Any) -> None:
+    def _start_task(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -210,9 +210,9 @@ class Worker:
             if self._assign is not None and not self._assign.done():
                 self._assign.set_result(packet)
         elif isinstance(packet, Request):
-            self._spawn(self._answer(packet))
+            self._start_task(self._answer(packet))
         elif isinstance(packet, RestartShard):
-            self._spawn(self._restart_shard(packet.shard_id, packet.reason))
+            self._start_task(self._restart_shard(packet.shard_id, packet.reason))
         elif isinstance(packet, Drain):
             self.stop(packet.resumable)
 

@@ -7,18 +7,21 @@
 - :func:`gather`: broadcast a call to many channels and collect the :class:`Reply` list.
 - :class:`HeartbeatMonitor`, :class:`SessionDiff`: sans-I/O helpers for liveness and
   batched session reports.
+- :class:`IpcError`: the root of the package's errors (:class:`ChannelClosed`, :class:`CallError`,
+  :class:`FramingError` and their subclasses); the tree is in :mod:`ipc.error`.
 """
 
 from ipc.broadcast import gather
-from ipc.calls import Call, CallError, Reply, UnknownCall
-from ipc.channel import Channel, ChannelClosed, answer, pipe_socket
-from ipc.framing import FrameDecoder, FrameTooLarge, FramingError, encode_frame
+from ipc.calls import Call, Reply
+from ipc.channel import Channel, answer, pipe_socket
+from ipc.error import CallError, ChannelClosed, FrameTooLarge, FramingError, IpcError, UnknownCall
+from ipc.framing import FrameDecoder, encode_frame
 from ipc.heartbeat import HeartbeatMonitor
 from ipc.protocol import Packet, SessionInfo
 from ipc.sessions import SessionDiff
 
 __all__ = [
     "Call", "CallError", "Channel", "ChannelClosed", "FrameDecoder", "FrameTooLarge", "FramingError",
-    "HeartbeatMonitor", "Packet", "Reply", "SessionDiff", "SessionInfo", "UnknownCall",
+    "HeartbeatMonitor", "IpcError", "Packet", "Reply", "SessionDiff", "SessionInfo", "UnknownCall",
     "answer", "encode_frame", "gather", "pipe_socket",
 ]

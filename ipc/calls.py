@@ -16,6 +16,8 @@ from typing import Any, ClassVar, TypeVar
 
 import msgspec
 
+from ipc.error import CallError, UnknownCall
+
 __all__ = ["Call", "CallError", "Reply", "UnknownCall", "call_name", "decode_call", "decode_value",
            "encode_call", "encode_value"]
 
@@ -46,14 +48,6 @@ class Reply(msgspec.Struct, frozen=True):
     @property
     def ok(self) -> bool:
         return self.error is None
-
-
-class CallError(RuntimeError):
-    """A call failed on the other side, timed out, or its peer went away."""
-
-
-class UnknownCall(CallError):
-    """The receiving process has no :class:`Call` type of that name (it did not import it)."""
 
 
 def call_name(cls: type[Call]) -> str:

@@ -18,8 +18,9 @@ from typing import Any, TypeVar
 import msgspec
 
 from ipc import protocol
-from ipc.calls import Call, CallError, Reply, decode_call, decode_value, encode_call, encode_value
-from ipc.framing import MAX_FRAME, FrameDecoder, FrameTooLarge, FramingError, encode_frame
+from ipc.calls import Call, Reply, decode_call, decode_value, encode_call, encode_value
+from ipc.error import CallError, ChannelClosed, FrameTooLarge, FramingError
+from ipc.framing import MAX_FRAME, FrameDecoder, encode_frame
 from ipc.protocol import Packet, Ping, Pong, Request, Response
 
 __all__ = ["Channel", "ChannelClosed", "answer", "pipe_socket"]
@@ -28,10 +29,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 PacketHandler = Callable[[Packet], None]
-
-
-class ChannelClosed(ConnectionError):
-    """The other end of the channel is gone (process exit, pipe EOF) or it was closed."""
 
 
 def pipe_socket(conn: Any) -> socket.socket:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import struct
 
+from ipc.error import FrameTooLarge, FramingError
+
 __all__ = ["MAX_FRAME", "FrameDecoder", "FrameTooLarge", "FramingError", "encode_frame"]
 
 _SHORT = struct.Struct("!i")
@@ -18,14 +20,6 @@ _SHORT_MAX = 0x7FFFFFFF
 
 MAX_FRAME = 64 * 1024 * 1024
 """The default frame limit (payload bytes) of both ends of an IPC pipe."""
-
-
-class FramingError(ValueError):
-    """The byte stream does not follow the framing format."""
-
-
-class FrameTooLarge(FramingError):
-    """A payload to send is over the frame limit the receiving end enforces."""
 
 
 def encode_frame(payload: bytes) -> bytes:

@@ -54,8 +54,9 @@ class CloseFrame(msgspec.Struct, frozen=True):
 CloseFrame.NORMAL = CloseFrame(1000, "closing connection")
 CloseFrame.RESUME = CloseFrame(4000, "resuming connection")
 
-_FATAL = frozenset({4004, 4010, 4011, 4012, 4013, 4014})
-_NEW_SESSION = frozenset({4007, 4009})
+_FATAL = frozenset({CloseCode.AUTHENTICATION_FAILED, CloseCode.INVALID_SHARD, CloseCode.SHARDING_REQUIRED,
+                    CloseCode.INVALID_API_VERSION, CloseCode.INVALID_INTENTS, CloseCode.DISALLOWED_INTENTS})
+_NEW_SESSION = frozenset({CloseCode.INVALID_SEQUENCE, CloseCode.SESSION_TIMED_OUT})
 
 _REASONS: dict[int, str] = {
     1000: "the gateway closed the connection normally",

@@ -1,4 +1,17 @@
-"""GatewayError: every error a shard reports, with whether it is fatal and why."""
+"""The shard package's errors: `GatewayError` (what a shard reports, with whether it is fatal and why) and the rest.
+
+The hierarchy::
+
+    ShardError                  root of every error the package defines
+    ├── GatewayError            public: a shard's error; `kind` is an `ErrorKind`, `is_fatal()` says if it stopped
+    ├── RedirectRefused         public (also a RuntimeError): `fetch_gateway_bot` refused to follow a redirect
+    ├── InflateError            internal: the compressed stream is corrupt or over a bound; the core reports it
+    │                           as a `GatewayError` of kind COMPRESSION and resumes on a new connection
+    └── HandshakeError          internal: the WebSocket upgrade was refused; the driver reports it as a
+                                `GatewayError` of kind RECONNECT and retries
+
+The public ones are exported from `shard`; the internal ones never reach a user of `Shard`.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +19,11 @@ import enum
 
 from .close_codes import close_action, close_reason, CloseAction
 
-__all__ = ["GatewayError", "ErrorKind"]
+__all__ = ["ShardError", "GatewayError", "ErrorKind", "RedirectRefused", "InflateError", "HandshakeError"]
+
+
+class ShardError(Exception):
+    """The root of the shard package's errors (see the tree above)."""
 
 
 class ErrorKind(enum.Enum):
@@ -22,7 +39,7 @@ class ErrorKind(enum.Enum):
     SEND_QUEUE_FULL = "send queue full"      # the bounded outgoing queue is full; the payload was not queued
 
 
-class GatewayError(Exception):
+class GatewayError(ShardError):
     """An error from a shard. `is_fatal()` says the shard will not reconnect; `close_code` is the gateway's code."""
 
     def __init__(self, kind: ErrorKind, reason: str, *, close_code: int | None = None,
@@ -48,3 +65,21 @@ class GatewayError(Exception):
 
     def __repr__(self) -> str:
         return f"GatewayError({self.kind.name}, {self.reason!r}, close_code={self.close_code})"
+
+
+class RedirectRefused(ShardError, RuntimeError):
+    """An authorized request was answered with a redirect, which is not followed (it would carry the token)."""
+
+
+class InflateError(ShardError):
+    """The compressed stream is corrupt, or a message is over a size bound (the connection must be replaced).
+
+    `inflated`: from `feed_whole`, the messages of the run that inflated before the corrupt one."""
+
+    def __init__(self, message: str, inflated: list[bytes] | None = None) -> None:
+        super().__init__(message)
+        self.inflated: list[bytes] = inflated if inflated is not None else []
+
+
+class HandshakeError(ShardError):
+    """The server did not accept the WebSocket upgrade."""

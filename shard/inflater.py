@@ -6,6 +6,8 @@ import zlib
 from itertools import repeat
 from typing import Literal, Protocol
 
+from .error import InflateError
+
 __all__ = ["Inflater", "ZlibInflater", "ZstdInflater", "InflateError", "new_inflater", "Compression",
            "ZlibBackend", "SYNC_FLUSH_SUFFIX", "MAX_INFLATED", "MAX_BUFFERED"]
 
@@ -29,16 +31,6 @@ MAX_BUFFERED = 64 * 1024 * 1024  # default bound on one compressed message buffe
 # bytes, so one decompress call yields at most about max_size + 128 KiB before the bound is checked.
 _ZSTD_RATIO_LOG = 15
 _ZSTD_MIN_STEP = 64
-
-
-class InflateError(Exception):
-    """The compressed stream is corrupt, or a message is over a size bound (the connection must be replaced).
-
-    `inflated`: from `feed_whole`, the messages of the run that inflated before the corrupt one."""
-
-    def __init__(self, message: str, inflated: list[bytes] | None = None) -> None:
-        super().__init__(message)
-        self.inflated: list[bytes] = inflated if inflated is not None else []
 
 
 class Inflater(Protocol):

@@ -9,7 +9,7 @@ Receive path: `receive_data` only buffers; `process(budget)` then parses WebSock
 decodes and queues items (`events`, with each item's raw message in `raws`) until `budget` more are
 queued. The driver lets the consumer call it a few frames at a time, so messages go inflate -> decode ->
 consumer while they are still in the CPU cache; control opcodes are handled as they are reached.
-Compressed messages are handled in runs (`_run`, up to 32): inflate the run in one C loop, then decode
+Compressed messages are handled in runs (`_handle_run`, up to 32): inflate the run in one C loop, then decode
 it in one C loop, which keeps each library's code and tables hot; a run of plain dispatches is counted
 and queued without a Python step per message. With every event wanted, each message is decoded in one
 msgspec pass straight into a `Dispatch` (the Event itself). With registered Structs, or once the
@@ -502,7 +502,7 @@ class GatewayProtocol:
                         else:
                             if length & 0x80:
                                 if run:
-                                    self._run(run)
+                                    self._handle_run(run)
                                 self._protocol_error("the server sent a masked frame")
                                 return
                             if n - pos < 10:
@@ -512,7 +512,7 @@ class GatewayProtocol:
                             start = pos + 10
                             if length > self.config.max_message_size:
                                 if run:
-                                    self._run(run)
+                                    self._handle_run(run)
                                 self._protocol_error("a frame is over max_message_size")
                                 return
                         end = start + length
@@ -524,10 +524,10 @@ class GatewayProtocol:
                             run.append(buf[start:end])
                             if len(run) < room:
                                 continue
-                            self._run(run)
+                            self._handle_run(run)
                         else:
                             if run:  # in order: the run before this frame first
-                                self._run(run)
+                                self._handle_run(run)
                                 if self._halt:
                                     self._drop_inbox()
                                     return
@@ -562,13 +562,13 @@ class GatewayProtocol:
                 if not self._need or len(inbox) == 1:
                     break  # the budget is used up, or waiting for the rest of a frame
             if run:
-                self._run(run)
+                self._handle_run(run)
                 if self._halt:
                     self._drop_inbox()
         except InflateError as exc:
             self._compression_error(str(exc))
 
-    def _run(self, run: list[bytes]) -> None:
+    def _handle_run(self, run: list[bytes]) -> None:
         """Inflate, decode and queue a run of compressed frames, in order, and empty `run`.
 
         The usual run is whole messages (with zlib-stream: each ends with 00 00 ff ff, nothing buffered)
@@ -591,7 +591,7 @@ class GatewayProtocol:
             outs = inflater.feed_whole(run)  # type: ignore[union-attr]
         except InflateError as exc:
             run.clear()
-            self._each(exc.inflated)
+            self._handle_each(exc.inflated)
             raise
         run.clear()
         batch = self._batch
@@ -616,9 +616,9 @@ class GatewayProtocol:
                                 self.sequence = s
                             break
                     return
-        self._each(outs)  # a control opcode, READY/RESUMED or a bad payload in the run (rare)
+        self._handle_each(outs)  # a control opcode, READY/RESUMED or a bad payload in the run (rare)
 
-    def _each(self, outs: list[bytes]) -> None:
+    def _handle_each(self, outs: list[bytes]) -> None:
         """The full path for each message, in order, until one halts the connection."""
         on_payload = self._on_payload
         for out in outs:

@@ -13,6 +13,7 @@ from collections.abc import Callable
 import msgspec
 
 from .config import DEFAULT_API_URL, DEFAULT_GATEWAY_URL, Config, Token, default_ssl_context
+from .error import RedirectRefused
 from .id import ShardId
 from .queue import InMemoryQueue
 from .shard import Shard
@@ -32,10 +33,6 @@ class GatewayBot(msgspec.Struct, frozen=True):
     url: str
     shards: int
     session_start_limit: SessionStartLimit
-
-
-class RedirectRefused(RuntimeError):
-    """An authorized request was answered with a redirect, which is not followed (it would carry the token)."""
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -394,7 +394,8 @@ class Shard:
     def start(self) -> None:
         """Start connecting (done automatically by the first `next_event`)."""
         if self._runner is None and not self._protocol.stopped:
-            self._runner = asyncio.get_running_loop().create_task(self._run(), name=f"shard-{self._id.number}")
+            self._runner = asyncio.get_running_loop().create_task(self._connection_loop(),
+                                                                  name=f"shard-{self._id.number}")
 
     async def close(self, frame: CloseFrame = CloseFrame.NORMAL) -> Session | None:
         """Close the connection and stop. Returns the Session to resume later, unless `frame` is
@@ -437,7 +438,7 @@ class Shard:
         self._sender_task = None
         self._sendq = None
 
-    async def _run(self) -> None:
+    async def _connection_loop(self) -> None:
         p = self._protocol
         cfg = self._config
         loop = asyncio.get_running_loop()

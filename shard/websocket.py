@@ -15,15 +15,13 @@ from websockets.frames import EXTERNAL_CLOSE_CODES, Frame, Opcode
 from websockets.protocol import State
 from websockets.uri import parse_uri
 
+from .error import HandshakeError
+
 __all__ = ["Handshake", "HandshakeError", "encode_text", "encode_close", "encode_pong", "build_url", "valid_close_code",
            "OP_CONT", "OP_TEXT", "OP_BINARY", "OP_CLOSE", "OP_PING", "OP_PONG"]
 
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 USER_AGENT = "DiscordBot (https://github.com/shardstack, 0.1) shardstack"
-
-
-class HandshakeError(Exception):
-    """The server did not accept the WebSocket upgrade."""
 
 
 def build_url(base: str, compression: str | None, version: int = 10) -> str:

@@ -15,10 +15,9 @@ from typing import Any, Protocol, runtime_checkable
 import msgspec
 
 from . import traffic
-from . import compress
-from .compress import Plain, ZlibStream, transport_for
+from .compress import Plain, ZlibStream, replay_segment, transport_for
 from .config import SimConfig
-from .session import CLOSED, EXPIRED, INVALIDATED, Session
+from .session import ACTIVE, CLOSED, EXPIRED, INVALIDATED, Session
 from .stats import Stats
 from .wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader, close_frame, frame
 
@@ -458,7 +457,7 @@ class GatewayConnection(asyncio.Protocol):
             old.close(4000, "session resumed on another connection")
         sess.confirm(seq)
         sess.conn = self
-        sess.state = "active"
+        sess.state = ACTIVE
         sess.resumes += 1
         sess.replayed += len(replay)
         self.session = sess
@@ -640,8 +639,7 @@ class GatewayConnection(asyncio.Protocol):
         """
         sess, enc = self.session, self.enc
         start = sess.seq
-        segment = compress.replay_segment(traffic.numbered(pool, start + 1),
-                                          self.cfg.zlib_level)
+        segment = replay_segment(traffic.numbered(pool, start + 1), self.cfg.zlib_level)
         # Live messages (ACKs, ...) now end with Z_FULL_FLUSH, so they never refer back into segment data;
         # the segment refers to nothing before itself.
         enc.independent()

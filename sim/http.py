@@ -1,7 +1,8 @@
 """The simulator's HTTP/1.1 messages: Request, Response, json_response, and parse_head for the front end.
 
 The REST API (rest.py), the admin API (admin.py) and the front end (server.py) all speak in these types, so
-this module imports nothing else of the simulator: it is the leaf they share instead of importing each other.
+this module imports nothing else of the simulator but `sim.error` (itself a leaf): it is the leaf they share
+instead of importing each other.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
 import msgspec
+
+from .error import HttpError
 
 _encode = msgspec.json.Encoder().encode
 
@@ -41,14 +44,6 @@ class Response:
 def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
     # discord.py requires exactly "application/json", with no charset parameter.
     return Response(status, _encode(obj), {"Content-Type": "application/json", **(headers or {})})
-
-
-class HttpError(Exception):
-    """A request the front end refuses before routing it: answered with `status` and closed."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def parse_head(head: str) -> tuple[str, SplitResult, str, dict[str, str], int]:

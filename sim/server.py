@@ -17,7 +17,7 @@ from . import admin, rest, traffic
 from .config import SimConfig
 from .gateway import HEARTBEAT_REQUEST, INVALID_SESSION, RECONNECT, GatewayConnection
 from .http import MAX_HEAD, REASONS, HttpError, Request, Response, json_response, parse_head
-from .session import EXPIRED, Session
+from .session import DETACHED, EXPIRED, INVALIDATED, Session
 from .stats import Stats
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -298,7 +298,7 @@ class Simulator:
         now = time.monotonic()
         ttl = self.config.session_ttl
         for sess in self.sessions.values():
-            if sess.state == "detached" and now - sess.detached_at > ttl:
+            if sess.state == DETACHED and now - sess.detached_at > ttl:
                 sess.end(EXPIRED, f"not resumed within {ttl:g} s")
                 self.stats.changed()
 
@@ -355,7 +355,8 @@ class Simulator:
         """Live connections whose session belongs to `shard`."""
         return [c for c in self.connections if c.session is not None and c.session.shard == shard and not c.closing]
 
-    def _each(self, shard: int, fn: Callable[[GatewayConnection], object]) -> int:
+    def _apply(self, shard: int, fn: Callable[[GatewayConnection], object]) -> int:
+        """Call `fn` on each live connection of `shard`; the number of connections."""
         conns = self.connections_of(shard)
         for c in conns:
             fn(c)
@@ -367,47 +368,47 @@ class Simulator:
         def go(c: GatewayConnection) -> None:
             c.send_payload(RECONNECT)
             c.later(self.config.reconnect_close_after, lambda: c.close(4000, "reconnect requested"))
-        return self._each(shard, go)
+        return self._apply(shard, go)
 
     def invalidate(self, shard: int, resumable: bool = False) -> int:
         """Send op 9. With resumable=False the session ends; the socket stays open for a new Identify."""
         def go(c: GatewayConnection) -> None:
             sess = c.session
             if not resumable and sess is not None:
-                sess.end("invalidated", "op 9 sent by chaos control")
+                sess.end(INVALIDATED, "op 9 sent by chaos control")
                 sess.conn = None
                 c.session = None
             c.send_payload(INVALID_SESSION[resumable])
-        return self._each(shard, go)
+        return self._apply(shard, go)
 
     def zombie(self, shard: int, on: bool = True) -> int:
         """Stop (or restart) ACKing the heartbeats of the shard's current connections."""
-        return self._each(shard, lambda c: setattr(c, "zombie", on))
+        return self._apply(shard, lambda c: setattr(c, "zombie", on))
 
     def drop(self, shard: int) -> int:
         """Drop the TCP connection without a close frame."""
-        return self._each(shard, lambda c: c.abort())
+        return self._apply(shard, lambda c: c.abort())
 
     def close(self, shard: int, code: int, reason: str = "closed by chaos control") -> int:
         # RFC 6455 7.4: 1005, 1006 and 1015 must never be sent, and codes outside 1000-4999 do not exist.
         if not 1000 <= code <= 4999 or code in (1004, 1005, 1006, 1015):
             raise ValueError(f"close code {code} cannot be sent: use 1000-4999 except 1004, 1005, 1006, 1015")
-        return self._each(shard, lambda c: c.close(code, reason))
+        return self._apply(shard, lambda c: c.close(code, reason))
 
     def request_heartbeat(self, shard: int) -> int:
         """Send op 1 to the client, which must answer with a heartbeat at once."""
-        return self._each(shard, lambda c: c.send_payload(HEARTBEAT_REQUEST))
+        return self._apply(shard, lambda c: c.send_payload(HEARTBEAT_REQUEST))
 
     def corrupt(self, shard: int, kind: str) -> int:
         """Send garbage: 'compressed' (a broken compressed frame), 'json', 'opcode' (op 99) or 'event' (unknown t)."""
         if kind == "compressed":
-            return self._each(shard, lambda c: c.write_raw(c.enc.corrupt()))
+            return self._apply(shard, lambda c: c.write_raw(c.enc.corrupt()))
         if kind == "json":
-            return self._each(shard, lambda c: c.send_payload(b'{"t":"MESSAGE_CREATE","s":,"op":0,"d":{"id":'))
+            return self._apply(shard, lambda c: c.send_payload(b'{"t":"MESSAGE_CREATE","s":,"op":0,"d":{"id":'))
         if kind == "opcode":
-            return self._each(shard, lambda c: c.send_payload(b'{"t":null,"s":null,"op":99,"d":{"sim":true}}'))
+            return self._apply(shard, lambda c: c.send_payload(b'{"t":null,"s":null,"op":99,"d":{"sim":true}}'))
         if kind == "event":
-            return self._each(shard, lambda c: c.session.dispatch(b"SIM_UNKNOWN_EVENT", b'{"sim":true}'))
+            return self._apply(shard, lambda c: c.session.dispatch(b"SIM_UNKNOWN_EVENT", b'{"sim":true}'))
         raise ValueError(f"unknown corruption kind {kind!r}: use compressed, json, opcode or event")
 
     def pause(self, shard: int, paused: bool = True) -> int:
@@ -424,7 +425,7 @@ class Simulator:
         """Delay everything sent to the shard's current connections by `seconds` (finite, >= 0)."""
         if not 0 <= seconds < math.inf:  # also false for nan
             raise ValueError(f"delay must be a finite number of seconds >= 0, got {seconds!r}")
-        return self._each(shard, lambda c: setattr(c, "delay", seconds))
+        return self._apply(shard, lambda c: setattr(c, "delay", seconds))
 
     async def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
         """Wait until `predicate(stats snapshot)` holds; re-checked on every change. Returns the snapshot."""

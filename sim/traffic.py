@@ -75,7 +75,7 @@ def size_of(k: int, mode: str) -> str:
     return "large" if roll < 0.01 else "medium" if roll < 0.1 else "small"
 
 
-def _user(rng: random.Random, uid: int) -> dict:
+def _random_user(rng: random.Random, uid: int) -> dict:
     return {"id": str(uid), "username": "u%x" % rng.getrandbits(36), "discriminator": "0",
             "global_name": "Name %x" % rng.getrandbits(24), "avatar": "%032x" % rng.getrandbits(128),
             "public_flags": rng.choice((0, 64, 128, 256)), "avatar_decoration_data": None, "clan": None,
@@ -86,7 +86,7 @@ def member(gid: int, i: int) -> dict:
     """Member i of guild gid (deterministic)."""
     rng = random.Random(gid * 1_000_003 + i)
     uid = (gid >> 8) + i + 1
-    return {"user": _user(rng, uid), "roles": [], "nick": None, "avatar": None, "banner": None,
+    return {"user": _random_user(rng, uid), "roles": [], "nick": None, "avatar": None, "banner": None,
             "joined_at": "2024-%02d-%02dT10:00:00.000000+00:00" % (rng.randrange(1, 13), rng.randrange(1, 28)),
             "premium_since": None, "deaf": False, "mute": False, "flags": 0, "pending": False,
             "communication_disabled_until": None}
@@ -141,7 +141,7 @@ def message(rng: random.Random, gid: int | None, content: bool) -> dict:
         "nonce": str(rng.randrange(10**18, 10**19)), "id": str(rng.randrange(10**18, 2 * 10**18)), "flags": 0,
         "embeds": [], "edited_timestamp": None, "components": [], "attachments": [],
         "content": " ".join(rng.choice(_WORDS) for _ in range(rng.randrange(2, 40))) if content else "",
-        "author": _user(rng, uid),
+        "author": _random_user(rng, uid),
     }
     if gid is None:
         msg["channel_id"] = str(rng.randrange(10**17, 10**18))
@@ -167,7 +167,7 @@ def presence(rng: random.Random, gid: int) -> dict:
 def typing(rng: random.Random, gid: int) -> dict:
     uid = rng.randrange(10**17, 10**18)
     return {"channel_id": str(gid + 10_000), "guild_id": str(gid), "user_id": str(uid),
-            "timestamp": 1735689600 + rng.randrange(10**6), "member": {"user": _user(rng, uid), "roles": [],
+            "timestamp": 1735689600 + rng.randrange(10**6), "member": {"user": _random_user(rng, uid), "roles": [],
             "joined_at": "2024-01-01T00:00:00.000000+00:00", "deaf": False, "mute": False, "flags": 0}}
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import struct
 
+from .error import FrameError
+
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
 _H2 = struct.Struct("!BB").pack
@@ -47,15 +49,6 @@ def close_frame(code: int, reason: str = "") -> bytes:
     if len(data) > 123:
         data = data[:123].decode(errors="ignore").encode()  # RFC 6455 5.5.1: the reason must stay valid UTF-8
     return frame(struct.pack("!H", code) + data, OP_CLOSE)
-
-
-class FrameError(Exception):
-    """The client broke the WebSocket or gateway framing rules; `code` is the close code to send."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
 
 
 class FrameReader:

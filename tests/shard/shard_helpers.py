@@ -25,9 +25,9 @@ class Recorder:
         self.events: list[Event] = []
         self.errors: list[GatewayError] = []
         self._changed = asyncio.Event()
-        self.task = asyncio.get_running_loop().create_task(self._run())
+        self.task = asyncio.get_running_loop().create_task(self._consume())
 
-    async def _run(self) -> None:
+    async def _consume(self) -> None:
         while True:
             try:
                 event = await self.shard.next_event()

@@ -1,0 +1,40 @@
+"""The cluster package's errors.
+
+The hierarchy::
+
+    ClusterError                root of every error the package defines
+    ├── ConfigError             the configuration is invalid (also a ValueError); the message names the key
+    ├── HandlerImportError      the ``module:attribute`` handler cannot be imported or created (also an ImportError)
+    └── ClusterExit             stop the cluster with an exit code (``code``, an ``ExitCode``) and a message
+
+All three are public and exported from ``cluster``; the stdlib bases stay so that code catching ``ValueError``
+or ``ImportError`` keeps catching them. This module imports nothing of the package, so any module may raise
+these without an import cycle.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ClusterError", "ClusterExit", "ConfigError", "HandlerImportError"]
+
+
+class ClusterError(Exception):
+    """The root of the cluster package's errors (see the tree above)."""
+
+
+class ConfigError(ClusterError, ValueError):
+    """The configuration is invalid; the message names the key and where it came from."""
+
+
+class HandlerImportError(ClusterError, ImportError):
+    """The ``module:attribute`` handler could not be imported or created."""
+
+
+class ClusterExit(ClusterError):
+    """Stop the cluster with ``code``; ``str(exc)`` is the message for the operator.
+
+    ``code`` is a ``cluster.exitcodes.ExitCode`` (an ``int``); it is typed ``int`` here so that this module
+    imports nothing of the package (``exitcodes`` re-exports this class)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
