@@ -34,6 +34,7 @@ import msgspec
 from .backoff import Backoff
 from .close_codes import CloseAction, CloseFrame, close_action, close_reason
 from .config import Config
+from .counters import ShardCounters
 from .error import ErrorKind, GatewayError
 from .event import Dispatch, Event
 from .event_type import is_all, names_for_flags
@@ -41,7 +42,6 @@ from .heartbeat import Beat, Heartbeater
 from .id import ShardId
 from .inflater import SYNC_FLUSH_SUFFIX, InflateError, ZlibInflater, ZstdInflater, new_inflater
 from .latency import Latency
-from .metrics import ShardMetrics
 from .parse import DECODE_ERRORS, SEQ_END, Envelope, PayloadDecoder
 from .ratelimiter import MAX_PAYLOAD, CommandRatelimiter
 from .session import Session
@@ -81,12 +81,12 @@ class GatewayProtocol:
     """State of one shard across connections; see the module docstring."""
 
     def __init__(self, shard_id: ShardId, config: Config, *, clock: Callable[[], float] = time.monotonic,
-                 rand: Callable[[], float] = random.random, metrics: ShardMetrics | None = None) -> None:
+                 rand: Callable[[], float] = random.random, metrics: ShardCounters | None = None) -> None:
         self.shard_id = shard_id
         self.config = config
         self._clock = clock
         self._rand = rand
-        self.metrics = metrics or ShardMetrics()
+        self.metrics = metrics or ShardCounters()
         self.decoder = PayloadDecoder(config.decoder, config.event_structs)
         self._wanted: frozenset[str] | None = None if is_all(config.event_types) else names_for_flags(
             config.event_types)

@@ -31,7 +31,8 @@ from .event import Dispatch, Event
 from .id import ShardId
 from .intents import Intents
 from .latency import Latency
-from .metrics import ShardMetrics, register_collector
+from .counters import ShardCounters
+from .metrics import register_collector
 from .protocol import GatewayProtocol, check_payload
 from .queue import InMemoryQueue, Queue
 from .ratelimiter import CommandRatelimiter
@@ -149,7 +150,7 @@ class Shard:
         self._id = shard_id
         self._config = config
         self._queue: Queue = config.queue if config.queue is not None else _default_queue()
-        self.metrics = ShardMetrics()
+        self.metrics = ShardCounters()
         p = self._protocol = GatewayProtocol(shard_id, config, metrics=self.metrics)
         p.on_identified = self._on_identified
         p.on_unused = self._on_unused
