@@ -21,6 +21,7 @@ split across frames) takes the full path, message by message, in order.
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import time
@@ -51,7 +52,7 @@ from .websocket import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, encode_c
 from .wire import (HeartbeatAck, HeartbeatRequest, Hello, Identify, InvalidSession, Ready, Reconnect, Resume, Resumed,
                    default_identify_properties)
 
-__all__ = ["GatewayProtocol", "Item"]
+__all__ = ["GatewayProtocol", "Item", "TransportAction"]
 
 log = logging.getLogger("shard")
 
@@ -68,6 +69,18 @@ _RUN = 32  # whole zlib-stream messages inflated, then decoded, together (more s
 _SUFFIXES = repeat(SYNC_FLUSH_SUFFIX)
 _TYPE, _SEQ = attrgetter("type"), attrgetter("seq")   # of a Dispatch
 _T, _S, _OP = attrgetter("t"), attrgetter("s"), attrgetter("op")   # of an Envelope
+
+class TransportAction(enum.Enum):
+    """What the driver does with the TCP connection after an input (`GatewayProtocol.transport_action()`),
+    once it has written `data_to_send()`."""
+
+    NONE = "none"                  # keep the connection
+    AWAIT_CLOSE = "await_close"    # our close frame is out: wait `close_timeout` for the server's, then abort
+    CLOSE = "close"                # write what is queued, then close the TCP connection
+    ABORT = "abort"                # drop the TCP connection now, without a close handshake
+
+
+_NONE, _AWAIT_CLOSE, _CLOSE, _ABORT = TransportAction   # unpacked in definition order
 
 try:
     from _collections import _count_elements  # C: counts[x] += 1 for x in iterable (what Counter uses)
@@ -157,9 +170,68 @@ class GatewayProtocol:
             self._batch = (self._env_decode, _T, _S)
         self._on_payload = self._on_payload_lazy if self._lazy else self._on_payload_eager  # type: ignore[method-assign]
 
+    # ---- output to the driver ---------------------------------------------------------------------
+    def data_to_send(self) -> list[bytes]:
+        """The frames to write, in order, handed over once (the next call returns only newer ones)."""
+        out = self.outgoing
+        if out:
+            self.outgoing = []
+        return out
+
+    def transport_action(self) -> TransportAction:
+        """What to do with the TCP connection after writing `data_to_send()`."""
+        if self._abort:
+            return _ABORT
+        if self.closing:
+            return _CLOSE if self._hangup or self.close_received is not None else _AWAIT_CLOSE
+        return _CLOSE if self._hangup else _NONE
+
+    @property
+    def has_input(self) -> bool:
+        """Received bytes wait for `process()`."""
+        return bool(self._inbox)
+
+    def can_send_commands(self) -> bool:
+        """A user command may be written now: connected, not closing, and Active."""
+        return self.connected and not self.closing and self.state.kind is StateKind.ACTIVE
+
+    def may_identify(self) -> bool:
+        """The Identify the connection asked for (`want_identify`) may still go out on it."""
+        return self.connected and self.want_identify and not self.closing
+
+    def reading_paused(self) -> None:
+        """The driver stopped reading the socket (the consumer is behind): no zombie verdict meanwhile."""
+        self.suspended = True
+
+    def reading_resumed(self) -> None:
+        self.suspended = False
+
+    def use_raw_mode(self) -> None:
+        """The consumer reads raw messages from now on: `d` is only decoded on demand."""
+        if not self.raw_mode:
+            self.raw_mode = True
+            self.decoding_changed()
+
+    def register(self, event_type: str, struct: type[msgspec.Struct]) -> None:
+        """Decode `d` of `event_type` into `struct`."""
+        self.decoder.register(event_type, struct)
+        self.decoding_changed()
+
+    def stop(self) -> None:
+        """The driver shut the shard down for good: never reconnect."""
+        self.stopped = True
+
+    def inflater_stats(self) -> tuple[int, int, int]:
+        """(compressed bytes in, decompressed bytes out, buffer capacity) over all connections."""
+        m = self.metrics
+        inf = self.inflater
+        if inf is None:
+            return m.inflater_in, m.inflater_out, 0
+        return m.inflater_in + inf.bytes_in, m.inflater_out + inf.bytes_out, inf.capacity
+
     @property
     def abort(self) -> bool:
-        """The driver must drop the TCP connection now, without a close handshake."""
+        """Drop the TCP connection now (`transport_action()` is ABORT); for tests of the core."""
         return self._abort
 
     @abort.setter
@@ -169,7 +241,7 @@ class GatewayProtocol:
 
     @property
     def hangup(self) -> bool:
-        """The driver must write what is queued, then close the TCP connection."""
+        """Write what is queued, then close the TCP connection (`transport_action()` says CLOSE); for tests."""
         return self._hangup
 
     @hangup.setter
