@@ -168,7 +168,6 @@ class GatewayProtocol:
             self._batch = (msgspec.json.Decoder(Dispatch).decode, _TYPE, _SEQ)
         elif self._wanted is None and self.decoder.backend == "msgspec":
             self._batch = (self._env_decode, _T, _S)
-        self._on_payload = self._on_payload_lazy if self._lazy else self._on_payload_eager  # type: ignore[method-assign]
 
     # ---- output to the driver ---------------------------------------------------------------------
     def data_to_send(self) -> list[bytes]:
@@ -773,67 +772,56 @@ class GatewayProtocol:
             self._on_payload(self._uncompressed_binary(memoryview(data)))
 
     def _on_payload(self, out: bytes) -> None:
-        """One complete gateway message (replaced per instance by one of the two strategies below)."""
-        self._on_payload_lazy(out)
-
-    def _on_payload_eager(self, out: bytes) -> None:
-        """Every event is wanted: decode the whole message once (plain msgspec decode to dict is the
-        cheapest full decode; a Struct envelope with an `object` field costs ~50% more)."""
-        try:
-            msg = self._decode_all(out)
-            op = msg["op"]
-        except (*DECODE_ERRORS, TypeError, KeyError) as exc:
-            self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid: {exc}"))
-            return
-        if op == 0:
+        """One complete gateway message, by the strategy `decoding_changed` picked. Eager (every event wanted):
+        decode the whole message once (plain msgspec decode to dict is the cheapest full decode; a Struct
+        envelope with an `object` field costs ~50% more). Lazy (filtering or typed decoding): scan op/t/s with
+        `d` left raw, which the consumer decodes. One tail for both: sequence, count, session events, queue."""
+        item: Item | None
+        if self._lazy:
+            try:
+                env = self._env_decode(out)
+            except DECODE_ERRORS as exc:
+                self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid: {exc}"))
+                return
+            if env.op != 0:
+                self._on_control(env.op, env.d, out)
+                return
+            t, s, d, item = env.t, env.s, env.d, env  # 0 <= s < 2**63: checked by the envelope decoder
+            if t is None:
+                self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a dispatch has no event name"))
+                return
+        else:
+            try:
+                msg = self._decode_all(out)
+                op = msg["op"]
+            except (*DECODE_ERRORS, TypeError, KeyError) as exc:
+                self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid: {exc}"))
+                return
+            if op != 0:
+                if type(op) is not int:
+                    self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a payload has no integer op"))
+                    return
+                self._on_control(op, msg.get("d"), out)
+                return
             t = msg.get("t")
             s = msg.get("s")
             if type(t) is not str or (s is not None and type(s) is not int):
                 self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a dispatch has no valid t or s"))
                 return
-            if s is not None:
-                if not 0 <= s < SEQ_END:
-                    self._bad_sequence(t, s)
-                    return
-                if self.sequence is None or s > self.sequence:  # never backwards
-                    self.sequence = s
-            counts = self._counts
-            counts[t] = counts.get(t, 0) + 1
-            if t == "READY" or t == "RESUMED":
-                self._on_session_event(t, s, msg.get("d"), out)
+            if s is not None and not 0 <= s < SEQ_END:
+                self._bad_sequence(t, s)
                 return
-            self._push(Event(t, s, msg.get("d")), out)
+            d, item = msg.get("d"), None
+        if s is not None and (self.sequence is None or s > self.sequence):  # never backwards
+            self.sequence = s
+        counts = self._counts
+        counts[t] = counts.get(t, 0) + 1
+        if t == "READY" or t == "RESUMED":
+            self._on_session_event(t, s, d, out)
             return
-        if type(op) is not int:
-            self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a payload has no integer op"))
-            return
-        self._on_control(op, msg.get("d"), out)
-
-    def _on_payload_lazy(self, out: bytes) -> None:
-        """Filtering or typed decoding: scan op/t/s with `d` left raw; `d` is decoded by the consumer."""
-        try:
-            env = self._env_decode(out)
-        except DECODE_ERRORS as exc:
-            self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid: {exc}"))
-            return
-        if env.op == 0:
-            t = env.t
-            s = env.s
-            if t is None:
-                self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a dispatch has no event name"))
-                return
-            if s is not None and (self.sequence is None or s > self.sequence):  # never backwards
-                self.sequence = s  # 0 <= s < 2**63: checked by the envelope decoder
-            counts = self._counts
-            counts[t] = counts.get(t, 0) + 1
-            if t == "READY" or t == "RESUMED":
-                self._on_session_event(t, s, env.d, out)
-                return
-            wanted = self._wanted
-            if wanted is None or t in wanted:
-                self._push(env, out)  # `d` is decoded by the consumer
-            return
-        self._on_control(env.op, env.d, out)
+        wanted = self._wanted
+        if wanted is None or t in wanted:
+            self._push(item if item is not None else Event(t, s, d), out)  # an Envelope's `d`: decoded by the consumer
 
     def _on_session_event(self, t: str, s: int | None, d: object, out: bytes) -> None:
         if t == "READY":
