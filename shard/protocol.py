@@ -39,6 +39,7 @@ from .counters import ShardCounters
 from .error import ErrorKind, GatewayError
 from .event import Dispatch, Event
 from .event_type import is_all, names_for_flags
+from .frames import HEADER_ERRORS, parse_header
 from .heartbeat import Beat, Heartbeater
 from .id import ShardId
 from .inflater import SYNC_FLUSH_SUFFIX, InflateError, ZlibInflater, ZstdInflater, new_inflater
@@ -536,6 +537,7 @@ class GatewayProtocol:
         inflater = self.inflater
         inflate = inflater.feed if inflater is not None else None
         on_payload = self._on_payload
+        header, max_size = parse_header, self.config.max_message_size
         # Compressed binary frames outside a fragmented message are collected into `run`.
         fast = inflater is not None and self._frag is None
         run: list[bytes] = []
@@ -555,39 +557,14 @@ class GatewayProtocol:
                 self._need = 0
                 mv = memoryview(buf)
                 try:
-                    while True:
-                        if n - pos < 2:
-                            if n > pos:
-                                self._need = 2
-                            break
-                        b0 = buf[pos]
-                        length = buf[pos + 1]
-                        if length < 126:
-                            start = pos + 2
-                        elif length == 126:
-                            if n - pos < 4:
-                                self._need = 4
-                                break
-                            length = (buf[pos + 2] << 8) | buf[pos + 3]
-                            start = pos + 4
-                        else:
-                            if length & 0x80:
+                    while pos < n:
+                        b0, start, end = header(buf, pos, n, max_size)
+                        if end > n:  # not all there yet, or refused
+                            if b0 < 0:
                                 if run:
                                     self._run(run)
-                                self._protocol_error("the server sent a masked frame")
+                                self._protocol_error(HEADER_ERRORS[b0])
                                 return
-                            if n - pos < 10:
-                                self._need = 10
-                                break
-                            length = int.from_bytes(buf[pos + 2:pos + 10], "big")
-                            start = pos + 10
-                            if length > self.config.max_message_size:
-                                if run:
-                                    self._run(run)
-                                self._protocol_error("a frame is over max_message_size")
-                                return
-                        end = start + length
-                        if end > n:
                             self._need = end - pos
                             break
                         pos = end
