@@ -132,7 +132,7 @@ class GatewayProtocol:
         self.ratelimiter: CommandRatelimiter | None = None
         self.want_identify = False
         self.identify_pending = False
-        self.closing = False             # a close frame was sent
+        self._closing = False            # a close frame was sent
         self._abort = False              # drop the TCP connection now, without a close handshake
         self._hangup = False             # write what is queued, then close the TCP connection
         self._halt = False               # abort or hangup: stop processing input
@@ -182,7 +182,7 @@ class GatewayProtocol:
         """What to do with the TCP connection after writing `data_to_send()`."""
         if self._abort:
             return _ABORT
-        if self.closing:
+        if self._closing:
             return _CLOSE if self._hangup or self.close_received is not None else _AWAIT_CLOSE
         return _CLOSE if self._hangup else _NONE
 
@@ -193,11 +193,11 @@ class GatewayProtocol:
 
     def can_send_commands(self) -> bool:
         """A user command may be written now: connected, not closing, and Active."""
-        return self.connected and not self.closing and self.state.kind is StateKind.ACTIVE
+        return self.connected and not self._closing and self.state.kind is StateKind.ACTIVE
 
     def may_identify(self) -> bool:
         """The Identify the connection asked for (`want_identify`) may still go out on it."""
-        return self.connected and self.want_identify and not self.closing
+        return self.connected and self.want_identify and not self._closing
 
     def reading_paused(self) -> None:
         """The driver stopped reading the socket (the consumer is behind): no zombie verdict meanwhile."""
@@ -304,7 +304,7 @@ class GatewayProtocol:
         self.ratelimiter = None
         self.want_identify = False
         self.identify_pending = False
-        self.closing = False
+        self._closing = False
         self._abort = False
         self._hangup = False
         self._halt = False
@@ -425,8 +425,8 @@ class GatewayProtocol:
         """Send a close frame (once) and remember what to do once the connection is gone."""
         if self.disconnect is None or action == _USER_CLOSE:
             self.disconnect = (action, reason)
-        if not self.closing and self.connected:
-            self.closing = True
+        if not self._closing and self.connected:
+            self._closing = True
             self.outgoing.append(encode_close(frame.code, frame.reason))
 
     def close(self, frame: CloseFrame) -> Session | None:
@@ -449,13 +449,13 @@ class GatewayProtocol:
     @property
     def heartbeat_deadline(self) -> float | None:
         hb = self.heartbeater
-        return hb.deadline if hb is not None and self.connected and not self.closing else None
+        return hb.deadline if hb is not None and self.connected and not self._closing else None
 
     def heartbeat_timer(self, now: float) -> None:
         """The heartbeat deadline passed: beat, or detect a zombie connection and abort it."""
         self.process()  # an ACK may be waiting unread behind a slow consumer
         hb = self.heartbeater
-        if hb is None or not self.connected or self.closing:
+        if hb is None or not self.connected or self._closing:
             return
         if hb.tick(now, self.suspended) is Beat.ZOMBIE:
             log.warning("shard %s: no heartbeat ACK since the last beat; reconnecting to resume", self.shard_id)
@@ -467,7 +467,7 @@ class GatewayProtocol:
     def hello_timeout(self) -> None:
         """No Hello arrived in time: give up on this connection."""
         self.process()
-        if self.connected and not self._hello and not self.closing:
+        if self.connected and not self._hello and not self._closing:
             self.release_permit()  # an identify turn is given back now: its Identify must not go out late
             self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "hello_timeout")
 
@@ -858,7 +858,7 @@ class GatewayProtocol:
             log.debug("shard %s: ignoring unknown opcode %s", self.shard_id, op)
 
     def _on_hello(self, d: object, out: bytes) -> None:
-        if self.closing:  # Hello came after we gave up on the connection: nothing more goes out on it
+        if self._closing:  # Hello came after we gave up on the connection: nothing more goes out on it
             return
         try:
             hello = self.decoder.decode_as(d, Hello)  # type: ignore[arg-type]
@@ -902,9 +902,9 @@ class GatewayProtocol:
                         code, len(payload))
             self.begin_close(CloseFrame(1002, "invalid close code"), CloseAction.RESUME, "protocol_error")
             return
-        if not self.closing:
+        if not self._closing:
             # The gateway closed: echo its code, then decide by that code.
-            self.closing = True
+            self._closing = True
             self.outgoing.append(encode_close(code if code != 1005 else 1000))
         if self.disconnect is None:
             self.disconnect = (close_action(code), f"close_{code}")
