@@ -5,6 +5,12 @@ the consumer, and decisions (close, abort, identify, where and when to reconnect
 task or timer, so every rule (heartbeat and zombie, resume or identify, close-code policy, backoff)
 is plain code that tests drive directly.
 
+Driver contract: inputs are method calls (`connection_made`, `receive_data`, `process`, `heartbeat_timer`,
+`connection_lost`, ...); outputs are read through methods: `data_to_send()` (frames to write, handed over
+once), `transport_action()` (a `TransportAction`: keep, await the close reply, close, or abort the TCP
+connection), `heartbeat_deadline`, and the consumer queue `events`/`raws` (`pop`, `make_event`). Counters
+are plain fields (`metrics`, a `ShardCounters`); Prometheus reads them from the driver side at scrape time.
+
 Receive path: `receive_data` only buffers; `process(budget)` then parses WebSocket frames, inflates,
 decodes and queues items (`events`, with each item's raw message in `raws`) until `budget` more are
 queued. The driver lets the consumer call it a few frames at a time, so messages go inflate -> decode ->
@@ -126,7 +132,7 @@ class GatewayProtocol:
         self.on_unused: Callable[[], None] | None = None
 
         # Per connection (reset by connection_made).
-        self.outgoing: list[bytes] = []
+        self.outgoing: list[bytes] = []  # frames to write: the driver takes them with data_to_send()
         self.inflater: ZlibInflater | ZstdInflater | None = None
         self.heartbeater: Heartbeater | None = None
         self.ratelimiter: CommandRatelimiter | None = None
