@@ -1,7 +1,8 @@
 """Prometheus metrics, labelled by shard.
 
-Counting on the receive path is a plain dict increment; prometheus objects are only built when the
-registry is scraped (a custom collector reads every live shard), so metrics cost nothing per event.
+The shard counts in plain fields (`shard.counters.ShardCounters`, no Prometheus in the sans-I/O core);
+prometheus objects are only built when the registry is scraped (a custom collector reads every live
+shard), so metrics cost nothing per event.
 
 Families: shard_gateway_events_received_total{shard,type}, shard_gateway_reconnects_total{shard,reason},
 shard_gateway_latency_seconds{shard} (average) and shard_gateway_latency_recent_seconds{shard},
@@ -14,42 +15,48 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
-from .state import StateKind
-
-if TYPE_CHECKING:
-    from .shard import Shard
+from .counters import ShardCounters
+from .id import ShardId
+from .latency import Latency
+from .state import ShardState, StateKind
 
 __all__ = ["ShardMetrics", "GatewayCollector", "register_collector"]
 
+ShardMetrics = ShardCounters
+"""The former name of `shard.counters.ShardCounters`, kept importable from here."""
 
-class ShardMetrics:
-    """Plain counters kept by one shard."""
 
-    __slots__ = ("events", "reconnects", "inflater_in", "inflater_out", "__weakref__")
+class Observed(Protocol):
+    """What the collector reads of a shard (a `Shard`; declared here so this module does not import it)."""
 
-    def __init__(self) -> None:
-        self.events: dict[str, int] = {}
-        self.reconnects: dict[str, int] = {}
-        self.inflater_in = 0    # bytes of finished connections (the live inflater adds its own)
-        self.inflater_out = 0
+    @property
+    def id(self) -> ShardId: ...
 
-    def reconnect(self, reason: str) -> None:
-        self.reconnects[reason] = self.reconnects.get(reason, 0) + 1
+    @property
+    def metrics(self) -> ShardCounters: ...
+
+    @property
+    def latency(self) -> Latency: ...
+
+    @property
+    def state(self) -> ShardState: ...
+
+    def inflater_stats(self) -> tuple[int, int, int]: ...
 
 
 class GatewayCollector(Collector):
     """Reads the counters of every live shard at scrape time."""
 
     def __init__(self) -> None:
-        self._shards: weakref.WeakSet[Shard] = weakref.WeakSet()
+        self._shards: weakref.WeakSet[Observed] = weakref.WeakSet()
         self._lock = threading.Lock()
 
-    def add(self, shard: Shard) -> None:
+    def add(self, shard: Observed) -> None:
         with self._lock:
             self._shards.add(shard)
 

@@ -5,6 +5,12 @@ the consumer, and decisions (close, abort, identify, where and when to reconnect
 task or timer, so every rule (heartbeat and zombie, resume or identify, close-code policy, backoff)
 is plain code that tests drive directly.
 
+Driver contract: inputs are method calls (`connection_made`, `receive_data`, `process`, `heartbeat_timer`,
+`connection_lost`, ...); outputs are read through methods: `data_to_send()` (frames to write, handed over
+once), `transport_action()` (a `TransportAction`: keep, await the close reply, close, or abort the TCP
+connection), `heartbeat_deadline`, and the consumer queue `events`/`raws` (`pop`, `make_event`). Counters
+are plain fields (`metrics`, a `ShardCounters`); Prometheus reads them from the driver side at scrape time.
+
 Receive path: `receive_data` only buffers; `process(budget)` then parses WebSocket frames, inflates,
 decodes and queues items (`events`, with each item's raw message in `raws`) until `budget` more are
 queued. The driver lets the consumer call it a few frames at a time, so messages go inflate -> decode ->
@@ -21,6 +27,7 @@ split across frames) takes the full path, message by message, in order.
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 import time
@@ -34,14 +41,15 @@ import msgspec
 from .backoff import Backoff
 from .close_codes import CloseAction, CloseFrame, close_action, close_reason
 from .config import Config
+from .counters import ShardCounters
 from .error import ErrorKind, GatewayError
 from .event import Dispatch, Event
 from .event_type import is_all, names_for_flags
+from .frames import HEADER_ERRORS, parse_header
 from .heartbeat import Beat, Heartbeater
 from .id import ShardId
 from .inflater import SYNC_FLUSH_SUFFIX, InflateError, ZlibInflater, ZstdInflater, new_inflater
 from .latency import Latency
-from .metrics import ShardMetrics
 from .parse import DECODE_ERRORS, SEQ_END, Envelope, PayloadDecoder
 from .ratelimiter import MAX_PAYLOAD, CommandRatelimiter
 from .session import Session
@@ -51,7 +59,7 @@ from .websocket import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, encode_c
 from .wire import (HeartbeatAck, HeartbeatRequest, Hello, Identify, InvalidSession, Ready, Reconnect, Resume, Resumed,
                    default_identify_properties)
 
-__all__ = ["GatewayProtocol", "Item"]
+__all__ = ["GatewayProtocol", "Item", "TransportAction"]
 
 log = logging.getLogger("shard")
 
@@ -69,6 +77,18 @@ _SUFFIXES = repeat(SYNC_FLUSH_SUFFIX)
 _TYPE, _SEQ = attrgetter("type"), attrgetter("seq")   # of a Dispatch
 _T, _S, _OP = attrgetter("t"), attrgetter("s"), attrgetter("op")   # of an Envelope
 
+class TransportAction(enum.Enum):
+    """What the driver does with the TCP connection after an input (`GatewayProtocol.transport_action()`),
+    once it has written `data_to_send()`."""
+
+    NONE = "none"                  # keep the connection
+    AWAIT_CLOSE = "await_close"    # our close frame is out: wait `close_timeout` for the server's, then abort
+    CLOSE = "close"                # write what is queued, then close the TCP connection
+    ABORT = "abort"                # drop the TCP connection now, without a close handshake
+
+
+_NONE, _AWAIT_CLOSE, _CLOSE, _ABORT = TransportAction   # unpacked in definition order
+
 try:
     from _collections import _count_elements  # C: counts[x] += 1 for x in iterable (what Counter uses)
 except ImportError:  # pragma: no cover - other Python implementations
@@ -81,12 +101,12 @@ class GatewayProtocol:
     """State of one shard across connections; see the module docstring."""
 
     def __init__(self, shard_id: ShardId, config: Config, *, clock: Callable[[], float] = time.monotonic,
-                 rand: Callable[[], float] = random.random, metrics: ShardMetrics | None = None) -> None:
+                 rand: Callable[[], float] = random.random, metrics: ShardCounters | None = None) -> None:
         self.shard_id = shard_id
         self.config = config
         self._clock = clock
         self._rand = rand
-        self.metrics = metrics or ShardMetrics()
+        self.metrics = metrics or ShardCounters()
         self.decoder = PayloadDecoder(config.decoder, config.event_structs)
         self._wanted: frozenset[str] | None = None if is_all(config.event_types) else names_for_flags(
             config.event_types)
@@ -112,13 +132,13 @@ class GatewayProtocol:
         self.on_unused: Callable[[], None] | None = None
 
         # Per connection (reset by connection_made).
-        self.outgoing: list[bytes] = []
+        self.outgoing: list[bytes] = []  # frames to write: the driver takes them with data_to_send()
         self.inflater: ZlibInflater | ZstdInflater | None = None
         self.heartbeater: Heartbeater | None = None
         self.ratelimiter: CommandRatelimiter | None = None
         self.want_identify = False
         self.identify_pending = False
-        self.closing = False             # a close frame was sent
+        self._closing = False            # a close frame was sent
         self._abort = False              # drop the TCP connection now, without a close handshake
         self._hangup = False             # write what is queued, then close the TCP connection
         self._halt = False               # abort or hangup: stop processing input
@@ -155,11 +175,69 @@ class GatewayProtocol:
             self._batch = (msgspec.json.Decoder(Dispatch).decode, _TYPE, _SEQ)
         elif self._wanted is None and self.decoder.backend == "msgspec":
             self._batch = (self._env_decode, _T, _S)
-        self._on_payload = self._on_payload_lazy if self._lazy else self._on_payload_eager  # type: ignore[method-assign]
+
+    # ---- output to the driver ---------------------------------------------------------------------
+    def data_to_send(self) -> list[bytes]:
+        """The frames to write, in order, handed over once (the next call returns only newer ones)."""
+        out = self.outgoing
+        if out:
+            self.outgoing = []
+        return out
+
+    def transport_action(self) -> TransportAction:
+        """What to do with the TCP connection after writing `data_to_send()`."""
+        if self._abort:
+            return _ABORT
+        if self._closing:
+            return _CLOSE if self._hangup or self.close_received is not None else _AWAIT_CLOSE
+        return _CLOSE if self._hangup else _NONE
+
+    @property
+    def has_input(self) -> bool:
+        """Received bytes wait for `process()`."""
+        return bool(self._inbox)
+
+    def can_send_commands(self) -> bool:
+        """A user command may be written now: connected, not closing, and Active."""
+        return self.connected and not self._closing and self.state.kind is StateKind.ACTIVE
+
+    def may_identify(self) -> bool:
+        """The Identify the connection asked for (`want_identify`) may still go out on it."""
+        return self.connected and self.want_identify and not self._closing
+
+    def reading_paused(self) -> None:
+        """The driver stopped reading the socket (the consumer is behind): no zombie verdict meanwhile."""
+        self.suspended = True
+
+    def reading_resumed(self) -> None:
+        self.suspended = False
+
+    def use_raw_mode(self) -> None:
+        """The consumer reads raw messages from now on: `d` is only decoded on demand."""
+        if not self.raw_mode:
+            self.raw_mode = True
+            self.decoding_changed()
+
+    def register(self, event_type: str, struct: type[msgspec.Struct]) -> None:
+        """Decode `d` of `event_type` into `struct`."""
+        self.decoder.register(event_type, struct)
+        self.decoding_changed()
+
+    def stop(self) -> None:
+        """The driver shut the shard down for good: never reconnect."""
+        self.stopped = True
+
+    def inflater_stats(self) -> tuple[int, int, int]:
+        """(compressed bytes in, decompressed bytes out, buffer capacity) over all connections."""
+        m = self.metrics
+        inf = self.inflater
+        if inf is None:
+            return m.inflater_in, m.inflater_out, 0
+        return m.inflater_in + inf.bytes_in, m.inflater_out + inf.bytes_out, inf.capacity
 
     @property
     def abort(self) -> bool:
-        """The driver must drop the TCP connection now, without a close handshake."""
+        """Drop the TCP connection now (`transport_action()` is ABORT); for tests of the core."""
         return self._abort
 
     @abort.setter
@@ -169,7 +247,7 @@ class GatewayProtocol:
 
     @property
     def hangup(self) -> bool:
-        """The driver must write what is queued, then close the TCP connection."""
+        """Write what is queued, then close the TCP connection (`transport_action()` says CLOSE); for tests."""
         return self._hangup
 
     @hangup.setter
@@ -232,7 +310,7 @@ class GatewayProtocol:
         self.ratelimiter = None
         self.want_identify = False
         self.identify_pending = False
-        self.closing = False
+        self._closing = False
         self._abort = False
         self._hangup = False
         self._halt = False
@@ -353,8 +431,8 @@ class GatewayProtocol:
         """Send a close frame (once) and remember what to do once the connection is gone."""
         if self.disconnect is None or action == _USER_CLOSE:
             self.disconnect = (action, reason)
-        if not self.closing and self.connected:
-            self.closing = True
+        if not self._closing and self.connected:
+            self._closing = True
             self.outgoing.append(encode_close(frame.code, frame.reason))
 
     def close(self, frame: CloseFrame) -> Session | None:
@@ -377,13 +455,13 @@ class GatewayProtocol:
     @property
     def heartbeat_deadline(self) -> float | None:
         hb = self.heartbeater
-        return hb.deadline if hb is not None and self.connected and not self.closing else None
+        return hb.deadline if hb is not None and self.connected and not self._closing else None
 
     def heartbeat_timer(self, now: float) -> None:
         """The heartbeat deadline passed: beat, or detect a zombie connection and abort it."""
         self.process()  # an ACK may be waiting unread behind a slow consumer
         hb = self.heartbeater
-        if hb is None or not self.connected or self.closing:
+        if hb is None or not self.connected or self._closing:
             return
         if hb.tick(now, self.suspended) is Beat.ZOMBIE:
             log.warning("shard %s: no heartbeat ACK since the last beat; reconnecting to resume", self.shard_id)
@@ -395,7 +473,7 @@ class GatewayProtocol:
     def hello_timeout(self) -> None:
         """No Hello arrived in time: give up on this connection."""
         self.process()
-        if self.connected and not self._hello and not self.closing:
+        if self.connected and not self._hello and not self._closing:
             self.release_permit()  # an identify turn is given back now: its Identify must not go out late
             self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "hello_timeout")
 
@@ -465,6 +543,7 @@ class GatewayProtocol:
         inflater = self.inflater
         inflate = inflater.feed if inflater is not None else None
         on_payload = self._on_payload
+        header, max_size = parse_header, self.config.max_message_size
         # Compressed binary frames outside a fragmented message are collected into `run`.
         fast = inflater is not None and self._frag is None
         run: list[bytes] = []
@@ -484,39 +563,14 @@ class GatewayProtocol:
                 self._need = 0
                 mv = memoryview(buf)
                 try:
-                    while True:
-                        if n - pos < 2:
-                            if n > pos:
-                                self._need = 2
-                            break
-                        b0 = buf[pos]
-                        length = buf[pos + 1]
-                        if length < 126:
-                            start = pos + 2
-                        elif length == 126:
-                            if n - pos < 4:
-                                self._need = 4
-                                break
-                            length = (buf[pos + 2] << 8) | buf[pos + 3]
-                            start = pos + 4
-                        else:
-                            if length & 0x80:
+                    while pos < n:
+                        b0, start, end = header(buf, pos, n, max_size)
+                        if end > n:  # not all there yet, or refused
+                            if b0 < 0:
                                 if run:
                                     self._handle_run(run)
-                                self._protocol_error("the server sent a masked frame")
+                                self._protocol_error(HEADER_ERRORS[b0])
                                 return
-                            if n - pos < 10:
-                                self._need = 10
-                                break
-                            length = int.from_bytes(buf[pos + 2:pos + 10], "big")
-                            start = pos + 10
-                            if length > self.config.max_message_size:
-                                if run:
-                                    self._handle_run(run)
-                                self._protocol_error("a frame is over max_message_size")
-                                return
-                        end = start + length
-                        if end > n:
                             self._need = end - pos
                             break
                         pos = end
@@ -701,67 +755,56 @@ class GatewayProtocol:
             self._on_payload(self._uncompressed_binary(memoryview(data)))
 
     def _on_payload(self, out: bytes) -> None:
-        """One complete gateway message (replaced per instance by one of the two strategies below)."""
-        self._on_payload_lazy(out)
-
-    def _on_payload_eager(self, out: bytes) -> None:
-        """Every event is wanted: decode the whole message once (plain msgspec decode to dict is the
-        cheapest full decode; a Struct envelope with an `object` field costs ~50% more)."""
-        try:
-            msg = self._decode_all(out)
-            op = msg["op"]
-        except (*DECODE_ERRORS, TypeError, KeyError) as exc:
-            self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid: {exc}"))
-            return
-        if op == 0:
+        """One complete gateway message, by the strategy `decoding_changed` picked. Eager (every event wanted):
+        decode the whole message once (plain msgspec decode to dict is the cheapest full decode; a Struct
+        envelope with an `object` field costs ~50% more). Lazy (filtering or typed decoding): scan op/t/s with
+        `d` left raw, which the consumer decodes. One tail for both: sequence, count, session events, queue."""
+        item: Item | None
+        if self._lazy:
+            try:
+                env = self._env_decode(out)
+            except DECODE_ERRORS as exc:
+                self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid: {exc}"))
+                return
+            if env.op != 0:
+                self._on_control(env.op, env.d, out)
+                return
+            t, s, d, item = env.t, env.s, env.d, env  # 0 <= s < 2**63: checked by the envelope decoder
+            if t is None:
+                self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a dispatch has no event name"))
+                return
+        else:
+            try:
+                msg = self._decode_all(out)
+                op = msg["op"]
+            except (*DECODE_ERRORS, TypeError, KeyError) as exc:
+                self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid: {exc}"))
+                return
+            if op != 0:
+                if type(op) is not int:
+                    self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a payload has no integer op"))
+                    return
+                self._on_control(op, msg.get("d"), out)
+                return
             t = msg.get("t")
             s = msg.get("s")
             if type(t) is not str or (s is not None and type(s) is not int):
                 self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a dispatch has no valid t or s"))
                 return
-            if s is not None:
-                if not 0 <= s < SEQ_END:
-                    self._bad_sequence(t, s)
-                    return
-                if self.sequence is None or s > self.sequence:  # never backwards
-                    self.sequence = s
-            counts = self._counts
-            counts[t] = counts.get(t, 0) + 1
-            if t == "READY" or t == "RESUMED":
-                self._on_session_event(t, s, msg.get("d"), out)
+            if s is not None and not 0 <= s < SEQ_END:
+                self._bad_sequence(t, s)
                 return
-            self._push(Event(t, s, msg.get("d")), out)
+            d, item = msg.get("d"), None
+        if s is not None and (self.sequence is None or s > self.sequence):  # never backwards
+            self.sequence = s
+        counts = self._counts
+        counts[t] = counts.get(t, 0) + 1
+        if t == "READY" or t == "RESUMED":
+            self._on_session_event(t, s, d, out)
             return
-        if type(op) is not int:
-            self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a payload has no integer op"))
-            return
-        self._on_control(op, msg.get("d"), out)
-
-    def _on_payload_lazy(self, out: bytes) -> None:
-        """Filtering or typed decoding: scan op/t/s with `d` left raw; `d` is decoded by the consumer."""
-        try:
-            env = self._env_decode(out)
-        except DECODE_ERRORS as exc:
-            self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid: {exc}"))
-            return
-        if env.op == 0:
-            t = env.t
-            s = env.s
-            if t is None:
-                self._push_error(GatewayError(ErrorKind.DESERIALIZING, "a dispatch has no event name"))
-                return
-            if s is not None and (self.sequence is None or s > self.sequence):  # never backwards
-                self.sequence = s  # 0 <= s < 2**63: checked by the envelope decoder
-            counts = self._counts
-            counts[t] = counts.get(t, 0) + 1
-            if t == "READY" or t == "RESUMED":
-                self._on_session_event(t, s, env.d, out)
-                return
-            wanted = self._wanted
-            if wanted is None or t in wanted:
-                self._push(env, out)  # `d` is decoded by the consumer
-            return
-        self._on_control(env.op, env.d, out)
+        wanted = self._wanted
+        if wanted is None or t in wanted:
+            self._push(item if item is not None else Event(t, s, d), out)  # an Envelope's `d`: decoded by the consumer
 
     def _on_session_event(self, t: str, s: int | None, d: object, out: bytes) -> None:
         if t == "READY":
@@ -821,7 +864,7 @@ class GatewayProtocol:
             log.debug("shard %s: ignoring unknown opcode %s", self.shard_id, op)
 
     def _on_hello(self, d: object, out: bytes) -> None:
-        if self.closing:  # Hello came after we gave up on the connection: nothing more goes out on it
+        if self._closing:  # Hello came after we gave up on the connection: nothing more goes out on it
             return
         try:
             hello = self.decoder.decode_as(d, Hello)  # type: ignore[arg-type]
@@ -865,9 +908,9 @@ class GatewayProtocol:
                         code, len(payload))
             self.begin_close(CloseFrame(1002, "invalid close code"), CloseAction.RESUME, "protocol_error")
             return
-        if not self.closing:
+        if not self._closing:
             # The gateway closed: echo its code, then decide by that code.
-            self.closing = True
+            self._closing = True
             self.outgoing.append(encode_close(code if code != 1005 else 1000))
         if self.disconnect is None:
             self.disconnect = (close_action(code), f"close_{code}")

@@ -31,8 +31,9 @@ from .event import Dispatch, Event
 from .id import ShardId
 from .intents import Intents
 from .latency import Latency
-from .metrics import ShardMetrics, register_collector
-from .protocol import GatewayProtocol, check_payload
+from .counters import ShardCounters
+from .metrics import register_collector
+from .protocol import GatewayProtocol, TransportAction, check_payload
 from .queue import InMemoryQueue, Queue
 from .ratelimiter import CommandRatelimiter
 from .session import Session
@@ -149,7 +150,7 @@ class Shard:
         self._id = shard_id
         self._config = config
         self._queue: Queue = config.queue if config.queue is not None else _default_queue()
-        self.metrics = ShardMetrics()
+        self.metrics = ShardCounters()
         p = self._protocol = GatewayProtocol(shard_id, config, metrics=self.metrics)
         p.on_identified = self._on_identified
         p.on_unused = self._on_unused
@@ -220,16 +221,15 @@ class Shard:
 
     def inflater_stats(self) -> tuple[int, int, int]:
         """(compressed bytes in, decompressed bytes out, buffer capacity) over all connections."""
-        m = self.metrics
-        inf = self._protocol.inflater
-        if inf is None:
-            return m.inflater_in, m.inflater_out, 0
-        return m.inflater_in + inf.bytes_in, m.inflater_out + inf.bytes_out, inf.capacity
+        return self._protocol.inflater_stats()
 
     def register(self, event_type: str, struct: type[msgspec.Struct]) -> None:
         """Decode `d` of `event_type` into `struct` (only its declared fields are decoded)."""
-        self._protocol.decoder.register(event_type, struct)
-        self._protocol.decoding_changed()
+        self._protocol.register(event_type, struct)
+
+    def is_closed(self) -> bool:
+        """The shard stopped for good (closed by the user, or fatally)."""
+        return self._protocol.stopped
 
     def __repr__(self) -> str:
         return f"Shard(id={self._id}, state={self.state!r})"
@@ -248,7 +248,7 @@ class Shard:
                 if isinstance(item, GatewayError):
                     self._raise(item)
                 return p.make_event(item)
-            if p._inbox and self._pull():
+            if p.has_input and self._pull():
                 if not self._pulls % _YIELD_EVERY:
                     await asyncio.sleep(0)  # a long backlog must not starve other shards and timers
                 continue
@@ -262,9 +262,7 @@ class Shard:
         `next_event` still works, and decodes `d` then.
         """
         p = self._protocol
-        if not p.raw_mode:
-            p.raw_mode = True
-            p.decoding_changed()
+        p.use_raw_mode()
         q = p.events
         while True:
             if q:
@@ -277,7 +275,7 @@ class Shard:
                     return raw.decode()  # the UTF-8 check inside `d`, which the envelope scan skipped
                 except UnicodeDecodeError as exc:
                     self._raise(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid UTF-8: {exc}"))
-            if p._inbox and self._pull():
+            if p.has_input and self._pull():
                 if not self._pulls % _YIELD_EVERY:
                     await asyncio.sleep(0)  # a long backlog must not starve other shards and timers
                 continue
@@ -384,8 +382,8 @@ class Shard:
                 if conn is not None and conn.write_paused and not self._writable.is_set():
                     await self._writable.wait()  # the gateway is not reading: do not pile up commands
                     continue
-                if (conn is not None and conn.transport is not None and p.connected and not p.closing
-                        and p.state.kind is StateKind.ACTIVE and rl is p.ratelimiter):
+                if (conn is not None and conn.transport is not None and p.can_send_commands()
+                        and rl is p.ratelimiter):
                     conn.transport.write(encode_text(payload))
                     break
                 await asyncio.sleep(0)
@@ -417,7 +415,7 @@ class Shard:
                 await asyncio.wait_for(asyncio.shield(runner), self._config.close_timeout + 1.0)
             except (asyncio.TimeoutError, asyncio.CancelledError):
                 runner.cancel()
-        p.stopped = True
+        p.stop()
         self._stop_tasks()
         self._wake()
         return session
@@ -526,7 +524,7 @@ class Shard:
             self._bg_handle = asyncio.get_running_loop().call_later(_BACKGROUND_DELAY, self._background, conn)
         if p.pending > _PAUSE_BYTES and not conn.paused and conn.transport is not None:
             conn.paused = True
-            p.suspended = True
+            p.reading_paused()
             conn.transport.pause_reading()
 
     def _background(self, conn: _Connection) -> None:
@@ -540,7 +538,7 @@ class Shard:
         else:
             p.process()
             self._after(conn)
-        if p._inbox and self._conn is conn:
+        if p.has_input and self._conn is conn:
             self._bg_pulls = self._pulls
             self._bg_handle = asyncio.get_running_loop().call_later(_BACKGROUND_DELAY, self._background, conn)
 
@@ -564,23 +562,24 @@ class Shard:
         p = self._protocol
         transport = conn.transport
         assert transport is not None
-        out = p.outgoing
+        out = p.data_to_send()
         if out:
             if len(out) == 1 and not conn.write_paused:
                 transport.write(out[0])
             else:
                 self._write_all(conn, out)
-            out.clear()
             if p.identify_pending and not conn.identify_sent:
                 conn.identify_sent = True
                 self._on_identify_sent()
-        if p.abort:
-            transport.abort()
-        elif p.hangup or (p.closing and p.close_received is not None):
-            transport.close()
-        elif p.closing and self._close_handle is None:
-            self._close_handle = asyncio.get_running_loop().call_later(
-                self._config.close_timeout, self._on_close_timeout, conn)
+        action = p.transport_action()
+        if action is not TransportAction.NONE:
+            if action is TransportAction.ABORT:
+                transport.abort()
+            elif action is TransportAction.CLOSE:
+                transport.close()
+            elif self._close_handle is None:  # AWAIT_CLOSE
+                self._close_handle = asyncio.get_running_loop().call_later(
+                    self._config.close_timeout, self._on_close_timeout, conn)
         deadline = p.heartbeat_deadline
         if deadline != self._hb_deadline:
             if self._hb_handle is not None:
@@ -599,7 +598,7 @@ class Shard:
             self._wake()
             if len(events) >= self._high and not conn.paused and p.connected and not transport.is_closing():
                 conn.paused = True
-                p.suspended = True
+                p.reading_paused()
                 transport.pause_reading()
 
     def _write_all(self, conn: _Connection, out: list[bytes]) -> None:
@@ -650,7 +649,7 @@ class Shard:
 
     def _resume_reading(self, conn: _Connection) -> None:
         conn.paused = False
-        self._protocol.suspended = False
+        self._protocol.reading_resumed()
         if conn.transport is not None and not conn.transport.is_closing():
             conn.transport.resume_reading()
 
@@ -683,7 +682,7 @@ class Shard:
         self._hello_handle = None
         if conn is self._conn:
             self._protocol.hello_timeout()
-            if self._protocol.closing:
+            if self._protocol.transport_action() is not TransportAction.NONE:
                 self._after(conn)
 
     def _cancel_timers(self) -> None:
@@ -703,7 +702,7 @@ class Shard:
             rl = p.ratelimiter
             if rl is not None:
                 await rl.acquire()
-            if conn is self._conn and p.connected and p.want_identify and not p.closing:
+            if conn is self._conn and p.may_identify():
                 p.identify()
                 self._after(conn)
             else:
@@ -748,7 +747,7 @@ class MessageSender:
         self._shard = shard
 
     def is_closed(self) -> bool:
-        return self._shard._protocol.stopped
+        return self._shard.is_closed()
 
     async def send(self, payload: str | bytes) -> None:
         await self._shard.send(payload)

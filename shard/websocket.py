@@ -1,8 +1,9 @@
-"""The WebSocket layer: the opening handshake through `websockets`' sans-I/O ClientProtocol, masked
-client frames through its Frame serializer, and a specialised parser for the server's frames.
+"""The WebSocket layer: the opening handshake through `websockets`' sans-I/O ClientProtocol, and masked
+client frames through its Frame serializer.
 
-`websockets` parses frames with a generator per frame (about 4 us each), more than inflating and
-decoding a 1 KB dispatch together, so incoming frames are parsed by `FrameReader` below instead.
+The server's frames are not parsed here: `websockets` parses frames with a generator per frame (about
+4 us each), more than inflating and decoding a 1 KB dispatch together, so `GatewayProtocol._process`
+reads them in place with `shard.frames.parse_header`.
 """
 
 from __future__ import annotations

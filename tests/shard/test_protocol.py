@@ -560,3 +560,31 @@ def test_zstd_stream_runs_keep_order_and_a_corrupt_frame_keeps_what_came_before(
     assert (items[0].type, items[0].seq) == ("MESSAGE_CREATE", 81)
     assert isinstance(items[1], GatewayError) and items[1].kind is ErrorKind.COMPRESSION
     assert p.sequence == 81 and p.inflater is not None and p.inflater.bytes_out > 0
+
+
+def test_the_driver_contract_output_through_methods() -> None:
+    """data_to_send() hands each frame over once; transport_action() goes NONE -> AWAIT_CLOSE (our close is out)
+    -> CLOSE (the server's close came back), and ABORT for a zombie, CLOSE for a protocol error."""
+    from shard.protocol import TransportAction
+    p, w, now = make()
+    assert p.data_to_send() == [] and p.transport_action() is TransportAction.NONE
+    identify_and_ready(p, w)
+    (op, body), = [unmask(f) for f in p.data_to_send()]
+    assert op == 1 and json.loads(body)["op"] == 2
+    assert p.data_to_send() == [] and p.transport_action() is TransportAction.NONE
+    p.close(CloseFrame.NORMAL)
+    assert [unmask(f)[0] for f in p.data_to_send()] == [8]
+    assert p.transport_action() is TransportAction.AWAIT_CLOSE
+    feed(p, frame(struct.pack("!H", 1000), 8))
+    assert p.data_to_send() == [] and p.transport_action() is TransportAction.CLOSE
+
+    p, w, now = make()
+    identify_and_ready(p, w)
+    p.heartbeat_timer(100.5)
+    p.heartbeat_timer(101.5)  # no ACK since the previous beat
+    assert p.transport_action() is TransportAction.ABORT
+
+    p, w, now = make()
+    feed(p, b"\x82\xfe")  # a masked frame from the server
+    feed(p, b"\x00\x01" + b"\x00" * 5)
+    assert p.transport_action() is TransportAction.CLOSE

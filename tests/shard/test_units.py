@@ -390,3 +390,22 @@ async def test_handshake_reply_after_connect_timeout_is_dropped_quietly() -> Non
     conn.data_received(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                        b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
     assert transport.aborted and conn.opened.cancelled()
+
+
+def test_frame_headers_each_length_form_incomplete_and_refused() -> None:
+    """shard.frames.parse_header: the three length forms, what an incomplete frame needs, and the refusals."""
+    import struct
+
+    from shard.frames import HEADER_ERRORS, MASKED, TOO_LARGE, parse_header
+    short = b"\x82\x03abc"
+    assert parse_header(short, 0, len(short), 100) == (0x82, 2, 5)
+    medium = b"xx" + struct.pack("!BBH", 0x81, 126, 300) + b"a" * 300
+    assert parse_header(medium, 2, len(medium), 100) == (0x81, 6, 306)  # 16-bit lengths are not held to max_size
+    long = struct.pack("!BBQ", 0x82, 127, 70000) + b"a" * 70000
+    assert parse_header(long, 0, len(long), 1 << 20) == (0x82, 10, 70010)
+    for data, need in ((short[:1], 2), (medium[2:5], 4), (long[:9], 10), (short[:4], 5), (long[:100], 70010)):
+        b0, start, end = parse_header(data, 0, len(data), 1 << 20)
+        assert end > len(data) and end == need and b0 >= 0
+    for data, refused in ((b"\x82\xfe\x00\x00", MASKED), (b"\x82\xff", MASKED), (long[:10], TOO_LARGE)):
+        b0, start, end = parse_header(data, 0, len(data), 65536)
+        assert b0 == refused and end > 1 << 62 and HEADER_ERRORS[b0]
