@@ -13,11 +13,10 @@ Run it with ``python -m cluster run --handler mybot:Handler`` or from Python::
   :func:`load_sessions`: the pure parts, usable on their own.
 """
 
-from cluster.budget import SessionBudget
+from cluster.coordination import IdentifyCoordinator, SessionBudget
 from cluster.config import ClusterConfig, ConfigError, load_config
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.handler import ClusterStatus, Handler, HandlerImportError, WorkerContext
-from cluster.identify import IdentifyCoordinator
 from cluster.layout import round_up, split
 from cluster.queue import IpcQueue
 from cluster.restart import Backoff, RestartPolicy

@@ -71,14 +71,14 @@ class _Histogram:
 def snapshot(sup: Supervisor, histogram: _Histogram) -> MetricsSnapshot:
     """Copy the supervisor's numbers (call it on the supervisor's event loop)."""
     now = time.monotonic()
-    coord = sup.coordinator
+    coord = sup.coordinator.stats(now) if sup.coordinator is not None else None
     waits, wait_sum = histogram.fold(sup.identify_waits)
     return MetricsSnapshot(
         shards=[(v.shard_id, v.state, v.latency, v.last_event_age, dict(v.events)) for v in sup.shards.values()],
         identifies=dict(sup.identifies),
-        queue_depth=coord.depth if coord else 0,
+        queue_depth=coord.queue_depth if coord else 0,
         waits=waits, wait_sum=wait_sum,
-        budget=(coord.budget.available(now), coord.budget.reset_in(now)) if coord else None,
+        budget=(coord.budget_remaining, coord.budget_reset_in) if coord else None,
         restarts=dict(sup.restarts),
         workers=[(w.worker_id, w.state.value == "running", w.heartbeat.rtt if w.heartbeat else None, w.rss,
                   w.loop_lag, w.blocked, w.handler_errors) for w in sup.workers.values()],

@@ -2,7 +2,7 @@
 
 One asyncio process. It asks ``GET /gateway/bot`` for the shard count and session budget,
 splits the shards into workers (consecutive ranges), spawns them with ``multiprocess``,
-grants identify slots through the :class:`~cluster.identify.IdentifyCoordinator`, keeps every
+grants identify slots through a :class:`~cluster.coordination.Coordination`, keeps every
 shard's latest session, and restarts dead, hung or crash-looping workers behind a
 :class:`~cluster.restart.RestartPolicy`. On SIGTERM/SIGINT it drains the workers resumably and
 writes the state file; on SIGHUP it does a rolling restart that resumes every session.
@@ -23,12 +23,12 @@ from typing import Any
 
 import multiprocess
 
-from cluster.budget import SessionBudget
 from cluster.config import ClusterConfig, ConfigError, check_identify_timing
 from cluster.discord_api import fetch_gateway_bot
 from cluster.exitcodes import ClusterExit, ExitCode, for_close_code
 from cluster.handler import ClusterStatus, HandlerImportError, check_handler, maybe_await
-from cluster.identify import Defer, Grant, IdentifyCoordinator, Refuse
+from cluster.coordination import (Coordination, CoordinationFactory, CoordinationSetup, Defer, Grant, IdentifyEvent,
+                                  Refuse, local_coordination)
 from cluster.layout import round_up, split
 from cluster.restart import Backoff, GiveUp, RestartPolicy
 from cluster.state import load_sessions, save_sessions, token_user_id
@@ -111,12 +111,14 @@ class Supervisor:
 
     ``handler`` overrides ``config.handler`` (a ``module:attribute`` string or a class,
     factory or instance, pickled to the workers). ``supervisor_handler.on_call`` answers
-    workers' typed requests that the supervisor does not handle itself.
+    workers' typed requests that the supervisor does not handle itself. ``coordination`` builds the
+    identify coordinator once the shard count and budget are known (default: this process coordinates).
     """
 
     def __init__(self, config: ClusterConfig, *, token: str | None = None, handler: Any = None,
                  supervisor_handler: Any = None, start_method: str = "spawn",
-                 shard_options: dict[str, Any] | None = None, handle_signals: bool = True) -> None:
+                 shard_options: dict[str, Any] | None = None, handle_signals: bool = True,
+                 coordination: CoordinationFactory = local_coordination) -> None:
         self.config = config
         self.handle_signals = handle_signals
         self._token = token
@@ -144,7 +146,9 @@ class Supervisor:
         self.started = time.monotonic()
         self.http_url: str | None = None
         self.http_server: asyncio.AbstractServer | None = None
-        self.coordinator: IdentifyCoordinator | None = None
+        self._coordination = coordination
+        self.coordinator: Coordination | None = None
+        self._identify_events: deque[tuple[float, IdentifyEvent]] = deque()  # for the identify pump
         self._stop: asyncio.Future[None] | None = None
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -203,7 +207,7 @@ class Supervisor:
     def status(self) -> dict[str, Any]:
         """A JSON-able snapshot: workers, shards, identify queue and budget."""
         now = time.monotonic()
-        coord = self.coordinator
+        coord = self.coordinator.stats(now) if self.coordinator is not None else None
         return {
             "shard_total": self.shard_total,
             "active": self.active_shards(),
@@ -211,9 +215,9 @@ class Supervisor:
             "uptime": now - self.started,
             "rolling": self.rolling,
             "stopping": self.stopping,
-            "identify_queue": coord.depth if coord else 0,
-            "session_budget": ({"remaining": coord.budget.available(now), "total": coord.budget.total,
-                                "reserve": coord.budget.reserve, "reset_in": coord.budget.reset_in(now)}
+            "identify_queue": coord.queue_depth if coord else 0,
+            "session_budget": ({"remaining": coord.budget_remaining, "total": coord.budget_total,
+                                "reserve": coord.budget_reserve, "reset_in": coord.budget_reset_in}
                                if coord else None),
             "identifies": dict(self.identifies),
             "workers": [{"id": w.worker_id, "pid": w.pid, "state": w.state.value, "generation": w.generation,
@@ -285,10 +289,9 @@ class Supervisor:
                         cfg.shards, self.shard_total, self.max_concurrency)
         reserve = (cfg.budget_reserve if cfg.budget_reserve is not None
                    else max(1, min(self.shard_total, limit.total // 20)))
-        budget = SessionBudget(limit.total, limit.remaining, limit.reset_after / 1000, now=now, reserve=reserve,
-                               pace_below=cfg.budget_pace_below)
-        self.coordinator = IdentifyCoordinator(self.max_concurrency, budget, window=cfg.identify_window,
-                                               hold_timeout=cfg.identify_hold_timeout)
+        self.coordinator = self._coordination(CoordinationSetup(
+            self.max_concurrency, limit.total, limit.remaining, limit.reset_after / 1000, reserve,
+            cfg.budget_pace_below, cfg.identify_window, cfg.identify_hold_timeout, now))
         if not cfg.fresh:  # it logs what it used, or one warning saying what it ignored and why
             self.sessions, _ = load_sessions(cfg.state_file, self.shard_total, cfg.session_ttl,
                                              user_id=token_user_id(token), gateway_url=self.gateway_url)
@@ -476,9 +479,9 @@ class Supervisor:
         handle.state = WorkerState.EXITED
         if handle.channel is not None:
             handle.channel.close()
+        now = time.monotonic()
         for s in handle.shard_ids:
-            if self.coordinator is not None:
-                self.coordinator.cancel(s)
+            self._identify_events.append((now, IdentifyCancel(s)))
             view = self.shards.get(s)
             if view is not None and view.generation == handle.generation and self.workers.get(handle.worker_id) is handle:
                 view.state = "WORKER_DOWN"
@@ -518,8 +521,6 @@ class Supervisor:
     # --- packets -------------------------------------------------------------------------
 
     def _on_packet(self, handle: WorkerHandle, p: Packet) -> None:
-        coord = self.coordinator
-        assert coord is not None
         now = time.monotonic()
         match p:
             case StatusReport():
@@ -531,20 +532,10 @@ class Supervisor:
             case Pong(nonce=nonce):
                 if handle.heartbeat is not None:
                     handle.heartbeat.pong(nonce, now)
-            case IdentifyRequest(shard_id=shard_id, reason=reason) if shard_id in handle.shard_ids:
-                coord.request(shard_id, now, reason)
-                self._wake.set()
-            case IdentifyStarted(shard_id=shard_id):
-                coord.started(shard_id, now)
-            case IdentifyDone(shard_id=shard_id, ready=ready):
-                coord.done(shard_id, ready, now)
-                self._wake.set()
-            case IdentifyCancel(shard_id=shard_id):
-                coord.cancel(shard_id)
-                self._wake.set()
-            case IdentifyUnused(shard_id=shard_id) if shard_id in handle.shard_ids:
-                coord.unused(shard_id)
-                self._wake.set()
+            case IdentifyRequest(shard_id=shard_id) | IdentifyUnused(shard_id=shard_id) if shard_id in handle.shard_ids:
+                self._queue_identify(now, p)
+            case IdentifyStarted() | IdentifyDone() | IdentifyCancel():
+                self._queue_identify(now, p)
             case Hello():
                 if not handle.hello.done():
                     handle.hello.set_result(None)
@@ -613,12 +604,22 @@ class Supervisor:
 
     # --- loops ---------------------------------------------------------------------------
 
+    def _queue_identify(self, now: float, event: IdentifyEvent) -> None:
+        """Hand a worker's identify report to the identify pump (the one caller of the coordinator)."""
+        self._identify_events.append((now, event))
+        self._wake.set()
+
     async def _identify_pump(self) -> None:
         coord = self.coordinator
         assert coord is not None
+        events = self._identify_events
         while True:
+            if events:
+                batch = list(events)
+                events.clear()
+                await coord.report(batch)
             now = time.monotonic()
-            for d in coord.poll(now):
+            for d in await coord.decide(now):
                 if isinstance(d, Grant):
                     self._grant(d)
                 elif isinstance(d, Refuse):
@@ -628,6 +629,8 @@ class Supervisor:
                     self._last_defer = now
                     log.warning("%s", d.message)
             deadline = coord.next_deadline(now)
+            if events:  # reported while it decided (or a grant that could not be sent)
+                continue
             try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a racing cancel
                 async with asyncio.timeout(None if deadline is None else max(0.0, deadline - now)):
                     await self._wake.wait()
@@ -639,8 +642,7 @@ class Supervisor:
         self.identifies[g.reason] += 1
         self.identify_waits.append(g.waited)
         if not self._send_to_shard(g.shard_id, IdentifyGrant(g.shard_id)):
-            assert self.coordinator is not None
-            self.coordinator.cancel(g.shard_id)
+            self._identify_events.append((time.monotonic(), IdentifyCancel(g.shard_id)))
 
     def _send_to_shard(self, shard_id: int, packet: Packet) -> bool:
         view = self.shards.get(shard_id)
@@ -693,7 +695,7 @@ class Supervisor:
             if self.coordinator is None or self.rolling:
                 continue
             now = time.monotonic()
-            waiting = set(self.coordinator.waiting()) | set(self.coordinator.holders())
+            waiting = self.coordinator.busy()
             for view in self.shards.values():
                 handle = self.workers.get(view.worker_id)
                 if handle is None or handle.state != WorkerState.RUNNING or view.generation != handle.generation:
@@ -723,7 +725,8 @@ class Supervisor:
                 continue
             limit = info.session_start_limit
             assert self.coordinator is not None
-            self.coordinator.budget.refresh(limit.total, limit.remaining, limit.reset_after / 1000, time.monotonic())
+            await self.coordinator.refresh_budget(limit.total, limit.remaining, limit.reset_after / 1000,
+                                                  time.monotonic())
 
     async def _state_loop(self, every: float) -> None:
         """Save the sessions while running, so that a supervisor killed without SIGTERM (OOM, kill -9,
