@@ -80,7 +80,7 @@ class Loops:
     def _grant(self, g: Grant) -> None:
         rt = self.rt
         rt.identifies[g.reason] += 1
-        rt.identify_waits.append(g.waited)
+        rt.identify_waits.record(g.waited)
         if not self.send_to_shard(g.shard_id, IdentifyGrant(g.shard_id)):
             rt.identify_events.append((time.monotonic(), IdentifyCancel(g.shard_id)))
 

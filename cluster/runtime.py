@@ -9,7 +9,6 @@ or the supervisor.
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import math
 from collections import Counter, deque
@@ -21,6 +20,7 @@ from cluster.config import ClusterConfig
 from cluster.coordination import Coordination, IdentifyEvent
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.restart import RestartPolicy
+from cluster.snapshot import ShardPhase, WaitHistogram, WorkerState
 from ipc import Channel, HeartbeatMonitor
 from ipc.protocol import SessionInfo
 
@@ -28,16 +28,9 @@ __all__ = ["ACTIVE", "LOOP_RETRY_DELAY", "Runtime", "ShardView", "WorkerHandle",
 
 log = logging.getLogger("cluster")
 
-ACTIVE = "ACTIVE"
+ACTIVE = ShardPhase.ACTIVE
 LOOP_RETRY_DELAY = 1.0
 """Seconds before a supervisor loop that raised an unexpected exception runs again."""
-
-
-class WorkerState(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    DRAINING = "draining"
-    EXITED = "exited"
 
 
 @dataclass
@@ -46,7 +39,7 @@ class ShardView:
 
     shard_id: int
     worker_id: int
-    state: str = "PENDING"
+    state: str = ShardPhase.PENDING  # what the worker reported (a ShardPhase value)
     since: float = 0.0
     latency: float | None = None
     last_event_age: float | None = None
@@ -102,7 +95,7 @@ class Runtime:
         self.wake = asyncio.Event()  # the identify pump has something to do
         self.identifies: Counter[str] = Counter()
         self.restarts: Counter[tuple[int, str]] = Counter()
-        self.identify_waits: deque[float] = deque(maxlen=100_000)
+        self.identify_waits = WaitHistogram()
         self.errors: Counter[tuple[str, str]] = Counter()  # (where, exception type): contained failures
         self.loop_lags: deque[float] = deque(maxlen=64)  # this process's event-loop lag, per heartbeat tick
         self.heartbeat_due = math.inf  # when the heartbeat loop should next run

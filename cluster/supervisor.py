@@ -14,6 +14,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections import Counter
 from typing import Any
 
 import multiprocess
@@ -28,6 +29,7 @@ from cluster.loops import Loops
 from cluster.restart import Backoff, RestartPolicy
 from cluster.routing import Router
 from cluster.runtime import LOOP_RETRY_DELAY, Runtime, ShardView, WorkerHandle, WorkerState  # noqa: F401 - were here
+from cluster.snapshot import ClusterSnapshot, ShardPhase, ShardSnapshot, WorkerSnapshot
 from cluster.state import load_sessions, token_user_id
 from cluster.workers import Workers, describe_exit  # noqa: F401 - was here
 
@@ -63,7 +65,7 @@ class Supervisor:
     coordinator = _shared("coordinator", "The identify coordination (None until started).")
     identifies = _shared("identifies", "Identify slots granted, by reason.")
     restarts = _shared("restarts", "Worker restarts by (worker id, reason).")
-    identify_waits = _shared("identify_waits", "Identify waits not yet folded into /metrics.")
+    identify_waits = _shared("identify_waits", "The identify-wait histogram (cumulative).")
     errors = _shared("errors", "Failures contained, by (where, exception type).")
     loop_lags = _shared("loop_lags", "This process's event-loop lag, per heartbeat tick.")
     listeners = _shared("listeners", "Callables(event, **info) told of lifecycle events.")
@@ -154,33 +156,32 @@ class Supervisor:
                                 f"{w.heartbeat.silence(now):.1f} s")
         return problems
 
-    def status(self) -> dict[str, Any]:
-        """A JSON-able snapshot: workers, shards, identify queue and budget."""
+    def snapshot(self) -> ClusterSnapshot:
+        """The cluster now, frozen: what ``/status``, ``/metrics``, the probes and the status line read."""
+        rt = self._rt
         now = time.monotonic()
-        coord = self.coordinator.stats(now) if self.coordinator is not None else None
-        return {
-            "shard_total": self.shard_total,
-            "active": self.active_shards(),
-            "max_concurrency": self.max_concurrency,
-            "uptime": now - self.started,
-            "rolling": self.rolling,
-            "stopping": self.stopping,
-            "identify_queue": coord.queue_depth if coord else 0,
-            "session_budget": ({"remaining": coord.budget_remaining, "total": coord.budget_total,
-                                "reserve": coord.budget_reserve, "reset_in": coord.budget_reset_in}
-                               if coord else None),
-            "identifies": dict(self.identifies),
-            "workers": [{"id": w.worker_id, "pid": w.pid, "state": w.state.value, "generation": w.generation,
-                         "shards": [w.shard_ids.start, w.shard_ids.stop - 1], "rss": w.rss,
-                         "ipc_rtt": w.heartbeat.rtt if w.heartbeat else None, "loop_lag": w.loop_lag,
-                         "blocked": w.blocked, "handler_errors": w.handler_errors,
-                         "restarts": sum(n for (wid, _), n in self.restarts.items() if wid == w.worker_id)}
-                        for w in sorted(self.workers.values(), key=lambda w: w.worker_id)],
-            "shards": [{"id": v.shard_id, "worker": v.worker_id, "state": v.state, "latency": v.latency,
-                        "last_event_age": v.last_event_age, "session": v.shard_id in self.sessions,
-                        "resumes": v.events.get("RESUMED", 0)}
-                       for v in sorted(self.shards.values(), key=lambda v: v.shard_id)],
-        }
+        restarts: Counter[int] = Counter()
+        for (wid, _), n in rt.restarts.items():
+            restarts[wid] += n
+        return ClusterSnapshot(
+            shard_total=rt.shard_total, max_concurrency=rt.max_concurrency, uptime=now - self.started,
+            rolling=rt.rolling, stopping=rt.stopping,
+            coordination=rt.coordinator.stats(now) if rt.coordinator is not None else None,
+            identifies=dict(rt.identifies), identify_waits=rt.identify_waits.buckets(),
+            identify_wait_sum=rt.identify_waits.sum, restarts=dict(rt.restarts), errors=dict(rt.errors),
+            loop_lag=max(rt.loop_lags, default=0.0), problems=tuple(self.health_problems()),
+            workers=tuple(WorkerSnapshot(
+                w.worker_id, w.pid, w.state, w.generation, w.shard_ids, w.rss, w.heartbeat.rtt if w.heartbeat else None,
+                w.loop_lag, w.blocked, w.handler_errors, w.consumer_errors, restarts[w.worker_id])
+                for w in sorted(rt.workers.values(), key=lambda w: w.worker_id)),
+            shards=tuple(ShardSnapshot(v.shard_id, v.worker_id, ShardPhase(v.state), v.latency, v.last_event_age,
+                                       v.shard_id in rt.sessions, dict(v.events))
+                         for v in sorted(rt.shards.values(), key=lambda v: v.shard_id)),
+        )
+
+    def status(self) -> dict[str, Any]:
+        """A JSON-able snapshot: workers, shards, identify queue and budget (:meth:`ClusterSnapshot.status`)."""
+        return self.snapshot().status()
 
     # --- run -----------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from typing import Any
 from cluster.exitcodes import ExitCode
 from cluster.restart import GiveUp, RestartPolicy
 from cluster.runtime import ACTIVE, Runtime, WorkerHandle, WorkerState
+from cluster.snapshot import ShardPhase
 from cluster.worker import EXIT_HANDLER_IMPORT, WorkerSpec, run_worker
 from ipc import Channel, ChannelClosed, HeartbeatMonitor
 from ipc.protocol import Assign, Assignment, Drain, IdentifyCancel, Packet
@@ -127,7 +128,7 @@ class Workers:
         shards = []
         for s in handle.shard_ids:
             view = rt.shards[s]
-            view.state, view.since, view.generation, view.worker_id = "STARTING", now, handle.generation, handle.worker_id
+            view.state, view.since, view.generation, view.worker_id = ShardPhase.STARTING, now, handle.generation, handle.worker_id
             shards.append(Assignment(s, rt.sessions.get(s)))
         handle.state = WorkerState.RUNNING
         handle.heartbeat = HeartbeatMonitor(rt.config.ipc_heartbeat_interval, rt.config.ipc_heartbeat_missed,
@@ -163,7 +164,7 @@ class Workers:
             rt.identify_events.append((now, IdentifyCancel(s)))
             view = rt.shards.get(s)
             if view is not None and view.generation == handle.generation and rt.workers.get(handle.worker_id) is handle:
-                view.state = "WORKER_DOWN"
+                view.state = ShardPhase.WORKER_DOWN
         rt.wake.set()
         if not handle.exited.done():
             handle.exited.set_result(handle.exitcode if handle.exitcode is not None else -1)

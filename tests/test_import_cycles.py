@@ -161,13 +161,11 @@ def _assert_acyclic(graph: Graph, what: str) -> None:
 SHARD_CYCLES = ("issue 12, to be removed: shard.metrics -> shard.shard -> shard.metrics; "
                 "shard.metrics -> shard.shard -> shard.protocol -> shard.metrics (the pure core imports Prometheus "
                 "through ShardMetrics)")
-CLUSTER_CYCLES = ("issue 12, to be removed: cluster.http -> cluster.supervisor -> cluster.http; "
-                  "cluster.http -> cluster.metrics -> cluster.supervisor -> cluster.http")
 
 
 @pytest.mark.parametrize("package", [
     pytest.param("shard", marks=pytest.mark.xfail(strict=True, reason=SHARD_CYCLES)),
-    pytest.param("cluster", marks=pytest.mark.xfail(strict=True, reason=CLUSTER_CYCLES)),
+    "cluster",
     "ipc",
     "sim",
 ])

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+from cluster.snapshot import CoordinationStats
 from ipc.protocol import IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused
 
 __all__ = ["Coordination", "CoordinationFactory", "CoordinationSetup", "CoordinationStats", "Decision", "Defer",
@@ -71,20 +72,6 @@ class CoordinationSetup:
     window: float
     hold_timeout: float
     now: float
-
-
-@dataclass(frozen=True, slots=True)
-class CoordinationStats:
-    """The coordinator's numbers for observers, copied at one moment."""
-
-    queue_depth: int
-    budget_remaining: int
-    budget_total: int
-    budget_reserve: int
-    budget_reset_in: float
-    late_starts: int
-    unused_grants: int
-    expired_holds: int
 
 
 @runtime_checkable
