@@ -53,6 +53,9 @@ class Loops:
         assert coord is not None
         events = rt.identify_events
         while True:
+            if rt.budget_update is not None:
+                update, rt.budget_update = rt.budget_update, None
+                await coord.refresh_budget(*update)
             if events:
                 batch = list(events)
                 events.clear()
@@ -68,7 +71,7 @@ class Loops:
                     self._last_defer = now
                     log.warning("%s", d.message)
             deadline = coord.next_deadline(now)
-            if events:  # reported while it decided (or a grant that could not be sent)
+            if events or rt.budget_update is not None:  # came while it decided (or a grant that could not be sent)
                 continue
             try:  # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a racing cancel
                 async with asyncio.timeout(None if deadline is None else max(0.0, deadline - now)):
@@ -153,9 +156,8 @@ class Loops:
                             every, type(exc).__name__, exc)
                 continue
             limit = info.session_start_limit
-            assert rt.coordinator is not None
-            await rt.coordinator.refresh_budget(limit.total, limit.remaining, limit.reset_after / 1000,
-                                                time.monotonic())
+            rt.budget_update = (limit.total, limit.remaining, limit.reset_after / 1000, time.monotonic())
+            rt.wake.set()  # the identify pump adopts it
 
     async def state_save(self, every: float) -> None:
         """Save the sessions while running, so that a supervisor killed without SIGTERM (OOM, kill -9,

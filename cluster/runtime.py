@@ -92,6 +92,7 @@ class Runtime:
         self.gateway_url: str | None = config.gateway_url
         self.coordinator: Coordination | None = None
         self.identify_events: deque[tuple[float, IdentifyEvent]] = deque()  # for the identify pump
+        self.budget_update: tuple[int, int, float, float] | None = None  # (total, remaining, reset_after, now): for it
         self.wake = asyncio.Event()  # the identify pump has something to do
         self.identifies: Counter[str] = Counter()
         self.restarts: Counter[tuple[int, str]] = Counter()

@@ -17,6 +17,7 @@ class Recording:
         self.inner = local_coordination(setup)
         self.callers = []
         self.reports = 0
+        self.refreshes = 0
 
     async def report(self, events):
         self.callers.append(asyncio.current_task())
@@ -31,6 +32,8 @@ class Recording:
         return self.inner.next_deadline(now)
 
     async def refresh_budget(self, total, remaining, reset_after, now):
+        self.callers.append(asyncio.current_task())
+        self.refreshes += 1
         await self.inner.refresh_budget(total, remaining, reset_after, now)
 
     def busy(self):
@@ -43,6 +46,7 @@ class Recording:
 @pytest.mark.parametrize("sim_options", [dict(shards=4, max_concurrency=2, identify_window=1.0)])
 async def test_the_supervisor_uses_the_given_coordination_from_its_identify_pump_only(sim, tmp_path):
     cfg = ClusterConfig(**{**FAST, "gateway_url": sim.url, "api_url": sim.api_url, "workers": 2, "fresh": True,
+                           "budget_refresh_interval": 0.1,
                            "state_file": str(tmp_path / "state.json")})
     made = []
     sup = Supervisor(cfg, token=sim.token, handle_signals=False,
@@ -53,7 +57,7 @@ async def test_the_supervisor_uses_the_given_coordination_from_its_identify_pump
         coord, = made
         assert isinstance(coord, Coordination) and sup.coordinator is coord
         # 4 requests, 4 started, 4 done: every report went through the pump, and nothing else called it
-        await until(lambda: coord.reports >= 12, what="the identify reports")
+        await until(lambda: coord.reports >= 12 and coord.refreshes >= 2, what="the identify reports, refreshes")
         assert len(set(coord.callers)) == 1 and None not in coord.callers
         assert sim.stats.snapshot()["total"]["identifies"] == 4
         assert sup.status()["identify_queue"] == 0
