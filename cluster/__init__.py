@@ -8,23 +8,26 @@ Run it with ``python -m cluster run --handler mybot:Handler`` or from Python::
 - :class:`Supervisor`: spawns workers, coordinates identifies, restarts, metrics.
 - :class:`Handler` / :class:`WorkerContext`: what a per-worker handler implements and gets.
 - :class:`ClusterConfig` / :func:`load_config`: flags, ``CLUSTER_*`` env, TOML file.
-- :class:`IdentifyCoordinator`, :class:`SessionBudget`, :class:`IpcQueue`: identify coordination.
+- :class:`Coordination` (the interface), :class:`IdentifyCoordinator`, :class:`SessionBudget`, :class:`IpcQueue`:
+  identify coordination.
+- :class:`ClusterSnapshot`: what ``Supervisor.snapshot()``, ``/status`` and ``/metrics`` show.
 - :class:`RestartPolicy`, :func:`split`, :func:`round_up`, :func:`save_sessions` /
   :func:`load_sessions`: the pure parts, usable on their own.
 """
 
-from cluster.coordination import IdentifyCoordinator, SessionBudget
 from cluster.config import ClusterConfig, ConfigError, load_config
+from cluster.coordination import Coordination, IdentifyCoordinator, SessionBudget
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.handler import ClusterStatus, Handler, HandlerImportError, WorkerContext
 from cluster.layout import round_up, split
 from cluster.queue import IpcQueue
 from cluster.restart import Backoff, RestartPolicy
+from cluster.snapshot import ClusterSnapshot
 from cluster.state import load_sessions, save_sessions
 from cluster.supervisor import Supervisor
 
 __all__ = [
-    "Backoff", "ClusterConfig", "ClusterExit", "ClusterStatus", "ConfigError", "ExitCode", "Handler",
-    "HandlerImportError", "IdentifyCoordinator", "IpcQueue", "RestartPolicy", "SessionBudget", "Supervisor",
-    "WorkerContext", "load_config", "load_sessions", "round_up", "save_sessions", "split",
+    "Backoff", "ClusterConfig", "ClusterExit", "ClusterSnapshot", "ClusterStatus", "ConfigError", "Coordination",
+    "ExitCode", "Handler", "HandlerImportError", "IdentifyCoordinator", "IpcQueue", "RestartPolicy", "SessionBudget",
+    "Supervisor", "WorkerContext", "load_config", "load_sessions", "round_up", "save_sessions", "split",
 ]
