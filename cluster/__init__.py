@@ -8,27 +8,30 @@ Run it with ``python -m cluster run --handler mybot:Handler`` or from Python::
 - :class:`Supervisor`: spawns workers, coordinates identifies, restarts, metrics.
 - :class:`Handler` / :class:`WorkerContext`: what a per-worker handler implements and gets.
 - :class:`ClusterConfig` / :func:`load_config`: flags, ``CLUSTER_*`` env, TOML file.
-- :class:`IdentifyCoordinator`, :class:`SessionBudget`, :class:`IpcQueue`: identify coordination.
+- :class:`Coordination` (the interface), :class:`IdentifyCoordinator`, :class:`SessionBudget`, :class:`IpcQueue`:
+  identify coordination.
+- :class:`ClusterSnapshot`: what ``Supervisor.snapshot()``, ``/status`` and ``/metrics`` show.
 - :class:`RestartPolicy`, :func:`split`, :func:`round_up`, :func:`save_sessions` /
   :func:`load_sessions`: the pure parts, usable on their own.
 - :class:`ClusterError`: the root of the package's errors (:class:`ConfigError`, :class:`HandlerImportError`,
   :class:`ClusterExit`); the tree is in :mod:`cluster.error`.
 """
 
-from cluster.budget import SessionBudget
 from cluster.config import ClusterConfig, load_config
+from cluster.coordination import Coordination, IdentifyCoordinator, SessionBudget
 from cluster.error import ClusterError, ClusterExit, ConfigError, HandlerImportError
 from cluster.exitcodes import ExitCode
 from cluster.handler import ClusterStatus, Handler, WorkerContext
-from cluster.identify import IdentifyCoordinator
 from cluster.layout import round_up, split
 from cluster.queue import IpcQueue
 from cluster.restart import Backoff, RestartPolicy
+from cluster.snapshot import ClusterSnapshot
 from cluster.state import load_sessions, save_sessions
 from cluster.supervisor import Supervisor
 
 __all__ = [
-    "Backoff", "ClusterConfig", "ClusterError", "ClusterExit", "ClusterStatus", "ConfigError", "ExitCode", "Handler",
-    "HandlerImportError", "IdentifyCoordinator", "IpcQueue", "RestartPolicy", "SessionBudget", "Supervisor",
-    "WorkerContext", "load_config", "load_sessions", "round_up", "save_sessions", "split",
+    "Backoff", "ClusterConfig", "ClusterError", "ClusterExit", "ClusterSnapshot", "ClusterStatus", "ConfigError",
+    "Coordination", "ExitCode", "Handler", "HandlerImportError", "IdentifyCoordinator", "IpcQueue", "RestartPolicy",
+    "SessionBudget", "Supervisor", "WorkerContext", "load_config", "load_sessions", "round_up", "save_sessions",
+    "split",
 ]

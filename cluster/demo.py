@@ -68,8 +68,9 @@ async def demo(args: argparse.Namespace) -> int:
         if sim.returncode is None:
             sim.send_signal(signal.SIGTERM)
             await sim.wait()
-    total = sum(sum(v.events.values()) for v in sup.shards.values())
-    print(f"stopped: {total:,} events handled; {sum(sup.identifies.values())} identifies; exit code {code}",
+    snap = sup.snapshot()
+    total = sum(sum(s.events.values()) for s in snap.shards)
+    print(f"stopped: {total:,} events handled; {sum(snap.identifies.values())} identifies; exit code {code}",
           flush=True)
     return code
 

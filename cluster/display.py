@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, Protocol, TextIO
 
-if TYPE_CHECKING:
-    from cluster.supervisor import Supervisor
+from cluster.snapshot import ClusterSnapshot
 
 __all__ = ["StatusDisplay", "progress_bar", "status_line"]
 
@@ -39,6 +38,14 @@ def status_line(status: dict[str, Any], rate: float, metrics_url: str | None) ->
     return " · ".join(parts)
 
 
+class Shown(Protocol):
+    """What the display needs of a supervisor."""
+
+    http_url: str | None
+
+    def snapshot(self) -> ClusterSnapshot: ...
+
+
 class StatusDisplay:
     """Redraws the progress bar, then the status line, every ``interval`` seconds.
 
@@ -46,7 +53,7 @@ class StatusDisplay:
     ``plain_every`` seconds (for logs).
     """
 
-    def __init__(self, sup: Supervisor, stream: TextIO = sys.stderr, *, tty: bool | None = None,
+    def __init__(self, sup: Shown, stream: TextIO = sys.stderr, *, tty: bool | None = None,
                  interval: float = 0.5, plain_every: float = 10.0) -> None:
         self.sup = sup
         self.stream = stream
@@ -59,17 +66,15 @@ class StatusDisplay:
         self.rate = 0.0
         self.was_up = False
 
-    def _total_events(self) -> int:
-        return sum(sum(v.events.values()) for v in self.sup.shards.values())
-
     def line(self) -> str:
         now = time.monotonic()
-        total = self._total_events()
+        snap = self.sup.snapshot()
+        total = sum(sum(s.events.values()) for s in snap.shards)
         dt = now - self._last_time
         if dt > 0:
             self.rate = 0.7 * self.rate + 0.3 * (total - self._last_events) / dt if self._last_events else 0.0
         self._last_events, self._last_time = total, now
-        st = self.sup.status()
+        st = snap.status()
         if not self.was_up and st["active"] == st["shard_total"] and st["shard_total"]:
             self.was_up = True
         if not self.was_up:

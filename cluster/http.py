@@ -15,13 +15,12 @@ import asyncio
 import hmac
 import json
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import parse_qs
 
+from cluster.config import ClusterConfig
 from cluster.metrics import MetricsPage
-
-if TYPE_CHECKING:
-    from cluster.supervisor import Supervisor
+from cluster.snapshot import ClusterSnapshot
 
 __all__ = ["serve_http"]
 
@@ -32,6 +31,16 @@ REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
 Answer = tuple[int, str, bytes]
+
+
+class Served(Protocol):
+    """What the endpoint needs of a supervisor: its config, snapshots to show, and the one action."""
+
+    config: ClusterConfig
+
+    def snapshot(self) -> ClusterSnapshot: ...
+
+    def rolling_restart(self) -> bool: ...
 
 
 def host_name(value: str) -> str:
@@ -45,31 +54,30 @@ def host_name(value: str) -> str:
 class Endpoint:
     """Routes the requests of one supervisor's HTTP server."""
 
-    def __init__(self, sup: Supervisor, host: str, token: str | None) -> None:
+    def __init__(self, sup: Served, host: str, token: str | None) -> None:
         cfg = sup.config
         self.sup = sup
         self._token = token.encode() if token else None
         extra = {h.strip().lower() for h in (cfg.http_allowed_hosts or "").split(",") if h.strip()}
         self.allowed_hosts = LOOPBACK_NAMES | {host.lower()} | extra
-        self.metrics = MetricsPage(sup, cfg.metrics_cache_interval)
+        self.metrics = MetricsPage(sup.snapshot, cfg.metrics_cache_interval)
 
     async def route(self, method: str, target: str, headers: dict[str, str]) -> Answer:
         """Answer one request: (status, content type, body)."""
-        sup = self.sup
         path, _, query = target.partition("?")
         if path == "/metrics" and method == "GET":
             return 200, "text/plain; version=0.0.4; charset=utf-8", await self.metrics.get()
         if path == "/healthz" and method == "GET":
-            problems = sup.health_problems()
+            problems = self.sup.snapshot().problems
             if problems:
                 return 503, "text/plain", ("\n".join(problems) + "\n").encode()
             return 200, "text/plain", b"ok\n"
         if path == "/readyz" and method == "GET":
-            active = sup.active_shards()
-            ok = sup.shard_total > 0 and active == sup.shard_total and not sup.stopping
-            return (200 if ok else 503), "text/plain", f"{active}/{sup.shard_total} shards active\n".encode()
+            snap = self.sup.snapshot()
+            return ((200 if snap.ready else 503), "text/plain",
+                    f"{snap.active}/{snap.shard_total} shards active\n".encode())
         if path == "/status" and method == "GET":
-            return 200, "application/json", json.dumps(sup.status()).encode()
+            return 200, "application/json", json.dumps(self.sup.snapshot().status()).encode()
         if path == "/restart":
             return self.restart(method, query, headers)
         return 404, "text/plain", b"not found\n"
@@ -106,7 +114,7 @@ def _parse_head(head: bytes) -> tuple[str, str, dict[str, str]]:
     return method, target, headers
 
 
-async def serve_http(sup: Supervisor, host: str, port: int,
+async def serve_http(sup: Served, host: str, port: int,
                      token: str | None = None) -> tuple[asyncio.AbstractServer, str]:
     """Start the server; return it and its base URL (``port`` 0 picks a free port).
 

@@ -3,92 +3,46 @@
 Workers send cheap deltas in their status reports; the supervisor accumulates them, so
 counters survive worker restarts. Every family is prefixed ``cluster_``.
 
-A scrape copies what it needs into a :class:`MetricsSnapshot` on the event loop (plain
-copies, no formatting) and renders the text in a thread, so that a 1,024-shard page (MBs,
-~200 ms of formatting) does not stall the supervisor; :class:`MetricsPage` renders once for
+A scrape takes the supervisor's :class:`~cluster.snapshot.ClusterSnapshot` on the event loop (plain
+copies, no formatting; nothing in the supervisor changes) and renders the text in a thread, so that a
+1,024-shard page (MBs, ~200 ms of formatting) does not stall the supervisor; :class:`MetricsPage` renders once for
 every scrape that arrives meanwhile and reuses the page for ``metrics_cache_interval``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
-import itertools
 import time
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-if TYPE_CHECKING:
-    from cluster.supervisor import Supervisor
+from cluster.snapshot import WAIT_BUCKETS, ClusterSnapshot, ShardPhase, WaitHistogram
 
 __all__ = ["MetricsPage", "MetricsSnapshot", "WAIT_BUCKETS", "render_snapshot", "snapshot"]
 
-WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
-SHARD_STATES = ("PENDING", "STARTING", "QUEUED", "IDENTIFYING", "RESUMING", "ACTIVE", "DISCONNECTED",
-                "FATALLY_CLOSED", "WORKER_DOWN")
+SHARD_STATES = tuple(p.value for p in ShardPhase if p is not ShardPhase.UNKNOWN)
 RECONNECT_EVENTS = {"GATEWAY_RECONNECT": "reconnect", "GATEWAY_INVALID_SESSION": "invalid_session",
                     "GATEWAY_CLOSE": "close"}
 
-
-@dataclass(frozen=True, slots=True)
-class MetricsSnapshot:
-    """Everything one page shows, copied from the supervisor on its event loop.
-
-    ``shards`` rows are ``(shard_id, state, latency, last_event_age, events)``; ``workers`` rows are
-    ``(worker_id, up, ipc_rtt, rss, loop_lag, blocked, handler_errors)``.
-    """
-
-    shards: list[tuple[int, str, float | None, float | None, dict[str, int]]]
-    identifies: dict[str, int]
-    queue_depth: int
-    waits: list[tuple[str, float]]
-    wait_sum: float
-    budget: tuple[float, float] | None  # (remaining, reset in seconds)
-    restarts: dict[tuple[int, str], int]
-    workers: list[tuple[int, bool, float | None, int, float, int, int]]
-    errors: dict[tuple[str, str], int]
-    loop_lag: float
+MetricsSnapshot = ClusterSnapshot
+"""Deprecated name: a page shows one :class:`~cluster.snapshot.ClusterSnapshot`."""
+_Histogram = WaitHistogram  # deprecated: the histogram lives in the supervisor, cumulative
 
 
-class _Histogram:
-    """The identify-wait histogram: folds in the waits the supervisor recorded since the last scrape."""
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(WAIT_BUCKETS) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def fold(self, waits: Any) -> tuple[list[tuple[str, float]], float]:
-        for w in waits:
-            self.sum += w
-            self.counts[bisect.bisect_left(WAIT_BUCKETS, w)] += 1
-        waits.clear()
-        return list(zip([*map(str, WAIT_BUCKETS), "+Inf"], itertools.accumulate(self.counts))), self.sum
+class Snapshots(Protocol):
+    def snapshot(self) -> ClusterSnapshot: ...
 
 
-def snapshot(sup: Supervisor, histogram: _Histogram) -> MetricsSnapshot:
-    """Copy the supervisor's numbers (call it on the supervisor's event loop)."""
-    now = time.monotonic()
-    coord = sup.coordinator
-    waits, wait_sum = histogram.fold(sup.identify_waits)
-    return MetricsSnapshot(
-        shards=[(v.shard_id, v.state, v.latency, v.last_event_age, dict(v.events)) for v in sup.shards.values()],
-        identifies=dict(sup.identifies),
-        queue_depth=coord.depth if coord else 0,
-        waits=waits, wait_sum=wait_sum,
-        budget=(coord.budget.available(now), coord.budget.reset_in(now)) if coord else None,
-        restarts=dict(sup.restarts),
-        workers=[(w.worker_id, w.state.value == "running", w.heartbeat.rtt if w.heartbeat else None, w.rss,
-                  w.loop_lag, w.blocked, w.handler_errors) for w in sup.workers.values()],
-        errors=dict(sup.errors),
-        loop_lag=max(sup.loop_lags, default=0.0),
-    )
+def snapshot(source: Snapshots, histogram: Any = None) -> ClusterSnapshot:
+    """Deprecated: ``source.snapshot()`` (``histogram`` is ignored)."""
+    return source.snapshot()
 
 
 class _Collector:
-    def __init__(self, snap: MetricsSnapshot) -> None:
+    def __init__(self, snap: ClusterSnapshot) -> None:
         self.snap = snap
 
     def collect(self) -> Any:
@@ -102,19 +56,19 @@ class _Collector:
                                      labels=["shard", "type"])
         reconnects = CounterMetricFamily("cluster_shard_reconnects", "Reconnects by reason", labels=["shard", "reason"])
         resumes = CounterMetricFamily("cluster_shard_resumes", "Sessions resumed (RESUMED)", labels=["shard"])
-        for shard_id, current, lat, last_age, counts in snap.shards:
-            sid = str(shard_id)
+        for shard in snap.shards:
+            sid, current = str(shard.shard_id), shard.state
             for name in SHARD_STATES:
                 state.add_metric([sid, name], 1.0 if current == name else 0.0)
-            if lat is not None:
-                latency.add_metric([sid], lat)
-            if last_age is not None:
-                age.add_metric([sid], last_age)
-            for etype, n in counts.items():
+            if shard.latency is not None:
+                latency.add_metric([sid], shard.latency)
+            if shard.last_event_age is not None:
+                age.add_metric([sid], shard.last_event_age)
+            for etype, n in shard.events.items():
                 events.add_metric([sid, etype], n)
                 if etype in RECONNECT_EVENTS:
                     reconnects.add_metric([sid, RECONNECT_EVENTS[etype]], n)
-            resumes.add_metric([sid], counts.get("RESUMED", 0))
+            resumes.add_metric([sid], shard.resumes)
         yield from (state, latency, age, events, reconnects, resumes)
 
         identifies = CounterMetricFamily("cluster_identifies", "Identify slots granted, by reason", labels=["reason"])
@@ -122,18 +76,23 @@ class _Collector:
             identifies.add_metric([reason], n)
         yield identifies
         depth = GaugeMetricFamily("cluster_identify_queue_depth", "Shards waiting for an identify slot")
-        depth.add_metric([], snap.queue_depth)
+        coord = snap.coordination
+        depth.add_metric([], coord.queue_depth if coord else 0)
         yield depth
         wait = HistogramMetricFamily("cluster_identify_wait_seconds", "Time a shard waited for its identify slot")
-        wait.add_metric([], snap.waits, snap.wait_sum)
+        wait.add_metric([], list(snap.identify_waits), snap.identify_wait_sum)
         yield wait
-        if snap.budget is not None:
+        if coord is not None:
             remaining = GaugeMetricFamily("cluster_session_start_remaining", "Identifies left in the daily budget")
-            remaining.add_metric([], snap.budget[0])
+            remaining.add_metric([], coord.budget_remaining)
             yield remaining
             reset = GaugeMetricFamily("cluster_session_start_reset_seconds", "Seconds until the budget resets")
-            reset.add_metric([], snap.budget[1])
+            reset.add_metric([], coord.budget_reset_in)
             yield reset
+            late = CounterMetricFamily("cluster_identify_late_starts", "Identifies written after their slot's hold "
+                                       "expired (identify_hold_timeout is too short for the shards' connects)")
+            late.add_metric([], coord.late_starts)
+            yield late
 
         restarts = CounterMetricFamily("cluster_worker_restarts", "Worker restarts by reason", labels=["worker", "reason"])
         for (wid, reason), n in snap.restarts.items():
@@ -145,17 +104,20 @@ class _Collector:
                                 labels=["worker"])
         blocked = CounterMetricFamily("cluster_handler_blocked", "Times a handler blocked the loop", labels=["worker"])
         errors = CounterMetricFamily("cluster_handler_errors", "Exceptions raised by the handler", labels=["worker"])
+        consumer = CounterMetricFamily("cluster_consumer_errors", "Unexpected exceptions from the shards' "
+                                       "next_event (each shard goes on)", labels=["worker"])
         up = GaugeMetricFamily("cluster_worker_up", "1 if the worker is running", labels=["worker"])
-        for worker_id, running, ipc_rtt, rss_bytes, loop_lag, n_blocked, n_errors in snap.workers:
-            wid = str(worker_id)
-            if ipc_rtt is not None:
-                rtt.add_metric([wid], ipc_rtt)
-            rss.add_metric([wid], rss_bytes)
-            lag.add_metric([wid], loop_lag)
-            blocked.add_metric([wid], n_blocked)
-            errors.add_metric([wid], n_errors)
-            up.add_metric([wid], 1.0 if running else 0.0)
-        yield from (rtt, rss, lag, blocked, errors, up)
+        for w in snap.workers:
+            wid = str(w.worker_id)
+            if w.ipc_rtt is not None:
+                rtt.add_metric([wid], w.ipc_rtt)
+            rss.add_metric([wid], w.rss)
+            lag.add_metric([wid], w.loop_lag)
+            blocked.add_metric([wid], w.blocked)
+            errors.add_metric([wid], w.handler_errors)
+            consumer.add_metric([wid], w.consumer_errors)
+            up.add_metric([wid], 1.0 if w.up else 0.0)
+        yield from (rtt, rss, lag, blocked, errors, consumer, up)
 
         failures = CounterMetricFamily("cluster_supervisor_errors", "Failures the supervisor contained and went on "
                                        "after (a failed budget refresh, worker start, IPC send, task)",
@@ -169,7 +131,7 @@ class _Collector:
         yield own_lag
 
 
-def render_snapshot(snap: MetricsSnapshot) -> bytes:
+def render_snapshot(snap: ClusterSnapshot) -> bytes:
     """The Prometheus text exposition of ``snap`` (pure: safe to call in a thread)."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Collector(snap))
@@ -180,11 +142,10 @@ class MetricsPage:
     """The /metrics page of one supervisor: rendered in a thread, once for all the scrapes that
     arrive while it renders, and served again for ``max_age`` seconds."""
 
-    def __init__(self, supervisor: Supervisor, max_age: float) -> None:
-        self.sup = supervisor
+    def __init__(self, take: Callable[[], ClusterSnapshot], max_age: float) -> None:
+        self.take = take
         self.max_age = max_age
         self.renders = 0
-        self._histogram = _Histogram()
         self._body: bytes | None = None
         self._at = 0.0
         self._pending: asyncio.Future[bytes] | None = None
@@ -198,7 +159,7 @@ class MetricsPage:
 
     async def _render(self) -> bytes:
         try:
-            body = await asyncio.to_thread(render_snapshot, snapshot(self.sup, self._histogram))
+            body = await asyncio.to_thread(render_snapshot, self.take())
             self.renders += 1
             self._body, self._at = body, time.monotonic()
             return body

@@ -158,13 +158,9 @@ def _assert_acyclic(graph: Graph, what: str) -> None:
         pytest.fail(f"import cycles in {what}:\n  " + "\n  ".join(found), pytrace=False)
 
 
-CLUSTER_CYCLES = ("issue 12, to be removed: cluster.http -> cluster.supervisor -> cluster.http; "
-                  "cluster.http -> cluster.metrics -> cluster.supervisor -> cluster.http")
-
-
 @pytest.mark.parametrize("package", [
     "shard",
-    pytest.param("cluster", marks=pytest.mark.xfail(strict=True, reason=CLUSTER_CYCLES)),
+    "cluster",
     "ipc",
     "sim",
 ])

@@ -1,0 +1,177 @@
+"""What observers see of a cluster: a frozen, typed :class:`ClusterSnapshot`, copied from the supervisor at one
+moment on its event loop. ``/status``, ``/healthz``, ``/readyz``, ``/metrics`` and the status line read
+only snapshots, so that a scrape never changes the supervisor; :meth:`ClusterSnapshot.status` is the JSON of
+``/status`` (and of a worker's :class:`~cluster.handler.ClusterStatus` call).
+
+This module imports nothing else of the cluster.
+"""
+
+from __future__ import annotations
+
+import bisect
+import enum
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ClusterSnapshot", "CoordinationStats", "ShardPhase", "ShardSnapshot", "WAIT_BUCKETS", "WaitHistogram",
+           "WorkerSnapshot", "WorkerState"]
+
+WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+"""The upper bounds (seconds) of the identify-wait histogram's buckets."""
+
+
+class WorkerState(enum.Enum):
+    """A worker process's place in its lifecycle."""
+
+    STARTING = "starting"
+    RUNNING = "running"
+    DRAINING = "draining"
+    EXITED = "exited"
+
+
+class ShardPhase(enum.StrEnum):
+    """A shard's state as its worker last reported it (or as the supervisor knows it: PENDING before its worker
+    runs, STARTING once assigned, WORKER_DOWN once its worker died). The values are the names ``/status`` and
+    ``cluster_shard_state`` show."""
+
+    PENDING = "PENDING"
+    STARTING = "STARTING"
+    QUEUED = "QUEUED"
+    IDENTIFYING = "IDENTIFYING"
+    RESUMING = "RESUMING"
+    ACTIVE = "ACTIVE"
+    DISCONNECTED = "DISCONNECTED"
+    FATALLY_CLOSED = "FATALLY_CLOSED"
+    WORKER_DOWN = "WORKER_DOWN"
+    UNKNOWN = "UNKNOWN"
+    """A name this supervisor does not know (a newer worker); never one of the metric's states."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> ShardPhase:
+        return cls.UNKNOWN
+
+
+class WaitHistogram:
+    """The identify-wait histogram, cumulative since the start (recorded at each grant, never reset)."""
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(WAIT_BUCKETS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def record(self, wait: float) -> None:
+        self.sum += wait
+        self.counts[bisect.bisect_left(WAIT_BUCKETS, wait)] += 1
+
+    def buckets(self) -> tuple[tuple[str, float], ...]:
+        """``(le, cumulative count)`` pairs, ``+Inf`` last."""
+        return tuple(zip([*map(str, WAIT_BUCKETS), "+Inf"], itertools.accumulate(self.counts)))
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinationStats:
+    """The identify coordinator's numbers, copied at one moment."""
+
+    queue_depth: int
+    budget_remaining: int
+    budget_total: int
+    budget_reserve: int
+    budget_reset_in: float
+    late_starts: int
+    """Identifies written after their hold expired (``identify_hold_timeout`` too short for the connects)."""
+    unused_grants: int
+    expired_holds: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSnapshot:
+    worker_id: int
+    pid: int | None
+    state: WorkerState
+    generation: int
+    shards: range
+    rss: int
+    ipc_rtt: float | None
+    loop_lag: float
+    blocked: int
+    handler_errors: int
+    consumer_errors: int
+    restarts: int
+
+    @property
+    def up(self) -> bool:
+        return self.state is WorkerState.RUNNING
+
+
+@dataclass(frozen=True, slots=True)
+class ShardSnapshot:
+    shard_id: int
+    worker_id: int
+    state: ShardPhase
+    latency: float | None
+    last_event_age: float | None
+    session: bool
+    events: Mapping[str, int]
+    """Gateway events received, by type, since the supervisor started."""
+
+    @property
+    def resumes(self) -> int:
+        return self.events.get("RESUMED", 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSnapshot:
+    """The whole cluster at one moment (``uptime`` seconds after the supervisor started)."""
+
+    shard_total: int
+    max_concurrency: int
+    uptime: float
+    rolling: bool
+    stopping: bool
+    coordination: CoordinationStats | None
+    identifies: Mapping[str, int]
+    identify_waits: tuple[tuple[str, float], ...]
+    identify_wait_sum: float
+    restarts: Mapping[tuple[int, str], int]
+    errors: Mapping[tuple[str, str], int]
+    loop_lag: float
+    """The worst lag of the supervisor's event loop over its last 64 IPC heartbeat ticks."""
+    problems: tuple[str, ...]
+    """Why the cluster is unhealthy (empty when healthy), as ``/healthz`` says it."""
+    workers: tuple[WorkerSnapshot, ...]
+    shards: tuple[ShardSnapshot, ...]
+
+    @property
+    def active(self) -> int:
+        return sum(1 for s in self.shards if s.state is ShardPhase.ACTIVE)
+
+    @property
+    def ready(self) -> bool:
+        return self.shard_total > 0 and self.active == self.shard_total and not self.stopping
+
+    def status(self) -> dict[str, Any]:
+        """The JSON-able ``/status``: workers, shards, identify queue and budget."""
+        coord = self.coordination
+        return {
+            "shard_total": self.shard_total,
+            "active": self.active,
+            "max_concurrency": self.max_concurrency,
+            "uptime": self.uptime,
+            "rolling": self.rolling,
+            "stopping": self.stopping,
+            "identify_queue": coord.queue_depth if coord else 0,
+            "session_budget": ({"remaining": coord.budget_remaining, "total": coord.budget_total,
+                                "reserve": coord.budget_reserve, "reset_in": coord.budget_reset_in}
+                               if coord else None),
+            "late_starts": coord.late_starts if coord else 0,
+            "identifies": dict(self.identifies),
+            "workers": [{"id": w.worker_id, "pid": w.pid, "state": w.state.value, "generation": w.generation,
+                         "shards": [w.shards.start, w.shards.stop - 1], "rss": w.rss, "ipc_rtt": w.ipc_rtt,
+                         "loop_lag": w.loop_lag, "blocked": w.blocked, "handler_errors": w.handler_errors,
+                         "consumer_errors": w.consumer_errors, "restarts": w.restarts}
+                        for w in self.workers],
+            "shards": [{"id": s.shard_id, "worker": s.worker_id, "state": s.state.value, "latency": s.latency,
+                        "last_event_age": s.last_event_age, "session": s.session, "resumes": s.resumes}
+                       for s in self.shards],
+        }
