@@ -250,9 +250,9 @@ def test_compose_runs_three_hosts_of_one_bot(compose):
 
 
 def test_compose_hosts_point_at_the_simulator_with_its_numbers(compose):
-    sim = compose["services"]["sim"]
-    assert sim["entrypoint"] == ["python", "-m", "sim"]
-    args = sim_parser().parse_args(sim["command"])
+    simulator = compose["services"]["sim"]
+    assert simulator["entrypoint"] == ["python", "-m", "sim"]
+    args = sim_parser().parse_args(simulator["command"])
     assert args.host == "sim"  # the URLs it hands out (READY's resume_gateway_url) must reach it from the hosts
     for name, svc in compose_hosts(compose).items():
         env = svc["environment"]
@@ -273,7 +273,8 @@ def test_prometheus_scrapes_every_host(compose):
     (job,) = config["scrape_configs"]
     targets = {t for group in job["static_configs"] for t in group["targets"]}
     port = dockerfile_env()["CLUSTER_HTTP_PORT"]
-    expected = {f"{name}:{svc['environment'].get('CLUSTER_HTTP_PORT', port)}" for name, svc in compose_hosts(compose).items()}
+    expected = {f"{name}:{svc['environment'].get('CLUSTER_HTTP_PORT', port)}"
+                for name, svc in compose_hosts(compose).items()}
     assert len(expected) == 3 and targets == expected
     for rules in config["rule_files"]:
         assert mounts[f"./{rules}"] == f"/etc/prometheus/{rules}" and (DEPLOY / rules).is_file()
