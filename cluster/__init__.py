@@ -19,7 +19,7 @@ Run it with ``python -m cluster run --handler mybot:Handler`` or from Python::
 
 from cluster.config import ClusterConfig, load_config
 from cluster.coordination import Coordination, IdentifyCoordinator, SessionBudget
-from cluster.error import ClusterError, ClusterExit, ConfigError, HandlerImportError
+from cluster.error import ClusterError, ClusterExit, ConfigError, CoordinatorUnavailable, HandlerImportError
 from cluster.exitcodes import ExitCode
 from cluster.handler import ClusterStatus, Handler, WorkerContext
 from cluster.layout import round_up, split
@@ -31,7 +31,7 @@ from cluster.supervisor import Supervisor
 
 __all__ = [
     "Backoff", "ClusterConfig", "ClusterError", "ClusterExit", "ClusterSnapshot", "ClusterStatus", "ConfigError",
-    "Coordination", "ExitCode", "Handler", "HandlerImportError", "IdentifyCoordinator", "IpcQueue", "RestartPolicy",
+    "Coordination", "CoordinatorUnavailable", "ExitCode", "Handler", "HandlerImportError", "IdentifyCoordinator", "IpcQueue", "RestartPolicy",
     "SessionBudget", "Supervisor", "WorkerContext", "load_config", "load_sessions", "round_up", "save_sessions",
     "split",
 ]

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from typing import Any
 
 import msgspec
 
+from cluster.coordination.redis_url import redacted_url, url_problem
 from cluster.error import ConfigError
 from shard.config import DEFAULT_API_URL
 from shard.intents import Intents
@@ -23,6 +25,7 @@ from shard.queue import HOLD_TIMEOUT, IDENTIFY_INTERVAL
 __all__ = ["ClusterConfig", "ConfigError", "ENV_PREFIX", "check_identify_timing", "load_config"]
 
 ENV_PREFIX = "CLUSTER_"
+_NAME_OK = re.compile(r"^[A-Za-z0-9_.-]{1,64}$").fullmatch
 
 
 class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -92,6 +95,13 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     status_line: bool | None = None
     """Progress bar and live status line on stderr; None: only when stderr is a terminal."""
     log_level: str = "INFO"
+    coordinator: str | None = None
+    """Where identify coordination, the session budget and the sessions live: None (in this process,
+    one host) or ``redis://[:password@]host:port/db`` (``rediss://`` for TLS), shared by every host of
+    the bot. The password is never logged nor shown in reprs."""
+    cluster_name: str | None = None
+    """Namespace of this bot's keys in the coordinator, so several bots can share one Redis.
+    None: derived from the bot's user id (``bot-<id>``)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -121,6 +131,11 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             problems.append(f"http_max_connections must be >= 1, got {self.http_max_connections}")
         if self.http_token is not None and self.http_token_file is not None:
             problems.append("give http_token or http_token_file, not both")
+        if self.coordinator is not None:
+            if (problem := url_problem(self.coordinator)) is not None:
+                problems.append(problem)
+        if self.cluster_name is not None and not _NAME_OK(self.cluster_name):
+            problems.append(f"cluster_name must be 1-64 letters, digits, '-', '_' or '.', got {self.cluster_name!r}")
         if problems:
             raise ConfigError("; ".join(problems))
 
@@ -130,7 +145,11 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def __rich_repr__(self) -> Any:
         for name in self.__struct_fields__:
             value = getattr(self, name)
-            yield name, "<hidden>" if name == "http_token" and value is not None else value
+            if name == "http_token" and value is not None:
+                value = "<hidden>"
+            elif name == "coordinator" and value is not None:
+                value = redacted_url(value)
+            yield name, value
 
     def http_secret(self) -> str | None:
         """The token that enables ``POST /restart`` (http_token, or read from http_token_file), or None."""
@@ -198,6 +217,10 @@ HELP: dict[str, str] = {
     "shutdown_timeout": "seconds to wait for workers to close their shards on shutdown",
     "status_line": "progress bar and live status line on stderr (default: when stderr is a terminal)",
     "log_level": "logging level: DEBUG, INFO, WARNING or ERROR",
+    "coordinator": "redis://[:password@]host:port/db (rediss:// for TLS) shared by every host of the bot, for "
+                   "identify coordination, the session budget and sessions; default: in this process (one host)",
+    "cluster_name": "namespace of this bot's keys in the coordinator (default: bot-<user id>), so bots can share "
+                    "one Redis",
 }
 """The help text of every setting, shown by ``python -m cluster run --help``."""
 

@@ -5,16 +5,17 @@ The hierarchy::
     ClusterError                root of every error the package defines
     ├── ConfigError             the configuration is invalid (also a ValueError); the message names the key
     ├── HandlerImportError      the ``module:attribute`` handler cannot be imported or created (also an ImportError)
-    └── ClusterExit             stop the cluster with an exit code (``code``, an ``ExitCode``) and a message
+    ├── ClusterExit             stop the cluster with an exit code (``code``, an ``ExitCode``) and a message
+    └── CoordinatorUnavailable  the coordinator (Redis) cannot be reached right now: retry with backoff
 
-All three are public and exported from ``cluster``; the stdlib bases stay so that code catching ``ValueError``
+All are public and exported from ``cluster``; the stdlib bases stay so that code catching ``ValueError``
 or ``ImportError`` keeps catching them. This module imports nothing of the package, so any module may raise
 these without an import cycle.
 """
 
 from __future__ import annotations
 
-__all__ = ["ClusterError", "ClusterExit", "ConfigError", "HandlerImportError"]
+__all__ = ["ClusterError", "ClusterExit", "ConfigError", "CoordinatorUnavailable", "HandlerImportError"]
 
 
 class ClusterError(Exception):
@@ -38,3 +39,10 @@ class ClusterExit(ClusterError):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
         self.code = code
+
+
+class CoordinatorUnavailable(ClusterError, ConnectionError):
+    """The coordinator (Redis) cannot be reached or answered too late; the message never holds a password.
+
+    Transient by nature: running shards go on (a resume needs no slot), identifies wait, and the caller
+    retries with backoff. A coordinator that answers wrongly (bad password, not Redis) is a ``ConfigError``."""

@@ -36,3 +36,14 @@ def pytest_make_collect_report(collector: pytest.Collector) -> Generator[None, N
     outcome = yield
     report = outcome.get_result()
     _fail_skip(report)
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    """A fresh ``redis-server`` of this test's own (see tests/redis_process.py); killed afterwards."""
+    from redis_process import BINARY, RedisServer  # noqa: PLC0415
+    if BINARY is None:
+        pytest.skip("needs the redis-server binary (Debian: apt-get install redis-server)")
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

@@ -14,7 +14,7 @@ import pytest
 # package -> (root, public errors, internal errors); every error class the package defines is one of these.
 TREES = {
     "shard": ("ShardError", {"GatewayError", "RedirectRefused"}, {"InflateError", "HandshakeError"}),
-    "cluster": ("ClusterError", {"ConfigError", "HandlerImportError", "ClusterExit"}, set()),
+    "cluster": ("ClusterError", {"ConfigError", "HandlerImportError", "ClusterExit", "CoordinatorUnavailable"}, set()),
     "ipc": ("IpcError", {"ChannelClosed", "CallError", "UnknownCall", "FramingError", "FrameTooLarge"}, set()),
     "sim": ("SimError", set(), {"HttpError", "FrameError"}),
 }
