@@ -187,9 +187,9 @@ class Channel:
         for r in replies:
             if r.error is None and reply_type is not Any:
                 try:
-                    r = Reply(r.worker_id, msgspec.convert(r.value, reply_type))
+                    r = Reply(r.worker_id, msgspec.convert(r.value, reply_type), host=r.host)
                 except msgspec.ValidationError as exc:
-                    r = Reply(r.worker_id, None, f"invalid reply: {exc}")
+                    r = Reply(r.worker_id, None, f"invalid reply: {exc}", r.host)
             out.append(r)
         return out
 
