@@ -44,7 +44,8 @@ STATUS_TTL_MIN = 5.0
 """Seconds a host's published status outlives its last write, at least (else 5 report intervals): a host
 silent for that long is no longer listed, nor waited for by broadcasts."""
 REPLY_MARGIN = 0.5
-"""Seconds a broadcast waits for the other hosts past the call's timeout (their gather has the timeout too)."""
+"""Seconds of a broadcast's timeout kept for the other hosts' answers to travel back: their workers get the
+timeout less this, so that their replies arrive before the asking worker's own deadline."""
 _REDIS_DOWN = (rx.ConnectionError, rx.TimeoutError, OSError)
 
 _HOST_ID: str | None = None
@@ -248,23 +249,21 @@ class CrossHost:
 
     async def ask(self, name: str, body: bytes, timeout: float) -> list[Reply]:
         """The other hosts' workers' replies to the call: one per worker, an error for each worker of a host
-        that did not answer within ``timeout`` (plus :data:`REPLY_MARGIN`), or that could not be reached."""
+        that did not answer within ``timeout`` or could not be reached. The other hosts' workers have
+        ``timeout`` less :data:`REPLY_MARGIN` to answer."""
         rid = uuid.uuid4().hex
-        deadline = time.monotonic() + timeout + REPLY_MARGIN
         hosts = self.hosts
         pending = _Pending(set())
         problem = f"did not answer within {timeout:g}s"
         try:
-            async with asyncio.timeout(timeout + REPLY_MARGIN):
+            async with asyncio.timeout(timeout):
                 hosts = await read_hosts(self.client, self.prefix)
                 pending.expected = {h for h in hosts if h != self.host}
                 if pending.expected:
                     self._pending[rid] = pending
-                    await self.client.publish(self.broadcast_channel,
-                                              _encode(BroadcastRequest(rid, self.host, name, body, timeout)))
-                    async with asyncio.timeout_at(asyncio.get_running_loop().time()
-                                                  + max(0.0, deadline - time.monotonic())):
-                        await pending.done.wait()
+                    request = BroadcastRequest(rid, self.host, name, body, max(0.0, timeout - REPLY_MARGIN))
+                    await self.client.publish(self.broadcast_channel, _encode(request))
+                    await pending.done.wait()
         except TimeoutError:
             pass
         except _REDIS_DOWN as exc:

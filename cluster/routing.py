@@ -15,6 +15,7 @@ from cluster.handler import ClusterStatus, maybe_await
 from cluster.runtime import ACTIVE, Runtime, WorkerHandle
 from ipc import ChannelClosed, answer, gather
 from ipc.calls import Reply, encode_call, encode_value
+from ipc.channel import BROADCAST_MARGIN
 from ipc.protocol import (Drained, Hello, IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted,
                           IdentifyUnused, Packet, Pong, Request, Response, SessionReport, ShardFatal, StatusReport,
                           WorkerFatal)
@@ -90,7 +91,8 @@ class Router:
 
     async def _answer(self, handle: WorkerHandle, request: Request) -> None:
         if request.broadcast:
-            replies = await self.gather_all(request.name, request.body, request.timeout)
+            replies = await self.gather_all(request.name, request.body,
+                                            max(0.0, request.timeout - BROADCAST_MARGIN))  # back in time
             response = Response(request.id, encode_value(replies))
         else:
             response = await answer(request, self._on_call)
