@@ -167,7 +167,6 @@ class CrossHost:
         self.hosts: dict[str, HostStatus] = {}  # the last read of every host's status
         self._pending: dict[str, _Pending] = {}
         self._problems: dict[str, str] = {}  # per loop, the Redis error last logged
-        self._subscribed = asyncio.Event()
 
     @classmethod
     async def open(cls, config: Any, token: str, **kwargs: Any) -> CrossHost:
@@ -210,14 +209,12 @@ class CrossHost:
             pubsub = self.client.pubsub()
             try:
                 await pubsub.subscribe(self.broadcast_channel, self.reply_channel)
-                self._subscribed.set()
                 self._recovered("relay")
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                     if message is not None:
                         self._received(message["data"])
             except _REDIS_DOWN as exc:
-                self._subscribed.clear()
                 self._trouble("relay", exc, "broadcasts do not reach the other hosts")
             finally:
                 await asyncio.shield(pubsub.aclose())

@@ -146,6 +146,7 @@ class RedisSessionStore:
                     await self._replace(keys=[self.key(s.shard_id)], args=[ttl_ms, *fields], client=pipe)
                 await pipe.execute()
         except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            self._written.clear()  # a Redis that comes back may have lost them all: write everything next time
             raise unavailable(self.url, exc) from None
         for s in due:
             self._written[s.shard_id] = (s, now)

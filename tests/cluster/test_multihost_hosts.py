@@ -134,3 +134,66 @@ async def test_broadcasts_reach_every_host_and_status_lists_them(sim, redis_serv
                 assert all(f"host {b_id} did not answer within 1s" in r["error"] for r in seen if r["error"])
         finally:
             await stop_host(host_b)
+
+
+async def test_status_sessions_and_broadcast_relay_come_back_after_redis_restarts(sim, redis_server, tmp_path):
+    """Another host is played here by a bare Redis client: it asks this host's workers through the relay."""
+    import msgspec
+    import redis
+
+    from cluster.coordination.redis_conn import namespace
+    from cluster.crosshost import BroadcastAnswer, BroadcastRequest
+    from ipc.calls import encode_call
+    from multihost_handlers import Where
+
+    prefix = namespace(None, sim.token)
+    me = f"{socket.gethostname()}:{os.getpid()}"
+
+    async def ask_as_another_host(client, rid):
+        pubsub = client.pubsub()
+        await pubsub.subscribe(f"{prefix}reply:other")
+        try:
+            name, body = encode_call(Where())
+            await client.publish(f"{prefix}broadcast", msgspec.msgpack.encode(BroadcastRequest(rid, "other", name,
+                                                                                               body, 3.0)))
+            async with asyncio.timeout(10):
+                while (message := await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)) is None:
+                    pass
+            return msgspec.msgpack.decode(message["data"], type=BroadcastAnswer)
+        finally:
+            await pubsub.aclose()
+
+    async def redis_has(*keys):
+        try:
+            return all([await client.exists(key) for key in keys])
+        except redis.exceptions.ConnectionError:  # the test's client met the restart: ask again
+            return False
+
+    async with running(sim, "multihost_handlers:Answerer", tmp_path, workers=2, fresh=True,
+                       coordinator=redis_server.url) as (sup, _):
+        await until(lambda: sup.active_shards() == 16, what="bring-up")
+        client = await connect(redis_server.url)
+        try:
+            answer = await ask_as_another_host(client, "before")
+            assert answer.rid == "before" and answer.host == me and sorted(r.worker_id for r in answer.replies) == [0, 1]
+            redis_server.kill()  # every key gone, every connection dropped
+            redis_server.start()
+            status_key, session_key = f"{prefix}status:{me}", f"{prefix}session:0"
+            for _ in range(200):  # the supervisor retries every report interval (0.2 s): poll its writes
+                if await redis_has(status_key, session_key):
+                    break
+                await asyncio.sleep(0.05)
+            assert await redis_has(status_key, session_key)
+            assert sup.active_shards() == 16  # the shards never noticed
+            answer = None
+            for attempt in range(20):  # the relay resubscribes within a report interval of the restart
+                try:
+                    async with asyncio.timeout(1):
+                        answer = await ask_as_another_host(client, f"after-{attempt}")
+                    break
+                except (TimeoutError, redis.exceptions.ConnectionError):
+                    continue
+            assert answer is not None and answer.rid.startswith("after") and answer.host == me
+            assert all(r.error is None for r in answer.replies) and len(answer.replies) == 2
+        finally:
+            await client.aclose()
