@@ -111,7 +111,7 @@ class Router:
         return await maybe_await(on_call(call))
 
     async def broadcast(self, call: Any, timeout: float = 5.0) -> list[Any]:
-        """Send a typed call to every running worker; gather the replies."""
+        """Send a typed call to every running worker (of every host, with a coordinator); gather the replies."""
         return await self.gather_all(*encode_call(call), timeout)
 
     async def gather_all(self, name: str, body: bytes, timeout: float) -> list[Reply]:

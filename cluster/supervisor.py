@@ -139,7 +139,7 @@ class Supervisor:
         return self._rt.active_shards()
 
     async def broadcast(self, call: Any, timeout: float = 5.0) -> list[Any]:
-        """Send a typed call to every running worker from the supervisor; gather the replies."""
+        """Send a typed call to every running worker (of every host, with a coordinator); gather the replies."""
         return await self._router.broadcast(call, timeout)
 
     def health_problems(self) -> list[str]:
