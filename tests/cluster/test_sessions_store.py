@@ -116,3 +116,50 @@ async def test_the_file_store_is_the_state_file(tmp_path):
     st = FileSessionStore(str(tmp_path / "state.json"), 5.0)
     await st.save(8, sessions(3), user_id=USER)
     assert await st.load(range(8), 8, 120.0, user_id=USER, gateway_url=GATEWAY) == {s.shard_id: s for s in sessions(3)}
+
+
+async def test_a_host_writes_only_the_sessions_of_the_shards_it_runs():
+    from cluster.config import ClusterConfig
+    from cluster.loops import Loops
+    from cluster.runtime import Runtime, ShardView
+
+    class Recording:
+        interval, where, refresh = 1.0, "memory", True
+
+        def __init__(self):
+            self.saved = []
+
+        async def save(self, shard_total, sessions, *, user_id):
+            self.saved.append(sorted(s.shard_id for s in sessions))
+
+    rt = Runtime(ClusterConfig(), stop=lambda *a: None, token=lambda: "not-a-discord-token")
+    rt.shard_total = 8
+    rt.shards = {i: ShardView(i, 0) for i in (2, 3)}
+    rt.record_sessions(sessions(8))  # sessions of shards this host does not run (loaded, or reported late)
+    loops = Loops(rt, send_to_shard=lambda *a: True, kill=None)
+    loops.store = Recording()
+    assert await loops.save_state()
+    assert loops.store.saved == [[2, 3]]
+
+
+def test_cluster_status_with_a_coordinator_fails_in_one_line(redis_server, tmp_path, monkeypatch, capsys):
+    from cluster.cli import main
+    from redis_process import RedisServer, free_port
+
+    monkeypatch.delenv("DISCORD_TOKEN", raising=False)
+    monkeypatch.delenv("CLUSTER_COORDINATOR", raising=False)
+    monkeypatch.delenv("CLUSTER_CLUSTER_NAME", raising=False)
+    assert main(["status", "--coordinator", redis_server.url]) == 2  # which bot? no token, no cluster name
+    assert "needs --cluster-name or the bot token (DISCORD_TOKEN)" in capsys.readouterr().err
+    assert main(["status", "--coordinator", redis_server.url, "--cluster-name", "nobody"]) == 1
+    assert "no host of this bot has reported" in capsys.readouterr().err
+    assert main(["status", "--coordinator", f"redis://127.0.0.1:{free_port()}/0", "--cluster-name", "x"]) == 1
+    assert "unavailable" in capsys.readouterr().err
+    locked = RedisServer(tmp_path, password="right-pw-77").start()
+    try:
+        assert main(["status", "--coordinator", f"redis://:wrong-pw-88@127.0.0.1:{locked.port}/0",
+                     "--cluster-name", "x"]) == 2
+        err = capsys.readouterr().err
+        assert "refused the login" in err and "wrong-pw-88" not in err and len(err.strip().splitlines()) == 1
+    finally:
+        locked.stop()
