@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from cluster.coordination.redis_conn import connect
-from cluster_testing import running, until
+from cluster_testing import http_get, running, until
 from multihost_handlers import AskAll
 from sim import Simulator
 
@@ -94,6 +94,8 @@ async def test_broadcasts_reach_every_host_and_status_lists_them(sim, redis_serv
                 hosts = {h["host"]: h for h in sup.status()["hosts"]}
                 assert hosts[b_id]["shards"] == [[0, 3]] and hosts[b_id]["states"] == {"ACTIVE": 4}
                 assert hosts[a_id]["shards"] == [[0, 15]] and hosts[b_id]["workers"] == 2
+                code, body = await asyncio.to_thread(http_get, sup.http_url + "/status")
+                assert code == 200 and {h["host"] for h in json.loads(body)["hosts"]} == {a_id, b_id}
 
                 # a worker of host A broadcasts: every worker of A and of B answers, each naming its host
                 replies = await sup.broadcast(AskAll(timeout=3.0), timeout=10)
