@@ -22,6 +22,7 @@ import multiprocess
 from cluster.config import ClusterConfig, ConfigError, check_identify_timing
 from cluster.coordination import CoordinationFactory, CoordinationSetup, local_coordination
 from cluster.discord_api import fetch_gateway_bot
+from cluster.error import CoordinatorUnavailable
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.handler import HandlerImportError, check_handler
 from cluster.layout import round_up, split
@@ -254,8 +255,11 @@ class Supervisor:
         if cfg.coordinator is not None:  # sessions, status and broadcasts shared with the other hosts
             await self._join_hosts(cfg, token)
         if not cfg.fresh:  # it logs what it used, or one warning saying what it ignored and why
-            self.sessions = await self._loops.store.load(self.shards.keys(), self.shard_total, cfg.session_ttl,
-                                                         user_id=token_user_id(token), gateway_url=self.gateway_url)
+            try:
+                self.sessions = await self._loops.store.load(self.shards.keys(), self.shard_total, cfg.session_ttl,
+                                                             user_id=token_user_id(token), gateway_url=self.gateway_url)
+            except CoordinatorUnavailable as exc:  # Redis went away since it was reached: start again later
+                raise ClusterExit(ExitCode.ERROR, str(exc)) from None
         if cfg.http_port is not None:
             from cluster.http import serve_http
             try:
@@ -275,7 +279,6 @@ class Supervisor:
         """Keep the sessions in the coordinator's Redis, publish this host's status there, and relay broadcasts
         to and from the other hosts (:mod:`cluster.crosshost`)."""
         from cluster.crosshost import CrossHost
-        from cluster.error import CoordinatorUnavailable
 
         try:
             cross = await CrossHost.open(cfg, token, status=self.status, channels=self._rt.running_channels,
