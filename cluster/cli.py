@@ -1,7 +1,7 @@
 """``python -m cluster``: run a cluster, show its status, restart it.
 
     python -m cluster run --token-env DISCORD_TOKEN --handler mybot:Handler --workers 4
-    python -m cluster status [--url http://127.0.0.1:9100]
+    python -m cluster status [--url http://127.0.0.1:9100 | --coordinator redis://host:6379/0]
     python -m cluster restart --rolling [--url ... | --pid PID]
 """
 
@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--config", metavar="FILE")
         if name == "status":
             s.add_argument("--json", action="store_true", help="print the raw JSON")
+            s.add_argument("--coordinator", metavar="URL",
+                           help=f"show every host of the bot from this Redis (default: {ENV_PREFIX}COORDINATOR or "
+                                "the --config file; --url asks one supervisor instead)")
+            s.add_argument("--cluster-name", help=HELP["cluster_name"])
         else:
             s.add_argument("--rolling", action="store_true", required=True)
             s.add_argument("--pid", type=int, help="send SIGHUP to this supervisor instead of using HTTP")
@@ -131,6 +135,61 @@ def format_status(st: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_hosts(hosts: list[dict[str, Any]]) -> str:
+    """``cluster status`` with a coordinator: every host's tables, then the totals."""
+    lines = []
+    for h in hosts:
+        st = h["status"]
+        lines += [f"== host {h['host']} (pid {h['pid']}, {h['http_url'] or 'no HTTP'}, "
+                  f"reported {h['age']:.1f} s ago)", format_status(st), ""]
+    active = sum(h["status"]["active"] for h in hosts)
+    shards = sum(len(h["status"]["shards"]) for h in hosts)
+    total = max((h["status"]["shard_total"] for h in hosts), default=0)
+    queue = sum(h["status"]["identify_queue"] for h in hosts)
+    lines.append(f"{len(hosts)} hosts · {active}/{total} shards active ({shards} run) · identify queue {queue}")
+    return "\n".join(lines)
+
+
+def _hosts_status(cfg: ClusterConfig, *, as_json: bool) -> int:
+    """Print every host the coordinator knows (what each published at its last report interval)."""
+    import time  # noqa: PLC0415
+
+    from cluster.coordination.redis_conn import connect, namespace  # noqa: PLC0415
+    from cluster.crosshost import read_hosts  # noqa: PLC0415
+    from cluster.error import CoordinatorUnavailable  # noqa: PLC0415
+
+    if cfg.cluster_name is None:
+        try:
+            token = cfg.token()
+        except ConfigError:
+            raise ConfigError(f"cluster status --coordinator needs --cluster-name or the bot token "
+                              f"({cfg.token_env}) to find the bot's keys") from None
+    else:
+        token = ""
+
+    async def read() -> list[dict[str, Any]]:
+        client = await connect(cfg.coordinator)  # type: ignore[arg-type]
+        try:
+            hosts = await read_hosts(client, namespace(cfg.cluster_name, token))
+        finally:
+            await client.aclose()
+        now = time.time()
+        return [{"host": h.host, "hostname": h.hostname, "pid": h.pid, "http_url": h.http_url,
+                 "age": max(0.0, now - h.published_at), "status": h.status} for h in hosts.values()]
+
+    try:
+        hosts = asyncio.run(read())
+    except CoordinatorUnavailable as exc:
+        print(f"cluster: {exc}", file=sys.stderr)
+        return int(ExitCode.ERROR)
+    if not hosts:
+        print("cluster: no host of this bot has reported to the coordinator in the last few seconds",
+              file=sys.stderr)
+        return int(ExitCode.ERROR)
+    print(json.dumps({"hosts": hosts}, indent=2) if as_json else format_hosts(hosts))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -142,7 +201,10 @@ def main(argv: list[str] | None = None) -> int:
             os.kill(args.pid, signal.SIGHUP)
             print(f"sent SIGHUP to {args.pid}: rolling restart requested")
             return 0
-        cfg = load_config({}, os.environ, args.config)
+        flags = {k: getattr(args, k, None) for k in ("coordinator", "cluster_name")}
+        cfg = load_config(flags, os.environ, args.config)
+        if args.command == "status" and cfg.coordinator is not None and not args.url:
+            return _hosts_status(cfg, as_json=args.json)
         base = _base_url(args, cfg)
         token = None
         if args.command == "restart":

@@ -114,7 +114,10 @@ class WorkerContext:
 
     async def broadcast(self, call: ipc.Call, reply_type: type[T] | Any = Any, *,
                         timeout: float = 5.0) -> list[ipc.Reply]:
-        """Send a typed call to every worker (this one included) and gather the replies."""
+        """Send a typed call to every worker (this one included) and gather the replies, one per worker.
+
+        With a coordinator this reaches the workers of every host of the bot, and each reply's ``host`` names
+        the host; a host that does not answer within ``timeout`` gets an error reply per worker."""
         return await self._channel.broadcast(call, reply_type, timeout=timeout)
 
     async def status(self) -> dict[str, Any]:

@@ -12,7 +12,8 @@ from cluster.coordination import Defer, Grant, Refuse
 from cluster.discord_api import fetch_gateway_bot
 from cluster.exitcodes import ExitCode
 from cluster.runtime import ACTIVE, Runtime, WorkerHandle, WorkerState
-from cluster.state import save_sessions, token_user_id
+from cluster.sessions_store import FileSessionStore, SessionStore
+from cluster.state import token_user_id
 from cluster.worker import QUEUED
 from ipc.protocol import IdentifyCancel, IdentifyGrant, IdentifyRefused, Packet, Ping, RestartShard
 
@@ -32,7 +33,8 @@ class Loops:
         self.rt = rt
         self.send_to_shard = send_to_shard
         self.kill = kill
-        self.saved_version = 0  # the sessions version in the state file
+        self.store: SessionStore = FileSessionStore(rt.config.state_file, rt.config.state_save_interval)
+        self.saved_version = 0  # the sessions version in the store
         self.state_error: str | None = None
         self._last_defer = 0.0
 
@@ -43,8 +45,8 @@ class Loops:
         rt.spawn_loop("health", self.health)
         if cfg.budget_refresh_interval > 0:
             rt.spawn_loop("budget_refresh", self.budget_refresh, cfg.budget_refresh_interval)
-        if cfg.state_save_interval > 0:
-            rt.spawn_loop("state_save", self.state_save, cfg.state_save_interval)
+        if self.store.interval > 0:
+            rt.spawn_loop("state_save", self.state_save, self.store.interval)
 
     async def identify_pump(self) -> None:
         """The one caller of the coordinator: hands it the queued identify reports, acts on its decisions."""
@@ -165,19 +167,19 @@ class Loops:
         rt = self.rt
         while True:
             await asyncio.sleep(every)
-            if rt.sessions and rt.sessions_version != self.saved_version:
-                self.save_state()
+            if rt.sessions and (rt.sessions_version != self.saved_version or self.store.refresh):
+                await self.save_state()
 
-    def save_state(self) -> bool:
-        """Write the known sessions to the state file (atomically). A failure is logged once per reason."""
+    async def save_state(self) -> bool:
+        """Write the sessions of this host's shards to the session store. A failure is logged once per reason."""
         rt = self.rt
         version = rt.sessions_version
         try:
-            save_sessions(rt.config.state_file, rt.shard_total, list(rt.sessions.values()),
-                          user_id=token_user_id(rt.token()))
+            await self.store.save(rt.shard_total, [s for s in rt.sessions.values() if s.shard_id in rt.shards],
+                                  user_id=token_user_id(rt.token()))
         except OSError as exc:
             if str(exc) != self.state_error:
-                log.error("could not write the state file %s: %s", rt.config.state_file, exc)
+                log.error("could not write the sessions to %s: %s", self.store.where, exc)
             self.state_error = str(exc)
             return False
         self.saved_version, self.state_error = version, None

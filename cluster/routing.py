@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
+
+import msgspec
 
 from cluster.exitcodes import ExitCode, for_close_code
 from cluster.handler import ClusterStatus, maybe_await
 from cluster.runtime import ACTIVE, Runtime, WorkerHandle
 from ipc import ChannelClosed, answer, gather
-from ipc.calls import encode_call, encode_value
+from ipc.calls import Reply, encode_call, encode_value
+from ipc.channel import BROADCAST_MARGIN
 from ipc.protocol import (Drained, Hello, IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted,
                           IdentifyUnused, Packet, Pong, Request, Response, SessionReport, ShardFatal, StatusReport,
                           WorkerFatal)
@@ -31,6 +35,10 @@ class Router:
         self.rt = rt
         self.status = status
         self.supervisor_handler = supervisor_handler
+        self.host: str | None = None
+        """This host's id when the cluster spans hosts (set with ``remote``)."""
+        self.remote: Callable[[str, bytes, float], Awaitable[list[Reply]]] | None = None
+        """The other hosts' workers' replies to a broadcast (:meth:`cluster.crosshost.CrossHost.ask`), or None."""
 
     def on_packet(self, handle: WorkerHandle, p: Packet) -> None:
         rt = self.rt
@@ -83,8 +91,8 @@ class Router:
 
     async def _answer(self, handle: WorkerHandle, request: Request) -> None:
         if request.broadcast:
-            channels = self.rt.running_channels()
-            replies = await gather(channels, request.name, request.body, request.timeout)  # type: ignore[arg-type]
+            replies = await self.gather_all(request.name, request.body,
+                                            max(0.0, request.timeout - BROADCAST_MARGIN))  # back in time
             response = Response(request.id, encode_value(replies))
         else:
             response = await answer(request, self._on_call)
@@ -103,9 +111,17 @@ class Router:
         return await maybe_await(on_call(call))
 
     async def broadcast(self, call: Any, timeout: float = 5.0) -> list[Any]:
-        """Send a typed call to every running worker; gather the replies."""
-        name, body = encode_call(call)
-        return await gather(self.rt.running_channels(), name, body, timeout)  # type: ignore[arg-type]
+        """Send a typed call to every running worker (of every host, with a coordinator); gather the replies."""
+        return await self.gather_all(*encode_call(call), timeout)
+
+    async def gather_all(self, name: str, body: bytes, timeout: float) -> list[Reply]:
+        """Every running worker's reply to the call (``name``, msgpack ``body``): this host's, then, when the
+        cluster spans hosts, the other hosts' (each reply naming its host)."""
+        local = gather(self.rt.running_channels(), name, body, timeout)  # type: ignore[arg-type]
+        if self.remote is None:
+            return await local
+        mine, others = await asyncio.gather(local, self.remote(name, body, timeout))
+        return [msgspec.structs.replace(r, host=self.host) for r in mine] + others
 
     def send_to_shard(self, shard_id: int, packet: Packet) -> bool:
         """Send ``packet`` to the worker that runs ``shard_id``; False if it could not be sent."""

@@ -141,6 +141,8 @@ class ClusterSnapshot:
     """Why the cluster is unhealthy (empty when healthy), as ``/healthz`` says it."""
     workers: tuple[WorkerSnapshot, ...]
     shards: tuple[ShardSnapshot, ...]
+    hosts: tuple[Mapping[str, Any], ...] | None = None
+    """Every host of the bot as last published to the coordinator (``/status``'s ``hosts``); None without one."""
 
     @property
     def active(self) -> int:
@@ -174,4 +176,4 @@ class ClusterSnapshot:
             "shards": [{"id": s.shard_id, "worker": s.worker_id, "state": s.state.value, "latency": s.latency,
                         "last_event_age": s.last_event_age, "session": s.session, "resumes": s.resumes}
                        for s in self.shards],
-        }
+        } | ({} if self.hosts is None else {"hosts": [dict(h) for h in self.hosts]})

@@ -24,7 +24,8 @@ import msgspec
 
 from ipc.protocol import SessionInfo
 
-__all__ = ["StateFile", "load_sessions", "resume_url_problem", "save_sessions", "token_user_id"]
+__all__ = ["StateFile", "check_sessions", "load_sessions", "resume_url_problem", "save_sessions", "saved_problem",
+           "skipped_note", "token_user_id"]
 
 log = logging.getLogger(__name__)
 VERSION = 2
@@ -131,7 +132,9 @@ def save_sessions(path: str | os.PathLike[str], shard_total: int, sessions: list
         os.close(dir_fd)
 
 
-def _file_problem(state: StateFile, shard_total: int, ttl: float, now: float, user_id: int | None) -> str | None:
+def saved_problem(state: StateFile, shard_total: int, ttl: float, now: float, user_id: int | None) -> str | None:
+    """Why what ``state`` heads (a file, or one session saved elsewhere) must not be resumed, or None: its
+    version, its time (from the future, or older than ``ttl``), its shard total or its bot user."""
     if state.version not in (1, VERSION):
         return f"version {state.version}, expected {VERSION}"
     if not math.isfinite(state.saved_at) or state.saved_at > now + CLOCK_SKEW:
@@ -184,13 +187,25 @@ def load_sessions(path: str | os.PathLike[str], shard_total: int, ttl: float, *,
         return _noted({}, f"no state file at {path}: identifying", warn=False)
     except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
         return _noted({}, f"ignoring unreadable state file {path}: {str(exc).replace('`', '')}; identifying")
-    problem = _file_problem(state, shard_total, ttl, now, user_id)
+    problem = saved_problem(state, shard_total, ttl, now, user_id)
     if problem:
         return _noted({}, f"ignoring state file {path}: {problem}; identifying every shard")
+    sessions, skipped = check_sessions(state.sessions, shard_total, gateway_url)
+    note = f"resuming {len(sessions)} sessions from {path} (written {now - state.saved_at:.0f} s ago)"
+    if state.user_id is None:
+        why = "an older version wrote it" if state.version == 1 else "the token that wrote it does not show one"
+        note += f"; the file names no bot user ({why}), so it was not checked against this token's bot"
+    return skipped_note(sessions, note, skipped)
+
+
+def check_sessions(raws: list[Any], shard_total: int, gateway_url: str | None) -> tuple[dict[int, SessionInfo],
+                                                                                        list[str]]:
+    """The saved sessions (decoded JSON or msgpack objects) that fit, by shard, and what is wrong with the rest,
+    one line each: a field that does not fit, a shard out of range or listed twice, a foreign ``resume_url``."""
     sessions: dict[int, SessionInfo] = {}
     skipped: list[str] = []
     twice: set[int] = set()
-    for index, raw in enumerate(state.sessions):
+    for index, raw in enumerate(raws):
         s = _check_session(raw, index, shard_total, gateway_url)
         if isinstance(s, str):
             skipped.append(s)
@@ -200,10 +215,12 @@ def load_sessions(path: str | os.PathLike[str], shard_total: int, ttl: float, *,
         else:
             sessions[s.shard_id] = SessionInfo(s.shard_id, s.session_id, s.seq, s.resume_url)
     skipped += [f"shard {shard}: listed more than once" for shard in sorted(twice)]
-    note = f"resuming {len(sessions)} sessions from {path} (written {now - state.saved_at:.0f} s ago)"
-    if state.user_id is None:
-        why = "an older version wrote it" if state.version == 1 else "the token that wrote it does not show one"
-        note += f"; the file names no bot user ({why}), so it was not checked against this token's bot"
+    return sessions, skipped
+
+
+def skipped_note(sessions: dict[int, SessionInfo], note: str,
+                 skipped: list[str]) -> tuple[dict[int, SessionInfo], str]:
+    """Log ``note`` (what is resumed) as info, or with the ``skipped`` problems as one warning; return both."""
     if not skipped:
         return _noted(sessions, note, warn=False)
     more = f" and {len(skipped) - _SHOWN} more" if len(skipped) > _SHOWN else ""

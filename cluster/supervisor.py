@@ -22,6 +22,7 @@ import multiprocess
 from cluster.config import ClusterConfig, ConfigError, check_identify_timing
 from cluster.coordination import CoordinationFactory, CoordinationSetup, local_coordination
 from cluster.discord_api import fetch_gateway_bot
+from cluster.error import CoordinatorUnavailable
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.handler import HandlerImportError, check_handler
 from cluster.layout import round_up, split
@@ -30,7 +31,7 @@ from cluster.restart import Backoff, RestartPolicy
 from cluster.routing import Router
 from cluster.runtime import LOOP_RETRY_DELAY, Runtime, ShardView, WorkerHandle, WorkerState  # noqa: F401 - were here
 from cluster.snapshot import ClusterSnapshot, ShardPhase, ShardSnapshot, WorkerSnapshot
-from cluster.state import load_sessions, token_user_id
+from cluster.state import token_user_id
 from cluster.workers import Workers, describe_exit  # noqa: F401 - was here
 
 __all__ = ["Supervisor", "WorkerState"]
@@ -95,6 +96,7 @@ class Supervisor:
         self.http_server: asyncio.AbstractServer | None = None
         self._stop: asyncio.Future[None] | None = None
         self._stop_early = False
+        self._cross: Any = None  # the sessions, status and broadcasts shared with the other hosts (a CrossHost)
 
     @property
     def mp(self) -> Any:
@@ -138,7 +140,7 @@ class Supervisor:
         return self._rt.active_shards()
 
     async def broadcast(self, call: Any, timeout: float = 5.0) -> list[Any]:
-        """Send a typed call to every running worker from the supervisor; gather the replies."""
+        """Send a typed call to every running worker (of every host, with a coordinator); gather the replies."""
         return await self._router.broadcast(call, timeout)
 
     def health_problems(self) -> list[str]:
@@ -177,6 +179,7 @@ class Supervisor:
             shards=tuple(ShardSnapshot(v.shard_id, v.worker_id, ShardPhase(v.state), v.latency, v.last_event_age,
                                        v.shard_id in rt.sessions, dict(v.events))
                          for v in sorted(rt.shards.values(), key=lambda v: v.shard_id)),
+            hosts=self._cross.summaries() if self._cross is not None else None,
         )
 
     def status(self) -> dict[str, Any]:
@@ -243,15 +246,20 @@ class Supervisor:
         self.coordinator = self._coordination(CoordinationSetup(
             self.max_concurrency, limit.total, limit.remaining, limit.reset_after / 1000, reserve,
             cfg.budget_pace_below, cfg.identify_window, cfg.identify_hold_timeout, now))
-        if not cfg.fresh:  # it logs what it used, or one warning saying what it ignored and why
-            self.sessions, _ = load_sessions(cfg.state_file, self.shard_total, cfg.session_ttl,
-                                             user_id=token_user_id(token), gateway_url=self.gateway_url)
         ranges = split(self.shard_total, shards_per_worker=cfg.shards_per_worker, workers=cfg.workers)
         log.info("%d shards (max_concurrency %d) in %d workers; session budget %d/%d (safety margin %d)",
                  self.shard_total, self.max_concurrency, len(ranges), limit.remaining, limit.total, reserve)
         for wid, r in enumerate(ranges):
             for s in r:
                 self.shards[s] = ShardView(s, wid)
+        if cfg.coordinator is not None:  # sessions, status and broadcasts shared with the other hosts
+            await self._join_hosts(cfg, token)
+        if not cfg.fresh:  # it logs what it used, or one warning saying what it ignored and why
+            try:
+                self.sessions = await self._loops.store.load(self.shards.keys(), self.shard_total, cfg.session_ttl,
+                                                             user_id=token_user_id(token), gateway_url=self.gateway_url)
+            except CoordinatorUnavailable as exc:  # Redis went away since it was reached: start again later
+                raise ClusterExit(ExitCode.ERROR, str(exc)) from None
         if cfg.http_port is not None:
             from cluster.http import serve_http
             try:
@@ -267,6 +275,24 @@ class Supervisor:
                 f"worker {wid}", min_alive=cfg.restart_min_alive, max_failures=cfg.restart_max_failures,
                 backoff=Backoff(cfg.restart_backoff_base, cfg.restart_backoff_cap))))
 
+    async def _join_hosts(self, cfg: ClusterConfig, token: str) -> None:
+        """Keep the sessions in the coordinator's Redis, publish this host's status there, and relay broadcasts
+        to and from the other hosts (:mod:`cluster.crosshost`)."""
+        from cluster.crosshost import CrossHost
+
+        try:
+            cross = await CrossHost.open(cfg, token, status=self.status, channels=self._rt.running_channels,
+                                         http_url=lambda: self.http_url, spawn=self._rt.spawn_task)
+        except ConfigError as exc:
+            raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
+        except CoordinatorUnavailable as exc:
+            raise ClusterExit(ExitCode.ERROR, str(exc)) from None
+        self._cross = cross
+        self._loops.store = cross.sessions
+        self._router.host, self._router.remote = cross.host, cross.ask
+        self._rt.spawn_loop("host_status", cross.publish_status)
+        self._rt.spawn_loop("broadcast_relay", cross.relay)
+
     async def _shutdown(self) -> None:
         rt = self._rt
         rt.stopping = True
@@ -276,8 +302,10 @@ class Supervisor:
         await self._workers.drain_all()
         if self.sessions and self.shard_total:
             self._loops.state_error = None  # the final save reports its failure even if a periodic one did
-            if self._loops.save_state():
-                log.info("saved %d sessions to %s", len(self.sessions), self.config.state_file)
+            if await self._loops.save_state():
+                log.info("saved %d sessions to %s", len(self.sessions), self._loops.store.where)
+        if self._cross is not None:
+            await self._cross.close()
         if self.http_server is not None:
             self.http_server.close()
         rt.emit("stopped", code=int(self.exit_code))

@@ -44,6 +44,8 @@ class Reply(msgspec.Struct, frozen=True):
     worker_id: int
     value: Any = None
     error: str | None = None
+    host: str | None = None
+    """The host whose worker this is, when the cluster spans hosts (a coordinator is set); else None."""
 
     @property
     def ok(self) -> bool:

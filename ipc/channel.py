@@ -23,7 +23,11 @@ from ipc.error import CallError, ChannelClosed, FrameTooLarge, FramingError
 from ipc.framing import MAX_FRAME, FrameDecoder, encode_frame
 from ipc.protocol import Packet, Ping, Pong, Request, Response
 
-__all__ = ["Channel", "ChannelClosed", "answer", "pipe_socket"]
+__all__ = ["BROADCAST_MARGIN", "Channel", "ChannelClosed", "answer", "pipe_socket"]
+
+BROADCAST_MARGIN = 1.0
+"""Seconds a broadcast's request waits past the call's timeout, for the supervisor's gathered replies to come
+back: the request carries ``timeout + BROADCAST_MARGIN`` and the supervisor gathers within ``timeout``."""
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -181,15 +185,15 @@ class Channel:
         Workers that fail or miss ``timeout`` appear with an ``error``.
         """
         name, body = encode_call(call)
-        raw = await self.request_raw(name, body, timeout=timeout + 1.0, broadcast=True)
+        raw = await self.request_raw(name, body, timeout=timeout + BROADCAST_MARGIN, broadcast=True)
         replies = decode_value(raw, list[Reply])
         out = []
         for r in replies:
             if r.error is None and reply_type is not Any:
                 try:
-                    r = Reply(r.worker_id, msgspec.convert(r.value, reply_type))
+                    r = Reply(r.worker_id, msgspec.convert(r.value, reply_type), host=r.host)
                 except msgspec.ValidationError as exc:
-                    r = Reply(r.worker_id, None, f"invalid reply: {exc}")
+                    r = Reply(r.worker_id, None, f"invalid reply: {exc}", r.host)
             out.append(r)
         return out
 
