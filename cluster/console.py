@@ -61,8 +61,8 @@ def healthcheck_url(url: str | None, config: str | None) -> str:
 
 
 def _healthcheck(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="shardstack healthcheck",
-                                description="Exit 0 if the supervisor's /healthz answers 200, else print why and exit 1.")
+    p = argparse.ArgumentParser(prog="shardstack healthcheck", description="Exit 0 if the supervisor's /healthz "
+                                "answers 200, else print why and exit 1.")
     p.add_argument("--url", help="the supervisor's HTTP address (default: from --config and the CLUSTER_* environment)")
     p.add_argument("--config", metavar="FILE", help="the TOML config file the supervisor runs with")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds to wait for the answer")
