@@ -85,3 +85,20 @@ async def test_image_healthcheck_fails_without_a_supervisor_and_never_exits_2():
     assert code == 1 and f"cannot reach http://127.0.0.1:{port}/healthz" in text
     code, text = await healthcheck(image_env(CLUSTER_HTTP_PORT="not-a-port"))  # Docker reserves exit code 2
     assert code == 1 and "http_port" in text and "not-a-port" in text
+
+
+@pytest.mark.parametrize("host, url", [("0.0.0.0", "http://127.0.0.1:9200/healthz"), ("::", "http://[::1]:9200/healthz"),
+                                       ("10.1.2.3", "http://10.1.2.3:9200/healthz"),
+                                       ("::1", "http://[::1]:9200/healthz")])
+def test_healthcheck_asks_a_wildcard_bind_on_loopback(monkeypatch, host, url):
+    from cluster.console import healthcheck_url
+
+    for name in [k for k in os.environ if k.startswith("CLUSTER_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("CLUSTER_HTTP_HOST", host)
+    monkeypatch.setenv("CLUSTER_HTTP_PORT", "9200")
+    assert healthcheck_url(None, None) == url
+    assert healthcheck_url("http://example.test:1/", None) == "http://example.test:1/healthz"
+    monkeypatch.setenv("CLUSTER_HTTP_PORT", "none")
+    with pytest.raises(ValueError, match="HTTP endpoint is disabled"):
+        healthcheck_url(None, None)
