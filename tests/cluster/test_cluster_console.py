@@ -87,9 +87,9 @@ async def test_image_healthcheck_fails_without_a_supervisor_and_never_exits_2():
     assert code == 1 and "http_port" in text and "not-a-port" in text
 
 
-@pytest.mark.parametrize("host, url", [("0.0.0.0", "http://127.0.0.1:9200/healthz"), ("::", "http://[::1]:9200/healthz"),
-                                       ("10.1.2.3", "http://10.1.2.3:9200/healthz"),
-                                       ("::1", "http://[::1]:9200/healthz")])
+@pytest.mark.parametrize("host, url", [("0.0.0.0", "http://127.0.0.1:9200/healthz"),
+                                       ("::", "http://[::1]:9200/healthz"), ("::1", "http://[::1]:9200/healthz"),
+                                       ("10.1.2.3", "http://10.1.2.3:9200/healthz")])
 def test_healthcheck_asks_a_wildcard_bind_on_loopback(monkeypatch, host, url):
     from cluster.console import healthcheck_url
 
