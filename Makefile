@@ -2,15 +2,17 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Exact versions for the dev extras (pyproject.toml's extras carry ranges only: they are published metadata).
+PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints/dev.txt
 
 FUZZ_SECONDS ?= 120
 
 .PHONY: test demo venv bench fuzz mutate clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints/dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[test,zstd,zlib-ng]"
+	$(PIP_INSTALL) -e ".[test,zstd,zlib-ng]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -22,7 +24,7 @@ demo: $(STAMP)
 	$(BIN)/python -m cluster.demo
 
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[bench]"
+	$(PIP_INSTALL) -e ".[bench]"
 	$(BIN)/python bench/shard_throughput.py
 	$(BIN)/python bench/shard_hotpath.py
 	$(BIN)/python bench/cluster_bench.py
@@ -31,7 +33,7 @@ bench: $(STAMP)
 # Coverage-guided fuzzing of the shard's receive path (atheris), for FUZZ_SECONDS; a crash is saved as
 # bench/results/fuzz/crash-<hash> (replay: $(BIN)/python bench/fuzz_receive.py <file>).
 fuzz: $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[fuzz]"
+	$(PIP_INSTALL) -e ".[fuzz]"
 	mkdir -p bench/results/fuzz
 	$(BIN)/python bench/fuzz_receive.py -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 \
 		-artifact_prefix=bench/results/fuzz/
@@ -39,7 +41,7 @@ fuzz: $(STAMP)
 # Mutation testing of the pure core modules with the fast unit tests (minutes, one worker): not part of
 # `make test`; run it before each release and after changing those modules. Writes bench/results/mutation.md.
 mutate: $(STAMP)
-	$(BIN)/python -m pip install -q -e ".[mutate]"
+	$(PIP_INSTALL) -e ".[mutate]"
 	$(BIN)/python bench/mutation.py
 
 clean:

@@ -17,6 +17,8 @@ Run it with ``python -m cluster run --handler mybot:Handler`` or from Python::
   :class:`ClusterExit`); the tree is in :mod:`cluster.error`.
 """
 
+__version__ = "0.1.0"  # the release, as in pyproject.toml (tests/test_packaging.py checks)
+
 from cluster.config import ClusterConfig, load_config
 from cluster.coordination import Coordination, IdentifyCoordinator, SessionBudget
 from cluster.error import ClusterError, ClusterExit, ConfigError, CoordinatorUnavailable, HandlerImportError

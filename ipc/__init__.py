@@ -11,6 +11,8 @@
   :class:`FramingError` and their subclasses); the tree is in :mod:`ipc.error`.
 """
 
+__version__ = "0.1.0"  # the release, as in pyproject.toml (tests/test_packaging.py checks)
+
 from ipc.broadcast import gather
 from ipc.calls import Call, Reply
 from ipc.channel import Channel, answer, pipe_socket

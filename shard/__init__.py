@@ -9,6 +9,8 @@ Errors: every error the package defines is a `ShardError` (the tree is in `shard
 `GatewayError`, `fetch_gateway_bot` raises `RedirectRefused`.
 """
 
+__version__ = "0.1.0"  # the release, as in pyproject.toml (tests/test_packaging.py checks)
+
 import warnings as _warnings
 
 from .close_codes import CloseCode, CloseFrame

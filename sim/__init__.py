@@ -8,6 +8,8 @@
 Run standalone with ``python -m sim --port 8765`` (``--help`` lists every option).
 """
 
+__version__ = "0.1.0"  # the release, as in pyproject.toml (tests/test_packaging.py checks)
+
 from .config import BOT_ID, DEFAULT_TOKEN, SimConfig
 from .server import RESUME_PATH, Simulator
 from .stats import Stats

@@ -93,6 +93,19 @@ def shutdown_timeout(settings):
     return float(settings.get("CLUSTER_SHUTDOWN_TIMEOUT", ClusterConfig().shutdown_timeout))
 
 
+def time_to_stop(settings):
+    """Seconds a stop must allow before SIGKILL: the workers drain within the shutdown timeout, one that has not
+    drained gets as long again to exit before it is killed (cluster/workers.py, drain), then the supervisor saves."""
+    return 2 * shutdown_timeout(settings) + SAVE_MARGIN
+
+
+def seconds(duration):
+    """A compose duration ("30s", "1m30s") in seconds."""
+    parts = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", duration)
+    assert parts and duration, f"not a duration of minutes and seconds: {duration!r}"
+    return int(parts[1] or 0) * 60 + int(parts[2] or 0)
+
+
 def check_settings(settings, where):
     """Every CLUSTER_* name is a setting (or pending), and the existing ones load together."""
     unknown = {name for name in settings if name.startswith(ENV_PREFIX)} - SETTINGS - PENDING_OPTIONS
@@ -193,7 +206,7 @@ def test_token_and_coordinator_come_from_the_secret(k8s, container):
 
 def test_pod_has_time_to_save_its_sessions(k8s, pod, container):
     settings = {**dockerfile_env(), **k8s["ConfigMap"]["data"], **env_of(container)}
-    assert pod["spec"]["terminationGracePeriodSeconds"] >= shutdown_timeout(settings) + SAVE_MARGIN
+    assert pod["spec"]["terminationGracePeriodSeconds"] >= time_to_stop(settings)
 
 
 def test_pod_runs_unprivileged_on_a_read_only_root(pod, container):
@@ -296,4 +309,16 @@ def test_grafana_is_provisioned_with_the_dashboard(compose):
 
 def test_image_installs_the_redis_extra():
     text = (DEPLOY / "Dockerfile").read_text()
-    assert re.search(r'pip install --no-cache-dir "\.\[redis\]"', text)
+    assert 'p["optional-dependencies"]["redis"]' in text  # run on pyproject.toml by test_cluster_deploy.py
+
+
+def test_compose_hosts_have_time_to_save_their_sessions(compose):
+    for name, svc in compose_hosts(compose).items():
+        assert seconds(svc["stop_grace_period"]) >= time_to_stop({**dockerfile_env(), **svc["environment"]}), name
+
+
+def test_image_sets_its_shutdown_timeout_and_documents_a_long_enough_stop_timeout():
+    env = dockerfile_env()
+    assert "CLUSTER_SHUTDOWN_TIMEOUT" in env  # the image's own, not whatever the default becomes
+    (documented,) = set(re.findall(r"docker run --stop-timeout (\d+)", (DEPLOY / "Dockerfile").read_text()))
+    assert int(documented) >= time_to_stop(env)
