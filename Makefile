@@ -40,6 +40,8 @@ fuzz: $(STAMP)
 
 # Mutation testing of the pure core modules with the fast unit tests (minutes, one worker): not part of
 # `make test`; run it before each release and after changing those modules. Writes bench/results/mutation.md.
+# The modules and the test files are MODULES and TESTS in bench/mutation.py; a test file listed there holds fast
+# unit tests only (no simulator, supervisor or Redis: those go in a file beside it).
 mutate: $(STAMP)
 	$(PIP_INSTALL) -e ".[mutate]"
 	$(BIN)/python bench/mutation.py

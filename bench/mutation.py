@@ -34,14 +34,16 @@ TARGET = 0.90
 
 MODULES = [
     "shard/close_codes.py", "shard/queue.py", "shard/ratelimiter.py", "shard/heartbeat.py", "shard/session.py",
-    "cluster/budget.py", "cluster/identify.py", "cluster/layout.py", "cluster/restart.py", "ipc/framing.py",
-    "cluster/state.py",
+    "shard/frames.py", "cluster/coordination/local.py", "cluster/coordination/redis_url.py", "cluster/layout.py",
+    "cluster/restart.py", "cluster/state.py", "cluster/snapshot.py", "ipc/framing.py",
 ]
-# the fast unit tests (about 2 s together): mutmut runs the ones that call the mutated function
+# the fast unit tests (a few seconds together; no simulator, supervisor or Redis): mutmut runs the ones that
+# call the mutated function. A test file listed here holds fast tests only: slow ones go in a file beside it.
 TESTS = [
     "tests/shard/test_units.py", "tests/shard/test_core_units.py", "tests/cluster/test_cluster_parts.py",
-    "tests/cluster/test_cluster_core_units.py",
-    "tests/cluster/test_cluster_identify.py", "tests/ipc/test_ipc_framing_protocol.py",
+    "tests/cluster/test_cluster_core_units.py", "tests/cluster/test_cluster_identify.py",
+    "tests/cluster/test_state_trust.py", "tests/cluster/test_coordinator_url.py",
+    "tests/cluster/test_snapshot_units.py", "tests/ipc/test_ipc_framing_protocol.py",
 ]
 STATUS = {"killed", "survived", "timeout", "suspicious", "no tests", "skipped", "segfault", "not checked",
           "check was interrupted by user", "caught by type check"}

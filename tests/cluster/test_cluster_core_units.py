@@ -2,6 +2,7 @@
 of each fatal close code, the session budget at its reserve, the coordinator's windows, the restart
 policy's exact delays, and the state file's filters."""
 
+import dataclasses
 import json
 import os
 
@@ -9,12 +10,14 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from cluster.budget import SessionBudget
+from cluster.coordination import CoordinationSetup, CoordinationStats, local_coordination
 from cluster.exitcodes import ExitCode, for_close_code
 from cluster.identify import Defer, Grant, IdentifyCoordinator, Refuse
 from cluster.layout import round_up, split
 from cluster.restart import Backoff, GiveUp, Restart, RestartPolicy
 from cluster.state import load_sessions, save_sessions
-from ipc.protocol import SessionInfo
+from ipc.protocol import (IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused,
+                          SessionInfo)
 
 
 def coord(mc=4, total=1000, remaining=None, reserve=0, window=5.0, hold=15.0, **kw):
@@ -247,6 +250,73 @@ def test_unused_grant_frees_a_slot_still_held_and_counts_each_refund():
     assert grants(c.poll(0.0)) == [1]
     c.unused(1)
     assert c.unused_grants == 2 and c.budget.available(0.0) == 10
+
+
+def test_only_a_grant_not_yet_reported_counts_a_late_start_and_each_counts_once():
+    """started() after the hold expired is a late start, once per grant; a stale started() after the grant was
+    given back (unused) or its worker cancelled it is not."""
+    c = coord(mc=2, window=5.0, hold=2.0)
+    for s in (0, 1):
+        c.request(s, 0.0)
+    assert grants(c.poll(0.0)) == [0, 1]
+    c.poll(2.0)  # both holds expire
+    c.started(0, 3.0)
+    c.started(0, 3.5)  # a repeated report
+    c.started(1, 4.0)
+    assert c.late_starts == 2 and c.expired_holds == 2
+    c = coord(mc=2, window=5.0, hold=2.0)
+    for s in (0, 1):
+        c.request(s, 0.0)
+    assert grants(c.poll(0.0)) == [0, 1]
+    c.unused(0)  # shard 0's connection failed before its Identify
+    c.cancel(1)  # shard 1's worker died
+    c.poll(2.0)
+    c.started(0, 3.0)
+    c.started(1, 3.0)
+    assert c.late_starts == 0
+
+
+async def test_the_coordination_interface_applies_reports_in_order_and_decides():
+    c = coord(mc=2, total=100, window=5.0, hold=15.0)
+    await c.report([(0.0, IdentifyRequest(0)), (0.0, IdentifyRequest(1, "resume failed")),
+                    (0.5, IdentifyRequest(2)), (0.5, IdentifyRequest(3))])
+    assert c.busy() == {0, 1, 2, 3}
+    assert await c.decide(1.0) == [Grant(0, 1.0, "initial"), Grant(1, 1.0, "resume failed")]
+    assert c.busy() == {0, 1, 2, 3}  # two hold their buckets, two wait
+    await c.report([(2.0, IdentifyStarted(0)), (3.0, IdentifyDone(0, True)), (3.0, IdentifyUnused(1)),
+                    (3.0, IdentifyCancel(2))])
+    assert c.busy() == {3} and c.budget.available(3.0) == 99 and c.unused_grants == 1
+    assert await c.decide(3.0) == [Grant(3, 2.5, "initial")]  # shard 1's bucket: no Identify went out
+    await c.report([(3.0, IdentifyRequest(0, "again")), (4.0, IdentifyStarted(3)), (4.0, IdentifyCancel(3)),
+                    (4.0, IdentifyRequest(1))])
+    assert await c.decide(7.9) == [] and c.next_deadline(7.9) == 8.0  # 5 s from shard 0's READY at 3.0
+    assert await c.decide(8.0) == [Grant(0, 5.0, "again")]
+    assert await c.decide(9.0) == [Grant(1, 5.0, "initial")]  # 5 s from shard 3's Identify (its worker died after)
+
+
+async def test_stats_and_budget_refresh_through_the_interface():
+    c = coord(mc=1, total=100, remaining=50, reserve=7, window=1.0, hold=1.0)
+    for s in (0, 1, 2):
+        c.request(s, 0.0)
+    c.poll(0.0)
+    c.poll(1.0)  # shard 0's hold expires; shard 1 is granted
+    c.started(0, 1.5)
+    c.unused(1)
+    assert c.stats(3600.0) == CoordinationStats(queue_depth=1, budget_remaining=49, budget_total=100,
+                                                budget_reserve=7, budget_reset_in=82800.0, late_starts=1,
+                                                unused_grants=1, expired_holds=1)
+    await c.refresh_budget(2000, 1500, 600.0, 3600.0)
+    assert c.stats(3700.0) == CoordinationStats(1, 1500, 2000, 7, 500.0, 1, 1, 1)
+
+
+def test_local_coordination_builds_the_coordinator_from_every_setting():
+    setup = CoordinationSetup(max_concurrency=3, total=1000, remaining=400, reset_after=7200.0, reserve=20,
+                              pace_below=100, window=2.0, hold_timeout=9.0, now=50.0)
+    c = local_coordination(setup)
+    assert (c.max_concurrency, c.window, c.hold_timeout) == (3, pytest.approx(2.05), 9.0)
+    b = c.budget
+    assert (b.total, b.remaining, b.reset_at, b.reserve, b.pace_below) == (1000, 400, 7250.0, 20, 100)
+    assert local_coordination(dataclasses.replace(setup, pace_below=None)).budget.pace_below == 40
 
 
 # ---- layout --------------------------------------------------------------------------------------

@@ -9,40 +9,9 @@ import pytest
 
 from cluster.config import ClusterConfig, ConfigError, load_config
 from cluster.coordination.redis_conn import connect, namespace
-from cluster.coordination.redis_url import redacted_url, url_problem
 from cluster.error import CoordinatorUnavailable
 from redis_process import RedisServer, free_port
-
-SECRET = "s3cret-pa55"
-
-
-@pytest.mark.parametrize(("url", "problem"), [
-    ("redis://127.0.0.1:6379/0", None),
-    ("rediss://:pw@redis.internal:6380/2", None),
-    ("redis://localhost", None),
-    ("http://127.0.0.1:6379", "must be a redis:// or rediss:// URL"),
-    ("127.0.0.1:6379", "must be a redis:// or rediss:// URL"),
-    ("redis:///0", "has no host"),
-    ("redis://h:99999/0", "valid port"),
-    ("redis://h:0/0", "port 0"),
-    ("redis://h:6379/zero", "database must be a number"),
-])
-def test_url_problems(url, problem):
-    found = url_problem(url)
-    assert (found is None) if problem is None else (found is not None and problem in found)
-
-
-@pytest.mark.parametrize("url", [f"redis://:{SECRET}@h:1/0", f"rediss://user:{SECRET}@h/0", f"redis://:{SECRET}@h:99999"])
-def test_the_password_never_shows(url):
-    assert SECRET not in redacted_url(url)
-    assert SECRET not in (url_problem(url.replace("redis", "http", 1)) or "")
-    config = ClusterConfig(coordinator=url) if url_problem(url) is None else None
-    if config is not None:
-        assert SECRET not in repr(config) and "***" in repr(config)
-    else:
-        with pytest.raises(ConfigError) as err:
-            ClusterConfig(coordinator=url)
-        assert SECRET not in str(err.value)
+from test_coordinator_url import SECRET
 
 
 def test_flags_env_and_toml_name_the_coordinator(tmp_path):

@@ -1,25 +1,21 @@
 """The state file is checked before it is trusted with the token: its time, shard total and bot, and per
-session every field and the resume URL a Resume (token included) would be sent to."""
+session every field and the resume URL a Resume (token included) would be sent to.
 
-import asyncio
+Fast unit tests only (bench/mutation.py runs this file for every mutant of cluster/state.py); a real supervisor
+reading an edited file is in test_state_trust_supervisor.py."""
+
 import json
 import logging
 
 import pytest
 
 from cluster.state import load_sessions, resume_url_problem, save_sessions, token_user_id
-from cluster_testing import running
 from ipc.protocol import SessionInfo
 from sim.config import BOT_ID, DEFAULT_TOKEN
 
 GATEWAY = "ws://127.0.0.1:8123/"
 DISCORD_RESUME = "wss://gateway-us-east1-b.discord.gg"
 OTHER_BOT = 987654321098765432
-
-
-@pytest.fixture
-def sim_options():
-    return dict(shards=4, max_concurrency=4, identify_window=1.0, events_per_second=5.0)
 
 
 def warnings(caplog):
@@ -167,44 +163,67 @@ def test_warning_names_a_few_and_counts_the_rest(tmp_path, caplog):
     assert "shard 3:" not in note and len(warnings(caplog)) == 1
 
 
-# --- a real supervisor ---------------------------------------------------------------------
+# --- edges found by mutation testing (make mutate) -----------------------------------------
 
 
-async def test_supervisor_resumes_only_the_sessions_that_fit(sim, tmp_path, caplog):
-    """A real cluster saves a file bound to the bot; edited (one resume URL to another server, one seq
-    over 2^64), the next cluster starts anyway, resumes the two good sessions, identifies the other two,
-    and never connects to that server (it would get the token in Resume)."""
+def test_token_user_id_edges():
+    assert token_user_id("MTIzNDU2Nzg5MDEyMzQ1Njc.x.y") == 12345678901234567  # unpadded base64, as Discord writes it
+    assert token_user_id("MQ.x.y") == 1  # the smallest snowflake
+    assert token_user_id("OTIyMzM3MjAzNjg1NDc3NTgwNw.x.y") == 2**63 - 1
+    assert token_user_id("OTIyMzM3MjAzNjg1NDc3NTgwOA.x.y") is None  # 2^63: not a signed 64-bit id
+    assert token_user_id("MDAwMDAwMDAwMDAwMDAwMDAwNDI.x.y") == 42  # 20 digits are read...
+    assert token_user_id("MDAwMDAwMDAwMDAwMDAwMDAwMDQy.x.y") is None  # ...21 are not
+    for junk in ("MTIz!NDU2.x.y", "MTIz NDU2.x.y", "MTIzNDU2!.x.y"):  # base64 of 123456 with a stray character
+        assert token_user_id(junk) is None, junk
+
+
+def test_a_file_at_exactly_the_clock_skew_is_used_and_one_second_more_is_not(tmp_path):
     path = tmp_path / "state.json"
-    connections = []
+    write(path, saved_at=1070.0)  # now is 1010.0: 60 s ahead
+    assert list(load(path)[0]) == [0]
+    write(path, saved_at=1071.0)
+    loaded, note = load(path)
+    assert loaded == {} and "saved_at 1071.0 is in the future (this clock says 1010)" in note
 
-    async def record(reader, writer):
-        connections.append(await reader.read(4096))
-        writer.close()
 
-    evil = await asyncio.start_server(record, "127.0.0.1", 0)
-    evil_url = f"ws://127.0.0.1:{evil.sockets[0].getsockname()[1]}/"
-    active = lambda s: sum(r["state"] == "active" for r in s["sessions"].values()) == 4  # noqa: E731
-    try:
-        async with running(sim, None, tmp_path, workers=1) as (sup, task):
-            await sim.wait_until(active, 20)
-        assert task.result() == 0
-        state = json.loads(path.read_text())
-        assert state["user_id"] == BOT_ID and len(state["sessions"]) == 4
-        state["sessions"][0]["resume_url"] = evil_url
-        state["sessions"][1]["seq"] = 2**64
-        path.write_text(json.dumps(state))
+def test_no_state_file_is_not_a_warning(tmp_path, caplog):
+    caplog.set_level(logging.INFO)
+    path = tmp_path / "missing.json"
+    assert load(path) == ({}, f"no state file at {path}: identifying")
+    assert warnings(caplog) == [] and [r.getMessage() for r in caplog.records] == [f"no state file at {path}: identifying"]
 
-        caplog.clear()
-        caplog.set_level(logging.INFO)
-        async with running(sim, None, tmp_path, workers=1) as (sup, task):
-            snap = await sim.wait_until(lambda s: active(s) and s["total"]["resumes"] == 2, 20)
-            assert snap["total"]["identifies"] == 4 + 2
-        assert task.result() == 0
-    finally:
-        evil.close()
-        await evil.wait_closed()
-    assert connections == []
-    (warning,) = warnings(caplog)
-    assert "resuming 2 sessions" in warning.getMessage() and "shard 0: resume_url" in warning.getMessage()
-    assert "shard 1: Expected int <= 9223372036854775807" in warning.getMessage()
-    assert sim.token not in caplog.text
+
+def test_an_unreadable_file_says_why_without_backticks(tmp_path):
+    path = tmp_path / "state.json"
+    write(path, shard_total=0)
+    loaded, note = load(path)
+    assert note == f"ignoring unreadable state file {path}: Expected int >= 1 - at $.shard_total; identifying"
+    path.write_text("{not json")
+    assert "JSON is malformed" in load(path)[1]
+
+
+def test_the_warning_lists_exactly_three_without_a_count_and_a_shard_listed_three_times(tmp_path):
+    path = tmp_path / "state.json"
+    one = {"shard_id": 1, "session_id": "a", "seq": 3}
+    write(path, shard_total=8, sessions=[one, one, one, {"shard_id": 2, "session_id": "", "seq": 1}, "junk"])
+    loaded, note = load_sessions(path, 8, 120, user_id=BOT_ID, now=1010.0)
+    assert loaded == {}
+    assert note == (f"resuming 0 sessions from {path} (written 10 s ago); ignored 3 saved sessions that do not fit, "
+                    "which identify: shard 2: Expected str matching regex '^[!-~]{1,128}$' - at $.session_id; "
+                    "entry 4: Expected object, got str; shard 1: listed more than once")
+
+
+def test_a_long_resume_url_is_shown_cut_to_100_characters(tmp_path):
+    path = tmp_path / "state.json"
+    url = "ws://evil.example/" + "x" * 200
+    write(path, sessions=[{"shard_id": 0, "session_id": "a", "seq": 3, "resume_url": url}])
+    assert f"shard 0: resume_url {url[:100]!r} is neither" in load(path)[1]
+
+
+def test_resume_url_problems_word_for_word():
+    assert resume_url_problem("wss://user@[::1/", GATEWAY) == "is not a valid URL"
+    assert resume_url_problem("ws://evil.example/", None) == (
+        "is neither wss:// on discord.gg nor the configured gateway's host (none)")
+    assert resume_url_problem("ws://evil.example/", GATEWAY) == (
+        "is neither wss:// on discord.gg nor the configured gateway's host (127.0.0.1:8123)")
+    assert resume_url_problem("ws://evil.example/", "") is not None  # an empty gateway setting allows nothing

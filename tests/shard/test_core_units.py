@@ -132,15 +132,15 @@ def test_queue_defaults_are_discords() -> None:
 
 
 @pytest.mark.parametrize("bad", [dict(max_concurrency=-1), dict(remaining=-1), dict(reset_after=-1.0),
-                                 dict(interval=-1.0)])
+                                 dict(interval=-1.0), dict(hold_timeout=-1.0)])
 def test_queue_refuses_each_negative_parameter(bad) -> None:
     with pytest.raises(ValueError, match="^queue parameters must not be negative$"):
         InMemoryQueue(**bad)
 
 
 def test_queue_accepts_zero_for_every_parameter_and_refuses_remaining_over_total() -> None:
-    q = InMemoryQueue(max_concurrency=0, remaining=0, reset_after=0.0, total=0, interval=0.0)
-    assert q.max_concurrency == 0 and q.interval == 0.0
+    q = InMemoryQueue(max_concurrency=0, remaining=0, reset_after=0.0, total=0, interval=0.0, hold_timeout=0.0)
+    assert q.max_concurrency == 0 and q.interval == 0.0 and q.hold_timeout == 0.0
     with pytest.raises(ValueError, match="^remaining must not exceed total$"):
         InMemoryQueue(remaining=6, total=5)
 
@@ -150,8 +150,10 @@ async def test_queue_without_limits_grants_at_once_and_counts() -> None:
     await q.enqueue(0)
     await q.enqueue(0)
     assert q.granted == 2
+    q.sent(0)  # nothing is held without limits: the reports are taken and change nothing
+    q.identified(0, True)
     q.unused(0)
-    assert q.unused_grants == 1 and q.remaining == 1000
+    assert q.unused_grants == 1 and q.remaining == 1000 and q.outcomes == {0: True}
 
 
 async def test_queue_grants_at_exactly_the_interval_and_at_the_budget_reset(monkeypatch) -> None:
@@ -180,6 +182,20 @@ async def test_queue_budget_wait_is_exactly_until_the_reset(monkeypatch) -> None
     q2 = InMemoryQueue(max_concurrency=1, remaining=0, total=3, reset_after=4.0, clock=clock)
     clock.now = 14.0
     assert q2.remaining == 3  # refilled at exactly the reset time
+
+
+async def test_a_hold_ends_at_exactly_hold_timeout_and_only_its_holder_releases_it(monkeypatch) -> None:
+    """Reports from a shard that does not hold the bucket (a stale or stray `sent`/`identified`) leave the
+    holder's hold alone: the next shard waits out the whole hold, then the interval from its end."""
+    clock = FakeTime()
+    monkeypatch.setattr(queue_module, "asyncio", clock.asyncio)
+    q = InMemoryQueue(max_concurrency=1, interval=5.0, hold_timeout=15.0, clock=clock)
+    await q.enqueue(0)  # shard 0 holds the bucket until t=15 unless it reports
+    q.sent(1)
+    q.identified(1, False)
+    await q.enqueue(1)
+    assert clock.sleeps == [15.0, 5.0] and clock.now == 20.0  # the hold's end (not one wait later), then 5 s
+    assert q.outcomes == {1: False}
 
 
 async def test_unused_grant_refunds_the_start_and_the_window(monkeypatch) -> None:

@@ -409,3 +409,25 @@ def test_frame_headers_each_length_form_incomplete_and_refused() -> None:
     for data, refused in ((b"\x82\xfe\x00\x00", MASKED), (b"\x82\xff", MASKED), (long[:10], TOO_LARGE)):
         b0, start, end = parse_header(data, 0, len(data), 65536)
         assert b0 == refused and end > 1 << 62 and HEADER_ERRORS[b0]
+
+
+def test_frame_headers_off_a_nonzero_position_and_at_each_boundary() -> None:
+    """parse_header at `pos` > 0 (the receive loop's place in its chunk): what is needed counts from `pos`; a
+    header that is exactly all there gives the frame's length; the 64-bit limit is inclusive and reads all
+    eight length bytes. An incomplete or refused frame is no frame: its first byte (when not a refusal) and
+    its payload start are 0, whatever bytes were there."""
+    import struct
+
+    from shard.frames import MASKED, TOO_LARGE, parse_header
+    pad = b"\x82" * 20  # bytes before `pos` that must not be read as this frame's
+    medium = pad + struct.pack("!BBH", 0x81, 126, 300)
+    long = pad + struct.pack("!BBQ", 0x82, 127, 70000)
+    for data, need in ((pad + b"\x81", 2), (medium[:23], 4), (long[:29], 10)):
+        assert parse_header(data, 20, len(data), 1 << 20) == (0, 0, 20 + need)
+    assert parse_header(medium, 20, len(medium), 100) == (0x81, 24, 324)  # the header alone: the length is known
+    assert parse_header(long, 20, len(long), 1 << 20) == (0x82, 30, 70030)
+    assert parse_header(long, 20, len(long), 70000) == (0x82, 30, 70030)  # exactly max_size is allowed
+    assert parse_header(long, 20, len(long), 69999) == (TOO_LARGE, 0, 1 << 63)
+    top_byte_only = struct.pack("!BBQ", 0x82, 127, 1 << 56)  # the length's first byte matters too
+    assert parse_header(top_byte_only, 0, 10, 1 << 20) == (TOO_LARGE, 0, 1 << 63)
+    assert parse_header(b"\x82\xff", 0, 2, 1 << 20) == (MASKED, 0, 1 << 63)

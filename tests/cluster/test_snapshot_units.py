@@ -1,0 +1,94 @@
+"""cluster/snapshot.py on its own: the identify-wait histogram, the phase and state names, readiness and the
+``/status`` JSON, field by field.
+
+Fast unit tests only (bench/mutation.py runs this file for every mutant of cluster/snapshot.py); a real
+supervisor's snapshots are in test_cluster_snapshot.py."""
+
+from cluster.snapshot import (WAIT_BUCKETS, ClusterSnapshot, CoordinationStats, ShardPhase, ShardSnapshot,
+                              WaitHistogram, WorkerSnapshot, WorkerState)
+
+
+def worker(worker_id=0, state=WorkerState.RUNNING, shards=range(0, 2)):
+    return WorkerSnapshot(worker_id=worker_id, pid=100 + worker_id, state=state, generation=3, shards=shards,
+                          rss=5_000_000, ipc_rtt=0.002, loop_lag=0.01, blocked=1, handler_errors=2,
+                          consumer_errors=4, restarts=5)
+
+
+def shard(shard_id, state=ShardPhase.ACTIVE, events=None):
+    return ShardSnapshot(shard_id=shard_id, worker_id=0, state=state, latency=0.04, last_event_age=1.5,
+                         session=True, events={} if events is None else events)
+
+
+def cluster(shards, *, total=2, stopping=False, coordination=None, workers=()):
+    return ClusterSnapshot(shard_total=total, max_concurrency=1, uptime=12.5, rolling=True, stopping=stopping,
+                           coordination=coordination, identifies={"initial": 2}, identify_waits=(),
+                           identify_wait_sum=0.0, restarts={}, errors={}, loop_lag=0.0, problems=(),
+                           workers=tuple(workers), shards=tuple(shards))
+
+
+def test_wait_histogram_buckets_are_inclusive_cumulative_and_end_in_inf():
+    h = WaitHistogram()
+    assert h.buckets() == tuple((str(le), 0) for le in WAIT_BUCKETS) + (("+Inf", 0),) and h.sum == 0.0
+    for wait in (0.0, 0.1, 0.10001, 5.0, 300.0, 301.0, 1e9):
+        h.record(wait)
+    assert h.sum == 0.0 + 0.1 + 0.10001 + 5.0 + 300.0 + 301.0 + 1e9
+    assert dict(h.buckets()) == {"0.1": 2, "0.5": 3, "1.0": 3, "2.5": 3, "5.0": 4, "10.0": 4, "30.0": 4,
+                                 "60.0": 4, "300.0": 5, "+Inf": 7}
+    assert [le for le, _ in h.buckets()][-1] == "+Inf"
+
+
+def test_a_phase_this_supervisor_does_not_know_is_unknown():
+    assert ShardPhase("ACTIVE") is ShardPhase.ACTIVE
+    assert ShardPhase("SOME_NEW_PHASE") is ShardPhase.UNKNOWN
+    assert ShardPhase("UNKNOWN") is ShardPhase.UNKNOWN
+
+
+def test_a_worker_is_up_only_while_running():
+    assert [worker(state=s).up for s in WorkerState] == [s is WorkerState.RUNNING for s in WorkerState]
+    assert worker().up is True
+
+
+def test_resumes_count_resumed_events():
+    assert shard(0).resumes == 0
+    assert shard(0, events={"READY": 1, "RESUMED": 3}).resumes == 3
+
+
+def test_ready_needs_every_shard_active_and_not_stopping():
+    assert cluster([shard(0), shard(1)]).ready is True
+    assert cluster([shard(0), shard(1)]).active == 2
+    assert cluster([shard(0), shard(1, ShardPhase.RESUMING)]).active == 1
+    assert cluster([shard(0), shard(1, ShardPhase.RESUMING)]).ready is False
+    assert cluster([shard(0), shard(1)], stopping=True).ready is False
+    assert cluster([shard(0)], total=2).ready is False  # a shard the supervisor has no row for yet
+    assert cluster([], total=0).ready is False  # no shards at all is not "all of them active"
+
+
+def test_status_json_field_by_field():
+    coord = CoordinationStats(queue_depth=3, budget_remaining=990, budget_total=1000, budget_reserve=10,
+                              budget_reset_in=3600.0, late_starts=1, unused_grants=2, expired_holds=4)
+    snap = cluster([shard(0, events={"RESUMED": 2}), shard(1, ShardPhase.QUEUED)], coordination=coord,
+                   workers=[worker(0, shards=range(0, 2)), worker(1, WorkerState.DRAINING, range(2, 4))])
+    assert snap.status() == {
+        "shard_total": 2, "active": 1, "max_concurrency": 1, "uptime": 12.5, "rolling": True, "stopping": False,
+        "identify_queue": 3,
+        "session_budget": {"remaining": 990, "total": 1000, "reserve": 10, "reset_in": 3600.0},
+        "late_starts": 1, "identifies": {"initial": 2},
+        "workers": [
+            {"id": 0, "pid": 100, "state": "running", "generation": 3, "shards": [0, 1], "rss": 5_000_000,
+             "ipc_rtt": 0.002, "loop_lag": 0.01, "blocked": 1, "handler_errors": 2, "consumer_errors": 4,
+             "restarts": 5},
+            {"id": 1, "pid": 101, "state": "draining", "generation": 3, "shards": [2, 3], "rss": 5_000_000,
+             "ipc_rtt": 0.002, "loop_lag": 0.01, "blocked": 1, "handler_errors": 2, "consumer_errors": 4,
+             "restarts": 5}],
+        "shards": [
+            {"id": 0, "worker": 0, "state": "ACTIVE", "latency": 0.04, "last_event_age": 1.5, "session": True,
+             "resumes": 2},
+            {"id": 1, "worker": 0, "state": "QUEUED", "latency": 0.04, "last_event_age": 1.5, "session": True,
+             "resumes": 0}],
+    }
+
+
+def test_status_without_a_coordinator_yet():
+    status = cluster([shard(0)], total=1).status()
+    assert (status["identify_queue"], status["session_budget"], status["late_starts"]) == (0, None, 0)
+    assert status["active"] == 1 and status["workers"] == []
