@@ -24,9 +24,12 @@ def redacted_url(url: str) -> str:
         return "<unparsable URL>"
     if parts.password is None and "@" not in parts.netloc:
         return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit((parts.scheme, f"{user}:{_HIDDEN}@{host}", parts.path, parts.query, parts.fragment))
+    userinfo, _, host = parts.netloc.rpartition("@")
+    # "user:password" keeps the user; a lone "secret@" may be a password written without its colon
+    shown = f"{parts.username}:{_HIDDEN}" if ":" in userinfo and parts.username else _HIDDEN
+    if ":" in userinfo and not parts.username:
+        shown = f":{_HIDDEN}"
+    return urlunsplit((parts.scheme, f"{shown}@{host}", parts.path, parts.query, parts.fragment))
 
 
 def url_problem(url: str) -> str | None:
