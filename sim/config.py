@@ -56,6 +56,10 @@ class SimConfig:
     privileged_intents: int = _opt(0, "privileged intents the application may use (bitmask; 33026 = all three)")
     strict_intents: bool = _opt(True, "close 4013 on undocumented intent bits")
     strict_resume_url: bool = _opt(False, "answer a Resume sent to the main gateway URL with op 9 (it is always counted)")
+    takeover_linger: float = _opt(30.0, "after a Resume takes a session from a connection that is still open, the old "
+                                        "connection gets close 4000 but is read for this many seconds more (or until its "
+                                        "client answers the close), counting each payload it still sends "
+                                        "(frames_after_takeover); then it is dropped")
     reconnect_close_after: float = _opt(5.0, "after a chaos op 7, close with 4000 if the client has not gone")
     rate_limit_frames: int = _opt(120, "client frames allowed per rate-limit window before close 4008")
     rate_limit_window: float = _opt(60.0, "gateway send rate-limit window in seconds")
@@ -79,8 +83,8 @@ class SimConfig:
             problems.append("shards must be >= 1")
         if self.max_concurrency < 1:
             problems.append("max_concurrency must be >= 1")
-        if self.identify_window < 0 or self.session_ttl < 0:
-            problems.append("identify_window and session_ttl must be >= 0")
+        if self.identify_window < 0 or self.session_ttl < 0 or self.takeover_linger < 0:
+            problems.append("identify_window, session_ttl and takeover_linger must be >= 0")
         if self.session_limit < 0:
             problems.append("session_limit must be >= 0")
         if self.session_remaining is not None and not 0 <= self.session_remaining <= self.session_limit:

@@ -102,6 +102,8 @@ class GatewayConnection(asyncio.Protocol):
         self.stats = sim.stats.shard(None)
         self.closing = False
         self.zombie = False
+        self.superseded: Session | None = None  # the session a Resume on another connection took from this one
+        self._linger: asyncio.TimerHandle | None = None
         self.delay = 0.0
         self._delayed: deque[tuple[float, bytes]] = deque()
         self._delay_timer: asyncio.TimerHandle | None = None
@@ -138,6 +140,8 @@ class GatewayConnection(asyncio.Protocol):
             self._hb_timer.cancel()
         if self._delay_timer:
             self._delay_timer.cancel()
+        if self._linger:
+            self._linger.cancel()
         for task in self._tasks:
             task.cancel()
         self._drained.set()
@@ -145,6 +149,11 @@ class GatewayConnection(asyncio.Protocol):
         if sess is not None and sess.conn is self:
             sess.detach()  # a bare TCP drop keeps the session resumable
         self.sim.stats.changed()
+
+    @property
+    def last_received(self) -> float:
+        """When (time.monotonic()) the client last sent a payload; now if it has sent none."""
+        return self._recv_times[-1] if self._recv_times else time.monotonic()
 
     def pause_writing(self) -> None:
         self.write_paused = True
@@ -201,6 +210,22 @@ class GatewayConnection(asyncio.Protocol):
         self.transport.close()
         self.sim.stats.changed()
 
+    def supersede(self, sess: Session) -> None:
+        """`sess` was resumed on another connection: close this one with 4000, but read on until its client
+        answers the close (or `takeover_linger` passes, then drop it), counting every payload it still sends
+        on the session's behalf as a frame after takeover."""
+        if self.closing:
+            return
+        self.stats.closes[4000] += 1
+        self.transport.write(close_frame(4000, "session resumed on another connection"))
+        self.closing = True
+        self.superseded = sess
+        if self._hb_timer:
+            self._hb_timer.cancel()
+            self._hb_timer = None
+        self._linger = self.loop.call_later(self.cfg.takeover_linger, self.abort)
+        self.sim.stats.changed()
+
     def violate(self, code: int, reason: str) -> None:
         """Count a protocol violation and close with `code`."""
         self.sim.stats.violation(self.shard, code, reason)
@@ -217,6 +242,8 @@ class GatewayConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.closing:
+            if self.superseded is not None:
+                self._after_takeover(data)
             return
         try:
             messages = self.reader.feed(data)
@@ -232,6 +259,26 @@ class GatewayConnection(asyncio.Protocol):
                 self._on_client_close(payload)
             elif op == OP_PING:
                 self.transport.write(frame(payload, OP_PONG))
+
+    def _after_takeover(self, data: bytes) -> None:
+        """Count what the client of a superseded connection sends; its close frame (or bad framing) ends it."""
+        try:
+            messages = self.reader.feed(data)
+        except FrameError:
+            self.abort()
+            return
+        for kind, payload in messages:
+            if kind == OP_TEXT or kind == OP_BINARY:
+                try:
+                    msg = _decode(payload)
+                except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+                    msg = None
+                op = msg.get("op") if isinstance(msg, dict) else None
+                self.sim.stats.frame_after_takeover(self.superseded, op if isinstance(op, int) else None)
+            elif kind == OP_CLOSE:
+                self.superseded = None
+                self.transport.close()
+                return
 
     def eof_received(self) -> bool:
         return False
@@ -439,6 +486,9 @@ class GatewayConnection(asyncio.Protocol):
             self.send_payload(INVALID_SESSION[False])
             sim.stats.changed()
             return
+        old = sess.conn
+        if old is not None and not old.closing:
+            sim.stats.overlapping_resume(sess, time.monotonic() - old.last_received)
         seq = d.get("seq") or 0
         if seq > sess.seq or seq < 0:
             self.violate(4007, f"invalid seq {seq} on Resume (last dispatched {sess.seq})")
@@ -451,10 +501,9 @@ class GatewayConnection(asyncio.Protocol):
             self.send_payload(INVALID_SESSION[False])
             sim.stats.changed()
             return
-        old = sess.conn
-        if old is not None and old is not self:
+        if old is not None:
             sess.detach()
-            old.close(4000, "session resumed on another connection")
+            old.supersede(sess)
         sess.confirm(seq)
         sess.conn = self
         sess.state = ACTIVE

@@ -25,8 +25,12 @@ class Connection(Protocol):
     closing: bool
     write_paused: bool
 
+    @property
+    def last_received(self) -> float: ...
+
     def send_payload(self, data: bytes) -> None: ...
     def close(self, code: int, reason: str) -> None: ...
+    def supersede(self, sess: Session) -> None: ...
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None: ...
     async def flood(self) -> None: ...
 
@@ -37,11 +41,15 @@ class Session:
     `confirmed` is the highest sequence the client proved it had (heartbeat `d` or Resume `seq`).
     `lost` counts dispatches the client can no longer get: a Resume older than the replay buffer,
     or a session the server ended (invalidated, expired, timed out) with unconfirmed dispatches.
+    A Resume on another connection, by any client, replays from its `seq` and loses nothing.
+    `overlapping_resumes` counts Resumes that took the session from a connection that was still open;
+    `frames_after_takeover` counts payloads that arrived on such a superseded connection afterwards.
     """
 
     __slots__ = ("id", "shard", "num_shards", "intents", "seq", "confirmed", "buffer", "conn", "state",
                  "resumes", "replayed", "lost", "end_reason", "detached_at", "unconfirmed_at_end",
-                 "guilds", "stream_paused", "large_threshold", "stats", "stream_task")
+                 "guilds", "stream_paused", "large_threshold", "stats", "stream_task", "overlapping_resumes",
+                 "frames_after_takeover")
 
     def __init__(self, shard: int, num_shards: int, intents: int, buffer_size: int, guilds: range,
                  large_threshold: int, stats: ShardStats) -> None:
@@ -59,6 +67,8 @@ class Session:
         self.resumes = 0
         self.replayed = 0
         self.lost = 0
+        self.overlapping_resumes = 0
+        self.frames_after_takeover = 0
         self.unconfirmed_at_end = 0
         self.end_reason = ""
         self.detached_at = 0.0
@@ -116,6 +126,7 @@ class Session:
     def record(self) -> dict[str, Any]:
         return {"shard": [self.shard, self.num_shards], "state": self.state, "dispatched": self.seq,
                 "sequences": [1, self.seq] if self.seq else [], "confirmed": self.confirmed,
-                "resumes": self.resumes, "replayed": self.replayed, "lost": self.lost, "gapless": self.lost == 0,
+                "resumes": self.resumes, "overlapping_resumes": self.overlapping_resumes,
+                "frames_after_takeover": self.frames_after_takeover, "replayed": self.replayed, "lost": self.lost, "gapless": self.lost == 0,
                 "unconfirmed_at_end": self.unconfirmed_at_end, "end_reason": self.end_reason,
                 "connected": self.conn is not None}

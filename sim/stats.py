@@ -20,6 +20,9 @@ class ShardStats:
     dispatched: int = 0
     concurrency_violations: int = 0
     ratelimit_closes: int = 0
+    overlapping_resumes: int = 0
+    frames_after_takeover: int = 0
+    takeovers: list[dict[str, Any]] = field(default_factory=list)
     violations: list[dict[str, Any]] = field(default_factory=list)
     closes: Counter = field(default_factory=Counter)
     commands: Counter = field(default_factory=Counter)
@@ -29,7 +32,9 @@ class ShardStats:
             "connections": self.connections, "open_connections": self.open_connections,
             "identifies": self.identifies, "resumes": self.resumes, "heartbeats": self.heartbeats,
             "dispatched": self.dispatched, "concurrency_violations": self.concurrency_violations,
-            "ratelimit_closes": self.ratelimit_closes, "violations": list(self.violations),
+            "ratelimit_closes": self.ratelimit_closes, "overlapping_resumes": self.overlapping_resumes,
+            "frames_after_takeover": self.frames_after_takeover, "takeovers": list(self.takeovers),
+            "violations": list(self.violations),
             "closes": {str(k): v for k, v in sorted(self.closes.items(), key=str)},
             "commands": {str(k): v for k, v in sorted(self.commands.items())},
         }
@@ -61,8 +66,29 @@ class Stats:
         return s
 
     def violation(self, shard: int | None, code: int, reason: str) -> None:
-        self.shard(shard).violations.append({"code": code, "reason": reason, "at": round(time.monotonic() - self.started, 3)})
+        self.shard(shard).violations.append({"code": code, "reason": reason, "at": self._at()})
         self.changed()
+
+    def overlapping_resume(self, sess: Any, old_idle: float) -> None:
+        """A Resume took `sess` (a sim.session.Session) from a connection that was still open, whose client
+        last sent a payload `old_idle` seconds ago: two live connections for one session."""
+        sess.overlapping_resumes += 1
+        s = self.shard(sess.shard)
+        s.overlapping_resumes += 1
+        s.takeovers.append({"event": "overlapping_resume", "session": sess.id, "at": self._at(),
+                            "old_idle": round(old_idle, 3)})
+        self.changed()
+
+    def frame_after_takeover(self, sess: Any, op: int | None) -> None:
+        """A payload (gateway `op`, None if undecodable) arrived on a connection after `sess` was resumed elsewhere."""
+        sess.frames_after_takeover += 1
+        s = self.shard(sess.shard)
+        s.frames_after_takeover += 1
+        s.takeovers.append({"event": "frame_after_takeover", "session": sess.id, "at": self._at(), "op": op})
+        self.changed()
+
+    def _at(self) -> float:
+        return round(time.monotonic() - self.started, 3)
 
     def changed(self) -> None:
         if self._waiters:
@@ -76,7 +102,7 @@ class Stats:
                   for k, v in sorted(self.shards.items(), key=lambda kv: -1 if kv[0] is None else kv[0])}
         sessions = {sid: s.record() for sid, s in self.sessions.items()}
         names = ("connections", "open_connections", "identifies", "resumes", "heartbeats", "dispatched",
-                 "concurrency_violations", "ratelimit_closes")
+                 "concurrency_violations", "ratelimit_closes", "overlapping_resumes", "frames_after_takeover")
         total: dict[str, Any] = {n: self.total(n) for n in names}
         total["violations"] = sum(len(s.violations) for s in self.shards.values())
         total["lost"] = sum(r["lost"] for r in sessions.values())

@@ -158,7 +158,8 @@ def test_client_requested_end_is_not_loss():
 
 @pytest.mark.parametrize("bad", [dict(shards=0), dict(max_concurrency=0), dict(guild_size="huge"),
                                  dict(token="Bot abc"), dict(session_remaining=5, session_limit=1),
-                                 dict(heartbeat_interval=0), dict(dm_fraction=2.0)])
+                                 dict(heartbeat_interval=0), dict(dm_fraction=2.0),
+                                 dict(takeover_linger=-1.0)])
 def test_bad_config_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="invalid simulator config"):
         SimConfig(**bad)
