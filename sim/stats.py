@@ -75,7 +75,7 @@ class Stats:
         sess.overlapping_resumes += 1
         s = self.shard(sess.shard)
         s.overlapping_resumes += 1
-        s.takeovers.append({"event": "overlapping_resume", "session": sess.id, "at": self._at(),
+        s.takeovers.append({"event": "overlapping_resume", "shard": sess.shard, "session": sess.id, "at": self._at(),
                             "old_idle": round(old_idle, 3)})
         self.changed()
 
@@ -84,7 +84,8 @@ class Stats:
         sess.frames_after_takeover += 1
         s = self.shard(sess.shard)
         s.frames_after_takeover += 1
-        s.takeovers.append({"event": "frame_after_takeover", "session": sess.id, "at": self._at(), "op": op})
+        s.takeovers.append({"event": "frame_after_takeover", "shard": sess.shard, "session": sess.id,
+                            "at": self._at(), "op": op})
         self.changed()
 
     def _at(self) -> float:

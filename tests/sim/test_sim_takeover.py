@@ -7,6 +7,7 @@ still arrives on it is counted as a frame after takeover.
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -72,7 +73,7 @@ async def test_resume_while_the_old_connection_is_open_is_counted_and_its_later_
     assert record["overlapping_resumes"] == 1 and record["frames_after_takeover"] == 0
     assert shard["overlapping_resumes"] == 1 and snap["total"]["overlapping_resumes"] == 1
     [overlap] = shard["takeovers"]
-    assert overlap["event"] == "overlapping_resume" and overlap["session"] == session_id
+    assert overlap["event"] == "overlapping_resume" and overlap["shard"] == 0 and overlap["session"] == session_id
     assert overlap["at"] >= 0 and overlap["old_idle"] >= 0
     assert record["lost"] == 0 and record["gapless"] and record["connected"]
 
@@ -83,6 +84,7 @@ async def test_resume_while_the_old_connection_is_open_is_counted_and_its_later_
     assert record["frames_after_takeover"] == 1 and shard["frames_after_takeover"] == 1
     late = shard["takeovers"][1]
     assert late["event"] == "frame_after_takeover" and late["session"] == session_id and late["op"] == 1
+    assert late["shard"] == 0
     assert late["at"] >= overlap["at"]
     assert shard["heartbeats"] == 0 and record["confirmed"] == seen[-1]  # nothing of it reached the session
     _, body = (await rest(f"{sim.admin_url}/stats"))[::2]
@@ -128,3 +130,18 @@ async def test_the_old_owner_taking_the_session_back_is_another_overlap(sim, gw)
     assert snap["total"]["overlapping_resumes"] == 2 and snap["sessions"][session_id]["resumes"] == 2
     assert [t["event"] for t in snap["shards"]["0"]["takeovers"]] == ["overlapping_resume"] * 2
     assert (await b.ended()).code == 4000
+
+
+
+async def test_a_resume_after_the_old_client_sent_its_close_is_no_overlap(make_sim, gw):
+    sim = await make_sim(ignore_close=True)  # the sim never answers A's close: its TCP connection stays open
+    a, session_id, seen = await streamed(sim, gw, 1)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(a.ws.close(4000), 0.3)
+    await sim.wait_until(lambda s: s["shards"]["0"]["closes"].get("client 4000 ignored") == 1)
+    b = await gw(sim.resume_url)
+    await b.resume(sim.token, session_id, seen[-1])
+    await b.recv_until(t="RESUMED")
+    snap = sim.stats.snapshot()
+    assert snap["shards"]["0"]["open_connections"] == 2  # A's socket is open, but its client had left
+    assert snap["total"]["overlapping_resumes"] == 0 and snap["shards"]["0"]["takeovers"] == []
