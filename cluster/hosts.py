@@ -16,6 +16,7 @@ is a dead host and is dropped from the set by the next reader or registrant.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import socket
@@ -29,7 +30,7 @@ from cluster.error import ConfigError
 from cluster.layout import split
 
 __all__ = ["HOST_TTL", "HostConflict", "HostRecord", "LayoutConflict", "agree_layout", "host_id", "host_key",
-           "host_ordinal", "host_range", "hosts_key", "layout_key", "new_record", "parse_shard_range", "read_hosts",
+           "host_ordinal", "host_range", "hosts_key", "keep_registered", "layout_key", "new_record", "parse_shard_range", "read_hosts",
            "register_host", "remove_host", "renew_host"]
 
 HOST_TTL = 10.0
@@ -111,10 +112,10 @@ def host_range(shard_total: int, *, shard_range: range | None = None, host_index
     return split(shard_total, workers=host_count)[index]
 
 
-def host_id(shards: range, hostname: str | None = None) -> str:
-    """A fresh id for this host process: its host name, its first shard and a random suffix."""
-    name = (hostname or socket.gethostname()).split(".")[0][:40] or "host"
-    return f"{name}-{shards.start}-{uuid.uuid4().hex[:8]}"
+def host_id(hostname: str | None = None) -> str:
+    """A fresh id for this host process: its host name, its pid and a random suffix (no ``/``)."""
+    name = (hostname or socket.gethostname()).split(".")[0][:40].replace("/", "-") or "host"
+    return f"{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 # --- keys -----------------------------------------------------------------------------------
@@ -229,6 +230,19 @@ async def read_hosts(client: Any, ns: str) -> list[HostRecord]:
         except msgspec.DecodeError:
             continue
     return sorted(out, key=lambda r: r.first)
+
+
+async def keep_registered(client: Any, ns: str, record: HostRecord, ttl: float = HOST_TTL) -> None:
+    """Renew this host's record every third of its TTL, for as long as the host runs. Redis trouble is waited
+    out (the identify coordination says so); a record lost with Redis's data is written again."""
+    from redis import exceptions as rx  # noqa: PLC0415
+
+    while True:
+        await asyncio.sleep(ttl / 3)
+        try:
+            await renew_host(client, ns, record, ttl)
+        except (rx.RedisError, OSError):
+            continue
 
 
 def new_record(hid: str, shards: range, shard_total: int, http_url: str | None = None) -> HostRecord:

@@ -20,11 +20,14 @@ from typing import Any
 import multiprocess
 
 from cluster.config import ClusterConfig, ConfigError, check_identify_timing
+from cluster.error import CoordinatorUnavailable
 from cluster.coordination import CoordinationFactory, CoordinationSetup, local_coordination
 from cluster.discord_api import fetch_gateway_bot
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.handler import HandlerImportError, check_handler
-from cluster.layout import round_up, split
+from cluster.hosts import (HOST_TTL, HostRecord, agree_layout, host_id, keep_registered, new_record, register_host,
+                           remove_host)
+from cluster.layout import round_up, split_range
 from cluster.loops import Loops
 from cluster.restart import Backoff, RestartPolicy
 from cluster.routing import Router
@@ -95,6 +98,9 @@ class Supervisor:
         self.http_server: asyncio.AbstractServer | None = None
         self._stop: asyncio.Future[None] | None = None
         self._stop_early = False
+        self._redis: Any = None  # the coordinator's client, with --coordinator
+        self._ns = ""
+        self.host: HostRecord | None = None  # this host in the registry, with --coordinator
 
     @property
     def mp(self) -> Any:
@@ -229,6 +235,8 @@ class Supervisor:
                 check_handler(self.handler)
             except HandlerImportError as exc:
                 raise ClusterExit(ExitCode.HANDLER_IMPORT, f"handler failed to import: {exc}") from None
+        if cfg.coordinator is not None and self._coordination is local_coordination:
+            await self._connect_coordinator(cfg.coordinator, token)
         now = time.monotonic()
         info = await fetch_gateway_bot(cfg.api_url, token)
         limit = info.session_start_limit
@@ -238,17 +246,29 @@ class Supervisor:
         if cfg.shards and self.shard_total != cfg.shards:
             log.warning("shard count %d rounded up to %d, a multiple of max_concurrency %d",
                         cfg.shards, self.shard_total, self.max_concurrency)
+        if self._redis is not None:  # the cluster's layout is decided once, by its first host
+            total, mc = self.shard_total, self.max_concurrency
+            self.shard_total, self.max_concurrency = await self._on_redis("the cluster layout", lambda: agree_layout(
+                self._redis, self._ns, total, mc, explicit_shards=total if cfg.shards else None,
+                explicit_concurrency=cfg.max_concurrency))
+        try:
+            mine = cfg.host_shards(self.shard_total)
+        except ConfigError as exc:
+            raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
         reserve = (cfg.budget_reserve if cfg.budget_reserve is not None
                    else max(1, min(self.shard_total, limit.total // 20)))
         self.coordinator = self._coordination(CoordinationSetup(
             self.max_concurrency, limit.total, limit.remaining, limit.reset_after / 1000, reserve,
             cfg.budget_pace_below, cfg.identify_window, cfg.identify_hold_timeout, now))
         if not cfg.fresh:  # it logs what it used, or one warning saying what it ignored and why
-            self.sessions, _ = load_sessions(cfg.state_file, self.shard_total, cfg.session_ttl,
-                                             user_id=token_user_id(token), gateway_url=self.gateway_url)
-        ranges = split(self.shard_total, shards_per_worker=cfg.shards_per_worker, workers=cfg.workers)
+            sessions, _ = load_sessions(cfg.state_file, self.shard_total, cfg.session_ttl,
+                                        user_id=token_user_id(token), gateway_url=self.gateway_url)
+            self.sessions = {s: info for s, info in sessions.items() if s in mine}
+        ranges = split_range(mine, shards_per_worker=cfg.shards_per_worker, workers=cfg.workers)
         log.info("%d shards (max_concurrency %d) in %d workers; session budget %d/%d (safety margin %d)",
                  self.shard_total, self.max_concurrency, len(ranges), limit.remaining, limit.total, reserve)
+        if len(mine) != self.shard_total:
+            log.info("this host runs shards %d-%d of %d", mine.start, mine.stop - 1, self.shard_total)
         for wid, r in enumerate(ranges):
             for s in r:
                 self.shards[s] = ShardView(s, wid)
@@ -261,6 +281,11 @@ class Supervisor:
             self.http_server, self.http_url = await serve_http(self, cfg.http_host, cfg.http_port, http_token)
             log.info("metrics at %s/metrics; POST /restart %s", self.http_url,
                      "needs the HTTP token" if http_token else "is off (no HTTP token configured)")
+        if self._redis is not None:
+            record = new_record(self._host_id, mine, self.shard_total, self.http_url)
+            await self._on_redis("the host registry", lambda: register_host(self._redis, self._ns, record))
+            self.host = record
+            self._rt.spawn_loop("host_registry", keep_registered, self._redis, self._ns, record, HOST_TTL)
         self._loops.start()
         for wid, r in enumerate(ranges):
             self._rt.spawn_task(self._workers.bring_up(wid, r, RestartPolicy(
@@ -280,4 +305,61 @@ class Supervisor:
                 log.info("saved %d sessions to %s", len(self.sessions), self.config.state_file)
         if self.http_server is not None:
             self.http_server.close()
+        if self._redis is not None:
+            await self._leave_coordinator()
         rt.emit("stopped", code=int(self.exit_code))
+
+    # --- the shared coordinator (Redis) ---------------------------------------------------
+
+    async def _connect_coordinator(self, url: str, token: str) -> None:
+        """Connect to the coordinator's Redis, retrying with backoff while it is unreachable (logged once); a bad
+        URL, a refused login or a server that is not Redis exits 2. Its identify coordination becomes this host's."""
+        from cluster.coordination.redis import redis_coordination  # noqa: PLC0415 - needs the redis package
+        from cluster.coordination.redis_conn import connect, namespace  # noqa: PLC0415
+
+        self._redis = await self._on_redis("the coordinator", lambda: connect(url))
+        self._ns = namespace(self.config.cluster_name, token)
+        self._host_id = host_id()
+        self._coordination = redis_coordination(self._redis, self._ns, self._host_id)
+
+    async def _on_redis(self, what: str, call: Any) -> Any:
+        """``await call()``, retried with backoff while Redis is unavailable (said once); ConfigError exits 2."""
+        from redis import exceptions as rx  # noqa: PLC0415
+
+        delay, said = 0.5, False
+        while True:
+            try:
+                result = await call()
+            except ConfigError as exc:
+                raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
+            except (CoordinatorUnavailable, rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+                self._rt.errors[("coordinator", type(exc).__name__)] += 1
+                if not said:
+                    log.warning("%s is unavailable (%s); retrying with backoff until it answers", what, exc)
+                    said = True
+                if self._stop is not None:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(self._stop), delay)
+                    except TimeoutError:
+                        pass
+                    if self._stop.done():
+                        raise ClusterExit(self.exit_code, f"stopped while waiting for {what}") from None
+                else:
+                    await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+                continue
+            if said:
+                log.warning("%s answers again", what)
+            return result
+
+    async def _leave_coordinator(self) -> None:
+        """Leave the host registry (so that a successor with this range starts at once) and close the client."""
+        from redis import exceptions as rx  # noqa: PLC0415
+
+        try:
+            if self.host is not None:
+                async with asyncio.timeout(2.0):
+                    await remove_host(self._redis, self._ns, self.host.host_id)
+        except (rx.RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not leave the host registry (its record expires in %g s): %s", HOST_TTL, exc)
+        await self._redis.aclose()

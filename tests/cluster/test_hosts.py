@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from cluster.config import ClusterConfig, load_config
 from cluster.error import ConfigError
 from cluster.hosts import (HostConflict, LayoutConflict, agree_layout, host_ordinal, host_range, new_record,
                            parse_shard_range, read_hosts, register_host, remove_host, renew_host)
@@ -83,3 +84,21 @@ async def test_layout_is_decided_once_per_cluster(client):
         await agree_layout(client, NS, 32, 4, explicit_shards=32)
     with pytest.raises(LayoutConflict, match="max_concurrency 8"):
         await agree_layout(client, NS, 24, 8, explicit_concurrency=8)
+
+
+def test_config_options_for_the_host_and_auto_from_the_pod_name(monkeypatch):
+    cfg = load_config(env={"CLUSTER_HOST_INDEX": "auto", "CLUSTER_HOST_COUNT": "3"})
+    assert (cfg.host_index, cfg.host_count) == ("auto", 3)  # "auto" is not None here
+    monkeypatch.setenv("HOSTNAME", "shardstack-2")
+    assert cfg.host_shards(24) == range(16, 24)
+    monkeypatch.setenv("HOSTNAME", "shardstack-5")
+    with pytest.raises(ConfigError, match="host_index 5 .* not below host_count 3"):
+        cfg.host_shards(24)
+    assert load_config({"host_index": "1", "host_count": 2}).host_shards(10) == range(5, 10)
+    assert ClusterConfig(shard_range="3-5").host_shards(8) == range(3, 6)
+    assert ClusterConfig().host_shards(8) == range(8)
+    for bad, message in [(dict(shard_range="3-5", host_count=2, host_index=0), "not both"),
+                         (dict(host_index=1), "go together"), (dict(host_index="first", host_count=2), "number or auto"),
+                         (dict(host_index=2, host_count=2), "0 to host_count - 1"), (dict(shard_range="5-3"), "after")]:
+        with pytest.raises(ConfigError, match=message):
+            ClusterConfig(**bad)
