@@ -22,6 +22,7 @@ import re
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -34,7 +35,9 @@ __all__ = ["HOST_TTL", "HostConflict", "HostRecord", "LayoutConflict", "agree_la
            "register_host", "remove_host", "renew_host"]
 
 HOST_TTL = 10.0
-"""Seconds a host record lives unless renewed (the supervisor renews it every third of that)."""
+"""Seconds a host record lives unless renewed."""
+HOST_RENEW_INTERVAL = 1.0
+"""Seconds between renewals of this host's record (also how soon an idle host notices Redis is away)."""
 
 _ORDINAL = re.compile(r"-(\d+)$")
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
@@ -232,17 +235,24 @@ async def read_hosts(client: Any, ns: str) -> list[HostRecord]:
     return sorted(out, key=lambda r: r.first)
 
 
-async def keep_registered(client: Any, ns: str, record: HostRecord, ttl: float = HOST_TTL) -> None:
-    """Renew this host's record every third of its TTL, for as long as the host runs. Redis trouble is waited
-    out (the identify coordination says so); a record lost with Redis's data is written again."""
+async def keep_registered(client: Any, ns: str, record: HostRecord, ttl: float = HOST_TTL, *,
+                          every: float = HOST_RENEW_INTERVAL, on_error: Callable[[BaseException], None] | None = None,
+                          on_ok: Callable[[], None] | None = None) -> None:
+    """Renew this host's record every ``every`` seconds, for as long as the host runs; a record lost with Redis's
+    data is written again. Redis trouble is waited out and told to ``on_error`` (and its end to ``on_ok``), so
+    that an idle host notices an unavailable coordinator too."""
     from redis import exceptions as rx  # noqa: PLC0415
 
     while True:
-        await asyncio.sleep(ttl / 3)
+        await asyncio.sleep(every)
         try:
             await renew_host(client, ns, record, ttl)
-        except (rx.RedisError, OSError):
+        except (rx.RedisError, OSError) as exc:
+            if on_error is not None:
+                on_error(exc)
             continue
+        if on_ok is not None:
+            on_ok()
 
 
 def new_record(hid: str, shards: range, shard_total: int, http_url: str | None = None) -> HostRecord:

@@ -285,7 +285,10 @@ class Supervisor:
             record = new_record(self._host_id, mine, self.shard_total, self.http_url)
             await self._on_redis("the host registry", lambda: register_host(self._redis, self._ns, record))
             self.host = record
-            self._rt.spawn_loop("host_registry", keep_registered, self._redis, self._ns, record, HOST_TTL)
+            coord = self.coordinator
+            self._rt.spawn_loop("host_registry", lambda: keep_registered(
+                self._redis, self._ns, record, HOST_TTL, on_error=getattr(coord, "mark_down", None),
+                on_ok=getattr(coord, "mark_up", None)))
         self._loops.start()
         for wid, r in enumerate(ranges):
             self._rt.spawn_task(self._workers.bring_up(wid, r, RestartPolicy(

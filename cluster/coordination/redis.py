@@ -362,6 +362,14 @@ class RedisCoordination:
 
     # --- Redis trouble ---------------------------------------------------------------------
 
+    def mark_down(self, exc: BaseException) -> None:
+        """Another user of this Redis (the host registry) could not reach it: say so as the pump would."""
+        self._trouble(exc, self.clock())
+
+    def mark_up(self) -> None:
+        """Another user of this Redis reached it again."""
+        self._recovered(self.clock())
+
     async def _flush(self) -> bool:
         """Apply the pending reports; False (and kept for later) if Redis is unavailable."""
         if not self._pending:

@@ -117,3 +117,25 @@ async def test_redis_killed_and_restarted_during_bring_up_and_steady_state(sim, 
         assert code == 0, f"{name}: {err}"
         assert err.count("coordinator unavailable") <= 2, err  # one line per outage, not per retry
     assert all(r["lost"] == 0 for r in sim.stats.snapshot()["sessions"].values())
+
+
+async def test_readyz_and_metrics_say_when_the_coordinator_is_away(sim, redis_server, tmp_path):
+    from cluster_testing import http_get, running, until
+    async with running(sim, "cluster.example:ExampleHandler", tmp_path, workers=2, fresh=True,
+                       coordinator=redis_server.url, cluster_name="probe", metrics_cache_interval=0) as (sup, _):
+        await until(lambda: sup.active_shards() == SHARDS, 60, "every shard active")
+        status, body = await asyncio.to_thread(http_get, sup.http_url + "/readyz")
+        assert status == 200, body
+        redis_server.kill()
+        await until(lambda: not sup.snapshot().coordinator_up, 10, "the coordinator seen down")
+        status, body = await asyncio.to_thread(http_get, sup.http_url + "/readyz")
+        assert status == 503 and "coordinator unavailable" in body
+        _, metrics = await asyncio.to_thread(http_get, sup.http_url + "/metrics")
+        assert "cluster_coordinator_up 0.0" in metrics
+        assert sup.active_shards() == SHARDS  # running shards keep running
+        redis_server.start()
+        await until(lambda: sup.snapshot().coordinator_up, 10, "the coordinator back")
+        status, body = await asyncio.to_thread(http_get, sup.http_url + "/readyz")
+        assert status == 200, body
+        _, metrics = await asyncio.to_thread(http_get, sup.http_url + "/metrics")
+        assert "cluster_coordinator_up 1.0" in metrics and "cluster_coordinator_errors_total" in metrics
