@@ -30,7 +30,7 @@ import msgspec
 from cluster.error import ConfigError
 from cluster.layout import split
 
-__all__ = ["HOST_TTL", "HostConflict", "HostRecord", "LayoutConflict", "agree_layout", "host_id", "host_key",
+__all__ = ["HOST_RENEW_INTERVAL", "HOST_TTL", "HostRecord", "agree_layout", "host_id", "host_key",
            "host_ordinal", "host_range", "hosts_key", "keep_registered", "layout_key", "new_record", "parse_shard_range", "read_hosts",
            "register_host", "remove_host", "renew_host"]
 
@@ -41,14 +41,6 @@ HOST_RENEW_INTERVAL = 1.0
 
 _ORDINAL = re.compile(r"-(\d+)$")
 _RANGE = re.compile(r"^\s*(\d+)\s*-\s*(\d+)\s*$")
-
-
-class HostConflict(ConfigError):
-    """This host's shards overlap another live host's (the cluster exits 2)."""
-
-
-class LayoutConflict(ConfigError):
-    """This host was started with a shard count (or max_concurrency) other than the cluster's (exit 2)."""
 
 
 class HostRecord(msgspec.Struct, frozen=True, kw_only=True):
@@ -169,7 +161,7 @@ return 1
 async def agree_layout(client: Any, ns: str, shard_total: int, max_concurrency: int, *,
                        explicit_shards: int | None = None, explicit_concurrency: int | None = None) -> tuple[int, int]:
     """The cluster's ``(shard_total, max_concurrency)``: stored by the first host (``SET NX``), adopted by
-    the others. LayoutConflict if this host was given an explicit ``--shards`` or ``--max-concurrency``
+    the others. ConfigError if this host was given an explicit ``--shards`` or ``--max-concurrency``
     that differs from the stored one."""
     key = layout_key(ns)
     mine = f"{shard_total},{max_concurrency}"
@@ -185,23 +177,23 @@ async def agree_layout(client: Any, ns: str, shard_total: int, max_concurrency: 
     except ValueError:
         raise ConfigError(f"the coordinator's {key} holds {raw!r}, not 'shards,max_concurrency': delete it") from None
     if explicit_shards is not None and explicit_shards != stored_total:
-        raise LayoutConflict(f"this host was started with {explicit_shards} shards, but the cluster has "
+        raise ConfigError(f"this host was started with {explicit_shards} shards, but the cluster has "
                              f"{stored_total} (stored in {key} by its first host): start every host with the same "
                              f"--shards, or delete {key} once every host is stopped")
     if explicit_concurrency is not None and explicit_concurrency != stored_mc:
-        raise LayoutConflict(f"this host was started with max_concurrency {explicit_concurrency}, but the cluster "
+        raise ConfigError(f"this host was started with max_concurrency {explicit_concurrency}, but the cluster "
                              f"has {stored_mc} (stored in {key})")
     return stored_total, stored_mc
 
 
 async def register_host(client: Any, ns: str, record: HostRecord, ttl: float = HOST_TTL) -> None:
-    """Add this host to the registry, atomically refusing (HostConflict, naming the other host) a range that
+    """Add this host to the registry, atomically refusing (ConfigError, naming the other host) a range that
     overlaps a live host's."""
     raw = await client.eval(_REGISTER, 1, hosts_key(ns), ns, record.host_id, msgspec.json.encode(record),
                             int(ttl * 1000), record.first, record.last)
     if raw:
         other = msgspec.json.decode(raw, type=HostRecord)
-        raise HostConflict(f"shards {record.first}-{record.last} overlap those of a live host: {other.describe()}; "
+        raise ConfigError(f"shards {record.first}-{record.last} overlap those of a live host: {other.describe()}; "
                            f"give each host its own --shard-range or --host-index")
 
 
