@@ -139,3 +139,17 @@ async def test_readyz_and_metrics_say_when_the_coordinator_is_away(sim, redis_se
         assert status == 200, body
         _, metrics = await asyncio.to_thread(http_get, sup.http_url + "/metrics")
         assert "cluster_coordinator_up 1.0" in metrics and "cluster_coordinator_errors_total" in metrics
+
+
+async def test_a_host_waits_for_an_unreachable_redis_at_start(sim, hosts, redis_server):
+    redis_server.kill()
+    proc = await hosts.start("h0", "--shard-range", "0-23")
+    async with asyncio.timeout(30):
+        while b"unavailable" not in (line := await proc.stderr.readline()):
+            assert line, "the host exited instead of waiting for Redis"
+    assert proc.returncode is None
+    redis_server.start()
+    snap = await sim.wait_until(lambda s: active(s) == SHARDS, 60)
+    assert snap["total"]["violations"] == 0
+    code, err = await hosts.stop("h0")
+    assert code == 0, err

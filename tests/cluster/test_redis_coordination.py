@@ -225,3 +225,16 @@ async def test_redis_restarting_empty_loses_no_report_and_grants_nothing_early(r
     assert b.up and b.stats(time.monotonic()).coordinator_errors >= 1
     assert caplog.text.count("coordinator unavailable") == 2  # one line per host and outage, not per retry
     assert "coordinator back" in caplog.text
+
+
+async def test_pacing_applies_across_hosts(redis_server):
+    from cluster.coordination import Defer
+    a = await host(redis_server.url, "a", total=100, remaining=10, reserve=2, pace_below=10)
+    b = await host(redis_server.url, "b", total=100, remaining=10, reserve=2, pace_below=10)
+    await a.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    await b.report([(time.monotonic(), IdentifyRequest(1, "initial"))])
+    assert [d.shard_id for d in await decide_until(a)] == [0]  # low, but nothing was spent lately
+    deferred = await decide_until(b, pred=lambda ds: bool(ds))
+    assert [type(d) for d in deferred] == [Defer]  # b waits for a's spend: one per (a day / 8)
+    assert "pacing identifies to one per" in deferred[0].message
+    assert deferred[0].until - time.monotonic() > 3600
