@@ -78,7 +78,8 @@ end
 
 DECIDE = _PRELUDE + """
 -- ARGV: ns, epoch candidate, lost grace ms, host, window ms, hold ms, alive ms, reserve, pace_below,
---       budget if lost (total, remaining, reset_after ms), bucket count, then per bucket: b, n, n members
+--       budget if lost (total, remaining, reset_after ms), bucket count, then per bucket: b, probe (this host's
+--       oldest member already queued there, or ''), n, n members to queue
 local host = ARGV[4]
 local window, hold, alive = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local reserve, pace_below = tonumber(ARGV[8]), tonumber(ARGV[9])
@@ -89,9 +90,12 @@ redis.call('SET', ns .. 'id:alive:' .. host, '1', 'PX', alive)
 local out = {}
 local i = 14
 for _ = 1, tonumber(ARGV[13]) do
-  local b, n = ARGV[i], tonumber(ARGV[i + 1])
+  local b, probe, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local q = ns .. 'id:q:' .. b
-  for j = i + 2, i + 1 + n do
+  if probe ~= '' and not redis.call('ZSCORE', q, probe) then
+    out[#out + 1] = {'lost', b, 0}  -- purged while this host looked dead: it queues them again
+  end
+  for j = i + 3, i + 2 + n do
     if not redis.call('ZSCORE', q, ARGV[j]) then
       redis.call('ZADD', q, redis.call('INCR', ns .. 'id:ticket'), ARGV[j])
     end
@@ -127,7 +131,6 @@ for _ = 1, tonumber(ARGV[13]) do
         not_before = tonumber(redis.call('HGET', bk, 'last_spent')) + spacing
       end
       if remaining - 1 < reserve then
-        for j = i + 2, i + 1 + n do redis.call('ZREM', q, ARGV[j]) end
         out[#out + 1] = {'refuse', b, reset_at - now}
       elseif now < not_before then
         out[#out + 1] = {'defer', b, not_before - now}
@@ -143,7 +146,7 @@ for _ = 1, tonumber(ARGV[13]) do
       out[#out + 1] = {'wait', b, 0}  -- another host's turn
     end
   end
-  i = i + 2 + n
+  i = i + 3 + n
 end
 local total = tonumber(redis.call('HGET', bk, 'total'))
 local remaining = tonumber(redis.call('HGET', bk, 'remaining'))
@@ -224,6 +227,7 @@ class RedisCoordination:
         self._waiting: dict[int, tuple[float, str]] = {}  # shard -> (enqueued at, reason)
         self._holding: dict[int, float] = {}  # granted shard -> local time its hold ends
         self._unstarted: set[int] = set()
+        self._queued: set[int] = set()  # waiting shards known to be in Redis's queues (not sent again)
         # what the last decide said, for the synchronous readers
         self.total, self.remaining = setup.total, setup.remaining
         self._reset_at = setup.now + setup.reset_after
@@ -266,6 +270,7 @@ class RedisCoordination:
                 case IdentifyCancel(shard_id=shard_id):
                     self._unstarted.discard(shard_id)
                     self._waiting.pop(shard_id, None)
+                    self._queued.discard(shard_id)
                     self._holding.pop(shard_id, None)
                     self._op("C", shard_id)
                 case IdentifyUnused(shard_id=shard_id):
@@ -297,7 +302,9 @@ class RedisCoordination:
                            int(self.hold_timeout * 1000), int(self.alive_ttl * 1000), self.reserve, self.pace_below,
                            self.total, self.remaining, int(max(0.0, self._reset_at - now) * 1000), len(by_bucket)]
         for b, shards in by_bucket.items():
-            args += [b, len(shards), *map(self._member, shards)]
+            known = [s for s in shards if s in self._queued]
+            new = [s for s in shards if s not in self._queued]
+            args += [b, self._member(known[0]) if known else "", len(new), *map(self._member, new)]
         try:
             epoch, remaining, total, reset_in, outcome = await self._decide(args=args)
         except _REDIS_TROUBLE as exc:
@@ -305,6 +312,7 @@ class RedisCoordination:
             self._next = self._retry_at
             return []
         self._recovered(now)
+        self._queued.update(self._waiting)
         await self._check_epoch(epoch)
         self.total, self.remaining, self._reset_at = int(total), int(remaining), now + int(reset_in) / 1000
         return self._apply(outcome, now, by_bucket)
@@ -318,10 +326,14 @@ class RedisCoordination:
             if kind == "grant":
                 shard_id = int(what.rsplit("/", 1)[1])
                 enqueued, reason = self._waiting.pop(shard_id)
+                self._queued.discard(shard_id)
                 self._holding[shard_id] = now + self.hold_timeout
                 self._unstarted.add(shard_id)
                 out.append(Grant(shard_id, now - enqueued, reason))
                 wake = min(wake, now + self.poll_interval)  # its outcome frees the bucket: ask again soon
+            elif kind == "lost":
+                self._queued.difference_update(by_bucket.get(int(what), []))
+                wake = now
             elif kind == "window":
                 wake = min(wake, now + ms / 1000)
             elif kind == "refuse":
@@ -331,6 +343,8 @@ class RedisCoordination:
                            f"to identify until the budget resets in {hours:.1f} h (is something crash-looping?)")
                 for shard_id in by_bucket.get(int(what), []):
                     self._waiting.pop(shard_id, None)
+                    self._queued.discard(shard_id)
+                    self._op("C", shard_id)  # out of the queue (sent with the next report)
                     out.append(Refuse(shard_id, message))
             elif kind == "defer":
                 left = self.remaining
@@ -400,6 +414,7 @@ class RedisCoordination:
         if epoch == self._epoch:
             return
         self._epoch = epoch
+        self._queued.clear()  # the queues went with the rest
         now = self.clock()
         log.warning("the coordinator's Redis lost its state (restarted empty?): re-asserting %d held identify "
                     "slots; every bucket waits one window before its next grant", len(self._holding))

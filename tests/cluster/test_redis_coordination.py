@@ -238,3 +238,15 @@ async def test_pacing_applies_across_hosts(redis_server):
     assert [type(d) for d in deferred] == [Defer]  # b waits for a's spend: one per (a day / 8)
     assert "pacing identifies to one per" in deferred[0].message
     assert deferred[0].until - time.monotonic() > 3600
+
+
+async def test_a_host_whose_queue_entries_were_purged_queues_them_again(redis_server):
+    holder, a = await host(redis_server.url, "holder"), await host(redis_server.url, "a")
+    await holder.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    assert [d.shard_id for d in await decide_until(holder)] == [0]
+    await a.report([(time.monotonic(), IdentifyRequest(4, "initial"))])
+    assert await a.decide(time.monotonic()) == []
+    assert await a.client.zrange(f"{NS}id:q:0", 0, -1) == [b"a/4"]
+    await a.client.zrem(f"{NS}id:q:0", "a/4")  # what another host does when a's alive key lapsed (a stalled)
+    await holder.report([(time.monotonic(), IdentifyDone(0, True))])
+    assert [d.shard_id for d in await decide_until(a)] == [4]
