@@ -50,7 +50,7 @@ ALIVE_TTL = 5.0
 """Seconds a host's waiting shards stay in the queues after its last decide (then it counts as dead)."""
 BACKOFF = (0.1, 1.0)
 """First and longest delay between attempts while Redis is unavailable."""
-LOST_GRACE = 2.0
+LOST_GRACE = 1.0
 """Seconds (besides the window) a bucket whose window Redis does not know waits before its first grant: long
 enough for every live host that holds a slot to reach the new Redis (it retries at most :data:`BACKOFF` apart
 and polls every :data:`POLL_INTERVAL` while it holds one) and re-assert it."""
