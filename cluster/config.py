@@ -109,6 +109,9 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     of the host name (a Kubernetes StatefulSet pod ``bot-3`` is 3)."""
     host_count: int | None = None
     """How many hosts split the shards (with host_index). None with no shard_range: this host runs them all."""
+    host_ttl: float = 10.0
+    """Seconds a host's record in the coordinator outlives its last renewal (every second): a host killed without a
+    clean stop keeps its range this long. A host restarted on the same machine (pod) waits that out."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -167,6 +170,8 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 problems.append("give shard_range or host_index and host_count, not both")
         elif (self.host_index is None) != (self.host_count is None):
             problems.append("host_index and host_count go together")
+        if self.host_ttl < 2:
+            problems.append(f"host_ttl must be >= 2 (records are renewed every second), got {self.host_ttl:g}")
         if self.host_count is not None and self.host_count < 1:
             problems.append(f"host_count must be >= 1, got {self.host_count}")
         if isinstance(self.host_index, int) and self.host_count is not None and not 0 <= self.host_index < self.host_count:
@@ -270,6 +275,8 @@ HELP: dict[str, str] = {
     "host_index": "this host's part (0-based) of --host-count consecutive shard ranges, or auto: the ordinal of a "
                   "StatefulSet pod name in HOSTNAME (bot-3 -> 3)",
     "host_count": "how many hosts split the shards (with --host-index)",
+    "host_ttl": "seconds a host's record in the coordinator outlives its last renewal (every second); a host "
+                "killed without a clean stop keeps its range this long, and its restart on the same machine waits",
 }
 """The help text of every setting, shown by ``python -m cluster run --help``."""
 

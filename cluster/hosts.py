@@ -30,9 +30,9 @@ import msgspec
 from cluster.error import ConfigError
 from cluster.layout import split
 
-__all__ = ["HOST_RENEW_INTERVAL", "HOST_TTL", "HostRecord", "agree_layout", "host_id", "host_key",
+__all__ = ["HOST_RENEW_INTERVAL", "HOST_TTL", "HostRecord", "agree_layout", "conflict_message", "host_id", "host_key",
            "host_ordinal", "host_range", "hosts_key", "keep_registered", "layout_key", "new_record", "parse_shard_range", "read_hosts",
-           "register_host", "remove_host", "renew_host"]
+           "register_host", "remove_host", "renew_host", "this_hostname", "try_register_host"]
 
 HOST_TTL = 10.0
 """Seconds a host record lives unless renewed."""
@@ -80,7 +80,7 @@ def parse_shard_range(text: str) -> range:
 
 def host_ordinal(hostname: str | None = None) -> int:
     """The ordinal of a StatefulSet pod name (``bot-3`` -> 3), from ``HOSTNAME`` (or the system's host name)."""
-    name = hostname if hostname is not None else os.environ.get("HOSTNAME") or socket.gethostname()
+    name = hostname if hostname is not None else this_hostname()
     m = _ORDINAL.search(name)
     if m is None:
         raise ConfigError(f"host_index auto needs a host name ending in -<ordinal> (a StatefulSet pod, e.g. "
@@ -109,7 +109,7 @@ def host_range(shard_total: int, *, shard_range: range | None = None, host_index
 
 def host_id(hostname: str | None = None) -> str:
     """A fresh id for this host process: its host name, its pid and a random suffix (no ``/``)."""
-    name = (hostname or socket.gethostname()).split(".")[0][:40].replace("/", "-") or "host"
+    name = (hostname or this_hostname()).split(".")[0][:40].replace("/", "-") or "host"
     return f"{name}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
@@ -186,15 +186,25 @@ async def agree_layout(client: Any, ns: str, shard_total: int, max_concurrency: 
     return stored_total, stored_mc
 
 
-async def register_host(client: Any, ns: str, record: HostRecord, ttl: float = HOST_TTL) -> None:
-    """Add this host to the registry, atomically refusing (ConfigError, naming the other host) a range that
-    overlaps a live host's."""
+async def try_register_host(client: Any, ns: str, record: HostRecord, ttl: float = HOST_TTL) -> HostRecord | None:
+    """Add this host to the registry unless its range overlaps a live host's, atomically; the first such host
+    (then nothing was written), or None."""
     raw = await client.eval(_REGISTER, 1, hosts_key(ns), ns, record.host_id, msgspec.json.encode(record),
                             int(ttl * 1000), record.first, record.last)
-    if raw:
-        other = msgspec.json.decode(raw, type=HostRecord)
-        raise ConfigError(f"shards {record.first}-{record.last} overlap those of a live host: {other.describe()}; "
-                           f"give each host its own --shard-range or --host-index")
+    return msgspec.json.decode(raw, type=HostRecord) if raw else None
+
+
+def conflict_message(record: HostRecord, other: HostRecord) -> str:
+    return (f"shards {record.first}-{record.last} overlap those of a live host: {other.describe()}; "
+            f"give each host its own --shard-range or --host-index")
+
+
+async def register_host(client: Any, ns: str, record: HostRecord, ttl: float = HOST_TTL) -> None:
+    """Add this host to the registry, refusing (ConfigError, naming the other host) a range that overlaps a
+    live host's."""
+    other = await try_register_host(client, ns, record, ttl)
+    if other is not None:
+        raise ConfigError(conflict_message(record, other))
 
 
 async def renew_host(client: Any, ns: str, record: HostRecord, ttl: float = HOST_TTL) -> bool:
@@ -250,4 +260,9 @@ async def keep_registered(client: Any, ns: str, record: HostRecord, ttl: float =
 def new_record(hid: str, shards: range, shard_total: int, http_url: str | None = None) -> HostRecord:
     """This process's record."""
     return HostRecord(host_id=hid, first=shards.start, last=shards.stop - 1, shard_total=shard_total,
-                      pid=os.getpid(), hostname=socket.gethostname(), http_url=http_url, started_at=time.time())
+                      pid=os.getpid(), hostname=this_hostname(), http_url=http_url, started_at=time.time())
+
+
+def this_hostname() -> str:
+    """``HOSTNAME`` (a Kubernetes pod's name) or the system's host name."""
+    return os.environ.get("HOSTNAME") or socket.gethostname()

@@ -25,8 +25,8 @@ from cluster.coordination import CoordinationFactory, CoordinationSetup, local_c
 from cluster.discord_api import fetch_gateway_bot
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.handler import HandlerImportError, check_handler
-from cluster.hosts import (HOST_TTL, HostRecord, agree_layout, host_id, keep_registered, new_record, register_host,
-                           remove_host)
+from cluster.hosts import (HostRecord, agree_layout, conflict_message, host_id, keep_registered, new_record,
+                           remove_host, try_register_host)
 from cluster.layout import round_up, split_range
 from cluster.loops import Loops
 from cluster.restart import Backoff, RestartPolicy
@@ -283,11 +283,11 @@ class Supervisor:
                      "needs the HTTP token" if http_token else "is off (no HTTP token configured)")
         if self._redis is not None:
             record = new_record(self._host_id, mine, self.shard_total, self.http_url)
-            await self._on_redis("the host registry", lambda: register_host(self._redis, self._ns, record))
+            await self._register(record)
             self.host = record
             coord = self.coordinator
             self._rt.spawn_loop("host_registry", lambda: keep_registered(
-                self._redis, self._ns, record, HOST_TTL, on_error=getattr(coord, "mark_down", None),
+                self._redis, self._ns, record, cfg.host_ttl, on_error=getattr(coord, "mark_down", None),
                 on_ok=getattr(coord, "mark_up", None)))
         self._loops.start()
         for wid, r in enumerate(ranges):
@@ -324,6 +324,25 @@ class Supervisor:
         self._ns = namespace(self.config.cluster_name, token)
         self._host_id = host_id()
         self._coordination = redis_coordination(self._redis, self._ns, self._host_id)
+
+    async def _register(self, record: HostRecord) -> None:
+        """Join the host registry; exit 2 if a live host runs some of these shards. A record of this machine (pod)
+        is waited out for host_ttl first: it is a predecessor killed without a clean stop, unless it is renewed."""
+        ttl = self.config.host_ttl
+        deadline = time.monotonic() + ttl + 1.0
+        said = False
+        while True:
+            other = await self._on_redis("the host registry", lambda: try_register_host(self._redis, self._ns,
+                                                                                         record, ttl))
+            if other is None:
+                return
+            if other.hostname != record.hostname or time.monotonic() > deadline:
+                raise ClusterExit(ExitCode.CONFIG, conflict_message(record, other))
+            if not said:
+                log.warning("%s: a previous run on this machine? waiting up to %g s for its record to expire",
+                            other.describe(), ttl)
+                said = True
+            await asyncio.sleep(min(1.0, ttl / 4))
 
     async def _on_redis(self, what: str, call: Any) -> Any:
         """``await call()``, retried with backoff while Redis is unavailable (said once); ConfigError exits 2."""
@@ -364,5 +383,5 @@ class Supervisor:
                 async with asyncio.timeout(2.0):
                     await remove_host(self._redis, self._ns, self.host.host_id)
         except (rx.RedisError, OSError, TimeoutError) as exc:
-            log.warning("could not leave the host registry (its record expires in %g s): %s", HOST_TTL, exc)
+            log.warning("could not leave the host registry (its record expires in %g s): %s", self.config.host_ttl, exc)
         await self._redis.aclose()

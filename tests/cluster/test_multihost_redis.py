@@ -35,7 +35,7 @@ class Hosts:
                 "--no-status-line", "--log-level", "WARNING", *extra]
 
     async def start(self, name, *extra, env=None):
-        env = {**os.environ, "DISCORD_TOKEN": self.sim.token, **(env or {})}
+        env = {**os.environ, "DISCORD_TOKEN": self.sim.token, "HOSTNAME": f"machine-{name}", **(env or {})}
         self.procs[name] = await asyncio.create_subprocess_exec(sys.executable, *self.args(name, *extra), env=env,
                                                                 stderr=asyncio.subprocess.PIPE)
         return self.procs[name]
@@ -149,6 +149,24 @@ async def test_a_host_waits_for_an_unreachable_redis_at_start(sim, hosts, redis_
             assert line, "the host exited instead of waiting for Redis"
     assert proc.returncode is None
     redis_server.start()
+    snap = await sim.wait_until(lambda s: active(s) == SHARDS, 60)
+    assert snap["total"]["violations"] == 0
+    code, err = await hosts.stop("h0")
+    assert code == 0, err
+
+
+async def test_a_host_killed_with_sigkill_restarts_in_place_once_its_record_lapses(sim, hosts):
+    """The pod's container restarts after kill -9: its own stale record (same machine) is waited out for host_ttl,
+    not refused; another machine's live record is refused at once (test above)."""
+    first = await hosts.start("h0", "--shard-range", "0-23", "--host-ttl", "3", "--state-save-interval", "0.2")
+    await sim.wait_until(lambda s: active(s) == SHARDS, 60)
+    first.kill()
+    await first.wait()
+    await sim.wait_until(lambda s: active(s) == 0, 30)  # its workers closed their shards once it was gone
+    second = await hosts.start("h0", "--shard-range", "0-23", "--host-ttl", "3")
+    async with asyncio.timeout(30):
+        while b"waiting up to 3 s for its record to expire" not in (line := await second.stderr.readline()):
+            assert line, "the restarted host exited instead of waiting for its predecessor's record"
     snap = await sim.wait_until(lambda s: active(s) == SHARDS, 60)
     assert snap["total"]["violations"] == 0
     code, err = await hosts.stop("h0")
