@@ -171,3 +171,20 @@ async def test_a_host_killed_with_sigkill_restarts_in_place_once_its_record_laps
     assert snap["total"]["violations"] == 0
     code, err = await hosts.stop("h0")
     assert code == 0, err
+
+
+async def test_a_wrong_password_or_a_bad_url_is_one_line_and_exit_2(sim, hosts, tmp_path):
+    from redis_process import RedisServer
+    secret = "right-pa55word"
+    guarded = RedisServer(tmp_path, password=secret).start()
+    try:
+        hosts.redis = type("R", (), {"url": guarded.url.replace(secret, "wrong-pa55word")})()
+        code, err = await hosts.run_to_end("h0", "--shard-range", "0-23")
+        assert code == 2, err
+        assert "refused the login" in err and "wrong-pa55word" not in err and secret not in err
+        assert len(err.strip().splitlines()) <= 2, err
+        hosts.redis = type("R", (), {"url": f"http://:{secret}@127.0.0.1:{guarded.port}/0"})()
+        code, err = await hosts.run_to_end("h1", "--shard-range", "0-23")
+        assert code == 2 and "must be a redis:// or rediss:// URL" in err and secret not in err, err
+    finally:
+        guarded.stop()
