@@ -325,8 +325,12 @@ class RedisCoordination:
             what = what.decode() if isinstance(what, bytes) else str(what)
             if kind == "grant":
                 shard_id = int(what.rsplit("/", 1)[1])
-                enqueued, reason = self._waiting.pop(shard_id)
                 self._queued.discard(shard_id)
+                if shard_id not in self._waiting:  # no longer wanted (a stale entry): give it back unused
+                    self._op("U", shard_id)
+                    wake = now
+                    continue
+                enqueued, reason = self._waiting.pop(shard_id)
                 self._holding[shard_id] = now + self.hold_timeout
                 self._unstarted.add(shard_id)
                 out.append(Grant(shard_id, now - enqueued, reason))
