@@ -74,7 +74,8 @@ async def start_hosts(sim: Sim, tmp: str, n: int, window: float, hosts: int, wor
     procs = []
     for i in range(hosts):
         args = ["-m", "cluster", "run", "--handler", "cluster.example:ExampleHandler", "--workers", str(workers),
-                "--gateway-url", sim.url, "--api-url", sim.api_url, "--identify-window", str(window), "--shards", str(n),
+                "--gateway-url", sim.url, "--api-url", sim.api_url, "--identify-window", str(window),
+                "--shards", str(n),
                 "--state-file", os.path.join(tmp, f"h{i}.json"), "--fresh",
                 "--no-status-line", "--log-level", "WARNING"]
         if redis_url is not None:

@@ -174,8 +174,9 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             problems.append(f"host_ttl must be >= 2 (records are renewed every second), got {self.host_ttl:g}")
         if self.host_count is not None and self.host_count < 1:
             problems.append(f"host_count must be >= 1, got {self.host_count}")
-        if isinstance(self.host_index, int) and self.host_count is not None and not 0 <= self.host_index < self.host_count:
-            problems.append(f"host_index must be 0 to host_count - 1 ({self.host_count - 1}), got {self.host_index}")
+        index, count = self.host_index, self.host_count
+        if isinstance(index, int) and count is not None and not 0 <= index < count:
+            problems.append(f"host_index must be 0 to host_count - 1 ({count - 1}), got {index}")
         return problems
 
     def host_shards(self, shard_total: int) -> range:

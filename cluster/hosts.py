@@ -31,7 +31,8 @@ from cluster.error import ConfigError
 from cluster.layout import split
 
 __all__ = ["HOST_RENEW_INTERVAL", "HOST_TTL", "HostRecord", "agree_layout", "conflict_message", "host_id", "host_key",
-           "host_ordinal", "host_range", "hosts_key", "keep_registered", "layout_key", "new_record", "parse_shard_range", "read_hosts",
+           "host_ordinal", "host_range", "hosts_key", "keep_registered", "layout_key", "new_record",
+           "parse_shard_range", "read_hosts",
            "register_host", "remove_host", "renew_host", "this_hostname", "try_register_host"]
 
 HOST_TTL = 10.0

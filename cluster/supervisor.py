@@ -285,10 +285,11 @@ class Supervisor:
             record = new_record(self._host_id, mine, self.shard_total, self.http_url)
             await self._register(record)
             self.host = record
-            coord = self.coordinator
+            from cluster.coordination.redis import RedisCoordination  # noqa: PLC0415 - needs the redis package
+            coord = self.coordinator if isinstance(self.coordinator, RedisCoordination) else None
             self._rt.spawn_loop("host_registry", lambda: keep_registered(
-                self._redis, self._ns, record, cfg.host_ttl, on_error=getattr(coord, "mark_down", None),
-                on_ok=getattr(coord, "mark_up", None)))
+                self._redis, self._ns, record, cfg.host_ttl, on_error=coord.mark_down if coord else None,
+                on_ok=coord.mark_up if coord else None))
         self._loops.start()
         for wid, r in enumerate(ranges):
             self._rt.spawn_task(self._workers.bring_up(wid, r, RestartPolicy(

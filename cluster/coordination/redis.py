@@ -84,7 +84,8 @@ local host = ARGV[4]
 local window, hold, alive = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local reserve, pace_below = tonumber(ARGV[8]), tonumber(ARGV[9])
 if redis.call('EXISTS', bk) == 0 then
-  redis.call('HSET', bk, 'total', ARGV[10], 'remaining', ARGV[11], 'reset_at', now + tonumber(ARGV[12]), 'last_spent', 0)
+  redis.call('HSET', bk, 'total', ARGV[10], 'remaining', ARGV[11], 'reset_at', now + tonumber(ARGV[12]),
+             'last_spent', 0)
 end
 redis.call('SET', ns .. 'id:alive:' .. host, '1', 'PX', alive)
 local out = {}

@@ -98,7 +98,8 @@ def test_config_options_for_the_host_and_auto_from_the_pod_name(monkeypatch):
     assert ClusterConfig(shard_range="3-5").host_shards(8) == range(3, 6)
     assert ClusterConfig().host_shards(8) == range(8)
     for bad, message in [(dict(shard_range="3-5", host_count=2, host_index=0), "not both"),
-                         (dict(host_index=1), "go together"), (dict(host_index="first", host_count=2), "number or auto"),
+                         (dict(host_index=1), "go together"),
+                         (dict(host_index="first", host_count=2), "number or auto"),
                          (dict(host_index=2, host_count=2), "0 to host_count - 1"), (dict(shard_range="5-3"), "after")]:
         with pytest.raises(ConfigError, match=message):
             ClusterConfig(**bad)
