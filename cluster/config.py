@@ -102,6 +102,16 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     cluster_name: str | None = None
     """Namespace of this bot's keys in the coordinator, so several bots can share one Redis.
     None: derived from the bot's user id (``bot-<id>``)."""
+    shard_range: str | None = None
+    """``A-B``: this host runs only shards A to B (inclusive) of the cluster. None: see host_index."""
+    host_index: str | int | None = None
+    """This host's part (0-based) of host_count consecutive shard ranges, or ``auto``: the ordinal at the end
+    of the host name (a Kubernetes StatefulSet pod ``bot-3`` is 3)."""
+    host_count: int | None = None
+    """How many hosts split the shards (with host_index). None with no shard_range: this host runs them all."""
+    host_ttl: float = 10.0
+    """Seconds a host's record in the coordinator outlives its last renewal (every second): a host killed without a
+    clean stop keeps its range this long. A host restarted on the same machine (pod) waits that out."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -134,10 +144,50 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.coordinator is not None:
             if (problem := url_problem(self.coordinator)) is not None:
                 problems.append(problem)
+        problems += self._host_problems()
         if self.cluster_name is not None and not _NAME_OK(self.cluster_name):
             problems.append(f"cluster_name must be 1-64 letters, digits, '-', '_' or '.', got {self.cluster_name!r}")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def _host_problems(self) -> list[str]:
+        problems = []
+        if isinstance(self.host_index, str):
+            text = self.host_index.strip().lower()
+            if text.isdigit():
+                self.host_index = int(text)
+            elif text == "auto":
+                self.host_index = "auto"
+            else:
+                problems.append(f"host_index must be a number or auto, got {self.host_index!r}")
+        if self.shard_range is not None:
+            from cluster.hosts import parse_shard_range  # noqa: PLC0415 - hosts imports this package's layout
+            try:
+                parse_shard_range(self.shard_range)
+            except ConfigError as exc:
+                problems.append(str(exc))
+            if self.host_index is not None or self.host_count is not None:
+                problems.append("give shard_range or host_index and host_count, not both")
+        elif (self.host_index is None) != (self.host_count is None):
+            problems.append("host_index and host_count go together")
+        if self.host_ttl < 2:
+            problems.append(f"host_ttl must be >= 2 (records are renewed every second), got {self.host_ttl:g}")
+        if self.host_count is not None and self.host_count < 1:
+            problems.append(f"host_count must be >= 1, got {self.host_count}")
+        index, count = self.host_index, self.host_count
+        if isinstance(index, int) and count is not None and not 0 <= index < count:
+            problems.append(f"host_index must be 0 to host_count - 1 ({count - 1}), got {index}")
+        return problems
+
+    def host_shards(self, shard_total: int) -> range:
+        """The shards this host runs out of ``shard_total`` (all of them unless shard_range or host_index/host_count
+        say otherwise). ConfigError if they do not fit, or if host_index is auto and the host name has no ordinal."""
+        from cluster.hosts import host_ordinal, host_range, parse_shard_range  # noqa: PLC0415
+        index = host_ordinal() if self.host_index == "auto" else self.host_index
+        if index is not None and self.host_count is not None and not 0 <= int(index) < self.host_count:
+            raise ConfigError(f"host_index {index} (from the host name) is not below host_count {self.host_count}")
+        return host_range(shard_total, shard_range=None if self.shard_range is None else parse_shard_range(
+            self.shard_range), host_index=None if index is None else int(index), host_count=self.host_count)
 
     def __repr__(self) -> str:  # the HTTP token stays out of logs and tracebacks
         return f"ClusterConfig({', '.join(f'{k}={v!r}' for k, v in self.__rich_repr__())})"
@@ -221,6 +271,13 @@ HELP: dict[str, str] = {
                    "identify coordination, the session budget and sessions; default: in this process (one host)",
     "cluster_name": "namespace of this bot's keys in the coordinator (default: bot-<user id>), so bots can share "
                     "one Redis",
+    "shard_range": "A-B: this host runs only shards A to B (inclusive); overlapping live hosts are refused "
+                   "(needs --coordinator)",
+    "host_index": "this host's part (0-based) of --host-count consecutive shard ranges, or auto: the ordinal of a "
+                  "StatefulSet pod name in HOSTNAME (bot-3 -> 3)",
+    "host_count": "how many hosts split the shards (with --host-index)",
+    "host_ttl": "seconds a host's record in the coordinator outlives its last renewal (every second); a host "
+                "killed without a clean stop keeps its range this long, and its restart on the same machine waits",
 }
 """The help text of every setting, shown by ``python -m cluster run --help``."""
 
@@ -244,7 +301,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         key = name[len(ENV_PREFIX):].lower()
         if key not in FIELDS:
             _check_keys([key], f"environment variable {name}")
-        out[key] = None if value.strip().lower() in _NONE_WORDS else value
+        word = value.strip().lower()
+        out[key] = value if key == "host_index" and word == "auto" else None if word in _NONE_WORDS else value
     return out
 
 

@@ -29,14 +29,14 @@ from typing import Any
 import msgspec
 from redis import exceptions as rx
 
-from cluster.coordination.redis_conn import connect, namespace, unavailable
+from cluster.coordination.redis_conn import unavailable
 from cluster.coordination.redis_url import redacted_url
 from cluster.sessions_store import RedisSessionStore
 from ipc import gather
 from ipc.calls import Reply
 
 __all__ = ["BroadcastAnswer", "BroadcastRequest", "CrossHost", "HostStatus", "REPLY_MARGIN", "STATUS_TTL_MIN",
-           "host_id", "host_summary", "read_hosts", "status_ttl"]
+           "host_summary", "read_hosts", "status_ttl"]
 
 log = logging.getLogger("cluster")
 
@@ -49,16 +49,6 @@ timeout less this, so that their replies arrive before the asking worker's own d
 _REDIS_DOWN = (rx.ConnectionError, rx.TimeoutError, OSError)
 
 _HOST_ID: str | None = None
-
-
-def host_id() -> str:
-    """This supervisor's id among the bot's hosts: ``<hostname>:<pid>``, fixed for the process's life.
-
-    (To be unified with the host registry's id, ``cluster/hosts.py``, when both land.)"""
-    global _HOST_ID
-    if _HOST_ID is None:
-        _HOST_ID = f"{socket.gethostname()}:{os.getpid()}"
-    return _HOST_ID
 
 
 def status_ttl(report_interval: float) -> float:
@@ -152,11 +142,11 @@ class CrossHost:
     relay. ``status()`` is this supervisor's ``/status`` dict, ``channels()`` its running workers' IPC channels,
     ``http_url()`` its HTTP address (or None)."""
 
-    def __init__(self, client: Any, url: str, prefix: str, *, report_interval: float, session_ttl: float,
+    def __init__(self, client: Any, url: str, prefix: str, *, host: str, report_interval: float, session_ttl: float,
                  status: Callable[[], dict[str, Any]], channels: Callable[[], dict[int, Any]],
                  http_url: Callable[[], str | None], spawn: Callable[[Any], Any]) -> None:
         self.client, self.url, self.prefix = client, url, prefix
-        self.host = host_id()
+        self.host = host  # the host registry's id (cluster.hosts.host_id)
         self.report_interval = report_interval
         self.status, self.channels, self.http_url, self.spawn = status, channels, http_url, spawn
         self.sessions = RedisSessionStore(client, url, prefix, host=self.host, ttl=session_ttl,
@@ -167,13 +157,6 @@ class CrossHost:
         self.hosts: dict[str, HostStatus] = {}  # the last read of every host's status
         self._pending: dict[str, _Pending] = {}
         self._problems: dict[str, str] = {}  # per loop, the Redis error last logged
-
-    @classmethod
-    async def open(cls, config: Any, token: str, **kwargs: Any) -> CrossHost:
-        """Connect to ``config.coordinator`` (ConfigError, CoordinatorUnavailable: see ``redis_conn.connect``)."""
-        client = await connect(config.coordinator)
-        return cls(client, config.coordinator, namespace(config.cluster_name, token),
-                   report_interval=config.report_interval, session_ttl=config.session_ttl, **kwargs)
 
     def summaries(self) -> tuple[dict[str, Any], ...]:
         """The ``hosts`` section of ``/status`` (from the last read: no Redis call)."""

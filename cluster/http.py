@@ -74,8 +74,10 @@ class Endpoint:
             return 200, "text/plain", b"ok\n"
         if path == "/readyz" and method == "GET":
             snap = self.sup.snapshot()
-            return ((200 if snap.ready else 503), "text/plain",
-                    f"{snap.active}/{snap.shard_total} shards active\n".encode())
+            text = f"{snap.active}/{len(snap.shards)} shards active\n"
+            if not snap.coordinator_up:
+                text = "coordinator unavailable: identifies wait\n" + text
+            return (200 if snap.ready else 503), "text/plain", text.encode()
         if path == "/status" and method == "GET":
             return 200, "application/json", json.dumps(self.sup.snapshot().status()).encode()
         if path == "/restart":

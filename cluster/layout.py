@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["round_up", "split"]
+__all__ = ["round_up", "split", "split_range"]
 
 
 def round_up(shards: int, max_concurrency: int) -> int:
@@ -39,3 +39,9 @@ def split(total: int, *, shards_per_worker: int | None = None, workers: int | No
         out.append(range(start, start + n))
         start += n
     return out
+
+
+def split_range(shards: range, *, shards_per_worker: int | None = None, workers: int | None = None) -> list[range]:
+    """:func:`split` of the consecutive ``shards`` (one host's part of the cluster) instead of ``0..total-1``."""
+    return [range(r.start + shards.start, r.stop + shards.start)
+            for r in split(len(shards), shards_per_worker=shards_per_worker, workers=workers)]

@@ -93,6 +93,14 @@ class _Collector:
                                        "expired (identify_hold_timeout is too short for the shards' connects)")
             late.add_metric([], coord.late_starts)
             yield late
+            up = GaugeMetricFamily("cluster_coordinator_up", "1 if the identify coordinator (Redis, when shared by "
+                                   "hosts) answers; 0 while identifies wait for it")
+            up.add_metric([], 1 if coord.coordinator_up else 0)
+            yield up
+            failed = CounterMetricFamily("cluster_coordinator_errors", "Failed attempts to reach the shared "
+                                         "identify coordinator")
+            failed.add_metric([], coord.coordinator_errors)
+            yield failed
 
         restarts = CounterMetricFamily("cluster_worker_restarts", "Worker restarts by reason", labels=["worker", "reason"])
         for (wid, reason), n in snap.restarts.items():

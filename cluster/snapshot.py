@@ -82,6 +82,10 @@ class CoordinationStats:
     """Identifies written after their hold expired (``identify_hold_timeout`` too short for the connects)."""
     unused_grants: int
     expired_holds: int
+    coordinator_up: bool = True
+    """False while a shared coordinator (Redis) cannot be reached: identifies wait, running shards go on."""
+    coordinator_errors: int = 0
+    """Failed attempts to reach the shared coordinator since the start."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +154,13 @@ class ClusterSnapshot:
 
     @property
     def ready(self) -> bool:
-        return self.shard_total > 0 and self.active == self.shard_total and not self.stopping
+        return (bool(self.shards) and self.active == len(self.shards) and not self.stopping
+                and self.coordinator_up)
+
+    @property
+    def coordinator_up(self) -> bool:
+        """False while the shared coordinator cannot be reached (never for the in-process one)."""
+        return self.coordination is None or self.coordination.coordinator_up
 
     def status(self) -> dict[str, Any]:
         """The JSON-able ``/status``: workers, shards, identify queue and budget."""
@@ -167,6 +177,7 @@ class ClusterSnapshot:
                                 "reserve": coord.budget_reserve, "reset_in": coord.budget_reset_in}
                                if coord else None),
             "late_starts": coord.late_starts if coord else 0,
+            "coordinator_up": self.coordinator_up,
             "identifies": dict(self.identifies),
             "workers": [{"id": w.worker_id, "pid": w.pid, "state": w.state.value, "generation": w.generation,
                          "shards": [w.shards.start, w.shards.stop - 1], "rss": w.rss, "ipc_rtt": w.ipc_rtt,

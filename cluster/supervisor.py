@@ -25,7 +25,9 @@ from cluster.discord_api import fetch_gateway_bot
 from cluster.error import CoordinatorUnavailable
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.handler import HandlerImportError, check_handler
-from cluster.layout import round_up, split
+from cluster.hosts import (HostRecord, agree_layout, conflict_message, host_id, keep_registered, new_record,
+                           remove_host, try_register_host)
+from cluster.layout import round_up, split_range
 from cluster.loops import Loops
 from cluster.restart import Backoff, RestartPolicy
 from cluster.routing import Router
@@ -96,6 +98,9 @@ class Supervisor:
         self.http_server: asyncio.AbstractServer | None = None
         self._stop: asyncio.Future[None] | None = None
         self._stop_early = False
+        self._redis: Any = None  # the coordinator's client, with --coordinator
+        self._ns = ""
+        self.host: HostRecord | None = None  # this host in the registry, with --coordinator
         self._cross: Any = None  # the sessions, status and broadcasts shared with the other hosts (a CrossHost)
 
     @property
@@ -232,6 +237,8 @@ class Supervisor:
                 check_handler(self.handler)
             except HandlerImportError as exc:
                 raise ClusterExit(ExitCode.HANDLER_IMPORT, f"handler failed to import: {exc}") from None
+        if cfg.coordinator is not None and self._coordination is local_coordination:
+            await self._connect_coordinator(cfg.coordinator, token)
         now = time.monotonic()
         info = await fetch_gateway_bot(cfg.api_url, token)
         limit = info.session_start_limit
@@ -241,25 +248,28 @@ class Supervisor:
         if cfg.shards and self.shard_total != cfg.shards:
             log.warning("shard count %d rounded up to %d, a multiple of max_concurrency %d",
                         cfg.shards, self.shard_total, self.max_concurrency)
+        if self._redis is not None:  # the cluster's layout is decided once, by its first host
+            total, mc = self.shard_total, self.max_concurrency
+            self.shard_total, self.max_concurrency = await self._on_redis("the cluster layout", lambda: agree_layout(
+                self._redis, self._ns, total, mc, explicit_shards=total if cfg.shards else None,
+                explicit_concurrency=cfg.max_concurrency))
+        try:
+            mine = cfg.host_shards(self.shard_total)
+        except ConfigError as exc:
+            raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
         reserve = (cfg.budget_reserve if cfg.budget_reserve is not None
                    else max(1, min(self.shard_total, limit.total // 20)))
         self.coordinator = self._coordination(CoordinationSetup(
             self.max_concurrency, limit.total, limit.remaining, limit.reset_after / 1000, reserve,
             cfg.budget_pace_below, cfg.identify_window, cfg.identify_hold_timeout, now))
-        ranges = split(self.shard_total, shards_per_worker=cfg.shards_per_worker, workers=cfg.workers)
+        ranges = split_range(mine, shards_per_worker=cfg.shards_per_worker, workers=cfg.workers)
         log.info("%d shards (max_concurrency %d) in %d workers; session budget %d/%d (safety margin %d)",
                  self.shard_total, self.max_concurrency, len(ranges), limit.remaining, limit.total, reserve)
+        if len(mine) != self.shard_total:
+            log.info("this host runs shards %d-%d of %d", mine.start, mine.stop - 1, self.shard_total)
         for wid, r in enumerate(ranges):
             for s in r:
                 self.shards[s] = ShardView(s, wid)
-        if cfg.coordinator is not None:  # sessions, status and broadcasts shared with the other hosts
-            await self._join_hosts(cfg, token)
-        if not cfg.fresh:  # it logs what it used, or one warning saying what it ignored and why
-            try:
-                self.sessions = await self._loops.store.load(self.shards.keys(), self.shard_total, cfg.session_ttl,
-                                                             user_id=token_user_id(token), gateway_url=self.gateway_url)
-            except CoordinatorUnavailable as exc:  # Redis went away since it was reached: start again later
-                raise ClusterExit(ExitCode.ERROR, str(exc)) from None
         if cfg.http_port is not None:
             from cluster.http import serve_http
             try:
@@ -269,24 +279,37 @@ class Supervisor:
             self.http_server, self.http_url = await serve_http(self, cfg.http_host, cfg.http_port, http_token)
             log.info("metrics at %s/metrics; POST /restart %s", self.http_url,
                      "needs the HTTP token" if http_token else "is off (no HTTP token configured)")
+        if self._redis is not None:
+            record = new_record(self._host_id, mine, self.shard_total, self.http_url)
+            await self._register(record)
+            self.host = record
+            from cluster.coordination.redis import RedisCoordination  # noqa: PLC0415 - needs the redis package
+            coord = self.coordinator if isinstance(self.coordinator, RedisCoordination) else None
+            self._rt.spawn_loop("host_registry", lambda: keep_registered(
+                self._redis, self._ns, record, cfg.host_ttl, on_error=coord.mark_down if coord else None,
+                on_ok=coord.mark_up if coord else None))
+            self._join_hosts()  # sessions, status and broadcasts shared with the other hosts
+        if not cfg.fresh:  # it logs what it used, or one warning saying what it ignored and why
+            def load() -> Any:
+                return self._loops.store.load(self.shards.keys(), self.shard_total, cfg.session_ttl,
+                                              user_id=token_user_id(token), gateway_url=self.gateway_url)
+            self.sessions = await (self._on_redis("the session store", load) if self._redis is not None else load())
         self._loops.start()
         for wid, r in enumerate(ranges):
             self._rt.spawn_task(self._workers.bring_up(wid, r, RestartPolicy(
                 f"worker {wid}", min_alive=cfg.restart_min_alive, max_failures=cfg.restart_max_failures,
                 backoff=Backoff(cfg.restart_backoff_base, cfg.restart_backoff_cap))))
 
-    async def _join_hosts(self, cfg: ClusterConfig, token: str) -> None:
+    def _join_hosts(self) -> None:
         """Keep the sessions in the coordinator's Redis, publish this host's status there, and relay broadcasts
-        to and from the other hosts (:mod:`cluster.crosshost`)."""
+        to and from the other hosts (:mod:`cluster.crosshost`), all under this host's registry id."""
         from cluster.crosshost import CrossHost
 
-        try:
-            cross = await CrossHost.open(cfg, token, status=self.status, channels=self._rt.running_channels,
-                                         http_url=lambda: self.http_url, spawn=self._rt.spawn_task)
-        except ConfigError as exc:
-            raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
-        except CoordinatorUnavailable as exc:
-            raise ClusterExit(ExitCode.ERROR, str(exc)) from None
+        cfg = self.config
+        cross = CrossHost(self._redis, cfg.coordinator, self._ns, host=self._host_id,
+                          report_interval=cfg.report_interval, session_ttl=cfg.session_ttl, status=self.status,
+                          channels=self._rt.running_channels, http_url=lambda: self.http_url,
+                          spawn=self._rt.spawn_task)
         self._cross = cross
         self._loops.store = cross.sessions
         self._router.host, self._router.remote = cross.host, cross.ask
@@ -308,4 +331,80 @@ class Supervisor:
             await self._cross.close()
         if self.http_server is not None:
             self.http_server.close()
+        if self._redis is not None:
+            await self._leave_coordinator()
         rt.emit("stopped", code=int(self.exit_code))
+
+    # --- the shared coordinator (Redis) ---------------------------------------------------
+
+    async def _connect_coordinator(self, url: str, token: str) -> None:
+        """Connect to the coordinator's Redis, retrying with backoff while it is unreachable (logged once); a bad
+        URL, a refused login or a server that is not Redis exits 2. Its identify coordination becomes this host's."""
+        from cluster.coordination.redis import redis_coordination  # noqa: PLC0415 - needs the redis package
+        from cluster.coordination.redis_conn import connect, namespace  # noqa: PLC0415
+
+        self._redis = await self._on_redis("the coordinator", lambda: connect(url))
+        self._ns = namespace(self.config.cluster_name, token)
+        self._host_id = host_id()
+        self._coordination = redis_coordination(self._redis, self._ns, self._host_id)
+
+    async def _register(self, record: HostRecord) -> None:
+        """Join the host registry; exit 2 if a live host runs some of these shards. A record of this machine (pod)
+        is waited out for host_ttl first: it is a predecessor killed without a clean stop, unless it is renewed."""
+        ttl = self.config.host_ttl
+        deadline = time.monotonic() + ttl + 1.0
+        said = False
+        while True:
+            other = await self._on_redis("the host registry", lambda: try_register_host(self._redis, self._ns,
+                                                                                         record, ttl))
+            if other is None:
+                return
+            if other.hostname != record.hostname or time.monotonic() > deadline:
+                raise ClusterExit(ExitCode.CONFIG, conflict_message(record, other))
+            if not said:
+                log.warning("%s: a previous run on this machine? waiting up to %g s for its record to expire",
+                            other.describe(), ttl)
+                said = True
+            await asyncio.sleep(min(1.0, ttl / 4))
+
+    async def _on_redis(self, what: str, call: Any) -> Any:
+        """``await call()``, retried with backoff while Redis is unavailable (said once); ConfigError exits 2."""
+        from redis import exceptions as rx  # noqa: PLC0415
+
+        delay, said = 0.5, False
+        while True:
+            try:
+                result = await call()
+            except ConfigError as exc:
+                raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
+            except (CoordinatorUnavailable, rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+                self._rt.errors[("coordinator", type(exc).__name__)] += 1
+                if not said:
+                    log.warning("%s is unavailable (%s); retrying with backoff until it answers", what, exc)
+                    said = True
+                if self._stop is not None:
+                    try:
+                        await asyncio.wait_for(asyncio.shield(self._stop), delay)
+                    except TimeoutError:
+                        pass
+                    if self._stop.done():
+                        raise ClusterExit(self.exit_code, f"stopped while waiting for {what}") from None
+                else:
+                    await asyncio.sleep(delay)
+                delay = min(5.0, delay * 2)
+                continue
+            if said:
+                log.warning("%s answers again", what)
+            return result
+
+    async def _leave_coordinator(self) -> None:
+        """Leave the host registry (so that a successor with this range starts at once) and close the client."""
+        from redis import exceptions as rx  # noqa: PLC0415
+
+        try:
+            if self.host is not None:
+                async with asyncio.timeout(2.0):
+                    await remove_host(self._redis, self._ns, self.host.host_id)
+        except (rx.RedisError, OSError, TimeoutError) as exc:
+            log.warning("could not leave the host registry (its record expires in %g s): %s", self.config.host_ttl, exc)
+        await self._redis.aclose()

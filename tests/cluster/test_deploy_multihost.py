@@ -30,7 +30,7 @@ SAVE_MARGIN = 5  # seconds past the workers' shutdown timeout for the supervisor
 # Settings of the multi-host work (issue 8) that cluster/config.py does not have yet. The
 # multi-host branch removes them from here as it adds them (test_pending_options_are_still_pending
 # says when); every other setting used in deploy/ must exist today.
-PENDING_OPTIONS = {"CLUSTER_HOST_INDEX", "CLUSTER_HOST_COUNT"}
+PENDING_OPTIONS: set[str] = set()
 SETTINGS = {ENV_PREFIX + name.upper() for name in FIELDS}
 DISCORD_TOKEN_RE = re.compile(r"[\w-]{23,28}\.[\w-]{6}\.[\w-]{27,}")
 

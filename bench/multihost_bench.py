@@ -1,0 +1,192 @@
+"""Multi-host benchmark (not a test): bring-up across host processes sharing one Redis, and what Redis costs.
+
+    .venv/bin/python bench/multihost_bench.py                      # N=256, 4 hosts, M=16, 1 s window
+    .venv/bin/python bench/multihost_bench.py --shards 1024 --idle 60
+
+The simulator runs in its own process (``python -m sim``); every host is a real ``python -m cluster run``
+process with ``--coordinator redis://... --host-index i --host-count H``; Redis is a ``redis-server`` of the
+benchmark's own on a free port.
+
+1. **Bring-up.** N shards across H hosts at max_concurrency M, the simulator's identify window W: from the
+   first host's start to every shard active on the simulator, against the ceiling ceil(N/M) x W (the
+   target is within 2 s of it) and against one host (no coordinator) in the same run; identifies and
+   concurrency violations from the simulator.
+2. **Redis cost.** ``INFO commandstats`` before and after the bring-up (commands per identify, scripts'
+   inner calls counted), and over ``--idle`` seconds of steady state (commands per shard per minute);
+   Redis CPU (``INFO cpu``) in both.
+
+Results go to bench/results/multihost.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import os
+import platform
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT / "tests"))
+
+import redis  # noqa: E402
+
+from cluster_bench import Sim  # noqa: E402
+from redis_process import RedisServer  # noqa: E402
+from sim import DEFAULT_TOKEN  # noqa: E402
+
+
+def redis_numbers(client: redis.Redis) -> tuple[int, float, dict[str, int]]:
+    """(total commands, CPU seconds, calls by command) of the Redis server now."""
+    stats = client.info("commandstats")
+    calls = {k.removeprefix("cmdstat_"): v["calls"] for k, v in stats.items()}
+    cpu = client.info("cpu")
+    return sum(calls.values()), cpu["used_cpu_sys"] + cpu["used_cpu_user"], calls
+
+
+def active(stats: dict) -> int:
+    return sum(1 for r in stats["sessions"].values() if r["state"] == "active")
+
+
+async def wait_active(sim: Sim, n: int, timeout: float, procs: list) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = await sim.stats()
+        if active(stats) == n:
+            return stats
+        if any(p.returncode is not None for p in procs):
+            raise RuntimeError("a host exited during bring-up")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{active(stats)}/{n} active after {timeout:g} s")
+        await asyncio.sleep(0.05)
+
+
+async def start_hosts(sim: Sim, tmp: str, n: int, window: float, hosts: int, workers: int,
+                      redis_url: str | None) -> list:
+    env = {**os.environ, "DISCORD_TOKEN": DEFAULT_TOKEN, "PYTHONPATH": str(ROOT), "CLUSTER_HTTP_PORT": "none"}
+    procs = []
+    for i in range(hosts):
+        args = ["-m", "cluster", "run", "--handler", "cluster.example:ExampleHandler", "--workers", str(workers),
+                "--gateway-url", sim.url, "--api-url", sim.api_url, "--identify-window", str(window),
+                "--shards", str(n),
+                "--state-file", os.path.join(tmp, f"h{i}.json"), "--fresh",
+                "--no-status-line", "--log-level", "WARNING"]
+        if redis_url is not None:
+            args += ["--coordinator", redis_url, "--cluster-name", "bench", "--host-index", str(i),
+                     "--host-count", str(hosts)]
+        procs.append(await asyncio.create_subprocess_exec(sys.executable, *args, env=env, cwd=ROOT,
+                                                          stderr=asyncio.subprocess.DEVNULL))
+    return procs
+
+
+async def stop_hosts(procs: list) -> None:
+    for p in procs:
+        if p.returncode is None:
+            p.send_signal(signal.SIGTERM)
+    await asyncio.gather(*(p.wait() for p in procs))
+
+
+async def run(n: int, m: int, window: float, hosts: int, workers: int, idle: float) -> dict:
+    sim_opts = dict(shards=n, max_concurrency=m, identify_window=window, token=DEFAULT_TOKEN, session_limit=5000)
+    out: dict = {"n": n, "m": m, "window": window, "hosts": hosts, "ceiling": math.ceil(n / m) * window}
+    with tempfile.TemporaryDirectory() as tmp:
+        server = RedisServer(Path(tmp)).start()
+        client = redis.Redis(port=server.port)
+        try:
+            async with Sim(**sim_opts) as sim:
+                calls0, cpu0, _ = redis_numbers(client)
+                t0 = time.monotonic()
+                procs = await start_hosts(sim, tmp, n, window, hosts, workers, server.url)
+                try:
+                    stats = await wait_active(sim, n, 60 + 3 * out["ceiling"], procs)
+                    out["multi_bringup"] = time.monotonic() - t0
+                    out["multi_identifies"] = stats["total"]["identifies"]
+                    out["multi_violations"] = stats["total"]["concurrency_violations"]
+                    calls1, cpu1, by1 = redis_numbers(client)
+                    out["bringup_commands"] = calls1 - calls0
+                    out["bringup_redis_cpu"] = cpu1 - cpu0
+                    await asyncio.sleep(idle)  # the steady state being measured: nothing to await
+                    calls2, cpu2, by2 = redis_numbers(client)
+                    out["idle_commands"] = calls2 - calls1
+                    out["idle_redis_cpu"] = cpu2 - cpu1
+                    out["idle_by_command"] = {k: v - by1.get(k, 0) for k, v in by2.items() if v - by1.get(k, 0)}
+                finally:
+                    await stop_hosts(procs)
+        finally:
+            client.close()
+            server.stop()
+        async with Sim(**sim_opts) as sim:  # the single-host supervisor, same settings
+            t0 = time.monotonic()
+            procs = await start_hosts(sim, tmp, n, window, 1, workers * hosts, None)
+            try:
+                stats = await wait_active(sim, n, 60 + 3 * out["ceiling"], procs)
+                out["single_bringup"] = time.monotonic() - t0
+                out["single_violations"] = stats["total"]["concurrency_violations"]
+            finally:
+                await stop_hosts(procs)
+    out["idle"] = idle
+    return out
+
+
+def report(r: dict, command: str) -> str:
+    per_identify = r["bringup_commands"] / max(1, r["multi_identifies"])
+    per_shard_minute = r["idle_commands"] / r["n"] / (r["idle"] / 60)
+    within = r["multi_bringup"] - r["ceiling"]
+    return "\n".join([
+        "# Multi-host on Redis: bring-up and Redis cost",
+        "",
+        f"Command: `{command}`",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared), "
+        f"Python {platform.python_version()}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        f"N={r['n']} shards, max_concurrency M={r['m']}, identify window {r['window']:g} s, "
+        f"{r['hosts']} host processes (one Redis); ceiling ceil(N/M) x window = {r['ceiling']:.1f} s.",
+        "",
+        "| | bring-up (s) | vs ceiling | identifies | concurrency violations |",
+        "|---|---|---|---|---|",
+        f"| {r['hosts']} hosts, Redis coordinator | {r['multi_bringup']:.1f} | {within:+.1f} s | "
+        f"{r['multi_identifies']} | {r['multi_violations']} |",
+        f"| 1 host, in-process coordinator | {r['single_bringup']:.1f} | {r['single_bringup'] - r['ceiling']:+.1f} s | "
+        f"- | {r['single_violations']} |",
+        "",
+        "Bring-up is measured from the first host's process start (imports, worker spawn, GET /gateway/bot "
+        "included) to every shard active on the simulator.",
+        "",
+        "| Redis cost | value |",
+        "|---|---|",
+        f"| commands per identify (bring-up, scripts' inner calls included) | {per_identify:.1f} |",
+        f"| Redis CPU during bring-up | {r['bringup_redis_cpu']:.2f} s |",
+        f"| commands per shard per minute, steady state ({r['idle']:g} s) | {per_shard_minute:.2f} |",
+        f"| Redis CPU in steady state | {r['idle_redis_cpu'] / r['idle'] * 100:.2f} % of a core |",
+        "",
+        "Steady-state commands by name: " + ", ".join(f"{k} {v}" for k, v in sorted(
+            r["idle_by_command"].items(), key=lambda kv: -kv[1])),
+        "",
+    ])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shards", type=int, default=256)
+    p.add_argument("--max-concurrency", type=int, default=16)
+    p.add_argument("--window", type=float, default=1.0)
+    p.add_argument("--hosts", type=int, default=4)
+    p.add_argument("--workers", type=int, default=2, help="workers per host")
+    p.add_argument("--idle", type=float, default=30.0, help="seconds of steady state measured")
+    p.add_argument("--out", default=str(ROOT / "bench" / "results" / "multihost.md"))
+    args = p.parse_args()
+    r = asyncio.run(run(args.shards, args.max_concurrency, args.window, args.hosts, args.workers, args.idle))
+    text = report(r, "python bench/multihost_bench.py " + " ".join(sys.argv[1:]))
+    Path(args.out).write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

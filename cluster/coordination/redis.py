@@ -1,0 +1,456 @@
+"""Identify coordination shared by every host of a bot, in Redis: the rules of :mod:`.local`, cluster-wide.
+
+Each host's supervisor keeps a :class:`RedisCoordination` (its identify pump is the only caller). The state
+that must be one for the whole bot lives in Redis under the bot's namespace ``<ns>`` and changes only inside
+two Lua scripts (:data:`DECIDE`, :data:`REPORT`), so no two hosts can read-modify-write past each other:
+
+* ``<ns>id:q:<b>``: bucket ``b``'s waiting shards (``<host>/<shard>``), a ZSET scored by a ticket from the
+  counter ``<ns>id:ticket``: first come, first granted, whatever host asked.
+* ``<ns>id:slot:<b>``: the member holding the bucket's slot, from its grant until READY / INVALID_SESSION,
+  a cancel or an unused grant; its ``PX`` TTL is ``identify_hold_timeout``, so a dead host's slot frees itself.
+* ``<ns>id:win:<b>``: when the bucket's window started (Redis ``TIME``, ms): the latest of the grant, the
+  Identify's send (IdentifyStarted) and its outcome, as in :mod:`.local`. ``<ns>id:last:<b>`` is the latest
+  grant with the window it replaced, for an unused grant's refund.
+* ``<ns>id:budget``: the session budget (``total``, ``remaining``, ``reset_at``, ``last_spent``), spent in
+  the same script as the grant, with the local reserve and pacing rules.
+* ``<ns>id:alive:<host>``: renewed by every decide of a host with waiting shards; a queue head whose host
+  has none is dropped (the host died), so a dead host never blocks a bucket.
+
+Clock: every time in Redis is the Redis server's ``TIME``; hosts only see durations ("wait 320 ms"), so the
+hosts' clocks need not agree. Redis trouble never raises into the pump: the reports are kept and sent again,
+decisions wait (with backoff, said once per outage in the log), :attr:`RedisCoordination.up` is False
+(``/readyz``, ``cluster_coordinator_up``). Resumes never pass through here, so they go on meanwhile.
+A Redis that restarted empty is noticed by its new ``<ns>id:epoch``: this host re-asserts the slots it holds
+(``SET NX`` with the rest of their hold), and a bucket whose window is unknown waits one whole window before
+its first grant, so a lost state cannot let two Identifies of one bucket into one window.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from redis import exceptions as rx
+
+from cluster.coordination.base import (CoordinationFactory, CoordinationSetup, CoordinationStats, Decision, Defer,
+                                       Grant, IdentifyEvent, Refuse)
+from ipc.protocol import IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused
+
+__all__ = ["DECIDE", "REPORT", "RedisCoordination", "redis_coordination"]
+
+log = logging.getLogger("cluster")
+
+POLL_INTERVAL = 0.1
+"""Seconds between decides while this host waits on a slot or a queue head of another host."""
+ALIVE_TTL = 5.0
+"""Seconds a host's waiting shards stay in the queues after its last decide (then it counts as dead)."""
+BACKOFF = (0.1, 1.0)
+"""First and longest delay between attempts while Redis is unavailable."""
+LOST_GRACE = 1.0
+"""Seconds (besides the window) a bucket whose window Redis does not know waits before its first grant: long
+enough for every live host that holds a slot to reach the new Redis (it retries at most :data:`BACKOFF` apart
+and polls every :data:`POLL_INTERVAL` while it holds one) and re-assert it."""
+SLACK = 0.05
+"""Seconds added to the window, as :class:`~cluster.coordination.local.IdentifyCoordinator` does."""
+
+_PRELUDE = """
+local ns = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local epoch = redis.call('GET', ns .. 'id:epoch')
+if not epoch then epoch = ARGV[2]; redis.call('SET', ns .. 'id:epoch', epoch) end
+local bk = ns .. 'id:budget'
+local function window_start(b)
+  local wk = ns .. 'id:win:' .. b
+  local win = redis.call('GET', wk)
+  if not win then  -- unknown (a new or lost state): the grace, then a whole window
+    win = now + tonumber(ARGV[3])
+    redis.call('SET', wk, win)
+    return win, wk
+  end
+  return tonumber(win), wk
+end
+"""
+
+DECIDE = _PRELUDE + """
+-- ARGV: ns, epoch candidate, lost grace ms, host, window ms, hold ms, alive ms, reserve, pace_below,
+--       budget if lost (total, remaining, reset_after ms), bucket count, then per bucket: b, probe (this host's
+--       oldest member already queued there, or ''), n, n members to queue
+local host = ARGV[4]
+local window, hold, alive = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
+local reserve, pace_below = tonumber(ARGV[8]), tonumber(ARGV[9])
+if redis.call('EXISTS', bk) == 0 then
+  redis.call('HSET', bk, 'total', ARGV[10], 'remaining', ARGV[11], 'reset_at', now + tonumber(ARGV[12]),
+             'last_spent', 0)
+end
+redis.call('SET', ns .. 'id:alive:' .. host, '1', 'PX', alive)
+local out = {}
+local i = 14
+for _ = 1, tonumber(ARGV[13]) do
+  local b, probe, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local q = ns .. 'id:q:' .. b
+  if probe ~= '' and not redis.call('ZSCORE', q, probe) then
+    out[#out + 1] = {'lost', b, 0}  -- purged while this host looked dead: it queues them again
+  end
+  for j = i + 3, i + 2 + n do
+    if not redis.call('ZSCORE', q, ARGV[j]) then
+      redis.call('ZADD', q, redis.call('INCR', ns .. 'id:ticket'), ARGV[j])
+    end
+  end
+  local slot = ns .. 'id:slot:' .. b
+  local win, wk = window_start(b)
+  local held = redis.call('PTTL', slot)
+  if held ~= -2 then
+    out[#out + 1] = {'wait', b, held > 0 and held or 0}  -- held: wait for its outcome (another host's, maybe)
+  elseif now < win + window then
+    out[#out + 1] = {'window', b, win + window - now}
+  else
+    local head
+    while true do
+      head = redis.call('ZRANGE', q, 0, 0)[1]
+      if not head then break end
+      local h = string.match(head, '^(.*)/%d+$')
+      if h == host or redis.call('EXISTS', ns .. 'id:alive:' .. h) == 1 then break end
+      redis.call('ZREM', q, head)  -- its host is gone
+    end
+    if head and string.match(head, '^(.*)/%d+$') == host then
+      local total = tonumber(redis.call('HGET', bk, 'total'))
+      local remaining = tonumber(redis.call('HGET', bk, 'remaining'))
+      local reset_at = tonumber(redis.call('HGET', bk, 'reset_at'))
+      if now >= reset_at then
+        remaining, reset_at = total, now + 86400000
+        redis.call('HSET', bk, 'remaining', remaining, 'reset_at', reset_at)
+      end
+      local not_before = 0
+      if remaining > pace_below then
+      elseif remaining - 1 >= reserve then
+        local spacing = math.floor((reset_at - now) / math.max(1, remaining - reserve))
+        not_before = tonumber(redis.call('HGET', bk, 'last_spent')) + spacing
+      end
+      if remaining - 1 < reserve then
+        out[#out + 1] = {'refuse', b, reset_at - now}
+      elseif now < not_before then
+        out[#out + 1] = {'defer', b, not_before - now}
+      else
+        redis.call('ZREM', q, head)
+        redis.call('SET', slot, head, 'PX', hold)
+        redis.call('SET', ns .. 'id:last:' .. b, head .. '|' .. win)
+        redis.call('SET', wk, now)
+        redis.call('HSET', bk, 'remaining', remaining - 1, 'last_spent', now)
+        out[#out + 1] = {'grant', head, 0}
+      end
+    else
+      out[#out + 1] = {'wait', b, 0}  -- another host's turn
+    end
+  end
+  i = i + 3 + n
+end
+local total = tonumber(redis.call('HGET', bk, 'total'))
+local remaining = tonumber(redis.call('HGET', bk, 'remaining'))
+local reset_in = tonumber(redis.call('HGET', bk, 'reset_at')) - now
+return {epoch, remaining, total, reset_in, out}
+"""
+
+REPORT = _PRELUDE + """
+-- ARGV: ns, epoch candidate, lost grace ms, then (op, bucket, member, extra) x n
+-- S: the Identify was sent; D: its outcome came; C: cancel; U: an unused grant; R: re-assert a held slot
+-- (extra: ms of hold left); B: refresh the budget (bucket: total, member: remaining, extra: reset_after ms)
+local unused = 0
+for i = 4, #ARGV, 4 do
+  local op, b, member, extra = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  if op == 'B' then
+    redis.call('HSET', bk, 'total', b, 'remaining', member, 'reset_at', now + tonumber(extra))
+    if not redis.call('HGET', bk, 'last_spent') then redis.call('HSET', bk, 'last_spent', 0) end
+  else
+    local slot = ns .. 'id:slot:' .. b
+    local q = ns .. 'id:q:' .. b
+    local win, wk = window_start(b)
+    if op == 'S' then
+      if now > win then redis.call('SET', wk, now) end
+    elseif op == 'D' then
+      if redis.call('GET', slot) == member then
+        redis.call('DEL', slot)
+        if now > win then redis.call('SET', wk, now) end
+      end
+    elseif op == 'C' then
+      redis.call('ZREM', q, member)
+      if redis.call('GET', slot) == member then redis.call('DEL', slot) end
+    elseif op == 'U' then
+      local lk = ns .. 'id:last:' .. b
+      local last = redis.call('GET', lk)
+      if last and string.sub(last, 1, #member + 1) == member .. '|' then
+        redis.call('DEL', lk)
+        if redis.call('GET', slot) == member then redis.call('DEL', slot) end
+        redis.call('SET', wk, string.sub(last, #member + 2))
+        local total = tonumber(redis.call('HGET', bk, 'total'))
+        local remaining = tonumber(redis.call('HGET', bk, 'remaining'))
+        if total and remaining and remaining < total then redis.call('HINCRBY', bk, 'remaining', 1) end
+        unused = unused + 1
+      end
+    elseif op == 'R' then
+      redis.call('SET', slot, member, 'NX', 'PX', extra)
+    end
+  end
+end
+return {epoch, unused}
+"""
+
+_REDIS_TROUBLE = (rx.RedisError, OSError, TimeoutError)
+
+
+class RedisCoordination:
+    """One host's view of the cluster-wide identify coordination in Redis (see the module docstring).
+
+    ``client`` is a connected ``redis.asyncio`` client (:func:`~cluster.coordination.redis_conn.connect`),
+    ``ns`` the bot's key prefix, ``host`` this host's id. ``clock`` is the supervisor's monotonic clock."""
+
+    def __init__(self, client: Any, ns: str, host: str, setup: CoordinationSetup, *,
+                 poll_interval: float = POLL_INTERVAL, alive_ttl: float = ALIVE_TTL, lost_grace: float = LOST_GRACE,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if "/" in host:
+            raise ValueError("a host id must not contain '/'")
+        self.client, self.ns, self.host = client, ns, host
+        self.max_concurrency = setup.max_concurrency
+        self.window = setup.window + SLACK
+        self.hold_timeout = setup.hold_timeout
+        self.reserve = setup.reserve
+        self.pace_below = 2 * setup.reserve if setup.pace_below is None else setup.pace_below
+        self.poll_interval, self.alive_ttl, self.clock = poll_interval, alive_ttl, clock
+        self.lost_grace = lost_grace
+        self._decide = client.register_script(DECIDE)
+        self._report = client.register_script(REPORT)
+        self._epoch: str | None = None
+        self._pending: list[str] = []  # REPORT arguments not yet applied (Redis was unavailable)
+        self._waiting: dict[int, tuple[float, str]] = {}  # shard -> (enqueued at, reason)
+        self._holding: dict[int, float] = {}  # granted shard -> local time its hold ends
+        self._unstarted: set[int] = set()
+        self._queued: set[int] = set()  # waiting shards known to be in Redis's queues (not sent again)
+        # what the last decide said, for the synchronous readers
+        self.total, self.remaining = setup.total, setup.remaining
+        self._reset_at = setup.now + setup.reset_after
+        self._next: float | None = None
+        self._pending.extend(("B", str(setup.total), str(setup.remaining), str(int(setup.reset_after * 1000))))
+        self.up = True
+        self.errors = 0
+        self._down_since: float | None = None
+        self._backoff = BACKOFF[0]
+        self._retry_at = -math.inf
+        self.late_starts = self.unused_grants = self.expired_holds = 0
+
+    def _member(self, shard_id: int) -> str:
+        return f"{self.host}/{shard_id}"
+
+    def _op(self, op: str, shard_id: int, extra: int = 0) -> None:
+        self._pending.extend((op, str(shard_id % self.max_concurrency), self._member(shard_id), str(extra)))
+
+    # --- the Coordination interface -------------------------------------------------------
+
+    async def report(self, events: Sequence[tuple[float, IdentifyEvent]]) -> None:
+        for now, event in events:
+            match event:
+                case IdentifyRequest(shard_id=shard_id, reason=reason):
+                    if shard_id in self._holding:  # identifying again: its previous attempt ended
+                        self._holding.pop(shard_id)
+                        self._unstarted.discard(shard_id)
+                        self._op("D", shard_id)
+                    self._waiting.setdefault(shard_id, (now, reason))
+                case IdentifyStarted(shard_id=shard_id):
+                    if shard_id in self._unstarted:
+                        self._unstarted.discard(shard_id)
+                        if shard_id not in self._holding:
+                            self.late_starts += 1
+                        self._op("S", shard_id)
+                case IdentifyDone(shard_id=shard_id):
+                    self._unstarted.discard(shard_id)
+                    if self._holding.pop(shard_id, None) is not None:
+                        self._op("D", shard_id)
+                case IdentifyCancel(shard_id=shard_id):
+                    self._unstarted.discard(shard_id)
+                    self._waiting.pop(shard_id, None)
+                    self._queued.discard(shard_id)
+                    self._holding.pop(shard_id, None)
+                    self._op("C", shard_id)
+                case IdentifyUnused(shard_id=shard_id):
+                    self._unstarted.discard(shard_id)
+                    self._holding.pop(shard_id, None)
+                    self._op("U", shard_id)
+        await self._flush()
+
+    async def refresh_budget(self, total: int, remaining: int, reset_after: float, now: float) -> None:
+        self.total, self.remaining, self._reset_at = total, remaining, now + reset_after
+        self._pending.extend(("B", str(total), str(remaining), str(int(reset_after * 1000))))
+        await self._flush()
+
+    async def decide(self, now: float) -> list[Decision]:
+        for shard_id, until in list(self._holding.items()):
+            if now >= until:  # its slot's TTL freed it in Redis too
+                del self._holding[shard_id]
+                self.expired_holds += 1
+        if now < self._retry_at or not await self._flush():
+            self._next = max(self._retry_at, now)
+            return []
+        if not self._waiting and not self._holding:
+            self._next = None
+            return []
+        by_bucket: dict[int, list[int]] = {}
+        for shard_id in sorted(self._waiting, key=lambda s: self._waiting[s][0]):
+            by_bucket.setdefault(shard_id % self.max_concurrency, []).append(shard_id)
+        args: list[Any] = [self.ns, uuid.uuid4().hex, int(self.lost_grace * 1000), self.host, int(self.window * 1000),
+                           int(self.hold_timeout * 1000), int(self.alive_ttl * 1000), self.reserve, self.pace_below,
+                           self.total, self.remaining, int(max(0.0, self._reset_at - now) * 1000), len(by_bucket)]
+        for b, shards in by_bucket.items():
+            known = [s for s in shards if s in self._queued]
+            new = [s for s in shards if s not in self._queued]
+            args += [b, self._member(known[0]) if known else "", len(new), *map(self._member, new)]
+        try:
+            epoch, remaining, total, reset_in, outcome = await self._decide(args=args)
+        except _REDIS_TROUBLE as exc:
+            self._trouble(exc, now)
+            self._next = self._retry_at
+            return []
+        self._recovered(now)
+        self._queued.update(self._waiting)
+        await self._check_epoch(epoch)
+        self.total, self.remaining, self._reset_at = int(total), int(remaining), now + int(reset_in) / 1000
+        return self._apply(outcome, now, by_bucket)
+
+    def _apply(self, outcome: list[Any], now: float, by_bucket: dict[int, list[int]]) -> list[Decision]:
+        out: list[Decision] = []
+        wake = math.inf
+        for kind, what, ms in outcome:
+            kind, ms = kind.decode() if isinstance(kind, bytes) else kind, int(ms)
+            what = what.decode() if isinstance(what, bytes) else str(what)
+            if kind == "grant":
+                shard_id = int(what.rsplit("/", 1)[1])
+                self._queued.discard(shard_id)
+                if shard_id not in self._waiting:  # no longer wanted (a stale entry): give it back unused
+                    self._op("U", shard_id)
+                    wake = now
+                    continue
+                enqueued, reason = self._waiting.pop(shard_id)
+                self._holding[shard_id] = now + self.hold_timeout
+                self._unstarted.add(shard_id)
+                out.append(Grant(shard_id, now - enqueued, reason))
+                wake = min(wake, now + self.poll_interval)  # its outcome frees the bucket: ask again soon
+            elif kind == "lost":
+                self._queued.difference_update(by_bucket.get(int(what), []))
+                wake = now
+            elif kind == "window":
+                wake = min(wake, now + ms / 1000)
+            elif kind == "refuse":
+                hours = ms / 3_600_000
+                message = (f"session start budget guarded: {self.remaining} of {self.total} identifies left across "
+                           f"the cluster, and one more would go below the safety margin of {self.reserve}; refusing "
+                           f"to identify until the budget resets in {hours:.1f} h (is something crash-looping?)")
+                for shard_id in by_bucket.get(int(what), []):
+                    self._waiting.pop(shard_id, None)
+                    self._queued.discard(shard_id)
+                    self._op("C", shard_id)  # out of the queue (sent with the next report)
+                    out.append(Refuse(shard_id, message))
+            elif kind == "defer":
+                left = self.remaining
+                spacing = (self._reset_at - now) / max(1, left - self.reserve)
+                out.append(Defer(now + ms / 1000, (
+                    f"session start budget low ({left} of {self.total} left across the cluster, safety margin "
+                    f"{self.reserve}): pacing identifies to one per {spacing:.0f} s until the reset")))
+                wake = min(wake, now + ms / 1000)
+            else:  # a slot held, or another host's turn: ask again soon (their outcome is not pushed to us)
+                wake = min(wake, now + min(self.poll_interval, ms / 1000) if ms else now + self.poll_interval)
+        if self._holding:  # look at Redis while holding: a restarted, empty one needs our slots back
+            wake = min(wake, now + self.poll_interval)
+        if self._waiting or self._holding:
+            self._next = max(now, min(wake, now + self.alive_ttl / 3))
+        else:
+            self._next = None
+        return out
+
+    def next_deadline(self, now: float) -> float | None:
+        return self._next
+
+    def busy(self) -> set[int]:
+        return set(self._waiting) | set(self._holding)
+
+    def stats(self, now: float) -> CoordinationStats:
+        return CoordinationStats(len(self._waiting), self.remaining, self.total, self.reserve,
+                                 max(0.0, self._reset_at - now), self.late_starts, self.unused_grants,
+                                 self.expired_holds, self.up, self.errors)
+
+    # --- Redis trouble ---------------------------------------------------------------------
+
+    def mark_down(self, exc: BaseException) -> None:
+        """Another user of this Redis (the host registry) could not reach it: say so as the pump would."""
+        self._trouble(exc, self.clock())
+
+    def mark_up(self) -> None:
+        """Another user of this Redis reached it again."""
+        self._recovered(self.clock())
+
+    async def _flush(self) -> bool:
+        """Apply the pending reports; False (and kept for later) if Redis is unavailable."""
+        if not self._pending:
+            return True
+        now = self.clock()
+        if now < self._retry_at:
+            return False
+        batch = self._pending
+        self._pending = []
+        try:
+            epoch, unused = await self._report(args=[self.ns, uuid.uuid4().hex, int(self.lost_grace * 1000),
+                                                     *batch])
+        except _REDIS_TROUBLE as exc:
+            self._pending = batch + self._pending
+            self._trouble(exc, now)
+            return False
+        self.unused_grants += int(unused)
+        self._recovered(now)
+        await self._check_epoch(epoch)
+        return True
+
+    async def _check_epoch(self, epoch: bytes | str) -> None:
+        """A Redis that lost its data has a new epoch: re-assert the slots this host holds."""
+        epoch = epoch.decode() if isinstance(epoch, bytes) else epoch
+        if self._epoch is None:
+            self._epoch = epoch
+            return
+        if epoch == self._epoch:
+            return
+        self._epoch = epoch
+        self._queued.clear()  # the queues went with the rest
+        now = self.clock()
+        log.warning("the coordinator's Redis lost its state (restarted empty?): re-asserting %d held identify "
+                    "slots; every bucket waits one window before its next grant", len(self._holding))
+        for shard_id, until in self._holding.items():
+            self._op("R", shard_id, max(1, int((until - now) * 1000)))
+        self._pending.extend(("B", str(self.total), str(self.remaining),
+                              str(int(max(0.0, self._reset_at - now) * 1000))))
+        await self._flush()
+
+    def _trouble(self, exc: BaseException, now: float) -> None:
+        self.errors += 1
+        if self.up:
+            self.up, self._down_since = False, now
+            log.warning("coordinator unavailable (%s: %s): running shards keep running and resuming, identifies "
+                        "wait; retrying with backoff", type(exc).__name__, exc)
+            self._backoff = BACKOFF[0]
+        else:
+            self._backoff = min(BACKOFF[1], self._backoff * 2)
+        self._retry_at = now + self._backoff
+
+    def _recovered(self, now: float) -> None:
+        if not self.up:
+            log.warning("coordinator back after %.1f s (%d failed attempts): identifies continue",
+                        now - (self._down_since or now), self.errors)
+            self.up, self._down_since, self._retry_at = True, None, -math.inf
+
+
+def redis_coordination(client: Any, ns: str, host: str, **options: Any) -> CoordinationFactory:
+    """The :data:`~cluster.coordination.base.CoordinationFactory` of a host sharing ``client``'s Redis."""
+
+    def factory(setup: CoordinationSetup) -> RedisCoordination:
+        return RedisCoordination(client, ns, host, setup, **options)
+
+    return factory

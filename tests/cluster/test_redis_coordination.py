@@ -1,0 +1,252 @@
+"""The Redis identify coordinator's rules, against a real redis-server of the test's own: never two slots of
+one bucket at once nor two grants in one window, FIFO across hosts, a dead holder's slot and a dead host's
+queue entries freed, the budget never below its reserve, and Redis trouble survived."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import random
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from cluster.coordination import CoordinationSetup, Grant, Refuse
+from cluster.coordination.redis import RedisCoordination
+from ipc.protocol import IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused
+
+NS = "shardstack:t:"
+WINDOW = 0.05
+
+
+def setup(mc=4, total=1000, remaining=1000, reserve=0, pace_below=None, window=WINDOW, hold=5.0):
+    return CoordinationSetup(mc, total, remaining, 86400.0, reserve, pace_below, window, hold, time.monotonic())
+
+
+async def host(url, name, **options):
+    kw = dict(poll_interval=0.01, lost_grace=0.0)
+    setup_kw = {k: options.pop(k) for k in list(options) if k in ("mc", "total", "remaining", "reserve", "pace_below",
+                                                                   "window", "hold")}
+    kw.update(options)
+    client = aioredis.Redis.from_url(url)
+    return RedisCoordination(client, NS, name, setup(**setup_kw), **kw)
+
+
+async def decide_until(coord, pred=lambda ds: any(isinstance(d, Grant) for d in ds), timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        now = time.monotonic()
+        ds = await coord.decide(now)
+        if pred(ds):
+            return ds
+        assert now < deadline, "no decision in time"
+        nxt = coord.next_deadline(now)
+        await asyncio.sleep(max(0.0, min(0.05, (nxt or now + 0.01) - now)))
+
+
+class Checker:
+    """What the gateway would see: per bucket, the holder and the time its slot was last released."""
+
+    def __init__(self, mc):
+        self.mc = mc
+        self.holder = {}
+        self.released = {}
+        self.grants = []
+        self.violations = []
+
+    def granted(self, shard_id):
+        b = shard_id % self.mc
+        now = time.monotonic()
+        if self.holder.get(b) is not None:
+            self.violations.append(f"bucket {b}: {shard_id} granted while {self.holder[b]} holds it")
+        if b in self.released and now - self.released[b] < WINDOW:
+            self.violations.append(f"bucket {b}: {shard_id} granted {now - self.released[b]:.3f} s after release")
+        self.holder[b] = shard_id
+        self.grants.append(shard_id)
+
+    def release(self, shard_id):
+        b = shard_id % self.mc
+        assert self.holder.get(b) == shard_id
+        self.holder[b] = None
+        self.released[b] = time.monotonic()
+
+
+async def run_host(coord, shards, checker):
+    now = time.monotonic()
+    await coord.report([(now, IdentifyRequest(s, "initial")) for s in shards])
+    left = set(shards)
+    while left:
+        for d in await coord.decide(time.monotonic()):
+            assert isinstance(d, Grant)
+            checker.granted(d.shard_id)
+            await coord.report([(time.monotonic(), IdentifyStarted(d.shard_id))])
+            await asyncio.sleep(random.random() * 3 * WINDOW)  # the gateway's answer: often longer than a window
+            checker.release(d.shard_id)
+            await coord.report([(time.monotonic(), IdentifyDone(d.shard_id, True))])
+            left.discard(d.shard_id)
+        now = time.monotonic()
+        nxt = coord.next_deadline(now)
+        await asyncio.sleep(max(0.0, (nxt if nxt is not None else now + 0.01) - now))
+
+
+async def test_fifty_hosts_on_their_own_connections_never_share_a_bucket(redis_server):
+    checker = Checker(4)
+    hosts = [await host(redis_server.url, f"h{i}") for i in range(50)]
+    await asyncio.gather(*(run_host(c, [i, i + 50], checker) for i, c in enumerate(hosts)))
+    assert checker.violations == []
+    assert sorted(checker.grants) == list(range(100))
+    assert int(await hosts[0].client.hget(f"{NS}id:budget", "remaining")) == 900  # once per grant, cluster-wide
+    for c in hosts:
+        await c.client.aclose()
+
+
+def _process_host(url, index, queue):
+    async def main():
+        coord = await host(url, f"p{index}")
+        granted = []
+        await coord.report([(time.monotonic(), IdentifyRequest(s, "initial")) for s in range(index, 40, 3)])
+        left = set(range(index, 40, 3))
+        client = aioredis.Redis.from_url(url)
+        while left:
+            for d in await coord.decide(time.monotonic()):
+                b = d.shard_id % 4
+                if not await client.set(f"check:{b}", d.shard_id, nx=True):  # the bucket is someone else's
+                    queue.put(("violation", d.shard_id))
+                await coord.report([(time.monotonic(), IdentifyStarted(d.shard_id))])
+                await asyncio.sleep(2 * WINDOW)  # holds its slot past the window
+                await client.delete(f"check:{b}")
+                await coord.report([(time.monotonic(), IdentifyDone(d.shard_id, True))])
+                granted.append(d.shard_id)
+                left.discard(d.shard_id)
+            await asyncio.sleep(0.005)
+        queue.put(("granted", granted))
+    asyncio.run(main())
+
+
+def test_three_processes_share_the_buckets(redis_server):
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_process_host, args=(redis_server.url, i, queue)) for i in range(3)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(10)
+    assert [r for r in results if r[0] == "violation"] == []
+    assert sorted(s for _, g in results for s in g) == list(range(40))
+
+
+async def test_grants_are_first_come_first_served_across_hosts(redis_server):
+    a, b = await host(redis_server.url, "a", window=0.0), await host(redis_server.url, "b", window=0.0)
+    holder = await host(redis_server.url, "holder", window=0.0)
+    await holder.report([(time.monotonic(), IdentifyRequest(100, "initial"))])
+    assert [d.shard_id for d in await decide_until(holder)] == [100]  # bucket 0 is held meanwhile
+    order = [(a, 0), (b, 4), (a, 8), (b, 12), (b, 16), (a, 20)]
+    for coord, shard in order:  # each request reaches Redis at its host's next decide
+        await coord.report([(time.monotonic(), IdentifyRequest(shard, "initial"))])
+        assert await coord.decide(time.monotonic()) == []
+    await holder.report([(time.monotonic(), IdentifyDone(100, True))])
+    got = []
+    while len(got) < len(order):
+        for coord in (b, a):  # b asks first each round: still a's earlier tickets go first
+            for d in await coord.decide(time.monotonic()):
+                got.append(d.shard_id)
+                await coord.report([(time.monotonic(), IdentifyDone(d.shard_id, True))])
+        await asyncio.sleep(0.005)
+    assert got == [s for _, s in order]
+
+
+async def test_a_dead_holders_slot_and_a_dead_hosts_queue_entries_free_themselves(redis_server):
+    dead = await host(redis_server.url, "dead", hold=0.3, alive_ttl=0.3)
+    await dead.report([(time.monotonic(), IdentifyRequest(0, "initial")), (time.monotonic(), IdentifyRequest(4, "x"))])
+    assert [d.shard_id for d in await decide_until(dead)] == [0]  # granted 0; 4 waits behind it: then it dies
+    alive = await host(redis_server.url, "alive", hold=0.3)
+    await alive.report([(time.monotonic(), IdentifyRequest(8, "initial"))])
+    assert [d.shard_id for d in await decide_until(alive)] == [8]  # after the hold expired and "dead" was gone
+    assert await alive.client.zrange(f"{NS}id:q:0", 0, -1) == []
+
+
+async def test_the_budget_is_spent_atomically_and_never_below_its_reserve(redis_server):
+    hosts = [await host(redis_server.url, f"h{i}", total=100, remaining=10, reserve=4, pace_below=0)
+             for i in range(8)]
+    for i, c in enumerate(hosts):
+        await c.report([(time.monotonic(), IdentifyRequest(s, "initial")) for s in range(i * 4, i * 4 + 4)])
+    grants = refusals = 0
+    for _ in range(40):
+        results = await asyncio.gather(*(c.decide(time.monotonic()) for c in hosts))
+        for c, ds in zip(hosts, results):
+            for d in ds:
+                if isinstance(d, Grant):
+                    grants += 1
+                    await c.report([(time.monotonic(), IdentifyDone(d.shard_id, True))])
+                elif isinstance(d, Refuse):
+                    refusals += 1
+                    assert "safety margin of 4" in d.message
+        await asyncio.sleep(WINDOW / 2)
+    assert grants == 6 and refusals == 32 - 6
+    assert int(await hosts[0].client.hget(f"{NS}id:budget", "remaining")) == 4
+
+
+async def test_an_unused_grant_is_refunded_and_a_cancel_frees_the_slot(redis_server):
+    a = await host(redis_server.url, "a", window=30.0)  # a long window: only a refund can let 4 through
+    await a.client.set(f"{NS}id:win:0", 0)  # a window long past (a new Redis would make it wait one)
+    await a.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    assert [d.shard_id for d in await decide_until(a)] == [0]
+    await a.report([(time.monotonic(), IdentifyUnused(0)), (time.monotonic(), IdentifyRequest(4, "initial"))])
+    assert [d.shard_id for d in await decide_until(a)] == [4]
+    assert a.stats(time.monotonic()).unused_grants == 1
+    assert a.stats(time.monotonic()).budget_remaining == 999
+    await a.report([(time.monotonic(), IdentifyCancel(4)), (time.monotonic(), IdentifyRequest(8, "initial"))])
+    assert await a.client.get(f"{NS}id:slot:0") is None  # the cancel freed it; the window stays (30 s)
+    assert await a.decide(time.monotonic()) == []
+
+
+async def test_redis_restarting_empty_loses_no_report_and_grants_nothing_early(redis_server, caplog):
+    a = await host(redis_server.url, "a", hold=10.0, lost_grace=0.5)
+    b = await host(redis_server.url, "b", hold=10.0, lost_grace=0.5)
+    await a.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    assert [d.shard_id for d in await decide_until(a, timeout=5)] == [0]
+    redis_server.kill()
+    await a.report([(time.monotonic(), IdentifyStarted(0))])  # kept for later, not raised
+    await b.report([(time.monotonic(), IdentifyRequest(4, "initial"))])
+    assert await b.decide(time.monotonic()) == [] and not b.up
+    assert "coordinator unavailable" in caplog.text
+    redis_server.start()
+    # a comes back first, notices the new epoch and re-asserts its slot; b must then wait for a's outcome
+    await decide_until(a, pred=lambda ds: a.up, timeout=10)
+    assert (await a.client.get(f"{NS}id:slot:0")) == b"a/0"
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        assert await b.decide(time.monotonic()) == []
+        await asyncio.sleep(0.05)
+    await a.report([(time.monotonic(), IdentifyDone(0, True))])
+    assert [d.shard_id for d in await decide_until(b, timeout=10)] == [4]
+    assert b.up and b.stats(time.monotonic()).coordinator_errors >= 1
+    assert caplog.text.count("coordinator unavailable") == 2  # one line per host and outage, not per retry
+    assert "coordinator back" in caplog.text
+
+
+async def test_pacing_applies_across_hosts(redis_server):
+    from cluster.coordination import Defer
+    a = await host(redis_server.url, "a", total=100, remaining=10, reserve=2, pace_below=10)
+    b = await host(redis_server.url, "b", total=100, remaining=10, reserve=2, pace_below=10)
+    await a.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    await b.report([(time.monotonic(), IdentifyRequest(1, "initial"))])
+    assert [d.shard_id for d in await decide_until(a)] == [0]  # low, but nothing was spent lately
+    deferred = await decide_until(b, pred=lambda ds: bool(ds))
+    assert [type(d) for d in deferred] == [Defer]  # b waits for a's spend: one per (a day / 8)
+    assert "pacing identifies to one per" in deferred[0].message
+    assert deferred[0].until - time.monotonic() > 3600
+
+
+async def test_a_host_whose_queue_entries_were_purged_queues_them_again(redis_server):
+    holder, a = await host(redis_server.url, "holder"), await host(redis_server.url, "a")
+    await holder.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    assert [d.shard_id for d in await decide_until(holder)] == [0]
+    await a.report([(time.monotonic(), IdentifyRequest(4, "initial"))])
+    assert await a.decide(time.monotonic()) == []
+    assert await a.client.zrange(f"{NS}id:q:0", 0, -1) == [b"a/4"]
+    await a.client.zrem(f"{NS}id:q:0", "a/4")  # what another host does when a's alive key lapsed (a stalled)
+    await holder.report([(time.monotonic(), IdentifyDone(0, True))])
+    assert [d.shard_id for d in await decide_until(a)] == [4]
