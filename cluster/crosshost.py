@@ -264,12 +264,11 @@ class CrossHost:
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def close(self) -> None:
-        """Withdraw this host's status (it stops being listed and waited for) and disconnect."""
+        """Withdraw this host's status (it stops being listed and waited for); the supervisor owns the client."""
         try:
             await self.client.delete(self.status_key)
         except _REDIS_DOWN:
             pass
-        await self.client.aclose()
 
     def _trouble(self, where: str, exc: BaseException, effect: str) -> None:
         text = str(unavailable(self.url, exc))

@@ -12,14 +12,13 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import sys
 from pathlib import Path
 
 from cluster.coordination.redis_conn import connect
+from cluster.hosts import host_id
 from cluster_testing import http_get, running, until
 from multihost_handlers import AskAll
-from sim import Simulator
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent.parent
@@ -47,6 +46,11 @@ async def stop_host(proc):
     return err.decode()
 
 
+def id_prefix(pid):
+    """How a host's registry id starts (cluster.hosts.host_id: short host name, pid, random suffix)."""
+    return f"{host_id().rsplit('-', 2)[0]}-{pid}-"
+
+
 def all_active(n):
     return lambda s: sum(1 for r in s["sessions"].values() if r["state"] == "active") == n
 
@@ -60,7 +64,7 @@ async def test_a_host_stopped_with_sigterm_is_resumed_by_the_next_host_process_f
     try:
         keys = sorted(await client.keys("shardstack:*:session:*"))
         assert len(keys) == 16
-        assert await client.hget(keys[0], "host") == f"{socket.gethostname()}:{first.pid}".encode()
+        assert (await client.hget(keys[0], "host")).decode().startswith(id_prefix(first.pid))
         assert 0 < await client.pttl(keys[0]) <= 120_000  # session_ttl: stale sessions vanish
     finally:
         await client.aclose()
@@ -76,66 +80,69 @@ async def test_a_host_stopped_with_sigterm_is_resumed_by_the_next_host_process_f
 
 
 async def test_broadcasts_reach_every_host_and_status_lists_them(sim, redis_server, tmp_path):
-    async with Simulator(shards=4, max_concurrency=4, identify_window=1.0, events_per_second=5.0) as sim_b:
-        host_b = await start_host(sim_b, redis_server.url, tmp_path / "b", "--fresh")
-        b_id = f"{socket.gethostname()}:{host_b.pid}"
-        try:
-            async with running(sim, "multihost_handlers:Answerer", tmp_path, workers=2, fresh=True,
-                               coordinator=redis_server.url) as (sup, _):
-                await until(lambda: sup.active_shards() == 16, what="host A's shards")
-                a_id = f"{socket.gethostname()}:{os.getpid()}"
-                await sim_b.wait_until(all_active(4), 30)
+    """Two hosts of one bot on one simulator: A (this process) runs shards 0-11, B (a CLI process) 12-15."""
+    host_b = await start_host(sim, redis_server.url, tmp_path / "b", "--fresh", "--shard-range", "12-15")
+    try:
+        async with running(sim, "multihost_handlers:Answerer", tmp_path, workers=2, fresh=True,
+                           coordinator=redis_server.url, shard_range="0-11") as (sup, _):
+            await until(lambda: sup.active_shards() == 12, what="host A's shards")
+            a_id = sup.host.host_id
+            await sim.wait_until(all_active(16), 30)
+            b_id = ""
 
-                def both_listed():
-                    hosts = {h["host"]: h for h in sup.status().get("hosts", [])}
-                    return set(hosts) == {a_id, b_id} and all(h["active"] == h["shard_total"] for h in hosts.values())
+            def both_listed():
+                nonlocal b_id
+                hosts = {h["host"]: h for h in sup.status().get("hosts", [])}
+                b_id = next((h for h in hosts if h.startswith(id_prefix(host_b.pid))), "")
+                return set(hosts) == {a_id, b_id} and all(
+                h["active"] == sum(b - a + 1 for a, b in h["shards"]) for h in hosts.values())
 
-                await until(both_listed, what="both hosts in /status")
-                hosts = {h["host"]: h for h in sup.status()["hosts"]}
-                assert hosts[b_id]["shards"] == [[0, 3]] and hosts[b_id]["states"] == {"ACTIVE": 4}
-                assert hosts[a_id]["shards"] == [[0, 15]] and hosts[b_id]["workers"] == 2
-                code, body = await asyncio.to_thread(http_get, sup.http_url + "/status")
-                assert code == 200 and {h["host"] for h in json.loads(body)["hosts"]} == {a_id, b_id}
+            await until(both_listed, what="both hosts in /status")
+            hosts = {h["host"]: h for h in sup.status()["hosts"]}
+            assert hosts[b_id]["shards"] == [[12, 15]] and hosts[b_id]["states"] == {"ACTIVE": 4}
+            assert hosts[a_id]["shards"] == [[0, 11]] and hosts[b_id]["workers"] == 2
+            code, body = await asyncio.to_thread(http_get, sup.http_url + "/status")
+            assert code == 200 and {h["host"] for h in json.loads(body)["hosts"]} == {a_id, b_id}
 
-                # a worker of host A broadcasts: every worker of A and of B answers, each naming its host
-                replies = await sup.broadcast(AskAll(timeout=3.0), timeout=10)
-                seen = replies[0].value
-                assert replies[0].ok and all(r["error"] is None for r in seen), seen
-                assert sorted((r["host"], r["worker"]) for r in seen) == sorted(
-                    [(a_id, 0), (a_id, 1), (b_id, 0), (b_id, 1)])
-                assert {r["value"]["supervisor"] for r in seen if r["host"] == b_id} == {host_b.pid}
-                assert {r["value"]["supervisor"] for r in seen if r["host"] == a_id} == {os.getpid()}
+            # a worker of host A broadcasts: every worker of A and of B answers, each naming its host
+            replies = await sup.broadcast(AskAll(timeout=3.0), timeout=10)
+            seen = replies[0].value
+            assert replies[0].ok and all(r["error"] is None for r in seen), seen
+            assert sorted((r["host"], r["worker"]) for r in seen) == sorted(
+                [(a_id, 0), (a_id, 1), (b_id, 0), (b_id, 1)])
+            assert {r["value"]["supervisor"] for r in seen if r["host"] == b_id} == {host_b.pid}
+            assert {r["value"]["supervisor"] for r in seen if r["host"] == a_id} == {os.getpid()}
 
-                # `cluster status --coordinator` lists both hosts
-                cli = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "cluster", "status", "--coordinator", redis_server.url, "--json",
-                    env=cli_env(sim), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-                out, err = await cli.communicate()
-                assert cli.returncode == 0, err.decode()
-                listed = {h["host"]: h for h in json.loads(out)["hosts"]}
-                assert set(listed) == {a_id, b_id} and listed[b_id]["status"]["active"] == 4
-                cli = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "cluster", "status", "--coordinator", redis_server.url,
-                    env=cli_env(sim), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-                out, err = await cli.communicate()
-                text = out.decode()
-                assert cli.returncode == 0 and f"== host {a_id}" in text and f"== host {b_id}" in text
-                assert "\n2 hosts · 20/16 shards active (20 run)" in text  # both run shards 0-3, of two sims
+            # `cluster status --coordinator` lists both hosts
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cluster", "status", "--coordinator", redis_server.url, "--json",
+                env=cli_env(sim), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await cli.communicate()
+            assert cli.returncode == 0, err.decode()
+            listed = {h["host"]: h for h in json.loads(out)["hosts"]}
+            assert set(listed) == {a_id, b_id} and listed[b_id]["status"]["active"] == 4
+            cli = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "cluster", "status", "--coordinator", redis_server.url,
+                env=cli_env(sim), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await cli.communicate()
+            text = out.decode()
+            assert cli.returncode == 0 and f"== host {a_id}" in text and f"== host {b_id}" in text
+            assert "\n2 hosts · 16/16 shards active (16 run)" in text
 
-                # host B stops answering (its supervisor frozen): A's replies come, B's workers get an error
-                os.kill(host_b.pid, signal.SIGSTOP)
-                try:
-                    replies = await sup.broadcast(AskAll(timeout=1.0), timeout=4)
-                finally:
-                    os.kill(host_b.pid, signal.SIGCONT)
-                seen = replies[0].value
-                assert replies[0].ok, replies[0]
-                ok = sorted((r["host"], r["worker"]) for r in seen if r["error"] is None)
-                failed = sorted((r["host"], r["worker"]) for r in seen if r["error"] is not None)
-                assert ok == [(a_id, 0), (a_id, 1)] and failed == [(b_id, 0), (b_id, 1)], seen
-                assert all(f"host {b_id} did not answer within 1s" in r["error"] for r in seen if r["error"])
-        finally:
-            await stop_host(host_b)
+            # host B stops answering (its supervisor frozen): A's replies come, B's workers get an error
+            os.kill(host_b.pid, signal.SIGSTOP)
+            try:
+                replies = await sup.broadcast(AskAll(timeout=1.0), timeout=4)
+            finally:
+                os.kill(host_b.pid, signal.SIGCONT)
+            seen = replies[0].value
+            assert replies[0].ok, replies[0]
+            ok = sorted((r["host"], r["worker"]) for r in seen if r["error"] is None)
+            failed = sorted((r["host"], r["worker"]) for r in seen if r["error"] is not None)
+            assert ok == [(a_id, 0), (a_id, 1)] and failed == [(b_id, 0), (b_id, 1)], seen
+            assert all(f"host {b_id} did not answer within 1s" in r["error"] for r in seen if r["error"])
+    finally:
+        await stop_host(host_b)
 
 
 async def test_status_sessions_and_broadcast_relay_come_back_after_redis_restarts(sim, redis_server, tmp_path):
@@ -149,7 +156,6 @@ async def test_status_sessions_and_broadcast_relay_come_back_after_redis_restart
     from multihost_handlers import Where
 
     prefix = namespace(None, sim.token)
-    me = f"{socket.gethostname()}:{os.getpid()}"
 
     async def ask_as_another_host(client, rid):
         pubsub = client.pubsub()
@@ -174,6 +180,7 @@ async def test_status_sessions_and_broadcast_relay_come_back_after_redis_restart
     async with running(sim, "multihost_handlers:Answerer", tmp_path, workers=2, fresh=True,
                        coordinator=redis_server.url) as (sup, _):
         await until(lambda: sup.active_shards() == 16, what="bring-up")
+        me = sup.host.host_id
         client = await connect(redis_server.url)
         try:
             answer = await ask_as_another_host(client, "before")
