@@ -59,7 +59,10 @@ def test_ready_needs_every_shard_active_and_not_stopping():
     assert cluster([shard(0), shard(1, ShardPhase.RESUMING)]).active == 1
     assert cluster([shard(0), shard(1, ShardPhase.RESUMING)]).ready is False
     assert cluster([shard(0), shard(1)], stopping=True).ready is False
-    assert cluster([shard(0)], total=2).ready is False  # a shard the supervisor has no row for yet
+    assert cluster([shard(0)], total=2).ready is True  # a host of several runs only its own shards
+    assert cluster([shard(0)], total=2, coordination=CoordinationStats(
+        queue_depth=0, budget_remaining=1, budget_total=1, budget_reserve=0, budget_reset_in=1.0, late_starts=0,
+        unused_grants=0, expired_holds=0, coordinator_up=False)).ready is False  # Redis gone: not ready
     assert cluster([], total=0).ready is False  # no shards at all is not "all of them active"
 
 
@@ -72,7 +75,7 @@ def test_status_json_field_by_field():
         "shard_total": 2, "active": 1, "max_concurrency": 1, "uptime": 12.5, "rolling": True, "stopping": False,
         "identify_queue": 3,
         "session_budget": {"remaining": 990, "total": 1000, "reserve": 10, "reset_in": 3600.0},
-        "late_starts": 1, "identifies": {"initial": 2},
+        "late_starts": 1, "coordinator_up": True, "identifies": {"initial": 2},
         "workers": [
             {"id": 0, "pid": 100, "state": "running", "generation": 3, "shards": [0, 1], "rss": 5_000_000,
              "ipc_rtt": 0.002, "loop_lag": 0.01, "blocked": 1, "handler_errors": 2, "consumer_errors": 4,
