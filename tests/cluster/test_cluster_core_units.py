@@ -13,7 +13,7 @@ from cluster.budget import SessionBudget
 from cluster.coordination import CoordinationSetup, CoordinationStats, local_coordination
 from cluster.exitcodes import ExitCode, for_close_code
 from cluster.identify import Defer, Grant, IdentifyCoordinator, Refuse
-from cluster.layout import round_up, split
+from cluster.layout import round_up, split, split_range
 from cluster.restart import Backoff, GiveUp, Restart, RestartPolicy
 from cluster.state import load_sessions, save_sessions
 from ipc.protocol import (IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused,
@@ -340,6 +340,23 @@ def test_split_validates(kwargs, message):
 
 def test_one_shard_per_worker():
     assert split(3, shards_per_worker=1) == [range(0, 1), range(1, 2), range(2, 3)]
+
+
+def test_a_hosts_range_is_split_like_the_whole_cluster_and_shifted_to_its_start():
+    assert split_range(range(8, 18), workers=3) == [range(8, 12), range(12, 15), range(15, 18)]
+    assert split_range(range(8, 18), shards_per_worker=4) == [range(8, 12), range(12, 16), range(16, 18)]
+    assert split_range(range(5, 7)) == [range(5, 7)]  # one worker runs the host's shards
+    assert split_range(range(0, 4), workers=2) == split(4, workers=2)  # the first host is split(total)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    (dict(shards=range(4, 4)), "total must be >= 1"),
+    (dict(shards=range(4, 8), shards_per_worker=2, workers=2), "give shards_per_worker or workers, not both"),
+    (dict(shards=range(4, 8), shards_per_worker=0), "shards_per_worker must be >= 1"),
+    (dict(shards=range(4, 8), workers=0), "workers must be >= 1")])
+def test_split_range_validates_like_split(kwargs, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        split_range(**kwargs)
 
 
 # ---- restart policy ------------------------------------------------------------------------------

@@ -4,6 +4,8 @@
 Fast unit tests only (bench/mutation.py runs this file for every mutant of cluster/snapshot.py); a real
 supervisor's snapshots are in test_cluster_snapshot.py."""
 
+import dataclasses
+
 from cluster.snapshot import (WAIT_BUCKETS, ClusterSnapshot, CoordinationStats, ShardPhase, ShardSnapshot,
                               WaitHistogram, WorkerSnapshot, WorkerState)
 
@@ -95,3 +97,14 @@ def test_status_without_a_coordinator_yet():
     status = cluster([shard(0)], total=1).status()
     assert (status["identify_queue"], status["session_budget"], status["late_starts"]) == (0, None, 0)
     assert status["active"] == 1 and status["workers"] == []
+
+
+def test_status_lists_every_host_as_published_and_nothing_without_a_coordinator():
+    hosts = ({"host": "a", "shards": [0, 1], "active": 2}, {"host": "b", "shards": [2, 3], "active": 0})
+    status = dataclasses.replace(cluster([shard(0)]), hosts=hosts).status()
+    assert status["hosts"] == [{"host": "a", "shards": [0, 1], "active": 2},
+                               {"host": "b", "shards": [2, 3], "active": 0}]
+    status["hosts"][0]["active"] = 99  # a copy: editing the JSON leaves the snapshot alone
+    assert hosts[0]["active"] == 2
+    assert dataclasses.replace(cluster([shard(0)]), hosts=()).status()["hosts"] == []  # none published yet
+    assert "hosts" not in cluster([shard(0)]).status()  # no shared coordinator: no hosts key at all

@@ -177,6 +177,14 @@ def test_token_user_id_edges():
         assert token_user_id(junk) is None, junk
 
 
+def test_token_user_id_reads_the_url_safe_base64_alphabet_like_the_standard_one():
+    # base64 of digits never holds the 62nd or 63rd symbol, but a last symbol's unused low bits can: "M+", "M-",
+    # "M/" and "M_" all decode to "3" (as does "Mz"), whichever alphabet the head was written in
+    for head in ("Mz", "M+", "M-", "M/", "M_"):
+        assert token_user_id(f"{head}.x.y") == 3, head
+        assert token_user_id(f"MTIzM{head[1]}.x.y") == 1233, head
+
+
 def test_a_file_at_exactly_the_clock_skew_is_used_and_one_second_more_is_not(tmp_path):
     path = tmp_path / "state.json"
     write(path, saved_at=1070.0)  # now is 1010.0: 60 s ahead
