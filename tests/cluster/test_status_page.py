@@ -40,9 +40,10 @@ async def browser():
 
 
 @contextlib.asynccontextmanager
-async def watched_page(browser, base: str, width: int = 1280):
+async def watched_page(browser, base: str, width: int = 1280, expected_error: str = "favicon"):
     """A page that may reach only ``base``: any other request is aborted and fails the test, and so does a
-    console error (a CSP violation is one) or an uncaught script error."""
+    console error (a CSP violation is one; one containing ``expected_error`` is expected) or an uncaught
+    script error."""
     page = await browser.new_page(viewport={"width": width, "height": 900})
     foreign, errors = [], []
 
@@ -54,7 +55,7 @@ async def watched_page(browser, base: str, width: int = 1280):
             await route.abort()
 
     await page.route("**/*", guard)
-    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and "favicon" not in m.text else None)
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" and expected_error not in m.text else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
     try:
         yield page
@@ -143,15 +144,18 @@ async def test_the_grid_follows_a_live_cluster_without_a_reload(sim, tmp_path, b
 async def test_a_1024_shard_grid_with_three_hosts_stays_readable(browser):
     RESULTS.mkdir(parents=True, exist_ok=True)
     status = _synthetic_status(1024)
+    status["shards"][1000]["state"] = "A_NEWER_WORKERS_STATE"
+    answer = {"status": 200, "content_type": "application/json", "body": json.dumps(status)}
     server, url = await serve_http(_NoCluster(ClusterConfig(http_port=0)), "127.0.0.1", 0)
     try:
-        async with watched_page(browser, url, width=1280) as page:
-            await page.route(url + "/status", lambda route: route.fulfill(
-                status=200, content_type="application/json", body=json.dumps(status)))
-            await page.goto(url + "/")
+        async with watched_page(browser, url, width=1280, expected_error="503") as page:
+            await page.route(url + "/status", lambda route: route.fulfill(**answer))
+            await page.goto(url + "/?every=200")
             expect = playwright.expect
             await expect(page.locator("#grid .tile")).to_have_count(1024, timeout=EXPECT_MS)
-            for state, count in _counts(status["shards"]).items():
+            await expect(page.locator('#legend [data-state="UNKNOWN"]')).to_have_text("unknown 1")
+            await expect(tile(page, 1000)).to_have_class("tile s-unknown")
+            for state, count in _counts(status["shards"][:1000] + status["shards"][1001:]).items():
                 await expect(page.locator(f'#legend [data-state="{state}"]')).to_have_text(
                     f"{state.lower().replace('_', ' ')} {count}")
                 await expect(page.locator(f'#grid .tile[data-state="{state}"]')).to_have_count(count)
@@ -161,15 +165,20 @@ async def test_a_1024_shard_grid_with_three_hosts_stays_readable(browser):
             await expect(page.locator("#queue")).to_have_text("37")
             await expect(page.locator("#budget")).to_have_text("812 / 1000 (reserve 50)")
             # Readable: every tile is a square of at least 10 px, the grid needs no sideways scrolling, and
-            # the whole grid fits in two screens.
+            # the whole grid takes at most half a screen, leaving the hosts and workers in view.
             box = await tile(page, 1023).bounding_box()
             assert box["width"] >= 10 and box["height"] >= 10
             assert await page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
             grid = await page.locator("#grid").bounding_box()
-            assert grid["height"] <= 2 * 900
+            assert grid["height"] <= 900 / 2
             await tile(page, 700).hover()
             await expect(page.locator("#detail")).to_contain_text("shard 700 · FATALLY_CLOSED · worker 10")
             await page.screenshot(path=str(RESULTS / "status-page-1024.png"), full_page=True)
+            await expect(page.locator("#fresh")).to_have_text("live")
+            answer.update(status=503, content_type="text/plain", body="stopping")  # the supervisor goes away
+            await expect(page.locator("#fresh")).to_contain_text("stale", timeout=EXPECT_MS)
+            await expect(page.locator("#grid .tile")).to_have_count(1024)  # the last picture stays
+            await expect(page.locator("#hosts tbody tr")).to_have_count(3)
     finally:
         server.close()
 
