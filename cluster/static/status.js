@@ -96,9 +96,12 @@
     last = st;
     const shards = st.shards || [];
     document.title = st.active + "/" + shards.length + " active · shardstack";
-    $("summary").textContent = st.active + " / " + shards.length + " shards active (of " + st.shard_total +
-      ") · uptime " + seconds(st.uptime) + (st.rolling ? " · rolling restart" : "") +
-      (st.stopping ? " · stopping" : "");
+    const hosts = st.hosts || [];
+    const run = hosts.reduce((n, h) => n + (h.shards || []).reduce((m, r) => m + r[1] - r[0] + 1, 0), 0);
+    $("summary").textContent = st.active + " / " + shards.length + " shards active (of " + st.shard_total + ")" +
+      (hosts.length ? " · " + hosts.length + " hosts: " + hosts.reduce((n, h) => n + (h.active || 0), 0) +
+        " / " + run + " active" : "") +
+      " · uptime " + seconds(st.uptime) + (st.rolling ? " · rolling restart" : "") + (st.stopping ? " · stopping" : "");
     $("shard-count").textContent = "(" + shards.length + ")";
     $("queue").textContent = String(st.identify_queue);
     $("budget").textContent = budget(st.session_budget);

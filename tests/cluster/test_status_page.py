@@ -16,7 +16,8 @@ import pytest
 
 from cluster import ClusterConfig, Supervisor
 from cluster.http import STATIC, serve_http
-from cluster_testing import FAST, http_get, until
+from cluster_testing import FAST, http_get, running, until
+from test_multihost_hosts import id_prefix, start_host, stop_host
 
 playwright = pytest.importorskip("playwright.async_api", reason="playwright is not installed (the test extra)")
 CHROMIUM = "/usr/bin/chromium"
@@ -160,7 +161,9 @@ async def test_a_1024_shard_grid_with_three_hosts_stays_readable(browser):
                     f"{state.lower().replace('_', ' ')} {count}")
                 await expect(page.locator(f'#grid .tile[data-state="{state}"]')).to_have_count(count)
             await expect(page.locator("#hosts tbody tr")).to_have_count(3)
+            await expect(page.locator("#hosts-section")).to_be_visible()
             await expect(page.locator("#hosts tbody tr").nth(1)).to_contain_text("342–682")
+            await expect(page.locator("#summary")).to_contain_text("3 hosts: 900 / 1024 active")
             await expect(page.locator("#workers tbody tr")).to_have_count(16)
             await expect(page.locator("#queue")).to_have_text("37")
             await expect(page.locator("#budget")).to_have_text("812 / 1000 (reserve 50)")
@@ -181,6 +184,33 @@ async def test_a_1024_shard_grid_with_three_hosts_stays_readable(browser):
             await expect(page.locator("#hosts tbody tr")).to_have_count(3)
     finally:
         server.close()
+
+
+async def test_every_host_of_the_bot_is_shown_and_this_host_has_the_grid(sim, redis_server, tmp_path, browser):
+    """Two hosts of one bot on one simulator: A (this process) runs shards 0-11, B (a CLI process) 12-15."""
+    host_b = await start_host(sim, redis_server.url, tmp_path / "b", "--fresh", "--shard-range", "12-15")
+    try:
+        async with running(sim, None, tmp_path, workers=2, fresh=True, coordinator=redis_server.url,
+                           shard_range="0-11") as (sup, _):
+            await until(lambda: sup.active_shards() == 12 and len(sup.status().get("hosts", [])) == 2
+                        and all(h["active"] for h in sup.status()["hosts"]), what="both hosts up")
+            expect = playwright.expect
+            async with watched_page(browser, sup.http_url) as page:
+                await page.goto(sup.http_url + "/?every=200")
+                await expect(page.locator("#grid .tile")).to_have_count(12, timeout=EXPECT_MS)
+                await expect(page.locator("#hosts tbody tr")).to_have_count(2, timeout=EXPECT_MS)
+                await expect(page.locator("#hosts-section")).to_be_visible()
+                await expect(page.locator("#hosts tbody tr.this-host")).to_contain_text(sup.host.host_id)
+                await expect(page.locator("#hosts tbody tr.this-host")).to_contain_text("0–11")
+                other = page.locator("#hosts tbody tr:not(.this-host)")
+                await expect(other).to_contain_text(id_prefix(host_b.pid))
+                await expect(other).to_contain_text("12–15")
+                await expect(other).to_contain_text("active 4", timeout=EXPECT_MS)
+                await expect(page.locator("#summary")).to_contain_text("12 / 12 shards active (of 16) · 2 hosts: "
+                                                                       "16 / 16 active")
+                await page.screenshot(path=str(RESULTS / "status-page-hosts.png"), full_page=True)
+    finally:
+        await stop_host(host_b)
 
 
 class _NoCluster:
