@@ -1,4 +1,4 @@
-"""The supervisor's small HTTP endpoint: /metrics, /healthz, /readyz, /status, POST /restart.
+"""The supervisor's small HTTP endpoint: /metrics, /healthz, /readyz, /status, the status page /, POST /restart.
 
 Bound to 127.0.0.1 by default. The read-only endpoints are open (probes, Prometheus). The one
 that acts, ``POST /restart?rolling=1``, is off unless an HTTP token is configured, and then
@@ -7,6 +7,10 @@ a loopback name or ``http_allowed_hosts``), so that a web page cannot reach it t
 rebinding. At most ``http_max_connections`` connections are open at once, each for at most
 ``http_timeout`` seconds per step, so idle clients cannot use up the file descriptors that
 worker restarts need.
+
+``/`` is a live status page for people (``/status.js`` and ``/status.css`` beside it, package data in
+``cluster/static``): it polls ``/status`` and redraws in place. It loads nothing from elsewhere, and every answer
+carries a Content-Security-Policy that allows only this server's own script, style and ``/status``.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import asyncio
 import hmac
 import json
 import logging
+from importlib import resources
 from typing import Protocol
 from urllib.parse import parse_qs
 
@@ -29,6 +34,14 @@ REASONS = {200: "OK", 202: "Accepted", 400: "Bad Request", 401: "Unauthorized", 
            404: "Not Found", 405: "Method Not Allowed", 409: "Conflict", 500: "Internal Server Error",
            503: "Service Unavailable"}
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
+STATIC = {"/": ("status.html", "text/html; charset=utf-8"),
+          "/status.js": ("status.js", "text/javascript; charset=utf-8"),
+          "/status.css": ("status.css", "text/css; charset=utf-8")}
+"""The status page's routes: (file in ``cluster/static``, content type)."""
+SECURITY_HEADERS = ("Content-Security-Policy: default-src 'none'; script-src 'self'; style-src 'self'; "
+                    "connect-src 'self'; img-src 'self'; base-uri 'none'; form-action 'none'; "
+                    "frame-ancestors 'none'\r\nX-Content-Type-Options: nosniff\r\n")
+"""On every answer: a page may run only this server's own script and style and fetch only from it."""
 
 Answer = tuple[int, str, bytes]
 
@@ -61,6 +74,8 @@ class Endpoint:
         extra = {h.strip().lower() for h in (cfg.http_allowed_hosts or "").split(",") if h.strip()}
         self.allowed_hosts = LOOPBACK_NAMES | {host.lower()} | extra
         self.metrics = MetricsPage(sup.snapshot, cfg.metrics_cache_interval)
+        static = resources.files("cluster").joinpath("static")
+        self.static = {path: (ctype, static.joinpath(name).read_bytes()) for path, (name, ctype) in STATIC.items()}
 
     async def route(self, method: str, target: str, headers: dict[str, str]) -> Answer:
         """Answer one request: (status, content type, body)."""
@@ -80,6 +95,8 @@ class Endpoint:
             return (200 if snap.ready else 503), "text/plain", text.encode()
         if path == "/status" and method == "GET":
             return 200, "application/json", json.dumps(self.sup.snapshot().status()).encode()
+        if path in self.static and method == "GET":
+            return 200, *self.static[path]
         if path == "/restart":
             return self.restart(method, query, headers)
         return 404, "text/plain", b"not found\n"
@@ -150,7 +167,7 @@ async def serve_http(sup: Served, host: str, port: int,
         except Exception:  # noqa: BLE001
             log.exception("HTTP handler failed")
             status, ctype, body = 500, "text/plain", b"internal error\n"
-        extra = "WWW-Authenticate: Bearer\r\n" if status == 401 else ""
+        extra = ("WWW-Authenticate: Bearer\r\n" if status == 401 else "") + SECURITY_HEADERS
         writer.write(f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: {ctype}\r\n"
                      f"Content-Length: {len(body)}\r\n{extra}Connection: close\r\n\r\n".encode() + body)
         try:
