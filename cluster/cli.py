@@ -19,7 +19,9 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from cluster.config import ENV_PREFIX, HELP, ClusterConfig, ConfigError, load_config
+import msgspec
+
+from cluster.config import NONE_WORDS, ENV_PREFIX, HELP, NULLABLE, ClusterConfig, ConfigError, load_config
 from cluster.exitcodes import ExitCode
 
 __all__ = ["main"]
@@ -30,15 +32,36 @@ def _field_type(annotation: Any) -> type:
     return args[0] if isinstance(args[0], type) else str
 
 
+def _or_none(kind: type) -> Any:
+    """``kind``, or the word itself for a setting that takes None (none, null, auto: load_config reads it)."""
+    def parse(text: str) -> Any:
+        return text if text.strip().lower() in NONE_WORDS else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse's "invalid int value"
+    return parse
+
+
+def _help(name: str, default: Any) -> str:
+    """The setting's help, with its default unless the text already gives it."""
+    text = HELP[name]
+    if "default" in text or default is msgspec.NODEFAULT:
+        return text
+    shown = "none" if default is None else default
+    return f"{text} (default: {str(shown).replace('%', '%%')})"
+
+
 def _add_config_flags(p: argparse.ArgumentParser) -> None:
     hints = typing.get_type_hints(ClusterConfig)
+    defaults = {f.name: f.default for f in msgspec.structs.fields(ClusterConfig)}
     for name in ClusterConfig.__struct_fields__:
         flag = "--" + name.replace("_", "-")
         kind = _field_type(hints[name])
+        text = _help(name, defaults[name])
         if kind is bool:
-            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=HELP[name])
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            p.add_argument(flag, dest=name, type=kind, default=None, metavar=name.upper(), help=HELP[name])
+            p.add_argument(flag, dest=name, type=_or_none(kind) if name in NULLABLE else kind, default=None,
+                           metavar=name.upper(), help=text)
     p.add_argument("--config", metavar="FILE", help="TOML config file (keys as below, optionally under [cluster])")
 
 
@@ -80,6 +103,12 @@ async def _supervise(cfg: ClusterConfig) -> int:
     from cluster.supervisor import Supervisor
 
     sup = Supervisor(cfg)
+
+    def not_the_exit_message(record: logging.LogRecord) -> bool:  # printed once, below, with its exit code
+        return not (record.levelno >= logging.ERROR and sup.exit_message and record.getMessage() == sup.exit_message)
+
+    for h in logging.getLogger().handlers:
+        h.addFilter(not_the_exit_message)
     show = cfg.status_line if cfg.status_line is not None else sys.stderr.isatty()
     display = asyncio.get_running_loop().create_task(StatusDisplay(sup, tty=show).run()) if show else None
     try:
@@ -198,7 +227,14 @@ def main(argv: list[str] | None = None) -> int:
             cfg = load_config(flags, os.environ, args.config)
             return run(cfg)
         if args.command == "restart" and args.pid:
-            os.kill(args.pid, signal.SIGHUP)
+            try:
+                os.kill(args.pid, signal.SIGHUP)
+            except ProcessLookupError:
+                print(f"cluster: no process {args.pid} (is the supervisor running?)", file=sys.stderr)
+                return int(ExitCode.ERROR)
+            except PermissionError:
+                print(f"cluster: not allowed to signal process {args.pid}", file=sys.stderr)
+                return int(ExitCode.ERROR)
             print(f"sent SIGHUP to {args.pid}: rolling restart requested")
             return 0
         flags = {k: getattr(args, k, None) for k in ("coordinator", "cluster_name")}

@@ -11,6 +11,7 @@ import difflib
 import os
 import re
 import tomllib
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +19,7 @@ import msgspec
 
 from cluster.coordination.redis_url import redacted_url, url_problem
 from cluster.error import ConfigError
+from cluster.state import token_user_id
 from shard.config import DEFAULT_API_URL
 from shard.intents import Intents
 from shard.queue import HOLD_TIMEOUT, IDENTIFY_INTERVAL
@@ -25,6 +27,7 @@ from shard.queue import HOLD_TIMEOUT, IDENTIFY_INTERVAL
 __all__ = ["ClusterConfig", "ConfigError", "ENV_PREFIX", "check_identify_timing", "load_config"]
 
 ENV_PREFIX = "CLUSTER_"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.-]{1,64}$").fullmatch
 
 
@@ -53,7 +56,9 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Identifies never spent (the safety margin). None: the shard count, at most 5% of the daily total."""
     budget_pace_below: int | None = None
     """Below this many identifies left, space them out until the reset. None: 2 x the margin."""
-    state_file: str = "cluster-state.json"
+    state_file: str | None = None
+    """Where the sessions are saved. None: ``$XDG_STATE_HOME/shardstack/<name>.json`` (``~/.local/state`` without
+    XDG_STATE_HOME), ``<name>`` being cluster_name or ``bot-<user id>``: see :meth:`state_path`."""
     state_save_interval: float = 5.0
     """Seconds between saves of the sessions while running (a killed supervisor resumes from the last
     one); 0 saves only at shutdown."""
@@ -125,6 +130,8 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             problems.append(f"compression must be zlib-stream, zstd-stream or none, got {self.compression!r}")
         if self.handler is not None and ":" not in self.handler:
             problems.append(f"handler must look like module:attribute, got {self.handler!r}")
+        if self.log_level.upper() not in _LOG_LEVELS:
+            problems.append(f"log_level must be one of {', '.join(_LOG_LEVELS)}, got {self.log_level!r}")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             problems.append(f"http_port out of range: {self.http_port}")
         for name in ("identify_window", "ipc_heartbeat_interval", "report_interval", "session_ttl"):
@@ -214,6 +221,15 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(f"http_token_file {self.http_token_file} is empty")
         return value
 
+    def state_path(self, token: str, env: Mapping[str, str] | None = None) -> str:
+        """The state file: state_file, or ``$XDG_STATE_HOME/shardstack/<cluster_name or bot-<user id>>.json``."""
+        if self.state_file is not None:
+            return self.state_file
+        env = os.environ if env is None else env
+        base = env.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
+        name = self.cluster_name or f"bot-{token_user_id(token) or 'unknown'}"
+        return os.path.join(base, "shardstack", f"{name}.json")
+
     def token(self, env: Mapping[str, str] | None = None) -> str:
         """The bot token from the environment variable named by ``token_env``."""
         value = (os.environ if env is None else env).get(self.token_env, "").strip()
@@ -238,7 +254,9 @@ HELP: dict[str, str] = {
                              "must exceed the shards' connect timeout (10 s)",
     "budget_reserve": "identifies never spent: the safety margin (default: the shard count, at most 5%% of the daily total)",
     "budget_pace_below": "below this many identifies left, space them out until the reset (default: 2x the margin)",
-    "state_file": "where sessions are saved (at shutdown and while running) so that the next start resumes them",
+    "state_file": "where sessions are saved (at shutdown and while running) so that the next start resumes them "
+                  "(default: $XDG_STATE_HOME/shardstack/<cluster name or bot-<user id>>.json, "
+                  "~/.local/state without XDG_STATE_HOME)",
     "state_save_interval": "seconds between saves of the sessions while running, so that a killed supervisor's "
                            "successor resumes them (0: only at shutdown)",
     "fresh": "ignore the state file and identify every shard",
@@ -266,7 +284,7 @@ HELP: dict[str, str] = {
     "budget_refresh_interval": "seconds between GET /gateway/bot refreshes of the session budget; 0: never",
     "shutdown_timeout": "seconds to wait for workers to close their shards on shutdown",
     "status_line": "progress bar and live status line on stderr (default: when stderr is a terminal)",
-    "log_level": "logging level: DEBUG, INFO, WARNING or ERROR",
+    "log_level": "logging level: DEBUG, INFO, WARNING, ERROR or CRITICAL",
     "coordinator": "redis://[:password@]host:port/db (rediss:// for TLS) shared by every host of the bot, for "
                    "identify coordination, the session budget and sessions; default: in this process (one host)",
     "cluster_name": "namespace of this bot's keys in the coordinator (default: bot-<user id>), so bots can share "
@@ -282,7 +300,10 @@ HELP: dict[str, str] = {
 """The help text of every setting, shown by ``python -m cluster run --help``."""
 
 FIELDS = frozenset(ClusterConfig.__struct_fields__)
-_NONE_WORDS = {"", "none", "null", "auto"}
+NULLABLE = frozenset(f.name for f in msgspec.structs.fields(ClusterConfig)
+                     if type(None) in typing.get_args(f.type))
+"""The settings that take None (written none, null, auto or empty in flags, the environment and the file)."""
+NONE_WORDS = {"", "none", "null", "auto"}
 
 
 def _check_keys(keys: Any, source: str) -> None:
@@ -301,9 +322,18 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         key = name[len(ENV_PREFIX):].lower()
         if key not in FIELDS:
             _check_keys([key], f"environment variable {name}")
-        word = value.strip().lower()
-        out[key] = value if key == "host_index" and word == "auto" else None if word in _NONE_WORDS else value
+        out[key] = None if _is_none(key, value, every_field=True) else value
     return out
+
+
+def _is_none(key: str, value: Any, *, every_field: bool = False) -> bool:
+    """Whether ``value`` is a word for None (none, null, auto or empty) for the setting ``key``: the same words
+    in flags, the environment and the file. Only settings that can be None take them, except in the environment
+    (``every_field``), where any setting may be unset with an empty value."""
+    if not isinstance(value, str) or (key not in NULLABLE and not every_field):
+        return False
+    word = value.strip().lower()
+    return word in NONE_WORDS and not (key == "host_index" and word == "auto")
 
 
 def _from_file(path: str) -> dict[str, Any]:
@@ -312,12 +342,16 @@ def _from_file(path: str) -> dict[str, Any]:
             data = tomllib.load(f)
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory, not a TOML file") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     data = data.get("cluster", data)  # a [cluster] table or top-level keys
     data = {k.replace("-", "_"): v for k, v in data.items()}
     _check_keys(data, f"config file {path}")
-    return data
+    return {k: None if _is_none(k, v) else v for k, v in data.items()}
 
 
 def check_identify_timing(config: ClusterConfig, shard_options: Mapping[str, Any]) -> None:
@@ -337,6 +371,7 @@ def load_config(flags: Mapping[str, Any] | None = None, env: Mapping[str, str] |
     """Merge ``flags`` (only the ones given), ``env`` and the TOML ``file`` into a config."""
     flags = {k: v for k, v in (flags or {}).items() if v is not None}
     _check_keys(flags, "flags")
+    flags = {k: None if _is_none(k, v) else v for k, v in flags.items()}
     layers = [("config file " + file, _from_file(file)) if file else ("", {}),
               ("environment", _from_env(os.environ if env is None else env)),
               ("flags", flags)]
