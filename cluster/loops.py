@@ -33,10 +33,16 @@ class Loops:
         self.rt = rt
         self.send_to_shard = send_to_shard
         self.kill = kill
-        self.store: SessionStore = FileSessionStore(rt.config.state_file, rt.config.state_save_interval)
+        self.store: SessionStore = FileSessionStore(rt.config.state_file or "", rt.config.state_save_interval)
         self.saved_version = 0  # the sessions version in the store
         self.state_error: str | None = None
         self._last_defer = 0.0
+
+    def name_state_file(self, token: str) -> None:
+        """With no state_file configured, save to the per-user default named after the bot (known from its token)."""
+        cfg = self.rt.config
+        if cfg.state_file is None:
+            self.store = FileSessionStore(cfg.state_path(token), cfg.state_save_interval)
 
     def start(self) -> None:
         rt, cfg = self.rt, self.rt.config

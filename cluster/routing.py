@@ -69,9 +69,10 @@ class Router:
                 rt.stop(exit_code, f"shard {shard_id}: {text}")
             case WorkerFatal(kind=kind, message=message):
                 handle.last_fatal = f"{kind.replace('_', ' ')} failed: {message}"
-                log.error("worker %d: %s", handle.worker_id, handle.last_fatal)
-                if kind == "handler_setup":
+                if kind == "handler_setup":  # stop logs it
                     rt.stop(ExitCode.HANDLER_SETUP, f"worker {handle.worker_id}: {handle.last_fatal}")
+                else:
+                    log.error("worker %d: %s", handle.worker_id, handle.last_fatal)
 
     def _on_status(self, handle: WorkerHandle, report: StatusReport, now: float) -> None:
         handle.rss, handle.loop_lag = report.rss, report.loop_lag

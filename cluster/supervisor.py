@@ -201,8 +201,8 @@ class Supervisor:
         try:
             await self._start()
         except ClusterExit as exc:
+            self.exit_code, self.exit_message = exc.code, str(exc)  # set first: the CLI shows it once, not twice
             log.error("%s", exc)
-            self.exit_code, self.exit_message = exc.code, str(exc)
             await self._shutdown()
             return int(exc.code)
         signals = ((signal.SIGTERM, self.stop), (signal.SIGINT, self.stop),
@@ -232,6 +232,7 @@ class Supervisor:
             token = self.token()
         except ValueError as exc:
             raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
+        self._loops.name_state_file(token)
         if isinstance(self.handler, str):
             try:
                 check_handler(self.handler)
@@ -263,8 +264,9 @@ class Supervisor:
             self.max_concurrency, limit.total, limit.remaining, limit.reset_after / 1000, reserve,
             cfg.budget_pace_below, cfg.identify_window, cfg.identify_hold_timeout, now))
         ranges = split_range(mine, shards_per_worker=cfg.shards_per_worker, workers=cfg.workers)
-        log.info("%d shards (max_concurrency %d) in %d workers; session budget %d/%d (safety margin %d)",
-                 self.shard_total, self.max_concurrency, len(ranges), limit.remaining, limit.total, reserve)
+        log.info("%d shards (max_concurrency %d) in %d worker%s; session budget %d/%d (safety margin %d)",
+                 self.shard_total, self.max_concurrency, len(ranges), "" if len(ranges) == 1 else "s",
+                 limit.remaining, limit.total, reserve)
         if len(mine) != self.shard_total:
             log.info("this host runs shards %d-%d of %d", mine.start, mine.stop - 1, self.shard_total)
         for wid, r in enumerate(ranges):
@@ -276,7 +278,11 @@ class Supervisor:
                 http_token = cfg.http_secret()
             except ConfigError as exc:
                 raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
-            self.http_server, self.http_url = await serve_http(self, cfg.http_host, cfg.http_port, http_token)
+            try:
+                self.http_server, self.http_url = await serve_http(self, cfg.http_host, cfg.http_port, http_token)
+            except OSError as exc:  # the port is taken, or the address is not this machine's
+                raise ClusterExit(ExitCode.CONFIG, f"cannot serve HTTP on {cfg.http_host}:{cfg.http_port}: "
+                                  f"{exc.strerror or exc} (give another --http-port, 0 for a free one, or none)") from None
             log.info("metrics at %s/metrics; POST /restart %s", self.http_url,
                      "needs the HTTP token" if http_token else "is off (no HTTP token configured)")
         if self._redis is not None:

@@ -210,10 +210,10 @@ class Workers:
                 handle.channel.send(Drain(resumable))
             except ConnectionError:
                 pass
-            try:
-                async with asyncio.timeout(timeout):
-                    await asyncio.shield(handle.drained)
-            except TimeoutError:
+            # a worker that exits instead (its handler's setup failed) sends no Drained: do not wait for one
+            done, _ = await asyncio.wait([handle.drained, handle.exited], timeout=timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            if not done:
                 log.warning("worker %d did not drain within %.0f s; killing it", handle.worker_id, timeout)
         try:
             async with asyncio.timeout(timeout):
