@@ -20,8 +20,11 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# make demo PORT=9200: the status page's port (default 9100; a free one when it is taken).
+PORT ?= 9100
+
 demo: $(STAMP)
-	$(BIN)/python -m cluster.demo
+	$(BIN)/python -m cluster.demo --http-port $(PORT)
 
 bench: $(STAMP)
 	$(PIP_INSTALL) -e ".[bench]"

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import tempfile
 
@@ -40,6 +41,19 @@ async def start_sim(args: argparse.Namespace) -> tuple[asyncio.subprocess.Proces
     return proc, urls
 
 
+def http_port(wanted: int) -> int:
+    """``wanted``, or a free port when it is taken (another demo, another service on 9100)."""
+    if wanted == 0:
+        return 0
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", wanted))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+            print(f"port {wanted} is in use: using {s.getsockname()[1]}", flush=True)
+        return int(s.getsockname()[1])
+
+
 async def demo(args: argparse.Namespace) -> int:
     from cluster.display import StatusDisplay
     from cluster.supervisor import Supervisor
@@ -47,10 +61,10 @@ async def demo(args: argparse.Namespace) -> int:
 
     sim, urls = await start_sim(args)
     print(f"simulator: gateway {urls['gateway']} · REST {urls['rest']} · stats {urls['admin']}", flush=True)
-    state_dir = tempfile.mkdtemp(prefix="cluster-demo-")
+    state_dir = tempfile.TemporaryDirectory(prefix="cluster-demo-")  # removed when the demo stops
     cfg = ClusterConfig(handler="cluster.example:ExampleHandler", workers=args.workers,
                         gateway_url=urls["gateway"], api_url=urls["rest"], identify_window=args.identify_window,
-                        http_port=args.http_port, state_file=os.path.join(state_dir, "state.json"),
+                        http_port=http_port(args.http_port), state_file=os.path.join(state_dir.name, "state.json"),
                         report_interval=0.5, log_level="WARNING")
     sup = Supervisor(cfg, token=DEFAULT_TOKEN)
     display = asyncio.get_running_loop().create_task(
@@ -68,6 +82,7 @@ async def demo(args: argparse.Namespace) -> int:
         if sim.returncode is None:
             sim.send_signal(signal.SIGTERM)
             await sim.wait()
+        state_dir.cleanup()
     snap = sup.snapshot()
     total = sum(sum(s.events.values()) for s in snap.shards)
     print(f"stopped: {total:,} events handled; {sum(snap.identifies.values())} identifies; exit code {code}",
@@ -83,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--identify-window", type=float, default=1.0,
                    help="the simulator's identify window (Discord's is 5 s)")
     p.add_argument("--events-per-second", type=float, default=5.0, help="per shard")
-    p.add_argument("--http-port", type=int, default=9100)
+    p.add_argument("--http-port", type=int, default=9100,
+                   help="port of /metrics and the status page (a free one if it is taken; 0: any free one)")
     p.add_argument("--duration", type=float, default=0.0, help="stop after this many seconds (0: run until Ctrl-C)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
