@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-from cluster.config import NONE_WORDS, ENV_PREFIX, HELP, NULLABLE, ClusterConfig, ConfigError, load_config
+from cluster.config import ENV_PREFIX, HELP, NONE_WORDS, NULLABLE, ClusterConfig, ConfigError, load_config
 from cluster.exitcodes import ExitCode
 
 __all__ = ["main"]

@@ -126,7 +126,7 @@ async def test_setup_failure_is_logged_once_and_exits_without_a_drain_timeout(si
     ("http_port", "none", None), ("http_port", "0", 0), ("shards", "auto", None),
 ])
 def test_flags_env_and_toml_read_the_same_values(tmp_path, key, text, value):
-    from cluster.cli import _parser  # noqa: PLC0415
+    from cluster.cli import _parser
 
     args = _parser().parse_args(["run", "--" + key.replace("_", "-"), text])
     from_flags = load_config({k: getattr(args, k) for k in ClusterConfig.__struct_fields__}, env={})
@@ -153,9 +153,9 @@ async def test_cli_accepts_none_for_compression_and_http_port(tmp_path):
 
 
 def test_run_help_shows_the_defaults():
-    from cluster.cli import _parser  # noqa: PLC0415
+    from cluster.cli import _parser
 
-    sub = _parser()._subparsers._group_actions[0].choices["run"]  # noqa: SLF001
+    sub = _parser()._subparsers._group_actions[0].choices["run"]
     text = " ".join(sub.format_help().split())
     for shown in ("(default: DISCORD_TOKEN)", "none disables) (default: 9100)", "(default: 5.0)",
                   "$XDG_STATE_HOME/shardstack/"):
@@ -177,7 +177,7 @@ def test_the_default_state_file_is_per_user_and_named_after_the_bot(tmp_path):
 
 
 async def test_a_run_without_state_file_saves_under_xdg_state_home(sim, tmp_path, monkeypatch):
-    from cluster_testing import running, until  # noqa: PLC0415
+    from cluster_testing import running, until
 
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "state"))
     async with running(sim, None, tmp_path, workers=1, state_file=None) as (sup, _):

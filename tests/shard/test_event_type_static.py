@@ -5,8 +5,7 @@ import enum
 import inspect
 from functools import reduce
 
-import shard.event_type as event_type
-from shard import EventTypeFlags
+from shard import EventTypeFlags, event_type
 from shard.event_type import _NAMES
 
 # The groups as the dynamic construction defined them (before the members were written out).
