@@ -11,8 +11,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cluster.coordination.redis_conn import connect
-from cluster.leases import (Lease, LeaseStore, Plan, Renewal, blocks, deadline_after, epoch_key, fair, lease_key,
-                            margin, parse_lease, plan, quota, renew_interval)
+from cluster.leases import (
+    Lease,
+    LeaseStore,
+    Plan,
+    Renewal,
+    blocks,
+    deadline_after,
+    epoch_key,
+    fair,
+    lease_key,
+    margin,
+    parse_lease,
+    plan,
+    quota,
+    renew_interval,
+)
 
 NS = "shardstack:test:"
 
@@ -21,7 +35,7 @@ NS = "shardstack:test:"
 
 def test_blocks_are_worker_sized_ranges():
     assert blocks(24, 4) == [range(i, i + 4) for i in range(0, 24, 4)]
-    assert blocks(10, 4) == [range(0, 4), range(4, 8), range(8, 10)]
+    assert blocks(10, 4) == [range(4), range(4, 8), range(8, 10)]
     assert blocks(8, None) == [range(8)]
 
 
