@@ -172,3 +172,18 @@ async def test_a_renewal_writes_back_a_lease_redis_lost_with_the_same_epoch(clie
     assert int(await client.get(epoch_key(NS, 0))) >= epochs[0]
     assert await LeaseStore(client, NS, "b", ttl=3.0).claim(0) is None
     assert await a.renew(epochs) == {blk: Renewal.RENEWED for blk in range(3)}
+
+
+def test_assign_auto_needs_a_coordinator_and_no_static_range():
+    from cluster.config import ClusterConfig, ConfigError, load_config
+
+    url = "redis://127.0.0.1:6379/0"
+    cfg = load_config({"assign": "auto", "coordinator": url, "shards_per_worker": "4", "lease_ttl": "3"}, env={})
+    assert (cfg.assign, cfg.lease_ttl, ClusterConfig().assign, ClusterConfig().lease_ttl) == ("auto", 3.0, "static", 10.0)
+    for flags, message in (({"assign": "auto"}, "needs a coordinator"),
+                           ({"assign": "auto", "coordinator": url, "shard_range": "0-3"}, "give no shard_range"),
+                           ({"assign": "auto", "coordinator": url, "workers": "2"}, "shards_per_worker"),
+                           ({"assign": "sometimes"}, "assign must be static or auto"),
+                           ({"lease_ttl": "0.5"}, "lease_ttl must be >= 1")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(flags, env={})
