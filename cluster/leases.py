@@ -46,9 +46,29 @@ from typing import Any
 
 from cluster.layout import split
 
-__all__ = ["LEASE_TTL", "MARGIN_FRACTION", "RENEW_FRACTION", "Lease", "LeaseStore", "Plan", "Renewal", "blocks", "deadline_after",
-           "epoch_key", "fair", "fence_check", "lease_key", "lease_value", "margin", "parse_lease", "plan", "quota",
-           "renew_interval"]
+__all__ = [
+    "LEASE_TTL",
+    "MARGIN_FRACTION",
+    "RENEW_FRACTION",
+    "Lease",
+    "LeaseStore",
+    "Plan",
+    "Renewal",
+    "Takeover",
+    "blocks",
+    "deadline_after",
+    "epoch_key",
+    "fair",
+    "fence_check",
+    "lease_key",
+    "lease_value",
+    "margin",
+    "parse_lease",
+    "plan",
+    "quota",
+    "released_key",
+    "renew_interval",
+]
 
 LEASE_TTL = 10.0
 """Seconds a block's lease lives after its last renewal (``--lease-ttl``)."""
@@ -160,6 +180,21 @@ def epoch_key(ns: str, block: int) -> str:
     return f"{ns}lease-epoch:{block}"
 
 
+def released_key(ns: str, block: int) -> str:
+    return f"{ns}lease-released:{block}"
+
+
+class Takeover(Enum):
+    """How a block came to the host that claimed it (the ``reason`` of its claim in metrics and logs)."""
+
+    NEW = "new"
+    """The block's first lease in this Redis."""
+    HANDOFF = "handoff"
+    """Its previous owner released it after draining it (a rebalance, or a host leaving)."""
+    FAILOVER = "failover"
+    """Its previous lease expired: the owner died, froze or lost Redis."""
+
+
 fence_check = """
 local function fenced(key, value)
   return redis.call('GET', key) == value
@@ -169,12 +204,14 @@ end
 
 _CLAIM = """
 local held = redis.call('GET', KEYS[1])
-if held then return {0, held} end
+if held then return {0, held, ''} end
+local released = redis.call('GET', KEYS[3]) or ''
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], epoch .. ':' .. ARGV[1], 'PX', ARGV[2])
-return {1, tostring(epoch)}
+return {1, tostring(epoch), released}
 """
-"""KEYS: lease, epoch counter; ARGV: owner, ttl ms. {1, epoch} or {0, the holder's value}."""
+"""KEYS: lease, epoch counter, released marker; ARGV: owner, ttl ms. {1, epoch, the epoch last released or ''} or
+{0, the holder's value, ''}."""
 
 _RENEW = fence_check + """
 local value = ARGV[2] .. ':' .. ARGV[1]
@@ -192,11 +229,12 @@ return 2
 _RELEASE = fence_check + """
 if fenced(KEYS[1], ARGV[2] .. ':' .. ARGV[1]) then
   redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[2])
   return 1
 end
 return 0
 """
-"""KEYS: lease; ARGV: owner, epoch. 1 released, 0 not ours (any more)."""
+"""KEYS: lease, released marker; ARGV: owner, epoch. 1 released (and marked so), 0 not ours (any more)."""
 
 
 class Renewal(Enum):
@@ -229,11 +267,17 @@ class LeaseStore:
     def _ttl_ms(self) -> int:
         return max(1, int(self.ttl * 1000))
 
-    async def claim(self, block: int) -> int | None:
-        """Take the free ``block``: its new epoch, or None if another host holds it."""
-        ok, value = await self._scripts["claim"](keys=[lease_key(self.ns, block), epoch_key(self.ns, block)],
-                                                 args=[self.owner, self._ttl_ms])
-        return int(value) if ok else None
+    async def claim(self, block: int) -> tuple[int, Takeover] | None:
+        """Take the free ``block``: its new epoch and how it came free, or None if another host holds it."""
+        ok, value, released = await self._scripts["claim"](
+            keys=[lease_key(self.ns, block), epoch_key(self.ns, block), released_key(self.ns, block)],
+            args=[self.owner, self._ttl_ms])
+        if not ok:
+            return None
+        epoch = int(value)
+        how = (Takeover.NEW if epoch == 1 else Takeover.HANDOFF if released and int(released) == epoch - 1
+               else Takeover.FAILOVER)
+        return epoch, how
 
     async def renew(self, held: Mapping[int, int]) -> dict[int, Renewal]:
         """Renew the leases this host holds (block -> epoch), in one round trip."""
@@ -248,7 +292,8 @@ class LeaseStore:
 
     async def release(self, block: int, epoch: int) -> bool:
         """Give ``block`` up (after its shards were drained and their sessions saved); False if not ours."""
-        return bool(await self._scripts["release"](keys=[lease_key(self.ns, block)], args=[self.owner, epoch]))
+        return bool(await self._scripts["release"](keys=[lease_key(self.ns, block), released_key(self.ns, block)],
+                                                   args=[self.owner, epoch]))
 
     async def read(self, block_count: int) -> dict[int, Lease]:
         """Every held lease (block -> Lease), with the time each has left."""

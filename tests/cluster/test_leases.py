@@ -16,6 +16,7 @@ from cluster.leases import (
     LeaseStore,
     Plan,
     Renewal,
+    Takeover,
     blocks,
     deadline_after,
     epoch_key,
@@ -132,21 +133,24 @@ async def client(redis_server):
 
 async def test_claim_gives_a_new_larger_epoch_to_each_tenure(client):
     a, b = LeaseStore(client, NS, "a", ttl=3.0), LeaseStore(client, NS, "b", ttl=3.0)
-    e1 = await a.claim(0)
-    assert e1 == 1
+    e1, how = await a.claim(0)
+    assert (e1, how) == (1, Takeover.NEW)
     assert await b.claim(0) is None  # held
     assert 0 < await client.pttl(lease_key(NS, 0)) <= 3000
     assert await a.release(0, e1)
-    e2 = await b.claim(0)
-    assert e2 == 2
-    assert (await a.read(2)) == {0: Lease(0, "b", 2, (await a.read(2))[0].remaining)}
+    e2, how = await b.claim(0)
+    assert (e2, how) == (2, Takeover.HANDOFF)
+    await client.delete(lease_key(NS, 0))  # expired
+    assert await a.claim(0) == (3, Takeover.FAILOVER)
+    assert (await a.read(2)) == {0: Lease(0, "a", 3, (await a.read(2))[0].remaining)}
 
 
 async def test_a_fenced_out_host_can_neither_renew_nor_release(client):
     a, b = LeaseStore(client, NS, "a", ttl=3.0), LeaseStore(client, NS, "b", ttl=3.0)
-    old = await a.claim(0)
+    old, _ = await a.claim(0)
     await client.delete(lease_key(NS, 0))  # as if it expired while a was paused
-    new = await b.claim(0)
+    new, how = await b.claim(0)
+    assert how == Takeover.FAILOVER
     assert new > old
     assert await a.renew({0: old}) == {0: Renewal.LOST}
     assert not await a.release(0, old)
@@ -157,7 +161,7 @@ async def test_a_fenced_out_host_can_neither_renew_nor_release(client):
 
 async def test_a_renewal_writes_back_a_lease_redis_lost_with_the_same_epoch(client, redis_server):
     a = LeaseStore(client, NS, "a", ttl=3.0)
-    epochs = {blk: await a.claim(blk) for blk in range(3)}
+    epochs = {blk: (await a.claim(blk))[0] for blk in range(3)}
     redis_server.proc.kill()
     redis_server.proc.wait()
     redis_server.start()

@@ -169,7 +169,7 @@ async def test_a_fenced_write_is_refused_once_the_block_lease_is_another_hosts(c
     from cluster.leases import LeaseStore, lease_key, lease_value
 
     old = LeaseStore(client, PREFIX, "old", ttl=5.0)
-    epoch = await old.claim(0)
+    epoch, _ = await old.claim(0)
     fence = {0: (lease_key(PREFIX, 0), lease_value(epoch, "old"))}
     st = RedisSessionStore(client, redis_server.url, PREFIX, host="old", ttl=60.0, interval=1.0,
                            fence=fence.get)  # shards 0 and 1 are block 0; shard 2 is not fenced
@@ -177,7 +177,7 @@ async def test_a_fenced_write_is_refused_once_the_block_lease_is_another_hosts(c
     await st.save(8, both, user_id=USER)
     assert await client.hget(PREFIX + "session:0", "seq") == b"5" and st.refused == 0
     await client.delete(lease_key(PREFIX, 0))  # it expired while "old" was paused; "new" took the block
-    new_epoch = await LeaseStore(client, PREFIX, "new", ttl=5.0).claim(0)
+    new_epoch, _ = await LeaseStore(client, PREFIX, "new", ttl=5.0).claim(0)
     await client.hset(PREFIX + "session:0", "seq", 77)  # the new owner's session moved on
     late = [SessionInfo(0, "sess-0", 6, RESUME), SessionInfo(2, "sess-2", 6, RESUME)]
     with caplog.at_level(logging.WARNING, logger="cluster"):
