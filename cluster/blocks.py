@@ -79,6 +79,8 @@ class BlockKeeper:
         self.view: tuple[BlockView, ...] = ()
         self.leaving = False
         self._moving_task: asyncio.Future[None] | None = None  # not cancelled at shutdown: a handoff completes
+        self._run_id: str | None = None  # the Redis server's run_id: a new one is a restart, maybe without data
+        self._grace_until = 0.0  # after a Redis restart, no claims until every owner could write its leases back
         workers.before_assign = self.send_deadline
         workers.may_run = self.may_run
 
@@ -138,10 +140,18 @@ class BlockKeeper:
             return
         hosts = await self.live_hosts()
         leases = await self.leases.read(len(self.ranges))
+        run_id = (await self.client.info("server")).get("run_id")
+        if self._run_id is not None and run_id != self._run_id:  # read after the leases: they may be from it
+            self._grace_until = time.monotonic() + self.ttl
+            log.warning("the coordinator's Redis restarted (run_id changed): claiming nothing for %g s, while the "
+                        "hosts write back the leases it lost", self.ttl)
+        self._run_id = run_id
         self.view = tuple(
             BlockView(b, r.start, r.stop - 1, le.owner if le else None, le.epoch if le else None,
                       le.age(self.ttl) if le else None, b in self.held)
             for b, r in enumerate(self.ranges) for le in (leases.get(b),))
+        if time.monotonic() < self._grace_until:
+            return
         moves = plan(self.me, hosts, leases, len(self.ranges), handing_off=self.moving is not None)
         for block in moves.claim:
             await self._claim(block)

@@ -31,7 +31,9 @@ Timing argument (why two live sessions for one shard never overlap):
 * A renewal that finds the key missing while the host is still within its deadline means Redis lost its
   data (a restart without persistence): the key could not have expired yet. The host writes the lease
   back with its own epoch (and raises the epoch counter to it) unless another host claimed the block
-  meanwhile, in which case the block is lost and stopped. So a Redis restart takes nothing over.
+  meanwhile, in which case the block is lost and stopped. So that no host claims a block whose lease is
+  about to be written back, a host that sees Redis's ``run_id`` change claims nothing for ``ttl``: every
+  owner renews (and so writes its leases back) within ``ttl / 3``. So a Redis restart takes nothing over.
 
 The cost of the TTL: a dead host's blocks are dark for up to ``ttl`` (plus the resume), and a host
 that cannot reach Redis for ``ttl - margin`` stops its blocks even though Discord is fine.
