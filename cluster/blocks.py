@@ -21,19 +21,19 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from cluster.hosts import HOST_RENEW_INTERVAL, host_key, hosts_key
-from cluster.leases import (LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key, lease_value, plan,
+from cluster.leases import (Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key, lease_value, plan,
                             renew_interval)
 from cluster.restart import RestartPolicy
 from cluster.runtime import Runtime, ShardView, WorkerHandle
+from cluster.snapshot import BlockSnapshot
 from cluster.workers import Workers
 from ipc import ChannelClosed
 from ipc.protocol import LeaseDeadline, SessionInfo
 
-__all__ = ["BlockKeeper", "BlockView"]
+__all__ = ["BlockKeeper"]
 
 log = logging.getLogger("cluster")
 
@@ -43,19 +43,6 @@ FRESH_HOST = 2.5 * HOST_RENEW_INTERVAL
 """A host whose registry record was renewed within this many seconds counts as live for the fair shares: a
 killed or frozen host drops out after it, long before its record expires, so that the survivors' shares grow
 and they claim its blocks as soon as its leases expire (and hand nothing to a host that cannot take it)."""
-
-
-@dataclass(frozen=True, slots=True)
-class BlockView:
-    """One block of the cluster as this host last read it, for ``/status``."""
-
-    block: int
-    first: int
-    last: int
-    owner: str | None
-    epoch: int | None
-    lease_age: float | None
-    mine: bool
 
 
 class BlockKeeper:
@@ -76,7 +63,7 @@ class BlockKeeper:
         self.deadline: dict[int, float] = {}  # block -> monotonic time it must be stopped by
         self.moving: int | None = None  # the block being handed off (one at a time)
         self.moves: Counter[tuple[str, str]] = Counter()  # (claim|loss|handoff, reason)
-        self.view: tuple[BlockView, ...] = ()
+        self.view: tuple[BlockSnapshot, ...] = ()  # the blocks as last read, for /status
         self.leaving = False
         self._moving_task: asyncio.Future[None] | None = None  # not cancelled at shutdown: a handoff completes
         self._run_id: str | None = None  # the Redis server's run_id: a new one is a restart, maybe without data
@@ -146,18 +133,23 @@ class BlockKeeper:
             log.warning("the coordinator's Redis restarted (run_id changed): claiming nothing for %g s, while the "
                         "hosts write back the leases it lost", self.ttl)
         self._run_id = run_id
-        self.view = tuple(
-            BlockView(b, r.start, r.stop - 1, le.owner if le else None, le.epoch if le else None,
-                      le.age(self.ttl) if le else None, b in self.held)
-            for b, r in enumerate(self.ranges) for le in (leases.get(b),))
+        self._show(leases)
         if time.monotonic() < self._grace_until:
             return
         moves = plan(self.me, hosts, leases, len(self.ranges), handing_off=self.moving is not None)
         for block in moves.claim:
             await self._claim(block)
+        if moves.claim:
+            self._show(leases | {b: Lease(b, self.me, e, self.ttl) for b, e in self.held.items()})
         if moves.hand_off is not None and moves.hand_off in self.held and not self.leaving:
             self.moving = moves.hand_off
             self._moving_task = asyncio.ensure_future(self._hand_off(moves.hand_off, "rebalance"))
+
+    def _show(self, leases: dict[int, Lease]) -> None:
+        self.view = tuple(
+            BlockSnapshot(b, r.start, r.stop - 1, le.owner if le else None, le.epoch if le else None,
+                          le.age(self.ttl) if le else None, b in self.held)
+            for b, r in enumerate(self.ranges) for le in (leases.get(b),))
 
     async def live_hosts(self) -> list[str]:
         """The ids of the hosts whose record was renewed within :data:`FRESH_HOST` seconds."""

@@ -186,6 +186,8 @@ class Supervisor:
                                        v.shard_id in rt.sessions, dict(v.events))
                          for v in sorted(rt.shards.values(), key=lambda v: v.shard_id)),
             hosts=self._cross.summaries() if self._cross is not None else None,
+            blocks=self.blocks.view if self.blocks is not None else None,
+            lease_moves=dict(self.blocks.moves) if self.blocks is not None else None,
         )
 
     def status(self) -> dict[str, Any]:

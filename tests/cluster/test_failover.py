@@ -6,16 +6,19 @@ outlive the freeze (its missed-heartbeat close would end them for good)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import sys
 import time
+import urllib.request
 from collections import Counter
 
 import pytest
 from redis.exceptions import ConnectionError  # noqa: A004 - redis's, not the builtin
 
 from cluster.coordination.redis_conn import connect
+from cluster.hosts import read_hosts
 from cluster.leases import parse_lease
 
 SHARDS = 24
@@ -147,6 +150,28 @@ async def test_kill_9_of_a_host_resumes_its_shards_on_the_survivors(sim, hosts, 
     snap = await sim.wait_until(lambda s: active(s) == SHARDS, 30)
     assert snap["total"]["identifies"] == SHARDS  # resumed, not identified
     clean(snap)
+    # visible: each survivor's /status shows the blocks, owners and lease ages, /metrics the failovers
+    survivors = [h for h in await read_hosts(redis, NS) if h.host_id != victim]
+    now = await owners(redis)
+    deadline = time.monotonic() + 10
+    while True:  # each host shows the leases as it last read them (every TTL / 3): poll its /status
+        statuses = [json.loads(await asyncio.to_thread(fetch, h.http_url + "/status")) for h in survivors]
+        if all({b["block"]: b["owner"] for b in st["blocks"]} == now for st in statuses):
+            break
+        assert time.monotonic() < deadline, statuses
+        await asyncio.sleep(0.2)
+    for h, st in zip(survivors, statuses, strict=True):
+        assert all(0 <= b["lease_age"] <= TTL for b in st["blocks"])
+        assert {b["block"] for b in st["blocks"] if b["mine"]} == {b for b, o in now.items() if o == h.host_id}
+    moves = [(m["event"], m["reason"]) for st in statuses for m in st["lease_moves"]]
+    assert moves.count(("failover", "lease_expired")) >= 1 and ("claim", "failover") in moves
+    metrics = "".join([await asyncio.to_thread(fetch, h.http_url + "/metrics") for h in survivors])
+    assert 'cluster_lease_moves_total{event="failover",reason="lease_expired"}' in metrics
+
+
+def fetch(url):
+    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - the test's own supervisor
+        return resp.read().decode()
 
 
 async def test_a_frozen_host_is_taken_over_and_stands_down_without_a_frame(sim, hosts, redis):

@@ -192,3 +192,23 @@ def test_assign_auto_needs_a_coordinator_and_no_static_range():
                            ({"lease_ttl": "0.5"}, "lease_ttl must be >= 1")):
         with pytest.raises(ConfigError, match=message):
             load_config(flags, env={})
+
+
+def test_status_and_the_status_table_show_blocks_owners_and_lease_ages():
+    from cluster.cli import format_status
+    from cluster.snapshot import BlockSnapshot, ClusterSnapshot
+
+    snap = ClusterSnapshot(
+        shard_total=8, max_concurrency=1, uptime=1.0, rolling=False, stopping=False, coordination=None,
+        identifies={}, identify_waits=(), identify_wait_sum=0.0, restarts={}, errors={}, loop_lag=0.0, problems=(),
+        workers=(), shards=(), blocks=(BlockSnapshot(0, 0, 3, "host-a", 4, 0.5, True),
+                                       BlockSnapshot(1, 4, 7, None, None, None, False)),
+        lease_moves={("claim", "failover"): 1, ("failover", "lease_expired"): 1})
+    st = snap.status()
+    assert st["blocks"][0] == {"block": 0, "shards": [0, 3], "owner": "host-a", "epoch": 4, "lease_age": 0.5,
+                               "mine": True}
+    assert {"event": "failover", "reason": "lease_expired", "count": 1} in st["lease_moves"]
+    assert snap.ready  # a host of --assign auto without blocks is a ready standby
+    text = format_status(st)
+    assert "     0 0-3             4      0.5s  host-a (this host)" in text and "(free)" in text
+    assert "lease moves: claim failover 1, failover lease_expired 1" in text
