@@ -66,6 +66,7 @@ class BlockKeeper:
         self.view: tuple[BlockSnapshot, ...] = ()  # the blocks as last read, for /status
         self.leaving = False
         self._moving_task: asyncio.Future[None] | None = None  # not cancelled at shutdown: a handoff completes
+        self._ticking: asyncio.Future[None] | None = None  # the tick under way
         self._run_id: str | None = None  # the Redis server's run_id: a new one is a restart, maybe without data
         self._grace_until = 0.0  # after a Redis restart, no claims until every owner could write its leases back
         workers.before_assign = self.send_deadline
@@ -106,8 +107,9 @@ class BlockKeeper:
         from redis import exceptions as rx  # noqa: PLC0415
 
         while not self.leaving:
+            self._ticking = asyncio.ensure_future(self.tick())  # a stop waits for it: never a claim cut in half
             try:
-                await self.tick()
+                await asyncio.shield(self._ticking)
             except (rx.RedisError, OSError, TimeoutError) as exc:
                 self.rt.errors[("leases", type(exc).__name__)] += 1
             await asyncio.sleep(renew_interval(self.ttl))
@@ -144,6 +146,7 @@ class BlockKeeper:
         if moves.hand_off is not None and moves.hand_off in self.held and not self.leaving:
             self.moving = moves.hand_off
             self._moving_task = asyncio.ensure_future(self._hand_off(moves.hand_off, "rebalance"))
+            self._moving_task.add_done_callback(self._handed_off)
 
     def _show(self, leases: dict[int, Lease]) -> None:
         self.view = tuple(
@@ -230,6 +233,10 @@ class BlockKeeper:
             if self.moving == block:
                 self.moving = None
 
+    def _handed_off(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.rt.failed("leases", exc, "a block handoff failed", "its lease expires by itself")
+
     async def leave(self) -> None:
         """A clean stop: hand every block over (drained together, then saved and released)."""
         from redis import exceptions as rx  # noqa: PLC0415
@@ -246,6 +253,8 @@ class BlockKeeper:
 
         renewing = asyncio.ensure_future(keep_renewing())
         try:
+            if self._ticking is not None:  # its claims land in held (or are given back at once)
+                await asyncio.wait([self._ticking], timeout=2 * renew_interval(self.ttl))
             if self._moving_task is not None:
                 await asyncio.gather(self._moving_task, return_exceptions=True)
             results = await asyncio.gather(*(self._hand_off(b, "leaving") for b in sorted(self.held)

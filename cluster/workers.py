@@ -181,6 +181,10 @@ class Workers:
         """Count a worker's unexpected exit and restart it behind its policy (or stop the cluster)."""
         rt = self.rt
         reason = handle.last_fatal or describe_exit(handle.exitcode)
+        if not self.may_run(handle.worker_id):  # --assign auto: its block's lease ran out (its fence killed it)
+            log.info("worker %d (pid %s) exited (%s); its block is no longer this host's", handle.worker_id,
+                     handle.pid, reason)
+            return
         log.warning("worker %d (pid %s) died: %s", handle.worker_id, handle.pid, reason)
         kind = "handler_import" if handle.exitcode == EXIT_HANDLER_IMPORT else (
             "unresponsive" if handle.last_fatal and handle.last_fatal.startswith("unresponsive") else
