@@ -327,7 +327,8 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
         if key not in FIELDS:
             _check_keys([key], f"environment variable {name}")
         word = value.strip().lower()
-        out[key] = value if key == "host_index" and word == "auto" else None if word in _NONE_WORDS else value
+        keep = key in ("host_index", "assign") and word == "auto"  # auto is a value of these, not "unset"
+        out[key] = value if keep else None if word in _NONE_WORDS else value
     return out
 
 
