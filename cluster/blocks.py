@@ -39,6 +39,8 @@ log = logging.getLogger("cluster")
 
 GUARD_EVERY = 0.1
 """Seconds between two checks of the blocks' deadlines in the supervisor."""
+RETRY_EVERY = 0.2
+"""Seconds before a lease tick that failed (Redis unreachable) is tried again."""
 FRESH_HOST = 2.5 * HOST_RENEW_INTERVAL
 """A host whose registry record was renewed within this many seconds counts as live for the fair shares: a
 killed or frozen host drops out after it, long before its record expires, so that the survivors' shares grow
@@ -112,6 +114,8 @@ class BlockKeeper:
                 await asyncio.shield(self._ticking)
             except (rx.RedisError, OSError, TimeoutError) as exc:
                 self.rt.errors[("leases", type(exc).__name__)] += 1
+                await asyncio.sleep(RETRY_EVERY)  # the deadlines are near: try again soon, not a tick later
+                continue
             await asyncio.sleep(renew_interval(self.ttl))
 
     async def guard(self) -> None:

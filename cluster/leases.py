@@ -9,9 +9,9 @@ lease still holds the writer's ``<epoch>:<owner>``, and refuses otherwise (:func
 
 Planning is pure (:func:`quota`, :func:`plan`): from a snapshot of the live hosts and the leases it says which
 free blocks this host claims (up to its fair share: ``total blocks / live hosts``, the remainder going to the
-first hosts by id) and which one block it hands off (when it holds more than its share and another host holds
-less, with no free block left for it). One handoff at a time per host, so that at most one block per host is
-reconnecting because of a rebalance.
+first hosts by id) and which one block it hands off (when another host holds less than its share, no block is
+free, and this host is the most loaded of those above their share). So a rebalance moves one block at a time in
+the whole cluster: the next handoff starts only once the last block was claimed.
 
 Timing argument (why two live sessions for one shard never overlap):
 
@@ -147,10 +147,11 @@ def plan(me: str, hosts: Iterable[str], leases: Mapping[int, Lease], block_count
          handing_off: bool = False) -> Plan:
     """The next moves of host ``me`` from a snapshot of the live ``hosts`` and the ``leases`` (block -> lease).
 
-    Free blocks (no lease) are claimed up to this host's :func:`quota` (dealt out in host id order). A host above its quota
-    hands off its highest block when some live host is below its own quota and no free block is left for it;
-    only one at a time (none while ``handing_off``). Leases of hosts no longer live are not free until they
-    expire in Redis: that is the fencing.
+    Free blocks (no lease) are claimed up to this host's :func:`quota` (dealt out in host id order). When some
+    live host is below its quota and no block is free, the most loaded host above its quota (the lowest id of
+    equals) hands off its highest block: one block moves at a time in the whole cluster (none while
+    ``handing_off``), and the next only once the last was claimed. Leases of hosts no longer live are not free
+    until they expire in Redis: that is the fencing.
     """
     live = sorted(set(hosts) | {me})
     owned: dict[str, list[int]] = {h: [] for h in live}
@@ -165,9 +166,10 @@ def plan(me: str, hosts: Iterable[str], leases: Mapping[int, Lease], block_count
         before = sum(max(0, quota(h, live, block_count) - len(owned[h])) for h in live if h < me)
         start = before % len(free) if free else 0
         return Plan(claim=tuple((free[start:] + free[:start])[:share - len(mine)]))
-    if len(mine) > share and not handing_off:
-        short = sum(max(0, quota(h, live, block_count) - len(owned[h])) for h in live if h != me)
-        if short > len(free):
+    if len(mine) > share and not handing_off and not free:
+        short = any(len(owned[h]) < quota(h, live, block_count) for h in live if h != me)
+        over = [h for h in live if len(owned[h]) > quota(h, live, block_count)]
+        if short and min(over, key=lambda h: (-len(owned[h]), h)) == me:
             return Plan(hand_off=mine[-1])
     return Plan()
 

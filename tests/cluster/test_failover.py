@@ -43,9 +43,9 @@ class Hosts:
         self.sim, self.redis, self.tmp = sim, redis_server, tmp_path
         self.procs = {}
 
-    async def start(self, name):
+    async def start(self, name, ttl=TTL):
         args = ["-m", "cluster", "run", "--handler", "cluster.example:ExampleHandler", "--assign", "auto",
-                "--shards-per-worker", "4", "--lease-ttl", str(TTL), "--host-ttl", "5",
+                "--shards-per-worker", "4", "--lease-ttl", str(ttl), "--host-ttl", "5",
                 "--gateway-url", self.sim.url, "--api-url", self.sim.api_url, "--identify-window", "1",
                 "--coordinator", self.redis.url, "--cluster-name", "failover", "--state-save-interval", "0.5",
                 "--state-file", str(self.tmp / f"{name}.json"), "--http-port", "0", "--report-interval", "0.2",
@@ -117,9 +117,9 @@ def clean(snap):
     assert snap["total"]["frames_after_takeover"] == 0
 
 
-async def three_hosts(sim, hosts, redis):
+async def three_hosts(sim, hosts, redis, ttl=TTL):
     for name in ("a", "b", "c"):
-        await hosts.start(name)
+        await hosts.start(name, ttl)
     got = await wait_leases(redis, lambda g: spread(g, 3), 60)
     await sim.wait_until(lambda s: active(s) == SHARDS, 60)
     return got
@@ -207,13 +207,14 @@ async def test_a_joining_host_gets_blocks_and_a_leaving_one_gives_them_back_with
 
 
 async def test_a_redis_restart_takes_no_block_over(sim, hosts, redis, redis_server):
-    before = await three_hosts(sim, hosts, redis)
+    ttl = 6.0  # a host stops its blocks TTL - margin = 4.5 s after its last renewal (at most 2 s before the kill)
+    before = await three_hosts(sim, hosts, redis, ttl)
     resumes = sim.stats.snapshot()["total"]["resumes"]  # the first host's blocks moved to the others by resume
     redis_server.kill()
-    await asyncio.sleep(1.0)  # an outage shorter than TTL - margin (Redis is gone: nothing to await)
+    await asyncio.sleep(1.0)  # an outage well within that (Redis is gone: nothing to await)
     redis_server.start()
     await wait_leases(redis, lambda g: g == before, 15)  # written back by their owners, epochs and all
-    await asyncio.sleep(TTL)  # a lease-TTL of steady state in which a wrong takeover would show
+    await asyncio.sleep(ttl)  # a lease-TTL of steady state in which a wrong takeover would show
     assert await owners(redis) == before
     snap = sim.stats.snapshot()
     assert active(snap) == SHARDS and snap["total"]["identifies"] == SHARDS

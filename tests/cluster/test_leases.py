@@ -82,7 +82,12 @@ def test_a_newcomer_gets_blocks_by_handoffs_one_at_a_time():
     assert plan("c", hosts, leases(held), 6) == Plan()  # nothing free: it waits for a handoff
     moves = plan("a", hosts, leases(held), 6)
     assert moves == Plan(hand_off=2)
+    assert plan("b", hosts, leases(held), 6) == Plan()  # as loaded as a: the lowest id gives first
     assert plan("a", hosts, leases(held), 6, handing_off=True) == Plan()  # one at a time
+    del held[2]  # released: nothing more moves until it is claimed
+    assert plan("b", hosts, leases(held), 6) == Plan() and plan("c", hosts, leases(held), 6).claim == (2,)
+    held[2] = "c"
+    assert plan("b", hosts, leases(held), 6) == Plan(hand_off=5)  # now the most loaded
 
 
 def test_a_host_leaving_leaves_its_blocks_to_the_others():
