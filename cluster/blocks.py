@@ -203,7 +203,13 @@ class BlockKeeper:
         if how == Takeover.FAILOVER:
             self.moves[("failover", "lease_expired")] += 1
         shards = self.ranges[block]
-        sessions = await self.load(shards)
+        try:
+            sessions = await self.load(shards)
+        except BaseException:  # no sessions to resume: give the block back (or let its lease expire), retry later
+            self.held.pop(block, None)
+            self.deadline.pop(block, None)
+            await asyncio.shield(self.leases.release(block, epoch))
+            raise
         if self.held.get(block) != epoch:
             return  # handed over (the host is leaving) or lost while the sessions loaded
         self.rt.sessions.update(sessions)
