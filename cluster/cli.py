@@ -161,6 +161,15 @@ def format_status(st: dict[str, Any]) -> str:
         lat = f"{s['latency'] * 1000:.0f}ms" if s["latency"] is not None else "-"
         age = f"{s['last_event_age']:.1f}s" if s["last_event_age"] is not None else "-"
         lines.append(f"{s['id']:>6} {s['worker']:>6} {s['state']:<13} {lat:>9} {age:>10} {s['resumes']:>7}")
+    if st.get("blocks") is not None:  # --assign auto
+        lines += ["", f"{'BLOCK':>6} {'SHARDS':<10} {'EPOCH':>6} {'LEASE AGE':>9}  OWNER"]
+        for blk in st["blocks"]:
+            lease_age = f"{blk['lease_age']:.1f}s" if blk["lease_age"] is not None else "-"
+            owner = (blk["owner"] or "(free)") + (" (this host)" if blk["mine"] else "")
+            lines.append(f"{blk['block']:>6} {blk['shards'][0]}-{blk['shards'][1]:<8} {blk['epoch'] or '-':>6} "
+                         f"{lease_age:>9}  {owner}")
+        moves = ", ".join(f"{m['event']} {m['reason']} {m['count']}" for m in st.get("lease_moves", []))
+        lines.append(f"lease moves: {moves or 'none'}")
     return "\n".join(lines)
 
 

@@ -117,6 +117,14 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     host_ttl: float = 10.0
     """Seconds a host's record in the coordinator outlives its last renewal (every second): a host killed without a
     clean stop keeps its range this long. A host restarted on the same machine (pod) waits that out."""
+    assign: str = "static"
+    """``static``: this host runs the shards of shard_range or host_index/host_count (or all). ``auto`` (needs
+    coordinator): the shards are cut into blocks of shards_per_worker, and the live hosts share the blocks through
+    leases in Redis, taking over a dead host's blocks and rebalancing when hosts join or leave
+    (:mod:`cluster.leases`)."""
+    lease_ttl: float = 10.0
+    """Seconds a block's lease outlives its last renewal (renewed every lease_ttl / 3). A dead host's blocks resume
+    elsewhere about this long after it died; a host that cannot renew stops its blocks a quarter of it earlier."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -181,6 +189,18 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             problems.append(f"host_ttl must be >= 2 (records are renewed every second), got {self.host_ttl:g}")
         if self.host_count is not None and self.host_count < 1:
             problems.append(f"host_count must be >= 1, got {self.host_count}")
+        if self.assign not in ("static", "auto"):
+            problems.append(f"assign must be static or auto, got {self.assign!r}")
+        elif self.assign == "auto":
+            if self.coordinator is None:
+                problems.append("assign auto needs a coordinator (--coordinator redis://...): the leases live there")
+            if self.shard_range is not None or self.host_index is not None or self.host_count is not None:
+                problems.append("assign auto chooses each host's shards itself: give no shard_range, host_index "
+                                "or host_count")
+            if self.workers is not None:
+                problems.append("assign auto cuts the shards into blocks of shards_per_worker: give that, not workers")
+        if self.lease_ttl < 1:
+            problems.append(f"lease_ttl must be >= 1 (leases are renewed every third of it), got {self.lease_ttl:g}")
         index, count = self.host_index, self.host_count
         if isinstance(index, int) and count is not None and not 0 <= index < count:
             problems.append(f"host_index must be 0 to host_count - 1 ({count - 1}), got {index}")
@@ -294,6 +314,11 @@ HELP: dict[str, str] = {
     "host_index": "this host's part (0-based) of --host-count consecutive shard ranges, or auto: the ordinal of a "
                   "StatefulSet pod name in HOSTNAME (bot-3 -> 3)",
     "host_count": "how many hosts split the shards (with --host-index)",
+    "assign": "static (--shard-range, --host-index or all shards) or auto: hosts share blocks of "
+              "--shards-per-worker shards through leases in the coordinator, take over a dead host's blocks and "
+              "rebalance when hosts join or leave (needs --coordinator)",
+    "lease_ttl": "with --assign auto: seconds a block's lease outlives its last renewal; a dead host's shards resume "
+                 "elsewhere after about this long, and a host cut off from the coordinator stops its blocks before",
     "host_ttl": "seconds a host's record in the coordinator outlives its last renewal (every second); a host "
                 "killed without a clean stop keeps its range this long, and its restart on the same machine waits",
 }
@@ -304,6 +329,7 @@ NULLABLE = frozenset(f.name for f in msgspec.structs.fields(ClusterConfig)
                      if type(None) in typing.get_args(f.type))
 """The settings that take None (written none, null, auto or empty in flags, the environment and the file)."""
 NONE_WORDS = {"", "none", "null", "auto"}
+_AUTO_IS_A_VALUE = frozenset({"host_index", "assign"})  # "auto" is one of their values, not "unset"
 
 
 def _check_keys(keys: Any, source: str) -> None:
@@ -333,7 +359,7 @@ def _is_none(key: str, value: Any, *, every_field: bool = False) -> bool:
     if not isinstance(value, str) or (key not in NULLABLE and not every_field):
         return False
     word = value.strip().lower()
-    return word in NONE_WORDS and not (key == "host_index" and word == "auto")
+    return word in NONE_WORDS and not (key in _AUTO_IS_A_VALUE and word == "auto")
 
 
 def _from_file(path: str) -> dict[str, Any]:

@@ -127,6 +127,12 @@ class _Collector:
             up.add_metric([wid], 1.0 if w.up else 0.0)
         yield from (rtt, rss, lag, blocked, errors, consumer, up)
 
+        if snap.lease_moves is not None:
+            moves = CounterMetricFamily("cluster_lease_moves", "Block lease moves of this host (--assign auto): "
+                                        "claim, loss, handoff and failover, by reason", labels=["event", "reason"])
+            for (event, reason), n in sorted(snap.lease_moves.items()):
+                moves.add_metric([event, reason], n)
+            yield moves
         failures = CounterMetricFamily("cluster_supervisor_errors", "Failures the supervisor contained and went on "
                                        "after (a failed budget refresh, worker start, IPC send, task)",
                                        labels=["where", "error"])

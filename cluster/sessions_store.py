@@ -8,7 +8,10 @@ token may be sent to; what does not fit is ignored with one warning.
 
 In Redis each shard has one hash, ``<namespace>session:<shard>``, with the session's fields and its
 header (``saved_at``, ``shard_total``, ``user_id``, ``host``), replaced whole in one MULTI and expiring
-``session_ttl`` seconds after its last write. Only the host that runs a shard writes it.
+``session_ttl`` seconds after its last write. Only the host that runs a shard writes it: with ``--assign
+auto`` each write is also fenced by the shard's block lease (:mod:`cluster.leases`): the script refuses it
+unless the lease still holds this host's ``<epoch>:<owner>``, so that a host that wakes up after its block was
+taken over cannot overwrite the new owner's session.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from redis import exceptions as rx
 
 from cluster.coordination.redis_conn import unavailable
 from cluster.coordination.redis_url import redacted_url
+from cluster.leases import fence_check
 from cluster.state import (VERSION, StateFile, check_sessions, load_sessions, save_sessions, saved_problem,
                            skipped_note)
 from ipc.protocol import SessionInfo
@@ -73,6 +77,16 @@ redis.call('HSET', KEYS[1], unpack(ARGV, 2))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 """
 """Replace one shard's hash whole and set its expiry (ARGV: ttl ms, then field, value, ...), atomically."""
+_REPLACE_FENCED = fence_check + """
+if not fenced(KEYS[2], ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 3))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+""":data:`_REPLACE` only while the lease ``KEYS[2]`` holds ``ARGV[2]`` (``<epoch>:<owner>``); 1 written, 0 refused."""
+Fence = Callable[[int], "tuple[str, str] | None"]
+"""A shard's block lease (key, expected value) to check a write against, or None (not fenced)."""
 _FIELDS = ("shard_id", "session_id", "seq", "resume_url", "saved_at", "shard_total", "user_id", "host")
 
 
@@ -83,15 +97,22 @@ class RedisSessionStore:
     ``prefix`` the bot's key namespace, ``host`` this host's id (written with each session, for operators).
     A save writes only the sessions that changed since they were last written, and rewrites the others
     before a third of ``ttl`` has passed so that a running shard's session never expires.
+
+    ``fence`` (``--assign auto``) names each shard's block lease (key, ``<epoch>:<owner>``): a write whose lease
+    holds another value is refused by Redis, counted in :attr:`refused` and logged; the others are written.
     """
 
     def __init__(self, client: Any, url: str, prefix: str, *, host: str, ttl: float, interval: float,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, fence: Fence | None = None) -> None:
         self.client, self.url, self.prefix, self.host = client, url, prefix, host
         self.ttl, self.interval, self.clock, self.refresh = ttl, interval, clock, True
         self.where = f"the coordinator {redacted_url(url)} ({prefix}session:*)"
+        self.fence = fence
+        self.refused = 0
+        """Session writes refused because the shard's block lease was no longer this host's."""
         self._written: dict[int, tuple[SessionInfo, float]] = {}
         self._replace = client.register_script(_REPLACE)
+        self._replace_fenced = client.register_script(_REPLACE_FENCED)
 
     def key(self, shard_id: int) -> str:
         return f"{self.prefix}session:{shard_id}"
@@ -143,13 +164,26 @@ class RedisSessionStore:
                         fields += ["resume_url", s.resume_url]
                     if user_id is not None:
                         fields += ["user_id", user_id]
-                    await self._replace(keys=[self.key(s.shard_id)], args=[ttl_ms, *fields], client=pipe)
-                await pipe.execute()
+                    lease = self.fence(s.shard_id) if self.fence is not None else None
+                    if lease is None:
+                        await self._replace(keys=[self.key(s.shard_id)], args=[ttl_ms, *fields], client=pipe)
+                    else:
+                        await self._replace_fenced(keys=[self.key(s.shard_id), lease[0]],
+                                                   args=[ttl_ms, lease[1], *fields], client=pipe)
+                results = await pipe.execute()
         except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
             self._written.clear()  # a Redis that comes back may have lost them all: write everything next time
             raise unavailable(self.url, exc) from None
-        for s in due:
-            self._written[s.shard_id] = (s, now)
+        refused = []
+        for s, result in zip(due, results, strict=True):
+            if result == 0:
+                refused.append(s.shard_id)
+            else:
+                self._written[s.shard_id] = (s, now)
+        if refused:
+            self.refused += len(refused)
+            log.warning("not saving the sessions of shards %s: their block's lease is no longer this host's "
+                        "(another host runs them now)", ", ".join(map(str, refused)))
 
 
 def _value(raw: bytes | None) -> Any:

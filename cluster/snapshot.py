@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ClusterSnapshot", "CoordinationStats", "ShardPhase", "ShardSnapshot", "WAIT_BUCKETS", "WaitHistogram",
+__all__ = ["BlockSnapshot", "ClusterSnapshot", "CoordinationStats", "ShardPhase", "ShardSnapshot", "WAIT_BUCKETS", "WaitHistogram",
            "WorkerSnapshot", "WorkerState"]
 
 WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -125,6 +125,20 @@ class ShardSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class BlockSnapshot:
+    """One block of shards (``--assign auto``) as this host last read its lease: its owner (None: free), the
+    lease's fencing epoch and seconds since it was last claimed or renewed, and whether this host holds it."""
+
+    block: int
+    first: int
+    last: int
+    owner: str | None
+    epoch: int | None
+    lease_age: float | None
+    mine: bool
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSnapshot:
     """The whole cluster at one moment (``uptime`` seconds after the supervisor started)."""
 
@@ -147,6 +161,10 @@ class ClusterSnapshot:
     shards: tuple[ShardSnapshot, ...]
     hosts: tuple[Mapping[str, Any], ...] | None = None
     """Every host of the bot as last published to the coordinator (``/status``'s ``hosts``); None without one."""
+    blocks: tuple[BlockSnapshot, ...] | None = None
+    """Every block and its lease (``--assign auto``); None with a static assignment."""
+    lease_moves: Mapping[tuple[str, str], int] | None = None
+    """This host's lease moves since it started, by (``claim``/``loss``/``handoff``/``failover``, reason)."""
 
     @property
     def active(self) -> int:
@@ -154,7 +172,7 @@ class ClusterSnapshot:
 
     @property
     def ready(self) -> bool:
-        return (bool(self.shards) and self.active == len(self.shards) and not self.stopping
+        return ((bool(self.shards) or self.blocks is not None) and self.active == len(self.shards) and not self.stopping
                 and self.coordinator_up)
 
     @property
@@ -187,4 +205,8 @@ class ClusterSnapshot:
             "shards": [{"id": s.shard_id, "worker": s.worker_id, "state": s.state.value, "latency": s.latency,
                         "last_event_age": s.last_event_age, "session": s.session, "resumes": s.resumes}
                        for s in self.shards],
-        } | ({} if self.hosts is None else {"hosts": [dict(h) for h in self.hosts]})
+        } | ({} if self.hosts is None else {"hosts": [dict(h) for h in self.hosts]}) | ({} if self.blocks is None else {
+            "blocks": [{"block": b.block, "shards": [b.first, b.last], "owner": b.owner, "epoch": b.epoch,
+                        "lease_age": b.lease_age, "mine": b.mine} for b in self.blocks],
+            "lease_moves": [{"event": e, "reason": r, "count": n}
+                            for (e, r), n in sorted((self.lease_moves or {}).items())]})

@@ -102,6 +102,7 @@ class Supervisor:
         self._ns = ""
         self.host: HostRecord | None = None  # this host in the registry, with --coordinator
         self._cross: Any = None  # the sessions, status and broadcasts shared with the other hosts (a CrossHost)
+        self.blocks: Any = None  # with --assign auto: this host's block leases (a cluster.blocks.BlockKeeper)
 
     @property
     def mp(self) -> Any:
@@ -185,6 +186,8 @@ class Supervisor:
                                        v.shard_id in rt.sessions, dict(v.events))
                          for v in sorted(rt.shards.values(), key=lambda v: v.shard_id)),
             hosts=self._cross.summaries() if self._cross is not None else None,
+            blocks=self.blocks.view if self.blocks is not None else None,
+            lease_moves=dict(self.blocks.moves) if self.blocks is not None else None,
         )
 
     def status(self) -> dict[str, Any]:
@@ -254,8 +257,9 @@ class Supervisor:
             self.shard_total, self.max_concurrency = await self._on_redis("the cluster layout", lambda: agree_layout(
                 self._redis, self._ns, total, mc, explicit_shards=total if cfg.shards else None,
                 explicit_concurrency=cfg.max_concurrency))
+        auto = cfg.assign == "auto"
         try:
-            mine = cfg.host_shards(self.shard_total)
+            mine = range(0) if auto else cfg.host_shards(self.shard_total)  # auto: blocks come with their leases
         except ConfigError as exc:
             raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
         reserve = (cfg.budget_reserve if cfg.budget_reserve is not None
@@ -263,11 +267,11 @@ class Supervisor:
         self.coordinator = self._coordination(CoordinationSetup(
             self.max_concurrency, limit.total, limit.remaining, limit.reset_after / 1000, reserve,
             cfg.budget_pace_below, cfg.identify_window, cfg.identify_hold_timeout, now))
-        ranges = split_range(mine, shards_per_worker=cfg.shards_per_worker, workers=cfg.workers)
-        log.info("%d shards (max_concurrency %d) in %d worker%s; session budget %d/%d (safety margin %d)",
-                 self.shard_total, self.max_concurrency, len(ranges), "" if len(ranges) == 1 else "s",
-                 limit.remaining, limit.total, reserve)
-        if len(mine) != self.shard_total:
+        ranges = split_range(mine, shards_per_worker=cfg.shards_per_worker, workers=cfg.workers) if mine else []
+        log.info("%d shards (max_concurrency %d) in %s; session budget %d/%d (safety margin %d)",
+                 self.shard_total, self.max_concurrency, "blocks leased by the live hosts" if auto else
+                 f"{len(ranges)} worker{'' if len(ranges) == 1 else 's'}", limit.remaining, limit.total, reserve)
+        if mine and len(mine) != self.shard_total:
             log.info("this host runs shards %d-%d of %d", mine.start, mine.stop - 1, self.shard_total)
         for wid, r in enumerate(ranges):
             for s in r:
@@ -295,16 +299,47 @@ class Supervisor:
                 self._redis, self._ns, record, cfg.host_ttl, on_error=coord.mark_down if coord else None,
                 on_ok=coord.mark_up if coord else None))
             self._join_hosts()  # sessions, status and broadcasts shared with the other hosts
-        if not cfg.fresh:  # it logs what it used, or one warning saying what it ignored and why
+            if auto:
+                self._keep_blocks(token)
+        if not cfg.fresh and not auto:  # it logs what it used, or one warning saying what it ignored and why
             def load() -> Any:
                 return self._loops.store.load(self.shards.keys(), self.shard_total, cfg.session_ttl,
                                               user_id=token_user_id(token), gateway_url=self.gateway_url)
             self.sessions = await (self._on_redis("the session store", load) if self._redis is not None else load())
         self._loops.start()
         for wid, r in enumerate(ranges):
-            self._rt.spawn_task(self._workers.bring_up(wid, r, RestartPolicy(
-                f"worker {wid}", min_alive=cfg.restart_min_alive, max_failures=cfg.restart_max_failures,
-                backoff=Backoff(cfg.restart_backoff_base, cfg.restart_backoff_cap))))
+            self._rt.spawn_task(self._workers.bring_up(wid, r, self._policy(wid)))
+
+    def _policy(self, wid: int) -> RestartPolicy:
+        cfg = self.config
+        return RestartPolicy(f"worker {wid}", min_alive=cfg.restart_min_alive, max_failures=cfg.restart_max_failures,
+                             backoff=Backoff(cfg.restart_backoff_base, cfg.restart_backoff_cap))
+
+    def _keep_blocks(self, token: str) -> None:
+        """``--assign auto``: claim, renew and hand off blocks through leases (:mod:`cluster.blocks`)."""
+        from cluster.blocks import BlockKeeper  # noqa: PLC0415 - needs the redis package
+        from cluster.leases import LeaseStore  # noqa: PLC0415
+
+        cfg, store = self.config, self._cross.sessions
+        user_id = token_user_id(token)
+
+        async def load(shards: range) -> dict[int, Any]:
+            if cfg.fresh:
+                return {}
+            return await store.load(shards, self.shard_total, cfg.session_ttl, user_id=user_id,
+                                    gateway_url=self.gateway_url)
+
+        async def save(sessions: list[Any]) -> None:
+            await store.save(self.shard_total, sessions, user_id=user_id)
+
+        keeper = BlockKeeper(self._rt, self._workers, LeaseStore(self._redis, self._ns, self._host_id, cfg.lease_ttl),
+                             client=self._redis, ns=self._ns, host_ttl=cfg.host_ttl,
+                             shards_per_worker=cfg.shards_per_worker, load=load,
+                             save=save, policy=self._policy)
+        store.fence = keeper.fence
+        self.blocks = keeper
+        self._rt.spawn_loop("leases", keeper.run)
+        self._rt.spawn_loop("lease_guard", keeper.guard)
 
     def _join_hosts(self) -> None:
         """Keep the sessions in the coordinator's Redis, publish this host's status there, and relay broadcasts
@@ -325,6 +360,8 @@ class Supervisor:
     async def _shutdown(self) -> None:
         rt = self._rt
         rt.stopping = True
+        if self.blocks is not None:  # hand every block over (drained, saved, released) while leases are renewed
+            await self.blocks.leave()
         for task in list(rt.tasks):
             task.cancel()
         await asyncio.gather(*rt.tasks, return_exceptions=True)

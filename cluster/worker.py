@@ -19,12 +19,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.fence import Fence
 from cluster.handler import HandlerImportError, WorkerContext, load_handler, maybe_await
 from cluster.queue import IpcQueue
 from cluster.watchdog import LoopWatchdog
 from ipc import Channel, ChannelClosed, SessionDiff, answer
 from ipc.protocol import (Assign, Assignment, Drain, Drained, Hello, IdentifyGrant, IdentifyRefused,
-                          Packet, Request, RestartShard, SessionInfo, SessionReport, ShardFatal,
+                          LeaseDeadline, Packet, Request, RestartShard, SessionInfo, SessionReport, ShardFatal,
                           ShardStatus, StatusReport, WorkerFatal, encode)
 
 __all__ = ["EXIT_HANDLER_IMPORT", "QUEUED", "WorkerSpec", "run_worker"]
@@ -82,6 +83,7 @@ class Worker:
         self.consumer_errors = 0  # unexpected exceptions out of a shard's next_event (the shard goes on)
         self.sessions = SessionDiff()
         self.watchdog = LoopWatchdog(spec.blocked_threshold)
+        self.fence = Fence()  # --assign auto: no frame past the block's lease deadline
         self._assign: asyncio.Future[Assign] | None = None
         self._stop: asyncio.Future[bool] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -215,6 +217,8 @@ class Worker:
             self._start_task(self._restart_shard(packet.shard_id, packet.reason))
         elif isinstance(packet, Drain):
             self.stop(packet.resumable)
+        elif isinstance(packet, LeaseDeadline):
+            self.fence.extend(packet.deadline)
 
     async def _answer(self, request: Request) -> None:
         on_call = getattr(self.handler, "on_call", None)

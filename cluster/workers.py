@@ -50,6 +50,10 @@ class Workers:
         self._spawn_failures: Counter[int] = Counter()  # consecutive failures to start each worker
         self._reapers: set[asyncio.Future[Any]] = set()  # never cancelled: they confirm exits
         self._handles: set[WorkerHandle] = set()  # every worker ever started, for the shutdown
+        self.may_run: Callable[[int], bool] = lambda worker_id: True
+        """Whether a worker id may be (re)started now (``--assign auto``: only while its block's lease is held)."""
+        self.before_assign: Callable[[WorkerHandle], None] | None = None
+        """Called with a worker just before its Assign is sent (``--assign auto``: its lease deadline first)."""
 
     async def spawn(self, worker_id: int, shard_ids: range, policy: RestartPolicy, generation: int) -> WorkerHandle:
         """Start a worker process and wait for its Hello (handler imported).
@@ -100,8 +104,8 @@ class Workers:
         rt = self.rt
         if delay:
             await asyncio.sleep(delay)
-        if rt.stopping or rt.workers.get(worker_id) is not replacing:
-            return  # stopping, or someone else (a rolling restart) replaced it meanwhile
+        if rt.stopping or rt.workers.get(worker_id) is not replacing or not self.may_run(worker_id):
+            return  # stopping, someone else (a rolling restart) replaced it meanwhile, or its block was lost
         try:
             handle = await self.spawn(worker_id, shard_ids, policy, generation)
         except Exception as exc:  # noqa: BLE001 - EMFILE, fork failing: try again, the shards wait
@@ -113,7 +117,7 @@ class Workers:
         self._spawn_failures.pop(worker_id, None)
         if rt.stopping:
             return  # the shutdown drains every started handle
-        if rt.workers.get(worker_id) is not replacing:
+        if rt.workers.get(worker_id) is not replacing or not self.may_run(worker_id):
             await self.drain(handle)  # surplus: never run a shard twice
             return
         rt.workers[worker_id] = handle
@@ -137,6 +141,8 @@ class Workers:
         log.info("worker %d (pid %d) runs shards %d-%d (%d resuming)", handle.worker_id, handle.pid,
                  handle.shard_ids.start, handle.shard_ids.stop - 1, resumes)
         assert handle.channel is not None
+        if self.before_assign is not None:
+            self.before_assign(handle)
         try:
             handle.channel.send(Assign(rt.shard_total, shards, rt.max_concurrency))
         except ChannelClosed:  # it is exiting: its reaper restarts it
@@ -175,6 +181,10 @@ class Workers:
         """Count a worker's unexpected exit and restart it behind its policy (or stop the cluster)."""
         rt = self.rt
         reason = handle.last_fatal or describe_exit(handle.exitcode)
+        if not self.may_run(handle.worker_id):  # --assign auto: its block's lease ran out (its fence killed it)
+            log.info("worker %d (pid %s) exited (%s); its block is no longer this host's", handle.worker_id,
+                     handle.pid, reason)
+            return
         log.warning("worker %d (pid %s) died: %s", handle.worker_id, handle.pid, reason)
         kind = "handler_import" if handle.exitcode == EXIT_HANDLER_IMPORT else (
             "unresponsive" if handle.last_fatal and handle.last_fatal.startswith("unresponsive") else

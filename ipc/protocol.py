@@ -15,7 +15,7 @@ from msgspec import Struct
 __all__ = [
     "AnyPacket", "Assign", "Assignment", "Drain", "Drained", "Hello",
     "IdentifyCancel", "IdentifyDone", "IdentifyGrant", "IdentifyRefused", "IdentifyRequest", "IdentifyUnused",
-    "IdentifyStarted", "Packet", "Ping", "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
+    "IdentifyStarted", "LeaseDeadline", "Packet", "Ping", "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
     "ShardFatal", "ShardStatus", "StatusReport", "WorkerFatal", "decode", "encode",
 ]
 
@@ -68,6 +68,14 @@ class Drained(Packet, tag="drained"):
     """W→S: all shards closed; here are their final sessions."""
 
     sessions: list[SessionInfo]
+
+
+class LeaseDeadline(Packet, tag="lease"):
+    """S→W (``--assign auto``): this worker's block may run until ``deadline`` (``time.monotonic()``, one clock
+    for every process of the machine); past it, unless extended, the worker kills itself without a frame
+    (:mod:`cluster.fence`). Sent before :class:`Assign` and after every lease renewal."""
+
+    deadline: float
 
 
 class RestartShard(Packet, tag="restart_shard"):
@@ -214,7 +222,7 @@ class Response(Packet, tag="response"):
 AnyPacket = Union[
     Hello, Assign, Drain, Drained, RestartShard, WorkerFatal, ShardFatal, Ping, Pong,
     IdentifyRequest, IdentifyGrant, IdentifyRefused, IdentifyStarted, IdentifyDone,
-    IdentifyCancel, IdentifyUnused, SessionReport, StatusReport, Request, Response,
+    IdentifyCancel, IdentifyUnused, SessionReport, StatusReport, Request, Response, LeaseDeadline,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

@@ -163,3 +163,28 @@ def test_cluster_status_with_a_coordinator_fails_in_one_line(redis_server, tmp_p
         assert "refused the login" in err and "wrong-pw-88" not in err and len(err.strip().splitlines()) == 1
     finally:
         locked.stop()
+
+
+async def test_a_fenced_write_is_refused_once_the_block_lease_is_another_hosts(client, redis_server, caplog):
+    from cluster.leases import LeaseStore, lease_key, lease_value
+
+    old = LeaseStore(client, PREFIX, "old", ttl=5.0)
+    epoch, _ = await old.claim(0)
+    fence = {0: (lease_key(PREFIX, 0), lease_value(epoch, "old"))}
+    st = RedisSessionStore(client, redis_server.url, PREFIX, host="old", ttl=60.0, interval=1.0,
+                           fence=fence.get)  # shards 0 and 1 are block 0; shard 2 is not fenced
+    both = [SessionInfo(0, "sess-0", 5, RESUME), SessionInfo(2, "sess-2", 5, RESUME)]
+    await st.save(8, both, user_id=USER)
+    assert await client.hget(PREFIX + "session:0", "seq") == b"5" and st.refused == 0
+    await client.delete(lease_key(PREFIX, 0))  # it expired while "old" was paused; "new" took the block
+    new_epoch, _ = await LeaseStore(client, PREFIX, "new", ttl=5.0).claim(0)
+    await client.hset(PREFIX + "session:0", "seq", 77)  # the new owner's session moved on
+    late = [SessionInfo(0, "sess-0", 6, RESUME), SessionInfo(2, "sess-2", 6, RESUME)]
+    with caplog.at_level(logging.WARNING, logger="cluster"):
+        await st.save(8, late, user_id=USER)
+    assert await client.hget(PREFIX + "session:0", "seq") == b"77"  # refused: not overwritten
+    assert await client.hget(PREFIX + "session:2", "seq") == b"6"  # the rest is written
+    assert st.refused == 1 and "shards 0:" in caplog.text
+    fence[0] = (lease_key(PREFIX, 0), lease_value(new_epoch, "new"))  # with the right epoch it is written
+    await st.save(8, late, user_id=USER)
+    assert await client.hget(PREFIX + "session:0", "seq") == b"6" and st.refused == 1

@@ -1,0 +1,303 @@
+"""``--assign auto``: the supervisor's side of the block leases (:mod:`cluster.leases`), one worker per block.
+
+:class:`BlockKeeper` renews this host's leases every ``lease_ttl / 3`` and tells each block's worker its new
+deadline (:class:`~ipc.protocol.LeaseDeadline`, which the worker's :class:`~cluster.fence.Fence` enforces); it
+claims the free blocks of its fair share (a new cluster, or a dead host's expired leases: a *failover*) and
+starts a worker for each that resumes the sessions found in Redis; and it hands off one block at a time when
+another host has fewer than its share (drain resumably, save the sessions under the block's epoch, release the
+lease; the other host claims it and resumes). A block whose lease is lost or whose deadline passes (Redis
+unreachable for ``lease_ttl - margin``) has its worker killed at once (no frame: the sessions stay resumable)
+and is never restarted here. On a clean stop every block is drained, saved and released, so that the other
+hosts take them over with a resume and no identify.
+
+Every move is one log line ``lease <event> block=<b> shards=<a>-<z> epoch=<e> reason=<r>`` and is counted in
+:attr:`BlockKeeper.moves` (``(event, reason)``), which ``/metrics`` exports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cluster.hosts import HOST_RENEW_INTERVAL, host_key, hosts_key
+from cluster.leases import (Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key, lease_value, plan,
+                            renew_interval)
+from cluster.restart import RestartPolicy
+from cluster.runtime import Runtime, ShardView, WorkerHandle
+from cluster.snapshot import BlockSnapshot
+from cluster.workers import Workers
+from ipc import ChannelClosed
+from ipc.protocol import LeaseDeadline, SessionInfo
+
+__all__ = ["BlockKeeper"]
+
+log = logging.getLogger("cluster")
+
+GUARD_EVERY = 0.1
+"""Seconds between two checks of the blocks' deadlines in the supervisor."""
+RETRY_EVERY = 0.2
+"""Seconds before a lease tick that failed (Redis unreachable) is tried again."""
+FRESH_HOST = 2.5 * HOST_RENEW_INTERVAL
+"""A host whose registry record was renewed within this many seconds counts as live for the fair shares: a
+killed or frozen host drops out after it, long before its record expires, so that the survivors' shares grow
+and they claim its blocks as soon as its leases expire (and hand nothing to a host that cannot take it)."""
+
+
+class BlockKeeper:
+    """Holds, renews, claims and hands off this host's blocks (see the module docstring).
+
+    ``load(shards)`` returns the sessions to resume for ``shards`` (the Redis session store); ``save(sessions)``
+    writes sessions (fenced by :meth:`fence`); ``policy(block)`` is a new restart policy for a block's worker."""
+
+    def __init__(self, rt: Runtime, workers: Workers, leases: LeaseStore, *, client: Any, ns: str,
+                 host_ttl: float, shards_per_worker: int | None, load: Callable[[range], Awaitable[dict[int, SessionInfo]]],
+                 save: Callable[[list[SessionInfo]], Awaitable[None]],
+                 policy: Callable[[int], RestartPolicy]) -> None:
+        self.rt, self.workers, self.leases = rt, workers, leases
+        self.client, self.ns, self.me, self.ttl, self.host_ttl = client, ns, leases.owner, leases.ttl, host_ttl
+        self.ranges = blocks(rt.shard_total, shards_per_worker)
+        self.load, self.save, self.policy = load, save, policy
+        self.held: dict[int, int] = {}  # block -> epoch
+        self.deadline: dict[int, float] = {}  # block -> monotonic time it must be stopped by
+        self.moving: int | None = None  # the block being handed off (one at a time)
+        self.moves: Counter[tuple[str, str]] = Counter()  # (claim|loss|handoff, reason)
+        self.view: tuple[BlockSnapshot, ...] = ()  # the blocks as last read, for /status
+        self.leaving = False
+        self._moving_task: asyncio.Future[None] | None = None  # not cancelled at shutdown: a handoff completes
+        self._ticking: asyncio.Future[None] | None = None  # the tick under way
+        self._run_id: str | None = None  # the Redis server's run_id: a new one is a restart, maybe without data
+        self._grace_until = 0.0  # after a Redis restart, no claims until every owner could write its leases back
+        workers.before_assign = self.send_deadline
+        workers.may_run = self.may_run
+
+    # --- hooks --------------------------------------------------------------------------------
+
+    def may_run(self, worker_id: int) -> bool:
+        """A block's worker may be (re)started only while its lease is held and its deadline is ahead."""
+        return worker_id in self.held and time.monotonic() < self.deadline.get(worker_id, 0.0)
+
+    def send_deadline(self, handle: WorkerHandle) -> None:
+        """Tell a block's worker its deadline (before its Assign, and after every renewal)."""
+        deadline = self.deadline.get(handle.worker_id)
+        if deadline is None or handle.channel is None or handle.channel.closed:
+            return
+        try:
+            handle.channel.send(LeaseDeadline(deadline))
+        except ChannelClosed:
+            pass
+
+    def fence(self, shard_id: int) -> tuple[str, str]:
+        """The lease a session write for ``shard_id`` is checked against (never matching if the block is not ours)."""
+        block = self._block_of(shard_id)
+        epoch = self.held.get(block)
+        return lease_key(self.ns, block), lease_value(epoch, self.me) if epoch is not None else "-"
+
+    def _block_of(self, shard_id: int) -> int:
+        for b, r in enumerate(self.ranges):
+            if shard_id in r:
+                return b
+        return -1
+
+    # --- loops ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Renew, claim and hand off for as long as the host runs (Redis trouble is waited out)."""
+        from redis import exceptions as rx  # noqa: PLC0415
+
+        while not self.leaving:
+            self._ticking = asyncio.ensure_future(self.tick())  # a stop waits for it: never a claim cut in half
+            try:
+                await asyncio.shield(self._ticking)
+            except (rx.RedisError, OSError, TimeoutError) as exc:
+                self.rt.errors[("leases", type(exc).__name__)] += 1
+                await asyncio.sleep(RETRY_EVERY)  # the deadlines are near: try again soon, not a tick later
+                continue
+            await asyncio.sleep(renew_interval(self.ttl))
+
+    async def guard(self) -> None:
+        """Stop every block whose deadline passed (its renewals failed): the supervisor's side of the fence."""
+        while True:
+            now = time.monotonic()
+            for block, deadline in list(self.deadline.items()):
+                if now >= deadline:
+                    await self._lose(block, "expired")
+            await asyncio.sleep(GUARD_EVERY)
+
+    async def tick(self) -> None:
+        await self.renew()
+        if self.leaving:
+            return
+        hosts = await self.live_hosts()
+        leases = await self.leases.read(len(self.ranges))
+        run_id = (await self.client.info("server")).get("run_id")
+        if self._run_id is not None and run_id != self._run_id:  # read after the leases: they may be from it
+            self._grace_until = time.monotonic() + self.ttl
+            log.warning("the coordinator's Redis restarted (run_id changed): claiming nothing for %g s, while the "
+                        "hosts write back the leases it lost", self.ttl)
+        self._run_id = run_id
+        self._show(leases)
+        if time.monotonic() < self._grace_until:
+            return
+        moves = plan(self.me, hosts, leases, len(self.ranges), handing_off=self.moving is not None)
+        for block in moves.claim:
+            await self._claim(block)
+        if moves.claim:
+            self._show(leases | {b: Lease(b, self.me, e, self.ttl) for b, e in self.held.items()})
+        if moves.hand_off is not None and moves.hand_off in self.held and not self.leaving:
+            self.moving = moves.hand_off
+            self._moving_task = asyncio.ensure_future(self._hand_off(moves.hand_off, "rebalance"))
+            self._moving_task.add_done_callback(self._handed_off)
+
+    def _show(self, leases: dict[int, Lease]) -> None:
+        self.view = tuple(
+            BlockSnapshot(b, r.start, r.stop - 1, le.owner if le else None, le.epoch if le else None,
+                          le.age(self.ttl) if le else None, b in self.held)
+            for b, r in enumerate(self.ranges) for le in (leases.get(b),))
+
+    async def live_hosts(self) -> list[str]:
+        """The ids of the hosts whose record was renewed within :data:`FRESH_HOST` seconds."""
+        ids = sorted(i.decode() if isinstance(i, bytes) else i for i in await self.client.smembers(hosts_key(self.ns)))
+        async with self.client.pipeline(transaction=False) as pipe:
+            for hid in ids:
+                pipe.pttl(host_key(self.ns, hid))
+            left = await pipe.execute()
+        return [hid for hid, ms in zip(ids, left, strict=True) if ms > 0 and self.host_ttl - ms / 1000 <= FRESH_HOST]
+
+    async def renew(self) -> None:
+        held = dict(self.held)
+        if not held:
+            return
+        sent = time.monotonic()
+        async with asyncio.timeout(renew_interval(self.ttl)):
+            results = await self.leases.renew(held)
+        for block, result in results.items():
+            if self.held.get(block) != held[block]:
+                continue  # released or lost meanwhile
+            if result == Renewal.LOST:
+                await self._lose(block, "taken")
+                continue
+            if result == Renewal.RESTORED:
+                log.warning("lease restored block=%d epoch=%d reason=redis_lost_it", block, held[block])
+            self.deadline[block] = deadline_after(sent, self.ttl)
+            handle = self.rt.workers.get(block)
+            if handle is not None:
+                self.send_deadline(handle)
+
+    # --- moves -----------------------------------------------------------------------------------
+
+    async def _claim(self, block: int) -> None:
+        sent = time.monotonic()
+        got = await self.leases.claim(block)
+        if got is None:
+            return  # another host was faster
+        epoch, how = got
+        if self.leaving:  # the stop began while the claim was on its way: give it straight back
+            await self.leases.release(block, epoch)
+            return
+        self.held[block], self.deadline[block] = epoch, deadline_after(sent, self.ttl)
+        self._moved("claim", block, epoch, how.value)
+        if how == Takeover.FAILOVER:
+            self.moves[("failover", "lease_expired")] += 1
+        shards = self.ranges[block]
+        try:
+            sessions = await self.load(shards)
+        except BaseException:  # no sessions to resume: give the block back (or let its lease expire), retry later
+            self.held.pop(block, None)
+            self.deadline.pop(block, None)
+            await asyncio.shield(self.leases.release(block, epoch))
+            raise
+        if self.held.get(block) != epoch:
+            return  # handed over (the host is leaving) or lost while the sessions loaded
+        self.rt.sessions.update(sessions)
+        for s in shards:
+            self.rt.shards[s] = ShardView(s, block)
+        self.rt.spawn_task(self.workers.bring_up(block, shards, self.policy(block)), "leases")
+
+    async def _hand_off(self, block: int, reason: str) -> None:
+        """Drain the block resumably, save its sessions under its epoch, release its lease."""
+        try:
+            epoch = self.held.get(block)
+            if epoch is None:
+                return
+            handle = self.rt.workers.get(block)
+            if handle is not None:
+                await self.workers.drain(handle)
+            shards = self.ranges[block]
+            if self.held.get(block) != epoch:
+                return  # lost while draining
+            try:
+                await self.save([s for s in self.rt.sessions.values() if s.shard_id in shards])
+            except OSError as exc:
+                log.warning("block %d: its sessions could not be saved before the handoff (%s); the next owner "
+                            "resumes from the last saved ones", block, exc)
+            self._forget(block)
+            self.held.pop(block, None)
+            self.deadline.pop(block, None)
+            await self.leases.release(block, epoch)
+            self._moved("handoff", block, epoch, reason)
+        finally:
+            if self.moving == block:
+                self.moving = None
+
+    def _handed_off(self, task: asyncio.Future[None]) -> None:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            self.rt.failed("leases", exc, "a block handoff failed", "its lease expires by itself")
+
+    async def leave(self) -> None:
+        """A clean stop: hand every block over (drained together, then saved and released)."""
+        from redis import exceptions as rx  # noqa: PLC0415
+
+        self.leaving = True
+
+        async def keep_renewing() -> None:
+            while True:
+                try:
+                    await self.renew()
+                except (rx.RedisError, OSError, TimeoutError):
+                    pass
+                await asyncio.sleep(renew_interval(self.ttl))
+
+        renewing = asyncio.ensure_future(keep_renewing())
+        try:
+            if self._ticking is not None:  # its claims land in held (or are given back at once)
+                await asyncio.wait([self._ticking], timeout=2 * renew_interval(self.ttl))
+            if self._moving_task is not None:
+                await asyncio.gather(self._moving_task, return_exceptions=True)
+            results = await asyncio.gather(*(self._hand_off(b, "leaving") for b in sorted(self.held)
+                                             if b != self.moving), return_exceptions=True)
+            for exc in results:
+                if isinstance(exc, Exception):
+                    self.rt.failed("leases", exc, "a block could not be handed over", "its lease expires by itself")
+        finally:
+            renewing.cancel()
+
+    async def _lose(self, block: int, reason: str) -> None:
+        """Stop a block at once: its lease is another host's, or may be soon."""
+        epoch = self.held.pop(block, None)
+        self.deadline.pop(block, None)
+        if epoch is None:
+            return
+        handle = self.rt.workers.get(block)
+        self._forget(block)
+        self._moved("loss", block, epoch, reason)
+        if handle is not None:
+            handle.retiring = True
+            await self.workers.kill(handle, f"lease {reason}")
+
+    def _forget(self, block: int) -> None:
+        self.rt.workers.pop(block, None)
+        for s in self.ranges[block]:
+            self.rt.shards.pop(s, None)
+            self.rt.sessions.pop(s, None)
+
+    def _moved(self, event: str, block: int, epoch: int, reason: str) -> None:
+        self.moves[(event, reason)] += 1
+        r = self.ranges[block]
+        level = logging.WARNING if event == "loss" else logging.INFO
+        log.log(level, "lease %s block=%d shards=%d-%d epoch=%d reason=%s host=%s", event, block, r.start,
+                r.stop - 1, epoch, reason, self.me)
+        self.rt.emit(f"lease_{event}", block=block, epoch=epoch, reason=reason)

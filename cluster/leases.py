@@ -1,0 +1,324 @@
+"""Block leases for ``--assign auto``: which host runs which block of shards, with fencing.
+
+The shards are cut into blocks of ``--shards-per-worker`` (:func:`blocks`, one worker each). A host runs a
+block while it holds the block's lease, ``<ns>lease:<block>`` in Redis, whose value is ``<epoch>:<owner>``
+and which expires ``lease_ttl`` seconds after its last renewal. The epoch comes from ``<ns>lease-epoch:<block>``
+(INCR at each claim), so every tenure of a block has its own, larger, number: the fencing token. Every write a
+host makes about a block (a renewal, a release, its shards' sessions) is a Lua script that first checks that the
+lease still holds the writer's ``<epoch>:<owner>``, and refuses otherwise (:func:`fence_check`).
+
+Planning is pure (:func:`quota`, :func:`plan`): from a snapshot of the live hosts and the leases it says which
+free blocks this host claims (up to its fair share: ``total blocks / live hosts``, the remainder going to the
+first hosts by id) and which one block it hands off (when another host holds less than its share, no block is
+free, and this host is the most loaded of those above their share). So a rebalance moves one block at a time in
+the whole cluster: the next handoff starts only once the last block was claimed.
+
+Timing argument (why two live sessions for one shard never overlap):
+
+* The host renews its leases every ``ttl / 3`` (:data:`RENEW_FRACTION`). A renewal sent at ``t_send`` (the
+  host's monotonic clock, read *before* the command goes out) that succeeds extends the host's own
+  deadline for the block to ``t_send + ttl - margin`` (:func:`deadline_after`), ``margin = ttl / 4``.
+* Redis sets the key's expiry when it *runs* the renewal, at or after ``t_send``: the key lives until
+  at least ``t_send + ttl`` (on Redis's clock; a rate difference between the two clocks within
+  ``margin / ttl`` = 25 % is covered).
+* Past its deadline a host stops the block's shards at once, with a resumable close that sends nothing
+  (the transport is aborted), and stops writing for the block. Each worker checks the deadline itself
+  before any send and from a watchdog, so a host that was paused (SIGSTOP, a stalled VM) and wakes up
+  late finds its deadline passed *before* any timer of its own fires and sends nothing.
+* Another host can claim the block only after the key is gone from Redis, i.e. after ``t_send + ttl``,
+  which is ``margin`` after the old owner stopped. Delays and pauses on the old owner only make it stop
+  earlier relative to the key, never later; and a write it still makes late is refused by the epoch check.
+* A renewal that finds the key missing while the host is still within its deadline means Redis lost its
+  data (a restart without persistence): the key could not have expired yet. The host writes the lease
+  back with its own epoch (and raises the epoch counter to it) unless another host claimed the block
+  meanwhile, in which case the block is lost and stopped. So that no host claims a block whose lease is
+  about to be written back, a host that sees Redis's ``run_id`` change claims nothing for ``ttl``: every
+  owner renews (and so writes its leases back) within ``ttl / 3``. So a Redis restart takes nothing over.
+
+The cost of the TTL: a dead host's blocks are dark for up to ``ttl`` (plus the resume), and a host
+that cannot reach Redis for ``ttl - margin`` stops its blocks even though Discord is fine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from cluster.layout import split
+
+__all__ = [
+    "LEASE_TTL",
+    "MARGIN_FRACTION",
+    "RENEW_FRACTION",
+    "Lease",
+    "LeaseStore",
+    "Plan",
+    "Renewal",
+    "Takeover",
+    "blocks",
+    "deadline_after",
+    "epoch_key",
+    "fair",
+    "fence_check",
+    "lease_key",
+    "lease_value",
+    "margin",
+    "parse_lease",
+    "plan",
+    "quota",
+    "released_key",
+    "renew_interval",
+]
+
+LEASE_TTL = 10.0
+"""Seconds a block's lease lives after its last renewal (``--lease-ttl``)."""
+RENEW_FRACTION = 1 / 3
+"""Leases are renewed every ``ttl * RENEW_FRACTION``."""
+MARGIN_FRACTION = 1 / 4
+"""A host stops a block ``ttl * MARGIN_FRACTION`` before the lease it last renewed could expire."""
+
+
+# --- pure ----------------------------------------------------------------------------------
+
+def blocks(shard_total: int, shards_per_worker: int | None) -> list[range]:
+    """The blocks of a cluster: consecutive ranges of ``shards_per_worker`` shards (all in one without it)."""
+    return split(shard_total, shards_per_worker=shards_per_worker or shard_total)
+
+
+def margin(ttl: float) -> float:
+    """How long before its lease could expire a host stops the block (see the module's timing argument)."""
+    return ttl * MARGIN_FRACTION
+
+
+def deadline_after(sent_at: float, ttl: float) -> float:
+    """The monotonic time until which a host may run a block whose lease was claimed or renewed by a command
+    sent at ``sent_at`` (its monotonic clock, read before sending)."""
+    return sent_at + ttl - margin(ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class Lease:
+    """One block's lease as read from Redis: its owner, epoch, and how long it has left (seconds)."""
+
+    block: int
+    owner: str
+    epoch: int
+    remaining: float = 0.0
+
+    def age(self, ttl: float) -> float:
+        """Seconds since the lease was last claimed or renewed."""
+        return max(0.0, ttl - self.remaining)
+
+
+def lease_value(epoch: int, owner: str) -> str:
+    return f"{epoch}:{owner}"
+
+
+def parse_lease(block: int, raw: bytes | str | None, remaining: float = 0.0) -> Lease | None:
+    """The lease stored as ``<epoch>:<owner>``, or None (missing or not a lease)."""
+    if raw is None:
+        return None
+    text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
+    epoch, sep, owner = text.partition(":")
+    if not sep or not epoch.isdigit() or not owner:
+        return None
+    return Lease(block, owner, int(epoch), remaining)
+
+
+def quota(me: str, hosts: Iterable[str], block_count: int) -> int:
+    """This host's fair share of ``block_count`` blocks among the live ``hosts`` (``me`` counted even if it is not
+    listed yet): ``block_count // n``, plus one for the first ``block_count % n`` hosts by id."""
+    live = sorted(set(hosts) | {me})
+    base, extra = divmod(block_count, len(live))
+    return base + (live.index(me) < extra)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a host does next: claim these free blocks, hand off this one (or None)."""
+
+    claim: tuple[int, ...] = ()
+    hand_off: int | None = None
+
+
+def plan(me: str, hosts: Iterable[str], leases: Mapping[int, Lease], block_count: int, *,
+         handing_off: bool = False) -> Plan:
+    """The next moves of host ``me`` from a snapshot of the live ``hosts`` and the ``leases`` (block -> lease).
+
+    Free blocks (no lease) are claimed up to this host's :func:`quota` (dealt out in host id order). When some
+    live host is below its quota and no block is free, the most loaded host above its quota (the lowest id of
+    equals) hands off its highest block: one block moves at a time in the whole cluster (none while
+    ``handing_off``), and the next only once the last was claimed. Leases of hosts no longer live are not free
+    until they expire in Redis: that is the fencing.
+    """
+    live = sorted(set(hosts) | {me})
+    owned: dict[str, list[int]] = {h: [] for h in live}
+    for block, lease in leases.items():
+        owned.setdefault(lease.owner, []).append(block)
+    mine = sorted(owned[me])
+    share = quota(me, live, block_count)
+    free = [b for b in range(block_count) if b not in leases]
+    if len(mine) < share:
+        # the free blocks are dealt out to the hosts below their share in id order, so that hosts
+        # reading the same snapshot claim different blocks (a lost race is harmless: retried next round)
+        before = sum(max(0, quota(h, live, block_count) - len(owned[h])) for h in live if h < me)
+        start = before % len(free) if free else 0
+        return Plan(claim=tuple((free[start:] + free[:start])[:share - len(mine)]))
+    if len(mine) > share and not handing_off and not free:
+        short = any(len(owned[h]) < quota(h, live, block_count) for h in live if h != me)
+        over = [h for h in live if len(owned[h]) > quota(h, live, block_count)]
+        if short and min(over, key=lambda h: (-len(owned[h]), h)) == me:
+            return Plan(hand_off=mine[-1])
+    return Plan()
+
+
+# --- Redis (one Lua script per move) ----------------------------------------------------------
+
+def lease_key(ns: str, block: int) -> str:
+    return f"{ns}lease:{block}"
+
+
+def epoch_key(ns: str, block: int) -> str:
+    return f"{ns}lease-epoch:{block}"
+
+
+def released_key(ns: str, block: int) -> str:
+    return f"{ns}lease-released:{block}"
+
+
+class Takeover(Enum):
+    """How a block came to the host that claimed it (the ``reason`` of its claim in metrics and logs)."""
+
+    NEW = "new"
+    """The block's first lease in this Redis."""
+    HANDOFF = "handoff"
+    """Its previous owner released it after draining it (a rebalance, or a host leaving)."""
+    FAILOVER = "failover"
+    """Its previous lease expired: the owner died, froze or lost Redis."""
+
+
+fence_check = """
+local function fenced(key, value)
+  return redis.call('GET', key) == value
+end
+"""
+"""A Lua prelude for scripts that write about a block: ``fenced(lease key, '<epoch>:<owner>')``."""
+
+_CLAIM = """
+local held = redis.call('GET', KEYS[1])
+if held then return {0, held, ''} end
+local released = redis.call('GET', KEYS[3]) or ''
+local epoch = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], epoch .. ':' .. ARGV[1], 'PX', ARGV[2])
+return {1, tostring(epoch), released}
+"""
+"""KEYS: lease, epoch counter, released marker; ARGV: owner, ttl ms. {1, epoch, the epoch last released or ''} or
+{0, the holder's value, ''}."""
+
+_RENEW = fence_check + """
+local value = ARGV[2] .. ':' .. ARGV[1]
+if fenced(KEYS[1], value) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  return 1
+end
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
+return 2
+"""
+"""KEYS: lease, epoch counter; ARGV: owner, epoch, ttl ms. 1 renewed, 2 written back (Redis had lost it), 0 lost."""
+
+_RELEASE = fence_check + """
+if fenced(KEYS[1], ARGV[2] .. ':' .. ARGV[1]) then
+  redis.call('DEL', KEYS[1])
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+"""KEYS: lease, released marker; ARGV: owner, epoch. 1 released (and marked so), 0 not ours (any more)."""
+
+
+class Renewal(Enum):
+    """The outcome of renewing one lease."""
+
+    RENEWED = 1
+    RESTORED = 2
+    """The key was missing (Redis lost its data) and was written back with this host's epoch."""
+    LOST = 0
+    """Another host holds the block now: stop it."""
+
+
+@dataclass(slots=True)
+class LeaseStore:
+    """The leases of one bot (key prefix ``ns``) in Redis, for host ``owner``: claim, renew, release, read.
+
+    ``client`` is a ``redis.asyncio`` client; Redis errors (ConnectionError, TimeoutError) propagate."""
+
+    client: Any
+    ns: str
+    owner: str
+    ttl: float = LEASE_TTL
+    _scripts: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, text in (("claim", _CLAIM), ("renew", _RENEW), ("release", _RELEASE)):
+            self._scripts[name] = self.client.register_script(text)
+
+    @property
+    def _ttl_ms(self) -> int:
+        return max(1, int(self.ttl * 1000))
+
+    async def claim(self, block: int) -> tuple[int, Takeover] | None:
+        """Take the free ``block``: its new epoch and how it came free, or None if another host holds it."""
+        ok, value, released = await self._scripts["claim"](
+            keys=[lease_key(self.ns, block), epoch_key(self.ns, block), released_key(self.ns, block)],
+            args=[self.owner, self._ttl_ms])
+        if not ok:
+            return None
+        epoch = int(value)
+        how = (Takeover.NEW if epoch == 1 else Takeover.HANDOFF if released and int(released) == epoch - 1
+               else Takeover.FAILOVER)
+        return epoch, how
+
+    async def renew(self, held: Mapping[int, int]) -> dict[int, Renewal]:
+        """Renew the leases this host holds (block -> epoch), in one round trip."""
+        if not held:
+            return {}
+        async with self.client.pipeline(transaction=False) as pipe:
+            for block, epoch in held.items():
+                await self._scripts["renew"](keys=[lease_key(self.ns, block), epoch_key(self.ns, block)],
+                                             args=[self.owner, epoch, self._ttl_ms], client=pipe)
+            results = await pipe.execute()
+        return {block: Renewal(int(r)) for block, r in zip(held, results, strict=True)}
+
+    async def release(self, block: int, epoch: int) -> bool:
+        """Give ``block`` up (after its shards were drained and their sessions saved); False if not ours."""
+        return bool(await self._scripts["release"](keys=[lease_key(self.ns, block), released_key(self.ns, block)],
+                                                   args=[self.owner, epoch]))
+
+    async def read(self, block_count: int) -> dict[int, Lease]:
+        """Every held lease (block -> Lease), with the time each has left."""
+        async with self.client.pipeline(transaction=False) as pipe:
+            for block in range(block_count):
+                pipe.get(lease_key(self.ns, block))
+                pipe.pttl(lease_key(self.ns, block))
+            raw = await pipe.execute()
+        out = {}
+        for block in range(block_count):
+            value, pttl = raw[2 * block], raw[2 * block + 1]
+            lease = parse_lease(block, value, max(0, pttl) / 1000)
+            if lease is not None:
+                out[block] = lease
+        return out
+
+
+def fair(counts: Sequence[int]) -> bool:
+    """True if no two hosts' block counts differ by more than one (the plan's fixed point)."""
+    return not counts or max(counts) - min(counts) <= 1
+
+
+def renew_interval(ttl: float) -> float:
+    return ttl * RENEW_FRACTION

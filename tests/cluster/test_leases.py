@@ -1,0 +1,221 @@
+"""Block leases for --assign auto (issue 9): the pure plan (fair shares, one handoff at a time, no lease taken
+before it expires) and the Redis scripts (claim with a fencing epoch, renew, release, a Redis that lost its
+data), against a real redis-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cluster.coordination.redis_conn import connect
+from cluster.leases import (
+    Lease,
+    LeaseStore,
+    Plan,
+    Renewal,
+    Takeover,
+    blocks,
+    deadline_after,
+    epoch_key,
+    fair,
+    lease_key,
+    margin,
+    parse_lease,
+    plan,
+    quota,
+    renew_interval,
+)
+
+NS = "shardstack:test:"
+
+
+# --- pure ------------------------------------------------------------------------------------
+
+def test_blocks_are_worker_sized_ranges():
+    assert blocks(24, 4) == [range(i, i + 4) for i in range(0, 24, 4)]
+    assert blocks(10, 4) == [range(4), range(4, 8), range(8, 10)]
+    assert blocks(8, None) == [range(8)]
+
+
+def test_quota_splits_the_remainder_over_the_first_hosts_by_id():
+    hosts = ["a", "b", "c", "d"]
+    assert [quota(h, hosts, 6) for h in hosts] == [2, 2, 1, 1]
+    assert sum(quota(h, hosts, 7) for h in hosts) == 7
+    assert quota("z", [], 6) == 6  # alone, even before its own record is read
+
+
+def test_the_timing_stops_a_host_before_its_lease_can_expire():
+    ttl = 3.0
+    assert deadline_after(100.0, ttl) == 100.0 + ttl - margin(ttl)
+    assert 0 < margin(ttl) < ttl - renew_interval(ttl)  # a renewal is due well before the host must stop
+
+
+def leases(owners: dict[int, str]) -> dict[int, Lease]:
+    return {b: Lease(b, o, 1) for b, o in owners.items()}
+
+
+def test_three_hosts_claim_six_free_blocks_two_each():
+    held: dict[int, str] = {}
+    hosts = ["a", "b", "c"]
+    for h in hosts:  # one after another, as they start
+        for b in plan(h, hosts, leases(held), 6).claim:
+            held[b] = h
+    assert sorted(held) == list(range(6))
+    assert sorted(list(held.values()).count(h) for h in hosts) == [2, 2, 2]
+
+
+def test_a_dead_hosts_blocks_are_claimed_only_once_its_leases_are_gone():
+    held = {0: "a", 1: "a", 2: "b", 3: "b", 4: "c", 5: "c"}
+    # c is gone from the host list but its leases have not expired yet: nothing to take
+    assert plan("a", ["a", "b"], leases(held), 6) == Plan()
+    free = {b: o for b, o in held.items() if o != "c"}
+    assert plan("a", ["a", "b"], leases(free), 6).claim == (4,)
+    assert plan("b", ["a", "b"], leases(free), 6).claim == (5,)
+
+
+def test_a_newcomer_gets_blocks_by_handoffs_one_at_a_time():
+    held = {b: ("a" if b < 3 else "b") for b in range(6)}
+    hosts = ["a", "b", "c"]
+    assert plan("c", hosts, leases(held), 6) == Plan()  # nothing free: it waits for a handoff
+    moves = plan("a", hosts, leases(held), 6)
+    assert moves == Plan(hand_off=2)
+    assert plan("b", hosts, leases(held), 6) == Plan()  # as loaded as a: the lowest id gives first
+    assert plan("a", hosts, leases(held), 6, handing_off=True) == Plan()  # one at a time
+    del held[2]  # released: nothing more moves until it is claimed
+    assert plan("b", hosts, leases(held), 6) == Plan() and plan("c", hosts, leases(held), 6).claim == (2,)
+    held[2] = "c"
+    assert plan("b", hosts, leases(held), 6) == Plan(hand_off=5)  # now the most loaded
+
+
+def test_a_host_leaving_leaves_its_blocks_to_the_others():
+    held = {b: h for b, h in zip(range(6), "aabbcc", strict=True)}
+    for b in (4, 5):
+        del held[b]  # c released them on SIGTERM
+    hosts = ["a", "b"]
+    claims = {h: plan(h, hosts, leases(held), 6).claim for h in hosts}
+    assert sorted(claims["a"] + claims["b"]) == [4, 5]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 12), st.lists(st.sampled_from("abcdef"), min_size=1, max_size=6, unique=True),
+       st.randoms(use_true_random=False))
+def test_planning_converges_to_fair_shares_with_every_block_held(block_count, hosts, rnd):
+    held: dict[int, str] = {}
+    for _ in range(10 * block_count + 10):  # hosts act in any order; a handoff frees the block at once
+        h = rnd.choice(hosts)
+        p = plan(h, hosts, leases(held), block_count)
+        for b in p.claim:
+            assert b not in held
+            held[b] = h
+        if p.hand_off is not None:
+            assert held[p.hand_off] == h
+            del held[p.hand_off]
+    for h in hosts:  # a last full round
+        for b in plan(h, hosts, leases(held), block_count).claim:
+            held[b] = h
+    assert sorted(held) == list(range(block_count))
+    assert fair([list(held.values()).count(h) for h in hosts])
+
+
+def test_parse_lease_refuses_what_is_not_a_lease():
+    assert parse_lease(3, b"7:host-1:x", 2.5) == Lease(3, "host-1:x", 7, 2.5)
+    for raw in (None, b"", b"7", b"x:host", b"7:"):
+        assert parse_lease(0, raw) is None
+    assert Lease(0, "a", 1, remaining=1.0).age(3.0) == 2.0
+
+
+# --- Redis -----------------------------------------------------------------------------------
+
+@pytest.fixture
+async def client(redis_server):
+    c = await connect(redis_server.url)
+    yield c
+    await c.aclose()
+
+
+async def test_claim_gives_a_new_larger_epoch_to_each_tenure(client):
+    a, b = LeaseStore(client, NS, "a", ttl=3.0), LeaseStore(client, NS, "b", ttl=3.0)
+    e1, how = await a.claim(0)
+    assert (e1, how) == (1, Takeover.NEW)
+    assert await b.claim(0) is None  # held
+    assert 0 < await client.pttl(lease_key(NS, 0)) <= 3000
+    assert await a.release(0, e1)
+    e2, how = await b.claim(0)
+    assert (e2, how) == (2, Takeover.HANDOFF)
+    await client.delete(lease_key(NS, 0))  # expired
+    assert await a.claim(0) == (3, Takeover.FAILOVER)
+    held = await a.read(2)
+    assert list(held) == [0] and (held[0].owner, held[0].epoch) == ("a", 3) and 0 < held[0].remaining <= 3.0
+
+
+async def test_a_fenced_out_host_can_neither_renew_nor_release(client):
+    a, b = LeaseStore(client, NS, "a", ttl=3.0), LeaseStore(client, NS, "b", ttl=3.0)
+    old, _ = await a.claim(0)
+    await client.delete(lease_key(NS, 0))  # as if it expired while a was paused
+    new, how = await b.claim(0)
+    assert how == Takeover.FAILOVER
+    assert new > old
+    assert await a.renew({0: old}) == {0: Renewal.LOST}
+    assert not await a.release(0, old)
+    assert await a.renew({}) == {}
+    assert (await b.read(1))[0].owner == "b"
+    assert await b.renew({0: new}) == {0: Renewal.RENEWED}
+
+
+async def test_a_renewal_writes_back_a_lease_redis_lost_with_the_same_epoch(client, redis_server):
+    a = LeaseStore(client, NS, "a", ttl=3.0)
+    epochs = {blk: (await a.claim(blk))[0] for blk in range(3)}
+    redis_server.proc.kill()
+    redis_server.proc.wait()
+    redis_server.start()
+    for _ in range(3):  # the client reconnects on the next command
+        try:
+            await client.ping()
+            break
+        except Exception:  # noqa: BLE001 - the first command after a restart may fail
+            await asyncio.sleep(0.1)
+    assert await a.renew(epochs) == {blk: Renewal.RESTORED for blk in range(3)}
+    assert {blk: lease.epoch for blk, lease in (await a.read(3)).items()} == epochs
+    assert int(await client.get(epoch_key(NS, 0))) >= epochs[0]
+    assert await LeaseStore(client, NS, "b", ttl=3.0).claim(0) is None
+    assert await a.renew(epochs) == {blk: Renewal.RENEWED for blk in range(3)}
+
+
+def test_assign_auto_needs_a_coordinator_and_no_static_range():
+    from cluster.config import ClusterConfig, ConfigError, load_config
+
+    url = "redis://127.0.0.1:6379/0"
+    cfg = load_config({"assign": "auto", "coordinator": url, "shards_per_worker": "4", "lease_ttl": "3"}, env={})
+    assert (cfg.assign, cfg.lease_ttl, ClusterConfig().assign, ClusterConfig().lease_ttl) == ("auto", 3.0, "static", 10.0)
+    env = {"CLUSTER_ASSIGN": "auto", "CLUSTER_COORDINATOR": url, "CLUSTER_LEASE_TTL": "5"}  # a pod's ConfigMap
+    assert (load_config({}, env=env).assign, load_config({}, env=env).lease_ttl) == ("auto", 5.0)
+    for flags, message in (({"assign": "auto"}, "needs a coordinator"),
+                           ({"assign": "auto", "coordinator": url, "shard_range": "0-3"}, "give no shard_range"),
+                           ({"assign": "auto", "coordinator": url, "workers": "2"}, "shards_per_worker"),
+                           ({"assign": "sometimes"}, "assign must be static or auto"),
+                           ({"lease_ttl": "0.5"}, "lease_ttl must be >= 1")):
+        with pytest.raises(ConfigError, match=message):
+            load_config(flags, env={})
+
+
+def test_status_and_the_status_table_show_blocks_owners_and_lease_ages():
+    from cluster.cli import format_status
+    from cluster.snapshot import BlockSnapshot, ClusterSnapshot
+
+    snap = ClusterSnapshot(
+        shard_total=8, max_concurrency=1, uptime=1.0, rolling=False, stopping=False, coordination=None,
+        identifies={}, identify_waits=(), identify_wait_sum=0.0, restarts={}, errors={}, loop_lag=0.0, problems=(),
+        workers=(), shards=(), blocks=(BlockSnapshot(0, 0, 3, "host-a", 4, 0.5, True),
+                                       BlockSnapshot(1, 4, 7, None, None, None, False)),
+        lease_moves={("claim", "failover"): 1, ("failover", "lease_expired"): 1})
+    st = snap.status()
+    assert st["blocks"][0] == {"block": 0, "shards": [0, 3], "owner": "host-a", "epoch": 4, "lease_age": 0.5,
+                               "mine": True}
+    assert {"event": "failover", "reason": "lease_expired", "count": 1} in st["lease_moves"]
+    assert snap.ready  # a host of --assign auto without blocks is a ready standby
+    text = format_status(st)
+    assert "     0 0-3             4      0.5s  host-a (this host)" in text and "(free)" in text
+    assert "lease moves: claim failover 1, failover lease_expired 1" in text
