@@ -1,13 +1,16 @@
 """The supervisor's live status page (``GET /``), in a real browser: Playwright drives Debian's chromium against
 a running cluster on the simulator. The grid shows every shard and follows a shard that the simulator closes
 without a reload; a synthetic 1,024-shard ``/status`` with three hosts stays readable. The page loads nothing
-but its own supervisor's URLs under a strict Content-Security-Policy. Screenshots go to
-``bench/results/status-page-*.png`` for the README."""
+but its own supervisor's URLs under a strict Content-Security-Policy. Screenshots are taken on every run; with
+``SHARDSTACK_SCREENSHOTS=1`` they go to ``bench/results/status-page-*.png`` for the README (so a plain test run
+leaves the tree as it was), else to a temporary directory."""
 
 import asyncio
 import contextlib
 import fnmatch
 import json
+import os
+import tempfile
 import tomllib
 import urllib.request
 from pathlib import Path
@@ -26,7 +29,8 @@ pytestmark = pytest.mark.skipif(not Path(CHROMIUM).is_file(),
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 ROOT = Path(__file__).resolve().parents[2]
-RESULTS = ROOT / "bench" / "results"
+RESULTS = (ROOT / "bench" / "results" if os.environ.get("SHARDSTACK_SCREENSHOTS") == "1"
+           else Path((_SHOTS := tempfile.TemporaryDirectory(prefix="status-page-shots-")).name))  # removed at exit
 EXPECT_MS = 15_000
 
 
