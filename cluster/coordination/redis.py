@@ -54,6 +54,8 @@ LOST_GRACE = 1.0
 """Seconds (besides the window) a bucket whose window Redis does not know waits before its first grant: long
 enough for every live host that holds a slot to reach the new Redis (it retries at most :data:`BACKOFF` apart
 and polls every :data:`POLL_INTERVAL` while it holds one) and re-assert it."""
+RELAPSE = 2.0
+"""Seconds after a recovery in which a new failure counts as the same outage (logged once)."""
 SLACK = 0.05
 """Seconds added to the window, as :class:`~cluster.coordination.local.IdentifyCoordinator` does."""
 
@@ -237,6 +239,8 @@ class RedisCoordination:
         self.up = True
         self.errors = 0
         self._down_since: float | None = None
+        self._up_since = -math.inf  # when the last outage ended
+        self._relapse = False  # the current outage began within RELAPSE of the last one's end (not announced)
         self._backoff = BACKOFF[0]
         self._retry_at = -math.inf
         self.late_starts = self.unused_grants = self.expired_holds = 0
@@ -432,9 +436,13 @@ class RedisCoordination:
     def _trouble(self, exc: BaseException, now: float) -> None:
         self.errors += 1
         if self.up:
+            # a failure just after a recovery is the same outage (a connection of the pool that went stale with
+            # the restart, say): it is not announced again, so the log says one line per outage
+            self._relapse = now - self._up_since < RELAPSE
             self.up, self._down_since = False, now
-            log.warning("coordinator unavailable (%s: %s): running shards keep running and resuming, identifies "
-                        "wait; retrying with backoff", type(exc).__name__, exc)
+            if not self._relapse:
+                log.warning("coordinator unavailable (%s: %s): running shards keep running and resuming, "
+                            "identifies wait; retrying with backoff", type(exc).__name__, exc)
             self._backoff = BACKOFF[0]
         else:
             self._backoff = min(BACKOFF[1], self._backoff * 2)
@@ -442,9 +450,11 @@ class RedisCoordination:
 
     def _recovered(self, now: float) -> None:
         if not self.up:
-            log.warning("coordinator back after %.1f s (%d failed attempts): identifies continue",
-                        now - (self._down_since or now), self.errors)
+            if not self._relapse:
+                log.warning("coordinator back after %.1f s (%d failed attempts): identifies continue",
+                            now - (self._down_since or now), self.errors)
             self.up, self._down_since, self._retry_at = True, None, -math.inf
+            self._up_since, self._relapse = now, False
 
 
 def redis_coordination(client: Any, ns: str, host: str, **options: Any) -> CoordinationFactory:
