@@ -250,3 +250,51 @@ async def test_a_host_whose_queue_entries_were_purged_queues_them_again(redis_se
     await a.client.zrem(f"{NS}id:q:0", "a/4")  # what another host does when a's alive key lapsed (a stalled)
     await holder.report([(time.monotonic(), IdentifyDone(0, True))])
     assert [d.shard_id for d in await decide_until(a)] == [4]
+
+
+async def redis_ms(client):
+    seconds, micros = await client.time()
+    return seconds * 1000 + micros // 1000
+
+
+async def test_an_outcome_proves_the_window_and_a_late_send_keeps_its_slack(redis_server):
+    """A grant's and a send's window get the slack (the Identify's way to the gateway), READY's none: the gateway
+    had processed the Identify. A send written after its hold expired keeps its slack past the next outcome."""
+    a = await host(redis_server.url, "a", window=0.5, hold=0.3, slack=5.0)
+    await a.client.set(f"{NS}id:win:0", 0)  # a window long past
+    await a.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    before = await redis_ms(a.client)
+    assert [d.shard_id for d in await decide_until(a)] == [0]
+    assert int(await a.client.get(f"{NS}id:win:0")) >= before + 5000  # unproven: a grant and its slack
+    await a.report([(time.monotonic(), IdentifyStarted(0))])
+    assert int(await a.client.get(f"{NS}id:win:0")) >= before + 5000
+    await a.report([(time.monotonic(), IdentifyDone(0, True))])
+    done = int(await a.client.get(f"{NS}id:win:0"))
+    assert done <= await redis_ms(a.client) + 1  # proven: no slack (the next grant comes one window after it)
+    await a.report([(time.monotonic(), IdentifyRequest(4, "initial")), (time.monotonic(), IdentifyRequest(8, "x"))])
+    assert [d.shard_id for d in await decide_until(a)] == [4]
+    await decide_until(a, pred=lambda ds: not a._holding)  # 4's hold expires without an outcome
+    while await a.client.exists(f"{NS}id:slot:0"):  # in Redis too (its TTL started a little later)
+        await asyncio.sleep(0.01)
+    await a.report([(time.monotonic(), IdentifyStarted(4))])  # then its Identify goes out, late
+    assert a.stats(time.monotonic()).late_starts == 1
+    assert int(await a.client.get(f"{NS}id:late:0")) >= await redis_ms(a.client) + 4900
+    await a.client.set(f"{NS}id:win:0", 0)  # even with the bucket's own window long past
+    assert await a.decide(time.monotonic()) == []  # shard 8 waits out the late send's window and slack
+    await a.client.delete(f"{NS}id:late:0")
+    assert [d.shard_id for d in await decide_until(a, timeout=2)] == [8]
+
+
+async def test_an_unknown_window_counts_its_grace_from_the_loss_not_from_the_first_request(redis_server):
+    """A new (or emptied) Redis: every bucket waits the grace and a window from the first script that found it empty
+    (a host's pump runs one as it starts), so a host's start-up time is not added to the wait."""
+    a = await host(redis_server.url, "a", lost_grace=30.0)
+    await a.decide(time.monotonic())  # the pump's first pass: the epoch, and the loss, are noticed now
+    lost = int(await a.client.get(f"{NS}id:lost"))
+    assert lost <= await redis_ms(a.client)
+    await a.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    assert await a.decide(time.monotonic()) == []  # 30 s of grace from the loss
+    assert int(await a.client.get(f"{NS}id:win:0")) == lost + 30000 + 50
+    await a.client.delete(f"{NS}id:win:0")
+    await a.client.set(f"{NS}id:lost", lost - 31000)  # as if the epoch had been created 31 s ago
+    assert [d.shard_id for d in await decide_until(a, timeout=2)] == [0]
