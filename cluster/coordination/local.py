@@ -8,9 +8,13 @@ worker said the Identify was written (:meth:`started`; after connecting and Hell
 shard bounds by its ``connect_timeout``: ``hold_timeout`` must be longer), and the moment its outcome arrived
 (:meth:`done`). The gateway has certainly processed an Identify once its READY arrived, so
 neither IPC latency nor a gateway slow to read its socket can make two Identifies of one
-bucket land closer than the window. A window that only a grant or a send started (no outcome: the hold
-expired, the worker died, an Identify written late) gets ``slack`` on top, for the Identify's way to the
-gateway; one an outcome proved needs none, so the usual cadence is exactly ``window`` after each READY.
+bucket land closer than the window. A window that only a grant or a send started (no READY: the hold
+expired, the worker died, an Identify written late, a close or INVALID_SESSION) gets ``slack`` on top, for the
+Identify's way to the gateway; one a READY proved needs none, so the usual cadence is exactly ``window``
+after each READY.
+A grant comes up to ``lead`` seconds before the bucket's window ends, carrying the window's end as its
+``not_before``: the shard connects meanwhile and holds its Identify until then, so connecting and Hello
+overlap the window instead of adding to each step (the Identify's send is what Discord counts).
 Every grant spends from the
 :class:`SessionBudget`, which may defer or refuse it.
 """
@@ -26,7 +30,11 @@ from cluster.coordination.base import (CoordinationSetup, CoordinationStats, Dec
                                        Refuse)
 from ipc.protocol import IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused
 
-__all__ = ["BudgetDecision", "IdentifyCoordinator", "SessionBudget", "local_coordination"]
+__all__ = ["LEAD", "BudgetDecision", "IdentifyCoordinator", "SessionBudget", "local_coordination"]
+
+LEAD = 0.5
+"""Seconds before a bucket's window ends that its next shard is granted (to connect and await Hello meanwhile;
+its Identify waits for the window's end): more than a connect and Hello take, well within ``connect_timeout``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,13 +136,14 @@ class IdentifyCoordinator:
     """Grants identify slots across every worker of a cluster."""
 
     def __init__(self, max_concurrency: int, budget: SessionBudget, *, window: float = 5.0,
-                 hold_timeout: float = 15.0, slack: float = 0.05) -> None:
+                 hold_timeout: float = 15.0, slack: float = 0.05, lead: float = LEAD) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         self.max_concurrency = max_concurrency
         self.budget = budget
         self.window = window
         self.slack = slack
+        self.lead = lead
         self.hold_timeout = hold_timeout
         self._buckets = [_Bucket() for _ in range(max_concurrency)]
         self._waiting: dict[int, tuple[float, str]] = {}  # shard -> (enqueued at, reason)
@@ -186,14 +195,17 @@ class IdentifyCoordinator:
     def done(self, shard_id: int, ready: bool, now: float) -> None:
         """The shard's Identify ended with READY (``ready``) or INVALID_SESSION/close.
 
-        The outcome proves the gateway has processed the Identify: the window restarts here.
+        The window restarts here. READY proves the gateway had processed the Identify (no slack needed); a
+        close does not (a gateway may still read an Identify its client closed the connection after).
         """
         b = self._bucket(shard_id)
         self._unstarted.discard(shard_id)
         if b.holder == shard_id:
             b.holder = None
-            if now >= b.window_start:  # its grant and send came before: the outcome proves the window
+            if ready and now >= b.window_start:  # its grant and send came before: READY proves the window
                 b.window_start, b.proven = now, True
+            elif now > b.window_start:
+                b.window_start, b.proven = now, False
 
     def cancel(self, shard_id: int) -> None:
         """The shard no longer wants a slot (its worker died or it was closed)."""
@@ -227,7 +239,8 @@ class IdentifyCoordinator:
             if b.holder is not None and now >= b.held_until:
                 b.holder = None
                 self.expired_holds += 1
-            if b.holder is not None or not b.queue or now < b.next_at(self.window, self.slack):
+            due = b.next_at(self.window, self.slack)
+            if b.holder is not None or not b.queue or now < due - self.lead:
                 continue
             if now < self._deferred_until:
                 continue
@@ -245,10 +258,12 @@ class IdentifyCoordinator:
             shard_id = b.queue.pop(0)
             enqueued, reason = self._waiting.pop(shard_id)
             b.last_grant, b.window_before_grant = shard_id, (b.window_start, b.proven)
-            b.holder, b.held_until, b.window_start, b.proven = shard_id, now + self.hold_timeout, now, False
+            not_before = due if due > now else 0.0  # granted early: its Identify waits for the window's end
+            b.holder, b.held_until, b.proven = shard_id, now + self.hold_timeout, False
+            b.window_start = max(now, due)
             self._unstarted.add(shard_id)
             self.budget.spend(now)
-            out.append(Grant(shard_id, now - enqueued, reason))
+            out.append(Grant(shard_id, now - enqueued, reason, not_before))
         return out
 
     def next_deadline(self, now: float) -> float | None:
@@ -258,7 +273,7 @@ class IdentifyCoordinator:
             if b.holder is not None:
                 times.append(b.held_until)
             elif b.queue:
-                times.append(max(b.next_at(self.window, self.slack), self._deferred_until))
+                times.append(max(b.next_at(self.window, self.slack) - self.lead, self._deferred_until))
         return min(times) if times else None
 
     # --- the Coordination interface (the supervisor's identify pump) ----------------------

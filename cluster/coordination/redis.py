@@ -9,9 +9,10 @@ two Lua scripts (:data:`DECIDE`, :data:`REPORT`), so no two hosts can read-modif
 * ``<ns>id:slot:<b>``: the member holding the bucket's slot, from its grant until READY / INVALID_SESSION,
   a cancel or an unused grant; its ``PX`` TTL is ``identify_hold_timeout``, so a dead host's slot frees itself.
 * ``<ns>id:win:<b>``: when the bucket's window started (Redis ``TIME``, ms): the latest of the grant, the
-  Identify's send (IdentifyStarted) and its outcome, as in :mod:`.local`; a grant or a send counts
-  :data:`SLACK` later (the Identify's way to the gateway), an outcome (which proves the gateway had processed
-  it) as it is. ``<ns>id:late:<b>``: a late Identify's send (plus the slack) that its bucket's next outcome
+  Identify's send (IdentifyStarted) and its outcome, as in :mod:`.local`; a grant, a send or a failure
+  counts :data:`SLACK` later (the Identify's way to the gateway), a READY (which proves the gateway had
+  processed it) as it is. A grant comes up to ``lead`` seconds before the window ends, with the rest of the
+  window as its not-before time (the shard connects meanwhile and holds its Identify until then). ``<ns>id:late:<b>``: a late Identify's send (plus the slack) that its bucket's next outcome
   must not hide. ``<ns>id:last:<b>`` is the latest grant with the window it replaced, for an unused grant's
   refund.
 * ``<ns>id:budget``: the session budget (``total``, ``remaining``, ``reset_at``, ``last_spent``), spent in
@@ -44,6 +45,7 @@ from redis import exceptions as rx
 
 from cluster.coordination.base import (CoordinationFactory, CoordinationSetup, CoordinationStats, Decision, Defer,
                                        Grant, IdentifyEvent, Refuse)
+from cluster.coordination.local import LEAD
 from ipc.protocol import IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused
 
 __all__ = ["DECIDE", "REPORT", "RedisCoordination", "redis_coordination"]
@@ -89,19 +91,19 @@ end
 
 DECIDE = _PRELUDE + """
 -- ARGV: ns, epoch candidate, lost grace ms, host, window ms, hold ms, alive ms, reserve, pace_below,
---       budget if lost (total, remaining, reset_after ms), bucket count, slack ms, then per bucket: b, probe
---       (this host's oldest member already queued there, or ''), n, n members to queue
+--       budget if lost (total, remaining, reset_after ms), bucket count, slack ms, lead ms, then per bucket: b,
+--       probe (this host's oldest member already queued there, or ''), n, n members to queue
 local host = ARGV[4]
 local window, hold, alive = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local reserve, pace_below = tonumber(ARGV[8]), tonumber(ARGV[9])
-local slack = tonumber(ARGV[14])
+local slack, lead = tonumber(ARGV[14]), tonumber(ARGV[15])
 if redis.call('EXISTS', bk) == 0 then
   redis.call('HSET', bk, 'total', ARGV[10], 'remaining', ARGV[11], 'reset_at', now + tonumber(ARGV[12]),
              'last_spent', 0)
 end
 redis.call('SET', ns .. 'id:alive:' .. host, '1', 'PX', alive)
 local out = {}
-local i = 15
+local i = 16
 for _ = 1, tonumber(ARGV[13]) do
   local b, probe, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local q = ns .. 'id:q:' .. b
@@ -115,13 +117,12 @@ for _ = 1, tonumber(ARGV[13]) do
   end
   local slot = ns .. 'id:slot:' .. b
   local win, wk = window_start(b)
+  local due = math.max(win, tonumber(redis.call('GET', ns .. 'id:late:' .. b)) or 0) + window
   local held = redis.call('PTTL', slot)
   if held ~= -2 then
     out[#out + 1] = {'wait', b, held > 0 and held or 0}  -- held: wait for its outcome (another host's, maybe)
-  elseif now < win + window then
-    out[#out + 1] = {'window', b, win + window - now}
-  elseif now < (tonumber(redis.call('GET', ns .. 'id:late:' .. b)) or 0) + window then
-    out[#out + 1] = {'window', b, tonumber(redis.call('GET', ns .. 'id:late:' .. b)) + window - now}
+  elseif now < due - lead then  -- the next grant comes `lead` early: its Identify waits for `due`
+    out[#out + 1] = {'window', b, due - lead - now}
   else
     local head
     while true do
@@ -153,9 +154,9 @@ for _ = 1, tonumber(ARGV[13]) do
         redis.call('ZREM', q, head)
         redis.call('SET', slot, head, 'PX', hold)
         redis.call('SET', ns .. 'id:last:' .. b, head .. '|' .. win)
-        redis.call('SET', wk, now + slack)  -- unproven until its outcome comes
+        redis.call('SET', wk, math.max(now, due) + slack)  -- unproven until its outcome comes
         redis.call('HSET', bk, 'remaining', remaining - 1, 'last_spent', now)
-        out[#out + 1] = {'grant', head, 0}
+        out[#out + 1] = {'grant', head, math.max(0, due - now)}  -- ms its Identify must wait
       end
     else
       out[#out + 1] = {'wait', b, 0}  -- another host's turn
@@ -171,7 +172,8 @@ return {epoch, remaining, total, reset_in, out}
 
 REPORT = _PRELUDE + """
 -- ARGV: ns, epoch candidate, lost grace ms, slack ms, window ms, then (op, bucket, member, extra) x n
--- S: the Identify was sent; D: its outcome came; C: cancel; U: an unused grant; R: re-assert a held slot
+-- S: the Identify was sent; D: its READY came; F: it failed (a close, INVALID_SESSION: no proof of when the
+-- gateway read it); C: cancel; U: an unused grant; R: re-assert a held slot
 -- (extra: ms of hold left); B: refresh the budget (bucket: total, member: remaining, extra: reset_after ms)
 local slack, window = tonumber(ARGV[4]), tonumber(ARGV[5])
 local unused = 0
@@ -198,6 +200,11 @@ for i = 6, #ARGV, 4 do
         redis.call('DEL', slot)
         -- (the next ms: TIME is floored to it); a window later than its grant's and send's stays
         if now >= win - slack then redis.call('SET', wk, now + 1) end
+      end
+    elseif op == 'F' then
+      if redis.call('GET', slot) == member then
+        redis.call('DEL', slot)
+        if now + slack > win then redis.call('SET', wk, now + slack) end
       end
     elseif op == 'C' then
       redis.call('ZREM', q, member)
@@ -233,13 +240,13 @@ class RedisCoordination:
 
     def __init__(self, client: Any, ns: str, host: str, setup: CoordinationSetup, *,
                  poll_interval: float = POLL_INTERVAL, alive_ttl: float = ALIVE_TTL, lost_grace: float = LOST_GRACE,
-                 slack: float = SLACK, clock: Callable[[], float] = time.monotonic) -> None:
+                 slack: float = SLACK, lead: float = LEAD, clock: Callable[[], float] = time.monotonic) -> None:
         if "/" in host:
             raise ValueError("a host id must not contain '/'")
         self.client, self.ns, self.host = client, ns, host
         self.max_concurrency = setup.max_concurrency
         self.window = setup.window
-        self.slack = slack
+        self.slack, self.lead = slack, lead
         self.hold_timeout = setup.hold_timeout
         self.reserve = setup.reserve
         self.pace_below = 2 * setup.reserve if setup.pace_below is None else setup.pace_below
@@ -285,7 +292,7 @@ class RedisCoordination:
                     if shard_id in self._holding:  # identifying again: its previous attempt ended
                         self._holding.pop(shard_id)
                         self._unstarted.discard(shard_id)
-                        self._op("D", shard_id)
+                        self._op("F", shard_id)
                     self._waiting.setdefault(shard_id, (now, reason))
                 case IdentifyStarted(shard_id=shard_id):
                     if shard_id in self._unstarted:
@@ -293,10 +300,10 @@ class RedisCoordination:
                         if shard_id not in self._holding:
                             self.late_starts += 1
                         self._op("S", shard_id)
-                case IdentifyDone(shard_id=shard_id):
+                case IdentifyDone(shard_id=shard_id, ready=ready):
                     self._unstarted.discard(shard_id)
                     if self._holding.pop(shard_id, None) is not None:
-                        self._op("D", shard_id)
+                        self._op("D" if ready else "F", shard_id)
                 case IdentifyCancel(shard_id=shard_id):
                     self._unstarted.discard(shard_id)
                     self._waiting.pop(shard_id, None)
@@ -331,7 +338,7 @@ class RedisCoordination:
         args: list[Any] = [self.ns, uuid.uuid4().hex, self._grace_ms, self.host, int(self.window * 1000),
                            int(self.hold_timeout * 1000), int(self.alive_ttl * 1000), self.reserve, self.pace_below,
                            self.total, self.remaining, int(max(0.0, self._reset_at - now) * 1000), len(by_bucket),
-                           int(self.slack * 1000)]
+                           int(self.slack * 1000), int(self.lead * 1000)]
         for b, shards in by_bucket.items():
             known = [s for s in shards if s in self._queued]
             new = [s for s in shards if s not in self._queued]
@@ -356,6 +363,8 @@ class RedisCoordination:
             what = what.decode() if isinstance(what, bytes) else str(what)
             if kind == "grant":
                 shard_id = int(what.rsplit("/", 1)[1])
+                # Redis's ms from its TIME, counted from now that the answer is here: later, never earlier
+                not_before = self.clock() + ms / 1000 if ms else 0.0
                 self._queued.discard(shard_id)
                 if shard_id not in self._waiting:  # no longer wanted (a stale entry): give it back unused
                     self._op("U", shard_id)
@@ -364,7 +373,7 @@ class RedisCoordination:
                 enqueued, reason = self._waiting.pop(shard_id)
                 self._holding[shard_id] = now + self.hold_timeout
                 self._unstarted.add(shard_id)
-                out.append(Grant(shard_id, now - enqueued, reason))
+                out.append(Grant(shard_id, now - enqueued, reason, not_before))
                 wake = min(wake, now + self.poll_interval)  # its outcome frees the bucket: ask again soon
             elif kind == "lost":
                 self._queued.difference_update(by_bucket.get(int(what), []))

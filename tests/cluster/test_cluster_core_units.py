@@ -22,7 +22,7 @@ from ipc.protocol import (IdentifyCancel, IdentifyDone, IdentifyRequest, Identif
 
 def coord(mc=4, total=1000, remaining=None, reserve=0, window=5.0, hold=15.0, **kw):
     return IdentifyCoordinator(mc, SessionBudget(total, remaining, 86400.0, reserve=reserve, **kw),
-                               window=window, hold_timeout=hold, slack=0.0)
+                               window=window, hold_timeout=hold, slack=0.0, lead=0.0)
 
 
 def grants(decisions):
@@ -136,7 +136,7 @@ def test_the_budget_is_spent_down_to_exactly_its_reserve_and_never_below(reserve
 
 def test_coordinator_defaults_and_validation():
     c = IdentifyCoordinator(1, SessionBudget())
-    assert c.window == 5.0 and c.slack == 0.05 and c.hold_timeout == 15.0
+    assert c.window == 5.0 and c.slack == 0.05 and c.lead == 0.5 and c.hold_timeout == 15.0
     with pytest.raises(ValueError, match="^max_concurrency must be >= 1$"):
         IdentifyCoordinator(0, SessionBudget())
 

@@ -25,7 +25,7 @@ def setup(mc=4, total=1000, remaining=1000, reserve=0, pace_below=None, window=W
 
 
 async def host(url, name, **options):
-    kw = dict(poll_interval=0.01, lost_grace=0.0)
+    kw = dict(poll_interval=0.01, lost_grace=0.0, lead=0.0)
     setup_kw = {k: options.pop(k) for k in list(options) if k in ("mc", "total", "remaining", "reserve", "pace_below",
                                                                    "window", "hold")}
     kw.update(options)
@@ -271,6 +271,12 @@ async def test_an_outcome_proves_the_window_and_a_late_send_keeps_its_slack(redi
     await a.report([(time.monotonic(), IdentifyDone(0, True))])
     done = int(await a.client.get(f"{NS}id:win:0"))
     assert done <= await redis_ms(a.client) + 1  # proven: no slack (the next grant comes one window after it)
+    await a.report([(time.monotonic(), IdentifyRequest(12, "initial"))])
+    assert [d.shard_id for d in await decide_until(a)] == [12]
+    failed = await redis_ms(a.client)
+    await a.report([(time.monotonic(), IdentifyStarted(12)), (time.monotonic(), IdentifyDone(12, False))])
+    assert int(await a.client.get(f"{NS}id:win:0")) >= failed + 5000  # a close proves nothing: the slack stays
+    await a.client.set(f"{NS}id:win:0", done)
     await a.report([(time.monotonic(), IdentifyRequest(4, "initial")), (time.monotonic(), IdentifyRequest(8, "x"))])
     assert [d.shard_id for d in await decide_until(a)] == [4]
     await decide_until(a, pred=lambda ds: not a._holding)  # 4's hold expires without an outcome
@@ -298,3 +304,21 @@ async def test_an_unknown_window_counts_its_grace_from_the_loss_not_from_the_fir
     await a.client.delete(f"{NS}id:win:0")
     await a.client.set(f"{NS}id:lost", lost - 31000)  # as if the epoch had been created 31 s ago
     assert [d.shard_id for d in await decide_until(a, timeout=2)] == [0]
+
+
+async def test_a_grant_comes_lead_early_and_its_identify_waits_for_the_windows_end(redis_server):
+    """Granted up to `lead` before the bucket's window ends (to connect meanwhile), with the rest of the window as
+    its not-before time; the new window counts from that end, so the grant's earliness gains the next one nothing."""
+    late = await host(redis_server.url, "late", window=30.0, lead=0.0, slack=0.05)
+    early = await host(redis_server.url, "early", window=30.0, lead=5.0, slack=0.05)
+    win = await redis_ms(early.client) - 29000  # the window ends 1 s from now
+    await early.client.set(f"{NS}id:win:0", win)
+    await late.report([(time.monotonic(), IdentifyRequest(4, "initial"))])
+    assert await late.decide(time.monotonic()) == []  # without a lead: 1 s to go
+    await late.report([(time.monotonic(), IdentifyCancel(4))])
+    await early.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    before = time.monotonic()
+    [g] = await early.decide(time.monotonic())
+    assert isinstance(g, Grant) and g.shard_id == 0
+    assert g.not_before - before > 0.9  # the rest of the window (less what the script call took)
+    assert int(await early.client.get(f"{NS}id:win:0")) == win + 30000 + 50  # from the window's end, unproven
