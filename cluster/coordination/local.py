@@ -34,7 +34,8 @@ __all__ = ["LEAD", "BudgetDecision", "IdentifyCoordinator", "SessionBudget", "lo
 
 LEAD = 0.5
 """Seconds before a bucket's window ends that its next shard is granted (to connect and await Hello meanwhile;
-its Identify waits for the window's end): more than a connect and Hello take, well within ``connect_timeout``."""
+its Identify waits for the window's end): more than a connect and Hello take, well within ``connect_timeout``.
+A coordinator uses at most half its ``hold_timeout``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +144,7 @@ class IdentifyCoordinator:
         self.budget = budget
         self.window = window
         self.slack = slack
-        self.lead = lead
+        self.lead = min(lead, hold_timeout / 2)  # the hold must outlast the early grant's wait, connect and Hello
         self.hold_timeout = hold_timeout
         self._buckets = [_Bucket() for _ in range(max_concurrency)]
         self._waiting: dict[int, tuple[float, str]] = {}  # shard -> (enqueued at, reason)

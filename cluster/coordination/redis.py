@@ -246,7 +246,7 @@ class RedisCoordination:
         self.client, self.ns, self.host = client, ns, host
         self.max_concurrency = setup.max_concurrency
         self.window = setup.window
-        self.slack, self.lead = slack, lead
+        self.slack, self.lead = slack, min(lead, setup.hold_timeout / 2)  # as in IdentifyCoordinator
         self.hold_timeout = setup.hold_timeout
         self.reserve = setup.reserve
         self.pace_below = 2 * setup.reserve if setup.pace_below is None else setup.pace_below

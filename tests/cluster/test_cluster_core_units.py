@@ -137,6 +137,7 @@ def test_the_budget_is_spent_down_to_exactly_its_reserve_and_never_below(reserve
 def test_coordinator_defaults_and_validation():
     c = IdentifyCoordinator(1, SessionBudget())
     assert c.window == 5.0 and c.slack == 0.05 and c.lead == 0.5 and c.hold_timeout == 15.0
+    assert IdentifyCoordinator(1, SessionBudget(), hold_timeout=0.6).lead == 0.3  # the hold outlasts the lead
     with pytest.raises(ValueError, match="^max_concurrency must be >= 1$"):
         IdentifyCoordinator(0, SessionBudget())
 

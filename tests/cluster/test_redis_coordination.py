@@ -322,3 +322,8 @@ async def test_a_grant_comes_lead_early_and_its_identify_waits_for_the_windows_e
     assert isinstance(g, Grant) and g.shard_id == 0
     assert g.not_before - before > 0.9  # the rest of the window (less what the script call took)
     assert int(await early.client.get(f"{NS}id:win:0")) == win + 30000 + 50  # from the window's end, unproven
+
+
+async def test_the_lead_is_at_most_half_the_hold(redis_server):
+    assert (await host(redis_server.url, "a", hold=0.6, lead=0.5)).lead == 0.3
+    assert (await host(redis_server.url, "b", hold=15.0, lead=0.5)).lead == 0.5
