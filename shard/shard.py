@@ -10,8 +10,10 @@ connect timeout). A connection that will Identify (no session, or the session wa
 opened only after the identify queue granted the shard's turn, and Identify goes out right after Hello;
 while the shard waits for its turn it holds no connection, sends no heartbeats, and its state is
 Identifying. Connecting and Hello share one `connect_timeout` from the grant, so the Identify is sent within
-it or never; the queue is told when it was written (`sent`), and its window starts then. Resumes never
-wait on the queue. Commands go through a bounded queue.
+it or never; the queue is told when it was written (`sent`), and its window starts then. A queue may grant a
+turn early with a not-before time (its optional `not_before`): the shard connects at once and holds the
+Identify until then, so connecting overlaps the end of the bucket's window. Resumes never wait on the queue.
+Commands go through a bounded queue.
 """
 
 from __future__ import annotations

@@ -119,7 +119,9 @@ for _ = 1, tonumber(ARGV[13]) do
   local win, wk = window_start(b)
   local due = math.max(win, tonumber(redis.call('GET', ns .. 'id:late:' .. b)) or 0) + window
   local held = redis.call('PTTL', slot)
-  if held ~= -2 then
+  if held ~= -2 and now < win - slack + window - lead then  -- held: its Identify goes out at win - slack at
+    out[#out + 1] = {'window', b, win - slack + window - lead - now}  -- the earliest: no grant before then
+  elseif held ~= -2 then
     out[#out + 1] = {'wait', b, held > 0 and held or 0}  -- held: wait for its outcome (another host's, maybe)
   elseif now < due - lead then  -- the next grant comes `lead` early: its Identify waits for `due`
     out[#out + 1] = {'window', b, due - lead - now}

@@ -327,3 +327,16 @@ async def test_a_grant_comes_lead_early_and_its_identify_waits_for_the_windows_e
 async def test_the_lead_is_at_most_half_the_hold(redis_server):
     assert (await host(redis_server.url, "a", hold=0.6, lead=0.5)).lead == 0.3
     assert (await host(redis_server.url, "b", hold=15.0, lead=0.5)).lead == 0.5
+
+
+async def test_a_host_behind_a_held_slot_sleeps_until_its_turn_could_come_instead_of_polling(redis_server):
+    holder = await host(redis_server.url, "holder", window=30.0)
+    other = await host(redis_server.url, "other", window=30.0)
+    await holder.client.set(f"{NS}id:win:0", 0)  # a window long past
+    await holder.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    assert [d.shard_id for d in await decide_until(holder)] == [0]
+    await other.report([(time.monotonic(), IdentifyRequest(4, "initial"))])
+    now = time.monotonic()
+    assert await other.decide(now) == []
+    # no grant can come before the holder's Identify plus a window: not polled every poll_interval (0.01 s) meanwhile
+    assert other.next_deadline(now) - now > 1.0
