@@ -111,17 +111,16 @@ async def run_multi(out: dict, sim_opts: dict, tmp: str, idle: float) -> None:
                 stats = await wait_active(sim, n, 60 + 3 * out["ceiling"], procs)
                 out["multi"].append((time.monotonic() - t0, stats["total"]["identifies"],
                                      stats["total"]["concurrency_violations"]))
-                if "idle_commands" in out:
-                    return
-                calls1, cpu1, by1 = redis_numbers(client)
-                out["bringup_commands"] = calls1 - calls0
-                out["bringup_redis_cpu"] = cpu1 - cpu0
-                out["multi_identifies"] = stats["total"]["identifies"]
-                await asyncio.sleep(idle)  # the steady state being measured: nothing to await
-                calls2, cpu2, by2 = redis_numbers(client)
-                out["idle_commands"] = calls2 - calls1
-                out["idle_redis_cpu"] = cpu2 - cpu1
-                out["idle_by_command"] = {k: v - by1.get(k, 0) for k, v in by2.items() if v - by1.get(k, 0)}
+                if "idle_commands" not in out:  # the Redis numbers: first round only
+                    calls1, cpu1, by1 = redis_numbers(client)
+                    out["bringup_commands"] = calls1 - calls0
+                    out["bringup_redis_cpu"] = cpu1 - cpu0
+                    out["multi_identifies"] = stats["total"]["identifies"]
+                    await asyncio.sleep(idle)  # the steady state being measured: nothing to await
+                    calls2, cpu2, by2 = redis_numbers(client)
+                    out["idle_commands"] = calls2 - calls1
+                    out["idle_redis_cpu"] = cpu2 - cpu1
+                    out["idle_by_command"] = {k: v - by1.get(k, 0) for k, v in by2.items() if v - by1.get(k, 0)}
             finally:
                 await stop_hosts(procs)
         # the same hosts again (--fresh: every shard identifies) on the Redis that now knows the buckets' windows
