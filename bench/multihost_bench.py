@@ -10,10 +10,14 @@ benchmark's own on a free port.
 1. **Bring-up.** N shards across H hosts at max_concurrency M, the simulator's identify window W: from the
    first host's start to every shard active on the simulator, against the ceiling ceil(N/M) x W (the
    target is within 2 s of it) and against one host (no coordinator) in the same run; identifies and
-   concurrency violations from the simulator.
+   concurrency violations from the simulator. The H hosts run twice: on a new, empty Redis (whose unknown
+   windows cost the coordinator's conservative grace once), then again (``--fresh``, a new simulator) on
+   that Redis.
 2. **Redis cost.** ``INFO commandstats`` before and after the bring-up (commands per identify, scripts'
    inner calls counted), and over ``--idle`` seconds of steady state (commands per shard per minute);
-   Redis CPU (``INFO cpu``) in both.
+   Redis CPU (``INFO cpu``) in both. Measured in the first round.
+
+``--rounds R`` repeats both configurations R times, interleaved (the machine's load falls on both alike).
 
 Results go to bench/results/multihost.md.
 """
@@ -93,52 +97,86 @@ async def stop_hosts(procs: list) -> None:
     await asyncio.gather(*(p.wait() for p in procs))
 
 
-async def run(n: int, m: int, window: float, hosts: int, workers: int, idle: float) -> dict:
-    sim_opts = dict(shards=n, max_concurrency=m, identify_window=window, token=DEFAULT_TOKEN, session_limit=5000)
-    out: dict = {"n": n, "m": m, "window": window, "hosts": hosts, "ceiling": math.ceil(n / m) * window}
-    with tempfile.TemporaryDirectory() as tmp:
-        server = RedisServer(Path(tmp)).start()
-        client = redis.Redis(port=server.port)
-        try:
-            async with Sim(**sim_opts) as sim:
-                calls0, cpu0, _ = redis_numbers(client)
-                t0 = time.monotonic()
-                procs = await start_hosts(sim, tmp, n, window, hosts, workers, server.url)
-                try:
-                    stats = await wait_active(sim, n, 60 + 3 * out["ceiling"], procs)
-                    out["multi_bringup"] = time.monotonic() - t0
-                    out["multi_identifies"] = stats["total"]["identifies"]
-                    out["multi_violations"] = stats["total"]["concurrency_violations"]
+async def run_multi(out: dict, sim_opts: dict, tmp: str, idle: float) -> None:
+    """One bring-up of ``hosts`` host processes on a Redis of their own; the Redis numbers on the first."""
+    n, window, hosts, workers = out["n"], out["window"], out["hosts"], out["workers"]
+    server = RedisServer(Path(tmp)).start()
+    client = redis.Redis(port=server.port)
+    try:
+        async with Sim(**sim_opts) as sim:
+            calls0, cpu0, _ = redis_numbers(client)
+            t0 = time.monotonic()
+            procs = await start_hosts(sim, tmp, n, window, hosts, workers, server.url)
+            try:
+                stats = await wait_active(sim, n, 60 + 3 * out["ceiling"], procs)
+                out["multi"].append((time.monotonic() - t0, stats["total"]["identifies"],
+                                     stats["total"]["concurrency_violations"]))
+                if "idle_commands" not in out:  # the Redis numbers: first round only
                     calls1, cpu1, by1 = redis_numbers(client)
                     out["bringup_commands"] = calls1 - calls0
                     out["bringup_redis_cpu"] = cpu1 - cpu0
+                    out["multi_identifies"] = stats["total"]["identifies"]
                     await asyncio.sleep(idle)  # the steady state being measured: nothing to await
                     calls2, cpu2, by2 = redis_numbers(client)
                     out["idle_commands"] = calls2 - calls1
                     out["idle_redis_cpu"] = cpu2 - cpu1
                     out["idle_by_command"] = {k: v - by1.get(k, 0) for k, v in by2.items() if v - by1.get(k, 0)}
-                finally:
-                    await stop_hosts(procs)
-        finally:
-            client.close()
-            server.stop()
-        async with Sim(**sim_opts) as sim:  # the single-host supervisor, same settings
-            t0 = time.monotonic()
-            procs = await start_hosts(sim, tmp, n, window, 1, workers * hosts, None)
-            try:
-                stats = await wait_active(sim, n, 60 + 3 * out["ceiling"], procs)
-                out["single_bringup"] = time.monotonic() - t0
-                out["single_violations"] = stats["total"]["concurrency_violations"]
             finally:
                 await stop_hosts(procs)
-    out["idle"] = idle
+        # the same hosts again (--fresh: every shard identifies) on the Redis that now knows the buckets' windows
+        async with Sim(**sim_opts) as sim:
+            t0 = time.monotonic()
+            procs = await start_hosts(sim, tmp, n, window, hosts, workers, server.url)
+            try:
+                stats = await wait_active(sim, n, 60 + 3 * out["ceiling"], procs)
+                out["again"].append((time.monotonic() - t0, stats["total"]["identifies"],
+                                     stats["total"]["concurrency_violations"]))
+            finally:
+                await stop_hosts(procs)
+    finally:
+        client.close()
+        server.stop()
+
+
+async def run_single(out: dict, sim_opts: dict, tmp: str) -> None:
+    """One bring-up of the single-host supervisor (in-process coordinator), same settings and workers in all."""
+    n, window = out["n"], out["window"]
+    async with Sim(**sim_opts) as sim:
+        t0 = time.monotonic()
+        procs = await start_hosts(sim, tmp, n, window, 1, out["workers"] * out["hosts"], None)
+        try:
+            stats = await wait_active(sim, n, 60 + 3 * out["ceiling"], procs)
+            out["single"].append((time.monotonic() - t0, stats["total"]["identifies"],
+                                  stats["total"]["concurrency_violations"]))
+        finally:
+            await stop_hosts(procs)
+
+
+async def run(n: int, m: int, window: float, hosts: int, workers: int, idle: float, rounds: int = 1) -> dict:
+    """``rounds`` rounds of both configurations, interleaved (multi first, then single first, ...), so that the
+    shared machine's load falls on both alike."""
+    sim_opts = dict(shards=n, max_concurrency=m, identify_window=window, token=DEFAULT_TOKEN, session_limit=5000)
+    out: dict = {"n": n, "m": m, "window": window, "hosts": hosts, "workers": workers,
+                 "ceiling": math.ceil(n / m) * window, "multi": [], "again": [], "single": [], "idle": idle}
+    for r in range(rounds):
+        for multi in ((True, False) if r % 2 == 0 else (False, True)):
+            with tempfile.TemporaryDirectory() as tmp:  # each run its own state files and Redis
+                await (run_multi(out, sim_opts, tmp, idle) if multi else run_single(out, sim_opts, tmp))
     return out
 
 
 def report(r: dict, command: str) -> str:
     per_identify = r["bringup_commands"] / max(1, r["multi_identifies"])
     per_shard_minute = r["idle_commands"] / r["n"] / (r["idle"] / 60)
-    within = r["multi_bringup"] - r["ceiling"]
+    rows = []
+    kinds = ((f"{r['hosts']} hosts, Redis coordinator, new (empty) Redis", "multi"),
+             (f"{r['hosts']} hosts again, same Redis (windows known)", "again"),
+             ("1 host, in-process coordinator", "single"))
+    for i in range(max(len(r["multi"]), len(r["single"]))):
+        for name, key in kinds:
+            if i < len(r[key]):
+                up, ids, bad = r[key][i]
+                rows.append(f"| {i + 1} | {name} | {up:.1f} | {up - r['ceiling']:+.1f} s | {ids} | {bad} |")
     return "\n".join([
         "# Multi-host on Redis: bring-up and Redis cost",
         "",
@@ -149,12 +187,9 @@ def report(r: dict, command: str) -> str:
         f"N={r['n']} shards, max_concurrency M={r['m']}, identify window {r['window']:g} s, "
         f"{r['hosts']} host processes (one Redis); ceiling ceil(N/M) x window = {r['ceiling']:.1f} s.",
         "",
-        "| | bring-up (s) | vs ceiling | identifies | concurrency violations |",
-        "|---|---|---|---|---|",
-        f"| {r['hosts']} hosts, Redis coordinator | {r['multi_bringup']:.1f} | {within:+.1f} s | "
-        f"{r['multi_identifies']} | {r['multi_violations']} |",
-        f"| 1 host, in-process coordinator | {r['single_bringup']:.1f} | {r['single_bringup'] - r['ceiling']:+.1f} s | "
-        f"- | {r['single_violations']} |",
+        "| round | | bring-up (s) | vs ceiling | identifies | concurrency violations |",
+        "|---|---|---|---|---|---|",
+        *rows,
         "",
         "Bring-up is measured from the first host's process start (imports, worker spawn, GET /gateway/bot "
         "included) to every shard active on the simulator.",
@@ -179,10 +214,12 @@ def main() -> None:
     p.add_argument("--window", type=float, default=1.0)
     p.add_argument("--hosts", type=int, default=4)
     p.add_argument("--workers", type=int, default=2, help="workers per host")
-    p.add_argument("--idle", type=float, default=30.0, help="seconds of steady state measured")
+    p.add_argument("--idle", type=float, default=30.0, help="seconds of steady state measured (first round)")
+    p.add_argument("--rounds", type=int, default=1, help="rounds of both configurations, interleaved")
     p.add_argument("--out", default=str(ROOT / "bench" / "results" / "multihost.md"))
     args = p.parse_args()
-    r = asyncio.run(run(args.shards, args.max_concurrency, args.window, args.hosts, args.workers, args.idle))
+    r = asyncio.run(run(args.shards, args.max_concurrency, args.window, args.hosts, args.workers, args.idle,
+                        args.rounds))
     text = report(r, "python bench/multihost_bench.py " + " ".join(sys.argv[1:]))
     Path(args.out).write_text(text)
     print(text)

@@ -92,7 +92,8 @@ class Loops:
         rt = self.rt
         rt.identifies[g.reason] += 1
         rt.identify_waits.record(g.waited)
-        if not self.send_to_shard(g.shard_id, IdentifyGrant(g.shard_id)):
+        hold = max(0.0, g.not_before - time.monotonic()) if g.not_before else 0.0
+        if not self.send_to_shard(g.shard_id, IdentifyGrant(g.shard_id, hold)):
             rt.identify_events.append((time.monotonic(), IdentifyCancel(g.shard_id)))
 
     async def heartbeat(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 from ipc.protocol import (IdentifyCancel, IdentifyDone, IdentifyGrant, IdentifyRefused,
@@ -30,6 +31,7 @@ class IpcQueue:
         self._reason = reason
         self._on_identified = on_identified
         self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._not_before: dict[int, float] = {}  # granted early: no Identify before this time.monotonic()
         self.refusals: dict[int, str] = {}
 
     @property
@@ -58,6 +60,11 @@ class IpcQueue:
             raise
         finally:
             self._waiters.pop(shard_id, None)
+
+    def not_before(self, shard_id: int) -> float:
+        """When the shard's latest grant lets its Identify go out (``time.monotonic()``; 0: at once). The hold is
+        counted from the grant's arrival here, so IPC latency only makes it later, never earlier."""
+        return self._not_before.pop(shard_id, 0.0)
 
     def sent(self, shard_id: int) -> None:
         """The shard wrote its Identify: the coordinator starts the bucket's window now (not at the grant:
@@ -95,4 +102,8 @@ class IpcQueue:
             # a grant nobody waits for any more: release it at once
             self._send(IdentifyCancel(packet.shard_id))
             return
+        if packet.hold > 0:
+            self._not_before[packet.shard_id] = time.monotonic() + packet.hold
+        else:
+            self._not_before.pop(packet.shard_id, None)
         fut.set_result(None)

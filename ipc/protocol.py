@@ -126,9 +126,11 @@ class IdentifyRequest(Packet, tag="id_req"):
 
 
 class IdentifyGrant(Packet, tag="id_grant"):
-    """S→W: the shard may send Identify now."""
+    """S→W: the shard may connect now and send Identify ``hold`` seconds after this arrives, not earlier (a
+    grant given early, so that connecting and Hello overlap the end of the bucket's window)."""
 
     shard_id: int
+    hold: float = 0.0
 
 
 class IdentifyRefused(Packet, tag="id_refused"):

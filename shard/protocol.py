@@ -129,6 +129,7 @@ class GatewayProtocol:
         self.latency = Latency()
         self.on_identified: Callable[[bool], None] | None = None
         self.permit = False              # an identify permit is held, the Identify is not sent yet
+        self.permit_not_before = 0.0     # the permit's Identify goes out no earlier (clock time; an early grant)
         self.on_unused: Callable[[], None] | None = None
 
         # Per connection (reset by connection_made).
@@ -287,10 +288,13 @@ class GatewayProtocol:
         (the shard is in its identify phase: waiting for its turn, connecting, or awaiting READY)."""
         self.state = ShardState.IDENTIFYING
 
-    def permit_granted(self) -> None:
+    def permit_granted(self, not_before: float = 0.0) -> None:
         """The identify queue granted this shard's turn: the next connection sends Identify right after
-        Hello. If that connection fails or closes first, the permit is returned as `on_identified(False)`."""
+        Hello, or at `not_before` (this core's clock) if that is later: a queue may grant a turn early so that
+        connecting and Hello overlap the bucket's window (the driver then identifies when `want_identify`).
+        If that connection fails or closes first, the permit is returned as `on_identified(False)`."""
         self.permit = True
+        self.permit_not_before = not_before
 
     def release_permit(self) -> None:
         """Give up a permit whose Identify was never sent (connect failed, closed before Hello, shard closed
@@ -889,6 +893,9 @@ class GatewayProtocol:
         self._push_control("GATEWAY_HELLO", hello, out)
         if self.session_id is not None:
             self._resume()
+        elif self.permit and self._clock() < self.permit_not_before:  # granted early: the driver waits
+            self.want_identify = True
+            self.state = ShardState.IDENTIFYING
         elif self.permit:  # the identify queue's turn was taken before connecting: Identify at once
             if self.ratelimiter is not None:
                 self.ratelimiter.try_acquire()

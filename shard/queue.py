@@ -35,7 +35,9 @@ class Queue(Protocol):
     # Optional: `sent(shard_id)` is called right after the granted shard wrote its Identify, so a queue can
     # start the bucket's window then (see InMemoryQueue.sent). Optional: `unused(shard_id)` is called (after
     # `identified(shard_id, False)`) when the shard gave a granted turn back without sending Identify, so
-    # a queue may refund it (see InMemoryQueue.unused).
+    # a queue may refund it (see InMemoryQueue.unused). Optional: `not_before(shard_id) -> float` is called
+    # right after `enqueue` returned: a queue that grants a turn early (so that connecting and Hello overlap the
+    # bucket's window) returns the `time.monotonic()` before which the Identify must not be sent, else 0.
 
 
 class _Bucket:

@@ -10,8 +10,10 @@ connect timeout). A connection that will Identify (no session, or the session wa
 opened only after the identify queue granted the shard's turn, and Identify goes out right after Hello;
 while the shard waits for its turn it holds no connection, sends no heartbeats, and its state is
 Identifying. Connecting and Hello share one `connect_timeout` from the grant, so the Identify is sent within
-it or never; the queue is told when it was written (`sent`), and its window starts then. Resumes never
-wait on the queue. Commands go through a bounded queue.
+it or never; the queue is told when it was written (`sent`), and its window starts then. A queue may grant a
+turn early with a not-before time (its optional `not_before`): the shard connects at once and holds the
+Identify until then, so connecting overlaps the end of the bucket's window. Resumes never wait on the queue.
+Commands go through a bounded queue.
 """
 
 from __future__ import annotations
@@ -157,6 +159,7 @@ class Shard:
         # optional Queue methods (see shard.queue.Queue), looked up once
         self._queue_sent: Callable[[int], None] | None = getattr(self._queue, "sent", None)
         self._queue_unused: Callable[[int], None] | None = getattr(self._queue, "unused", None)
+        self._queue_not_before: Callable[[int], float] | None = getattr(self._queue, "not_before", None)
         self._identify_by: float | None = None  # loop time by which a granted turn's Identify must be sent
         self._conn: _Connection | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -459,7 +462,8 @@ class Shard:
                         p.connect_failed(f"the identify queue failed: {type(exc).__name__}")
                         self._wake()
                         continue
-                    p.permit_granted()
+                    nb = self._queue_not_before
+                    p.permit_granted(nb(self._id.number) if nb is not None else 0.0)
                     if p.stopped:
                         break  # closed meanwhile: `finally` gives the permit back
                     base, _ = p.connect_target()
@@ -698,13 +702,20 @@ class Shard:
         p = self._protocol
         number = self._id.number
         try:
-            await self._queue.enqueue(number)
+            if p.permit:  # granted early, before connecting: the Identify waits for its not-before time
+                # (checked on time.monotonic(): uvloop's timers count whole ms from a cached clock, so may fire early)
+                while (left := p.permit_not_before - time.monotonic()) > 0:
+                    await asyncio.sleep(left + 0.0005)
+            else:
+                await self._queue.enqueue(number)
             rl = p.ratelimiter
             if rl is not None:
                 await rl.acquire()
             if conn is self._conn and p.may_identify():
                 p.identify()
                 self._after(conn)
+            elif p.permit:
+                p.release_permit()
             else:
                 self._queue.identified(number, False)
         finally:

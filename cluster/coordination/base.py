@@ -28,11 +28,14 @@ __all__ = ["Coordination", "CoordinationFactory", "CoordinationSetup", "Coordina
 
 @dataclass(frozen=True, slots=True)
 class Grant:
-    """The shard may identify now; it waited ``waited`` seconds in the queue."""
+    """The shard may identify; it waited ``waited`` seconds in the queue. A grant given early (the shard
+    connects while the bucket's window ends) carries ``not_before``: the monotonic time before which its
+    Identify must not be sent (0: at once)."""
 
     shard_id: int
     waited: float
     reason: str
+    not_before: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,14 @@ worker said the Identify was written (:meth:`started`; after connecting and Hell
 shard bounds by its ``connect_timeout``: ``hold_timeout`` must be longer), and the moment its outcome arrived
 (:meth:`done`). The gateway has certainly processed an Identify once its READY arrived, so
 neither IPC latency nor a gateway slow to read its socket can make two Identifies of one
-bucket land closer than the window. Every grant spends from the
+bucket land closer than the window. A window that only a grant or a send started (no READY: the hold
+expired, the worker died, an Identify written late, a close or INVALID_SESSION) gets ``slack`` on top, for the
+Identify's way to the gateway; one a READY proved needs none, so the usual cadence is exactly ``window``
+after each READY.
+A grant comes up to ``lead`` seconds before the bucket's window ends, carrying the window's end as its
+``not_before``: the shard connects meanwhile and holds its Identify until then, so connecting and Hello
+overlap the window instead of adding to each step (the Identify's send is what Discord counts).
+Every grant spends from the
 :class:`SessionBudget`, which may defer or refuse it.
 """
 
@@ -23,7 +30,12 @@ from cluster.coordination.base import (CoordinationSetup, CoordinationStats, Dec
                                        Refuse)
 from ipc.protocol import IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused
 
-__all__ = ["BudgetDecision", "IdentifyCoordinator", "SessionBudget", "local_coordination"]
+__all__ = ["LEAD", "BudgetDecision", "IdentifyCoordinator", "SessionBudget", "local_coordination"]
+
+LEAD = 0.5
+"""Seconds before a bucket's window ends that its next shard is granted (to connect and await Hello meanwhile;
+its Identify waits for the window's end): more than a connect and Hello take, well within ``connect_timeout``.
+A coordinator uses at most half its ``hold_timeout``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,20 +123,28 @@ class _Bucket:
     holder: int | None = None
     held_until: float = 0.0
     window_start: float = -math.inf
+    proven: bool = False  # window_start is an outcome's arrival (the gateway had processed the Identify)
+    late_until: float = -math.inf  # no grant before this: an Identify written after its hold expired
     last_grant: int | None = None  # the latest grant, with the window it replaced (for `unused`)
-    window_before_grant: float = -math.inf
+    window_before_grant: tuple[float, bool] = (-math.inf, False)
+
+    def next_at(self, window: float, slack: float) -> float:
+        """When the bucket's next grant may come (its holder aside)."""
+        return max(self.window_start + (window if self.proven else window + slack), self.late_until)
 
 
 class IdentifyCoordinator:
     """Grants identify slots across every worker of a cluster."""
 
     def __init__(self, max_concurrency: int, budget: SessionBudget, *, window: float = 5.0,
-                 hold_timeout: float = 15.0, slack: float = 0.05) -> None:
+                 hold_timeout: float = 15.0, slack: float = 0.05, lead: float = LEAD) -> None:
         if max_concurrency < 1:
             raise ValueError("max_concurrency must be >= 1")
         self.max_concurrency = max_concurrency
         self.budget = budget
-        self.window = window + slack
+        self.window = window
+        self.slack = slack
+        self.lead = min(lead, hold_timeout / 2)  # the hold must outlast the early grant's wait, connect and Hello
         self.hold_timeout = hold_timeout
         self._buckets = [_Bucket() for _ in range(max_concurrency)]
         self._waiting: dict[int, tuple[float, str]] = {}  # shard -> (enqueued at, reason)
@@ -167,20 +187,26 @@ class IdentifyCoordinator:
         if shard_id not in self._unstarted and b.holder != shard_id:
             return
         self._unstarted.discard(shard_id)
-        b.window_start = max(b.window_start, now)
         if b.holder != shard_id:
             self.late_starts += 1
+            b.late_until = max(b.late_until, now + self.window + self.slack)
+        elif now > b.window_start:
+            b.window_start, b.proven = now, False
 
     def done(self, shard_id: int, ready: bool, now: float) -> None:
         """The shard's Identify ended with READY (``ready``) or INVALID_SESSION/close.
 
-        The outcome proves the gateway has processed the Identify: the window restarts here.
+        The window restarts here. READY proves the gateway had processed the Identify (no slack needed); a
+        close does not (a gateway may still read an Identify its client closed the connection after).
         """
         b = self._bucket(shard_id)
         self._unstarted.discard(shard_id)
         if b.holder == shard_id:
             b.holder = None
-            b.window_start = max(b.window_start, now)
+            if ready and now >= b.window_start:  # its grant and send came before: READY proves the window
+                b.window_start, b.proven = now, True
+            elif now > b.window_start:
+                b.window_start, b.proven = now, False
 
     def cancel(self, shard_id: int) -> None:
         """The shard no longer wants a slot (its worker died or it was closed)."""
@@ -201,7 +227,7 @@ class IdentifyCoordinator:
         b.last_grant = None
         if b.holder == shard_id:
             b.holder = None
-        b.window_start = b.window_before_grant
+        b.window_start, b.proven = b.window_before_grant
         self.budget.refund()
         self.unused_grants += 1
 
@@ -214,7 +240,8 @@ class IdentifyCoordinator:
             if b.holder is not None and now >= b.held_until:
                 b.holder = None
                 self.expired_holds += 1
-            if b.holder is not None or not b.queue or now < b.window_start + self.window:
+            due = b.next_at(self.window, self.slack)
+            if b.holder is not None or not b.queue or now < due - self.lead:
                 continue
             if now < self._deferred_until:
                 continue
@@ -231,11 +258,13 @@ class IdentifyCoordinator:
                 continue
             shard_id = b.queue.pop(0)
             enqueued, reason = self._waiting.pop(shard_id)
-            b.last_grant, b.window_before_grant = shard_id, b.window_start
-            b.holder, b.held_until, b.window_start = shard_id, now + self.hold_timeout, now
+            b.last_grant, b.window_before_grant = shard_id, (b.window_start, b.proven)
+            not_before = due if due > now else 0.0  # granted early: its Identify waits for the window's end
+            b.holder, b.held_until, b.proven = shard_id, now + self.hold_timeout, False
+            b.window_start = max(now, due)
             self._unstarted.add(shard_id)
             self.budget.spend(now)
-            out.append(Grant(shard_id, now - enqueued, reason))
+            out.append(Grant(shard_id, now - enqueued, reason, not_before))
         return out
 
     def next_deadline(self, now: float) -> float | None:
@@ -245,7 +274,7 @@ class IdentifyCoordinator:
             if b.holder is not None:
                 times.append(b.held_until)
             elif b.queue:
-                times.append(max(b.window_start + self.window, self._deferred_until))
+                times.append(max(b.next_at(self.window, self.slack) - self.lead, self._deferred_until))
         return min(times) if times else None
 
     # --- the Coordination interface (the supervisor's identify pump) ----------------------

@@ -9,8 +9,12 @@ two Lua scripts (:data:`DECIDE`, :data:`REPORT`), so no two hosts can read-modif
 * ``<ns>id:slot:<b>``: the member holding the bucket's slot, from its grant until READY / INVALID_SESSION,
   a cancel or an unused grant; its ``PX`` TTL is ``identify_hold_timeout``, so a dead host's slot frees itself.
 * ``<ns>id:win:<b>``: when the bucket's window started (Redis ``TIME``, ms): the latest of the grant, the
-  Identify's send (IdentifyStarted) and its outcome, as in :mod:`.local`. ``<ns>id:last:<b>`` is the latest
-  grant with the window it replaced, for an unused grant's refund.
+  Identify's send (IdentifyStarted) and its outcome, as in :mod:`.local`; a grant, a send or a failure
+  counts :data:`SLACK` later (the Identify's way to the gateway), a READY (which proves the gateway had
+  processed it) as it is. A grant comes up to ``lead`` seconds before the window ends, with the rest of the
+  window as its not-before time (the shard connects meanwhile and holds its Identify until then). ``<ns>id:late:<b>``: a late Identify's send (plus the slack) that its bucket's next outcome
+  must not hide. ``<ns>id:last:<b>`` is the latest grant with the window it replaced, for an unused grant's
+  refund.
 * ``<ns>id:budget``: the session budget (``total``, ``remaining``, ``reset_at``, ``last_spent``), spent in
   the same script as the grant, with the local reserve and pacing rules.
 * ``<ns>id:alive:<host>``: renewed by every decide of a host with waiting shards; a queue head whose host
@@ -21,8 +25,11 @@ hosts' clocks need not agree. Redis trouble never raises into the pump: the repo
 decisions wait (with backoff, said once per outage in the log), :attr:`RedisCoordination.up` is False
 (``/readyz``, ``cluster_coordinator_up``). Resumes never pass through here, so they go on meanwhile.
 A Redis that restarted empty is noticed by its new ``<ns>id:epoch``: this host re-asserts the slots it holds
-(``SET NX`` with the rest of their hold), and a bucket whose window is unknown waits one whole window before
-its first grant, so a lost state cannot let two Identifies of one bucket into one window.
+(``SET NX`` with the rest of their hold), and a bucket whose window is unknown waits :data:`LOST_GRACE` plus one
+whole window before its first grant, so a lost state cannot let two Identifies of one bucket into one window.
+Both are counted from the epoch's creation (``<ns>id:lost``, the first script to run on the empty Redis: a
+host's pump runs one as it starts, before its workers), so a new cluster's hosts wait them out while they
+spawn workers and connect.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from redis import exceptions as rx
 
 from cluster.coordination.base import (CoordinationFactory, CoordinationSetup, CoordinationStats, Decision, Defer,
                                        Grant, IdentifyEvent, Refuse)
+from cluster.coordination.local import LEAD
 from ipc.protocol import IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused
 
 __all__ = ["DECIDE", "REPORT", "RedisCoordination", "redis_coordination"]
@@ -57,20 +65,25 @@ and polls every :data:`POLL_INTERVAL` while it holds one) and re-assert it."""
 RELAPSE = 2.0
 """Seconds after a recovery in which a new failure counts as the same outage (logged once)."""
 SLACK = 0.05
-"""Seconds added to the window, as :class:`~cluster.coordination.local.IdentifyCoordinator` does."""
+"""Seconds added to a window that no outcome proved (a grant's, a send's), as
+:class:`~cluster.coordination.local.IdentifyCoordinator` does: an outcome needs none."""
 
 _PRELUDE = """
 local ns = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local epoch = redis.call('GET', ns .. 'id:epoch')
-if not epoch then epoch = ARGV[2]; redis.call('SET', ns .. 'id:epoch', epoch) end
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('SET', ns .. 'id:epoch', epoch)
+  redis.call('SET', ns .. 'id:lost', now)
+end
 local bk = ns .. 'id:budget'
 local function window_start(b)
   local wk = ns .. 'id:win:' .. b
   local win = redis.call('GET', wk)
-  if not win then  -- unknown (a new or lost state): the grace, then a whole window
-    win = now + tonumber(ARGV[3])
+  if not win then  -- unknown (a new or lost state): the grace (and the slack), then a whole window, from the loss
+    win = (tonumber(redis.call('GET', ns .. 'id:lost')) or now) + tonumber(ARGV[3])
     redis.call('SET', wk, win)
     return win, wk
   end
@@ -80,18 +93,19 @@ end
 
 DECIDE = _PRELUDE + """
 -- ARGV: ns, epoch candidate, lost grace ms, host, window ms, hold ms, alive ms, reserve, pace_below,
---       budget if lost (total, remaining, reset_after ms), bucket count, then per bucket: b, probe (this host's
---       oldest member already queued there, or ''), n, n members to queue
+--       budget if lost (total, remaining, reset_after ms), bucket count, slack ms, lead ms, then per bucket: b,
+--       probe (this host's oldest member already queued there, or ''), n, n members to queue
 local host = ARGV[4]
 local window, hold, alive = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
 local reserve, pace_below = tonumber(ARGV[8]), tonumber(ARGV[9])
+local slack, lead = tonumber(ARGV[14]), tonumber(ARGV[15])
 if redis.call('EXISTS', bk) == 0 then
   redis.call('HSET', bk, 'total', ARGV[10], 'remaining', ARGV[11], 'reset_at', now + tonumber(ARGV[12]),
              'last_spent', 0)
 end
 redis.call('SET', ns .. 'id:alive:' .. host, '1', 'PX', alive)
 local out = {}
-local i = 14
+local i = 16
 for _ = 1, tonumber(ARGV[13]) do
   local b, probe, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   local q = ns .. 'id:q:' .. b
@@ -105,11 +119,14 @@ for _ = 1, tonumber(ARGV[13]) do
   end
   local slot = ns .. 'id:slot:' .. b
   local win, wk = window_start(b)
+  local due = math.max(win, tonumber(redis.call('GET', ns .. 'id:late:' .. b)) or 0) + window
   local held = redis.call('PTTL', slot)
-  if held ~= -2 then
+  if held ~= -2 and now < win - slack + window - lead then  -- held: its Identify goes out at win - slack at
+    out[#out + 1] = {'window', b, win - slack + window - lead - now}  -- the earliest: no grant before then
+  elseif held ~= -2 then
     out[#out + 1] = {'wait', b, held > 0 and held or 0}  -- held: wait for its outcome (another host's, maybe)
-  elseif now < win + window then
-    out[#out + 1] = {'window', b, win + window - now}
+  elseif now < due - lead then  -- the next grant comes `lead` early: its Identify waits for `due`
+    out[#out + 1] = {'window', b, due - lead - now}
   else
     local head
     while true do
@@ -141,9 +158,9 @@ for _ = 1, tonumber(ARGV[13]) do
         redis.call('ZREM', q, head)
         redis.call('SET', slot, head, 'PX', hold)
         redis.call('SET', ns .. 'id:last:' .. b, head .. '|' .. win)
-        redis.call('SET', wk, now)
+        redis.call('SET', wk, math.max(now, due) + slack)  -- unproven until its outcome comes
         redis.call('HSET', bk, 'remaining', remaining - 1, 'last_spent', now)
-        out[#out + 1] = {'grant', head, 0}
+        out[#out + 1] = {'grant', head, math.max(0, due - now)}  -- ms its Identify must wait
       end
     else
       out[#out + 1] = {'wait', b, 0}  -- another host's turn
@@ -158,11 +175,13 @@ return {epoch, remaining, total, reset_in, out}
 """
 
 REPORT = _PRELUDE + """
--- ARGV: ns, epoch candidate, lost grace ms, then (op, bucket, member, extra) x n
--- S: the Identify was sent; D: its outcome came; C: cancel; U: an unused grant; R: re-assert a held slot
+-- ARGV: ns, epoch candidate, lost grace ms, slack ms, window ms, then (op, bucket, member, extra) x n
+-- S: the Identify was sent; D: its READY came; F: it failed (a close, INVALID_SESSION: no proof of when the
+-- gateway read it); C: cancel; U: an unused grant; R: re-assert a held slot
 -- (extra: ms of hold left); B: refresh the budget (bucket: total, member: remaining, extra: reset_after ms)
+local slack, window = tonumber(ARGV[4]), tonumber(ARGV[5])
 local unused = 0
-for i = 4, #ARGV, 4 do
+for i = 6, #ARGV, 4 do
   local op, b, member, extra = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if op == 'B' then
     redis.call('HSET', bk, 'total', b, 'remaining', member, 'reset_at', now + tonumber(extra))
@@ -172,11 +191,24 @@ for i = 4, #ARGV, 4 do
     local q = ns .. 'id:q:' .. b
     local win, wk = window_start(b)
     if op == 'S' then
-      if now > win then redis.call('SET', wk, now) end
+      if redis.call('GET', slot) == member then
+        if now + slack > win then redis.call('SET', wk, now + slack) end
+      else  -- written after its hold expired: the next outcome (another grant's) must not hide it
+        local lk = ns .. 'id:late:' .. b
+        if now + slack > (tonumber(redis.call('GET', lk)) or 0) then
+          redis.call('SET', lk, now + slack, 'PX', window + slack + 1000)
+        end
+      end
     elseif op == 'D' then
+      if redis.call('GET', slot) == member then  -- the gateway has processed it: the window starts now
+        redis.call('DEL', slot)
+        -- (the next ms: TIME is floored to it); a window later than its grant's and send's stays
+        if now >= win - slack then redis.call('SET', wk, now + 1) end
+      end
+    elseif op == 'F' then
       if redis.call('GET', slot) == member then
         redis.call('DEL', slot)
-        if now > win then redis.call('SET', wk, now) end
+        if now + slack > win then redis.call('SET', wk, now + slack) end
       end
     elseif op == 'C' then
       redis.call('ZREM', q, member)
@@ -212,12 +244,13 @@ class RedisCoordination:
 
     def __init__(self, client: Any, ns: str, host: str, setup: CoordinationSetup, *,
                  poll_interval: float = POLL_INTERVAL, alive_ttl: float = ALIVE_TTL, lost_grace: float = LOST_GRACE,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 slack: float = SLACK, lead: float = LEAD, clock: Callable[[], float] = time.monotonic) -> None:
         if "/" in host:
             raise ValueError("a host id must not contain '/'")
         self.client, self.ns, self.host = client, ns, host
         self.max_concurrency = setup.max_concurrency
-        self.window = setup.window + SLACK
+        self.window = setup.window
+        self.slack, self.lead = slack, min(lead, setup.hold_timeout / 2)  # as in IdentifyCoordinator
         self.hold_timeout = setup.hold_timeout
         self.reserve = setup.reserve
         self.pace_below = 2 * setup.reserve if setup.pace_below is None else setup.pace_below
@@ -245,6 +278,11 @@ class RedisCoordination:
         self._retry_at = -math.inf
         self.late_starts = self.unused_grants = self.expired_holds = 0
 
+    @property
+    def _grace_ms(self) -> int:
+        """An unknown window's start after a loss: the grace, and the slack of a window no outcome proved."""
+        return int((self.lost_grace + self.slack) * 1000)
+
     def _member(self, shard_id: int) -> str:
         return f"{self.host}/{shard_id}"
 
@@ -260,7 +298,7 @@ class RedisCoordination:
                     if shard_id in self._holding:  # identifying again: its previous attempt ended
                         self._holding.pop(shard_id)
                         self._unstarted.discard(shard_id)
-                        self._op("D", shard_id)
+                        self._op("F", shard_id)
                     self._waiting.setdefault(shard_id, (now, reason))
                 case IdentifyStarted(shard_id=shard_id):
                     if shard_id in self._unstarted:
@@ -268,10 +306,10 @@ class RedisCoordination:
                         if shard_id not in self._holding:
                             self.late_starts += 1
                         self._op("S", shard_id)
-                case IdentifyDone(shard_id=shard_id):
+                case IdentifyDone(shard_id=shard_id, ready=ready):
                     self._unstarted.discard(shard_id)
                     if self._holding.pop(shard_id, None) is not None:
-                        self._op("D", shard_id)
+                        self._op("D" if ready else "F", shard_id)
                 case IdentifyCancel(shard_id=shard_id):
                     self._unstarted.discard(shard_id)
                     self._waiting.pop(shard_id, None)
@@ -303,9 +341,10 @@ class RedisCoordination:
         by_bucket: dict[int, list[int]] = {}
         for shard_id in sorted(self._waiting, key=lambda s: self._waiting[s][0]):
             by_bucket.setdefault(shard_id % self.max_concurrency, []).append(shard_id)
-        args: list[Any] = [self.ns, uuid.uuid4().hex, int(self.lost_grace * 1000), self.host, int(self.window * 1000),
+        args: list[Any] = [self.ns, uuid.uuid4().hex, self._grace_ms, self.host, int(self.window * 1000),
                            int(self.hold_timeout * 1000), int(self.alive_ttl * 1000), self.reserve, self.pace_below,
-                           self.total, self.remaining, int(max(0.0, self._reset_at - now) * 1000), len(by_bucket)]
+                           self.total, self.remaining, int(max(0.0, self._reset_at - now) * 1000), len(by_bucket),
+                           int(self.slack * 1000), int(self.lead * 1000)]
         for b, shards in by_bucket.items():
             known = [s for s in shards if s in self._queued]
             new = [s for s in shards if s not in self._queued]
@@ -330,6 +369,8 @@ class RedisCoordination:
             what = what.decode() if isinstance(what, bytes) else str(what)
             if kind == "grant":
                 shard_id = int(what.rsplit("/", 1)[1])
+                # Redis's ms from its TIME, counted from now that the answer is here: later, never earlier
+                not_before = self.clock() + ms / 1000 if ms else 0.0
                 self._queued.discard(shard_id)
                 if shard_id not in self._waiting:  # no longer wanted (a stale entry): give it back unused
                     self._op("U", shard_id)
@@ -338,7 +379,7 @@ class RedisCoordination:
                 enqueued, reason = self._waiting.pop(shard_id)
                 self._holding[shard_id] = now + self.hold_timeout
                 self._unstarted.add(shard_id)
-                out.append(Grant(shard_id, now - enqueued, reason))
+                out.append(Grant(shard_id, now - enqueued, reason, not_before))
                 wake = min(wake, now + self.poll_interval)  # its outcome frees the bucket: ask again soon
             elif kind == "lost":
                 self._queued.difference_update(by_bucket.get(int(what), []))
@@ -403,8 +444,8 @@ class RedisCoordination:
         batch = self._pending
         self._pending = []
         try:
-            epoch, unused = await self._report(args=[self.ns, uuid.uuid4().hex, int(self.lost_grace * 1000),
-                                                     *batch])
+            epoch, unused = await self._report(args=[self.ns, uuid.uuid4().hex, self._grace_ms,
+                                                     int(self.slack * 1000), int(self.window * 1000), *batch])
         except _REDIS_TROUBLE as exc:
             self._pending = batch + self._pending
             self._trouble(exc, now)

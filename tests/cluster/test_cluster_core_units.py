@@ -22,7 +22,7 @@ from ipc.protocol import (IdentifyCancel, IdentifyDone, IdentifyRequest, Identif
 
 def coord(mc=4, total=1000, remaining=None, reserve=0, window=5.0, hold=15.0, **kw):
     return IdentifyCoordinator(mc, SessionBudget(total, remaining, 86400.0, reserve=reserve, **kw),
-                               window=window, hold_timeout=hold, slack=0.0)
+                               window=window, hold_timeout=hold, slack=0.0, lead=0.0)
 
 
 def grants(decisions):
@@ -136,7 +136,8 @@ def test_the_budget_is_spent_down_to_exactly_its_reserve_and_never_below(reserve
 
 def test_coordinator_defaults_and_validation():
     c = IdentifyCoordinator(1, SessionBudget())
-    assert c.window == pytest.approx(5.05) and c.hold_timeout == 15.0
+    assert c.window == 5.0 and c.slack == 0.05 and c.lead == 0.5 and c.hold_timeout == 15.0
+    assert IdentifyCoordinator(1, SessionBudget(), hold_timeout=0.6).lead == 0.3  # the hold outlasts the lead
     with pytest.raises(ValueError, match="^max_concurrency must be >= 1$"):
         IdentifyCoordinator(0, SessionBudget())
 
@@ -313,7 +314,7 @@ def test_local_coordination_builds_the_coordinator_from_every_setting():
     setup = CoordinationSetup(max_concurrency=3, total=1000, remaining=400, reset_after=7200.0, reserve=20,
                               pace_below=100, window=2.0, hold_timeout=9.0, now=50.0)
     c = local_coordination(setup)
-    assert (c.max_concurrency, c.window, c.hold_timeout) == (3, pytest.approx(2.05), 9.0)
+    assert (c.max_concurrency, c.window, c.slack, c.hold_timeout) == (3, 2.0, 0.05, 9.0)
     b = c.budget
     assert (b.total, b.remaining, b.reset_at, b.reserve, b.pace_below) == (1000, 400, 7250.0, 20, 100)
     assert local_coordination(dataclasses.replace(setup, pace_below=None)).budget.pace_below == 40

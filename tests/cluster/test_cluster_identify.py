@@ -2,6 +2,7 @@
 
 import math
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from cluster.budget import SessionBudget
@@ -10,7 +11,7 @@ from cluster.identify import Defer, Grant, IdentifyCoordinator, Refuse
 
 def coord(mc=4, total=1000, remaining=None, reserve=0, window=5.0, hold=15.0, **kw):
     return IdentifyCoordinator(mc, SessionBudget(total, remaining, 86400.0, reserve=reserve, **kw),
-                               window=window, hold_timeout=hold, slack=0.0)
+                               window=window, hold_timeout=hold, slack=0.0, lead=0.0)
 
 
 def grants(decisions):
@@ -61,6 +62,74 @@ def test_window_counts_from_the_latest_of_grant_start_and_outcome():
     assert grants(c.poll(5.0)) == []
     assert grants(c.poll(5.8)) == []  # READY came at 0.9: the gateway may have read the Identify that late
     assert grants(c.poll(5.9)) == [1]
+
+
+def test_an_outcome_proves_the_window_and_needs_no_slack():
+    """READY (or INVALID_SESSION) means the gateway had processed the Identify: the bucket's next grant comes
+    exactly one window after it, without the slack that covers a send nobody saw arrive."""
+    c = IdentifyCoordinator(1, SessionBudget(), window=5.0, hold_timeout=15.0, slack=0.05, lead=0.0)
+    for s in (0, 1, 2):
+        c.request(s, 0.0)
+    assert grants(c.poll(0.0)) == [0]
+    c.started(0, 0.1)
+    c.done(0, True, 0.2)
+    assert c.next_deadline(0.2) == 5.2
+    assert grants(c.poll(5.19)) == []
+    assert grants(c.poll(5.2)) == [1]
+    c.started(1, 5.3)
+    c.cancel(1)  # its worker died after the send: no outcome proves when the gateway read it
+    assert c.next_deadline(5.3) == pytest.approx(10.35)
+    assert grants(c.poll(10.32)) == []
+    assert grants(c.poll(10.35)) == [2]
+
+
+def test_a_failed_outcome_proves_nothing_and_keeps_the_slack():
+    """A close after the Identify was written is no proof the gateway had read it (it may still): slack."""
+    c = IdentifyCoordinator(1, SessionBudget(), window=5.0, hold_timeout=15.0, slack=0.05, lead=0.0)
+    for s in (0, 1):
+        c.request(s, 0.0)
+    assert grants(c.poll(0.0)) == [0]
+    c.started(0, 0.1)
+    c.done(0, False, 0.2)
+    assert c.next_deadline(0.2) == pytest.approx(5.25)
+
+
+def test_an_unproven_window_keeps_its_slack_through_expiry_late_starts_and_unused_grants():
+    c = IdentifyCoordinator(1, SessionBudget(), window=5.0, hold_timeout=2.0, slack=0.05, lead=0.0)
+    for s in (0, 1, 2, 3):
+        c.request(s, 0.0)
+    assert grants(c.poll(0.0)) == [0]
+    assert grants(c.poll(2.0)) == []  # the hold expired: no outcome proves the window of the grant at 0.0
+    assert c.next_deadline(2.0) == 5.05
+    assert grants(c.poll(5.05)) == [1]
+    c.started(1, 5.6)
+    c.started(0, 5.78)  # shard 0's expired grant wrote its Identify late (it was already counted as sent)
+    c.done(1, True, 5.8)  # shard 1's outcome proves its own Identify, not shard 0's late one
+    assert c.next_deadline(5.8) == pytest.approx(10.83)
+    assert grants(c.poll(10.82)) == []
+    assert grants(c.poll(10.84)) == [2]
+    c.done(2, False, 10.9)
+    c.unused(2)  # given back unused: the bucket's window is what it was before shard 2's grant
+    assert c.next_deadline(10.9) == pytest.approx(10.83)
+    assert grants(c.poll(10.9)) == [3]
+
+
+def test_a_grant_comes_lead_seconds_early_and_carries_the_windows_end():
+    """The next shard is granted `lead` before the window ends, to connect meanwhile; its Identify waits for
+    `not_before`, the window's end, and an early grant's own window counts from then, not from the grant."""
+    c = IdentifyCoordinator(1, SessionBudget(), window=5.0, hold_timeout=15.0, slack=0.05, lead=0.5)
+    for s in (0, 1, 2):
+        c.request(s, 0.0)
+    assert c.poll(0.0) == [Grant(0, 0.0, "initial", 0.0)]  # a free bucket: at once
+    c.done(0, True, 1.0)
+    assert c.next_deadline(1.0) == 5.5
+    assert c.poll(5.49) == []
+    assert c.poll(5.5) == [Grant(1, 5.5, "initial", 6.0)]
+    c.cancel(1)  # its worker died: the Identify may have gone out, at 6.0 at the earliest
+    assert c.next_deadline(5.6) == pytest.approx(6.0 + 5.05 - 0.5)
+    assert grants(c.poll(10.54)) == []
+    [g] = c.poll(10.55)
+    assert g.shard_id == 2 and g.not_before == pytest.approx(11.05)
 
 
 def test_failed_identify_restarts_the_window():

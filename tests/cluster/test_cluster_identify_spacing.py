@@ -7,6 +7,7 @@ import pathlib
 import sys
 
 from cluster import ClusterConfig, Supervisor
+from cluster.coordination import Grant
 from cluster_testing import FAST, until
 from sim import Simulator
 
@@ -44,3 +45,37 @@ async def test_a_late_hello_neither_outlasts_the_hold_nor_is_overtaken(tmp_path)
         finally:
             await proxy.close()
 
+
+
+async def test_early_grants_connect_during_the_window_and_identify_at_its_end(tmp_path):
+    """The coordinator grants a bucket's next shard `lead` before the window ends; the worker's shard connects
+    and awaits Hello meanwhile and holds its Identify until the window's end: the gateway sees no violation."""
+    from cluster.coordination.local import local_coordination
+
+    grants = []
+
+    def coordination(setup):
+        coord = local_coordination(setup)
+        poll = coord.poll
+
+        def recording(now):
+            out = poll(now)
+            grants.extend((now, d) for d in out if isinstance(d, Grant))
+            return out
+        coord.poll = recording
+        return coord
+
+    async with Simulator(shards=8, max_concurrency=2, identify_window=1.0) as sim:
+        cfg = ClusterConfig(**{**FAST, "gateway_url": sim.url, "api_url": sim.api_url, "workers": 2,
+                               "state_file": str(tmp_path / "state.json"), "fresh": True})
+        sup = Supervisor(cfg, token=sim.token, handle_signals=False, coordination=coordination)
+        task = asyncio.get_running_loop().create_task(sup.run())
+        try:
+            snap = await sim.wait_until(lambda s: s["total"]["identifies"] == 8, 30)
+            assert snap["total"]["concurrency_violations"] == 0, snap["shards"]
+            early = [(now, g) for now, g in grants if g.not_before > now]
+            assert len(early) == 6  # every grant after each bucket's first came early, with its window's end
+            assert all(g.not_before - now <= sup.coordinator.lead for now, g in early)
+        finally:
+            sup.stop()
+            await asyncio.wait_for(task, 30)

@@ -25,7 +25,7 @@ def setup(mc=4, total=1000, remaining=1000, reserve=0, pace_below=None, window=W
 
 
 async def host(url, name, **options):
-    kw = dict(poll_interval=0.01, lost_grace=0.0)
+    kw = dict(poll_interval=0.01, lost_grace=0.0, lead=0.0)
     setup_kw = {k: options.pop(k) for k in list(options) if k in ("mc", "total", "remaining", "reserve", "pace_below",
                                                                    "window", "hold")}
     kw.update(options)
@@ -250,3 +250,93 @@ async def test_a_host_whose_queue_entries_were_purged_queues_them_again(redis_se
     await a.client.zrem(f"{NS}id:q:0", "a/4")  # what another host does when a's alive key lapsed (a stalled)
     await holder.report([(time.monotonic(), IdentifyDone(0, True))])
     assert [d.shard_id for d in await decide_until(a)] == [4]
+
+
+async def redis_ms(client):
+    seconds, micros = await client.time()
+    return seconds * 1000 + micros // 1000
+
+
+async def test_an_outcome_proves_the_window_and_a_late_send_keeps_its_slack(redis_server):
+    """A grant's and a send's window get the slack (the Identify's way to the gateway), READY's none: the gateway
+    had processed the Identify. A send written after its hold expired keeps its slack past the next outcome."""
+    a = await host(redis_server.url, "a", window=0.5, hold=0.3, slack=5.0)
+    await a.client.set(f"{NS}id:win:0", 0)  # a window long past
+    await a.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    before = await redis_ms(a.client)
+    assert [d.shard_id for d in await decide_until(a)] == [0]
+    assert int(await a.client.get(f"{NS}id:win:0")) >= before + 5000  # unproven: a grant and its slack
+    await a.report([(time.monotonic(), IdentifyStarted(0))])
+    assert int(await a.client.get(f"{NS}id:win:0")) >= before + 5000
+    await a.report([(time.monotonic(), IdentifyDone(0, True))])
+    done = int(await a.client.get(f"{NS}id:win:0"))
+    assert done <= await redis_ms(a.client) + 1  # proven: no slack (the next grant comes one window after it)
+    await a.report([(time.monotonic(), IdentifyRequest(12, "initial"))])
+    assert [d.shard_id for d in await decide_until(a)] == [12]
+    failed = await redis_ms(a.client)
+    await a.report([(time.monotonic(), IdentifyStarted(12)), (time.monotonic(), IdentifyDone(12, False))])
+    assert int(await a.client.get(f"{NS}id:win:0")) >= failed + 5000  # a close proves nothing: the slack stays
+    await a.client.set(f"{NS}id:win:0", done)
+    await a.report([(time.monotonic(), IdentifyRequest(4, "initial")), (time.monotonic(), IdentifyRequest(8, "x"))])
+    assert [d.shard_id for d in await decide_until(a)] == [4]
+    await decide_until(a, pred=lambda ds: not a._holding)  # 4's hold expires without an outcome
+    while await a.client.exists(f"{NS}id:slot:0"):  # in Redis too (its TTL started a little later)
+        await asyncio.sleep(0.01)
+    await a.report([(time.monotonic(), IdentifyStarted(4))])  # then its Identify goes out, late
+    assert a.stats(time.monotonic()).late_starts == 1
+    assert int(await a.client.get(f"{NS}id:late:0")) >= await redis_ms(a.client) + 4900
+    await a.client.set(f"{NS}id:win:0", 0)  # even with the bucket's own window long past
+    assert await a.decide(time.monotonic()) == []  # shard 8 waits out the late send's window and slack
+    await a.client.delete(f"{NS}id:late:0")
+    assert [d.shard_id for d in await decide_until(a, timeout=2)] == [8]
+
+
+async def test_an_unknown_window_counts_its_grace_from_the_loss_not_from_the_first_request(redis_server):
+    """A new (or emptied) Redis: every bucket waits the grace and a window from the first script that found it empty
+    (a host's pump runs one as it starts), so a host's start-up time is not added to the wait."""
+    a = await host(redis_server.url, "a", lost_grace=30.0)
+    await a.decide(time.monotonic())  # the pump's first pass: the epoch, and the loss, are noticed now
+    lost = int(await a.client.get(f"{NS}id:lost"))
+    assert lost <= await redis_ms(a.client)
+    await a.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    assert await a.decide(time.monotonic()) == []  # 30 s of grace from the loss
+    assert int(await a.client.get(f"{NS}id:win:0")) == lost + 30000 + 50
+    await a.client.delete(f"{NS}id:win:0")
+    await a.client.set(f"{NS}id:lost", lost - 31000)  # as if the epoch had been created 31 s ago
+    assert [d.shard_id for d in await decide_until(a, timeout=2)] == [0]
+
+
+async def test_a_grant_comes_lead_early_and_its_identify_waits_for_the_windows_end(redis_server):
+    """Granted up to `lead` before the bucket's window ends (to connect meanwhile), with the rest of the window as
+    its not-before time; the new window counts from that end, so the grant's earliness gains the next one nothing."""
+    late = await host(redis_server.url, "late", window=30.0, lead=0.0, slack=0.05)
+    early = await host(redis_server.url, "early", window=30.0, lead=5.0, slack=0.05)
+    win = await redis_ms(early.client) - 29000  # the window ends 1 s from now
+    await early.client.set(f"{NS}id:win:0", win)
+    await late.report([(time.monotonic(), IdentifyRequest(4, "initial"))])
+    assert await late.decide(time.monotonic()) == []  # without a lead: 1 s to go
+    await late.report([(time.monotonic(), IdentifyCancel(4))])
+    await early.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    before = time.monotonic()
+    [g] = await early.decide(time.monotonic())
+    assert isinstance(g, Grant) and g.shard_id == 0
+    assert g.not_before - before > 0.9  # the rest of the window (less what the script call took)
+    assert int(await early.client.get(f"{NS}id:win:0")) == win + 30000 + 50  # from the window's end, unproven
+
+
+async def test_the_lead_is_at_most_half_the_hold(redis_server):
+    assert (await host(redis_server.url, "a", hold=0.6, lead=0.5)).lead == 0.3
+    assert (await host(redis_server.url, "b", hold=15.0, lead=0.5)).lead == 0.5
+
+
+async def test_a_host_behind_a_held_slot_sleeps_until_its_turn_could_come_instead_of_polling(redis_server):
+    holder = await host(redis_server.url, "holder", window=30.0)
+    other = await host(redis_server.url, "other", window=30.0)
+    await holder.client.set(f"{NS}id:win:0", 0)  # a window long past
+    await holder.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    assert [d.shard_id for d in await decide_until(holder)] == [0]
+    await other.report([(time.monotonic(), IdentifyRequest(4, "initial"))])
+    now = time.monotonic()
+    assert await other.decide(now) == []
+    # no grant can come before the holder's Identify plus a window: not polled every poll_interval (0.01 s) meanwhile
+    assert other.next_deadline(now) - now > 1.0

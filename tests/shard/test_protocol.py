@@ -394,6 +394,23 @@ def test_with_a_permit_identify_goes_out_right_after_hello() -> None:
     assert not p.needs_permit  # a session: Resume, which never waits on the queue
 
 
+def test_an_early_permit_holds_the_identify_for_the_driver_until_its_not_before_time() -> None:
+    p, w, calls = permit_protocol()  # the clock reads 100.0
+    p.permit_granted(100.5)  # granted early: connect now, Identify at 100.5
+    p.connection_made()
+    feed(p, w.msg(HELLO))
+    assert sent(p) == [] and p.want_identify and p.permit and p.may_identify()
+    assert p.state == ShardState.IDENTIFYING
+    p.identify()  # the driver, at 100.5
+    (op, body), = sent(p)
+    assert json.loads(body)["op"] == 2 and not p.permit
+    p.permit_granted(100.5)
+    p.connection_made()
+    feed(p, Wire().msg(HELLO))
+    p.connection_lost()  # closed while it held its Identify: the turn is given back
+    assert calls == [("identified", False), ("unused", None)] and p.needs_permit
+
+
 def test_a_permit_unused_before_identify_is_given_back() -> None:
     p, w, calls = permit_protocol()
     p.permit_granted()
