@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/shard_hotpath.py
 	$(BIN)/python bench/cluster_bench.py
 	$(BIN)/python bench/sim_capacity.py
-	$(BIN)/python bench/multihost_bench.py --shards 1024 --rounds 2
+	$(BIN)/python bench/multihost_bench.py --shards 1024 --idle 30 --rounds 2
 	$(BIN)/python bench/failover_bench.py
 
 # Coverage-guided fuzzing of the shard's receive path (atheris), for FUZZ_SECONDS; a crash is saved as
