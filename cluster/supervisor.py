@@ -358,13 +358,31 @@ class Supervisor:
         self._rt.spawn_loop("broadcast_relay", cross.relay)
 
     async def _shutdown(self) -> None:
+        """Close everything resumably; bounded by 2 x shutdown_timeout + 5 s (a drain may take two timeouts):
+        past that, what still runs is logged with where it waits, the workers are killed and the cluster exits,
+        so a stuck step can never keep a stopping supervisor alive."""
+        limit = 2 * self.config.shutdown_timeout + 5
+        steps = asyncio.ensure_future(self._shutdown_steps())
+        done, _ = await asyncio.wait({steps}, timeout=limit)
+        if not done:
+            self._rt.errors[("shutdown", "TimeoutError")] += 1
+            log.error("shutdown did not finish within %g s; killing the workers. Still waiting: %s", limit,
+                      _where_tasks_wait(t for t in asyncio.all_tasks() if t is not asyncio.current_task()))
+            self._workers.kill_remaining()
+        self._rt.emit("stopped", code=int(self.exit_code))
+
+    async def _shutdown_steps(self) -> None:
         rt = self._rt
         rt.stopping = True
         if self.blocks is not None:  # hand every block over (drained, saved, released) while leases are renewed
             await self.blocks.leave()
         for task in list(rt.tasks):
             task.cancel()
-        await asyncio.gather(*rt.tasks, return_exceptions=True)
+        if rt.tasks:  # asyncio.wait, not gather: a task that ignored its cancel must not hang the shutdown
+            _, pending = await asyncio.wait(list(rt.tasks), timeout=self.config.shutdown_timeout)
+            if pending:
+                log.error("supervisor tasks still running %g s after their cancel: %s",
+                          self.config.shutdown_timeout, _where_tasks_wait(pending))
         await self._workers.drain_all()
         if self.sessions and self.shard_total:
             self._loops.state_error = None  # the final save reports its failure even if a periodic one did
@@ -376,7 +394,6 @@ class Supervisor:
             self.http_server.close()
         if self._redis is not None:
             await self._leave_coordinator()
-        rt.emit("stopped", code=int(self.exit_code))
 
     # --- the shared coordinator (Redis) ---------------------------------------------------
 
@@ -451,3 +468,13 @@ class Supervisor:
         except (rx.RedisError, OSError, TimeoutError) as exc:
             log.warning("could not leave the host registry (its record expires in %g s): %s", self.config.host_ttl, exc)
         await self._redis.aclose()
+
+
+def _where_tasks_wait(tasks: Any) -> str:
+    """Each task's name and the innermost frame it waits in (for a log line about a stuck shutdown)."""
+    out = []
+    for task in tasks:
+        stack = task.get_stack(limit=1)
+        where = f"{stack[-1].f_code.co_filename}:{stack[-1].f_lineno}" if stack else "?"
+        out.append(f"{task.get_name()} at {where}")
+    return "; ".join(out) or "nothing"

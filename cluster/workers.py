@@ -231,6 +231,15 @@ class Workers:
         except TimeoutError:
             await self.kill(handle, "did not exit after draining")
 
+    def kill_remaining(self) -> None:
+        """SIGKILL every started worker that has not exited (the last resort of a stuck shutdown)."""
+        for w in self._handles:
+            if w.pid is not None and not w.exited.done():
+                try:
+                    os.kill(w.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+
     async def drain_all(self) -> None:
         """The shutdown: wait for the starts under way, then drain every worker ever started that still runs."""
         await asyncio.gather(*list(self._reapers), return_exceptions=True)  # started processes are watched
