@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from cluster.hosts import HOST_RENEW_INTERVAL, host_key, hosts_key
+from cluster.coordination.redis_conn import raise_if_cancelling
 from cluster.leases import (Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key, lease_value, plan,
                             renew_interval)
 from cluster.restart import RestartPolicy
@@ -113,6 +114,7 @@ class BlockKeeper:
             try:
                 await asyncio.shield(self._ticking)
             except (rx.RedisError, OSError, TimeoutError) as exc:
+                raise_if_cancelling()
                 self.rt.errors[("leases", type(exc).__name__)] += 1
                 await asyncio.sleep(RETRY_EVERY)  # the deadlines are near: try again soon, not a tick later
                 continue
@@ -258,6 +260,7 @@ class BlockKeeper:
                 try:
                     await self.renew()
                 except (rx.RedisError, OSError, TimeoutError):
+                    raise_if_cancelling()
                     pass
                 await asyncio.sleep(renew_interval(self.ttl))
 

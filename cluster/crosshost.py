@@ -29,7 +29,7 @@ from typing import Any
 import msgspec
 from redis import exceptions as rx
 
-from cluster.coordination.redis_conn import unavailable
+from cluster.coordination.redis_conn import raise_if_cancelling, unavailable
 from cluster.coordination.redis_url import redacted_url
 from cluster.sessions_store import RedisSessionStore
 from ipc import gather
@@ -172,6 +172,7 @@ class CrossHost:
                 await self.publish_once()
                 self._recovered("status")
             except _REDIS_DOWN as exc:
+                raise_if_cancelling()
                 self._trouble("status", exc, "this host's status is not published")
             await asyncio.sleep(self.report_interval)
 
@@ -198,6 +199,7 @@ class CrossHost:
                     if message is not None:
                         self._received(message["data"])
             except _REDIS_DOWN as exc:
+                raise_if_cancelling()
                 self._trouble("relay", exc, "broadcasts do not reach the other hosts")
             finally:
                 await asyncio.shield(pubsub.aclose())
@@ -224,6 +226,7 @@ class CrossHost:
         try:
             await self.client.publish(f"{self.prefix}reply:{request.origin}", _encode(answer))
         except _REDIS_DOWN as exc:
+            raise_if_cancelling()
             log.warning("could not send the answer to %s's broadcast %s: %s", request.origin, request.name,
                         unavailable(self.url, exc))
 
@@ -247,6 +250,7 @@ class CrossHost:
         except TimeoutError:
             pass
         except _REDIS_DOWN as exc:
+            raise_if_cancelling()
             problem = f"not reached: {unavailable(self.url, exc)}"
         finally:
             self._pending.pop(rid, None)

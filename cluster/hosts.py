@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from cluster.coordination.redis_conn import raise_if_cancelling
 from cluster.error import ConfigError
 from cluster.layout import split
 
@@ -251,6 +252,7 @@ async def keep_registered(client: Any, ns: str, record: HostRecord, ttl: float =
         try:
             await renew_host(client, ns, record, ttl)
         except (rx.RedisError, OSError) as exc:
+            raise_if_cancelling()
             if on_error is not None:
                 on_error(exc)
             continue

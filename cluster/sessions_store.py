@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import msgspec
 from redis import exceptions as rx
 
-from cluster.coordination.redis_conn import unavailable
+from cluster.coordination.redis_conn import raise_if_cancelling, unavailable
 from cluster.coordination.redis_url import redacted_url
 from cluster.leases import fence_check
 from cluster.state import (VERSION, StateFile, check_sessions, load_sessions, save_sessions, saved_problem,
@@ -126,6 +126,7 @@ class RedisSessionStore:
                     pipe.hmget(self.key(shard_id), *_FIELDS)
                 rows = await pipe.execute()
         except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            raise_if_cancelling()
             raise unavailable(self.url, exc) from None
         now = self.clock()
         raws: list[Any] = []
@@ -172,6 +173,7 @@ class RedisSessionStore:
                                                    args=[ttl_ms, lease[1], *fields], client=pipe)
                 results = await pipe.execute()
         except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            raise_if_cancelling()
             self._written.clear()  # a Redis that comes back may have lost them all: write everything next time
             raise unavailable(self.url, exc) from None
         refused = []

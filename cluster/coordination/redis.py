@@ -46,6 +46,7 @@ from redis import exceptions as rx
 from cluster.coordination.base import (CoordinationFactory, CoordinationSetup, CoordinationStats, Decision, Defer,
                                        Grant, IdentifyEvent, Refuse)
 from cluster.coordination.local import LEAD
+from cluster.coordination.redis_conn import raise_if_cancelling
 from ipc.protocol import IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused
 
 __all__ = ["DECIDE", "REPORT", "RedisCoordination", "redis_coordination"]
@@ -352,6 +353,7 @@ class RedisCoordination:
         try:
             epoch, remaining, total, reset_in, outcome = await self._decide(args=args)
         except _REDIS_TROUBLE as exc:
+            raise_if_cancelling()
             self._trouble(exc, now)
             self._next = self._retry_at
             return []
@@ -447,6 +449,7 @@ class RedisCoordination:
             epoch, unused = await self._report(args=[self.ns, uuid.uuid4().hex, self._grace_ms,
                                                      int(self.slack * 1000), int(self.window * 1000), *batch])
         except _REDIS_TROUBLE as exc:
+            raise_if_cancelling()
             self._pending = batch + self._pending
             self._trouble(exc, now)
             return False

@@ -9,6 +9,7 @@ with backoff. No message or log line holds the URL's password.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 
 import redis.asyncio as aioredis
@@ -18,7 +19,7 @@ from cluster.coordination.redis_url import redacted_url, url_problem
 from cluster.error import ConfigError, CoordinatorUnavailable
 from cluster.state import token_user_id
 
-__all__ = ["KEY_ROOT", "connect", "namespace", "unavailable"]
+__all__ = ["KEY_ROOT", "connect", "namespace", "raise_if_cancelling", "unavailable"]
 
 KEY_ROOT = "shardstack"
 """Every key of every bot starts with ``shardstack:<cluster name>:``."""
@@ -33,6 +34,14 @@ def namespace(cluster_name: str | None, token: str) -> str:
         cluster_name = f"bot-{user_id}" if user_id is not None else "bot-" + hashlib.sha256(
             token.encode()).hexdigest()[:16]
     return f"{KEY_ROOT}:{cluster_name}:"
+
+
+def raise_if_cancelling() -> None:
+    """Re-raise a cancel that a Redis client turned into a connection error (a read cut short by the cancel):
+    a loop that catches Redis trouble to retry must still end when its task is cancelled."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def unavailable(url: str, exc: BaseException) -> CoordinatorUnavailable:
