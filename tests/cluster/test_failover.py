@@ -179,8 +179,8 @@ async def test_a_frozen_host_is_taken_over_and_stands_down_without_a_frame(sim, 
     victim = next(iter(got.values()))
     name = next(n for n, p in hosts.procs.items() if victim.startswith(f"machine-{n}-"))
     hosts.killpg(name, signal.SIGSTOP)
-    await wait_leases(redis, lambda g: spread(g, 2) and victim not in g.values(), TTL + 10)
-    snap = await sim.wait_until(lambda s: s["total"]["overlapping_resumes"] >= 8 and active(s) == SHARDS, 30)
+    await wait_leases(redis, lambda g: spread(g, 2) and victim not in g.values(), TTL + 20)
+    snap = await sim.wait_until(lambda s: s["total"]["overlapping_resumes"] >= 8 and active(s) == SHARDS, 60)
     hosts.killpg(name, signal.SIGCONT)
     await wait_leases(redis, lambda g: spread(g, 3), 60)  # it rejoins as a new host: blocks move back to it
     snap = await sim.wait_until(lambda s: active(s) == SHARDS, 30)
