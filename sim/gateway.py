@@ -147,7 +147,7 @@ class GatewayConnection(asyncio.Protocol):
         for task in self._tasks:
             task.cancel()
         self._drained.set()
-        self._unbind_set()
+        self.leave_set()
         sess = self.session
         if sess is not None and sess.conn is self:
             sess.detach()  # a bare TCP drop keeps the session resumable
@@ -647,11 +647,12 @@ class GatewayConnection(asyncio.Protocol):
 
     def _bind_set(self, sess: Session) -> None:
         """Count this connection in the shard set of `sess` (its num_shards), leaving any earlier one."""
-        self._unbind_set()
+        self.leave_set()
         self.set_stats, self.set_shard = self.sim.stats.shard_set(sess.num_shards), sess.shard
         self.sim.stats.set_opened(self.set_stats, sess.shard)
 
-    def _unbind_set(self) -> None:
+    def leave_set(self) -> None:
+        """This connection no longer carries a session: stop counting it in its shard set."""
         if self.set_stats is not None:
             self.sim.stats.set_closed(self.set_stats, self.set_shard)
             self.set_stats = None

@@ -493,6 +493,7 @@ class Simulator:
                 sess.end(INVALIDATED, "op 9 sent by chaos control")
                 sess.conn = None
                 c.session = None
+                c.leave_set()
             c.send_payload(INVALID_SESSION[resumable])
         return self._apply(shard, go)
 

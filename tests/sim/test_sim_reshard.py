@@ -258,3 +258,32 @@ async def test_stats_keep_shard_sets_apart(make_sim, gw):
     assert not snap["sets"]["2"]["complete"] and snap["sets"]["2"]["peak_open_connections"] == 2
     assert snap["sets"]["4"]["complete"] and snap["sets"]["4"]["sessions"] == {"active": 4}
     assert snap["sets"]["4"]["closes"] == {} and snap["sets"]["4"]["live_shards"] == 4
+
+
+async def test_a_closed_set_stops_receiving_and_the_other_set_goes_on(make_sim, gw):
+    """The cut-over: after the old set closes with 1000, each event is queued to the new set only."""
+    sim = await make_sim(shards=1, guilds_per_shard=2, max_concurrency=8, identify_window=0.0)
+    old = await gw(sim.url)
+    await old.ready(sim.token, shard=(0, 1))
+    new = [await gw(sim.url) for _ in range(2)]
+    for n, c in enumerate(new):
+        await c.ready(sim.token, shard=(n, 2))
+        await c.recv_until(t="GUILD_CREATE")
+    both = sim.emit_guild_events(2)
+    await old.close(1000)
+    await sim.wait_until(lambda s: s["sets"]["1"]["sessions"] == {"closed": 1})
+    after = sim.emit_guild_events(2)
+    assert [e["queued"] for e in sim.guild_event_log()["events"]] == [2, 2, 1, 1]
+    received = {int((await c.recv_until(t="MESSAGE_CREATE"))[0]["d"]["id"]) for c in new for _ in range(2)}
+    assert received == set(both + after)
+
+
+async def test_an_invalidated_session_leaves_its_set(make_sim, gw):
+    sim = await make_sim(shards=1)
+    c = await gw(sim.url)
+    await c.ready(sim.token, shard=(0, 1))
+    assert sim.stats.snapshot()["sets"]["1"]["complete"]
+    assert sim.invalidate(0, resumable=False) == 1
+    snap = sim.stats.snapshot()  # the socket is still open, but carries no session of the set
+    assert snap["sets"]["1"]["open_connections"] == 0 and not snap["sets"]["1"]["complete"]
+    assert snap["total"]["open_connections"] == 1
