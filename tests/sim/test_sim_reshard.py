@@ -11,6 +11,7 @@ import pytest
 from sim_client import GUILDS, GUILD_MESSAGES, rest
 
 from shard import Config, InMemoryQueue, Intents, Shard, ShardId
+from sim.__main__ import stats_line
 from sim.guild_events import DISCORD_EPOCH_MS, SnowflakeClock, snowflake, snowflake_ms
 from sim.traffic import shard_for
 
@@ -287,3 +288,10 @@ async def test_an_invalidated_session_leaves_its_set(make_sim, gw):
     snap = sim.stats.snapshot()  # the socket is still open, but carries no session of the set
     assert snap["sets"]["1"]["open_connections"] == 0 and not snap["sets"]["1"]["complete"]
     assert snap["total"]["open_connections"] == 1
+
+
+async def test_cli_stats_line_shows_the_guild_stream_once_used(sim):
+    assert "guild_events" not in stats_line(sim, 0, 1.0)[0]  # unchanged while the stream is unused
+    sim.emit_guild_events(3)
+    sim.add_guilds(5)
+    assert stats_line(sim, 0, 1.0)[0].endswith(" guild_events=3 guilds=7")
