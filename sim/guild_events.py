@@ -12,6 +12,7 @@ import time
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from typing import TypedDict
 
 from . import traffic
@@ -31,6 +32,11 @@ def snowflake(ms: int, increment: int = 0) -> int:
 def snowflake_ms(sid: int) -> int:
     """The Unix milliseconds a snowflake was made at."""
     return (sid >> INCREMENT_BITS) + DISCORD_EPOCH_MS
+
+
+def timestamp(ms: int) -> str:
+    """Unix milliseconds as Discord's ISO 8601 timestamp (`2026-11-30T15:52:51.123000+00:00`)."""
+    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="microseconds")
 
 
 class SnowflakeClock:
@@ -64,6 +70,7 @@ def message_event(sid: int, k: int) -> GuildEvent:
     gid = traffic.guild_id(k)
     msg = traffic.message(random.Random(sid), gid, True)
     msg["id"] = str(sid)
+    msg["timestamp"] = timestamp(snowflake_ms(sid))
     body = traffic.encode(msg)
     msg["content"] = ""
     return GuildEvent(sid, gid, k, body, traffic.encode(msg))
@@ -118,4 +125,4 @@ class GuildEventLog:
 
 
 __all__ = ["DISCORD_EPOCH_MS", "EmittedEvent", "GuildEvent", "GuildEventLog", "GuildEventSnapshot", "SnowflakeClock",
-           "message_event", "snowflake", "snowflake_ms"]
+           "message_event", "snowflake", "snowflake_ms", "timestamp"]

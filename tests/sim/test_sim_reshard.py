@@ -12,7 +12,7 @@ from sim_client import GUILDS, GUILD_MESSAGES, rest
 
 from shard import Config, InMemoryQueue, Intents, Shard, ShardId
 from sim.__main__ import stats_line
-from sim.guild_events import DISCORD_EPOCH_MS, SnowflakeClock, snowflake, snowflake_ms
+from sim.guild_events import DISCORD_EPOCH_MS, SnowflakeClock, snowflake, snowflake_ms, timestamp
 from sim.traffic import shard_for
 
 
@@ -43,6 +43,7 @@ def test_snowflakes_come_from_the_wall_clock_and_always_increase():
     assert clock.next(ms + 1) == snowflake(ms + 1)
     now = clock.next()  # the real clock: a 2026-ish timestamp
     assert snowflake_ms(now) > DISCORD_EPOCH_MS + 10 * 365 * 86_400_000
+    assert timestamp(DISCORD_EPOCH_MS + 1) == "2015-01-01T00:00:00.001000+00:00"
 
 
 # ---- the shared stream ---------------------------------------------------------------------------------------
@@ -118,6 +119,7 @@ async def test_emitted_events_follow_intents_and_are_logged(make_sim, gw):
     assert [p["t"] for p in received] == ["MESSAGE_CREATE"] * 3
     assert [int(p["d"]["id"]) for p in received] == ids
     assert all(p["d"]["content"] == "" for p in received)  # no MESSAGE_CONTENT intent
+    assert [p["d"]["timestamp"] for p in received] == [timestamp(snowflake_ms(i)) for i in ids]
     assert [int(e["id"]) for e in sim.guild_event_log(since_id=ids[0])["events"]] == ids[1:]
     assert sim.guild_event_log(since_id=ids[0])["total"] == 3
 
