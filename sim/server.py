@@ -376,7 +376,8 @@ class Simulator:
         (of any shard count) whose shard routes its guild and that has GUILD_MESSAGES. Returns their message ids.
 
         Each event is dispatched through its session (own sequence number, replay buffer, replayed on Resume)
-        and recorded in `guild_events` with the number of sessions it was queued to.
+        and recorded in `guild_events` with the number of sessions it was queued to (0 if no session routes its
+        guild: the event still happened). A bot without guilds emits nothing.
         """
         count = _count("count", count, MAX_EMIT)
         ids: list[int] = []
