@@ -71,7 +71,7 @@ def _gateway(sim: RestHost) -> dict[str, Any]:
 
 def _gateway_bot(sim: RestHost) -> dict[str, Any]:
     cfg = sim.config
-    return {"url": sim.url.rstrip("/"), "shards": cfg.shards,
+    return {"url": sim.url.rstrip("/"), "shards": traffic.recommended_shards(cfg.shards, sim.total_guilds),
             "session_start_limit": {"total": cfg.session_limit, "remaining": sim.remaining,
                                     "reset_after": int(sim.reset_after() * 1000),
                                     "max_concurrency": cfg.max_concurrency}}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
+from typing import TypedDict
 
 import msgspec
 
@@ -66,6 +67,26 @@ def guilds_for(shard_id: int, num_shards: int, total_guilds: int) -> range:
     """Indexes k of the bot's guilds that route to shard (shard_id, num_shards)."""
     first = (shard_id - GUILD_BASE) % num_shards
     return range(first, total_guilds, num_shards)
+
+
+GUILDS_PER_RECOMMENDED_SHARD = 1000
+"""Discord recommends one shard per 1,000 guilds."""
+
+
+def recommended_shards(configured: int, guilds: int) -> int:
+    """`GET /gateway/bot`'s `shards`: the configured count, or more once the bot has more guilds."""
+    return max(configured, -(-guilds // GUILDS_PER_RECOMMENDED_SHARD))
+
+
+class GuildsAdded(TypedDict):
+    """What `Simulator.add_guilds` (and `POST /_sim/guilds`) returns: how many guilds were `added`, the bot's
+    `guilds` now, the `recommended_shards` for them, the GUILD_CREATEs sent and the sessions `closed` with 4011."""
+
+    added: int
+    guilds: int
+    recommended_shards: int
+    guild_creates: int
+    closed: int
 
 
 def size_of(k: int, mode: str) -> str:
