@@ -311,6 +311,8 @@ class Resharder:
         sessions are closed with 1000 and their workers retired."""
         sup, rt, child = self.sup, self.sup._rt, self.child
         assert child is not None and self.workers is not None and self.router is not None
+        if r.cut_at is not None:  # old shards that are gone pass at once: still, the new set takes over at the cut
+            await asyncio.sleep(max(0.0, r.cut_at - time.time()))
         if r.reason:
             log.warning("reshard: %s", r.reason)
         old_handles = [h for h in rt.workers.values()]

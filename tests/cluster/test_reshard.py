@@ -88,3 +88,64 @@ async def test_8_to_16_shards_under_steady_traffic_loses_and_repeats_nothing(tmp
     assert sets["8"]["identifies"] == 8 and sets["16"]["identifies"] == 16
     assert stats["total"]["identifies"] == 24 and stats["total"]["max_complete_sets"] >= 2
     assert sets["8"]["sessions"] == {"closed": 8} and sets["8"]["closes"].get("client 1000") == 8
+
+
+async def test_a_budget_too_short_is_refused_before_anything_starts(tmp_path, id_log):
+    """remaining 39: 8 identified, 31 left; 16 more would leave 15, below the pacing threshold (2 x margin 8)."""
+    async with Simulator(shards=8, max_concurrency=4, session_remaining=39, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=8, shards_per_worker=4, identify_window=0.3) as (sup, _):
+            await until(lambda: sup.active_shards() == 8, 30, "8 shards active")
+            pids = {w.pid for w in sup.snapshot().workers}
+            with pytest.raises(ReshardRefused, match="budget too low: 31 identifies left, 16 new shards would "
+                                                     "leave 15, below the pacing threshold of 16"):
+                await sup.reshard(16)
+            snap = sup.snapshot()
+            assert snap.reshard is None and sup.status()["reshard"] == {"phase": "idle"}
+            assert {w.pid for w in snap.workers} == pids and snap.shard_total == 8
+            with pytest.raises(ReshardRefused, match="only grows"):
+                await sup.reshard(8)
+            stats = sim.stats.snapshot()
+    assert stats["total"]["identifies"] == 8 and set(stats["sets"]) == {"8"}  # no new shard ever connected
+
+
+async def test_a_new_shard_refused_fatally_rolls_back_and_the_old_set_serves_on(tmp_path, id_log):
+    """The simulator takes shard counts that are multiples of 8 only: the 12-shard set is closed with 4010."""
+    async with Simulator(shards=8, max_concurrency=4, shard_multiple=8, guilds_per_shard=2, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=8, shards_per_worker=4, identify_window=0.3) as (sup, task):
+            await until(lambda: sup.active_shards() == 8, 30, "8 shards active")
+            sim.config.guild_events_per_second = 100
+            await sup.reshard(12)
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            snap = sup.snapshot()
+            assert snap.reshard.phase == "rolled_back" and "closed fatally (close code 4010)" in snap.reshard.reason
+            assert not task.done() and snap.shard_total == 8 and sup.active_shards() == 8
+            assert sup.status()["reshard"]["phase"] == "rolled_back"
+            since = sim.guild_event_log()["last_id"]
+            total = sim.guild_events.total
+            await until(lambda: sim.guild_events.total >= total + 50, 10, "traffic after the rollback")
+            got = await all_delivered(sim, id_log, int(since))
+            stats = sim.stats.snapshot()
+    assert got and {d[2] for d in got} == {8}  # the old set delivered everything emitted after the rollback
+    assert max(Counter(d[0] for d in got).values()) == 1
+    assert stats["sets"]["8"]["identifies"] == 8 and stats["sets"]["8"]["sessions"] == {"active": 8}
+
+
+async def test_4011_with_auto_reshard_grows_the_cluster_by_itself(tmp_path, id_log):
+    """4 shards of 4 guilds, at most 5 guilds a shard: 8 more guilds close every shard with 4011, and
+    --auto-reshard moves to 8 shards (Discord's recommendation, 1, lags: it doubles)."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, max_guilds_per_shard=5, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards_per_worker=4, identify_window=0.3,
+                           auto_reshard=True) as (sup, task):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            assert sup.snapshot().shard_total == 4
+            sim.add_guilds(8)
+            await until(lambda: sup.snapshot().reshard is not None
+                        and sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            snap = sup.snapshot()
+            assert snap.reshard.phase == "done", snap.reshard.reason
+            assert not task.done() and snap.shard_total == 8
+            await until(lambda: sup.active_shards() == 8, 10, "8 shards active")
+            ids = sim.emit_guild_events(24)  # the bot serves every guild again
+            await until(lambda: set(ids) <= {d[0] for d in delivered(id_log)}, 10, "the new set delivers")
+            stats = sim.stats.snapshot()
+    assert stats["sets"]["4"]["closes"].get("4011") == 4 and stats["sets"]["8"]["identifies"] == 8
