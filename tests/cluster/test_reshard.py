@@ -149,3 +149,80 @@ async def test_4011_with_auto_reshard_grows_the_cluster_by_itself(tmp_path, id_l
             await until(lambda: set(ids) <= {d[0] for d in delivered(id_log)}, 10, "the new set delivers")
             stats = sim.stats.snapshot()
     assert stats["sets"]["4"]["closes"].get("4011") == 4 and stats["sets"]["8"]["identifies"] == 8
+
+
+class _Served:
+    """Just what the HTTP endpoint needs of a supervisor, for its answers that do not reach one."""
+
+    def __init__(self, refuse: str | None = None) -> None:
+        from cluster.config import ClusterConfig
+
+        self.config = ClusterConfig()
+        self.asked: list[int | None] = []
+        self.refuse = refuse
+
+    def snapshot(self):
+        raise AssertionError("not asked")
+
+    def rolling_restart(self) -> bool:
+        return False
+
+    async def reshard(self, shards=None):
+        self.asked.append(shards)
+        raise ReshardRefused(self.refuse or "no")
+
+
+async def test_post_reshard_needs_the_token_and_a_count_and_says_why_it_refuses():
+    from cluster.http import Endpoint
+
+    off = Endpoint(_Served(), "127.0.0.1", None)
+    code, _, body = await off.route("POST", "/reshard", {"host": "127.0.0.1"})
+    assert code == 403 and b"POST /reshard is off" in body and b"SIGHUP" not in body
+    sup = _Served("a reshard is already running")
+    on = Endpoint(sup, "127.0.0.1", "s3cret")
+    good = {"host": "127.0.0.1:9100", "authorization": "Bearer s3cret"}
+    assert (await on.route("POST", "/reshard", {"host": "127.0.0.1", "authorization": "Bearer nope"}))[0] == 401
+    assert (await on.route("GET", "/reshard", good))[0] == 405
+    for query in ("shards=", "shards=-4", "shards=4x", "shards=0", "shards=4&shards=8"):
+        code, _, body = await on.route("POST", "/reshard?" + query, good)
+        assert code == 400 and b"shards must be one positive whole number" in body, query
+    assert sup.asked == []
+    assert await on.route("POST", "/reshard?shards=16", good) == (
+        409, "text/plain", b"reshard refused: a reshard is already running\n")
+    assert await on.route("POST", "/reshard", good) == (409, "text/plain", b"reshard refused: a reshard is already "
+                                                                           b"running\n")
+    assert sup.asked == [16, None]
+
+
+async def _cli(*args: str, token: str | None = None) -> tuple[int, str, str]:
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLUSTER_")}
+    if token is not None:
+        env["CLUSTER_HTTP_TOKEN"] = token
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cluster", "reshard", *args, env=env,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def test_the_reshard_command_prints_the_phases_and_exits_with_the_outcome(tmp_path, id_log):
+    async with Simulator(shards=4, max_concurrency=4, guilds_per_shard=2, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=0.3,
+                           http_token="s3cret") as (sup, _):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            url = ("--url", sup.http_url)
+            code, out, err = await _cli(*url, "--shards", "8", token="wrong")
+            assert code == 1 and err.strip() == ("cluster: a valid Authorization: Bearer <token> header is required "
+                                                 "(HTTP 401)"), err
+            code, out, err = await _cli(*url, "--shards", "6", token="s3cret")
+            assert code == 10 and err.strip() == ("cluster: reshard refused: the shard count must be a positive "
+                                                  "multiple of max_concurrency 4, got 6 (HTTP 409)"), err
+            code, out, err = await _cli(*url, "--shards", "4", token="s3cret")
+            assert code == 10 and "only grows it" in err
+            code, out, err = await _cli(*url, "--shards", "8", token="s3cret")
+            assert code == 0, err
+            lines = out.splitlines()
+            assert lines[0] == "resharding from 4 to 8 shards" and lines[-1].startswith("done: 8 shards; switched ")
+            assert any("warming:" in line for line in lines) and "Traceback" not in err
+            assert sup.snapshot().shard_total == 8
