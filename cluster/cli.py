@@ -168,7 +168,7 @@ def format_status(st: dict[str, Any]) -> str:
     b = st.get("session_budget") or {}
     lines = [f"{st['active']}/{st['shard_total']} shards active · max_concurrency {st['max_concurrency']} · "
              f"identify queue {st['identify_queue']} · identifies left {b.get('remaining')}/{b.get('total')} "
-             f"(safety margin {b.get('reserve')}) · up {st['uptime']:.0f} s", "",
+             f"(safety margin {b.get('reserve')}) · up {st['uptime']:.0f} s", *_reshard_line(st.get("reshard")), "",
              f"{'WORKER':>6} {'PID':>8} {'STATE':<9} {'SHARDS':<10} {'RSS MB':>7} {'IPC RTT':>9} {'RESTARTS':>8}"]
     for w in st["workers"]:
         rtt = f"{w['ipc_rtt'] * 1000:.2f}ms" if w["ipc_rtt"] is not None else "-"
@@ -189,6 +189,15 @@ def format_status(st: dict[str, Any]) -> str:
         moves = ", ".join(f"{m['event']} {m['reason']} {m['count']}" for m in st.get("lease_moves", []))
         lines.append(f"lease moves: {moves or 'none'}")
     return "\n".join(lines)
+
+
+def _reshard_line(r: dict[str, Any] | None) -> list[str]:
+    """The latest live reshard, for ``cluster status`` (nothing if there was none)."""
+    if not r or r["phase"] == "idle":
+        return []
+    line = (f"reshard {r['from']} -> {r['to']} shards: {r['phase']} · {r['ready']}/{r['to']} new shards ready · "
+            f"{r['passed']}/{r['from']} old shards past the cut · {r['elapsed']:.1f} s")
+    return [line + (f" · {r['reason']}" if r["reason"] else "")]
 
 
 def format_hosts(hosts: list[dict[str, Any]]) -> str:

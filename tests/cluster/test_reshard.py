@@ -120,6 +120,10 @@ async def test_a_new_shard_refused_fatally_rolls_back_and_the_old_set_serves_on(
             assert snap.reshard.phase == "rolled_back" and "closed fatally (close code 4010)" in snap.reshard.reason
             assert not task.done() and snap.shard_total == 8 and sup.active_shards() == 8
             assert sup.status()["reshard"]["phase"] == "rolled_back"
+            from cluster.metrics import render_snapshot
+            metrics = render_snapshot(snap).decode()
+            assert 'cluster_reshard_phase{phase="rolled_back"} 1.0' in metrics
+            assert 'cluster_reshard_phase{phase="idle"} 0.0' in metrics and "cluster_reshard_target_shards 12.0" in metrics
             since = sim.guild_event_log()["last_id"]
             total = sim.guild_events.total
             await until(lambda: sim.guild_events.total >= total + 50, 10, "traffic after the rollback")
@@ -226,3 +230,6 @@ async def test_the_reshard_command_prints_the_phases_and_exits_with_the_outcome(
             assert lines[0] == "resharding from 4 to 8 shards" and lines[-1].startswith("done: 8 shards; switched ")
             assert any("warming:" in line for line in lines) and "Traceback" not in err
             assert sup.snapshot().shard_total == 8
+            from cluster.cli import format_status
+            status = format_status(sup.status()).splitlines()
+            assert status[1].startswith("reshard 4 -> 8 shards: done · 8/8 new shards ready · 4/4 old shards past ")
