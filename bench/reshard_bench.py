@@ -100,14 +100,22 @@ async def one_run(args: argparse.Namespace) -> dict:
                             handler="reshard_bench:IdLog")
         sup = Supervisor(cfg, token=DEFAULT_TOKEN, handle_signals=False)
         phases: dict[str, float] = {}
-        sup._rt.listeners.append(lambda event, **info: phases.setdefault(info["phase"], time.monotonic())
-                                 if event == "reshard_phase" else None)
+        assigned: list[float] = []
+
+        def listen(event: str, **info: object) -> None:
+            if event == "reshard_phase":
+                phases.setdefault(str(info["phase"]), time.monotonic())
+            elif event == "assigned":
+                assigned.append(time.monotonic())
+
+        sup._rt.listeners.append(listen)
         task = asyncio.get_running_loop().create_task(sup.run())
         try:
             await until(lambda: sup.active_shards() == args.old, 300, f"{args.old} shards active")
             await asyncio.to_thread(admin, sim, "guild-events", {"per_second": args.rate})
             await asyncio.sleep(2.0)
             started = time.monotonic()
+            assigned.clear()
             await sup.reshard(args.new)
             await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 300, "the reshard")
             snap = sup.snapshot().reshard
@@ -127,7 +135,8 @@ async def one_run(args: argparse.Namespace) -> dict:
             await asyncio.wait_for(task, 60)
     counts = delivered(logs)
     in_flight = sum(1 for i in emitted if snowflake_at(cut_at) <= i < snowflake_at(switch_wall))
-    return {"switch": phases["closing_old"] - started, "closed": phases["done"] - started,
+    return {"switch": phases["closing_old"] - started, "first_worker": min(assigned) - started,
+            "last_worker": max(assigned) - started, "cut": phases["cutting_over"] - started, "closed": phases["done"] - started,
             "in_flight": in_flight, "emitted": len(emitted), "lost": sum(1 for i in emitted if i not in counts),
             "duplicates": sum(1 for i in emitted if counts[i] > 1),
             "identifies": {n: s["identifies"] for n, s in stats["sets"].items()},
@@ -147,13 +156,14 @@ def report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
         f"{args.shards_per_worker} shards per worker. The new set's identifies alone take "
         f"ceil({args.new}/{args.max_concurrency}) x {args.window:g} s = {target:g} s; target: the switch within "
         f"{target + 2:g} s of the command.", "",
-        "| run | command -> switch (s) | command -> old closed (s) | in flight at the switch | emitted | lost | "
-        "duplicates | identifies per set | old sessions closed 1000 |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| run | first / last new worker up (s) | all new shards warm: cut sent (s) | command -> switch (s) | "
+        "command -> old closed (s) | in flight at the switch | emitted | lost | duplicates | identifies per set | "
+        "old sessions closed 1000 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for n, r in enumerate(runs, 1):
         ids = ", ".join(f"{k}: {v}" for k, v in sorted(r["identifies"].items(), key=lambda kv: int(kv[0])))
-        lines.append(f"| {n} | {r['switch']:.2f} | {r['closed']:.2f} | {r['in_flight']} | {r['emitted']} | "
+        lines.append(f"| {n} | {r['first_worker']:.2f} / {r['last_worker']:.2f} | {r['cut']:.2f} | {r['switch']:.2f} | {r['closed']:.2f} | {r['in_flight']} | {r['emitted']} | "
                      f"{r['lost']} | {r['duplicates']} | {ids} | {r['old_closed_1000']} |")
     lines += ["", f"Median command -> switch: {statistics.median(switch):.2f} s (target {target + 2:g} s: "
               f"{'met' if statistics.median(switch) <= target + 2 else 'missed'}); lost "
@@ -178,7 +188,8 @@ async def main() -> None:
     runs = []
     for n in range(args.runs):
         r = await one_run(args)
-        print(f"run {n + 1}: switch {r['switch']:.2f} s, old closed {r['closed']:.2f} s, in flight {r['in_flight']}, "
+        print(f"run {n + 1}: workers up {r['first_worker']:.2f}-{r['last_worker']:.2f} s, cut {r['cut']:.2f} s, "
+              f"switch {r['switch']:.2f} s, old closed {r['closed']:.2f} s, in flight {r['in_flight']}, "
               f"lost {r['lost']}, duplicates {r['duplicates']}, identifies {r['identifies']}", flush=True)
         runs.append(r)
     text = report(args, runs, command.strip())

@@ -51,7 +51,7 @@ class ReshardRefused(ValueError):
 
 
 def check_start(*, current: int, target: int, max_concurrency: int, remaining: int, reserve: int,
-                pace_below: int, running: bool, coordinated: bool) -> None:
+                pace_below: int, running: bool, coordinated: bool, partial: bool = False) -> None:
     """Raise :class:`ReshardRefused` unless a reshard from ``current`` to ``target`` shards may start now.
 
     The new set spends ``target`` identifies: after them the budget must keep its safety margin (``reserve``)
@@ -61,8 +61,11 @@ def check_start(*, current: int, target: int, max_concurrency: int, remaining: i
     if coordinated:
         raise ReshardRefused("live resharding runs on one host only: this cluster has a --coordinator "
                              "(multi-host resharding is not supported yet)")
+    if partial:
+        raise ReshardRefused("this host runs only part of the shards (--shard-range or --host-index): live "
+                             "resharding needs the whole cluster on one host")
     if running:
-        raise ReshardRefused("a reshard is already running")
+        raise ReshardRefused("a reshard is already running (or a rolling restart)")
     if target < 1 or target % max_concurrency:
         raise ReshardRefused(f"the shard count must be a positive multiple of max_concurrency "
                              f"{max_concurrency}, got {target}")

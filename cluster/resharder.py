@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -84,7 +85,8 @@ class Resharder:
         pace_below = cfg.budget_pace_below if cfg.budget_pace_below is not None else 2 * stats.budget_reserve
         check_start(current=rt.shard_total, target=target or 0, max_concurrency=rt.max_concurrency,
                     remaining=stats.budget_remaining, reserve=stats.budget_reserve, pace_below=pace_below,
-                    running=self.running or rt.rolling, coordinated=cfg.coordinator is not None)
+                    running=self.running or rt.rolling, coordinated=cfg.coordinator is not None,
+                    partial=len(rt.shards) != rt.shard_total)
         assert target is not None
         self.last = Reshard(rt.shard_total, target, now,
                             warm_deadline=now + warm_timeout(target, rt.max_concurrency, cfg.identify_window),
@@ -231,8 +233,16 @@ class Resharder:
         for wid, shards in enumerate(ranges):
             for s in shards:
                 child.shards[s] = ShardView(s, wid)
+        # in shard order, a few at a time: the first buckets' shards can identify while later workers start, instead
+        # of every worker starting slowly at once on a busy machine (the old set runs on)
+        starting = asyncio.Semaphore(max(1, os.cpu_count() or 1))
+
+        async def bring_up(wid: int, shards: range) -> None:
+            async with starting:
+                await workers.bring_up(wid, shards, sup._policy(wid))
+
         for wid, shards in enumerate(ranges):
-            child.spawn_task(workers.bring_up(wid, shards, sup._policy(wid)))
+            child.spawn_task(bring_up(wid, shards), "reshard_bring_up")
         r.workers_started()
         rt.emit("reshard_phase", phase=r.phase.value)
         cut_workers: list[WorkerHandle] = []
@@ -262,12 +272,21 @@ class Resharder:
 
     def _child_runtime(self, total: int) -> Runtime:
         rt = self.sup._rt
-        child = Runtime(rt.config, stop=self.on_new_stop, token=rt.token)
-        for name in _SHARED:
-            setattr(child, name, getattr(rt, name))
+        child = self._side_runtime()
+        child.stop = self.on_new_stop
         child.shard_total = total
         child.id_base = self._span() if rt.id_base == 0 else 0
         return child
+
+    def _side_runtime(self) -> Runtime:
+        """A runtime of its own workers, shards and sessions that shares the supervisor's identify queue, coordinator,
+        counters and tasks: the new set's until the switch, and the old set's after it (its identify reports still
+        reach the coordinator, under its key range; its last sessions and shard states land nowhere)."""
+        rt = self.sup._rt
+        retired = Runtime(rt.config, stop=lambda code, message: None, token=rt.token)
+        for name in _SHARED:
+            setattr(retired, name, getattr(rt, name))
+        return retired
 
     def _cut(self, r: Reshard) -> list[WorkerHandle]:
         """Every new shard is warm: send the cut to both sets."""
@@ -320,6 +339,8 @@ class Resharder:
             self._send(h, CutoverEnd(True))
         old_workers = sup._workers
         now = time.monotonic()
+        # the old workers' last reports (sessions, shard states) must not land on the new set's shards of the same ids
+        sup._router.rt = self._side_runtime()
         # the new layout becomes the cluster's
         rt.workers, rt.shards, rt.sessions = child.workers, child.shards, child.sessions
         rt.shard_total, rt.id_base = child.shard_total, child.id_base

@@ -71,7 +71,11 @@ async def test_8_to_16_shards_under_steady_traffic_loses_and_repeats_nothing(tmp
             await until(lambda: sim.guild_events.total >= total + 100, 10, "traffic after the reshard")
             got = await all_delivered(sim, id_log)
             stats = sim.stats.snapshot()
+            sessions = dict(sup.sessions)
     emitted = [int(i) for i in sim.guild_event_log()["ids"]]
+    records = stats["sessions"]  # the sessions the cluster would resume are the new set's, none of the old
+    assert sorted(sessions) == list(range(16))
+    assert {s: records[i.session_id]["shard"] for s, i in sessions.items()} == {s: [s, 16] for s in range(16)}
     counts = Counter(d[0] for d in got)
     assert len(emitted) >= 300 and sorted(counts) == emitted  # every emitted message reached a handler
     assert [i for i, n in counts.items() if n > 1] == []  # and only one

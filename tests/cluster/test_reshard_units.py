@@ -88,6 +88,7 @@ def test_a_cut_that_comes_after_an_event_past_it_is_too_late():
 @pytest.mark.parametrize("kw, words", [
     (dict(coordinated=True), "one host only"),
     (dict(running=True), "already running"),
+    (dict(partial=True), "only part of the shards"),
     (dict(target=8), "only grows"),
     (dict(target=4), "only grows"),
     (dict(target=18), "multiple of max_concurrency 4"),
