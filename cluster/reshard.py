@@ -21,6 +21,8 @@ import enum
 import math
 from dataclasses import dataclass, field
 
+from cluster.error import ReshardRefused
+
 __all__ = ["Action", "Phase", "Reshard", "ReshardRefused", "auto_target", "check_start", "warm_timeout"]
 
 
@@ -44,10 +46,6 @@ class Action(enum.Enum):
     CUT = "cut"
     GO = "go"
     ROLL_BACK = "roll_back"
-
-
-class ReshardRefused(ValueError):
-    """A reshard that must not start; the message says why in one line."""
 
 
 def check_start(*, current: int, target: int, max_concurrency: int, remaining: int, reserve: int,

@@ -15,14 +15,17 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import msgspec
 
+from cluster.config import ClusterConfig
 from cluster.cutover import ACKS_AFTER_CUT
 from cluster.discord_api import fetch_gateway_bot
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.layout import round_up, split
+from cluster.loops import Loops
+from cluster.restart import RestartPolicy
 from cluster.reshard import Action, Phase, Reshard, ReshardRefused, auto_target, check_start, warm_timeout
 from cluster.routing import Router
 from cluster.runtime import Runtime, ShardView, WorkerHandle, WorkerState
@@ -30,9 +33,6 @@ from cluster.snapshot import ReshardSnapshot
 from cluster.workers import Workers
 from ipc import ChannelClosed, HeartbeatMonitor
 from ipc.protocol import CutLate, Cutover, CutoverEnd, CutPassed, Packet, ShardWarm
-
-if TYPE_CHECKING:
-    from cluster.supervisor import Supervisor
 
 __all__ = ["CUT_LEAD", "Resharder"]
 
@@ -45,10 +45,33 @@ _SHARED = ("identify_events", "wake", "identifies", "restarts", "identify_waits"
 """What the new set's runtime shares with the supervisor's."""
 
 
+class Host(Protocol):
+    """What the driver needs of the supervisor (:class:`cluster.supervisor.Supervisor`): its parts, which it
+    replaces with the new set's at the switch."""
+
+    config: ClusterConfig
+    handler: Any
+    supervisor_handler: Any
+    _rt: Runtime
+    _workers: Workers
+    _router: Router
+    _loops: Loops
+
+    @property
+    def mp(self) -> Any: ...
+
+    @property
+    def shard_options(self) -> dict[str, Any]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def _policy(self, wid: int) -> RestartPolicy: ...
+
+
 class Resharder:
     """Starts and runs live reshards of one supervisor, one at a time; :attr:`last` is the latest."""
 
-    def __init__(self, sup: Supervisor) -> None:
+    def __init__(self, sup: Host) -> None:
         self.sup = sup
         self.last: Reshard | None = None
         self.child: Runtime | None = None
