@@ -237,3 +237,22 @@ async def test_the_reshard_command_prints_the_phases_and_exits_with_the_outcome(
             from cluster.cli import format_status
             status = format_status(sup.status()).splitlines()
             assert status[1].startswith("reshard 4 -> 8 shards: done · 8/8 new shards ready · 4/4 old shards past ")
+
+
+async def test_a_stop_during_the_warm_up_rolls_back_and_saves_the_old_sessions(tmp_path, id_log):
+    async with Simulator(shards=8, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=8, shards_per_worker=4, identify_window=0.3) as (sup, task):
+            await until(lambda: sup.active_shards() == 8, 30, "8 shards active")
+            await sup.reshard(16)
+            await until(lambda: sup.snapshot().reshard.ready >= 2, 30, "new shards warming up")
+            sup.stop()  # what SIGTERM does
+            assert await asyncio.wait_for(task, 30) == 0
+            snap = sup.snapshot()
+            stats = sim.stats.snapshot()
+    assert snap.reshard.phase == "rolled_back" and snap.reshard.reason == "the supervisor is stopping"
+    new = stats["sets"]["16"]
+    assert set(new["sessions"]) == {"closed"} and new["closes"].get("client 1000") == new["sessions"]["closed"]
+    assert stats["sets"]["8"]["sessions"] == {"detached": 8}  # closed resumably, as every stop does
+    import json
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert saved["shard_total"] == 8 and len(saved["sessions"]) == 8
