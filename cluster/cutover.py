@@ -45,12 +45,13 @@ def snowflake_at(unix_seconds: float) -> int:
 
 
 def creation_id(event_type: str, data: object) -> int | None:
-    """The creation snowflake an event carries (its ``id``), or None if it has none."""
-    if event_type in _CREATION_EVENTS and isinstance(data, dict):
-        value = data.get("id")
-        if isinstance(value, str) and value.isdigit():
-            return int(value)
-    return None
+    """The creation snowflake an event carries (its ``id``, in plain JSON or a registered Struct), or None."""
+    if event_type not in _CREATION_EVENTS:
+        return None
+    value = data.get("id") if isinstance(data, dict) else getattr(data, "id", None)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 class _Marker:

@@ -3,6 +3,7 @@
 
 import math
 
+import msgspec
 import pytest
 
 from cluster.cutover import DISCORD_EPOCH_MS, NewGate, OldGate, Verdict, creation_id, snowflake_at
@@ -23,6 +24,12 @@ def test_snowflakes_and_creation_ids():
     assert creation_id("INTERACTION_CREATE", {"id": "7"}) == 7
     assert creation_id("MESSAGE_UPDATE", {"id": "7"}) is None  # an update's id is the message's, not the event's
     assert creation_id("MESSAGE_CREATE", {"id": "x1"}) is None and creation_id("MESSAGE_CREATE", None) is None
+    assert creation_id("MESSAGE_CREATE", {"id": True}) is None and creation_id("MESSAGE_CREATE", {"id": -3}) is None
+
+    class Message(msgspec.Struct):  # a handler may register a Struct for MESSAGE_CREATE
+        id: int
+
+    assert creation_id("MESSAGE_CREATE", Message(9)) == 9
 
 
 def test_an_old_shard_delivers_before_the_cut_and_holds_from_its_marker():
