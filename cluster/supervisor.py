@@ -5,7 +5,8 @@ splits the shards into workers (consecutive ranges), spawns them with ``multipro
 grants identify slots through a :class:`~cluster.coordination.Coordination`, keeps every
 shard's latest session, and restarts dead, hung or crash-looping workers behind a
 :class:`~cluster.restart.RestartPolicy`. On SIGTERM/SIGINT it drains the workers resumably and
-writes the state file; on SIGHUP it does a rolling restart that resumes every session.
+writes the state file; on SIGHUP it does a rolling restart that resumes every session. :meth:`Supervisor.reshard`
+grows the shard count live (:mod:`cluster.reshard`, :mod:`cluster.resharder`).
 """
 
 from __future__ import annotations
