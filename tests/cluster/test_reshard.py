@@ -28,15 +28,16 @@ def id_log(tmp_path, monkeypatch):
     return path
 
 
-def delivered(path) -> list[tuple[int, int, int, float]]:
-    """(message id, guild id, shard count, monotonic time) of every MESSAGE_CREATE any handler got."""
+def delivered(path, guilds: bool = False) -> list[tuple[int, int, int, float]]:
+    """(message id, guild id, shard count, monotonic time) of every MESSAGE_CREATE any handler got; with ``guilds``,
+    (0, guild id, shard count, time) of every GUILD_CREATE instead."""
     out = []
     for name in glob.glob(os.path.join(path, "*.ids")):
         with open(name) as f:
             for line in f:
                 parts = line.split()
-                if len(parts) == 4:
-                    out.append((int(parts[0]), int(parts[1]), int(parts[2]), float(parts[3])))
+                if len(parts) == 4 and (parts[0] == "G") == guilds:
+                    out.append((0 if guilds else int(parts[0]), int(parts[1]), int(parts[2]), float(parts[3])))
     return out
 
 
@@ -88,6 +89,10 @@ async def test_8_to_16_shards_under_steady_traffic_loses_and_repeats_nothing(tmp
         else:
             first_new[guild] = min(first_new[guild], at)
     assert [g for g in last_old if last_old[g] > first_new[g]] == []
+    # the new handlers got each guild's GUILD_CREATE once, at the switch, before that guild's first message
+    creates = [(g, at) for _, g, total, at in delivered(id_log, guilds=True) if total == 16]
+    assert sorted(g for g, _ in creates) == sorted(last_old) and len(creates) == 32
+    assert [g for g, at in creates if at > first_new[g]] == []
     sets = stats["sets"]
     assert sets["8"]["identifies"] == 8 and sets["16"]["identifies"] == 16
     assert stats["total"]["identifies"] == 24 and stats["total"]["max_complete_sets"] >= 2
@@ -256,3 +261,18 @@ async def test_a_stop_during_the_warm_up_rolls_back_and_saves_the_old_sessions(t
     import json
     saved = json.loads((tmp_path / "state.json").read_text())
     assert saved["shard_total"] == 8 and len(saved["sessions"]) == 8
+
+
+async def test_auto_reshard_follows_discords_recommendation_when_it_grows_past_the_margin(tmp_path, id_log):
+    """Started with 2 shards where Discord recommends 8 (4x, past the 50% margin): the periodic check reshards."""
+    async with Simulator(shards=8, max_concurrency=2, guilds_per_shard=1, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=2, identify_window=0.3, auto_reshard=True,
+                           auto_reshard_interval=0.5) as (sup, task):
+            await until(lambda: sup.snapshot().reshard is not None
+                        and sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            snap = sup.snapshot()
+            assert snap.reshard.phase == "done" and (snap.reshard.old_total, snap.shard_total) == (2, 8)
+            await asyncio.sleep(1.5)  # three more checks: 8 of 8 recommended, nothing to do
+            assert sup.snapshot().reshard.new_total == 8 and not task.done()
+            stats = sim.stats.snapshot()
+    assert stats["sets"]["2"]["identifies"] == 2 and stats["sets"]["8"]["identifies"] == 8
