@@ -231,8 +231,8 @@ async def test_the_reshard_command_prints_the_phases_and_exits_with_the_outcome(
             code, out, err = await _cli(*url, "--shards", "6", token="s3cret")
             assert code == 10 and err.strip() == ("cluster: reshard refused: the shard count must be a positive "
                                                   "multiple of max_concurrency 4, got 6 (HTTP 409)"), err
-            code, out, err = await _cli(*url, "--shards", "4", token="s3cret")
-            assert code == 10 and "only grows it" in err
+            code, out, err = await _cli(*url, token="s3cret")  # Discord recommends the 4 shards that run
+            assert code == 10 and "the cluster runs 4 shards; a reshard only grows it (asked for 4)" in err, err
             code, out, err = await _cli(*url, "--shards", "8", token="s3cret")
             assert code == 0, err
             lines = out.splitlines()
@@ -242,6 +242,13 @@ async def test_the_reshard_command_prints_the_phases_and_exits_with_the_outcome(
             from cluster.cli import format_status
             status = format_status(sup.status()).splitlines()
             assert status[1].startswith("reshard 4 -> 8 shards: done · 8/8 new shards ready · 4/4 old shards past ")
+            await sup.reshard(16)  # again: the new set's identify keys take the range the first set had
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the second reshard")
+            assert sup.snapshot().reshard.phase == "done" and sup.snapshot().shard_total == 16
+            await until(lambda: sup.active_shards() == 16, 10, "16 shards active")
+            stats = sim.stats.snapshot()
+    assert [stats["sets"][n]["identifies"] for n in ("4", "8", "16")] == [4, 8, 16]
+    assert stats["sets"]["8"]["sessions"] == {"closed": 8}
 
 
 async def test_a_stop_during_the_warm_up_rolls_back_and_saves_the_old_sessions(tmp_path, id_log):

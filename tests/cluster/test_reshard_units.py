@@ -165,5 +165,15 @@ def test_it_rolls_back_before_go_and_switches_anyway_after_the_cut_timeout():
     assert r.new_lost("new worker 1 exited during the cutover") is Action.ROLL_BACK
 
 
+def test_auto_reshard_is_refused_with_a_coordinator():
+    from cluster.config import ClusterConfig, ConfigError
+
+    with pytest.raises(ConfigError, match="auto_reshard works on one host only"):
+        ClusterConfig(auto_reshard=True, coordinator="redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match="auto_reshard_interval and reshard_cut_timeout must be > 0"):
+        ClusterConfig(auto_reshard_interval=0)
+    assert ClusterConfig(auto_reshard=True).auto_reshard_margin == 0.5
+
+
 def test_the_warm_up_deadline_follows_the_identify_schedule():
     assert warm_timeout(128, 16, 1.0) == 4 * 8 + 60
