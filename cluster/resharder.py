@@ -239,6 +239,9 @@ class Resharder:
         except Exception as exc:
             if r.new_lost(f"{type(exc).__name__}: {exc}") is Action.ROLL_BACK:
                 await self._roll_back(r)
+            elif r.running:  # after the switch: the new set runs; what failed was closing the old one
+                r.reason = f"closing the old set failed: {type(exc).__name__}: {exc}"
+                r.finished(time.monotonic())
             raise
         finally:
             self._gone_old.clear()
@@ -281,8 +284,9 @@ class Resharder:
             if Action.GO in actions and r.phase is Phase.CUTTING_OVER:
                 await self._go(r)
                 return
-            if Action.CUT in actions and r.phase is Phase.WARMING:
-                cut_workers = self._cut(r)
+            if r.phase is Phase.WARMING and len(r.warm) == r.new_total and all(
+                    h.state == WorkerState.RUNNING for h in child.workers.values()):
+                cut_workers = self._cut(r)  # every new shard warm, and no new worker restarting (it would miss the cut)
             self._wake.clear()
             if self._actions:
                 continue

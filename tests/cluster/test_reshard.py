@@ -283,3 +283,25 @@ async def test_auto_reshard_follows_discords_recommendation_when_it_grows_past_t
             assert sup.snapshot().reshard.new_total == 8 and not task.done()
             stats = sim.stats.snapshot()
     assert stats["sets"]["2"]["identifies"] == 2 and stats["sets"]["8"]["identifies"] == 8
+
+
+async def test_a_new_worker_killed_while_warming_is_restarted_and_the_switch_still_loses_nothing(tmp_path, id_log):
+    import signal
+
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=0.3) as (sup, _):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            sim.config.guild_events_per_second = 100
+            await sup.reshard(8)  # new workers 0 (shards 0-3) and 1 (shards 4-7)
+            rs = sup._resharder
+            await until(lambda: rs.child is not None and 0 in rs.child.workers
+                        and rs.child.shards[3].state == "ACTIVE", 30, "new worker 0's shards up")
+            victim = rs.child.workers[0]
+            os.kill(victim.pid, signal.SIGKILL)
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            assert sup.snapshot().reshard.phase == "done", sup.snapshot().reshard.reason
+            assert victim.exited.done() and sup.snapshot().workers[0].pid != victim.pid
+            got = await all_delivered(sim, id_log)
+    emitted = [int(i) for i in sim.guild_event_log()["ids"]]
+    counts = Counter(d[0] for d in got)
+    assert sorted(counts) == emitted and max(counts.values()) == 1
