@@ -288,14 +288,20 @@ async def test_auto_reshard_follows_discords_recommendation_when_it_grows_past_t
 async def test_a_new_worker_killed_while_warming_is_restarted_and_the_switch_still_loses_nothing(tmp_path, id_log):
     import signal
 
-    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, **FAST) as sim:
-        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=0.3) as (sup, _):
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, identify_window=1.0,
+                         heartbeat_interval=1000) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=1.0,
+                           restart_backoff_base=4.0, restart_backoff_cap=4.0) as (sup, _):
             await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
             sim.config.guild_events_per_second = 100
-            await sup.reshard(8)  # new workers 0 (shards 0-3) and 1 (shards 4-7)
+            # new workers 0 (shards 0-3) and 1 (shards 4-7); two buckets, 1 s apart: shards 6 and 7 identify 2 s after
+            # shard 3, so the kill below comes well before the new set can be warm, and worker 0 is restarted 4 s
+            # later (the backoff), after every shard was warm: the cut must wait for it
+            await sup.reshard(8)
             rs = sup._resharder
             await until(lambda: rs.child is not None and 0 in rs.child.workers
                         and rs.child.shards[3].state == "ACTIVE", 30, "new worker 0's shards up")
+            assert sup.snapshot().reshard.phase == "warming"
             victim = rs.child.workers[0]
             os.kill(victim.pid, signal.SIGKILL)
             await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
