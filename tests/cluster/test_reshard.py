@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import glob
 import os
+import re
 from collections import Counter, defaultdict
 
 import pytest
@@ -120,11 +121,14 @@ async def test_a_budget_too_short_is_refused_before_anything_starts(tmp_path, id
 async def test_a_new_shard_refused_fatally_rolls_back_and_the_old_set_serves_on(tmp_path, id_log):
     """The simulator takes shard counts that are multiples of 8 only: the 12-shard set is closed with 4010."""
     async with Simulator(shards=8, max_concurrency=4, shard_multiple=8, guilds_per_shard=2, **FAST) as sim:
-        async with running(sim, HANDLER, tmp_path, shards=8, shards_per_worker=4, identify_window=0.3) as (sup, task):
+        async with running(sim, HANDLER, tmp_path, shards=8, shards_per_worker=4, identify_window=0.3,
+                           http_token="s3cret") as (sup, task):
             await until(lambda: sup.active_shards() == 8, 30, "8 shards active")
             sim.config.guild_events_per_second = 100
-            await sup.reshard(12)
-            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            code, out, err = await _cli("--url", sup.http_url, "--shards", "12", token="s3cret")
+            assert code == 11 and out.startswith("resharding from 8 to 12 shards\n"), (out, err)
+            assert re.fullmatch(r"cluster: reshard rolled back: new shard \d+ closed fatally \(close code 4010\); "
+                                r"the 8 old shards run on", err.strip()), err
             snap = sup.snapshot()
             assert snap.reshard.phase == "rolled_back" and "closed fatally (close code 4010)" in snap.reshard.reason
             assert not task.done() and snap.shard_total == 8 and sup.active_shards() == 8
