@@ -315,3 +315,20 @@ async def test_a_new_worker_killed_while_warming_is_restarted_and_the_switch_sti
     emitted = [int(i) for i in sim.guild_event_log()["ids"]]
     counts = Counter(d[0] for d in got)
     assert sorted(counts) == emitted and max(counts.values()) == 1
+
+
+async def test_a_budget_that_runs_low_during_the_warm_up_rolls_back_instead_of_stopping_the_cluster(tmp_path, id_log):
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, identify_window=1.0,
+                         heartbeat_interval=1000) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=1.0) as (sup, task):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            await sup.reshard(8)
+            await until(lambda: sup.snapshot().reshard.ready >= 1, 30, "a new shard warm")
+            budget = sup._rt.coordinator.budget  # as if a refresh showed identifies spent elsewhere meanwhile
+            budget.remaining = budget.reserve
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 30, "the reshard's end")
+            snap = sup.snapshot()
+            assert snap.reshard.phase == "rolled_back" and "the session budget refused new shard" in snap.reshard.reason
+            assert not task.done() and snap.shard_total == 4 and sup.active_shards() == 4
+            ids = sim.emit_guild_events(8)  # the old set serves on
+            await until(lambda: set(ids) <= {d[0] for d in delivered(id_log)}, 10, "the old set delivers")
