@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import json
 import os
 import re
 from collections import Counter, defaultdict
@@ -98,6 +99,8 @@ async def test_8_to_16_shards_under_steady_traffic_loses_and_repeats_nothing(tmp
     assert sets["8"]["identifies"] == 8 and sets["16"]["identifies"] == 16
     assert stats["total"]["identifies"] == 24 and stats["total"]["max_complete_sets"] >= 2
     assert sets["8"]["sessions"] == {"closed": 8} and sets["8"]["closes"].get("client 1000") == 8
+    saved = json.loads((tmp_path / "state.json").read_text())  # the next start resumes the new set
+    assert saved["shard_total"] == 16 and sorted(i["shard_id"] for i in saved["sessions"]) == list(range(16))
 
 
 async def test_a_budget_too_short_is_refused_before_anything_starts(tmp_path, id_log):
@@ -269,7 +272,6 @@ async def test_a_stop_during_the_warm_up_rolls_back_and_saves_the_old_sessions(t
     new = stats["sets"]["16"]
     assert set(new["sessions"]) == {"closed"} and new["closes"].get("client 1000") == new["sessions"]["closed"]
     assert stats["sets"]["8"]["sessions"] == {"detached": 8}  # closed resumably, as every stop does
-    import json
     saved = json.loads((tmp_path / "state.json").read_text())
     assert saved["shard_total"] == 8 and len(saved["sessions"]) == 8
 
