@@ -43,6 +43,8 @@ class SimConfig:
     guilds_per_shard: int = _opt(2, "guilds per recommended shard (the bot's guild count is shards x this)")
     guild_size: str = _opt("small", "GUILD_CREATE size: small (~3 KB), medium (~100 KB), large (~1 MB) or mixed", choices=GUILD_SIZES)
     max_guilds_per_shard: int = _opt(2500, "a session holding more guilds is closed with 4011")
+    recommended_guilds_per_shard: int = _opt(1000, "GET /gateway/bot recommends one shard per this many guilds "
+                                                   "(as Discord does), or --shards if that is more")
     shard_multiple: int = _opt(1, "num_shards must be a multiple of this (large-bot sharding), else 4010")
     events_per_second: float = _opt(0.0, "steady dispatch stream per session (MESSAGE_CREATE, PRESENCE_UPDATE, TYPING_START)")
     guild_events_per_second: float = _opt(0.0, "one shared MESSAGE_CREATE stream for the whole bot, spread over all "
@@ -96,6 +98,8 @@ class SimConfig:
             problems.append("heartbeat_interval must be >= 1 ms")
         if self.guilds_per_shard < 0 or self.events_per_second < 0 or self.guild_events_per_second < 0:
             problems.append("guilds_per_shard, events_per_second and guild_events_per_second must be >= 0")
+        if self.recommended_guilds_per_shard < 1:
+            problems.append("recommended_guilds_per_shard must be >= 1")
         if self.guild_size not in GUILD_SIZES:
             problems.append(f"guild_size must be one of {', '.join(GUILD_SIZES)}")
         if not 0 <= self.dm_fraction <= 1:

@@ -264,6 +264,11 @@ class Simulator:
     def total_guilds(self) -> int:
         return self.guild_count
 
+    @property
+    def recommended_shards(self) -> int:
+        """`GET /gateway/bot`'s `shards`: --shards, or more as guilds are added (`recommended_guilds_per_shard`)."""
+        return traffic.recommended_shards(self.config.shards, self.guild_count, self.config.recommended_guilds_per_shard)
+
     def guild_index(self, gid: int) -> int | None:
         k = (gid >> 22) - traffic.GUILD_BASE
         return k if 0 <= k < self.total_guilds and traffic.guild_id(k) == gid else None
@@ -371,7 +376,8 @@ class Simulator:
         (of any shard count) whose shard routes its guild and that has GUILD_MESSAGES. Returns their message ids.
 
         Each event is dispatched through its session (own sequence number, replay buffer, replayed on Resume)
-        and recorded in `guild_events` with the number of sessions it was queued to.
+        and recorded in `guild_events` with the number of sessions it was queued to (0 if no session routes its
+        guild: the event still happened). A bot without guilds emits nothing.
         """
         count = _count("count", count, MAX_EMIT)
         ids: list[int] = []
@@ -450,7 +456,7 @@ class Simulator:
                     created += 1
         self.stats.changed()
         return {"added": count, "guilds": self.guild_count,
-                "recommended_shards": traffic.recommended_shards(self.config.shards, self.guild_count),
+                "recommended_shards": self.recommended_shards,
                 "guild_creates": created, "closed": closed}
 
     # ---- HTTP routing ----------------------------------------------------------------------------

@@ -69,13 +69,10 @@ def guilds_for(shard_id: int, num_shards: int, total_guilds: int) -> range:
     return range(first, total_guilds, num_shards)
 
 
-GUILDS_PER_RECOMMENDED_SHARD = 1000
-"""Discord recommends one shard per 1,000 guilds."""
-
-
-def recommended_shards(configured: int, guilds: int) -> int:
-    """`GET /gateway/bot`'s `shards`: the configured count, or more once the bot has more guilds."""
-    return max(configured, -(-guilds // GUILDS_PER_RECOMMENDED_SHARD))
+def recommended_shards(configured: int, guilds: int, guilds_per_shard: int) -> int:
+    """`GET /gateway/bot`'s `shards`: the configured count, or one shard per `guilds_per_shard` guilds once the
+    bot has more (Discord recommends one per 1,000)."""
+    return max(configured, -(-guilds // guilds_per_shard))
 
 
 class GuildsAdded(TypedDict):

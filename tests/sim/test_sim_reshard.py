@@ -11,6 +11,7 @@ import pytest
 from sim_client import GUILDS, GUILD_MESSAGES, rest
 
 from shard import Config, InMemoryQueue, Intents, Shard, ShardId
+from sim import SimConfig
 from sim.__main__ import stats_line
 from sim.guild_events import DISCORD_EPOCH_MS, SnowflakeClock, snowflake, snowflake_ms, timestamp
 from sim.traffic import shard_for
@@ -196,6 +197,18 @@ async def test_gateway_bot_recommends_one_shard_per_thousand_guilds(make_sim):
     assert await get(sim, "guilds") == (200, {"guilds": 3001, "recommended_shards": 4})
 
 
+async def test_recommended_guilds_per_shard_scales_the_recommendation_down_for_tests(make_sim, gw):
+    """Small numbers for a 4011 test: 3 guilds a shard at most, one shard recommended per 2 guilds."""
+    sim = await make_sim(shards=2, guilds_per_shard=2, max_guilds_per_shard=3, recommended_guilds_per_shard=2)
+    c = await gw(sim.url)
+    await c.ready(sim.token, shard=(0, 2))
+    assert sim.recommended_shards == 2
+    assert sim.add_guilds(3) == {"added": 3, "guilds": 7, "recommended_shards": 4, "guild_creates": 0, "closed": 1}
+    assert (await c.ended()).code == 4011
+    status, _, body = await rest(f"{sim.api_url}/gateway/bot", {"Authorization": f"Bot {sim.token}"})
+    assert status == 200 and json.loads(body)["shards"] == 4
+
+
 @pytest.mark.parametrize(("path", "body", "message"), [
     ("guilds", b"{not json", "invalid JSON"),
     ("guilds", b"", "JSON object"),
@@ -297,3 +310,13 @@ async def test_cli_stats_line_shows_the_guild_stream_once_used(sim):
     sim.emit_guild_events(3)
     sim.add_guilds(5)
     assert stats_line(sim, 0, 1.0)[0].endswith(" guild_events=3 guilds=7")
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("recommended_guilds_per_shard", 0, "recommended_guilds_per_shard must be >= 1"),
+    ("guild_events_per_second", -1.0, "guild_events_per_second must be >= 0"),
+    ("guild_events_per_second", float("nan"), "guild_events_per_second must be a finite number"),
+])
+def test_new_options_are_checked(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        SimConfig(**{option: value})
