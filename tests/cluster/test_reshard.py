@@ -151,9 +151,10 @@ async def test_a_new_shard_refused_fatally_rolls_back_and_the_old_set_serves_on(
 
 
 async def test_4011_with_auto_reshard_grows_the_cluster_by_itself(tmp_path, id_log):
-    """4 shards of 4 guilds, at most 5 guilds a shard: 8 more guilds close every shard with 4011, and
-    --auto-reshard moves to 8 shards (Discord's recommendation, 1, lags: it doubles)."""
-    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, max_guilds_per_shard=5, **FAST) as sim:
+    """4 shards of 4 guilds, at most 5 guilds a shard, one recommended shard per 4 guilds: 8 more guilds close every
+    shard with 4011, and --auto-reshard moves to Discord's new recommendation, 6 shards."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, max_guilds_per_shard=5,
+                         recommended_guilds_per_shard=4, **FAST) as sim:
         async with running(sim, HANDLER, tmp_path, shards_per_worker=4, identify_window=0.3,
                            auto_reshard=True) as (sup, task):
             await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
@@ -163,12 +164,12 @@ async def test_4011_with_auto_reshard_grows_the_cluster_by_itself(tmp_path, id_l
                         and sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
             snap = sup.snapshot()
             assert snap.reshard.phase == "done", snap.reshard.reason
-            assert not task.done() and snap.shard_total == 8
-            await until(lambda: sup.active_shards() == 8, 10, "8 shards active")
+            assert not task.done() and snap.shard_total == 6
+            await until(lambda: sup.active_shards() == 6, 10, "6 shards active")
             ids = sim.emit_guild_events(24)  # the bot serves every guild again
             await until(lambda: set(ids) <= {d[0] for d in delivered(id_log)}, 10, "the new set delivers")
             stats = sim.stats.snapshot()
-    assert stats["sets"]["4"]["closes"].get("4011") == 4 and stats["sets"]["8"]["identifies"] == 8
+    assert stats["sets"]["4"]["closes"].get("4011") == 4 and stats["sets"]["6"]["identifies"] == 6
 
 
 class _Served:
