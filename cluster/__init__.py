@@ -14,14 +14,16 @@ Run it with ``python -m cluster run --handler mybot:Handler`` or from Python::
 - :class:`RestartPolicy`, :func:`split`, :func:`round_up`, :func:`save_sessions` /
   :func:`load_sessions`: the pure parts, usable on their own.
 - :class:`ClusterError`: the root of the package's errors (:class:`ConfigError`, :class:`HandlerImportError`,
-  :class:`ClusterExit`); the tree is in :mod:`cluster.error`.
+  :class:`ClusterExit`, :class:`ReshardRefused`); the tree is in :mod:`cluster.error`.
+- :meth:`Supervisor.reshard`: grow the shard count live (:mod:`cluster.reshard`, :mod:`cluster.resharder`).
 """
 
 __version__ = "0.1.0"  # the release, as in pyproject.toml (tests/test_packaging.py checks)
 
 from cluster.config import ClusterConfig, load_config
 from cluster.coordination import Coordination, IdentifyCoordinator, SessionBudget
-from cluster.error import ClusterError, ClusterExit, ConfigError, CoordinatorUnavailable, HandlerImportError
+from cluster.error import (ClusterError, ClusterExit, ConfigError, CoordinatorUnavailable, HandlerImportError,
+                           ReshardRefused)
 from cluster.exitcodes import ExitCode
 from cluster.handler import ClusterStatus, Handler, WorkerContext
 from cluster.layout import round_up, split
@@ -33,7 +35,7 @@ from cluster.supervisor import Supervisor
 
 __all__ = [
     "Backoff", "ClusterConfig", "ClusterError", "ClusterExit", "ClusterSnapshot", "ClusterStatus", "ConfigError",
-    "Coordination", "CoordinatorUnavailable", "ExitCode", "Handler", "HandlerImportError", "IdentifyCoordinator", "IpcQueue", "RestartPolicy",
-    "SessionBudget", "Supervisor", "WorkerContext", "load_config", "load_sessions", "round_up", "save_sessions",
+    "Coordination", "CoordinatorUnavailable", "ExitCode", "Handler", "HandlerImportError", "IdentifyCoordinator", "IpcQueue", "ReshardRefused",
+    "RestartPolicy", "SessionBudget", "Supervisor", "WorkerContext", "load_config", "load_sessions", "round_up", "save_sessions",
     "split",
 ]

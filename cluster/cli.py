@@ -3,6 +3,12 @@
     python -m cluster run --token-env DISCORD_TOKEN --handler mybot:Handler --workers 4
     python -m cluster status [--url http://127.0.0.1:9100 | --coordinator redis://host:6379/0]
     python -m cluster restart --rolling [--url ... | --pid PID]
+    python -m cluster reshard [--shards N] [--url ...]
+
+``reshard`` exits 0 once the cluster runs the new shard count, 1 if the supervisor cannot be reached or refuses the
+token, 2 for a config error, 10 if the reshard was refused (the reason is printed: the budget, one already
+running, a count that does not grow the cluster, a coordinator), 11 if it rolled back, 12 if ``--timeout`` passed
+first (the reshard goes on).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import time
 import typing
 import urllib.error
 import urllib.request
@@ -24,7 +31,10 @@ import msgspec
 from cluster.config import ENV_PREFIX, HELP, NONE_WORDS, NULLABLE, ClusterConfig, ConfigError, load_config
 from cluster.exitcodes import ExitCode
 
-__all__ = ["main"]
+__all__ = ["RESHARD_EXIT", "main"]
+
+RESHARD_EXIT = {"done": 0, "unreachable": 1, "config": 2, "refused": 10, "rolled_back": 11, "timeout": 12}
+"""The exit codes of ``cluster reshard``."""
 
 
 def _field_type(annotation: Any) -> type:
@@ -72,9 +82,11 @@ def _parser() -> argparse.ArgumentParser:
                          description=f"Every option can also come from the environment ({ENV_PREFIX}WORKERS=4) "
                                      "or the --config TOML file; flags win, then the environment, then the file.")
     _add_config_flags(run)
-    for name in ("status", "restart"):
-        s = sub.add_parser(name, help="print the workers and shards" if name == "status" else
-                           "restart the workers one by one, resuming every session")
+    helps = {"status": "print the workers and shards", "restart": "restart the workers one by one, resuming every "
+             "session", "reshard": "grow the shard count live: start a new shard set, switch to it without losing "
+             "or repeating an event, close the old one"}
+    for name in ("status", "restart", "reshard"):
+        s = sub.add_parser(name, help=helps[name])
         s.add_argument("--url", help="the supervisor's HTTP address (default: from --http-host/--http-port, "
                                      f"{ENV_PREFIX}HTTP_PORT or 9100)")
         s.add_argument("--config", metavar="FILE")
@@ -84,9 +96,15 @@ def _parser() -> argparse.ArgumentParser:
                            help=f"show every host of the bot from this Redis (default: {ENV_PREFIX}COORDINATOR or "
                                 "the --config file; --url asks one supervisor instead)")
             s.add_argument("--cluster-name", help=HELP["cluster_name"])
-        else:
+        elif name == "restart":
             s.add_argument("--rolling", action="store_true", required=True)
             s.add_argument("--pid", type=int, help="send SIGHUP to this supervisor instead of using HTTP")
+        else:
+            s.add_argument("--shards", type=int, help="the new shard count (default: GET /gateway/bot's "
+                                                      "recommendation, rounded up to a multiple of max_concurrency)")
+            s.add_argument("--no-wait", action="store_true", help="return once the reshard started")
+            s.add_argument("--timeout", type=float, help="stop waiting after this many seconds (exit 12)")
+        if name != "status":
             s.add_argument("--http-token-file", metavar="FILE",
                            help=f"file holding the supervisor's HTTP token (default: {ENV_PREFIX}HTTP_TOKEN, "
                                 f"{ENV_PREFIX}HTTP_TOKEN_FILE or the --config file)")
@@ -150,7 +168,7 @@ def format_status(st: dict[str, Any]) -> str:
     b = st.get("session_budget") or {}
     lines = [f"{st['active']}/{st['shard_total']} shards active · max_concurrency {st['max_concurrency']} · "
              f"identify queue {st['identify_queue']} · identifies left {b.get('remaining')}/{b.get('total')} "
-             f"(safety margin {b.get('reserve')}) · up {st['uptime']:.0f} s", "",
+             f"(safety margin {b.get('reserve')}) · up {st['uptime']:.0f} s", *_reshard_line(st.get("reshard")), "",
              f"{'WORKER':>6} {'PID':>8} {'STATE':<9} {'SHARDS':<10} {'RSS MB':>7} {'IPC RTT':>9} {'RESTARTS':>8}"]
     for w in st["workers"]:
         rtt = f"{w['ipc_rtt'] * 1000:.2f}ms" if w["ipc_rtt"] is not None else "-"
@@ -171,6 +189,15 @@ def format_status(st: dict[str, Any]) -> str:
         moves = ", ".join(f"{m['event']} {m['reason']} {m['count']}" for m in st.get("lease_moves", []))
         lines.append(f"lease moves: {moves or 'none'}")
     return "\n".join(lines)
+
+
+def _reshard_line(r: dict[str, Any] | None) -> list[str]:
+    """The latest live reshard, for ``cluster status`` (nothing if there was none)."""
+    if not r or r["phase"] == "idle":
+        return []
+    line = (f"reshard {r['from']} -> {r['to']} shards: {r['phase']} · {r['ready']}/{r['to']} new shards ready · "
+            f"{r['passed']}/{r['from']} old shards past the cut · {r['elapsed']:.1f} s")
+    return [line + (f" · {r['reason']}" if r["reason"] else "")]
 
 
 def format_hosts(hosts: list[dict[str, Any]]) -> str:
@@ -228,6 +255,42 @@ def _hosts_status(cfg: ClusterConfig, *, as_json: bool) -> int:
     return 0
 
 
+def _reshard(base: str, token: str | None, shards: int | None, *, wait: bool, timeout: float | None) -> int:
+    """``cluster reshard``: start it, then print each phase until it is done or rolled back."""
+    status, body = _http("POST", base + "/reshard" + (f"?shards={shards}" if shards is not None else ""), token)
+    text = body.decode(errors="replace").strip()
+    if status != 202:
+        print(f"cluster: {text} (HTTP {status})", file=sys.stderr)
+        return RESHARD_EXIT["refused" if status in (400, 409) else "unreachable"]
+    started = json.loads(text)
+    print(f"resharding from {started['from']} to {started['to']} shards")
+    if not wait:
+        return RESHARD_EXIT["done"]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    shown = None
+    while True:
+        status, body = _http("GET", base + "/status")
+        if status != 200:
+            print(f"cluster: {base}/status answered {status}", file=sys.stderr)
+            return RESHARD_EXIT["unreachable"]
+        r = json.loads(body)["reshard"]
+        line = f"{r['phase']}: {r['ready']}/{r['to']} new shards ready, {r['passed']}/{r['from']} old shards past the cut"
+        if line != shown:
+            print(f"{r['elapsed']:6.1f} s  {line}")
+            shown = line
+        if r["phase"] == "done":
+            print(f"done: {r['to']} shards; switched {r['switch_after']:.1f} s after the start"
+                  + (f" ({r['reason']})" if r["reason"] else ""))
+            return RESHARD_EXIT["done"]
+        if r["phase"] == "rolled_back":
+            print(f"cluster: reshard rolled back: {r['reason']}; the {r['from']} old shards run on", file=sys.stderr)
+            return RESHARD_EXIT["rolled_back"]
+        if deadline is not None and time.monotonic() > deadline:
+            print(f"cluster: still {r['phase']} after {timeout:g} s; the reshard goes on", file=sys.stderr)
+            return RESHARD_EXIT["timeout"]
+        time.sleep(0.25)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -252,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             return _hosts_status(cfg, as_json=args.json)
         base = _base_url(args, cfg)
         token = None
-        if args.command == "restart":
+        if args.command in ("restart", "reshard"):
             token_from = ClusterConfig(http_token_file=args.http_token_file) if args.http_token_file else cfg
             token = token_from.http_secret()
     except ConfigError as exc:
@@ -267,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
             st = json.loads(body)
             print(json.dumps(st, indent=2) if args.json else format_status(st))
             return 0
+        if args.command == "reshard":
+            return _reshard(base, token, args.shards, wait=not args.no_wait, timeout=args.timeout)
         status, body = _http("POST", base + "/restart?rolling=1", token)
         print(body.decode(errors="replace").strip(), file=sys.stdout if status in (200, 202) else sys.stderr)
         return 0 if status in (200, 202) else int(ExitCode.ERROR)

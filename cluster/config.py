@@ -123,6 +123,15 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     leases in Redis, taking over a dead host's blocks and rebalancing when hosts join or leave
     (:mod:`cluster.leases`)."""
     lease_ttl: float = 10.0
+    auto_reshard: bool = False
+    """Reshard live by itself (one host only, no coordinator): when a shard is closed with 4011 (sharding required),
+    and when GET /gateway/bot, asked every auto_reshard_interval seconds, recommends more shards than run by more
+    than auto_reshard_margin."""
+    auto_reshard_interval: float = 3600.0
+    auto_reshard_margin: float = 0.5
+    """With auto_reshard: reshard once the recommendation exceeds the running count by this fraction (0.5: 50%)."""
+    reshard_cut_timeout: float = 10.0
+    """Seconds a live reshard waits for every old shard to pass the cut before it switches anyway (logged)."""
     """Seconds a block's lease outlives its last renewal (renewed every lease_ttl / 3). A dead host's blocks resume
     elsewhere about this long after it died; a host that cannot renew stops its blocks a quarter of it earlier."""
 
@@ -199,6 +208,11 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                                 "or host_count")
             if self.workers is not None:
                 problems.append("assign auto cuts the shards into blocks of shards_per_worker: give that, not workers")
+        if self.auto_reshard and self.coordinator is not None:
+            problems.append("auto_reshard works on one host only: live resharding with a coordinator is not "
+                            "supported yet")
+        if self.auto_reshard_interval <= 0 or self.auto_reshard_margin < 0 or self.reshard_cut_timeout <= 0:
+            problems.append("auto_reshard_interval and reshard_cut_timeout must be > 0, auto_reshard_margin >= 0")
         if self.lease_ttl < 1:
             problems.append(f"lease_ttl must be >= 1 (leases are renewed every third of it), got {self.lease_ttl:g}")
         index, count = self.host_index, self.host_count
@@ -319,6 +333,13 @@ HELP: dict[str, str] = {
               "rebalance when hosts join or leave (needs --coordinator)",
     "lease_ttl": "with --assign auto: seconds a block's lease outlives its last renewal; a dead host's shards resume "
                  "elsewhere after about this long, and a host cut off from the coordinator stops its blocks before",
+    "auto_reshard": "reshard live by itself when a shard is closed with 4011 (sharding required) or when "
+                    "GET /gateway/bot recommends more shards by --auto-reshard-margin (one host only)",
+    "auto_reshard_interval": "with --auto-reshard: seconds between checks of GET /gateway/bot's recommendation",
+    "auto_reshard_margin": "with --auto-reshard: reshard once the recommendation exceeds the running shard count by "
+                           "this fraction",
+    "reshard_cut_timeout": "seconds a live reshard waits for every old shard to pass the cut before switching "
+                           "anyway (logged)",
     "host_ttl": "seconds a host's record in the coordinator outlives its last renewal (every second); a host "
                 "killed without a clean stop keeps its range this long, and its restart on the same machine waits",
 }

@@ -1,7 +1,7 @@
 """``shardstack``: the project's command (the console script; ``python -m cluster`` and ``python -m sim`` keep working).
 
     shardstack run --token-env DISCORD_TOKEN --handler mybot:Handler   # run a cluster (python -m cluster run)
-    shardstack status | restart --rolling                              # a running cluster (python -m cluster ...)
+    shardstack status | restart --rolling | reshard [--shards N]       # a running cluster (python -m cluster ...)
     shardstack healthcheck                                             # exit 0 if /healthz answers 200, else 1
     shardstack sim --port 8765                                         # the simulator (python -m sim)
     shardstack demo                                                    # simulator + cluster (python -m cluster.demo)
@@ -87,6 +87,7 @@ COMMANDS: dict[str, tuple[Callable[[list[str]], int], str]] = {
     "run": (_cluster_cli, "run the supervisor and its workers"),
     "status": (_cluster_cli, "print a running cluster's workers and shards"),
     "restart": (_cluster_cli, "restart a running cluster's workers one by one, resuming every session"),
+    "reshard": (_cluster_cli, "grow a running cluster's shard count live, without losing or repeating an event"),
     "healthcheck": (_healthcheck, "exit 0 if the supervisor's /healthz answers 200, else 1"),
     "sim": (_sim, "run the local Discord simulator"),
     "demo": (_demo, "run the simulator and a cluster against it, with a live status line"),

@@ -6,7 +6,8 @@ The hierarchy::
     ├── ConfigError             the configuration is invalid (also a ValueError); the message names the key
     ├── HandlerImportError      the ``module:attribute`` handler cannot be imported or created (also an ImportError)
     ├── ClusterExit             stop the cluster with an exit code (``code``, an ``ExitCode``) and a message
-    └── CoordinatorUnavailable  the coordinator (Redis) cannot be reached right now: retry with backoff
+    ├── CoordinatorUnavailable  the coordinator (Redis) cannot be reached right now: retry with backoff
+    └── ReshardRefused          a live reshard must not start now (also a ValueError); the message says why
 
 All are public and exported from ``cluster``; the stdlib bases stay so that code catching ``ValueError``
 or ``ImportError`` keeps catching them. This module imports nothing of the package, so any module may raise
@@ -15,7 +16,8 @@ these without an import cycle.
 
 from __future__ import annotations
 
-__all__ = ["ClusterError", "ClusterExit", "ConfigError", "CoordinatorUnavailable", "HandlerImportError"]
+__all__ = ["ClusterError", "ClusterExit", "ConfigError", "CoordinatorUnavailable", "HandlerImportError",
+           "ReshardRefused"]
 
 
 class ClusterError(Exception):
@@ -46,3 +48,8 @@ class CoordinatorUnavailable(ClusterError, ConnectionError):
 
     Transient by nature: running shards go on (a resume needs no slot), identifies wait, and the caller
     retries with backoff. A coordinator that answers wrongly (bad password, not Redis) is a ``ConfigError``."""
+
+
+class ReshardRefused(ClusterError, ValueError):
+    """A live reshard that must not start (the session budget, one already running, a count that does not grow the
+    cluster, a coordinator); the message says why in one line. Nothing was started."""

@@ -1,10 +1,12 @@
-"""The supervisor's small HTTP endpoint: /metrics, /healthz, /readyz, /status, the status page /, POST /restart.
+"""The supervisor's small HTTP endpoint: /metrics, /healthz, /readyz, /status, the status page /, POST /restart and
+POST /reshard.
 
 Bound to 127.0.0.1 by default. The read-only endpoints are open (probes, Prometheus). The one
 that acts, ``POST /restart?rolling=1``, is off unless an HTTP token is configured, and then
 needs ``Authorization: Bearer <token>`` and a Host header naming this server (the bind address,
 a loopback name or ``http_allowed_hosts``), so that a web page cannot reach it through DNS
-rebinding. At most ``http_max_connections`` connections are open at once, each for at most
+rebinding. ``POST /reshard[?shards=N]`` starts a live reshard under the same rules (202, or 409 with the reason it
+was refused). At most ``http_max_connections`` connections are open at once, each for at most
 ``http_timeout`` seconds per step, so idle clients cannot use up the file descriptors that
 worker restarts need.
 
@@ -25,7 +27,8 @@ from urllib.parse import parse_qs
 
 from cluster.config import ClusterConfig
 from cluster.metrics import MetricsPage
-from cluster.snapshot import ClusterSnapshot
+from cluster.reshard import ReshardRefused
+from cluster.snapshot import ClusterSnapshot, ReshardSnapshot
 
 __all__ = ["serve_http"]
 
@@ -54,6 +57,8 @@ class Served(Protocol):
     def snapshot(self) -> ClusterSnapshot: ...
 
     def rolling_restart(self) -> bool: ...
+
+    async def reshard(self, shards: int | None = None) -> ReshardSnapshot: ...
 
 
 def host_name(value: str) -> str:
@@ -99,19 +104,43 @@ class Endpoint:
             return 200, *self.static[path]
         if path == "/restart":
             return self.restart(method, query, headers)
+        if path == "/reshard":
+            return await self.reshard(method, query, headers)
         return 404, "text/plain", b"not found\n"
 
-    def restart(self, method: str, query: str, headers: dict[str, str]) -> Answer:
+    def _refused(self, path: str, method: str, headers: dict[str, str]) -> Answer | None:
+        """Why a request to an endpoint that acts is refused (None: it may act)."""
         if method != "POST":
             return 405, "text/plain", b"use POST\n"
         if self._token is None:
-            return 403, "text/plain", (b"POST /restart is off: configure an HTTP token (CLUSTER_HTTP_TOKEN or "
-                                       b"--http-token-file), or send SIGHUP to the supervisor\n")
+            extra = ", or send SIGHUP to the supervisor" if path == "/restart" else ""
+            return 403, "text/plain", (f"POST {path} is off: configure an HTTP token (CLUSTER_HTTP_TOKEN or "
+                                       f"--http-token-file){extra}\n").encode()
         if host_name(headers.get("host", "")) not in self.allowed_hosts:
             return 403, "text/plain", b"this Host header is not accepted (see --http-allowed-hosts)\n"
         scheme, _, credential = headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(credential.strip().encode(), self._token):
             return 401, "text/plain", b"a valid Authorization: Bearer <token> header is required\n"
+        return None
+
+    async def reshard(self, method: str, query: str, headers: dict[str, str]) -> Answer:
+        if (refused := self._refused("/reshard", method, headers)) is not None:
+            return refused
+        values = parse_qs(query, keep_blank_values=True).get("shards")
+        shards = None
+        if values is not None:
+            if len(values) != 1 or not values[0].isdigit() or not 0 < int(values[0]) <= 1_000_000:
+                return 400, "text/plain", b"shards must be one positive whole number: POST /reshard?shards=N\n"
+            shards = int(values[0])
+        try:
+            snap = await self.sup.reshard(shards)
+        except ReshardRefused as exc:
+            return 409, "text/plain", f"reshard refused: {exc}\n".encode()
+        return 202, "application/json", json.dumps(snap.status()).encode()
+
+    def restart(self, method: str, query: str, headers: dict[str, str]) -> Answer:
+        if (refused := self._refused("/restart", method, headers)) is not None:
+            return refused
         if parse_qs(query, keep_blank_values=True).get("rolling") != ["1"]:
             return 400, "text/plain", b"only rolling restarts are supported: POST /restart?rolling=1\n"
         if self.sup.rolling_restart():

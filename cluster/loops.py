@@ -37,6 +37,11 @@ class Loops:
         self.saved_version = 0  # the sessions version in the store
         self.state_error: str | None = None
         self._last_defer = 0.0
+        self.send_identify: Callable[[int, Packet], bool] = send_to_shard
+        """Sends an identify decision to the shard of a coordinator key (a live reshard has two key ranges)."""
+        self.on_refuse: Callable[[int, str], bool] | None = None
+        """Told of a refused identify (coordinator key, reason) before the cluster stops; True if it handled it
+        (a live reshard's new shard: the reshard rolls back)."""
 
     def name_state_file(self, token: str) -> None:
         """With no state_file configured, save to the per-user default named after the bot (known from its token)."""
@@ -73,8 +78,9 @@ class Loops:
                 if isinstance(d, Grant):
                     self._grant(d)
                 elif isinstance(d, Refuse):
-                    self.send_to_shard(d.shard_id, IdentifyRefused(d.shard_id, d.message))
-                    rt.stop(ExitCode.SESSION_BUDGET, d.message)
+                    self.send_identify(d.shard_id, IdentifyRefused(d.shard_id, d.message))
+                    if self.on_refuse is None or not self.on_refuse(d.shard_id, d.message):
+                        rt.stop(ExitCode.SESSION_BUDGET, d.message)
                 elif isinstance(d, Defer) and now - self._last_defer > 60:
                     self._last_defer = now
                     log.warning("%s", d.message)
@@ -93,7 +99,7 @@ class Loops:
         rt.identifies[g.reason] += 1
         rt.identify_waits.record(g.waited)
         hold = max(0.0, g.not_before - time.monotonic()) if g.not_before else 0.0
-        if not self.send_to_shard(g.shard_id, IdentifyGrant(g.shard_id, hold)):
+        if not self.send_identify(g.shard_id, IdentifyGrant(g.shard_id, hold)):
             rt.identify_events.append((time.monotonic(), IdentifyCancel(g.shard_id)))
 
     async def heartbeat(self) -> None:
@@ -143,7 +149,7 @@ class Loops:
                 if now - view.restarted_at < cfg.shard_stuck_timeout:
                     continue
                 reason = None
-                if (view.state not in (ACTIVE, QUEUED) and view.shard_id not in waiting
+                if (view.state not in (ACTIVE, QUEUED) and view.shard_id + rt.id_base not in waiting
                         and now - view.since > cfg.shard_stuck_timeout):
                     reason = f"stuck in {view.state} for {now - view.since:.0f} s"
                 elif view.state == ACTIVE and view.last_event_age is not None and view.last_event_age > cfg.shard_stuck_timeout:

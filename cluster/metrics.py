@@ -24,6 +24,8 @@ from cluster.snapshot import WAIT_BUCKETS, ClusterSnapshot, ShardPhase, WaitHist
 __all__ = ["MetricsPage", "MetricsSnapshot", "WAIT_BUCKETS", "render_snapshot", "snapshot"]
 
 SHARD_STATES = tuple(p.value for p in ShardPhase if p is not ShardPhase.UNKNOWN)
+RESHARD_PHASES = ("idle", "starting", "warming", "cutting_over", "closing_old", "done", "rolled_back")
+"""The values of :class:`cluster.reshard.Phase` (this module imports nothing of the supervisor)."""
 RECONNECT_EVENTS = {"GATEWAY_RECONNECT": "reconnect", "GATEWAY_INVALID_SESSION": "invalid_session",
                     "GATEWAY_CLOSE": "close"}
 
@@ -133,6 +135,19 @@ class _Collector:
             for (event, reason), n in sorted(snap.lease_moves.items()):
                 moves.add_metric([event, reason], n)
             yield moves
+        reshard = snap.reshard
+        phase = GaugeMetricFamily("cluster_reshard_phase", "1 for the phase of the latest live reshard (idle: none "
+                                  "since the start)", labels=["phase"])
+        for name in RESHARD_PHASES:
+            phase.add_metric([name], 1.0 if (reshard.phase if reshard else "idle") == name else 0.0)
+        yield phase
+        if reshard is not None:
+            target = GaugeMetricFamily("cluster_reshard_target_shards", "Shard count the latest reshard moves to")
+            target.add_metric([], reshard.new_total)
+            ready = GaugeMetricFamily("cluster_reshard_new_shards_ready", "New shards of the latest reshard that are "
+                                      "READY with all their guilds")
+            ready.add_metric([], reshard.ready)
+            yield from (target, ready)
         failures = CounterMetricFamily("cluster_supervisor_errors", "Failures the supervisor contained and went on "
                                        "after (a failed budget refresh, worker start, IPC send, task)",
                                        labels=["where", "error"])

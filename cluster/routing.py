@@ -16,7 +16,7 @@ from cluster.runtime import ACTIVE, Runtime, WorkerHandle
 from ipc import ChannelClosed, answer, gather
 from ipc.calls import Reply, encode_call, encode_value
 from ipc.channel import BROADCAST_MARGIN
-from ipc.protocol import (Drained, Hello, IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted,
+from ipc.protocol import (CutLate, CutPassed, Drained, Hello, ShardWarm, IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted,
                           IdentifyUnused, Packet, Pong, Request, Response, SessionReport, ShardFatal, StatusReport,
                           WorkerFatal)
 
@@ -39,6 +39,11 @@ class Router:
         """This host's id when the cluster spans hosts (set with ``remote``)."""
         self.remote: Callable[[str, bytes, float], Awaitable[list[Reply]]] | None = None
         """The other hosts' workers' replies to a broadcast (:meth:`cluster.crosshost.CrossHost.ask`), or None."""
+        self.on_fatal: Callable[[int, int | None], bool] | None = None
+        """Told of a shard closed fatally (id, close code) before the cluster stops; True if it handled it (a live
+        reshard: a new shard lost rolls it back; --auto-reshard on 4011)."""
+        self.on_cutover: Callable[[WorkerHandle, Packet], None] | None = None
+        """Gets a live reshard's reports (:class:`ShardWarm`, :class:`CutPassed`, :class:`CutLate`)."""
 
     def on_packet(self, handle: WorkerHandle, p: Packet) -> None:
         rt = self.rt
@@ -52,9 +57,9 @@ class Router:
                 if handle.heartbeat is not None:
                     handle.heartbeat.pong(nonce, now)
             case IdentifyRequest(shard_id=shard_id) | IdentifyUnused(shard_id=shard_id) if shard_id in handle.shard_ids:
-                rt.queue_identify(now, p)
+                rt.queue_identify(now, p, handle.id_base)
             case IdentifyStarted() | IdentifyDone() | IdentifyCancel():
-                rt.queue_identify(now, p)
+                rt.queue_identify(now, p, handle.id_base)
             case Hello():
                 if not handle.hello.done():
                     handle.hello.set_result(None)
@@ -65,8 +70,12 @@ class Router:
             case Request():
                 rt.spawn_task(self._answer(handle, p))
             case ShardFatal(shard_id=shard_id, code=code):
-                exit_code, text = for_close_code(code)
-                rt.stop(exit_code, f"shard {shard_id}: {text}")
+                if self.on_fatal is None or not self.on_fatal(shard_id, code):
+                    exit_code, text = for_close_code(code)
+                    rt.stop(exit_code, f"shard {shard_id}: {text}")
+            case ShardWarm() | CutPassed() | CutLate():
+                if self.on_cutover is not None:
+                    self.on_cutover(handle, p)
             case WorkerFatal(kind=kind, message=message):
                 handle.last_fatal = f"{kind.replace('_', ' ')} failed: {message}"
                 if kind == "handler_setup":  # stop logs it

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from cluster.config import ClusterConfig
 from cluster.coordination import Coordination, IdentifyEvent
 from cluster.exitcodes import ClusterExit, ExitCode
@@ -62,6 +64,8 @@ class WorkerHandle:
     started_at: float = 0.0
     exitcode: int | None = None
     retiring: bool = False
+    id_base: int = 0
+    """Added to its shard ids in the identify coordinator (a live reshard's two sets use two key ranges)."""
     last_fatal: str | None = None
     rss: int = 0
     loop_lag: float = 0.0
@@ -90,6 +94,7 @@ class Runtime:
         self.shard_total = 0
         self.max_concurrency = 1
         self.gateway_url: str | None = config.gateway_url
+        self.id_base = 0  # added to this layout's shard ids in the identify coordinator (cluster.resharder)
         self.coordinator: Coordination | None = None
         self.identify_events: deque[tuple[float, IdentifyEvent]] = deque()  # for the identify pump
         self.budget_update: tuple[int, int, float, float] | None = None  # (total, remaining, reset_after, now): for it
@@ -122,8 +127,11 @@ class Runtime:
             self.sessions[info.shard_id] = info
         self.sessions_version += 1
 
-    def queue_identify(self, now: float, event: IdentifyEvent) -> None:
-        """Hand an identify report to the identify pump (the one caller of the coordinator)."""
+    def queue_identify(self, now: float, event: IdentifyEvent, id_base: int = 0) -> None:
+        """Hand an identify report to the identify pump (the one caller of the coordinator), its shard id moved to
+        the coordinator's key range ``id_base``."""
+        if id_base:
+            event = msgspec.structs.replace(event, shard_id=event.shard_id + id_base)
         self.identify_events.append((now, event))
         self.wake.set()
 

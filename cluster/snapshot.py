@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BlockSnapshot", "ClusterSnapshot", "CoordinationStats", "ShardPhase", "ShardSnapshot", "WAIT_BUCKETS", "WaitHistogram",
+__all__ = ["BlockSnapshot", "ClusterSnapshot", "CoordinationStats", "ReshardSnapshot", "ShardPhase", "ShardSnapshot", "WAIT_BUCKETS", "WaitHistogram",
            "WorkerSnapshot", "WorkerState"]
 
 WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
@@ -139,6 +139,28 @@ class BlockSnapshot:
 
 
 @dataclass(frozen=True, slots=True)
+class ReshardSnapshot:
+    """The latest live reshard (:mod:`cluster.reshard`): its phase (a :class:`~cluster.reshard.Phase` value), the
+    shard counts, new shards warm (READY with all their guilds) and old shards past the cut, seconds since it
+    started (until it ended), seconds from the start to the switch (None before), and why it rolled back or
+    switched without every old shard."""
+
+    phase: str
+    old_total: int
+    new_total: int
+    ready: int
+    passed: int
+    elapsed: float
+    switch_after: float | None
+    reason: str
+
+    def status(self) -> dict[str, Any]:
+        return {"phase": self.phase, "from": self.old_total, "to": self.new_total, "ready": self.ready,
+                "passed": self.passed, "elapsed": self.elapsed, "switch_after": self.switch_after,
+                "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
 class ClusterSnapshot:
     """The whole cluster at one moment (``uptime`` seconds after the supervisor started)."""
 
@@ -165,6 +187,8 @@ class ClusterSnapshot:
     """Every block and its lease (``--assign auto``); None with a static assignment."""
     lease_moves: Mapping[tuple[str, str], int] | None = None
     """This host's lease moves since it started, by (``claim``/``loss``/``handoff``/``failover``, reason)."""
+    reshard: ReshardSnapshot | None = None
+    """The latest live reshard since the start; None if there was none (``/status`` then says phase ``idle``)."""
 
     @property
     def active(self) -> int:
@@ -205,6 +229,7 @@ class ClusterSnapshot:
             "shards": [{"id": s.shard_id, "worker": s.worker_id, "state": s.state.value, "latency": s.latency,
                         "last_event_age": s.last_event_age, "session": s.session, "resumes": s.resumes}
                        for s in self.shards],
+            "reshard": self.reshard.status() if self.reshard is not None else {"phase": "idle"},
         } | ({} if self.hosts is None else {"hosts": [dict(h) for h in self.hosts]}) | ({} if self.blocks is None else {
             "blocks": [{"block": b.block, "shards": [b.first, b.last], "owner": b.owner, "epoch": b.epoch,
                         "lease_age": b.lease_age, "mine": b.mine} for b in self.blocks],

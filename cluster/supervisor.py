@@ -5,7 +5,8 @@ splits the shards into workers (consecutive ranges), spawns them with ``multipro
 grants identify slots through a :class:`~cluster.coordination.Coordination`, keeps every
 shard's latest session, and restarts dead, hung or crash-looping workers behind a
 :class:`~cluster.restart.RestartPolicy`. On SIGTERM/SIGINT it drains the workers resumably and
-writes the state file; on SIGHUP it does a rolling restart that resumes every session.
+writes the state file; on SIGHUP it does a rolling restart that resumes every session. :meth:`Supervisor.reshard`
+grows the shard count live (:mod:`cluster.reshard`, :mod:`cluster.resharder`).
 """
 
 from __future__ import annotations
@@ -29,10 +30,12 @@ from cluster.hosts import (HostRecord, agree_layout, conflict_message, host_id, 
                            remove_host, try_register_host)
 from cluster.layout import round_up, split_range
 from cluster.loops import Loops
+from cluster.reshard import ReshardRefused  # noqa: F401 - what reshard() raises
+from cluster.resharder import Resharder
 from cluster.restart import Backoff, RestartPolicy
 from cluster.routing import Router
 from cluster.runtime import LOOP_RETRY_DELAY, Runtime, ShardView, WorkerHandle, WorkerState  # noqa: F401 - were here
-from cluster.snapshot import ClusterSnapshot, ShardPhase, ShardSnapshot, WorkerSnapshot
+from cluster.snapshot import ClusterSnapshot, ReshardSnapshot, ShardPhase, ShardSnapshot, WorkerSnapshot
 from cluster.state import token_user_id
 from cluster.workers import Workers, describe_exit  # noqa: F401 - was here
 
@@ -90,7 +93,11 @@ class Supervisor:
         self._router = Router(self._rt, status=self.status, supervisor_handler=supervisor_handler)
         self._workers = Workers(self._rt, multiprocess.get_context(start_method), handler=self.handler,
                                 shard_options=shard_options, on_packet=self._router.on_packet)
-        self._loops = Loops(self._rt, send_to_shard=self._router.send_to_shard, kill=self._workers.kill)
+        self._loops = Loops(self._rt, send_to_shard=lambda s, p: self._router.send_to_shard(s, p),
+                            kill=self._workers.kill)
+        self._resharder = Resharder(self)
+        self._router.on_fatal, self._router.on_cutover = self._resharder.on_old_fatal, self._resharder.on_packet
+        self._loops.send_identify, self._loops.on_refuse = self._resharder.send_identify, self._resharder.on_refused
         self.exit_code = ExitCode.OK
         self.exit_message = ""
         self.started = time.monotonic()
@@ -133,7 +140,7 @@ class Supervisor:
     def rolling_restart(self) -> bool:
         """Start a rolling restart (worker by worker, resuming every session); False if one runs."""
         rt = self._rt
-        if rt.rolling or rt.stopping:
+        if rt.rolling or rt.stopping or self._resharder.running:
             return False
         rt.rolling_task = rt.spawn_task(self._workers.rolling_restart())
         return True
@@ -141,6 +148,15 @@ class Supervisor:
     @property
     def rolling(self) -> bool:
         return self._rt.rolling
+
+    async def reshard(self, shards: int | None = None) -> ReshardSnapshot:
+        """Start a live reshard to ``shards`` (None: Discord's recommendation, rounded up to a multiple of
+        max_concurrency) and return its first snapshot; :class:`~cluster.reshard.ReshardRefused` says why not
+        (:mod:`cluster.reshard`, :mod:`cluster.resharder`)."""
+        await self._resharder.start(shards)
+        snap = self._resharder.snapshot()
+        assert snap is not None
+        return snap
 
     def active_shards(self) -> int:
         return self._rt.active_shards()
@@ -188,6 +204,7 @@ class Supervisor:
             hosts=self._cross.summaries() if self._cross is not None else None,
             blocks=self.blocks.view if self.blocks is not None else None,
             lease_moves=dict(self.blocks.moves) if self.blocks is not None else None,
+            reshard=self._resharder.snapshot(),
         )
 
     def status(self) -> dict[str, Any]:
@@ -307,6 +324,8 @@ class Supervisor:
                                               user_id=token_user_id(token), gateway_url=self.gateway_url)
             self.sessions = await (self._on_redis("the session store", load) if self._redis is not None else load())
         self._loops.start()
+        if cfg.auto_reshard:
+            self._rt.spawn_loop("auto_reshard", self._resharder.watch)
         for wid, r in enumerate(ranges):
             self._rt.spawn_task(self._workers.bring_up(wid, r, self._policy(wid)))
 
@@ -374,6 +393,7 @@ class Supervisor:
     async def _shutdown_steps(self) -> None:
         rt = self._rt
         rt.stopping = True
+        await self._resharder.stop()  # before the switch: rolled back; after it: the old set closed
         if self.blocks is not None:  # hand every block over (drained, saved, released) while leases are renewed
             await self.blocks.leave()
         for task in list(rt.tasks):

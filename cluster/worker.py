@@ -19,14 +19,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from cluster.cutover import ACKS_AFTER_CUT, NewGate, OldGate, Verdict, snowflake_at
 from cluster.fence import Fence
 from cluster.handler import HandlerImportError, WorkerContext, load_handler, maybe_await
 from cluster.queue import IpcQueue
 from cluster.watchdog import LoopWatchdog
 from ipc import Channel, ChannelClosed, SessionDiff, answer
-from ipc.protocol import (Assign, Assignment, Drain, Drained, Hello, IdentifyGrant, IdentifyRefused,
-                          LeaseDeadline, Packet, Request, RestartShard, SessionInfo, SessionReport, ShardFatal,
-                          ShardStatus, StatusReport, WorkerFatal, encode)
+from ipc.protocol import (Assign, Assignment, CutLate, CutoverEnd, Cutover, CutPassed, Drain, Drained, Hello,
+                          IdentifyGrant, IdentifyRefused, LeaseDeadline, Packet, Request, RestartShard, SessionInfo,
+                          SessionReport, ShardFatal, ShardStatus, ShardWarm, StatusReport, WorkerFatal, encode)
 
 __all__ = ["EXIT_HANDLER_IMPORT", "QUEUED", "WorkerSpec", "run_worker"]
 
@@ -84,6 +85,8 @@ class Worker:
         self.sessions = SessionDiff()
         self.watchdog = LoopWatchdog(spec.blocked_threshold)
         self.fence = Fence()  # --assign auto: no frame past the block's lease deadline
+        self.gates: dict[int, OldGate | NewGate] = {}  # a live reshard's cutover gates (cluster.cutover), by shard
+        self.held: dict[int, list[Any]] = {}  # events a gate holds back, by shard
         self._assign: asyncio.Future[Assign] | None = None
         self._stop: asyncio.Future[bool] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -159,6 +162,9 @@ class Worker:
         self.shard_total = assign.shard_total
         for a in assign.shards:
             self._start_shard(a)
+            if assign.hold:  # the new set of a live reshard: nothing reaches the handler before the cutover
+                self.gates[a.shard_id] = NewGate(on_warm=lambda s=a.shard_id: self._send(ShardWarm(s)))
+                self.held[a.shard_id] = []
         self.ctx = WorkerContext(self.spec.worker_id, self.shards, self.shard_total, self.channel)
         setup = getattr(self.handler, "setup", None)
         if setup is not None:
@@ -219,6 +225,14 @@ class Worker:
             self.stop(packet.resumable)
         elif isinstance(packet, LeaseDeadline):
             self.fence.extend(packet.deadline)
+        elif isinstance(packet, Cutover):
+            self._cutover(packet.at, packet.old)
+        elif isinstance(packet, CutoverEnd):
+            self._end_cutover(packet.go)
+
+    def _send(self, packet: Packet) -> None:
+        if not self.channel.closed:
+            self.channel.send(packet)
 
     async def _answer(self, request: Request) -> None:
         on_call = getattr(self.handler, "on_call", None)
@@ -252,6 +266,7 @@ class Worker:
         on_event = getattr(self.handler, "on_event", None)
         watchdog = self.watchdog
         clock = time.monotonic
+        gates = self.gates
         failing = 0  # unexpected errors in a row
         while True:
             try:
@@ -280,6 +295,12 @@ class Worker:
             self.last_event[shard_id] = clock()
             if etype == "READY":
                 self.was_ready[shard_id] = True
+            if gates:  # a live reshard's cutover (cluster.cutover); otherwise this one check is all it costs
+                gate = gates.get(shard_id)
+                if gate is not None and (verdict := gate.admit(etype, event.data)) is not Verdict.DELIVER:
+                    if verdict is Verdict.HOLD:
+                        self.held[shard_id].append(event)
+                    continue
             if on_event is None:
                 continue
             watchdog.current = (etype, shard_id)  # formatted only if the loop is reported blocked
@@ -291,6 +312,84 @@ class Worker:
                 self.handler_errors += 1
                 log.exception("handler failed on %s for shard %d; the shard goes on", etype, shard_id)
             watchdog.current = None
+
+    # --- live resharding: the cutover (cluster.cutover) ---------------------------------------
+
+    def _cutover(self, at: float, old: bool) -> None:
+        """The cut is at ``at``: gate the old set's shards, arm the new set's; at ``at``, every gated shard sends
+        the heartbeats whose ACKs mark it past the cut if no event with a creation id does first."""
+        cut = snowflake_at(at)
+        for shard_id in list(self.shards):
+            if old:
+                self.gates[shard_id] = OldGate(cut, on_pass=lambda s=shard_id: self._send(CutPassed(s)))
+                self.held[shard_id] = []
+            else:
+                gate = self.gates.get(shard_id)
+                if isinstance(gate, NewGate) and not gate.arm(cut, on_pass=lambda s=shard_id: self._ungate_live(s)):
+                    log.error("shard %d: the cut came too late (an event after it was already dropped)", shard_id)
+                    self._send(CutLate(shard_id))
+        self._start_task(self._heartbeat_at(at))
+
+    async def _heartbeat_at(self, at: float) -> None:
+        await asyncio.sleep(max(0.0, at - time.time()))
+        for shard_id, gate in list(self.gates.items()):
+            shard = self.shards.get(shard_id)
+            marker = gate.marker
+            if shard is None or marker is None:
+                continue
+            session = shard.session
+            beat = b'{"op":1,"d":%s}' % (b"null" if session is None else str(session.sequence).encode())
+            try:
+                for _ in range(ACKS_AFTER_CUT):
+                    await shard.send(beat)
+            except Exception as exc:  # noqa: BLE001 - a closed shard: creation ids or the cut timeout decide
+                log.info("shard %d: no cutover heartbeat (%s)", shard_id, exc)
+                continue
+            marker.heartbeats_sent()
+
+    def _end_cutover(self, go: bool) -> None:
+        """``go``: the new set delivers what it held (then live), the old set drops everything. A rollback: the old
+        set delivers what it held and goes on ungated; the new set is about to be drained."""
+        for shard_id, gate in list(self.gates.items()):
+            if isinstance(gate, OldGate):
+                gate.ended = go
+                if go:
+                    self.held[shard_id].clear()
+                else:
+                    self._start_task(self._release(shard_id))
+            elif go:
+                gate.mode = "flushing"
+                self._start_task(self._release(shard_id))
+            else:
+                self.held[shard_id].clear()
+
+    def _ungate_live(self, shard_id: int) -> None:
+        """A new shard passed its marker: once live, it needs no gate any more."""
+        gate = self.gates.get(shard_id)
+        if isinstance(gate, NewGate) and gate.mode == "live":
+            del self.gates[shard_id]
+
+    async def _release(self, shard_id: int) -> None:
+        """Deliver a shard's held events in order (events arriving meanwhile are held behind them), then ungate it:
+        an old shard at a rollback, a new one at go (which stays gated, live, until its own marker)."""
+        held = self.held[shard_id]
+        on_event = getattr(self.handler, "on_event", None)
+        shard = self.shards[shard_id]
+        while held:
+            event = held.pop(0)
+            if on_event is None:
+                continue
+            try:
+                await maybe_await(on_event(shard, event))
+            except Exception:
+                self.handler_errors += 1
+                log.exception("handler failed on %s for shard %d; the shard goes on", event.type, shard_id)
+        gate = self.gates.get(shard_id)
+        if isinstance(gate, NewGate):
+            gate.mode = "live"
+            if not gate.passed:  # until its marker, it still drops the old set's creation ids that come late
+                return
+        self.gates.pop(shard_id, None)
 
     async def _close_shard(self, shard_id: int, resumable: bool) -> SessionInfo | None:
         from shard import CloseFrame

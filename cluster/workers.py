@@ -52,6 +52,8 @@ class Workers:
         self._handles: set[WorkerHandle] = set()  # every worker ever started, for the shutdown
         self.may_run: Callable[[int], bool] = lambda worker_id: True
         """Whether a worker id may be (re)started now (``--assign auto``: only while its block's lease is held)."""
+        self.hold = False
+        """Assign with ``hold``: the new set of a live reshard delivers nothing until its cutover."""
         self.before_assign: Callable[[WorkerHandle], None] | None = None
         """Called with a worker just before its Assign is sent (``--assign auto``: its lease deadline first)."""
 
@@ -67,7 +69,7 @@ class Workers:
                           cfg.log_level, self.shard_options)
         process = self.mp.Process(target=run_worker, args=(spec, child), name=f"cluster-worker-{worker_id}",
                                   daemon=False)
-        handle = WorkerHandle(worker_id, shard_ids, generation, process, policy)
+        handle = WorkerHandle(worker_id, shard_ids, generation, process, policy, id_base=rt.id_base)
         self._handles.add(handle)
 
         async def start() -> None:  # never cancelled half-way: a started process is always watched
@@ -144,7 +146,7 @@ class Workers:
         if self.before_assign is not None:
             self.before_assign(handle)
         try:
-            handle.channel.send(Assign(rt.shard_total, shards, rt.max_concurrency))
+            handle.channel.send(Assign(rt.shard_total, shards, rt.max_concurrency, self.hold))
         except ChannelClosed:  # it is exiting: its reaper restarts it
             log.warning("worker %d exited before its assignment could be sent", handle.worker_id)
             return
@@ -167,7 +169,7 @@ class Workers:
             handle.channel.close()
         now = time.monotonic()
         for s in handle.shard_ids:
-            rt.identify_events.append((now, IdentifyCancel(s)))
+            rt.identify_events.append((now, IdentifyCancel(s + handle.id_base)))
             view = rt.shards.get(s)
             if view is not None and view.generation == handle.generation and rt.workers.get(handle.worker_id) is handle:
                 view.state = ShardPhase.WORKER_DOWN
@@ -240,11 +242,11 @@ class Workers:
                 except ProcessLookupError:
                     pass
 
-    async def drain_all(self) -> None:
+    async def drain_all(self, resumable: bool = True) -> None:
         """The shutdown: wait for the starts under way, then drain every worker ever started that still runs."""
         await asyncio.gather(*list(self._reapers), return_exceptions=True)  # started processes are watched
         handles = [w for w in self._handles if w.pid is not None and not w.exited.done()]
-        await asyncio.gather(*(self.drain(w) for w in handles))
+        await asyncio.gather(*(self.drain(w, resumable) for w in handles))
 
     async def _wait_active(self, shard_ids: range, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from msgspec import Struct
 __all__ = [
     "AnyPacket", "Assign", "Assignment", "Drain", "Drained", "Hello",
     "IdentifyCancel", "IdentifyDone", "IdentifyGrant", "IdentifyRefused", "IdentifyRequest", "IdentifyUnused",
-    "IdentifyStarted", "LeaseDeadline", "Packet", "Ping", "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
+    "IdentifyStarted", "CutLate", "CutPassed", "Cutover", "CutoverEnd", "LeaseDeadline", "Packet", "ShardWarm", "Ping", "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
     "ShardFatal", "ShardStatus", "StatusReport", "WorkerFatal", "decode", "encode",
 ]
 
@@ -51,11 +51,13 @@ class Assignment(Struct, array_like=True, frozen=True):
 
 
 class Assign(Packet, tag="assign"):
-    """S→W: start these shards (of ``shard_total``; identify buckets: ``max_concurrency``)."""
+    """S→W: start these shards (of ``shard_total``; identify buckets: ``max_concurrency``). With ``hold`` (the new
+    set of a live reshard) they deliver nothing until a :class:`CutoverEnd` says go (:mod:`cluster.cutover`)."""
 
     shard_total: int
     shards: list[Assignment]
     max_concurrency: int = 1
+    hold: bool = False
 
 
 class Drain(Packet, tag="drain"):
@@ -98,6 +100,42 @@ class ShardFatal(Packet, tag="shard_fatal"):
     shard_id: int
     code: int | None
     reason: str
+
+
+# --- live resharding (cluster.cutover) ----------------------------------------------------
+
+
+class ShardWarm(Packet, tag="shard_warm"):
+    """W→S: a held shard (the new set) is READY and has a GUILD_CREATE for every guild of its READY."""
+
+    shard_id: int
+
+
+class Cutover(Packet, tag="cutover"):
+    """S→W: the cut is at ``at`` (Unix seconds): ``old`` shards deliver what came before it, the new set what
+    came after, held until :class:`CutoverEnd`."""
+
+    at: float
+    old: bool
+
+
+class CutPassed(Packet, tag="cut_passed"):
+    """W→S: an old shard passed the cut: it delivered everything from before it and holds what follows."""
+
+    shard_id: int
+
+
+class CutLate(Packet, tag="cut_late"):
+    """W→S: a new shard got the cut too late (it had already dropped an event from after it)."""
+
+    shard_id: int
+
+
+class CutoverEnd(Packet, tag="cutover_end"):
+    """S→W: ``go``: the new set delivers what it held and goes live, the old set drops what it held; not ``go``
+    (a rollback): the old set delivers what it held and goes on."""
+
+    go: bool
 
 
 # --- liveness ------------------------------------------------------------------------------
@@ -225,6 +263,7 @@ AnyPacket = Union[
     Hello, Assign, Drain, Drained, RestartShard, WorkerFatal, ShardFatal, Ping, Pong,
     IdentifyRequest, IdentifyGrant, IdentifyRefused, IdentifyStarted, IdentifyDone,
     IdentifyCancel, IdentifyUnused, SessionReport, StatusReport, Request, Response, LeaseDeadline,
+    ShardWarm, Cutover, CutPassed, CutLate, CutoverEnd,
 ]
 
 _encoder = msgspec.msgpack.Encoder()

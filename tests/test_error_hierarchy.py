@@ -14,7 +14,8 @@ import pytest
 # package -> (root, public errors, internal errors); every error class the package defines is one of these.
 TREES = {
     "shard": ("ShardError", {"GatewayError", "RedirectRefused"}, {"InflateError", "HandshakeError"}),
-    "cluster": ("ClusterError", {"ConfigError", "HandlerImportError", "ClusterExit", "CoordinatorUnavailable"}, set()),
+    "cluster": ("ClusterError", {"ConfigError", "HandlerImportError", "ClusterExit", "CoordinatorUnavailable",
+                                 "ReshardRefused"}, set()),
     "ipc": ("IpcError", {"ChannelClosed", "CallError", "UnknownCall", "FramingError", "FrameTooLarge"}, set()),
     "sim": ("SimError", set(), {"HttpError", "FrameError"}),
 }

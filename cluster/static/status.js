@@ -92,6 +92,13 @@
     ], h.http_url === location.origin ? "this-host" : "")));
   }
 
+  // a live reshard under way (or how the latest ended), for the summary line
+  function resharding(r) {
+    if (!r || r.phase === "idle") return "";
+    const where = r.phase === "warming" || r.phase === "starting" ? " " + r.ready + "/" + r.to + " ready" : "";
+    return " · reshard " + r.from + " → " + r.to + ": " + r.phase.replace("_", " ") + where;
+  }
+
   function render(st) {
     last = st;
     const shards = st.shards || [];
@@ -101,7 +108,8 @@
     $("summary").textContent = st.active + " / " + shards.length + " shards active (of " + st.shard_total + ")" +
       (hosts.length ? " · " + hosts.length + " hosts: " + hosts.reduce((n, h) => n + (h.active || 0), 0) +
         " / " + run + " active" : "") +
-      " · uptime " + seconds(st.uptime) + (st.rolling ? " · rolling restart" : "") + (st.stopping ? " · stopping" : "");
+      " · uptime " + seconds(st.uptime) + (st.rolling ? " · rolling restart" : "") + (st.stopping ? " · stopping" : "") +
+      resharding(st.reshard);
     $("shard-count").textContent = "(" + shards.length + ")";
     $("queue").textContent = String(st.identify_queue);
     $("budget").textContent = budget(st.session_budget);

@@ -90,6 +90,7 @@ def test_status_json_field_by_field():
              "resumes": 2},
             {"id": 1, "worker": 0, "state": "QUEUED", "latency": 0.04, "last_event_age": 1.5, "session": True,
              "resumes": 0}],
+        "reshard": {"phase": "idle"},
     }
 
 

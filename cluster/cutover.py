@@ -1,0 +1,169 @@
+"""The cutover gate of live resharding: which events one shard delivers to its handler while two shard sets run.
+
+Sans-I/O: the worker feeds each gated shard's events to its gate (:meth:`OldGate.admit`, :meth:`NewGate.admit`)
+and acts on the :class:`Verdict`; the gate never sees a socket or a clock. Outside a reshard no shard has a gate.
+
+The cut is a wall-clock time ``T`` the supervisor picks once every new shard is warm; :func:`snowflake_at` turns it
+into a creation snowflake ``S``. Events carrying a creation snowflake (:func:`creation_id`: MESSAGE_CREATE and
+INTERACTION_CREATE ``id``) are split exactly: the old set delivers ``id < S``, the new set ``id >= S``. Events
+without one are split by each shard's own *marker*: the first creation id ``>= S`` it receives, or the ACK of a
+heartbeat sent after ``T`` (one connection is FIFO, so everything the gateway generated before ``T`` arrived
+before that ACK). The old set delivers those before its marker, the new set those after its own; between the two
+markers an event without an id may reach both sets or neither (the documented approximation).
+
+An old shard *holds* what it receives after its marker, and a new shard what it would deliver, until the
+supervisor ends the cutover: ``go`` (the new set delivers its held events, the old drops its own) or a rollback
+(the old set delivers its held events: nothing was lost; the new set is closed).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+
+__all__ = ["ACKS_AFTER_CUT", "DISCORD_EPOCH_MS", "NewGate", "OldGate", "Verdict", "creation_id", "snowflake_at"]
+
+DISCORD_EPOCH_MS = 1_420_070_400_000
+"""Milliseconds of the Unix epoch at Discord's epoch (the first second of 2015)."""
+ACKS_AFTER_CUT = 2
+"""Heartbeats a gated shard sends at the cut, and the ACKs it waits for: one more than the beats that may be
+outstanding from before the cut (the shard's own beat), so the last ACK answers a beat sent after the cut."""
+_CREATION_EVENTS = frozenset({"MESSAGE_CREATE", "INTERACTION_CREATE"})
+_HEARTBEAT_ACK = "GATEWAY_HEARTBEAT_ACK"
+_WARMING_KEPT = frozenset({"READY", "GUILD_CREATE"})
+
+
+class Verdict(enum.Enum):
+    DELIVER = "deliver"
+    DROP = "drop"
+    HOLD = "hold"
+
+
+def snowflake_at(unix_seconds: float) -> int:
+    """The smallest snowflake created at ``unix_seconds`` (wall clock) or later."""
+    return max(0, int(unix_seconds * 1000) - DISCORD_EPOCH_MS) << 22
+
+
+def creation_id(event_type: str, data: object) -> int | None:
+    """The creation snowflake an event carries (its ``id``, in plain JSON or a registered Struct), or None."""
+    if event_type not in _CREATION_EVENTS:
+        return None
+    value = data.get("id") if isinstance(data, dict) else getattr(data, "id", None)
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+class _Marker:
+    """Finds a shard's marker: a creation id at or past the cut, or enough heartbeat ACKs after it."""
+
+    def __init__(self, cut: int, on_pass: Callable[[], None]) -> None:
+        self.cut = cut
+        self.passed = False
+        self.acks_left: int | None = None  # counting ACKs once the cut's heartbeats were sent
+        self._on_pass = on_pass
+
+    def heartbeats_sent(self, count: int = ACKS_AFTER_CUT) -> None:
+        """The cut's ``count`` heartbeats were queued (after the cut time): count their ACKs from now on."""
+        if not self.passed:
+            self.acks_left = count
+
+    def see(self, event_type: str, message_id: int | None) -> None:
+        if self.passed:
+            return
+        if message_id is not None and message_id >= self.cut:
+            self._pass()
+        elif event_type == _HEARTBEAT_ACK and self.acks_left is not None:
+            self.acks_left -= 1
+            if self.acks_left <= 0:
+                self._pass()
+
+    def _pass(self) -> None:
+        self.passed = True
+        self._on_pass()
+
+
+class OldGate:
+    """An old-set shard during the cutover at snowflake ``cut``. ``on_pass()`` is called once, at the marker."""
+
+    def __init__(self, cut: int, on_pass: Callable[[], None] = lambda: None) -> None:
+        self.marker = _Marker(cut, on_pass)
+        self.ended: bool | None = None  # None while the cutover runs; True after go, False after a rollback
+
+    @property
+    def passed(self) -> bool:
+        return self.marker.passed
+
+    def admit(self, event_type: str, data: object) -> Verdict:
+        """What to do with the next event this shard received."""
+        if self.ended:
+            return Verdict.DROP  # the new set delivers now; this shard is about to be closed
+        marker = self.marker
+        if marker.passed:
+            return Verdict.HOLD
+        message_id = creation_id(event_type, data)
+        if message_id is not None and message_id < marker.cut:
+            return Verdict.DELIVER
+        marker.see(event_type, message_id)
+        return Verdict.HOLD if message_id is not None else Verdict.DELIVER  # the marker's own ACK is delivered
+
+
+class NewGate:
+    """A new-set shard: delivers nothing until ``go``.
+
+    While *warming* (no cut yet) it keeps READY and GUILD_CREATE (handed over at the switch, so that a handler
+    with a cache sees its guilds) and drops the rest, which the old set delivers; ``on_warm()`` is called once
+    READY arrived and a GUILD_CREATE for each guild it listed. Once *armed* with the cut, it holds creation ids
+    ``>= cut`` and, after its marker, every other event."""
+
+    def __init__(self, on_warm: Callable[[], None] = lambda: None) -> None:
+        self.marker: _Marker | None = None
+        self.max_seen = 0  # the largest creation id seen while warming (to tell a cut that came too late)
+        self.warm = False
+        self.mode = "warming"
+        """``warming`` (no cut yet), ``armed`` (cut known), ``flushing`` (go: the worker delivers what was held; everything
+        new is held behind it), ``live`` (delivers, but still drops creation ids before the cut until its marker)."""
+        self._pending: set[str] | None = None  # guilds of READY without their GUILD_CREATE yet
+        self._on_warm = on_warm
+
+    def arm(self, cut: int, on_pass: Callable[[], None] = lambda: None) -> bool:
+        """Set the cut. False if it came too late: a creation id at or past it was already dropped."""
+        self.marker = _Marker(cut, on_pass)
+        self.mode = "armed"
+        return self.max_seen < cut
+
+    @property
+    def passed(self) -> bool:
+        return self.marker is not None and self.marker.passed
+
+    def _track_guilds(self, event_type: str, data: object) -> None:
+        if event_type == "READY":  # a READY lists the session's guilds (unavailable until their GUILD_CREATE)
+            guilds = getattr(data, "guilds", None)
+            if guilds is None and isinstance(data, dict):
+                guilds = data.get("guilds")
+            self._pending = {str(g.get("id")) for g in guilds or () if isinstance(g, dict)}
+        elif isinstance(data, dict) and self._pending is not None:
+            self._pending.discard(str(data.get("id")))
+        if not self.warm and self._pending is not None and not self._pending:
+            self.warm = True
+            self._on_warm()
+
+    def admit(self, event_type: str, data: object) -> Verdict:
+        """What to do with the next event this shard received."""
+        if event_type in _WARMING_KEPT:
+            self._track_guilds(event_type, data)
+        message_id = creation_id(event_type, data)
+        marker = self.marker
+        if marker is None:
+            if message_id is not None and message_id > self.max_seen:
+                self.max_seen = message_id
+            return Verdict.HOLD if event_type in _WARMING_KEPT else Verdict.DROP
+        was = marker.passed
+        marker.see(event_type, message_id)
+        if message_id is not None and message_id < marker.cut:
+            return Verdict.DROP  # the old set delivers it (this copy came late)
+        if self.mode == "live":
+            return Verdict.DELIVER
+        if self.mode == "flushing" or message_id is not None or was:
+            return Verdict.HOLD
+        return Verdict.DROP

@@ -1,0 +1,184 @@
+"""Live resharding, the decisions: whether a reshard may start, its phases, and what to do at each report.
+
+Sans-I/O: :class:`Reshard` is fed what happened (a new shard warm, an old shard past the cut, a new shard
+lost, a deadline, a stop) with the time, and answers with an :class:`Action` for the driver
+(:mod:`cluster.resharder`) to carry out. The procedure:
+
+1. *starting*: the new set's workers start beside the old set; *warming*: its shards identify through the same
+   identify coordinator and deliver nothing (:class:`cluster.cutover.NewGate`).
+2. Once every new shard is READY with all its guilds, :attr:`Action.CUT`: the cut time is sent to both sets
+   (*cutting over*, :mod:`cluster.cutover`).
+3. Once every old shard passed the cut (or ``cut_timeout`` passed, logged), :attr:`Action.GO`: the new set
+   delivers, the old set drops; *closing old*: the old sessions are closed with 1000 and their workers retired.
+   There is no rollback after GO.
+4. Before GO, a new shard closed fatally, a new worker lost, the warm-up deadline, a too-late cut or a stop
+   roll back (:attr:`Action.ROLL_BACK`): the new set is closed; the old set never stopped.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from dataclasses import dataclass, field
+
+from cluster.error import ReshardRefused
+
+__all__ = ["Action", "Phase", "Reshard", "ReshardRefused", "auto_target", "check_start", "warm_timeout"]
+
+
+class Phase(enum.StrEnum):
+    """Where a reshard is (``/status``'s ``reshard.phase`` and the ``cluster_reshard_phase`` metric)."""
+
+    IDLE = "idle"
+    STARTING = "starting"
+    WARMING = "warming"
+    CUTTING_OVER = "cutting_over"
+    CLOSING_OLD = "closing_old"
+    DONE = "done"
+    ROLLED_BACK = "rolled_back"
+
+
+RUNNING = frozenset({Phase.STARTING, Phase.WARMING, Phase.CUTTING_OVER, Phase.CLOSING_OLD})
+
+
+class Action(enum.Enum):
+    NONE = "none"
+    CUT = "cut"
+    GO = "go"
+    ROLL_BACK = "roll_back"
+
+
+def check_start(*, current: int, target: int, max_concurrency: int, remaining: int, reserve: int,
+                pace_below: int, running: bool, coordinated: bool, partial: bool = False) -> None:
+    """Raise :class:`ReshardRefused` unless a reshard from ``current`` to ``target`` shards may start now.
+
+    The new set spends ``target`` identifies: after them the budget must keep its safety margin (``reserve``)
+    and stay above ``pace_below``, where identifies would be paced out until the daily reset and the new set
+    would never warm up. Fewer shards are refused: Discord never asks for fewer, and a reshard costs a full set of
+    identifies."""
+    if coordinated:
+        raise ReshardRefused("live resharding runs on one host only: this cluster has a --coordinator "
+                             "(multi-host resharding is not supported yet)")
+    if partial:
+        raise ReshardRefused("this host runs only part of the shards (--shard-range or --host-index): live "
+                             "resharding needs the whole cluster on one host")
+    if running:
+        raise ReshardRefused("a reshard is already running (or a rolling restart)")
+    if target < 1 or target % max_concurrency:
+        raise ReshardRefused(f"the shard count must be a positive multiple of max_concurrency "
+                             f"{max_concurrency}, got {target}")
+    if target <= current:
+        raise ReshardRefused(f"the cluster runs {current} shards; a reshard only grows it (asked for {target})")
+    floor = max(reserve, pace_below)
+    if remaining - target < floor:
+        which = "safety margin" if reserve >= pace_below else "pacing threshold"
+        raise ReshardRefused(f"session start budget too low: {remaining} identifies left, {target} new shards "
+                             f"would leave {remaining - target}, below the {which} of {floor}")
+
+
+def auto_target(current: int, recommended: int, max_concurrency: int, *, margin: float,
+                sharding_required: bool) -> int | None:
+    """The shard count ``--auto-reshard`` moves to, or None to stay.
+
+    Periodically: Discord's recommendation (rounded up to a multiple of ``max_concurrency``) once it exceeds
+    ``current`` by more than ``margin`` (a fraction). After a 4011 (``sharding_required``): the recommendation if
+    it grows the cluster, else twice the current count (a shard is over the guild limit now)."""
+    rec = math.ceil(max(recommended, 1) / max_concurrency) * max_concurrency
+    if sharding_required:
+        return rec if rec > current else math.ceil(2 * current / max_concurrency) * max_concurrency
+    return rec if rec > current * (1 + margin) else None
+
+
+def warm_timeout(new_total: int, max_concurrency: int, window: float) -> float:
+    """Seconds the new set may take to warm up: four times its identify schedule, plus a minute."""
+    return 4 * math.ceil(new_total / max_concurrency) * window + 60.0
+
+
+@dataclass
+class Reshard:
+    """One reshard from ``old_total`` to ``new_total`` shards, started at ``started`` (monotonic seconds)."""
+
+    old_total: int
+    new_total: int
+    started: float
+    warm_deadline: float
+    cut_timeout: float = 10.0
+    phase: Phase = Phase.STARTING
+    warm: set[int] = field(default_factory=set)
+    passed: set[int] = field(default_factory=set)
+    cut_at: float | None = None  # wall clock (Unix seconds) of the cut
+    go_deadline: float = math.inf
+    switched_at: float | None = None
+    finished_at: float | None = None
+    reason: str = ""
+    """Why it rolled back, or what the GO was forced by."""
+
+    @property
+    def running(self) -> bool:
+        return self.phase in RUNNING
+
+    def workers_started(self) -> None:
+        if self.phase is Phase.STARTING:
+            self.phase = Phase.WARMING
+
+    def shard_warm(self, shard_id: int) -> Action:
+        """A new shard is READY with all its guilds."""
+        if self.phase not in (Phase.STARTING, Phase.WARMING) or not 0 <= shard_id < self.new_total:
+            return Action.NONE
+        self.warm.add(shard_id)
+        if self.phase is Phase.WARMING and len(self.warm) == self.new_total:
+            return Action.CUT
+        return Action.NONE
+
+    def cut_sent(self, cut_at: float, now: float) -> None:
+        self.phase, self.cut_at, self.go_deadline = Phase.CUTTING_OVER, cut_at, now + self.cut_timeout
+
+    def old_passed(self, shard_id: int) -> Action:
+        """An old shard passed the cut (or is gone for good: it delivers nothing more)."""
+        if not 0 <= shard_id < self.old_total:
+            return Action.NONE
+        self.passed.add(shard_id)
+        if self.phase is Phase.CUTTING_OVER and len(self.passed) == self.old_total:
+            return Action.GO
+        return Action.NONE
+
+    def new_lost(self, what: str) -> Action:
+        """A new shard closed fatally, a new worker gave up, a cut came too late: roll back before GO."""
+        if self.phase in (Phase.STARTING, Phase.WARMING, Phase.CUTTING_OVER):
+            self.reason = what
+            return Action.ROLL_BACK
+        return Action.NONE
+
+    def tick(self, now: float) -> Action:
+        """A deadline may have passed."""
+        if self.phase in (Phase.STARTING, Phase.WARMING) and now >= self.warm_deadline:
+            self.reason = (f"the new set did not warm up in time ({len(self.warm)}/{self.new_total} shards ready "
+                           f"after {now - self.started:.0f} s)")
+            return Action.ROLL_BACK
+        if self.phase is Phase.CUTTING_OVER and now >= self.go_deadline:
+            missing = sorted(set(range(self.old_total)) - self.passed)
+            self.reason = (f"old shards {_ids(missing)} did not pass the cut within {self.cut_timeout:g} s; "
+                           "switching anyway (their guilds may see an event twice or not at all)")
+            return Action.GO
+        return Action.NONE
+
+    def next_deadline(self) -> float:
+        if self.phase in (Phase.STARTING, Phase.WARMING):
+            return self.warm_deadline
+        if self.phase is Phase.CUTTING_OVER:
+            return self.go_deadline
+        return math.inf
+
+    def switched(self, now: float) -> None:
+        self.phase, self.switched_at = Phase.CLOSING_OLD, now
+
+    def finished(self, now: float) -> None:
+        self.phase, self.finished_at = Phase.DONE, now
+
+    def rolled_back(self, now: float) -> None:
+        self.phase, self.finished_at = Phase.ROLLED_BACK, now
+
+
+def _ids(ids: list[int]) -> str:
+    shown = ", ".join(map(str, ids[:8]))
+    return shown + (f" and {len(ids) - 8} more" if len(ids) > 8 else "")

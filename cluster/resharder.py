@@ -1,0 +1,436 @@
+"""Live resharding, the driver: runs a :class:`~cluster.reshard.Reshard` with real workers (single host).
+
+The new set gets its own :class:`~cluster.runtime.Runtime` (its workers, shard views and sessions), sharing the
+supervisor's identify queue, coordinator, counters and tasks; its shard ids use another key range in the
+identify coordinator (:attr:`Runtime.id_base`), so both sets' shard 3 never meet there. Its own
+:class:`~cluster.workers.Workers` and :class:`~cluster.routing.Router` start and route it. At the switch the new
+set's layout becomes the supervisor's (workers, shards, sessions, shard total) and the old workers are drained
+with close code 1000.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from cluster.config import ClusterConfig
+from cluster.cutover import ACKS_AFTER_CUT
+from cluster.discord_api import fetch_gateway_bot
+from cluster.exitcodes import ClusterExit, ExitCode
+from cluster.layout import round_up, split
+from cluster.loops import Loops
+from cluster.restart import RestartPolicy
+from cluster.reshard import Action, Phase, Reshard, ReshardRefused, auto_target, check_start, warm_timeout
+from cluster.routing import Router
+from cluster.runtime import Runtime, ShardView, WorkerHandle, WorkerState
+from cluster.snapshot import ReshardSnapshot
+from cluster.workers import Workers
+from ipc import ChannelClosed, HeartbeatMonitor
+from ipc.protocol import CutLate, Cutover, CutoverEnd, CutPassed, Packet, ShardWarm
+
+__all__ = ["CUT_LEAD", "Resharder"]
+
+log = logging.getLogger("cluster")
+
+CUT_LEAD = 0.5
+"""Seconds between sending the cut and the cut itself: every worker must have it before it is due."""
+_SHARED = ("identify_events", "wake", "identifies", "restarts", "identify_waits", "errors", "loop_lags",
+           "listeners", "tasks", "coordinator", "max_concurrency", "gateway_url")
+"""What the new set's runtime shares with the supervisor's."""
+
+
+class Host(Protocol):
+    """What the driver needs of the supervisor (:class:`cluster.supervisor.Supervisor`): its parts, which it
+    replaces with the new set's at the switch."""
+
+    config: ClusterConfig
+    handler: Any
+    supervisor_handler: Any
+    _rt: Runtime
+    _workers: Workers
+    _router: Router
+    _loops: Loops
+
+    @property
+    def mp(self) -> Any: ...
+
+    @property
+    def shard_options(self) -> dict[str, Any]: ...
+
+    def status(self) -> dict[str, Any]: ...
+
+    def _policy(self, wid: int) -> RestartPolicy: ...
+
+
+class Resharder:
+    """Starts and runs live reshards of one supervisor, one at a time; :attr:`last` is the latest."""
+
+    def __init__(self, sup: Host) -> None:
+        self.sup = sup
+        self.last: Reshard | None = None
+        self.child: Runtime | None = None
+        self.workers: Workers | None = None  # the new set's, until the switch
+        self.router: Router | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._actions: list[Action] = []
+        self._gone_old: set[int] = set()  # old shards closed fatally: they deliver nothing more
+        self._old_may_run: Callable[[int], bool] | None = None
+        self._auto_pending = False
+
+    @property
+    def running(self) -> bool:
+        return self.last is not None and self.last.running
+
+    # --- starting ----------------------------------------------------------------------------
+
+    async def start(self, target: int | None = None) -> Reshard:
+        """Start a reshard to ``target`` shards (None: Discord's recommendation, rounded up to a multiple of
+        max_concurrency). Raises :class:`ReshardRefused` with the reason, before anything starts."""
+        sup, rt = self.sup, self.sup._rt
+        if rt.stopping or rt.coordinator is None or not rt.shard_total:
+            raise ReshardRefused("the cluster is not running (starting up or stopping)")
+        if target is None and sup.config.coordinator is None and not self.running:
+            try:
+                info = await fetch_gateway_bot(sup.config.api_url, rt.token())
+            except ClusterExit as exc:
+                raise ReshardRefused(f"cannot ask Discord for the recommended shard count: {exc}") from None
+            target = round_up(info.shards, rt.max_concurrency)
+        now = time.monotonic()
+        stats = rt.coordinator.stats(now)
+        cfg = sup.config
+        pace_below = cfg.budget_pace_below if cfg.budget_pace_below is not None else 2 * stats.budget_reserve
+        check_start(current=rt.shard_total, target=target or 0, max_concurrency=rt.max_concurrency,
+                    remaining=stats.budget_remaining, reserve=stats.budget_reserve, pace_below=pace_below,
+                    running=self.running or rt.rolling, coordinated=cfg.coordinator is not None,
+                    partial=len(rt.shards) != rt.shard_total)
+        assert target is not None
+        self.last = Reshard(rt.shard_total, target, now,
+                            warm_deadline=now + warm_timeout(target, rt.max_concurrency, cfg.identify_window),
+                            cut_timeout=cfg.reshard_cut_timeout)
+        self._actions.clear()
+        log.info("resharding live from %d to %d shards (session budget %d left)", rt.shard_total, target,
+                 stats.budget_remaining)
+        rt.emit("reshard_started", old=rt.shard_total, new=target)
+        self._task = rt.spawn_task(self._run(self.last), "reshard")
+        return self.last
+
+    async def auto(self, *, sharding_required: bool) -> None:
+        """``--auto-reshard``: reshard if Discord recommends more shards (after a 4011: always grow)."""
+        rt, cfg = self.sup._rt, self.sup.config
+        if self.running or self._auto_pending:
+            return
+        self._auto_pending = True
+        try:
+            info = await fetch_gateway_bot(cfg.api_url, rt.token())
+            target = auto_target(rt.shard_total, info.shards, rt.max_concurrency, margin=cfg.auto_reshard_margin,
+                                 sharding_required=sharding_required)
+            if target is None:
+                log.debug("auto-reshard: %d shards recommended, %d running: staying", info.shards, rt.shard_total)
+                return
+            await self.start(target)
+        except ReshardRefused as exc:
+            if sharding_required:
+                rt.stop(ExitCode.SHARDING_REJECTED, f"sharding required (4011) and the reshard was refused: {exc}")
+            else:
+                log.warning("auto-reshard refused: %s", exc)
+        finally:
+            self._auto_pending = False
+
+    async def watch(self) -> None:
+        """The ``--auto-reshard`` loop: ask Discord's recommendation every ``auto_reshard_interval`` seconds."""
+        while True:
+            await asyncio.sleep(self.sup.config.auto_reshard_interval)
+            try:
+                await self.auto(sharding_required=False)
+            except Exception as exc:  # noqa: BLE001 - Discord unreachable, say: next time
+                self.sup._rt.failed("auto_reshard", exc, "the auto-reshard check failed", "trying again later")
+
+    # --- reports (from both sets' routers) ---------------------------------------------------------
+
+    def on_old_fatal(self, shard_id: int, code: int | None) -> bool:
+        """An old shard closed fatally. During a reshard it is simply gone (True: the cluster goes on); with
+        ``--auto-reshard``, a 4011 starts one."""
+        if self.running:
+            self._gone_old.add(shard_id)
+            log.warning("shard %d of the old set closed fatally (%s) during the reshard", shard_id, code)
+            self._act(self.last.old_passed(shard_id) if self.last else Action.NONE)  # type: ignore[union-attr]
+            return True
+        if code == 4011 and self.sup.config.auto_reshard and self.sup.config.coordinator is None:
+            log.warning("shard %d: sharding required (4011); resharding automatically", shard_id)
+            self._gone_old.add(shard_id)
+            self.sup._rt.spawn_task(self.auto(sharding_required=True), "auto_reshard")
+            return True
+        return False
+
+    def on_new_fatal(self, shard_id: int, code: int | None) -> bool:
+        if self.last is not None:
+            self._act(self.last.new_lost(f"new shard {shard_id} closed fatally (close code {code})"))
+        return True
+
+    def on_new_stop(self, code: ExitCode, message: str) -> None:
+        """The new set's runtime asked to stop (a crash-looping worker): roll back, never stop the cluster."""
+        if self.last is not None:
+            self._act(self.last.new_lost(message or f"the new set failed ({code.name})"))
+
+    def on_refused(self, key: int, message: str) -> bool:
+        """A refused identify (the budget guard). A new shard's: roll back, the cluster goes on."""
+        child = self.child
+        if child is None or not self.running or not child.id_base <= key < child.id_base + self._span():
+            return False
+        self._act(self.last.new_lost(f"the session budget refused new shard {key - child.id_base}: {message}"))  # type: ignore[union-attr]
+        return True
+
+    def on_packet(self, handle: WorkerHandle, packet: Packet) -> None:
+        r = self.last
+        if r is None:
+            return
+        match packet:
+            case ShardWarm(shard_id=shard_id) if handle.id_base == self._new_base():
+                self._act(r.shard_warm(shard_id))
+            case CutPassed(shard_id=shard_id) if handle.id_base != self._new_base():
+                self._act(r.old_passed(shard_id))
+            case CutLate(shard_id=shard_id):
+                self._act(r.new_lost(f"new shard {shard_id} got the cut too late"))
+
+    def _act(self, action: Action) -> None:
+        if action is not Action.NONE:
+            self._actions.append(action)
+            self._wake.set()
+
+    def _new_base(self) -> int:
+        return self.child.id_base if self.child is not None else -1
+
+    def _span(self) -> int:
+        return self.sup._rt.max_concurrency << 20
+
+    # --- identify routing -----------------------------------------------------------------------
+
+    def send_identify(self, key: int, packet: Packet) -> bool:
+        """Send an identify decision for coordinator key ``key`` to the set whose key range holds it."""
+        rt, child = self.sup._rt, self.child
+        span = self._span()
+        base = key - key % span
+        if base == rt.id_base:
+            router: Router | None = self.sup._router
+        elif child is not None and base == child.id_base and self.router is not None:
+            router = self.router
+        else:
+            return False
+        shard_id = key - base
+        return router.send_to_shard(shard_id, msgspec.structs.replace(packet, shard_id=shard_id))  # type: ignore[union-attr]
+
+    # --- the procedure -------------------------------------------------------------------------
+
+    async def _run(self, r: Reshard) -> None:
+        try:
+            await self._procedure(r)
+        except asyncio.CancelledError:
+            if r.phase in (Phase.STARTING, Phase.WARMING, Phase.CUTTING_OVER):
+                r.new_lost("the supervisor is stopping")
+                await asyncio.shield(self._roll_back(r))
+            raise
+        except Exception as exc:
+            if r.new_lost(f"{type(exc).__name__}: {exc}") is Action.ROLL_BACK:
+                await self._roll_back(r)
+            elif r.running:  # after the switch: the new set runs; what failed was closing the old one
+                r.reason = f"closing the old set failed: {type(exc).__name__}: {exc}"
+                r.finished(time.monotonic())
+            raise
+        finally:
+            self._gone_old.clear()
+
+    async def _procedure(self, r: Reshard) -> None:
+        sup, rt = self.sup, self.sup._rt
+        child = self._child_runtime(r.new_total)
+        router = Router(child, status=sup.status, supervisor_handler=sup.supervisor_handler)
+        router.on_cutover, router.on_fatal = self.on_packet, self.on_new_fatal
+        workers = Workers(child, sup.mp, handler=sup.handler, shard_options=sup.shard_options,
+                          on_packet=router.on_packet)
+        workers.hold = True
+        self.child, self.router, self.workers = child, router, workers
+        ranges = split(r.new_total, shards_per_worker=sup.config.shards_per_worker, workers=sup.config.workers)
+        for wid, shards in enumerate(ranges):
+            for s in shards:
+                child.shards[s] = ShardView(s, wid)
+        # in shard order, a few at a time: the first buckets' shards can identify while later workers start, instead
+        # of every worker starting slowly at once on a busy machine (the old set runs on)
+        starting = asyncio.Semaphore(max(1, os.cpu_count() or 1))
+
+        async def bring_up(wid: int, shards: range) -> None:
+            async with starting:
+                await workers.bring_up(wid, shards, sup._policy(wid))
+
+        for wid, shards in enumerate(ranges):
+            child.spawn_task(bring_up(wid, shards), "reshard_bring_up")
+        r.workers_started()
+        rt.emit("reshard_phase", phase=r.phase.value)
+        cut_workers: list[WorkerHandle] = []
+        while True:
+            now = time.monotonic()
+            actions, self._actions = self._actions, []
+            actions.append(r.tick(now))
+            if r.phase is Phase.CUTTING_OVER:
+                actions += self._watch_cutover(r, cut_workers)
+            if Action.ROLL_BACK in actions:
+                await self._roll_back(r)
+                return
+            if Action.GO in actions and r.phase is Phase.CUTTING_OVER:
+                await self._go(r)
+                return
+            if r.phase is Phase.WARMING and len(r.warm) == r.new_total and all(
+                    h.state == WorkerState.RUNNING for h in child.workers.values()):
+                cut_workers = self._cut(r)  # every new shard warm, and no new worker restarting (it would miss the cut)
+            self._wake.clear()
+            if self._actions:
+                continue
+            timeout = min(r.next_deadline() - now, 0.1 if r.phase is Phase.CUTTING_OVER else 1.0)
+            try:
+                async with asyncio.timeout(max(0.0, timeout)):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    def _child_runtime(self, total: int) -> Runtime:
+        rt = self.sup._rt
+        child = self._side_runtime()
+        child.stop = self.on_new_stop
+        child.shard_total = total
+        child.id_base = self._span() if rt.id_base == 0 else 0
+        return child
+
+    def _side_runtime(self) -> Runtime:
+        """A runtime of its own workers, shards and sessions that shares the supervisor's identify queue, coordinator,
+        counters and tasks: the new set's until the switch, and the old set's after it (its identify reports still
+        reach the coordinator, under its key range; its last sessions and shard states land nowhere)."""
+        rt = self.sup._rt
+        retired = Runtime(rt.config, stop=lambda code, message: None, token=rt.token)
+        for name in _SHARED:
+            setattr(retired, name, getattr(rt, name))
+        return retired
+
+    def _cut(self, r: Reshard) -> list[WorkerHandle]:
+        """Every new shard is warm: send the cut to both sets."""
+        rt, child = self.sup._rt, self.child
+        assert child is not None
+        at = time.time() + CUT_LEAD
+        old_workers = self.sup._workers
+        self._old_may_run = old_workers.may_run
+        old_workers.may_run = lambda wid: False  # a restarted old worker would deliver past the cut ungated
+        r.cut_sent(at, time.monotonic())
+        log.info("reshard: all %d new shards are ready; cutting over at %.3f (%d heartbeats per shard)",
+                 r.new_total, at, ACKS_AFTER_CUT)
+        rt.emit("reshard_phase", phase=r.phase.value)
+        sent = []
+        for old, handles in ((True, rt.workers.values()), (False, child.workers.values())):
+            for h in handles:
+                if self._send(h, Cutover(at, old)):
+                    sent.append(h)
+                elif old:
+                    self._gone_old.update(h.shard_ids)
+        for s in self._gone_old:
+            self._act(r.old_passed(s))
+        return sent
+
+    def _watch_cutover(self, r: Reshard, handles: list[WorkerHandle]) -> list[Action]:
+        """A worker lost during the cutover: an old one delivers nothing more (its shards count as passed; events
+        of theirs it had not delivered are lost), a new one never got the cut: roll back."""
+        out = []
+        new_base = self._new_base()
+        for h in handles:
+            if h.exited.done():
+                if h.id_base == new_base:
+                    out.append(r.new_lost(f"new worker {h.worker_id} exited during the cutover"))
+                else:
+                    for s in h.shard_ids:
+                        out.append(r.old_passed(s))
+        return out
+
+    async def _go(self, r: Reshard) -> None:
+        """The switch: the new set delivers, the old set drops; the new layout becomes the cluster's; the old
+        sessions are closed with 1000 and their workers retired."""
+        sup, rt, child = self.sup, self.sup._rt, self.child
+        assert child is not None and self.workers is not None and self.router is not None
+        if r.cut_at is not None:  # old shards that are gone pass at once: still, the new set takes over at the cut
+            await asyncio.sleep(max(0.0, r.cut_at - time.time()))
+        if r.reason:
+            log.warning("reshard: %s", r.reason)
+        old_handles = [h for h in rt.workers.values()]
+        for h in old_handles + list(child.workers.values()):
+            self._send(h, CutoverEnd(True))
+        old_workers = sup._workers
+        now = time.monotonic()
+        # the old workers' last reports (sessions, shard states) must not land on the new set's shards of the same ids
+        sup._router.rt = self._side_runtime()
+        # the new layout becomes the cluster's
+        rt.workers, rt.shards, rt.sessions = child.workers, child.shards, child.sessions
+        rt.shard_total, rt.id_base = child.shard_total, child.id_base
+        rt.sessions_version += 1
+        self.workers.rt = rt
+        self.workers.hold = False
+        self.router.rt = rt
+        self.router.on_fatal, self.router.host, self.router.remote = sup._router.on_fatal, None, None
+        sup._workers, sup._router = self.workers, self.router
+        for h in rt.workers.values():  # the supervisor did not ping the new set before: its silence starts now
+            h.heartbeat = HeartbeatMonitor(rt.config.ipc_heartbeat_interval, rt.config.ipc_heartbeat_missed, now=now)
+        self.child = self.workers = self.router = None
+        r.switched(now)
+        log.info("reshard: switched to %d shards %.1f s after the start; closing the %d old sessions", r.new_total,
+                 now - r.started, r.old_total)
+        rt.emit("reshard_phase", phase=r.phase.value)
+        await asyncio.shield(asyncio.gather(*(old_workers.drain(h, resumable=False) for h in old_handles
+                                              if not h.exited.done())))
+        r.finished(time.monotonic())
+        log.info("reshard done: %d shards, the old set's workers retired", r.new_total)
+        rt.emit("reshard_phase", phase=r.phase.value)
+        await sup._loops.save_state()
+
+    async def _roll_back(self, r: Reshard) -> None:
+        """Close the new set (never resumed again); the old set goes on, delivering what it held."""
+        rt, child, workers = self.sup._rt, self.child, self.workers
+        log.error("reshard to %d shards rolled back: %s", r.new_total, r.reason)
+        if r.cut_at is not None:
+            for h in rt.workers.values():
+                self._send(h, CutoverEnd(False))
+        if self._old_may_run is not None:
+            self.sup._workers.may_run, self._old_may_run = self._old_may_run, None
+        if child is not None and workers is not None:
+            child.stopping = True  # no new worker is (re)started
+            await workers.drain_all(resumable=False)
+        self.child = self.workers = self.router = None
+        r.rolled_back(time.monotonic())
+        rt.emit("reshard_phase", phase=r.phase.value)
+
+    async def stop(self) -> None:
+        """The supervisor stops: roll a reshard back before the switch, or finish closing the old set after it."""
+        task = self._task
+        if task is None or task.done():
+            return
+        r = self.last
+        if r is not None and r.phase is not Phase.CLOSING_OLD:
+            task.cancel()
+        await asyncio.wait([task], timeout=2 * self.sup.config.shutdown_timeout)
+
+    def _send(self, handle: WorkerHandle, packet: Packet) -> bool:
+        if handle.state != WorkerState.RUNNING or handle.channel is None or handle.channel.closed:
+            return False
+        try:
+            handle.channel.send(packet)
+        except ChannelClosed:
+            return False
+        return True
+
+    def snapshot(self) -> ReshardSnapshot | None:
+        r = self.last
+        if r is None:
+            return None
+        now = time.monotonic()
+        end = r.finished_at if r.finished_at is not None else now
+        return ReshardSnapshot(r.phase.value, r.old_total, r.new_total, len(r.warm), len(r.passed), end - r.started,
+                               None if r.switched_at is None else r.switched_at - r.started, r.reason)

@@ -1,0 +1,27 @@
+"""Handlers of the live resharding tests; workers import them by ``module:attribute``."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+
+class IdLog:
+    """Writes one line per MESSAGE_CREATE delivered to it: message id, guild id, shard count, monotonic time
+    (and per GUILD_CREATE: G, guild id, shard count, time)
+    (one clock for every process of the machine), to ``$RESHARD_ID_LOG/<pid>.ids``, written through at once so
+    that a test reads what every worker of both shard sets delivered."""
+
+    async def setup(self, ctx: Any) -> None:
+        self.file = open(os.path.join(os.environ["RESHARD_ID_LOG"], f"{os.getpid()}.ids"), "a", buffering=1)
+
+    def on_event(self, shard: Any, event: Any) -> None:
+        if event.type == "MESSAGE_CREATE":
+            d = event.data
+            self.file.write(f"{d['id']} {d.get('guild_id')} {shard.id.total} {time.monotonic()}\n")
+        elif event.type == "GUILD_CREATE":  # "G": not a message
+            self.file.write(f"G {event.data['id']} {shard.id.total} {time.monotonic()}\n")
+
+    def teardown(self) -> None:
+        self.file.close()

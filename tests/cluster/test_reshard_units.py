@@ -1,0 +1,179 @@
+"""The pure parts of live resharding: the cutover gate (cluster.cutover) and the reshard's decisions
+(cluster.reshard), without sockets or processes."""
+
+import math
+
+import msgspec
+import pytest
+
+from cluster.cutover import DISCORD_EPOCH_MS, NewGate, OldGate, Verdict, creation_id, snowflake_at
+from cluster.reshard import Action, Phase, Reshard, ReshardRefused, auto_target, check_start, warm_timeout
+
+D, H, K = Verdict.DELIVER, Verdict.HOLD, Verdict.DROP
+ACK = "GATEWAY_HEARTBEAT_ACK"
+
+
+def msg(i):
+    return "MESSAGE_CREATE", {"id": str(i), "guild_id": "1"}
+
+
+def test_snowflakes_and_creation_ids():
+    assert snowflake_at(DISCORD_EPOCH_MS / 1000 + 1.5) == 1500 << 22
+    assert snowflake_at(0) == 0
+    assert creation_id(*msg(42)) == 42
+    assert creation_id("INTERACTION_CREATE", {"id": "7"}) == 7
+    assert creation_id("MESSAGE_UPDATE", {"id": "7"}) is None  # an update's id is the message's, not the event's
+    assert creation_id("MESSAGE_CREATE", {"id": "x1"}) is None and creation_id("MESSAGE_CREATE", None) is None
+    assert creation_id("MESSAGE_CREATE", {"id": True}) is None and creation_id("MESSAGE_CREATE", {"id": -3}) is None
+
+    class Message(msgspec.Struct):  # a handler may register a Struct for MESSAGE_CREATE
+        id: int
+
+    assert creation_id("MESSAGE_CREATE", Message(9)) == 9
+
+
+def test_an_old_shard_delivers_before_the_cut_and_holds_from_its_marker():
+    passed = []
+    gate = OldGate(100, on_pass=lambda: passed.append(True))
+    assert [gate.admit(*msg(i)) for i in (98, 99)] == [D, D]
+    assert gate.admit("TYPING_START", {}) is D  # no id, before the marker
+    assert gate.admit(*msg(100)) is H and gate.passed and passed == [True]
+    assert gate.admit("TYPING_START", {}) is H and gate.admit(*msg(99)) is H  # everything after the marker
+    gate.ended = True  # go: the new set delivers
+    assert gate.admit(*msg(101)) is K and gate.admit("TYPING_START", {}) is K
+    assert passed == [True]
+
+
+def test_heartbeat_acks_mark_a_quiet_shard_past_the_cut():
+    gate = OldGate(100)
+    assert gate.admit(ACK, None) is D and not gate.passed  # an ACK before the cut's heartbeats counts for nothing
+    gate.marker.heartbeats_sent()
+    assert gate.admit(ACK, None) is D and not gate.passed  # may answer the shard's own beat from before the cut
+    assert gate.admit("PRESENCE_UPDATE", {}) is D
+    assert gate.admit(ACK, None) is D and gate.passed
+    assert gate.admit("PRESENCE_UPDATE", {}) is H
+
+
+def test_a_new_shard_warms_up_with_every_guild_of_its_ready():
+    warm = []
+    gate = NewGate(on_warm=lambda: warm.append(True))
+    assert gate.admit(*msg(5)) is K  # the old set delivers it
+    assert gate.admit("READY", {"guilds": [{"id": "1", "unavailable": True}, {"id": "2", "unavailable": True}]}) is H
+    assert gate.admit("GUILD_CREATE", {"id": "1"}) is H and not warm
+    assert gate.admit("GUILD_CREATE", {"id": "2"}) is H and warm == [True] and gate.warm
+    assert gate.admit("GUILD_CREATE", {"id": "3"}) is H and warm == [True]  # once
+    assert gate.admit("TYPING_START", {}) is K
+
+
+def test_a_shard_without_guilds_is_warm_at_ready():
+    warm = []
+    gate = NewGate(on_warm=lambda: warm.append(True))
+    gate.admit("READY", {"guilds": []})
+    assert warm == [True]
+
+
+def test_an_armed_new_shard_holds_from_the_cut_and_goes_live():
+    gate = NewGate()
+    gate.admit(*msg(50))
+    assert gate.arm(100)
+    assert gate.admit(*msg(99)) is K and gate.admit("TYPING_START", {}) is K  # before its marker: the old set's
+    assert gate.admit(*msg(100)) is H and gate.passed
+    assert gate.admit("TYPING_START", {}) is H
+    gate.mode = "flushing"
+    assert gate.admit(*msg(99)) is K and gate.admit(*msg(101)) is H  # a late copy of an old-set event is dropped
+    gate.mode = "live"
+    assert gate.admit(*msg(99)) is K and gate.admit(*msg(102)) is D and gate.admit("TYPING_START", {}) is D
+
+
+def test_a_cut_that_comes_after_an_event_past_it_is_too_late():
+    gate = NewGate()
+    gate.admit(*msg(150))
+    assert not gate.arm(100)
+    assert NewGate().arm(100)
+
+
+@pytest.mark.parametrize("kw, words", [
+    (dict(coordinated=True), "one host only"),
+    (dict(running=True), "already running"),
+    (dict(partial=True), "only part of the shards"),
+    (dict(target=8), "only grows"),
+    (dict(target=4), "only grows"),
+    (dict(target=18), "multiple of max_concurrency 4"),
+    (dict(remaining=30), "below the pacing threshold of 16"),
+    (dict(remaining=30, reserve=20, pace_below=10), "below the safety margin of 20"),
+])
+def test_a_reshard_that_must_not_start_is_refused_with_the_reason(kw, words):
+    args = dict(current=8, target=16, max_concurrency=4, remaining=1000, reserve=8, pace_below=16, running=False,
+                coordinated=False) | kw
+    with pytest.raises(ReshardRefused, match=words):
+        check_start(**args)
+
+
+def test_the_budget_check_allows_exactly_down_to_its_floor():
+    check_start(current=8, target=16, max_concurrency=4, remaining=32, reserve=8, pace_below=16, running=False,
+                coordinated=False)
+    with pytest.raises(ReshardRefused):
+        check_start(current=8, target=16, max_concurrency=4, remaining=31, reserve=8, pace_below=16, running=False,
+                    coordinated=False)
+
+
+def test_auto_targets():
+    assert auto_target(8, 12, 4, margin=0.5, sharding_required=False) is None  # 12 is not 50% more than 8
+    assert auto_target(8, 13, 4, margin=0.5, sharding_required=False) == 16
+    assert auto_target(8, 8, 4, margin=0.5, sharding_required=True) == 16  # 4011: grow even if Discord says 8
+    assert auto_target(8, 30, 4, margin=0.5, sharding_required=True) == 32
+    assert auto_target(4, 1, 4, margin=0.0, sharding_required=True) == 8  # the recommendation lags: double
+
+
+def reshard(old=4, new=8, now=0.0):
+    r = Reshard(old, new, now, warm_deadline=now + 60, cut_timeout=10)
+    r.workers_started()
+    return r
+
+
+def test_the_phases_of_a_reshard_that_succeeds():
+    r = reshard()
+    assert r.phase is Phase.WARMING and r.running
+    assert [r.shard_warm(s) for s in range(7)] == [Action.NONE] * 7
+    assert r.shard_warm(3) is Action.NONE and r.shard_warm(99) is Action.NONE  # repeated, unknown
+    assert r.shard_warm(7) is Action.CUT
+    r.cut_sent(1000.5, now=5.0)
+    assert r.phase is Phase.CUTTING_OVER and r.next_deadline() == 15.0
+    assert [r.old_passed(s) for s in (0, 1, 2)] == [Action.NONE] * 3
+    assert r.tick(6.0) is Action.NONE
+    assert r.old_passed(3) is Action.GO
+    r.switched(6.5)
+    assert r.phase is Phase.CLOSING_OLD and r.running and r.new_lost("late") is Action.NONE  # no rollback after go
+    r.finished(7.0)
+    assert r.phase is Phase.DONE and not r.running and r.next_deadline() == math.inf
+
+
+def test_it_rolls_back_before_go_and_switches_anyway_after_the_cut_timeout():
+    r = reshard()
+    assert r.new_lost("new shard 3 closed fatally") is Action.ROLL_BACK and "shard 3" in r.reason
+    r = reshard()
+    assert r.tick(59.0) is Action.NONE and r.tick(60.0) is Action.ROLL_BACK and "0/8" in r.reason
+    r = reshard()
+    for s in range(8):
+        r.shard_warm(s)
+    r.cut_sent(0.0, now=1.0)
+    r.old_passed(0)
+    assert r.tick(10.9) is Action.NONE
+    assert r.tick(11.0) is Action.GO and "1, 2, 3" in r.reason
+    r = reshard()
+    r.cut_sent(0.0, now=1.0)
+    assert r.new_lost("new worker 1 exited during the cutover") is Action.ROLL_BACK
+
+
+def test_auto_reshard_is_refused_with_a_coordinator():
+    from cluster.config import ClusterConfig, ConfigError
+
+    with pytest.raises(ConfigError, match="auto_reshard works on one host only"):
+        ClusterConfig(auto_reshard=True, coordinator="redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match="auto_reshard_interval and reshard_cut_timeout must be > 0"):
+        ClusterConfig(auto_reshard_interval=0)
+    assert ClusterConfig(auto_reshard=True).auto_reshard_margin == 0.5
+
+
+def test_the_warm_up_deadline_follows_the_identify_schedule():
+    assert warm_timeout(128, 16, 1.0) == 4 * 8 + 60
