@@ -205,7 +205,7 @@ async def bench_recovery(reps: int) -> dict:
                 victim = sup.workers[i % 4]
                 t0 = time.monotonic()
                 os.kill(victim.pid, signal.SIGKILL)
-                while (await sim.stats())["total"]["resumes"] < before + 4:
+                while (await sim.stats())["total"]["resumes"] < before + 4:  # noqa: ASYNC110 - polls the sim's HTTP stats
                     await asyncio.sleep(0.01)
                 times.append(time.monotonic() - t0)
                 await until(lambda: sup.active_shards() == 16, 30, "recovered")
@@ -229,7 +229,7 @@ async def bench_handler(rounds: int, seconds: float, warmup: float = 1.0) -> dic
                 sup = supervisor(sim, tmp, token=SHARD_BENCH_TOKEN, shards=1, workers=1, identify_window=0.05,
                                  handler="cluster.example:ExampleHandler")
                 task = asyncio.get_running_loop().create_task(sup.run())
-                await until(lambda: sup.active_shards() == 1, 60, "the shard Active", task=task)
+                await until(lambda: sup.active_shards() == 1, 60, "the shard Active", task=task)  # noqa: B023
                 await asyncio.sleep(warmup)
                 a, ta = (await sup.broadcast(MessageCount(), timeout=10))[0].value, time.monotonic()
                 await asyncio.sleep(seconds)
@@ -320,7 +320,7 @@ async def main() -> None:
     text = report(results)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    Path(args.out).write_text(text)  # noqa: ASYNC240 - the run is over: nothing else waits on this loop
     Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
 
 

@@ -41,7 +41,6 @@ import re
 import resource
 import shlex
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -483,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         run = asyncio.run
 
-    lines = [f"# Simulator capacity\n", f"Command: `{command}` (from the repository root, with the project's .venv)\n",
+    lines = ["# Simulator capacity\n", f"Command: `{command}` (from the repository root, with the project's .venv)\n",
              f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}; "
              f"fd limit {fds}; run at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.\n"]
     ok = True
@@ -542,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             "| mode | sim events/s | client check (bytes / mean frame) | MB/s | frame bytes | sim CPU | loopback ceiling events/s | sim / loopback | encode-only events/s | sim / encode-only |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for label, cmd, f, c in rows:
+        for label, _cmd, f, c in rows:
             lines.append(f"| {label} | **{f['events_per_s']:,.0f}** | {f['client_est_events_per_s']:,.0f} | "
                          f"{f['mb_per_s']:.0f} | {f['mean_frame_bytes']:.0f} | {f['sim_cpu_pct']:.0f} % | "
                          f"{c['events_per_s']:,.0f} ({c['mb_per_s']:.0f} MB/s) | {f['events_per_s'] / c['events_per_s']:.3f} | "

@@ -156,9 +156,8 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             problems.append(f"http_max_connections must be >= 1, got {self.http_max_connections}")
         if self.http_token is not None and self.http_token_file is not None:
             problems.append("give http_token or http_token_file, not both")
-        if self.coordinator is not None:
-            if (problem := url_problem(self.coordinator)) is not None:
-                problems.append(problem)
+        if self.coordinator is not None and (problem := url_problem(self.coordinator)) is not None:
+            problems.append(problem)
         problems += self._host_problems()
         if self.cluster_name is not None and not _NAME_OK(self.cluster_name):
             problems.append(f"cluster_name must be 1-64 letters, digits, '-', '_' or '.', got {self.cluster_name!r}")

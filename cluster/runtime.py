@@ -175,5 +175,5 @@ class Runtime:
         for fn in self.listeners:
             try:
                 fn(event, **info)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("listener failed")

@@ -66,7 +66,7 @@ class WaitHistogram:
 
     def buckets(self) -> tuple[tuple[str, float], ...]:
         """``(le, cumulative count)`` pairs, ``+Inf`` last."""
-        return tuple(zip([*map(str, WAIT_BUCKETS), "+Inf"], itertools.accumulate(self.counts)))
+        return tuple(zip([*map(str, WAIT_BUCKETS), "+Inf"], itertools.accumulate(self.counts), strict=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -149,7 +149,7 @@ class Worker:
         self.watchdog.start()
         self.channel.send(Hello(self.spec.worker_id, os.getpid()))
         closed = loop.create_task(self.channel.wait_closed())
-        done, _ = await asyncio.wait([self._assign, closed, self._stop], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([self._assign, closed, self._stop], return_when=asyncio.FIRST_COMPLETED)
         if not self._assign.done():  # drained (or orphaned) before getting any shard
             if not self.channel.closed:
                 self.channel.send(Drained([]))
@@ -264,7 +264,7 @@ class Worker:
                     return
                 log.warning("shard %d: %s", shard_id, exc)
                 continue
-            except Exception as exc:  # noqa: BLE001 - one bad input or struct must not end this shard's consumer
+            except Exception as exc:  # one bad input or struct must not end this shard's consumer
                 self.consumer_errors += 1
                 failing += 1
                 if failing == 1:
@@ -332,7 +332,7 @@ class Worker:
                 self._report(time.monotonic())
             except ChannelClosed:
                 return
-            except Exception:  # noqa: BLE001 - one report that cannot be sent must not end the reports
+            except Exception:  # one report that cannot be sent must not end the reports
                 log.exception("a status report could not be sent")
             await asyncio.sleep(interval)
 

@@ -23,7 +23,7 @@ __all__ = ["Call", "CallError", "Reply", "UnknownCall", "call_name", "decode_cal
 
 T = TypeVar("T")
 
-_registry: dict[str, type["Call"]] = {}
+_registry: dict[str, type[Call]] = {}
 _encoder = msgspec.msgpack.Encoder()
 
 

@@ -7,8 +7,6 @@ Direction is noted per class: W→S (worker to supervisor), S→W, or both.
 
 from __future__ import annotations
 
-from typing import Union
-
 import msgspec
 from msgspec import Struct
 
@@ -221,11 +219,11 @@ class Response(Packet, tag="response"):
     error: str | None = None
 
 
-AnyPacket = Union[
-    Hello, Assign, Drain, Drained, RestartShard, WorkerFatal, ShardFatal, Ping, Pong,
-    IdentifyRequest, IdentifyGrant, IdentifyRefused, IdentifyStarted, IdentifyDone,
-    IdentifyCancel, IdentifyUnused, SessionReport, StatusReport, Request, Response, LeaseDeadline,
-]
+AnyPacket = (
+    Hello | Assign | Drain | Drained | RestartShard | WorkerFatal | ShardFatal | Ping | Pong
+    | IdentifyRequest | IdentifyGrant | IdentifyRefused | IdentifyStarted | IdentifyDone
+    | IdentifyCancel | IdentifyUnused | SessionReport | StatusReport | Request | Response | LeaseDeadline
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyPacket)

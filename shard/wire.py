@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import platform
 from collections.abc import Iterator
-from typing import ClassVar, Literal, Union
+from typing import ClassVar, Literal
 
 import msgspec
 
@@ -16,7 +16,7 @@ __all__ = [
     "default_identify_properties",
 ]
 
-JSONValue = Union[dict[str, object], list[object], str, int, float, bool, None]
+JSONValue = dict[str, object] | list[object] | str | int | float | bool | None
 """Decoded JSON: dicts, lists, str, int, float, bool or None (nested values likewise)."""
 
 

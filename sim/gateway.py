@@ -253,7 +253,7 @@ class GatewayConnection(asyncio.Protocol):
         for op, payload in messages:
             if self.closing:
                 return
-            if op == OP_TEXT or op == OP_BINARY:
+            if op in (OP_TEXT, OP_BINARY):
                 self._on_message(op, payload)
             elif op == OP_CLOSE:
                 self._on_client_close(payload)
@@ -268,7 +268,7 @@ class GatewayConnection(asyncio.Protocol):
             self.abort()
             return
         for kind, payload in messages:
-            if kind == OP_TEXT or kind == OP_BINARY:
+            if kind in (OP_TEXT, OP_BINARY):
                 try:
                     msg = _decode(payload)
                 except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):

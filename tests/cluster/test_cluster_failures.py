@@ -119,7 +119,7 @@ async def test_fatal_gateway_close_exits_with_its_code(sim, tmp_path, close, exp
         assert sim.close(3, close, "chaos") == 1
         code = await asyncio.wait_for(task, 30)
     assert code == expected
-    assert sup.exit_message.startswith(f"shard 3: ") and f"({close})" in sup.exit_message
+    assert sup.exit_message.startswith("shard 3: ") and f"({close})" in sup.exit_message
 
 
 async def test_worker_crash_loop_exits_with_code_7(sim, tmp_path):

@@ -144,7 +144,7 @@ async def test_a_stalled_supervisor_loop_does_not_kill_healthy_workers(sim, tmp_
         await until(lambda: sup.active_shards() == 4 and all(w.heartbeat and w.heartbeat.rtt is not None
                                                              for w in sup.workers.values()), what="bring-up")
         pids = {wid: w.pid for wid, w in sup.workers.items()}
-        time.sleep(2.0)  # the fault: blocks this event loop, which the supervisor runs on
+        time.sleep(2.0)  # noqa: ASYNC251 - the fault: blocks this event loop, which the supervisor runs on
         assert sup.health_problems() == []  # /healthz, asked before the heartbeat loop has run again
         await until(lambda: max(sup.loop_lags, default=0) > 1.5, what="the heartbeat tick after the stall")
 

@@ -126,7 +126,7 @@ class GatewayClient:
     async def send_raw(self, data: str | bytes) -> None:
         await self.ws.send(data)
 
-    async def heartbeat(self, d: int | None | str = "seq") -> None:
+    async def heartbeat(self, d: int | str | None = "seq") -> None:
         await self.send({"op": 1, "d": self.seq if d == "seq" else d})
 
     async def identify(self, token: str, *, shard: tuple[int, int] | list[int] | None = (0, 1),
