@@ -91,7 +91,7 @@ class Supervisor:
         self._workers = Workers(self._rt, multiprocess.get_context(start_method), handler=self.handler,
                                 shard_options=shard_options, on_packet=self._router.on_packet)
         self._loops = Loops(self._rt, send_to_shard=self._router.send_to_shard, kill=self._workers.kill)
-        self.exit_code = ExitCode.OK
+        self.exit_code: int = ExitCode.OK  # an ExitCode; a ClusterExit's code is typed int (cluster.error)
         self.exit_message = ""
         self.started = time.monotonic()
         self.http_url: str | None = None
@@ -119,7 +119,7 @@ class Supervisor:
 
     # --- public control ------------------------------------------------------------------
 
-    def stop(self, code: ExitCode = ExitCode.OK, message: str = "") -> None:
+    def stop(self, code: int = ExitCode.OK, message: str = "") -> None:
         """Ask the cluster to shut down (resumably) and exit with ``code``."""
         if self._stop is None:
             self._stop_early = True
@@ -347,6 +347,7 @@ class Supervisor:
         from cluster.crosshost import CrossHost
 
         cfg = self.config
+        assert cfg.coordinator is not None  # the Redis client (the caller's condition) was made from it
         cross = CrossHost(self._redis, cfg.coordinator, self._ns, host=self._host_id,
                           report_interval=cfg.report_interval, session_ttl=cfg.session_ttl, status=self.status,
                           channels=self._rt.running_channels, http_url=lambda: self.http_url,

@@ -68,7 +68,7 @@ class LoopWatchdog:
                 continue
             reported = True
             self.blocked += 1
-            frame = sys._current_frames().get(self._main)
+            frame = sys._current_frames().get(self._main) if self._main is not None else None
             where = "".join(traceback.format_stack(frame)[-8:]) if frame else "?"
             current = self.current
             if current:

@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from cluster.fence import Fence
 from cluster.handler import HandlerImportError, WorkerContext, load_handler, maybe_await
@@ -104,7 +104,7 @@ class Worker:
         if shard_id in queued:
             name = QUEUED  # waiting for its identify slot, with no gateway connection
         latency = getattr(shard, "latency", None)
-        avg = getattr(latency, "average", None)
+        avg: Any = getattr(latency, "average", None)
         if callable(avg):
             avg = avg()
         if hasattr(avg, "total_seconds"):
@@ -118,6 +118,7 @@ class Worker:
 
     def _make_shard(self, shard_id: int, info: SessionInfo | None) -> Any:
         from shard import Config, Intents, Session, Shard, ShardId
+        from shard.inflater import Compression
 
         options: dict[str, Any] = dict(self.spec.shard_options)
         if self.spec.gateway_url:
@@ -125,7 +126,8 @@ class Worker:
         if info is not None:
             options["session"] = Session(info.session_id, info.seq)
             options["resume_url"] = info.resume_url
-        config = Config(self.spec.token, Intents(self.spec.intents), compression=self.spec.compression,
+        compression = cast(Compression, self.spec.compression)  # a str checked by ClusterConfig and again by Config
+        config = Config(self.spec.token, Intents(self.spec.intents), compression=compression,
                         queue=self.queue, **options)
         return Shard.with_config(ShardId(shard_id, self.shard_total), config)
 
@@ -149,7 +151,8 @@ class Worker:
         self.watchdog.start()
         self.channel.send(Hello(self.spec.worker_id, os.getpid()))
         closed = loop.create_task(self.channel.wait_closed())
-        await asyncio.wait([self._assign, closed, self._stop], return_when=asyncio.FIRST_COMPLETED)
+        first: list[asyncio.Future[Any]] = [self._assign, closed, self._stop]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         if not self._assign.done():  # drained (or orphaned) before getting any shard
             if not self.channel.closed:
                 self.channel.send(Drained([]))
@@ -173,7 +176,8 @@ class Worker:
         for a in assign.shards:
             self.runners[a.shard_id] = loop.create_task(self._run_shard(a.shard_id))
         reporter = loop.create_task(self._report_loop())
-        await asyncio.wait([closed, self._stop], return_when=asyncio.FIRST_COMPLETED)
+        last: list[asyncio.Future[Any]] = [closed, self._stop]
+        await asyncio.wait(last, return_when=asyncio.FIRST_COMPLETED)
         resumable = self._stop.result() if self._stop.done() else True
         reporter.cancel()
         sessions = await self._close_all(resumable)

@@ -7,6 +7,8 @@ Direction is noted per class: W→S (worker to supervisor), S→W, or both.
 
 from __future__ import annotations
 
+from typing import dataclass_transform
+
 import msgspec
 from msgspec import Struct
 
@@ -18,6 +20,8 @@ __all__ = [
 ]
 
 
+# msgspec passes frozen=True on to the subclasses; dataclass_transform tells type checkers so.
+@dataclass_transform(frozen_default=True)
 class Packet(Struct, tag=True, array_like=True, frozen=True):
     """Base of every wire packet."""
 

@@ -500,9 +500,9 @@ class Shard:
         finally:
             p.release_permit()  # cancelled or closed between the grant and the Identify
             self._cancel_timers()
-            conn = self._conn
-            if conn is not None and conn.transport is not None and not conn.lost.done():
-                conn.transport.abort()
+            last = self._conn
+            if last is not None and last.transport is not None and not last.lost.done():
+                last.transport.abort()
             self._wake()
 
     # ---- callbacks from the connection ------------------------------------------------------------

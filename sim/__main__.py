@@ -74,10 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         import uvloop
-        runner = uvloop.run
     except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    runner(run(args))
+        asyncio.run(run(args))
+    else:
+        uvloop.run(run(args))
     return 0
 
 

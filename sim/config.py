@@ -6,6 +6,7 @@ import base64
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 BOT_ID = 123456789012345678
 """The simulated bot user's (and application's) id."""
@@ -17,7 +18,7 @@ GUILD_SIZES = ("small", "medium", "large", "mixed")
 COMPRESSIONS = ("zlib-stream", "zstd-stream")
 
 
-def _opt(default, help: str, **kw):  # noqa: A002 - mirrors argparse's name
+def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse's name
     return field(default=default, metadata={"help": help, **kw})
 
 

@@ -10,6 +10,7 @@ import asyncio
 import random
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -109,7 +110,7 @@ class GatewayConnection(asyncio.Protocol):
         self._delay_timer: asyncio.TimerHandle | None = None
         self._recv_times: deque[float] = deque()
         self._hb_timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self.write_paused = False
         self._drained = asyncio.Event()
         self._drained.set()
@@ -533,6 +534,7 @@ class GatewayConnection(asyncio.Protocol):
             self.violate(4001, "invalid Voice State Update channel_id")
             return
         sess = self.session
+        assert sess is not None  # commands before Identify were refused (4003)
         gid = str(_snowflake(d["guild_id"]))
         if sess.intents & INTENT_GUILD_VOICE_STATES:
             sess.dispatch(b"VOICE_STATE_UPDATE", _encode({
@@ -547,10 +549,10 @@ class GatewayConnection(asyncio.Protocol):
 
     def _on_request_members(self, d: Any) -> None:
         sess, sim = self.session, self.sim
-        if not isinstance(d, dict) or _snowflake(d.get("guild_id")) is None:
+        assert sess is not None  # commands before Identify were refused (4003)
+        if not isinstance(d, dict) or (gid := _snowflake(d.get("guild_id"))) is None:
             self.violate(4001, "Request Guild Members needs a 'guild_id'")
             return
-        gid = _snowflake(d["guild_id"])
         query, limit, user_ids = d.get("query"), d.get("limit"), d.get("user_ids")
         by_query = isinstance(query, str) and isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0
         if user_ids is not None and not isinstance(user_ids, list):
@@ -584,7 +586,7 @@ class GatewayConnection(asyncio.Protocol):
                        if m["user"]["username"].startswith(query)][:cap]
             not_found = None
         else:
-            wanted = [_snowflake(u) for u in user_ids][:100]
+            wanted = [u for u in map(_snowflake, user_ids or ()) if u is not None][:100]  # all valid (by_ids)
             first = (gid >> 8) + 1
             members = [traffic.member(gid, u - first) for u in wanted if 0 <= u - first < count]
             not_found = [str(u) for u in wanted if not 0 <= u - first < count]
@@ -603,24 +605,27 @@ class GatewayConnection(asyncio.Protocol):
         if not isinstance(ids, list) or not ids or not all(_snowflake(g) is not None for g in ids):
             self.violate(4001, "Request Soundboard Sounds needs a list of 'guild_ids'")
             return
+        sess = self.session
+        assert sess is not None  # commands before Identify were refused (4003)
         for g in ids:
-            self.session.dispatch(b"SOUNDBOARD_SOUNDS", _encode({"guild_id": str(_snowflake(g)), "soundboard_sounds": []}))
+            sess.dispatch(b"SOUNDBOARD_SOUNDS", _encode({"guild_id": str(_snowflake(g)), "soundboard_sounds": []}))
 
     def _on_channel_info(self, d: Any) -> None:
-        if (not isinstance(d, dict) or _snowflake(d.get("guild_id")) is None or not isinstance(d.get("fields"), list)
-                or not d["fields"] or not all(isinstance(f, str) and f in CHANNEL_INFO_FIELDS for f in d["fields"])):
+        if (not isinstance(d, dict) or (gid := _snowflake(d.get("guild_id"))) is None
+                or not isinstance(d.get("fields"), list) or not d["fields"]
+                or not all(isinstance(f, str) and f in CHANNEL_INFO_FIELDS for f in d["fields"])):
             self.violate(4001, "Request Channel Info needs 'guild_id' and 'fields' from status, voice_start_time")
             return
-        gid = _snowflake(d["guild_id"])
         channels = []
-        if self.sim.guild_index(gid) is not None:
-            for c in range(0, traffic.SIZES[traffic.size_of(self.sim.guild_index(gid), self.cfg.guild_size)][0], 5):
+        if (k := self.sim.guild_index(gid)) is not None:
+            for c in range(0, traffic.SIZES[traffic.size_of(k, self.cfg.guild_size)][0], 5):
                 info: dict[str, Any] = {"id": str(gid + 10_000 + c)}
                 if "status" in d["fields"]:
                     info["status"] = None
                 if "voice_start_time" in d["fields"]:
                     info["voice_start_time"] = None
                 channels.append(info)
+        assert self.session is not None  # commands before Identify were refused (4003)
         self.session.dispatch(b"CHANNEL_INFO", _encode({"guild_id": str(gid), "channels": channels}))
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -637,13 +642,13 @@ class GatewayConnection(asyncio.Protocol):
         unident.connections -= 1
         unident.open_connections -= 1
 
-    def later(self, delay: float, fn) -> None:
+    def later(self, delay: float, fn: Callable[[], object]) -> None:
         if delay <= 0:
             fn()
         else:
             self.loop.call_later(delay, lambda: None if self.closing else fn())
 
-    def spawn(self, coro) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -651,6 +656,7 @@ class GatewayConnection(asyncio.Protocol):
     async def flood(self) -> None:
         """Write MESSAGE_CREATE dispatches as fast as the client reads them (TCP backpressure paces us)."""
         sess = self.session
+        assert sess is not None  # the stream starts after Identify or Resume
         if self.cfg.flood_delay:
             await asyncio.sleep(self.cfg.flood_delay)
         pool = traffic.flood_pool(sess.shard, sess.num_shards, self.sim.total_guilds,
@@ -687,6 +693,7 @@ class GatewayConnection(asyncio.Protocol):
         they are counted as dispatched but are not part of the session's replayable stream.
         """
         sess, enc = self.session, self.enc
+        assert sess is not None and isinstance(enc, ZlibStream)  # flood() checked both
         start = sess.seq
         segment = replay_segment(traffic.numbered(pool, start + 1), self.cfg.zlib_level)
         # Live messages (ACKs, ...) now end with Z_FULL_FLUSH, so they never refer back into segment data;

@@ -7,7 +7,7 @@ instead of importing each other.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 from urllib.parse import SplitResult, urlsplit
 
 import msgspec
@@ -29,6 +29,10 @@ class Request:
     def __init__(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes) -> None:
         self.method, self.path, self.query, self.headers, self.body = method, path, query, headers, body
 
+    @overload
+    def arg(self, name: str) -> str | None: ...
+    @overload
+    def arg(self, name: str, default: str) -> str: ...
     def arg(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
         return values[-1] if values else default

@@ -74,7 +74,7 @@ class Session:
         self.detached_at = 0.0
         self.stream_paused = False
         self.stats = stats
-        self.stream_task: asyncio.Task | None = None
+        self.stream_task: asyncio.Task[None] | None = None
 
     def dispatch(self, t: bytes, d: bytes) -> None:
         """Send (or, while disconnected, queue for replay) one dispatch with the next sequence number."""

@@ -24,8 +24,8 @@ class ShardStats:
     frames_after_takeover: int = 0
     takeovers: list[dict[str, Any]] = field(default_factory=list)
     violations: list[dict[str, Any]] = field(default_factory=list)
-    closes: Counter = field(default_factory=Counter)
-    commands: Counter = field(default_factory=Counter)
+    closes: Counter[int | str] = field(default_factory=Counter)
+    commands: Counter[int] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
