@@ -271,7 +271,8 @@ HELP: dict[str, str] = {
     "identify_window": "seconds between two identifies of the same bucket",
     "identify_hold_timeout": "seconds an identify slot is held waiting for READY or INVALID_SESSION; "
                              "must exceed the shards' connect timeout (10 s)",
-    "budget_reserve": "identifies never spent: the safety margin (default: the shard count, at most 5%% of the daily total)",
+    "budget_reserve": "identifies never spent: the safety margin "
+                      "(default: the shard count, at most 5%% of the daily total)",
     "budget_pace_below": "below this many identifies left, space them out until the reset (default: 2x the margin)",
     "state_file": "where sessions are saved (at shutdown and while running) so that the next start resumes them "
                   "(default: $XDG_STATE_HOME/shardstack/<cluster name or bot-<user id>>.json, "

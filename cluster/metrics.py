@@ -102,7 +102,8 @@ class _Collector:
             failed.add_metric([], coord.coordinator_errors)
             yield failed
 
-        restarts = CounterMetricFamily("cluster_worker_restarts", "Worker restarts by reason", labels=["worker", "reason"])
+        restarts = CounterMetricFamily("cluster_worker_restarts", "Worker restarts by reason",
+                                       labels=["worker", "reason"])
         for (worker, reason), n in snap.restarts.items():
             restarts.add_metric([str(worker), reason], n)
         yield restarts

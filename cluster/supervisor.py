@@ -286,7 +286,8 @@ class Supervisor:
                 self.http_server, self.http_url = await serve_http(self, cfg.http_host, cfg.http_port, http_token)
             except OSError as exc:  # the port is taken, or the address is not this machine's
                 raise ClusterExit(ExitCode.CONFIG, f"cannot serve HTTP on {cfg.http_host}:{cfg.http_port}: "
-                                  f"{exc.strerror or exc} (give another --http-port, 0 for a free one, or none)") from None
+                                  f"{exc.strerror or exc} (give another --http-port, 0 for a free one, "
+                                  "or none)") from None
             log.info("metrics at %s/metrics; POST /restart %s", self.http_url,
                      "needs the HTTP token" if http_token else "is off (no HTTP token configured)")
         if self._redis is not None:

@@ -72,7 +72,8 @@ class LoopWatchdog:
             where = "".join(traceback.format_stack(frame)[-8:]) if frame else "?"
             current = self.current
             if current:
-                what = f"handler on_event({current[0]}) for shard {current[1]}" if isinstance(current, tuple) else current
+                what = (f"handler on_event({current[0]}) for shard {current[1]}" if isinstance(current, tuple)
+                        else current)
                 log.warning("event loop blocked for %.1f s in %s; a handler must not block "
                             "(use await or run_in_executor). Main thread at:\n%s", stalled, what, where)
             else:

@@ -133,7 +133,8 @@ class Workers:
         shards = []
         for s in handle.shard_ids:
             view = rt.shards[s]
-            view.state, view.since, view.generation, view.worker_id = ShardPhase.STARTING, now, handle.generation, handle.worker_id
+            view.state, view.since = ShardPhase.STARTING, now
+            view.generation, view.worker_id = handle.generation, handle.worker_id
             shards.append(Assignment(s, rt.sessions.get(s)))
         handle.state = WorkerState.RUNNING
         handle.heartbeat = HeartbeatMonitor(rt.config.ipc_heartbeat_interval, rt.config.ipc_heartbeat_missed,

@@ -15,7 +15,8 @@ from msgspec import Struct
 __all__ = [
     "AnyPacket", "Assign", "Assignment", "Drain", "Drained", "Hello",
     "IdentifyCancel", "IdentifyDone", "IdentifyGrant", "IdentifyRefused", "IdentifyRequest", "IdentifyUnused",
-    "IdentifyStarted", "LeaseDeadline", "Packet", "Ping", "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
+    "IdentifyStarted", "LeaseDeadline", "Packet", "Ping", "Pong", "Request", "Response", "RestartShard", "SessionInfo",
+    "SessionReport",
     "ShardFatal", "ShardStatus", "StatusReport", "WorkerFatal", "decode", "encode",
 ]
 

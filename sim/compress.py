@@ -23,7 +23,8 @@ PAYLOAD_COMPRESS_MIN = 1024
 
 
 class Plain:
-    """Uncompressed text frames; with Identify `compress: true`, payloads over 1 KB become standalone zlib binary frames."""
+    """Uncompressed text frames; with Identify `compress: true`, payloads over 1 KB become standalone zlib binary
+    frames."""
 
     name = None
     __slots__ = ("payload_compression",)

@@ -89,7 +89,8 @@ def _valid_presence(d: Any) -> bool:
 class GatewayConnection(asyncio.Protocol):
     """The protocol object of an upgraded WebSocket. Created by the HTTP front end in `server.py`."""
 
-    def __init__(self, sim: GatewayHost, transport: asyncio.Transport, compress: str | None, on_resume_url: bool) -> None:
+    def __init__(self, sim: GatewayHost, transport: asyncio.Transport, compress: str | None,
+                 on_resume_url: bool) -> None:
         cfg = sim.config
         self.sim = sim
         self.cfg = cfg
@@ -312,7 +313,8 @@ class GatewayConnection(asyncio.Protocol):
         while times and times[0] <= horizon:
             times.popleft()
         if len(times) > self.cfg.rate_limit_frames:
-            self.violate(4008, f"rate limited: more than {self.cfg.rate_limit_frames} payloads in {self.cfg.rate_limit_window:g} s")
+            self.violate(4008, f"rate limited: more than {self.cfg.rate_limit_frames} payloads "
+                               f"in {self.cfg.rate_limit_window:g} s")
             return
         if kind == OP_BINARY and payload[:1] in (b"\x78", b"\x28"):
             self.violate(4002, "compressed client payloads are not accepted")
@@ -422,7 +424,8 @@ class GatewayConnection(asyncio.Protocol):
             self.violate(4013, f"invalid intents: undocumented bits {intents & ~DOCUMENTED_INTENTS:#x}")
             return
         if intents & PRIVILEGED_INTENTS & ~cfg.privileged_intents:
-            self.violate(4014, f"disallowed intents: privileged bits {intents & PRIVILEGED_INTENTS & ~cfg.privileged_intents:#x} are not enabled")
+            self.violate(4014, "disallowed intents: privileged bits "
+                               f"{intents & PRIVILEGED_INTENTS & ~cfg.privileged_intents:#x} are not enabled")
             return
         guilds = traffic.guilds_for(shard_id, num_shards, sim.total_guilds)
         if len(guilds) > cfg.max_guilds_per_shard:
@@ -438,7 +441,8 @@ class GatewayConnection(asyncio.Protocol):
         if not sim.spend_session_start():
             return  # the budget is exhausted: every session was closed with 4004
         self.enc_payload_compression(compress)
-        sess = Session(shard_id, num_shards, intents, cfg.replay_buffer, guilds, min(max(threshold, 50), 250), self.stats)
+        sess = Session(shard_id, num_shards, intents, cfg.replay_buffer, guilds, min(max(threshold, 50), 250),
+                       self.stats)
         sim.stats.sessions[sess.id] = sess
         sim.sessions[sess.id] = sess
         self.session = sess
@@ -446,7 +450,8 @@ class GatewayConnection(asyncio.Protocol):
         self.stats.identifies += 1
         ready = {
             "v": 10, "user": traffic.BOT_USER, "session_id": sess.id, "resume_gateway_url": sim.resume_url,
-            "session_type": "normal", "shard": shard, "guilds": [{"id": str(traffic.guild_id(k)), "unavailable": True} for k in guilds],
+            "session_type": "normal", "shard": shard,
+            "guilds": [{"id": str(traffic.guild_id(k)), "unavailable": True} for k in guilds],
             "application": {"id": str(traffic.BOT_ID), "flags": 0}, "private_channels": [], "presences": [],
             "relationships": [], "guild_join_requests": [], "geo_ordered_rtc_regions": [], "auth": {},
             "user_settings": {}, "_trace": ["[\"gateway-prd-sim-0\",{\"micros\":0.0}]"],
@@ -538,7 +543,8 @@ class GatewayConnection(asyncio.Protocol):
         gid = str(_snowflake(d["guild_id"]))
         if sess.intents & INTENT_GUILD_VOICE_STATES:
             sess.dispatch(b"VOICE_STATE_UPDATE", _encode({
-                "guild_id": gid, "channel_id": None if channel is None else str(channel), "user_id": str(traffic.BOT_ID),
+                "guild_id": gid, "channel_id": None if channel is None else str(channel),
+                "user_id": str(traffic.BOT_ID),
                 "session_id": sess.id[:32], "deaf": False, "mute": False, "self_deaf": d["self_deaf"],
                 "self_mute": d["self_mute"], "self_video": False, "suppress": False, "request_to_speak_timestamp": None,
                 "member": {"user": traffic.BOT_USER, "roles": [], "joined_at": "2024-01-01T00:00:00.000000+00:00",

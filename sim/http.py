@@ -26,7 +26,8 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
 class Request:
     __slots__ = ("method", "path", "query", "headers", "body")
 
-    def __init__(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes) -> None:
+    def __init__(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
+                 body: bytes) -> None:
         self.method, self.path, self.query, self.headers, self.body = method, path, query, headers, body
 
     @overload

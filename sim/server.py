@@ -159,7 +159,8 @@ class Simulator:
         self.stats = Stats()
         self.sessions: dict[str, Session] = {}
         self.connections: set[GatewayConnection] = set()
-        self.remaining = self.config.session_limit if self.config.session_remaining is None else self.config.session_remaining
+        remaining = self.config.session_remaining
+        self.remaining = self.config.session_limit if remaining is None else remaining
         self.token_revoked = False
         self._bucket_last: dict[int, float] = {}
         self._budget_reset_at = time.monotonic() + self.config.session_reset_after

@@ -110,7 +110,8 @@ class Stats:
         total["gapless"] = all(r["gapless"] for r in sessions.values())
         total["rest_requests"] = self.rest_requests
         total["rest_rate_limited"] = self.rest_rate_limited
-        return {"uptime": round(time.monotonic() - self.started, 3), "total": total, "shards": shards, "sessions": sessions}
+        return {"uptime": round(time.monotonic() - self.started, 3), "total": total, "shards": shards,
+                "sessions": sessions}
 
     async def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
         """Wait until `predicate(snapshot)` is true, re-checking whenever the stats change. Returns the snapshot."""

@@ -153,7 +153,8 @@ def message(rng: random.Random, gid: int | None, content: bool) -> dict[str, Any
         msg["guild_id"] = str(gid)
         msg["member"] = {"roles": [str(gid + r) for r in range(rng.randrange(0, 3))], "premium_since": None,
                          "pending": False, "nick": None, "mute": False, "deaf": False, "flags": 0,
-                         "joined_at": "2024-%02d-%02dT10:00:00.000000+00:00" % (rng.randrange(1, 13), rng.randrange(1, 28)),
+                         "joined_at": "2024-%02d-%02dT10:00:00.000000+00:00" % (rng.randrange(1, 13),
+                                                                               rng.randrange(1, 28)),
                          "communication_disabled_until": None, "banner": None, "avatar": None}
     return msg
 
@@ -176,7 +177,8 @@ POOL_SIZE = 256
 
 
 @lru_cache(maxsize=1024)
-def event_pool(shard_id: int, num_shards: int, total_guilds: int, intents: int, dm_fraction: float) -> tuple[tuple[bytes, bytes], ...]:
+def event_pool(shard_id: int, num_shards: int, total_guilds: int, intents: int,
+               dm_fraction: float) -> tuple[tuple[bytes, bytes], ...]:
     """Pre-encoded (event name, `d`) pairs for a session's steady stream, honouring intents and routing.
 
     Guild events only use guilds routed to this shard; DMs appear only on shard 0.
@@ -214,7 +216,8 @@ def numbered(pool: tuple[bytes, ...], first_seq: int) -> list[bytes]:
 
 @lru_cache(maxsize=256)
 def flood_pool(shard_id: int, num_shards: int, total_guilds: int, content: bool) -> tuple[bytes, ...]:
-    """Pre-encoded MESSAGE_CREATE dispatch prefixes for flood mode: each is b'{"t":"MESSAGE_CREATE","op":0,"d":{...},"s":'."""
+    """Pre-encoded MESSAGE_CREATE dispatch prefixes for flood mode:
+    each is b'{"t":"MESSAGE_CREATE","op":0,"d":{...},"s":'."""
     rng = random.Random(shard_id + 1)
     gids: list[int | None] = [guild_id(k) for k in guilds_for(shard_id, num_shards, total_guilds)] or [None]
     return tuple(b'{"t":"MESSAGE_CREATE","op":0,"d":' + encode(message(rng, rng.choice(gids), content)) + b',"s":'

@@ -113,8 +113,9 @@ async def test_identify_grant_to_a_worker_whose_pipe_is_closing_does_not_stop_th
     caplog.set_level(logging.WARNING, "cluster")
     async with running(sim, None, tmp_path, workers=2, fresh=True, max_concurrency=1,
                        ipc_heartbeat_missed=1000) as (sup, task):
-        await until(lambda: sup.coordinator is not None and 3 in sup.coordinator.waiting() and sup.workers.get(1) is not None
-                    and sup.workers[1].channel is not None, what="shard 3 waiting for its identify slot")
+        await until(lambda: sup.coordinator is not None and 3 in sup.coordinator.waiting()
+                    and sup.workers.get(1) is not None and sup.workers[1].channel is not None,
+                    what="shard 3 waiting for its identify slot")
         worker = sup.workers[1]
         os.kill(worker.pid, signal.SIGSTOP)
         transport = worker.channel._transport
@@ -233,7 +234,8 @@ async def test_restart_needs_the_token_a_local_host_header_and_rolling_1(sim, tm
             code, text = await post("/restart" + query, good)
             assert code == 400 and "rolling=1" in text, query
         assert not sup.rolling
-        assert await post("/restart?rolling=1", {**good, "Host": "localhost:1234"}) == (202, "rolling restart started\n")
+        assert (await post("/restart?rolling=1", {**good, "Host": "localhost:1234"})
+                == (202, "rolling restart started\n"))
         assert sup.rolling
         await until(lambda: not sup.rolling, timeout=60, what="the rolling restart")
         # the CLI sends the token (from the environment here) and rolling=1

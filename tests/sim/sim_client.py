@@ -96,7 +96,8 @@ class GatewayClient:
                 self.seq = payload["s"]
             return payload
 
-    async def recv_until(self, *, op: int | None = None, t: str | None = None, timeout: float = 5.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def recv_until(self, *, op: int | None = None, t: str | None = None,
+                         timeout: float = 5.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Read until a payload with this op (and event name); returns it and everything read before it."""
         seen: list[dict[str, Any]] = []
         async with asyncio.timeout(timeout):
@@ -167,7 +168,8 @@ def http_get(url: str, headers: dict[str, str] | None = None, method: str = "GET
         conn.close()
 
 
-async def rest(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+async def rest(url: str, headers: dict[str, str] | None = None,
+               method: str = "GET") -> tuple[int, dict[str, str], bytes]:
     return await asyncio.to_thread(http_get, url, headers, method)
 
 
