@@ -39,6 +39,8 @@ def stats_line(sim: Simulator, previous: int, interval: float) -> tuple[str, int
     line = (f"[sim] conns={t['open_connections']} identifies={t['identifies']} resumes={t['resumes']} "
             f"heartbeats={t['heartbeats']} dispatched={t['dispatched']} ({rate:,.0f}/s) "
             f"violations={t['violations']} lost={t['lost']} sessions_left={sim.remaining}")
+    if sim.guild_events.total or sim.config.guild_events_per_second:  # the shared guild stream is in use
+        line += f" guild_events={sim.guild_events.total} guilds={sim.total_guilds}"
     return line, t["dispatched"]
 
 

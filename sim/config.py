@@ -47,9 +47,14 @@ class SimConfig:
     guild_size: str = _opt("small", "GUILD_CREATE size: small (~3 KB), medium (~100 KB), large (~1 MB) or mixed",
                            choices=GUILD_SIZES)
     max_guilds_per_shard: int = _opt(2500, "a session holding more guilds is closed with 4011")
+    recommended_guilds_per_shard: int = _opt(1000, "GET /gateway/bot recommends one shard per this many guilds "
+                                                   "(as Discord does), or --shards if that is more")
     shard_multiple: int = _opt(1, "num_shards must be a multiple of this (large-bot sharding), else 4010")
     events_per_second: float = _opt(0.0, "steady dispatch stream per session "
                                          "(MESSAGE_CREATE, PRESENCE_UPDATE, TYPING_START)")
+    guild_events_per_second: float = _opt(0.0, "one shared MESSAGE_CREATE stream for the whole bot, spread over all "
+                                                "its guilds: each event goes to every session (of any shard count) "
+                                                "whose shard routes its guild (0 = off; changeable while running)")
     dm_fraction: float = _opt(0.05, "share of the stream sent as DMs (to shard 0 only)")
     flood: bool = _opt(False, "after READY, flood MESSAGE_CREATE as fast as the client reads (benchmarks)")
     flood_delay: float = _opt(0.0, "seconds after READY before the flood starts")
@@ -99,8 +104,10 @@ class SimConfig:
             problems.append("session_remaining must be between 0 and session_limit")
         if self.heartbeat_interval < 1:
             problems.append("heartbeat_interval must be >= 1 ms")
-        if self.guilds_per_shard < 0 or self.events_per_second < 0:
-            problems.append("guilds_per_shard and events_per_second must be >= 0")
+        if self.guilds_per_shard < 0 or self.events_per_second < 0 or self.guild_events_per_second < 0:
+            problems.append("guilds_per_shard, events_per_second and guild_events_per_second must be >= 0")
+        if self.recommended_guilds_per_shard < 1:
+            problems.append("recommended_guilds_per_shard must be >= 1")
         if self.guild_size not in GUILD_SIZES:
             problems.append(f"guild_size must be one of {', '.join(GUILD_SIZES)}")
         if not 0 <= self.dm_fraction <= 1:

@@ -19,7 +19,7 @@ from . import traffic
 from .compress import Plain, ZlibStream, replay_segment, transport_for
 from .config import SimConfig
 from .session import ACTIVE, CLOSED, EXPIRED, INVALIDATED, Session
-from .stats import Stats
+from .stats import SetStats, Stats
 from .wsframe import OP_BINARY, OP_CLOSE, OP_PING, OP_PONG, OP_TEXT, FrameError, FrameReader, close_frame, frame
 
 MAX_PAYLOAD = 4096
@@ -102,6 +102,8 @@ class GatewayConnection(asyncio.Protocol):
         self.session: Session | None = None
         self.shard: int | None = None
         self.stats = sim.stats.shard(None)
+        self.set_stats: SetStats | None = None  # the shard set (num_shards) of this connection's session
+        self.set_shard = 0
         self.closing = False
         self.zombie = False
         self.superseded: Session | None = None  # the session a Resume on another connection took from this one
@@ -147,6 +149,7 @@ class GatewayConnection(asyncio.Protocol):
         for task in self._tasks:
             task.cancel()
         self._drained.set()
+        self.leave_set()
         sess = self.session
         if sess is not None and sess.conn is self:
             sess.detach()  # a bare TCP drop keeps the session resumable
@@ -199,7 +202,7 @@ class GatewayConnection(asyncio.Protocol):
         """Send a close frame and end the connection; ends the session unless `code` keeps it resumable."""
         if self.closing:
             return
-        self.stats.closes[code] += 1
+        self._count_close(code)
         sess = self.session
         if sess is not None and sess.conn is self:
             if code in RESUMABLE_SERVER_CLOSES:
@@ -218,7 +221,7 @@ class GatewayConnection(asyncio.Protocol):
         on the session's behalf as a frame after takeover."""
         if self.closing:
             return
-        self.stats.closes[4000] += 1
+        self._count_close(4000)
         self.transport.write(close_frame(4000, "session resumed on another connection"))
         self.closing = True
         self.superseded = sess
@@ -288,7 +291,7 @@ class GatewayConnection(asyncio.Protocol):
     def _on_client_close(self, payload: bytes) -> None:
         code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1005
         if self.cfg.ignore_close:  # chaos: no answer; the client must give up on its own and drop the TCP link
-            self.stats.closes[f"client {code} ignored"] += 1
+            self._count_close(f"client {code} ignored")
             self.closing = True  # reads and sends nothing more
             self.sim.stats.changed()
             return
@@ -299,7 +302,7 @@ class GatewayConnection(asyncio.Protocol):
                 sess.conn = None
             else:
                 sess.detach()
-        self.stats.closes[f"client {code}"] += 1
+        self._count_close(f"client {code}")
         self.transport.write(close_frame(code if code not in (1005, 1006, 1015) else 1000))
         self.closing = True
         self.transport.close()
@@ -429,6 +432,7 @@ class GatewayConnection(asyncio.Protocol):
             return
         guilds = traffic.guilds_for(shard_id, num_shards, sim.total_guilds)
         if len(guilds) > cfg.max_guilds_per_shard:
+            sim.stats.shard_set(num_shards).closes[4011] += 1
             self.violate(4011, f"sharding required: shard {shard} would hold {len(guilds)} guilds")
             return
         self._bind_shard(shard_id)
@@ -448,6 +452,7 @@ class GatewayConnection(asyncio.Protocol):
         self.session = sess
         sess.conn = self
         self.stats.identifies += 1
+        self._bind_set(sess).identifies += 1
         ready = {
             "v": 10, "user": traffic.BOT_USER, "session_id": sess.id, "resume_gateway_url": sim.resume_url,
             "session_type": "normal", "shard": shard,
@@ -517,6 +522,7 @@ class GatewayConnection(asyncio.Protocol):
         sess.replayed += len(replay)
         self.session = sess
         self.stats.resumes += 1
+        self._bind_set(sess).resumes += 1
         for data in replay:
             self.send_payload(data)
         sess.dispatch(b"RESUMED", b'{"_trace":["[\\"gateway-prd-sim-0\\",{\\"micros\\":0.0}]"]}')
@@ -647,6 +653,27 @@ class GatewayConnection(asyncio.Protocol):
         self.stats.open_connections += 1
         unident.connections -= 1
         unident.open_connections -= 1
+
+    def _bind_set(self, sess: Session) -> SetStats:
+        """Count this connection in the shard set of `sess` (its num_shards), leaving any earlier one; the set's
+        stats."""
+        self.leave_set()
+        st = self.sim.stats.shard_set(sess.num_shards)
+        self.set_stats, self.set_shard = st, sess.shard
+        self.sim.stats.set_opened(st, sess.shard)
+        return st
+
+    def leave_set(self) -> None:
+        """This connection no longer carries a session: stop counting it in its shard set."""
+        if self.set_stats is not None:
+            self.sim.stats.set_closed(self.set_stats, self.set_shard)
+            self.set_stats = None
+
+    def _count_close(self, key: int | str) -> None:
+        """Count a close (a code, or "client N") for the shard and for the shard set."""
+        self.stats.closes[key] += 1
+        if self.set_stats is not None:
+            self.set_stats.closes[key] += 1
 
     def later(self, delay: float, fn: Callable[[], object]) -> None:
         if delay <= 0:

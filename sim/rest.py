@@ -32,6 +32,8 @@ class RestHost(Protocol):
     def token(self) -> str: ...
     @property
     def total_guilds(self) -> int: ...
+    @property
+    def recommended_shards(self) -> int: ...
     def token_ok(self, token: str) -> bool: ...
     def reset_after(self) -> float: ...
 
@@ -71,7 +73,7 @@ def _gateway(sim: RestHost) -> dict[str, Any]:
 
 def _gateway_bot(sim: RestHost) -> dict[str, Any]:
     cfg = sim.config
-    return {"url": sim.url.rstrip("/"), "shards": cfg.shards,
+    return {"url": sim.url.rstrip("/"), "shards": sim.recommended_shards,
             "session_start_limit": {"total": cfg.session_limit, "remaining": sim.remaining,
                                     "reset_after": int(sim.reset_after() * 1000),
                                     "max_concurrency": cfg.max_concurrency}}

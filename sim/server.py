@@ -15,6 +15,7 @@ from urllib.parse import parse_qs
 
 from . import admin, rest, traffic
 from .config import SimConfig
+from .guild_events import GuildEventLog, GuildEventSnapshot, SnowflakeClock, message_event
 from .gateway import HEARTBEAT_REQUEST, INVALID_SESSION, RECONNECT, GatewayConnection
 from .http import MAX_HEAD, REASONS, HttpError, Request, Response, json_response, parse_head
 from .session import DETACHED, EXPIRED, INVALIDATED, Session
@@ -22,6 +23,17 @@ from .stats import Stats
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 RESUME_PATH = "/resume-gateway/"
+MAX_EMIT = 100_000
+"""Most guild events one `emit_guild_events` call (or one stream tick) emits."""
+MAX_ADD_GUILDS = 100_000
+"""Most guilds one `add_guilds` call adds."""
+
+
+def _count(name: str, value: object, most: int) -> int:
+    """A count given by a caller: an integer from 0 to `most`, else ValueError with a one-line reason."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= most:
+        raise ValueError(f"{name} must be an integer from 0 to {most}, got {str(value)[:40]!r}")
+    return value
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -169,6 +181,14 @@ class Simulator:
         self._server: asyncio.base_events.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.port = self.config.port
+        self.guild_count = self.config.shards * self.config.guilds_per_shard
+        """The bot's guilds now (indexes 0..guild_count-1); `add_guilds` raises it."""
+        self.guild_events = GuildEventLog()
+        """Every event of the shared guild stream (see `emit_guild_events`)."""
+        self._snowflakes = SnowflakeClock()
+        self._next_guild = 0
+        self._routes: dict[int, dict[int, set[Session]]] = {}  # num_shards -> shard -> its live sessions
+        self._guild_stream_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -182,11 +202,14 @@ class Simulator:
                                                 backlog=4096, reuse_address=True, ssl=tls)
         self.port = self._server.sockets[0].getsockname()[1]
         self._sweeper = loop.create_task(self._sweep())
+        self._guild_stream_task = loop.create_task(self._guild_stream())
         return self
 
     async def stop(self) -> None:
         if self._sweeper:
             self._sweeper.cancel()
+        if self._guild_stream_task:
+            self._guild_stream_task.cancel()
         for sess in list(self.sessions.values()):
             if sess.stream_task:
                 sess.stream_task.cancel()
@@ -243,7 +266,13 @@ class Simulator:
 
     @property
     def total_guilds(self) -> int:
-        return self.config.shards * self.config.guilds_per_shard
+        return self.guild_count
+
+    @property
+    def recommended_shards(self) -> int:
+        """`GET /gateway/bot`'s `shards`: --shards, or more as guilds are added (`recommended_guilds_per_shard`)."""
+        return traffic.recommended_shards(self.config.shards, self.guild_count,
+                                          self.config.recommended_guilds_per_shard)
 
     def guild_index(self, gid: int) -> int | None:
         k = (gid >> 22) - traffic.GUILD_BASE
@@ -307,6 +336,9 @@ class Simulator:
                 self.stats.changed()
 
     def start_stream(self, sess: Session) -> None:
+        """Start what flows to a session after READY or RESUMED: it joins the shared guild stream's routing,
+        and gets its own stream (flood or `events_per_second`) if configured."""
+        self._routes.setdefault(sess.num_shards, {}).setdefault(sess.shard, set()).add(sess)
         conn = sess.conn
         if self.config.flood:
             if conn is not None:
@@ -341,6 +373,96 @@ class Simulator:
                 sess.dispatch(t, d)
             if due:
                 self.stats.changed()
+
+    # ---- the shared guild stream and the bot's guilds --------------------------------------------
+
+    def emit_guild_events(self, count: int = 1) -> list[int]:
+        """Emit `count` MESSAGE_CREATE events now, in the bot's guilds in turn, each to every live session
+        (of any shard count) whose shard routes its guild and that has GUILD_MESSAGES. Returns their message ids.
+
+        Each event is dispatched through its session (own sequence number, replay buffer, replayed on Resume)
+        and recorded in `guild_events` with the number of sessions it was queued to (0 if no session routes its
+        guild: the event still happened). A bot without guilds emits nothing.
+        """
+        count = _count("count", count, MAX_EMIT)
+        ids: list[int] = []
+        if not self.guild_count:
+            return ids
+        for _ in range(count):
+            k = self._next_guild % self.guild_count
+            self._next_guild = k + 1
+            event = message_event(self._snowflakes.next(), k)
+            queued = 0
+            for num_shards, shards in self._routes.items():
+                sessions = shards.get(traffic.shard_for(event.guild_id, num_shards))
+                if not sessions:
+                    continue
+                for sess in list(sessions):
+                    if not sess.resumable:
+                        sessions.discard(sess)
+                    elif sess.intents & traffic.INTENT_GUILD_MESSAGES:
+                        sess.dispatch(b"MESSAGE_CREATE", event.body if sess.intents & traffic.INTENT_MESSAGE_CONTENT
+                                      else event.body_without_content)
+                        queued += 1
+            self.guild_events.record(event, queued)
+            ids.append(event.id)
+        if ids:
+            self.stats.changed()
+        return ids
+
+    def guild_event_log(self, since_id: int | None = None) -> GuildEventSnapshot:
+        """What the shared guild stream emitted (what `GET /_sim/guild-events` returns); the `ids` and `events`
+        lists hold only the events after message id `since_id`."""
+        return self.guild_events.snapshot(since_id)
+
+    async def _guild_stream(self) -> None:
+        """Emit `guild_events_per_second` events a second (read at every tick, so it can change while running)."""
+        loop = asyncio.get_running_loop()
+        last, carry = loop.time(), 0.0
+        while True:
+            rate = self.config.guild_events_per_second
+            await asyncio.sleep(max(1.0 / rate, 0.02) if rate > 0 else 0.05)
+            now = loop.time()
+            rate = self.config.guild_events_per_second
+            carry += (now - last) * rate if rate > 0 else 0.0
+            last = now
+            due = int(carry)
+            carry -= due
+            if due:
+                self.emit_guild_events(min(due, MAX_EMIT))
+
+    def add_guilds(self, count: int) -> traffic.GuildsAdded:
+        """The bot joins `count` more guilds. Each live session whose shard now routes a new guild gets its
+        GUILD_CREATE (with the GUILDS intent); a session whose shard would hold more than `max_guilds_per_shard`
+        guilds is closed with 4011 instead (sharding required; not resumable), or ended if it is disconnected."""
+        count = _count("count", count, MAX_ADD_GUILDS)
+        old = self.guild_count
+        self.guild_count += count
+        created = closed = 0
+        for sess in list(self.sessions.values()):
+            if not sess.resumable:
+                continue
+            guilds = traffic.guilds_for(sess.shard, sess.num_shards, self.guild_count)
+            if len(guilds) > self.config.max_guilds_per_shard:
+                closed += 1
+                reason = (f"sharding required: shard [{sess.shard}, {sess.num_shards}] would hold {len(guilds)} "
+                          f"guilds (at most {self.config.max_guilds_per_shard})")
+                conn = sess.conn
+                if conn is not None and not conn.closing:
+                    conn.close(4011, reason)
+                else:
+                    sess.end(INVALIDATED, reason)
+                continue
+            sess.guilds = guilds
+            if sess.intents & traffic.INTENT_GUILDS:
+                first_new = max(0, -(-(old - guilds.start) // guilds.step))
+                for k in guilds[first_new:]:
+                    sess.dispatch(b"GUILD_CREATE", traffic.guild_create(k, self.config.guild_size))
+                    created += 1
+        self.stats.changed()
+        return {"added": count, "guilds": self.guild_count,
+                "recommended_shards": self.recommended_shards,
+                "guild_creates": created, "closed": closed}
 
     # ---- HTTP routing ----------------------------------------------------------------------------
 
@@ -382,6 +504,7 @@ class Simulator:
                 sess.end(INVALIDATED, "op 9 sent by chaos control")
                 sess.conn = None
                 c.session = None
+                c.leave_set()
             c.send_payload(INVALID_SESSION[resumable])
         return self._apply(shard, go)
 

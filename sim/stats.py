@@ -40,6 +40,40 @@ class ShardStats:
         }
 
 
+@dataclass(slots=True)
+class SetStats:
+    """Counters of one shard set: the sessions identified with one shard count (num_shards), whichever shard.
+
+    `open_connections` counts connections with a session of this set; `live_shards` how many of its shards
+    have one now, and `complete` is true while every shard does. `closes` counts the closes of those
+    connections (server codes, and "client N" for the client's).
+    """
+
+    num_shards: int
+    connections: int = 0
+    open_connections: int = 0
+    peak_open_connections: int = 0
+    identifies: int = 0
+    resumes: int = 0
+    closes: Counter[int | str] = field(default_factory=Counter)
+    open_by_shard: Counter[int] = field(default_factory=Counter)
+    complete_since: float | None = None
+    first_complete_at: float | None = None
+
+    @property
+    def live_shards(self) -> int:
+        return len(self.open_by_shard)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "connections": self.connections, "open_connections": self.open_connections,
+            "peak_open_connections": self.peak_open_connections, "identifies": self.identifies,
+            "resumes": self.resumes, "live_shards": self.live_shards, "complete": self.complete_since is not None,
+            "complete_since": self.complete_since, "first_complete_at": self.first_complete_at,
+            "closes": {str(k): v for k, v in sorted(self.closes.items(), key=str)},
+        }
+
+
 MIN_RECHECK = 0.005
 
 
@@ -47,11 +81,15 @@ class Stats:
     """Counters kept by the simulator. `snapshot()` is what GET /_sim/stats returns.
 
     Shard keys are shard numbers; connections that never identified are counted under shard None
-    ("unidentified" in the snapshot).
+    ("unidentified" in the snapshot). Shard 3 of 8 and shard 3 of 16 share those counters; `sets` (keyed by
+    num_shards) keeps each shard count apart, and `max_complete_sets` is the most sets that had a connected
+    session on every one of their shards at once.
     """
 
     def __init__(self) -> None:
         self.shards: dict[int | None, ShardStats] = {}
+        self.sets: dict[int, SetStats] = {}  # num_shards -> the set's counters
+        self.max_complete_sets = 0
         self.sessions: dict[str, Any] = {}  # session id -> sim.session.Session (owned by the registry)
         self.rest_requests = 0
         self.rest_rate_limited = 0
@@ -64,6 +102,35 @@ class Stats:
         if s is None:
             s = self.shards[number] = ShardStats()
         return s
+
+    def shard_set(self, num_shards: int) -> SetStats:
+        s = self.sets.get(num_shards)
+        if s is None:
+            s = self.sets[num_shards] = SetStats(num_shards)
+        return s
+
+    def set_opened(self, s: SetStats, shard: int) -> None:
+        """A connection of set `s` now carries a session of `shard`."""
+        s.connections += 1
+        s.open_connections += 1
+        s.peak_open_connections = max(s.peak_open_connections, s.open_connections)
+        s.open_by_shard[shard] += 1
+        if s.complete_since is None and s.live_shards == s.num_shards:
+            s.complete_since = self._at()
+            if s.first_complete_at is None:
+                s.first_complete_at = s.complete_since
+            self.max_complete_sets = max(self.max_complete_sets,
+                                         sum(x.complete_since is not None for x in self.sets.values()))
+        self.changed()
+
+    def set_closed(self, s: SetStats, shard: int) -> None:
+        """A connection of set `s` carrying a session of `shard` is gone."""
+        s.open_connections -= 1
+        s.open_by_shard[shard] -= 1
+        if s.open_by_shard[shard] <= 0:
+            del s.open_by_shard[shard]
+            s.complete_since = None
+        self.changed()
 
     def violation(self, shard: int | None, code: int, reason: str) -> None:
         self.shard(shard).violations.append({"code": code, "reason": reason, "at": self._at()})
@@ -110,8 +177,13 @@ class Stats:
         total["gapless"] = all(r["gapless"] for r in sessions.values())
         total["rest_requests"] = self.rest_requests
         total["rest_rate_limited"] = self.rest_rate_limited
+        sets = {}
+        for n, st in sorted(self.sets.items()):
+            states = Counter(r["state"] for r in sessions.values() if r["shard"][1] == n)
+            sets[str(n)] = dict(st.as_dict(), sessions=dict(sorted(states.items())))
+        total["max_complete_sets"] = self.max_complete_sets
         return {"uptime": round(time.monotonic() - self.started, 3), "total": total, "shards": shards,
-                "sessions": sessions}
+                "sets": sets, "sessions": sessions}
 
     async def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
         """Wait until `predicate(snapshot)` is true, re-checking whenever the stats change. Returns the snapshot."""

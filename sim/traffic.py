@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypedDict
 
 import msgspec
 
@@ -67,6 +67,23 @@ def guilds_for(shard_id: int, num_shards: int, total_guilds: int) -> range:
     """Indexes k of the bot's guilds that route to shard (shard_id, num_shards)."""
     first = (shard_id - GUILD_BASE) % num_shards
     return range(first, total_guilds, num_shards)
+
+
+def recommended_shards(configured: int, guilds: int, guilds_per_shard: int) -> int:
+    """`GET /gateway/bot`'s `shards`: the configured count, or one shard per `guilds_per_shard` guilds once the
+    bot has more (Discord recommends one per 1,000)."""
+    return max(configured, -(-guilds // guilds_per_shard))
+
+
+class GuildsAdded(TypedDict):
+    """What `Simulator.add_guilds` (and `POST /_sim/guilds`) returns: how many guilds were `added`, the bot's
+    `guilds` now, the `recommended_shards` for them, the GUILD_CREATEs sent and the sessions `closed` with 4011."""
+
+    added: int
+    guilds: int
+    recommended_shards: int
+    guild_creates: int
+    closed: int
 
 
 def size_of(k: int, mode: str) -> str:

@@ -295,6 +295,20 @@ async def test_the_coordination_interface_applies_reports_in_order_and_decides()
     assert await c.decide(9.0) == [Grant(1, 5.0, "initial")]  # 5 s from shard 3's Identify (its worker died after)
 
 
+async def test_the_coordination_interface_passes_an_outcome_on_as_reported():
+    """A reported READY proves its window (the next grant comes one window later); a reported failure keeps the
+    slack."""
+    c = IdentifyCoordinator(1, SessionBudget(), window=5.0, hold_timeout=15.0, slack=0.05, lead=0.0)
+    await c.report([(0.0, IdentifyRequest(s)) for s in (0, 1, 2)])
+    assert grants(await c.decide(0.0)) == [0]
+    await c.report([(0.1, IdentifyStarted(0)), (0.2, IdentifyDone(0, True))])
+    assert grants(await c.decide(5.19)) == []
+    assert grants(await c.decide(5.2)) == [1]
+    await c.report([(5.3, IdentifyStarted(1)), (5.4, IdentifyDone(1, False))])
+    assert grants(await c.decide(10.44)) == []
+    assert grants(await c.decide(10.45)) == [2]
+
+
 async def test_stats_and_budget_refresh_through_the_interface():
     c = coord(mc=1, total=100, remaining=50, reserve=7, window=1.0, hold=1.0)
     for s in (0, 1, 2):

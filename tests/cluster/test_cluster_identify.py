@@ -83,6 +83,29 @@ def test_an_outcome_proves_the_window_and_needs_no_slack():
     assert grants(c.poll(10.35)) == [2]
 
 
+def test_a_ready_at_the_instant_of_its_grant_proves_the_window():
+    """READY on the grant's own tick (a coarse clock) still proves the window: the next grant needs no slack."""
+    c = IdentifyCoordinator(1, SessionBudget(), window=5.0, hold_timeout=15.0, slack=0.05, lead=0.0)
+    for s in (0, 1):
+        c.request(s, 0.0)
+    assert grants(c.poll(0.0)) == [0]
+    c.done(0, True, 0.0)
+    assert c.next_deadline(0.0) == 5.0
+    assert grants(c.poll(5.0)) == [1]
+
+
+def test_a_request_while_holding_is_a_failed_attempt_and_keeps_the_slack():
+    """A shard that asks again while it holds its slot (INVALID_SESSION, a close) had no READY: its window
+    restarts then, with the slack."""
+    c = IdentifyCoordinator(1, SessionBudget(), window=5.0, hold_timeout=15.0, slack=0.05, lead=0.0)
+    c.request(0, 0.0)
+    assert grants(c.poll(0.0)) == [0]
+    c.request(0, 1.0, "invalid_session")
+    assert c.holders() == [] and c.next_deadline(1.0) == pytest.approx(6.05)
+    assert grants(c.poll(6.04)) == []
+    assert grants(c.poll(6.05)) == [0]
+
+
 def test_a_failed_outcome_proves_nothing_and_keeps_the_slack():
     """A close after the Identify was written is no proof the gateway had read it (it may still): slack."""
     c = IdentifyCoordinator(1, SessionBudget(), window=5.0, hold_timeout=15.0, slack=0.05, lead=0.0)

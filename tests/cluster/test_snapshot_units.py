@@ -6,8 +6,8 @@ supervisor's snapshots are in test_cluster_snapshot.py."""
 
 import dataclasses
 
-from cluster.snapshot import (WAIT_BUCKETS, ClusterSnapshot, CoordinationStats, ShardPhase, ShardSnapshot,
-                              WaitHistogram, WorkerSnapshot, WorkerState)
+from cluster.snapshot import (WAIT_BUCKETS, BlockSnapshot, ClusterSnapshot, CoordinationStats, ShardPhase,
+                              ShardSnapshot, WaitHistogram, WorkerSnapshot, WorkerState)
 
 
 def worker(worker_id=0, state=WorkerState.RUNNING, shards=range(0, 2)):
@@ -108,3 +108,19 @@ def test_status_lists_every_host_as_published_and_nothing_without_a_coordinator(
     assert hosts[0]["active"] == 2
     assert dataclasses.replace(cluster([shard(0)]), hosts=()).status()["hosts"] == []  # none published yet
     assert "hosts" not in cluster([shard(0)]).status()  # no shared coordinator: no hosts key at all
+
+
+def test_status_lists_every_block_and_this_hosts_lease_moves_in_order():
+    blocks = (BlockSnapshot(block=0, first=0, last=15, owner="host-a", epoch=7, lease_age=1.25, mine=True),
+              BlockSnapshot(block=1, first=16, last=23, owner=None, epoch=None, lease_age=None, mine=False))
+    moves = {("loss", "expired"): 1, ("claim", "free"): 2, ("claim", "expired"): 3}
+    status = dataclasses.replace(cluster([shard(0)]), blocks=blocks, lease_moves=moves).status()
+    assert status["blocks"] == [
+        {"block": 0, "shards": [0, 15], "owner": "host-a", "epoch": 7, "lease_age": 1.25, "mine": True},
+        {"block": 1, "shards": [16, 23], "owner": None, "epoch": None, "lease_age": None, "mine": False}]
+    assert status["lease_moves"] == [{"event": "claim", "reason": "expired", "count": 3},
+                                     {"event": "claim", "reason": "free", "count": 2},
+                                     {"event": "loss", "reason": "expired", "count": 1}]
+    no_moves = dataclasses.replace(cluster([shard(0)]), blocks=(), lease_moves=None).status()
+    assert (no_moves["blocks"], no_moves["lease_moves"]) == ([], [])  # auto assignment, nothing held or moved yet
+    assert "blocks" not in cluster([shard(0)]).status() and "lease_moves" not in cluster([shard(0)]).status()

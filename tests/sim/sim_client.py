@@ -156,21 +156,23 @@ class GatewayClient:
         self.ws.transport.abort()
 
 
-def http_get(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
+def http_get(url: str, headers: dict[str, str] | None = None, method: str = "GET",
+             body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
     """A blocking HTTP request with the stdlib client: (status, headers with lower-case names, body)."""
     parts = urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
     try:
-        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), headers=headers or {})
+        conn.request(method, parts.path + (f"?{parts.query}" if parts.query else ""), body=body,
+                     headers=headers or {})
         resp = conn.getresponse()
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
 
 
-async def rest(url: str, headers: dict[str, str] | None = None,
-               method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    return await asyncio.to_thread(http_get, url, headers, method)
+async def rest(url: str, headers: dict[str, str] | None = None, method: str = "GET",
+               body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
+    return await asyncio.to_thread(http_get, url, headers, method, body)
 
 
 def violations(snap: dict[str, Any], code: int) -> list[dict[str, Any]]:
