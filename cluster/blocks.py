@@ -55,7 +55,8 @@ class BlockKeeper:
     writes sessions (fenced by :meth:`fence`); ``policy(block)`` is a new restart policy for a block's worker."""
 
     def __init__(self, rt: Runtime, workers: Workers, leases: LeaseStore, *, client: Any, ns: str,
-                 host_ttl: float, shards_per_worker: int | None, load: Callable[[range], Awaitable[dict[int, SessionInfo]]],
+                 host_ttl: float, shards_per_worker: int | None,
+                 load: Callable[[range], Awaitable[dict[int, SessionInfo]]],
                  save: Callable[[list[SessionInfo]], Awaitable[None]],
                  policy: Callable[[int], RestartPolicy]) -> None:
         self.rt, self.workers, self.leases = rt, workers, leases

@@ -93,12 +93,11 @@ class Supervisor:
         self._router = Router(self._rt, status=self.status, supervisor_handler=supervisor_handler)
         self._workers = Workers(self._rt, multiprocess.get_context(start_method), handler=self.handler,
                                 shard_options=shard_options, on_packet=self._router.on_packet)
-        self._loops = Loops(self._rt, send_to_shard=lambda s, p: self._router.send_to_shard(s, p),
-                            kill=self._workers.kill)
+        self._loops = Loops(self._rt, send_to_shard=self._router.send_to_shard, kill=self._workers.kill)
         self._resharder = Resharder(self)
         self._router.on_fatal, self._router.on_cutover = self._resharder.on_old_fatal, self._resharder.on_packet
         self._loops.send_identify, self._loops.on_refuse = self._resharder.send_identify, self._resharder.on_refused
-        self.exit_code = ExitCode.OK
+        self.exit_code: int = ExitCode.OK  # an ExitCode; a ClusterExit's code is typed int (cluster.error)
         self.exit_message = ""
         self.started = time.monotonic()
         self.http_url: str | None = None
@@ -126,7 +125,7 @@ class Supervisor:
 
     # --- public control ------------------------------------------------------------------
 
-    def stop(self, code: ExitCode = ExitCode.OK, message: str = "") -> None:
+    def stop(self, code: int = ExitCode.OK, message: str = "") -> None:
         """Ask the cluster to shut down (resumably) and exit with ``code``."""
         if self._stop is None:
             self._stop_early = True
@@ -303,7 +302,8 @@ class Supervisor:
                 self.http_server, self.http_url = await serve_http(self, cfg.http_host, cfg.http_port, http_token)
             except OSError as exc:  # the port is taken, or the address is not this machine's
                 raise ClusterExit(ExitCode.CONFIG, f"cannot serve HTTP on {cfg.http_host}:{cfg.http_port}: "
-                                  f"{exc.strerror or exc} (give another --http-port, 0 for a free one, or none)") from None
+                                  f"{exc.strerror or exc} (give another --http-port, 0 for a free one, "
+                                  "or none)") from None
             log.info("metrics at %s/metrics; POST /restart %s", self.http_url,
                      "needs the HTTP token" if http_token else "is off (no HTTP token configured)")
         if self._redis is not None:
@@ -366,6 +366,7 @@ class Supervisor:
         from cluster.crosshost import CrossHost
 
         cfg = self.config
+        assert cfg.coordinator is not None  # the Redis client (the caller's condition) was made from it
         cross = CrossHost(self._redis, cfg.coordinator, self._ns, host=self._host_id,
                           report_interval=cfg.report_interval, session_ttl=cfg.session_ttl, status=self.status,
                           channels=self._rt.running_channels, http_url=lambda: self.http_url,

@@ -95,7 +95,8 @@ class Workers:
                 await self.kill(handle, "failed to start")
             raise
         log.debug("worker %d (gen %d) spawned, pid %d", worker_id, generation, process.pid)
-        await asyncio.wait([handle.hello, handle.exited], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        started: list[asyncio.Future[Any]] = [handle.hello, handle.exited]
+        await asyncio.wait(started, timeout=120, return_when=asyncio.FIRST_COMPLETED)
         if not handle.hello.done() and not handle.exited.done():
             await self.kill(handle, "no hello within 120 s")
         return handle
@@ -134,7 +135,8 @@ class Workers:
         shards = []
         for s in handle.shard_ids:
             view = rt.shards[s]
-            view.state, view.since, view.generation, view.worker_id = ShardPhase.STARTING, now, handle.generation, handle.worker_id
+            view.state, view.since = ShardPhase.STARTING, now
+            view.generation, view.worker_id = handle.generation, handle.worker_id
             shards.append(Assignment(s, rt.sessions.get(s)))
         handle.state = WorkerState.RUNNING
         handle.heartbeat = HeartbeatMonitor(rt.config.ipc_heartbeat_interval, rt.config.ipc_heartbeat_missed,
@@ -223,8 +225,8 @@ class Workers:
             except ConnectionError:
                 pass
             # a worker that exits instead (its handler's setup failed) sends no Drained: do not wait for one
-            done, _ = await asyncio.wait([handle.drained, handle.exited], timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            ends: list[asyncio.Future[Any]] = [handle.drained, handle.exited]
+            done, _ = await asyncio.wait(ends, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 log.warning("worker %d did not drain within %.0f s; killing it", handle.worker_id, timeout)
         try:

@@ -12,7 +12,8 @@ two Lua scripts (:data:`DECIDE`, :data:`REPORT`), so no two hosts can read-modif
   Identify's send (IdentifyStarted) and its outcome, as in :mod:`.local`; a grant, a send or a failure
   counts :data:`SLACK` later (the Identify's way to the gateway), a READY (which proves the gateway had
   processed it) as it is. A grant comes up to ``lead`` seconds before the window ends, with the rest of the
-  window as its not-before time (the shard connects meanwhile and holds its Identify until then). ``<ns>id:late:<b>``: a late Identify's send (plus the slack) that its bucket's next outcome
+  window as its not-before time (the shard connects meanwhile and holds its Identify until then).
+  ``<ns>id:late:<b>``: a late Identify's send (plus the slack) that its bucket's next outcome
   must not hide. ``<ns>id:last:<b>`` is the latest grant with the window it replaced, for an unused grant's
   refund.
 * ``<ns>id:budget``: the session budget (``total``, ``remaining``, ``reset_at``, ``last_spent``), spent in

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from cluster.config import ClusterConfig, ConfigError, load_config
+from cluster.config import ConfigError, load_config
 from cluster.coordination.redis_conn import connect, namespace
 from cluster.error import CoordinatorUnavailable
 from redis_process import RedisServer, free_port

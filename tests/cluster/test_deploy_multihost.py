@@ -231,7 +231,8 @@ def test_manifest_settings_exist(k8s, container):
     settings = {**dockerfile_env(), **k8s["ConfigMap"]["data"],
                 **{k: v for k, v in env_of(container).items() if isinstance(v, str)}}
     from_secrets = {"CLUSTER_COORDINATOR": "redis://redis.example:6379/0"}  # a value of the right shape
-    settings.update({k: from_secrets.get(k, "placeholder") for k, v in env_of(container).items() if not isinstance(v, str)})
+    settings.update({k: from_secrets.get(k, "placeholder") for k, v in env_of(container).items()
+                     if not isinstance(v, str)})
     check_settings(settings, "deploy/k8s")
 
 

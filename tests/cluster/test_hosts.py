@@ -52,7 +52,7 @@ async def client(redis_server):
 async def test_overlapping_live_hosts_are_refused_atomically(client):
     a = new_record("a", range(0, 8), 24)
     await register_host(client, NS, a, ttl=5)
-    with pytest.raises(ConfigError, match="host a .* runs shards 0-7"):
+    with pytest.raises(ConfigError, match=r"host a .* runs shards 0-7"):
         await register_host(client, NS, new_record("b", range(7, 12), 24), ttl=5)
     await register_host(client, NS, new_record("c", range(8, 16), 24), ttl=5)
     assert [r.host_id for r in await read_hosts(client, NS)] == ["a", "c"]
@@ -92,7 +92,7 @@ def test_config_options_for_the_host_and_auto_from_the_pod_name(monkeypatch):
     monkeypatch.setenv("HOSTNAME", "shardstack-2")
     assert cfg.host_shards(24) == range(16, 24)
     monkeypatch.setenv("HOSTNAME", "shardstack-5")
-    with pytest.raises(ConfigError, match="host_index 5 .* not below host_count 3"):
+    with pytest.raises(ConfigError, match=r"host_index 5 .* not below host_count 3"):
         cfg.host_shards(24)
     assert load_config({"host_index": "1", "host_count": 2}).host_shards(10) == range(5, 10)
     assert ClusterConfig(shard_range="3-5").host_shards(8) == range(3, 6)

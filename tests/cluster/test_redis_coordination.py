@@ -9,7 +9,6 @@ import multiprocessing
 import random
 import time
 
-import pytest
 import redis.asyncio as aioredis
 
 from cluster.coordination import CoordinationSetup, Grant, Refuse
@@ -175,7 +174,7 @@ async def test_the_budget_is_spent_atomically_and_never_below_its_reserve(redis_
     grants = refusals = 0
     for _ in range(40):
         results = await asyncio.gather(*(c.decide(time.monotonic()) for c in hosts))
-        for c, ds in zip(hosts, results):
+        for c, ds in zip(hosts, results, strict=True):
             for d in ds:
                 if isinstance(d, Grant):
                     grants += 1
@@ -280,7 +279,7 @@ async def test_an_outcome_proves_the_window_and_a_late_send_keeps_its_slack(redi
     await a.report([(time.monotonic(), IdentifyRequest(4, "initial")), (time.monotonic(), IdentifyRequest(8, "x"))])
     assert [d.shard_id for d in await decide_until(a)] == [4]
     await decide_until(a, pred=lambda ds: not a._holding)  # 4's hold expires without an outcome
-    while await a.client.exists(f"{NS}id:slot:0"):  # in Redis too (its TTL started a little later)
+    while await a.client.exists(f"{NS}id:slot:0"):  # noqa: ASYNC110 - a key's expiry has no event; in Redis too (its TTL started a little later)
         await asyncio.sleep(0.01)
     await a.report([(time.monotonic(), IdentifyStarted(4))])  # then its Identify goes out, late
     assert a.stats(time.monotonic()).late_starts == 1
