@@ -27,6 +27,7 @@ from typing import Any
 
 import msgspec
 
+from cluster.coordination.redis import store_layout
 from cluster.coordination.redis_conn import raise_if_cancelling
 from cluster.error import ConfigError
 from cluster.layout import split
@@ -163,15 +164,16 @@ return 1
 async def agree_layout(client: Any, ns: str, shard_total: int, max_concurrency: int, *,
                        explicit_shards: int | None = None, explicit_concurrency: int | None = None) -> tuple[int, int]:
     """The cluster's ``(shard_total, max_concurrency)``: stored by the first host (``SET NX``), adopted by
-    the others. ConfigError if this host was given an explicit ``--shards`` or ``--max-concurrency``
+    the others (the first host of a new cluster also marks its identify state fresh: :func:`store_layout`).
+    ConfigError if this host was given an explicit ``--shards`` or ``--max-concurrency``
     that differs from the stored one."""
     key = layout_key(ns)
     mine = f"{shard_total},{max_concurrency}"
-    if await client.set(key, mine, nx=True):
+    if await store_layout(client, ns, key, mine):
         return shard_total, max_concurrency
     raw = await client.get(key)
     if raw is None:  # deleted in between (a flushed Redis): take it again
-        await client.set(key, mine, nx=True)
+        await store_layout(client, ns, key, mine)
         return shard_total, max_concurrency
     try:
         total_s, mc_s = (raw.decode() if isinstance(raw, bytes) else raw).split(",")

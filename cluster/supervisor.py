@@ -298,6 +298,8 @@ class Supervisor:
             self._rt.spawn_loop("host_registry", lambda: keep_registered(
                 self._redis, self._ns, record, cfg.host_ttl, on_error=coord.mark_down if coord else None,
                 on_ok=coord.mark_up if coord else None))
+            if coord is not None:  # other hosts' grants and releases wake the identify pump
+                self._rt.spawn_loop("identify_wakeups", coord.listen, self._rt.wake.set)
             self._join_hosts()  # sessions, status and broadcasts shared with the other hosts
             if auto:
                 self._keep_blocks(token)
