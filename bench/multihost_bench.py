@@ -33,6 +33,7 @@ import signal
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,42 +98,46 @@ async def stop_hosts(procs: list) -> None:
     await asyncio.gather(*(p.wait() for p in procs))
 
 
+async def bring_up(out: dict, key: str, sim_opts: dict, tmp: str, hosts: int, workers: int, redis_url: str | None,
+                   measure: Callable[[dict], Awaitable[None]] | None = None) -> None:
+    """One bring-up on a new simulator: ``hosts`` host processes from their start to every shard active, recorded
+    in ``out[key]``; ``measure(stats)`` runs once every shard is active, before the hosts stop."""
+    async with Sim(**sim_opts) as sim:
+        t0 = time.monotonic()
+        procs = await start_hosts(sim, tmp, out["n"], out["window"], hosts, workers, redis_url)
+        try:
+            stats = await wait_active(sim, out["n"], 60 + 3 * out["ceiling"], procs)
+            out[key].append((time.monotonic() - t0, stats["total"]["identifies"],
+                             stats["total"]["concurrency_violations"]))
+            if measure is not None:
+                await measure(stats)
+        finally:
+            await stop_hosts(procs)
+
+
 async def run_multi(out: dict, sim_opts: dict, tmp: str, idle: float) -> None:
     """One bring-up of ``hosts`` host processes on a Redis of their own; the Redis numbers on the first."""
-    n, window, hosts, workers = out["n"], out["window"], out["hosts"], out["workers"]
     server = RedisServer(Path(tmp)).start()
     client = redis.Redis(port=server.port)
+    calls0, cpu0, by0 = redis_numbers(client)
+
+    async def measure(stats: dict) -> None:
+        calls1, cpu1, by1 = redis_numbers(client)
+        out["bringup_commands"] = calls1 - calls0
+        out["bringup_redis_cpu"] = cpu1 - cpu0
+        out["bringup_by_command"] = {k: v - by0.get(k, 0) for k, v in by1.items() if v - by0.get(k, 0)}
+        out["multi_identifies"] = stats["total"]["identifies"]
+        await asyncio.sleep(idle)  # the steady state being measured: nothing to await
+        calls2, cpu2, by2 = redis_numbers(client)
+        out["idle_commands"] = calls2 - calls1
+        out["idle_redis_cpu"] = cpu2 - cpu1
+        out["idle_by_command"] = {k: v - by1.get(k, 0) for k, v in by2.items() if v - by1.get(k, 0)}
+
     try:
-        async with Sim(**sim_opts) as sim:
-            calls0, cpu0, _ = redis_numbers(client)
-            t0 = time.monotonic()
-            procs = await start_hosts(sim, tmp, n, window, hosts, workers, server.url)
-            try:
-                stats = await wait_active(sim, n, 60 + 3 * out["ceiling"], procs)
-                out["multi"].append((time.monotonic() - t0, stats["total"]["identifies"],
-                                     stats["total"]["concurrency_violations"]))
-                if "idle_commands" not in out:  # the Redis numbers: first round only
-                    calls1, cpu1, by1 = redis_numbers(client)
-                    out["bringup_commands"] = calls1 - calls0
-                    out["bringup_redis_cpu"] = cpu1 - cpu0
-                    out["multi_identifies"] = stats["total"]["identifies"]
-                    await asyncio.sleep(idle)  # the steady state being measured: nothing to await
-                    calls2, cpu2, by2 = redis_numbers(client)
-                    out["idle_commands"] = calls2 - calls1
-                    out["idle_redis_cpu"] = cpu2 - cpu1
-                    out["idle_by_command"] = {k: v - by1.get(k, 0) for k, v in by2.items() if v - by1.get(k, 0)}
-            finally:
-                await stop_hosts(procs)
+        await bring_up(out, "multi", sim_opts, tmp, out["hosts"], out["workers"], server.url,
+                       measure if "idle_commands" not in out else None)  # the Redis numbers: first round only
         # the same hosts again (--fresh: every shard identifies) on the Redis that now knows the buckets' windows
-        async with Sim(**sim_opts) as sim:
-            t0 = time.monotonic()
-            procs = await start_hosts(sim, tmp, n, window, hosts, workers, server.url)
-            try:
-                stats = await wait_active(sim, n, 60 + 3 * out["ceiling"], procs)
-                out["again"].append((time.monotonic() - t0, stats["total"]["identifies"],
-                                     stats["total"]["concurrency_violations"]))
-            finally:
-                await stop_hosts(procs)
+        await bring_up(out, "again", sim_opts, tmp, out["hosts"], out["workers"], server.url)
     finally:
         client.close()
         server.stop()
@@ -140,16 +145,7 @@ async def run_multi(out: dict, sim_opts: dict, tmp: str, idle: float) -> None:
 
 async def run_single(out: dict, sim_opts: dict, tmp: str) -> None:
     """One bring-up of the single-host supervisor (in-process coordinator), same settings and workers in all."""
-    n, window = out["n"], out["window"]
-    async with Sim(**sim_opts) as sim:
-        t0 = time.monotonic()
-        procs = await start_hosts(sim, tmp, n, window, 1, out["workers"] * out["hosts"], None)
-        try:
-            stats = await wait_active(sim, n, 60 + 3 * out["ceiling"], procs)
-            out["single"].append((time.monotonic() - t0, stats["total"]["identifies"],
-                                  stats["total"]["concurrency_violations"]))
-        finally:
-            await stop_hosts(procs)
+    await bring_up(out, "single", sim_opts, tmp, 1, out["workers"] * out["hosts"], None)
 
 
 async def run(n: int, m: int, window: float, hosts: int, workers: int, idle: float, rounds: int = 1) -> dict:
@@ -163,6 +159,10 @@ async def run(n: int, m: int, window: float, hosts: int, workers: int, idle: flo
             with tempfile.TemporaryDirectory() as tmp:  # each run its own state files and Redis
                 await (run_multi(out, sim_opts, tmp, idle) if multi else run_single(out, sim_opts, tmp))
     return out
+
+
+def by_name(calls: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(calls.items(), key=lambda kv: -kv[1]))
 
 
 def report(r: dict, command: str) -> str:
@@ -201,8 +201,9 @@ def report(r: dict, command: str) -> str:
         f"| commands per shard per minute, steady state ({r['idle']:g} s) | {per_shard_minute:.2f} |",
         f"| Redis CPU in steady state | {r['idle_redis_cpu'] / r['idle'] * 100:.2f} % of a core |",
         "",
-        "Steady-state commands by name: " + ", ".join(f"{k} {v}" for k, v in sorted(
-            r["idle_by_command"].items(), key=lambda kv: -kv[1])),
+        "Bring-up commands by name: " + by_name(r["bringup_by_command"]),
+        "",
+        "Steady-state commands by name: " + by_name(r["idle_by_command"]),
         "",
     ])
 

@@ -16,7 +16,6 @@ is a dead host and is dropped from the set by the next reader or registrant.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import socket
@@ -28,7 +27,7 @@ from typing import Any
 import msgspec
 
 from cluster.coordination.redis import store_layout
-from cluster.coordination.redis_conn import raise_if_cancelling
+from cluster.coordination.redis_conn import keep_trying
 from cluster.error import ConfigError
 from cluster.layout import split
 
@@ -223,16 +222,23 @@ async def remove_host(client: Any, ns: str, hid: str) -> None:
     await client.srem(hosts_key(ns), hid)
 
 
-async def read_hosts(client: Any, ns: str) -> list[HostRecord]:
-    """Every live host, by first shard. Records that do not decode are skipped."""
-    ids = await client.smembers(hosts_key(ns))
+async def read_hosts(client: Any, ns: str, *, renewed_within: float | None = None,
+                     ttl: float = HOST_TTL) -> list[HostRecord]:
+    """Every live host, by first shard: the one notion of a live host (its record in the registry has not expired),
+    for ``cluster status``, broadcasts and the block leases. With ``renewed_within``, only the hosts whose record
+    was renewed within that many seconds (a renewal sets its TTL to ``ttl``): a killed or frozen host drops out
+    long before its record expires. Records that do not decode are skipped."""
+    ids = sorted(i.decode() if isinstance(i, bytes) else i for i in await client.smembers(hosts_key(ns)))
     if not ids:
         return []
-    ids = sorted(ids)
-    raws = await client.mget([host_key(ns, i.decode() if isinstance(i, bytes) else i) for i in ids])
+    async with client.pipeline(transaction=False) as pipe:
+        for hid in ids:
+            pipe.get(host_key(ns, hid))
+            pipe.pttl(host_key(ns, hid))
+        answers = await pipe.execute()
     out = []
-    for raw in raws:
-        if raw is None:
+    for raw, ms in zip(answers[::2], answers[1::2], strict=True):
+        if raw is None or ms <= 0 or renewed_within is not None and ttl - ms / 1000 > renewed_within:
             continue
         try:
             out.append(msgspec.json.decode(raw, type=HostRecord))
@@ -247,19 +253,8 @@ async def keep_registered(client: Any, ns: str, record: HostRecord, ttl: float =
     """Renew this host's record every ``every`` seconds, for as long as the host runs; a record lost with Redis's
     data is written again. Redis trouble is waited out and told to ``on_error`` (and its end to ``on_ok``), so
     that an idle host notices an unavailable coordinator too."""
-    from redis import exceptions as rx  # noqa: PLC0415
-
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await renew_host(client, ns, record, ttl)
-        except (rx.RedisError, OSError) as exc:
-            raise_if_cancelling()
-            if on_error is not None:
-                on_error(exc)
-            continue
-        if on_ok is not None:
-            on_ok()
+    await keep_trying(lambda: renew_host(client, ns, record, ttl), every, start_after=every, on_error=on_error,
+                      on_ok=on_ok)
 
 
 def new_record(hid: str, shards: range, shard_total: int, http_url: str | None = None) -> HostRecord:

@@ -50,12 +50,10 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from redis import exceptions as rx
-
 from cluster.coordination.base import (CoordinationFactory, CoordinationSetup, CoordinationStats, Decision, Defer,
                                        Grant, IdentifyEvent, Refuse)
 from cluster.coordination.local import LEAD
-from cluster.coordination.redis_conn import raise_if_cancelling
+from cluster.coordination.redis_conn import keep_subscribed, on_trouble
 from ipc.protocol import IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused
 
 __all__ = ["DECIDE", "NEW_CLUSTER", "REPORT", "RedisCoordination", "redis_coordination", "store_layout"]
@@ -282,9 +280,6 @@ end
 return 1
 """
 
-_REDIS_TROUBLE = (rx.RedisError, OSError, TimeoutError)
-
-
 async def store_layout(client: Any, ns: str, key: str, layout: str) -> bool:
     """Store the cluster's layout at ``key`` unless one is there (False then). The first host of a new cluster
     (no identify state in Redis) also marks the identify state fresh, in the same script: its buckets wait only
@@ -417,11 +412,10 @@ class RedisCoordination:
             known = [s for s in shards if s in self._queued]
             new = [s for s in shards if s not in self._queued]
             args += [b, self._member(known[0]) if known else "", len(new), *map(self._member, new)]
-        try:
+        with on_trouble() as caught:
             epoch, remaining, total, reset_in, outcome = await self._decide(args=args)
-        except _REDIS_TROUBLE as exc:
-            raise_if_cancelling()
-            self._trouble(exc, now)
+        if caught.exc is not None:
+            self._trouble(caught.exc, now)
             self._next = self._retry_at
             return []
         self._recovered(now)
@@ -500,7 +494,10 @@ class RedisCoordination:
         """A grant or release was published (``<bucket>``, or ``<bucket>!`` for a window made earlier): True if
         this host's waiters in that bucket should look now."""
         text = _text(message)
-        bucket = int(text.rstrip("!"))
+        try:
+            bucket = int(text.rstrip("!"))
+        except ValueError:  # not ours (anyone who can write to this Redis can publish)
+            return False
         if bucket not in self._on_wake and not (text.endswith("!") and bucket in self._due):
             return False
         self._on_wake.discard(bucket)
@@ -514,28 +511,21 @@ class RedisCoordination:
         once: a Redis that restarted dropped this connection, and a host that knew the old state must say so
         before a new host takes the empty Redis for a new cluster. A lost message costs a bucket at most
         :data:`POLL_INTERVAL`."""
-        delay = RESUBSCRIBE[0]
-        while True:
-            pubsub = self.client.pubsub()
-            try:
-                await pubsub.subscribe(f"{self.ns}id:wake")
-                epoch, _ = await self._report(args=self._prelude())  # no reports: the epoch check alone
-                delay = RESUBSCRIBE[0]
-                if self._epoch is not None and _text(epoch) != self._epoch or self._on_wake:
-                    for b in list(self._on_wake):  # a message may have been missed meanwhile
-                        self.woken(str(b))
-                    self._next = self.clock()
-                    wake()
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                    if message is not None and self.woken(message["data"]):
-                        wake()
-            except _REDIS_TROUBLE:
-                raise_if_cancelling()
-            finally:
-                await asyncio.shield(pubsub.aclose())
-            await asyncio.sleep(delay)
-            delay = min(RESUBSCRIBE[1], delay * 2)
+
+        async def check_epoch() -> None:  # no reports: the epoch check alone
+            epoch, _ = await self._report(args=self._prelude())
+            if self._epoch is not None and _text(epoch) != self._epoch or self._on_wake:
+                for b in list(self._on_wake):  # a message may have been missed meanwhile
+                    self.woken(str(b))
+                self._next = self.clock()
+                wake()
+
+        def message(data: bytes) -> None:
+            if self.woken(data):
+                wake()
+
+        await keep_subscribed(self.client, [f"{self.ns}id:wake"], message, on_subscribed=check_epoch,
+                              retry=RESUBSCRIBE)
 
     def next_deadline(self, now: float) -> float | None:
         return self._next
@@ -567,12 +557,11 @@ class RedisCoordination:
             return False
         batch = self._pending
         self._pending = []
-        try:
+        with on_trouble() as caught:
             epoch, unused = await self._report(args=[*self._prelude(), *batch])
-        except _REDIS_TROUBLE as exc:
-            raise_if_cancelling()
+        if caught.exc is not None:
             self._pending = batch + self._pending
-            self._trouble(exc, now)
+            self._trouble(caught.exc, now)
             return False
         self.unused_grants += int(unused)
         self._recovered(now)
