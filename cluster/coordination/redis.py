@@ -22,8 +22,10 @@ two Lua scripts (:data:`DECIDE`, :data:`REPORT`), so no two hosts can read-modif
 
 Wake-ups: every grant and every release is published on ``<ns>id:wake`` (the bucket); each host's
 :meth:`RedisCoordination.listen` wakes its identify pump when it has shards waiting on that bucket's slot or on
-another host's turn, and otherwise the pump sleeps until the time Redis named (a window's end). Only a bucket
-that is due (or has new shards to queue) is put to Redis. A lost message costs at most :data:`POLL_INTERVAL`.
+another host's turn, and otherwise the pump sleeps until the time Redis named: a window's end, or, behind other
+hosts' queue entries, one window per entry ahead (a cancel or a refund publishes ``<bucket>!``, which wakes those
+sleepers too). Only a bucket that is due (or has new shards to queue) is put to Redis. A lost message costs at
+most :data:`POLL_INTERVAL`.
 
 Clock: every time in Redis is the Redis server's ``TIME``; hosts only see durations ("wait 320 ms"), so the
 hosts' clocks need not agree. Redis trouble never raises into the pump: the reports are kept and sent again,
@@ -114,8 +116,8 @@ local function window_start(b)
   redis.call('SET', wk, win)
   return win, wk
 end
-local function wake(b, earlier)  -- a slot granted or freed: hosts waiting on it decide again; a window made
-  redis.call('PUBLISH', ns .. 'id:wake', earlier and b .. '!' or b)  -- earlier (a refund): hosts waiting for it too
+local function wake(b, earlier)  -- a slot granted or freed: hosts waiting on it decide again; a turn or a window
+  redis.call('PUBLISH', ns .. 'id:wake', earlier and b .. '!' or b)  -- made earlier: hosts that sleep until it too
 end
 """
 
@@ -156,18 +158,19 @@ for _ = 1, tonumber(ARGV[15]) do
   elseif now < due - lead then  -- the next grant comes `lead` early: its Identify waits for `due`
     out[#out + 1] = {'window', b, due - lead - now}
   else
-    local head
+    local head, purged
     while true do
       head = redis.call('ZRANGE', q, 0, 0)[1]
       if not head then break end
       local h = string.match(head, '^(.*)/%d+$')
       if h == host or redis.call('EXISTS', ns .. 'id:alive:' .. h) == 1 then break end
       redis.call('ZREM', q, head)  -- its host is gone
+      purged = true
     end
+    if purged then wake(b, true) end  -- the hosts behind it are nearer their turn
     if head and string.match(head, '^(.*)/%d+$') == host then
-      local total = tonumber(redis.call('HGET', bk, 'total'))
-      local remaining = tonumber(redis.call('HGET', bk, 'remaining'))
-      local reset_at = tonumber(redis.call('HGET', bk, 'reset_at'))
+      local budget = redis.call('HMGET', bk, 'total', 'remaining', 'reset_at')
+      local total, remaining, reset_at = tonumber(budget[1]), tonumber(budget[2]), tonumber(budget[3])
       if now >= reset_at then
         remaining, reset_at = total, now + 86400000
         redis.call('HSET', bk, 'remaining', remaining, 'reset_at', reset_at)
@@ -191,15 +194,20 @@ for _ = 1, tonumber(ARGV[15]) do
         wake(b)
         out[#out + 1] = {'grant', head, math.max(0, due - now)}  -- ms its Identify must wait
       end
-    else
-      out[#out + 1] = {'wait', b, 0}  -- another host's turn
+    else  -- another host's turn: each entry ahead of this host's first takes a window at least
+      local first = probe ~= '' and probe or (n > 0 and ARGV[i + 3]) or nil
+      local ahead = first and redis.call('ZRANK', q, first)
+      if ahead and ahead * window > lead then
+        out[#out + 1] = {'turn', b, ahead * window - lead}
+      else
+        out[#out + 1] = {'wait', b, 0}
+      end
     end
   end
   i = i + 3 + n
 end
-local total = tonumber(redis.call('HGET', bk, 'total'))
-local remaining = tonumber(redis.call('HGET', bk, 'remaining'))
-local reset_in = tonumber(redis.call('HGET', bk, 'reset_at')) - now
+local budget = redis.call('HMGET', bk, 'total', 'remaining', 'reset_at')
+local total, remaining, reset_in = tonumber(budget[1]), tonumber(budget[2]), tonumber(budget[3]) - now
 return {epoch, remaining, total, reset_in, out}
 """
 
@@ -241,11 +249,12 @@ for i = 7, #ARGV, 4 do
         if now + slack > win then redis.call('SET', wk, now + slack) end
       end
     elseif op == 'C' then
-      redis.call('ZREM', q, member)
+      local gone = redis.call('ZREM', q, member) == 1  -- the hosts behind it are nearer their turn
       if redis.call('GET', slot) == member then
         redis.call('DEL', slot)
-        wake(b)
+        gone = true
       end
+      if gone then wake(b, true) end
     elseif op == 'U' then
       local lk = ns .. 'id:last:' .. b
       local last = redis.call('GET', lk)
@@ -448,7 +457,7 @@ class RedisCoordination:
             if kind == "lost":
                 self._queued.difference_update(by_bucket.get(b, []))
                 again.add(b)
-            elif kind == "window":  # nothing can change before then
+            elif kind in ("window", "turn"):  # no grant before then (unless a message says a turn came nearer)
                 self._due[b] = now + ms / 1000
                 self._on_wake.discard(b)
             elif kind == "refuse":
@@ -514,11 +523,15 @@ class RedisCoordination:
 
         async def check_epoch() -> None:  # no reports: the epoch check alone
             epoch, _ = await self._report(args=self._prelude())
-            if self._epoch is not None and _text(epoch) != self._epoch or self._on_wake:
-                for b in list(self._on_wake):  # a message may have been missed meanwhile
-                    self.woken(str(b))
-                self._next = self.clock()
-                wake()
+            if self._epoch is not None and _text(epoch) != self._epoch:  # a new Redis: every bucket looks again
+                self._due.clear()
+                self._look_at = -math.inf
+            elif not self._on_wake:
+                return
+            for b in list(self._on_wake):  # a message may have been missed meanwhile
+                self.woken(str(b))
+            self._next = self.clock()
+            wake()
 
         def message(data: bytes) -> None:
             if self.woken(data):

@@ -20,6 +20,8 @@ from typing import NoReturn
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from cluster.coordination.redis_url import redacted_url, url_problem
 from cluster.error import ConfigError, CoordinatorUnavailable
@@ -31,9 +33,10 @@ __all__ = ["KEY_ROOT", "REDIS_DOWN", "REDIS_TROUBLE", "Caught", "connect", "keep
 KEY_ROOT = "shardstack"
 """Every key of every bot starts with ``shardstack:<cluster name>:``."""
 HEALTH_CHECK = 1.0
-"""Seconds a pooled connection may sit idle before it is checked (PING) on its next use: one left stale by a Redis
-restart is then reconnected quietly, instead of failing a call long after the outage was over (and being logged
-as a new one)."""
+"""Seconds a pooled connection may sit idle before it is checked (PING, tried once more on a new connection) on its
+next use: one left stale by a Redis restart is then replaced quietly, instead of failing a call seconds after the
+outage was over (and being logged as a new one). Commands themselves are never retried by the client (a script
+may have run before its answer was lost); the callers' loops retry."""
 REDIS_TROUBLE: tuple[type[BaseException], ...] = (rx.RedisError, OSError, TimeoutError)
 """What a Redis call raises when Redis is unavailable or answers with an error: retried by the loops."""
 REDIS_DOWN: tuple[type[BaseException], ...] = (rx.ConnectionError, rx.TimeoutError, TimeoutError, OSError)
@@ -145,7 +148,8 @@ async def connect(url: str, *, timeout: float = 5.0) -> aioredis.Redis:
     if (problem := url_problem(url)) is not None:
         raise ConfigError(problem)
     client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                     health_check_interval=HEALTH_CHECK, decode_responses=False)
+                                     health_check_interval=HEALTH_CHECK, retry=Retry(NoBackoff(), 1),
+                                     decode_responses=False)
     shown = redacted_url(url)
     try:
         await client.ping()

@@ -427,3 +427,29 @@ async def test_a_host_waiting_on_another_hosts_slot_is_woken_by_its_release_not_
     finally:
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_a_host_behind_other_hosts_entries_sleeps_a_window_each_and_is_woken_when_they_go(redis_server):
+    """Each queue entry ahead of this host's first takes a window at least: the host sleeps that long instead of
+    asking at every grant; a cancel of entries ahead (their host stopped) wakes it at once."""
+    a = await host(redis_server.url, "a", window=10.0)
+    b = await host(redis_server.url, "b", window=10.0)
+    await a.client.set(f"{NS}id:win:0", 0)  # a window long past
+    await a.report([(time.monotonic(), IdentifyRequest(s, "initial")) for s in (0, 4, 8)])
+    assert [d.shard_id for d in await decide_until(a)] == [0]
+    await a.report([(time.monotonic(), IdentifyDone(0, True))])
+    await a.client.set(f"{NS}id:win:0", 0)  # its window over too: a/4 is the head, then a/8, then b's
+    woke = asyncio.Event()
+    listener = asyncio.ensure_future(b.listen(woke.set))
+    try:
+        await b.report([(time.monotonic(), IdentifyRequest(12, "initial"))])
+        now = time.monotonic()
+        assert await b.decide(now) == []
+        assert b._due[0] - now > 15 and 0 not in b._on_wake  # two entries ahead: two windows (20 s)
+        woke.clear()
+        await a.report([(time.monotonic(), IdentifyCancel(4)), (time.monotonic(), IdentifyCancel(8))])
+        await asyncio.wait_for(woke.wait(), 10)
+        assert [d.shard_id for d in await decide_until(b, timeout=5)] == [12]
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)

@@ -81,3 +81,20 @@ async def test_keep_subscribed_hands_messages_on_and_ends_on_a_cancel(redis_serv
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 10)
     await client.aclose()
+
+
+async def test_a_connection_left_stale_by_a_redis_restart_is_replaced_quietly(redis_server, monkeypatch):
+    """After Redis restarted, a pooled connection idle for the health-check interval is checked and replaced on its
+    next use: the call succeeds (it failed, seconds after the outage, and was logged as a new one)."""
+    from cluster.coordination import redis_conn
+
+    monkeypatch.setattr(redis_conn, "HEALTH_CHECK", 0.05)
+    client = await redis_conn.connect(redis_server.url)
+    try:
+        await client.set("k", "before")
+        redis_server.kill()
+        redis_server.start()
+        await asyncio.sleep(0.1)  # the connection sits idle past its health-check interval (the case under test)
+        assert await client.set("k", "after")
+    finally:
+        await client.aclose()
