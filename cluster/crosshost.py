@@ -3,8 +3,9 @@ status, and broadcasts.
 
 * Sessions: :class:`~cluster.sessions_store.RedisSessionStore` (a host resumes what another one ran).
 * Status: every ``report_interval`` each supervisor writes its ``/status`` (msgpack) to
-  ``<namespace>status:<host id>``, expiring after :func:`status_ttl`; it reads every host's back, for the
-  ``hosts`` section of its ``/status`` and for ``python -m cluster status --coordinator ...``.
+  ``<namespace>status:<host id>``, expiring after :func:`status_ttl`; it reads every live host's back (live: in
+  the registry, :func:`cluster.hosts.read_hosts`), for the ``hosts`` section of its ``/status`` and for
+  ``python -m cluster status --coordinator ...``.
 * Broadcast: ``ctx.broadcast(call)`` also reaches the workers of the other hosts. The supervisor publishes
   the call (its registered name and msgpack body, never code) on ``<namespace>broadcast``; every other
   supervisor gathers its workers' replies and publishes them on ``<namespace>reply:<origin host>``. A host

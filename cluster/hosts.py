@@ -9,8 +9,8 @@ The cluster's layout (shard total and max_concurrency) is decided once per clust
 it (``SET NX``) and later hosts adopt it (:func:`agree_layout`). Each host keeps a record under
 ``<ns>host:<host id>`` with a short TTL, renewed by the supervisor (:func:`register_host`,
 :func:`renew_host`); registering refuses a range that overlaps another live host's, atomically (one Lua
-script), so two hosts started at once cannot both win. :func:`read_hosts` lists the live hosts (for
-``cluster status``). The ids of the hosts are in the set ``<ns>hosts``; a record whose key expired
+script), so two hosts started at once cannot both win. :func:`read_hosts` lists the live hosts: the one
+notion of a live host, for ``cluster status``, broadcasts and the block leases. The ids of the hosts are in the set ``<ns>hosts``; a record whose key expired
 is a dead host and is dropped from the set by the next reader or registrant.
 """
 
