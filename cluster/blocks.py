@@ -23,8 +23,8 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cluster.hosts import HOST_RENEW_INTERVAL, host_key, hosts_key
-from cluster.coordination.redis_conn import raise_if_cancelling
+from cluster.hosts import HOST_RENEW_INTERVAL, read_hosts
+from cluster.coordination.redis_conn import keep_trying, on_trouble
 from cluster.leases import (Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key, lease_value, plan,
                             renew_interval)
 from cluster.restart import RestartPolicy
@@ -108,15 +108,12 @@ class BlockKeeper:
 
     async def run(self) -> None:
         """Renew, claim and hand off for as long as the host runs (Redis trouble is waited out)."""
-        from redis import exceptions as rx  # noqa: PLC0415
-
         while not self.leaving:
             self._ticking = asyncio.ensure_future(self.tick())  # a stop waits for it: never a claim cut in half
-            try:
+            with on_trouble() as caught:
                 await asyncio.shield(self._ticking)
-            except (rx.RedisError, OSError, TimeoutError) as exc:
-                raise_if_cancelling()
-                self.rt.errors[("leases", type(exc).__name__)] += 1
+            if caught.exc is not None:
+                self.rt.errors[("leases", type(caught.exc).__name__)] += 1
                 await asyncio.sleep(RETRY_EVERY)  # the deadlines are near: try again soon, not a tick later
                 continue
             await asyncio.sleep(renew_interval(self.ttl))
@@ -163,12 +160,8 @@ class BlockKeeper:
 
     async def live_hosts(self) -> list[str]:
         """The ids of the hosts whose record was renewed within :data:`FRESH_HOST` seconds."""
-        ids = sorted(i.decode() if isinstance(i, bytes) else i for i in await self.client.smembers(hosts_key(self.ns)))
-        async with self.client.pipeline(transaction=False) as pipe:
-            for hid in ids:
-                pipe.pttl(host_key(self.ns, hid))
-            left = await pipe.execute()
-        return [hid for hid, ms in zip(ids, left, strict=True) if ms > 0 and self.host_ttl - ms / 1000 <= FRESH_HOST]
+        return sorted(r.host_id for r in await read_hosts(self.client, self.ns, renewed_within=FRESH_HOST,
+                                                          ttl=self.host_ttl))
 
     async def renew(self) -> None:
         held = dict(self.held)
@@ -252,20 +245,8 @@ class BlockKeeper:
 
     async def leave(self) -> None:
         """A clean stop: hand every block over (drained together, then saved and released)."""
-        from redis import exceptions as rx  # noqa: PLC0415
-
         self.leaving = True
-
-        async def keep_renewing() -> None:
-            while True:
-                try:
-                    await self.renew()
-                except (rx.RedisError, OSError, TimeoutError):
-                    raise_if_cancelling()
-                    pass
-                await asyncio.sleep(renew_interval(self.ttl))
-
-        renewing = asyncio.ensure_future(keep_renewing())
+        renewing = asyncio.ensure_future(keep_trying(self.renew, renew_interval(self.ttl)))
         try:
             if self._ticking is not None:  # its claims land in held (or are given back at once)
                 await asyncio.wait([self._ticking], timeout=2 * renew_interval(self.ttl))

@@ -315,6 +315,8 @@ class Supervisor:
             self._rt.spawn_loop("host_registry", lambda: keep_registered(
                 self._redis, self._ns, record, cfg.host_ttl, on_error=coord.mark_down if coord else None,
                 on_ok=coord.mark_up if coord else None))
+            if coord is not None:  # other hosts' grants and releases wake the identify pump
+                self._rt.spawn_loop("identify_wakeups", coord.listen, self._rt.wake.set)
             self._join_hosts()  # sessions, status and broadcasts shared with the other hosts
             if auto:
                 self._keep_blocks(token)
@@ -450,24 +452,22 @@ class Supervisor:
 
     async def _on_redis(self, what: str, call: Any) -> Any:
         """``await call()``, retried with backoff while Redis is unavailable (said once); ConfigError exits 2."""
-        from redis import exceptions as rx  # noqa: PLC0415
+        from cluster.coordination.redis_conn import REDIS_DOWN, on_trouble  # noqa: PLC0415 - needs redis
 
         delay, said = 0.5, False
         while True:
             try:
-                result = await call()
+                with on_trouble((CoordinatorUnavailable, *REDIS_DOWN)) as caught:
+                    result = await call()
             except ConfigError as exc:
                 raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
-            except (CoordinatorUnavailable, rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            if (exc := caught.exc) is not None:
                 self._rt.errors[("coordinator", type(exc).__name__)] += 1
                 if not said:
                     log.warning("%s is unavailable (%s); retrying with backoff until it answers", what, exc)
                     said = True
-                if self._stop is not None:
-                    try:
-                        await asyncio.wait_for(asyncio.shield(self._stop), delay)
-                    except TimeoutError:
-                        pass
+                if self._stop is not None:  # asyncio.wait: 3.11's wait_for can swallow a racing cancel
+                    await asyncio.wait([self._stop], timeout=delay)
                     if self._stop.done():
                         raise ClusterExit(self.exit_code, f"stopped while waiting for {what}") from None
                 else:
@@ -480,14 +480,15 @@ class Supervisor:
 
     async def _leave_coordinator(self) -> None:
         """Leave the host registry (so that a successor with this range starts at once) and close the client."""
-        from redis import exceptions as rx  # noqa: PLC0415
+        from cluster.coordination.redis_conn import on_trouble  # noqa: PLC0415 - needs the redis package
 
-        try:
+        with on_trouble() as caught:
             if self.host is not None:
                 async with asyncio.timeout(2.0):
                     await remove_host(self._redis, self._ns, self.host.host_id)
-        except (rx.RedisError, OSError, TimeoutError) as exc:
-            log.warning("could not leave the host registry (its record expires in %g s): %s", self.config.host_ttl, exc)
+        if caught.exc is not None:
+            log.warning("could not leave the host registry (its record expires in %g s): %s", self.config.host_ttl,
+                        caught.exc)
         await self._redis.aclose()
 
 
