@@ -31,7 +31,9 @@ Timing argument (why two live sessions for one shard never overlap):
 * A renewal that finds the key missing while the host is still within its deadline means Redis lost its
   data (a restart without persistence): the key could not have expired yet. The host writes the lease
   back with its own epoch (and raises the epoch counter to it) unless another host claimed the block
-  meanwhile, in which case the block is lost and stopped. So that no host claims a block whose lease is
+  meanwhile (it holds the key, or the epoch counter is past this tenure's), in which case the block is lost
+  and stopped, or the host released it itself (the released marker holds this epoch: a renewal still in
+  flight when the release ran must not bring the lease back). So that no host claims a block whose lease is
   about to be written back, a host that sees Redis's ``run_id`` change claims nothing for ``ttl``: every
   owner renews (and so writes its leases back) within ``ttl / 3``. So a Redis restart takes nothing over.
 
@@ -224,11 +226,16 @@ if fenced(KEYS[1], value) then
   return 1
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if last > tonumber(ARGV[2]) or redis.call('GET', KEYS[3]) == ARGV[2] then return 0 end
+if last < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
 redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
 return 2
 """
-"""KEYS: lease, epoch counter; ARGV: owner, epoch, ttl ms. 1 renewed, 2 written back (Redis had lost it), 0 lost."""
+"""KEYS: lease, epoch counter, released marker; ARGV: owner, epoch, ttl ms. 1 renewed, 2 written back (Redis had
+lost it), 0 lost. A missing key is written back only if no later tenure began (the counter is not past the epoch)
+and this tenure was not released: a renewal that crosses the host's own release (or a handoff and its claim) in
+flight must not bring the lease back."""
 
 _RELEASE = fence_check + """
 if fenced(KEYS[1], ARGV[2] .. ':' .. ARGV[1]) then
@@ -289,7 +296,8 @@ class LeaseStore:
             return {}
         async with self.client.pipeline(transaction=False) as pipe:
             for block, epoch in held.items():
-                await self._scripts["renew"](keys=[lease_key(self.ns, block), epoch_key(self.ns, block)],
+                await self._scripts["renew"](keys=[lease_key(self.ns, block), epoch_key(self.ns, block),
+                                                   released_key(self.ns, block)],
                                              args=[self.owner, epoch, self._ttl_ms], client=pipe)
             results = await pipe.execute()
         return {block: Renewal(int(r)) for block, r in zip(held, results, strict=True)}

@@ -219,3 +219,25 @@ def test_status_and_the_status_table_show_blocks_owners_and_lease_ages():
     text = format_status(st)
     assert "     0 0-3             4      0.5s  host-a (this host)" in text and "(free)" in text
     assert "lease moves: claim failover 1, failover lease_expired 1" in text
+
+
+async def test_a_renewal_crossing_the_release_does_not_bring_the_lease_back(client):
+    """The renewal loop and a handoff run at once: a renewal sent before the release and run after it finds the key
+    gone, but the block was given up, not lost by Redis (a leaving host left one lease behind)."""
+    a = LeaseStore(client, NS, "a", ttl=3.0)
+    epoch, _ = await a.claim(0)
+    assert await a.release(0, epoch)
+    assert await a.renew({0: epoch}) == {0: Renewal.LOST}
+    assert await a.read(1) == {}
+    assert await LeaseStore(client, NS, "b", ttl=3.0).claim(0) == (epoch + 1, Takeover.HANDOFF)
+
+
+async def test_a_late_renewal_does_not_write_back_over_a_later_tenure(client):
+    """Another host had the block since (claimed, then released or expired): the old epoch is not written back."""
+    a, b = LeaseStore(client, NS, "a", ttl=3.0), LeaseStore(client, NS, "b", ttl=3.0)
+    old, _ = await a.claim(0)
+    await client.delete(lease_key(NS, 0))  # expired while a was paused
+    new, _ = await b.claim(0)
+    assert await b.release(0, new)
+    assert await a.renew({0: old}) == {0: Renewal.LOST}
+    assert await a.read(1) == {}
