@@ -2,10 +2,11 @@
 
 :class:`BlockKeeper` renews this host's leases every ``lease_ttl / 3`` and tells each block's worker its new
 deadline (:class:`~ipc.protocol.LeaseDeadline`, which the worker's :class:`~cluster.fence.Fence` enforces); it
-claims the free blocks of its fair share (a new cluster, or a dead host's expired leases: a *failover*) and
-starts a worker for each that resumes the sessions found in Redis; and it hands off one block at a time when
-another host has fewer than its share (drain resumably, save the sessions under the block's epoch, release the
-lease; the other host claims it and resumes). A block whose lease is lost or whose deadline passes (Redis
+claims the free blocks of its fair share at once (a new cluster, or a dead host's expired leases: a *failover*)
+and starts a worker for each that resumes the sessions found in Redis; a claimed block stays marked *starting*
+(renewed with its lease) until all its shards are active; and it hands off one block at a time when another host
+has fewer than its share and no block in the cluster is starting (drain resumably, save the sessions under the
+block's epoch, release the lease; the other host claims it and resumes). The pacing and why: :mod:`cluster.leases`. A block whose lease is lost or whose deadline passes (Redis
 unreachable for ``lease_ttl - margin``) has its worker killed at once (no frame: the sessions stay resumable)
 and is never restarted here. On a clean stop every block is drained, saved and released, so that the other
 hosts take them over with a resume and no identify.
@@ -25,10 +26,10 @@ from typing import Any
 
 from cluster.hosts import HOST_RENEW_INTERVAL, host_key, hosts_key
 from cluster.coordination.redis_conn import raise_if_cancelling
-from cluster.leases import (Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key, lease_value, plan,
-                            renew_interval)
+from cluster.leases import (START_TIMEOUT, Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key,
+                            lease_value, plan, renew_interval)
 from cluster.restart import RestartPolicy
-from cluster.runtime import Runtime, ShardView, WorkerHandle
+from cluster.runtime import ACTIVE, Runtime, ShardView, WorkerHandle
 from cluster.snapshot import BlockSnapshot
 from cluster.workers import Workers
 from ipc import ChannelClosed
@@ -64,6 +65,7 @@ class BlockKeeper:
         self.load, self.save, self.policy = load, save, policy
         self.held: dict[int, int] = {}  # block -> epoch
         self.deadline: dict[int, float] = {}  # block -> monotonic time it must be stopped by
+        self.starting: dict[int, float] = {}  # block -> when it was claimed, until all its shards are active
         self.moving: int | None = None  # the block being handed off (one at a time)
         self.moves: Counter[tuple[str, str]] = Counter()  # (claim|loss|handoff, reason)
         self.view: tuple[BlockSnapshot, ...] = ()  # the blocks as last read, for /status
@@ -169,13 +171,23 @@ class BlockKeeper:
             left = await pipe.execute()
         return [hid for hid, ms in zip(ids, left, strict=True) if ms > 0 and self.host_ttl - ms / 1000 <= FRESH_HOST]
 
+    def _still_starting(self) -> set[int]:
+        """The blocks claimed whose shards are not all active yet (for at most :data:`START_TIMEOUT`)."""
+        now = time.monotonic()
+        for block, since in list(self.starting.items()):
+            views = [self.rt.shards.get(s) for s in self.ranges[block]]
+            if block not in self.held or now - since > START_TIMEOUT or all(
+                    v is not None and v.state == ACTIVE for v in views):
+                del self.starting[block]
+        return set(self.starting)
+
     async def renew(self) -> None:
         held = dict(self.held)
         if not held:
             return
         sent = time.monotonic()
         async with asyncio.timeout(renew_interval(self.ttl)):
-            results = await self.leases.renew(held)
+            results = await self.leases.renew(held, self._still_starting())
         for block, result in results.items():
             if self.held.get(block) != held[block]:
                 continue  # released or lost meanwhile
@@ -201,6 +213,7 @@ class BlockKeeper:
             await self.leases.release(block, epoch)
             return
         self.held[block], self.deadline[block] = epoch, deadline_after(sent, self.ttl)
+        self.starting[block] = sent
         self._moved("claim", block, epoch, how.value)
         if how == Takeover.FAILOVER:
             self.moves[("failover", "lease_expired")] += 1

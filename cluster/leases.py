@@ -10,8 +10,24 @@ lease still holds the writer's ``<epoch>:<owner>``, and refuses otherwise (:func
 Planning is pure (:func:`quota`, :func:`plan`): from a snapshot of the live hosts and the leases it says which
 free blocks this host claims (up to its fair share: ``total blocks / live hosts``, the remainder going to the
 first hosts by id) and which one block it hands off (when another host holds less than its share, no block is
-free, and this host is the most loaded of those above their share). So a rebalance moves one block at a time in
-the whole cluster: the next handoff starts only once the last block was claimed.
+free or starting, and this host is the most loaded of those above their share).
+
+Pacing (a deliberate choice, one rule for each kind of move):
+
+* **Rebalancing moves one block at a time in the whole cluster**: the next handoff starts only once the last
+  moved block was claimed *and is running again*. A claimed block is *starting* until every one of its shards is
+  active on its new owner (or :data:`START_TIMEOUT` passed); its owner keeps ``<ns>lease-starting:<block>``
+  (the epoch) while it is, set by the claim and refreshed or deleted by each renewal, so every host sees it in
+  :func:`plan`'s snapshot (:attr:`Lease.starting`), and it expires with the lease if the owner dies. So no host
+  ever has more than one block reconnecting because of a rebalance, and the moved block's shards are dark only
+  for one drain and one resume.
+* **Failover claims at once**: a survivor claims every free block of its share in one round and starts them all.
+  Those blocks are dark already, every shard in them resumes (a resume needs no identify slot, so nothing limits
+  it on Discord's side), and the load is bounded by the host's share of a dead host's blocks, no more than what
+  the host started at its own bring-up. Starting them one at a time would add one worker start and one resume per
+  block to the failover (3 hosts x 16 shards, blocks of 4: 2 blocks per survivor) and miss TTL + 2 s.
+* **A host leaving (SIGTERM) hands all its blocks over at once** (drained together, then each saved and
+  released): it must be done within its grace period, and the others claim them at once, as in a failover.
 
 Timing argument (why two live sessions for one shard never overlap):
 
@@ -43,8 +59,8 @@ that cannot reach Redis for ``ttl - margin`` stops its blocks even though Discor
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -54,6 +70,7 @@ __all__ = [
     "LEASE_TTL",
     "MARGIN_FRACTION",
     "RENEW_FRACTION",
+    "START_TIMEOUT",
     "Lease",
     "LeaseStore",
     "Plan",
@@ -72,6 +89,7 @@ __all__ = [
     "quota",
     "released_key",
     "renew_interval",
+    "starting_key",
 ]
 
 LEASE_TTL = 10.0
@@ -80,6 +98,8 @@ RENEW_FRACTION = 1 / 3
 """Leases are renewed every ``ttl * RENEW_FRACTION``."""
 MARGIN_FRACTION = 1 / 4
 """A host stops a block ``ttl * MARGIN_FRACTION`` before the lease it last renewed could expire."""
+START_TIMEOUT = 60.0
+"""Seconds a claimed block counts as starting at most (shards that cannot get active must not stop rebalancing)."""
 
 
 # --- pure ----------------------------------------------------------------------------------
@@ -108,6 +128,8 @@ class Lease:
     owner: str
     epoch: int
     remaining: float = 0.0
+    starting: bool = False
+    """Its owner claimed it and not all its shards are active yet (a rebalance waits for it)."""
 
     def age(self, ttl: float) -> float:
         """Seconds since the lease was last claimed or renewed."""
@@ -150,10 +172,10 @@ def plan(me: str, hosts: Iterable[str], leases: Mapping[int, Lease], block_count
     """The next moves of host ``me`` from a snapshot of the live ``hosts`` and the ``leases`` (block -> lease).
 
     Free blocks (no lease) are claimed up to this host's :func:`quota` (dealt out in host id order). When some
-    live host is below its quota and no block is free, the most loaded host above its quota (the lowest id of
-    equals) hands off its highest block: one block moves at a time in the whole cluster (none while
-    ``handing_off``), and the next only once the last was claimed. Leases of hosts no longer live are not free
-    until they expire in Redis: that is the fencing.
+    live host is below its quota and no block is free or starting, the most loaded host above its quota (the
+    lowest id of equals) hands off its highest block: one block moves at a time in the whole cluster (none while
+    ``handing_off``), and the next only once the last was claimed and is running again. Leases of hosts no longer
+    live are not free until they expire in Redis: that is the fencing.
     """
     live = sorted(set(hosts) | {me})
     owned: dict[str, list[int]] = {h: [] for h in live}
@@ -168,7 +190,7 @@ def plan(me: str, hosts: Iterable[str], leases: Mapping[int, Lease], block_count
         before = sum(max(0, quota(h, live, block_count) - len(owned[h])) for h in live if h < me)
         start = before % len(free) if free else 0
         return Plan(claim=tuple((free[start:] + free[:start])[:share - len(mine)]))
-    if len(mine) > share and not handing_off and not free:
+    if len(mine) > share and not handing_off and not free and not any(le.starting for le in leases.values()):
         short = any(len(owned[h]) < quota(h, live, block_count) for h in live if h != me)
         over = [h for h in live if len(owned[h]) > quota(h, live, block_count)]
         if short and min(over, key=lambda h: (-len(owned[h]), h)) == me:
@@ -188,6 +210,10 @@ def epoch_key(ns: str, block: int) -> str:
 
 def released_key(ns: str, block: int) -> str:
     return f"{ns}lease-released:{block}"
+
+
+def starting_key(ns: str, block: int) -> str:
+    return f"{ns}lease-starting:{block}"
 
 
 class Takeover(Enum):
@@ -214,15 +240,24 @@ if held then return {0, held, ''} end
 local released = redis.call('GET', KEYS[3]) or ''
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], epoch .. ':' .. ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[4], epoch, 'PX', ARGV[2])
 return {1, tostring(epoch), released}
 """
-"""KEYS: lease, epoch counter, released marker; ARGV: owner, ttl ms. {1, epoch, the epoch last released or ''} or
-{0, the holder's value, ''}."""
+"""KEYS: lease, epoch counter, released marker, starting marker; ARGV: owner, ttl ms. {1, epoch, the epoch last
+released or ''} or {0, the holder's value, ''}. The block is starting from its claim on."""
 
 _RENEW = fence_check + """
 local value = ARGV[2] .. ':' .. ARGV[1]
+local function starting()
+  if ARGV[4] == '1' then
+    redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[3])
+  elseif redis.call('GET', KEYS[4]) == ARGV[2] then
+    redis.call('DEL', KEYS[4])
+  end
+end
 if fenced(KEYS[1], value) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  starting()
   return 1
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
@@ -230,9 +265,11 @@ local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 if last > tonumber(ARGV[2]) or redis.call('GET', KEYS[3]) == ARGV[2] then return 0 end
 if last < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
 redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
+starting()
 return 2
 """
-"""KEYS: lease, epoch counter, released marker; ARGV: owner, epoch, ttl ms. 1 renewed, 2 written back (Redis had
+"""KEYS: lease, epoch counter, released marker, starting marker; ARGV: owner, epoch, ttl ms, '1' if the block is
+still starting (its marker is kept) else '0' (its marker is deleted). 1 renewed, 2 written back (Redis had
 lost it), 0 lost. A missing key is written back only if no later tenure began (the counter is not past the epoch)
 and this tenure was not released: a renewal that crosses the host's own release (or a handoff and its claim) in
 flight must not bring the lease back."""
@@ -279,9 +316,10 @@ class LeaseStore:
         return max(1, int(self.ttl * 1000))
 
     async def claim(self, block: int) -> tuple[int, Takeover] | None:
-        """Take the free ``block``: its new epoch and how it came free, or None if another host holds it."""
+        """Take the free ``block`` (starting): its new epoch and how it came free, or None if another host holds it."""
         ok, value, released = await self._scripts["claim"](
-            keys=[lease_key(self.ns, block), epoch_key(self.ns, block), released_key(self.ns, block)],
+            keys=[lease_key(self.ns, block), epoch_key(self.ns, block), released_key(self.ns, block),
+                  starting_key(self.ns, block)],
             args=[self.owner, self._ttl_ms])
         if not ok:
             return None
@@ -290,15 +328,17 @@ class LeaseStore:
                else Takeover.FAILOVER)
         return epoch, how
 
-    async def renew(self, held: Mapping[int, int]) -> dict[int, Renewal]:
-        """Renew the leases this host holds (block -> epoch), in one round trip."""
+    async def renew(self, held: Mapping[int, int], starting: Collection[int] = ()) -> dict[int, Renewal]:
+        """Renew the leases this host holds (block -> epoch), in one round trip; the blocks in ``starting`` stay
+        marked as starting, the others' marks are removed."""
         if not held:
             return {}
         async with self.client.pipeline(transaction=False) as pipe:
             for block, epoch in held.items():
                 await self._scripts["renew"](keys=[lease_key(self.ns, block), epoch_key(self.ns, block),
-                                                   released_key(self.ns, block)],
-                                             args=[self.owner, epoch, self._ttl_ms], client=pipe)
+                                                   released_key(self.ns, block), starting_key(self.ns, block)],
+                                             args=[self.owner, epoch, self._ttl_ms, int(block in starting)],
+                                             client=pipe)
             results = await pipe.execute()
         return {block: Renewal(int(r)) for block, r in zip(held, results, strict=True)}
 
@@ -308,16 +348,19 @@ class LeaseStore:
                                                    args=[self.owner, epoch]))
 
     async def read(self, block_count: int) -> dict[int, Lease]:
-        """Every held lease (block -> Lease), with the time each has left."""
+        """Every held lease (block -> Lease), with the time each has left and whether it is starting."""
         async with self.client.pipeline(transaction=False) as pipe:
             for block in range(block_count):
                 pipe.get(lease_key(self.ns, block))
                 pipe.pttl(lease_key(self.ns, block))
+                pipe.get(starting_key(self.ns, block))
             raw = await pipe.execute()
         out = {}
         for block in range(block_count):
-            value, pttl = raw[2 * block], raw[2 * block + 1]
+            value, pttl, mark = raw[3 * block: 3 * block + 3]
             lease = parse_lease(block, value, max(0, pttl) / 1000)
+            if lease is not None and mark is not None and int(mark) == lease.epoch:
+                lease = replace(lease, starting=True)
             if lease is not None:
                 out[block] = lease
         return out

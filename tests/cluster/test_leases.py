@@ -27,6 +27,7 @@ from cluster.leases import (
     plan,
     quota,
     renew_interval,
+    starting_key,
 )
 
 NS = "shardstack:test:"
@@ -87,6 +88,8 @@ def test_a_newcomer_gets_blocks_by_handoffs_one_at_a_time():
     del held[2]  # released: nothing more moves until it is claimed
     assert plan("b", hosts, leases(held), 6) == Plan() and plan("c", hosts, leases(held), 6).claim == (2,)
     held[2] = "c"
+    claimed = {b: Lease(b, o, 1, starting=b == 2) for b, o in held.items()}  # c's shards of block 2 not active yet
+    assert plan("b", hosts, claimed, 6) == Plan()  # the next move waits until the last moved block runs again
     assert plan("b", hosts, leases(held), 6) == Plan(hand_off=5)  # now the most loaded
 
 
@@ -241,3 +244,15 @@ async def test_a_late_renewal_does_not_write_back_over_a_later_tenure(client):
     assert await b.release(0, new)
     assert await a.renew({0: old}) == {0: Renewal.LOST}
     assert await a.read(1) == {}
+
+
+async def test_a_claimed_block_is_starting_until_its_owner_renews_it_as_started(client):
+    a = LeaseStore(client, NS, "a", ttl=3.0)
+    epoch, _ = await a.claim(0)
+    assert (await a.read(1))[0].starting
+    assert await a.renew({0: epoch}, starting={0}) == {0: Renewal.RENEWED}
+    assert (await a.read(1))[0].starting and 0 < await client.pttl(starting_key(NS, 0)) <= 3000
+    assert await a.renew({0: epoch}) == {0: Renewal.RENEWED}  # its shards are active
+    assert not (await a.read(1))[0].starting and not await client.exists(starting_key(NS, 0))
+    await client.set(starting_key(NS, 0), epoch - 1)  # a mark left by an earlier tenure is not this one's
+    assert not (await a.read(1))[0].starting
