@@ -130,12 +130,14 @@ class Hosts:
         self.procs[name].killpg(sig)
 
     async def kill_all(self) -> None:
-        """SIGKILL what is left of every host (its whole process group) and reap it."""
+        """SIGKILL what is left of every host (its whole process group) and reap it; print what each wrote on
+        stderr (pytest shows it when the test failed)."""
         for host in self.procs.values():
             with contextlib.suppress(ProcessLookupError):
                 host.killpg(signal.SIGKILL)
             with contextlib.suppress(TimeoutError):
                 await host.wait(10)
+            print(f"--- host {host.name} (pid {host.pid}, exit code {host.returncode}) stderr:\n{host.text()}")
 
 
 @contextlib.asynccontextmanager
