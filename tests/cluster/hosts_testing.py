@@ -25,6 +25,27 @@ def active(snap):
     return sum(1 for r in snap["sessions"].values() if r["state"] == "active")
 
 
+async def sessions_saved(redis_url: str, ns: str, shards: int, timeout: float = 30) -> None:
+    """Until the coordinator holds a session for every one of ``shards`` shards. The hosts write them at their
+    report interval, after the simulator counts a shard active: a host killed in between leaves shards that its
+    successor must identify. Another process's writes: polled."""
+    from cluster.coordination.redis_conn import connect  # noqa: PLC0415
+
+    client = await connect(redis_url)
+    try:
+        async with asyncio.timeout(timeout):
+            while await client.exists(*(f"{ns}session:{s}" for s in range(shards))) < shards:
+                await asyncio.sleep(0.1)
+    finally:
+        await client.aclose()
+
+
+def identified_again(snap):
+    """The shards the simulator saw identify more than once, with their resumes, closes and violations: why."""
+    return {n: {k: r[k] for k in ("identifies", "resumes", "closes", "violations")}
+            for n, r in snap["shards"].items() if r["identifies"] > 1}
+
+
 def host_env(sim, env=None):
     """The environment of a host process: the simulator's token, and this tree's code first on the path (the
     handlers of tests/cluster are importable, and the hosts run the code under test, not an installed copy)."""

@@ -20,7 +20,7 @@ from cluster.coordination.redis_conn import connect
 from cluster.hosts import read_hosts
 from cluster.leases import parse_lease
 from cluster_testing import http_get
-from hosts_testing import active, hosts_of
+from hosts_testing import active, hosts_of, identified_again, sessions_saved
 
 SHARDS = 24
 BLOCKS = 6
@@ -74,12 +74,6 @@ def spread(got, n):
     return len(got) == BLOCKS and len(counts) == n and max(counts.values()) - min(counts.values()) <= 1
 
 
-def identified_again(snap):
-    """The shards that identified more than once, with their closes and violations (why they did)."""
-    return {n: {k: r[k] for k in ("identifies", "resumes", "closes", "violations")}
-            for n, r in snap["shards"].items() if r["identifies"] > 1}
-
-
 def clean(snap):
     assert snap["total"]["violations"] == 0, identified_again(snap)
     assert snap["total"]["lost"] == 0 and snap["total"]["gapless"], snap["sessions"]
@@ -96,6 +90,7 @@ async def three_hosts(sim, hosts, redis, ttl=TTL):
         await hosts.start(name, "--lease-ttl", str(ttl))
     got = await wait_leases(redis, lambda g: spread(g, 3), 60)
     await sim.wait_until(lambda s: active(s) == SHARDS, 60)
+    await sessions_saved(hosts.redis_url, NS, SHARDS)  # a host killed or frozen from now on has saved them all
     return got
 
 
