@@ -6,9 +6,10 @@ claims the free blocks of its fair share at once (a new cluster, or a dead host'
 and starts a worker for each that resumes the sessions found in Redis; a claimed block stays marked *starting*
 (renewed with its lease) until all its shards are active; and it hands off one block at a time when another host
 has fewer than its share and no block in the cluster is starting (drain resumably, save the sessions under the
-block's epoch, release the lease; the other host claims it and resumes). The pacing and why: :mod:`cluster.leases`. A block whose lease is lost or whose deadline passes (Redis
-unreachable for ``lease_ttl - margin``) has its worker killed at once (no frame: the sessions stay resumable)
-and is never restarted here. On a clean stop every block is drained, saved and released, so that the other
+block's epoch, release the lease; the other host claims it and resumes); :mod:`cluster.leases` says why the
+moves are paced so. A block whose lease is lost or whose deadline passes (Redis unreachable for
+``lease_ttl - margin``) has its worker killed at once (no frame: the sessions stay resumable) and is never
+restarted here. On a clean stop every block is drained, saved and released, so that the other
 hosts take them over with a resume and no identify.
 
 Every move is one log line ``lease <event> block=<b> shards=<a>-<z> epoch=<e> reason=<r>`` and is counted in
@@ -29,7 +30,7 @@ from cluster.coordination.redis_conn import raise_if_cancelling
 from cluster.leases import (START_TIMEOUT, Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key,
                             lease_value, plan, renew_interval)
 from cluster.restart import RestartPolicy
-from cluster.runtime import ACTIVE, Runtime, ShardView, WorkerHandle
+from cluster.runtime import Runtime, ShardView, WorkerHandle
 from cluster.snapshot import BlockSnapshot
 from cluster.workers import Workers
 from ipc import ChannelClosed
@@ -175,11 +176,23 @@ class BlockKeeper:
         """The blocks claimed whose shards are not all active yet (for at most :data:`START_TIMEOUT`)."""
         now = time.monotonic()
         for block, since in list(self.starting.items()):
-            views = [self.rt.shards.get(s) for s in self.ranges[block]]
-            if block not in self.held or now - since > START_TIMEOUT or all(
-                    v is not None and v.state == ACTIVE for v in views):
+            if block not in self.held or now - since > START_TIMEOUT or self.workers.all_active(self.ranges[block]):
                 del self.starting[block]
         return set(self.starting)
+
+    async def _started(self, block: int, epoch: int) -> None:
+        """Once the block's shards are all active, say so in Redis at once (the next renewal would say it too, up
+        to a renewal interval later): a rebalance waiting for it moves its next block sooner."""
+        from redis import exceptions as rx  # noqa: PLC0415
+
+        await self.workers.wait_active(self.ranges[block], START_TIMEOUT)
+        if self.held.get(block) != epoch:
+            return
+        self.starting.pop(block, None)
+        try:
+            await self.leases.started(block, epoch)
+        except (rx.RedisError, OSError):
+            raise_if_cancelling()  # the next renewal clears the mark
 
     async def renew(self) -> None:
         held = dict(self.held)
@@ -231,6 +244,7 @@ class BlockKeeper:
         for s in shards:
             self.rt.shards[s] = ShardView(s, block)
         self.rt.spawn_task(self.workers.bring_up(block, shards, self.policy(block)), "leases")
+        self.rt.spawn_task(self._started(block, epoch), "leases")
 
     async def _hand_off(self, block: int, reason: str) -> None:
         """Drain the block resumably, save its sessions under its epoch, release its lease."""

@@ -15,17 +15,19 @@ free or starting, and this host is the most loaded of those above their share).
 Pacing (a deliberate choice, one rule for each kind of move):
 
 * **Rebalancing moves one block at a time in the whole cluster**: the next handoff starts only once the last
-  moved block was claimed *and is running again*. A claimed block is *starting* until every one of its shards is
-  active on its new owner (or :data:`START_TIMEOUT` passed); its owner keeps ``<ns>lease-starting:<block>``
-  (the epoch) while it is, set by the claim and refreshed or deleted by each renewal, so every host sees it in
-  :func:`plan`'s snapshot (:attr:`Lease.starting`), and it expires with the lease if the owner dies. So no host
-  ever has more than one block reconnecting because of a rebalance, and the moved block's shards are dark only
-  for one drain and one resume.
+  moved block was claimed *and is running again*. A claimed block is *starting* until every one of its shards
+  is active on its new owner (or :data:`START_TIMEOUT` passed); its owner keeps ``<ns>lease-starting:<block>``
+  (the epoch) meanwhile: set by the claim, refreshed by each renewal, deleted once the shards are active, and
+  gone with the lease if the owner dies. Every host sees it in :func:`plan`'s snapshot (:attr:`Lease.starting`).
+  So a rebalance never has more than one block reconnecting, and never moves a block whose shards are still
+  identifying (a shard moved between its Identify and its saved session would identify again). A host that
+  starts alone claims every free block; the hosts that join after it get theirs once its shards are up.
 * **Failover claims at once**: a survivor claims every free block of its share in one round and starts them all.
   Those blocks are dark already, every shard in them resumes (a resume needs no identify slot, so nothing limits
   it on Discord's side), and the load is bounded by the host's share of a dead host's blocks, no more than what
-  the host started at its own bring-up. Starting them one at a time would add one worker start and one resume per
-  block to the failover (3 hosts x 16 shards, blocks of 4: 2 blocks per survivor) and miss TTL + 2 s.
+  the host started at its own bring-up. One at a time would add a worker start and a resume per further block
+  to the dark time (3 hosts x 16 shards in blocks of 4 give each survivor 2 blocks; the benchmark's failover
+  median leaves 1.5 s under its target of TTL + 2 s).
 * **A host leaving (SIGTERM) hands all its blocks over at once** (drained together, then each saved and
   released): it must be done within its grace period, and the others claim them at once, as in a failover.
 
@@ -285,6 +287,13 @@ return 0
 """KEYS: lease, released marker; ARGV: owner, epoch. 1 released (and marked so), 0 not ours (any more)."""
 
 
+_STARTED = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+"""KEYS: starting marker; ARGV: epoch. The block's shards are all active: its mark goes (if it is this tenure's)."""
+
+
 class Renewal(Enum):
     """The outcome of renewing one lease."""
 
@@ -308,7 +317,7 @@ class LeaseStore:
     _scripts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, text in (("claim", _CLAIM), ("renew", _RENEW), ("release", _RELEASE)):
+        for name, text in (("claim", _CLAIM), ("renew", _RENEW), ("release", _RELEASE), ("started", _STARTED)):
             self._scripts[name] = self.client.register_script(text)
 
     @property
@@ -341,6 +350,10 @@ class LeaseStore:
                                              client=pipe)
             results = await pipe.execute()
         return {block: Renewal(int(r)) for block, r in zip(held, results, strict=True)}
+
+    async def started(self, block: int, epoch: int) -> None:
+        """The claimed ``block``'s shards are all active: it no longer holds a rebalance back."""
+        await self._scripts["started"](keys=[starting_key(self.ns, block)], args=[epoch])
 
     async def release(self, block: int, epoch: int) -> bool:
         """Give ``block`` up (after its shards were drained and their sessions saved); False if not ours."""

@@ -123,9 +123,9 @@ class Hosts:
                 "--no-status-line", "--log-level", "WARNING", *self.common, *extra]
 
     async def start(self, name: str, *extra: str, env: dict[str, str] | None = None) -> Host:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, *self.args(name, *extra), env=host_env(self.sim, {"HOSTNAME": f"machine-{name}", **(env or {})}),
-            stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        env = host_env(self.sim, {"HOSTNAME": f"machine-{name}", **(env or {})})
+        proc = await asyncio.create_subprocess_exec(sys.executable, *self.args(name, *extra), env=env,
+                                                    stderr=asyncio.subprocess.PIPE, start_new_session=True)
         host = self.procs[name] = Host(name, proc)
         host._reader = asyncio.ensure_future(host._read())
         return host

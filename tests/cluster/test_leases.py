@@ -256,3 +256,8 @@ async def test_a_claimed_block_is_starting_until_its_owner_renews_it_as_started(
     assert not (await a.read(1))[0].starting and not await client.exists(starting_key(NS, 0))
     await client.set(starting_key(NS, 0), epoch - 1)  # a mark left by an earlier tenure is not this one's
     assert not (await a.read(1))[0].starting
+    await a.started(0, epoch)  # nor is it removed by this one
+    assert await client.get(starting_key(NS, 0)) == str(epoch - 1).encode()
+    assert await a.renew({0: epoch}, starting={0}) == {0: Renewal.RENEWED}
+    await a.started(0, epoch)  # the shards are active: said at once, not at the next renewal
+    assert not (await a.read(1))[0].starting
