@@ -14,6 +14,8 @@ import hashlib
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from cluster.coordination.redis_url import redacted_url, url_problem
 from cluster.error import ConfigError, CoordinatorUnavailable
@@ -67,8 +69,12 @@ async def connect(url: str, *, timeout: float = 5.0) -> aioredis.Redis:
     if it cannot be reached within ``timeout`` seconds (retry later)."""
     if (problem := url_problem(url)) is not None:
         raise ConfigError(problem)
+    # a pooled connection that went stale with a Redis restart fails its next command once ("Connection closed by
+    # server"), whenever that is: it is reconnected and the command sent again at once (one retry, no backoff);
+    # an outage still fails fast, and the callers' own loops wait it out
     client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                     health_check_interval=30, decode_responses=False)
+                                     health_check_interval=30, decode_responses=False,
+                                     retry=Retry(NoBackoff(), 1), retry_on_error=[rx.ConnectionError])
     shown = redacted_url(url)
     try:
         await client.ping()
