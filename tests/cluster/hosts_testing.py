@@ -68,6 +68,11 @@ class Host:
         return self.proc.pid
 
     @property
+    def id_prefix(self) -> str:
+        """How its registry id starts (cluster.hosts.host_id: short host name, pid, random suffix)."""
+        return f"machine-{self.name}-{self.proc.pid}-"
+
+    @property
     def returncode(self) -> int | None:
         return self.proc.returncode
 

@@ -25,11 +25,6 @@ def hosts_for(sim, redis_server, tmp_path):
     return hosts_of(sim, redis_server.url, tmp_path, "--workers", "2", handler="multihost_handlers:Answerer")
 
 
-def id_prefix(host):
-    """How a host's registry id starts (cluster.hosts.host_id: short host name, pid, random suffix)."""
-    return f"machine-{host.name}-{host.pid}-"
-
-
 def all_active(n):
     return lambda s: active(s) == n
 
@@ -45,7 +40,7 @@ async def test_a_host_stopped_with_sigterm_is_resumed_by_the_next_host_process_f
         try:
             keys = sorted(await client.keys("shardstack:*:session:*"))
             assert len(keys) == 16
-            assert (await client.hget(keys[0], "host")).decode().startswith(id_prefix(first))
+            assert (await client.hget(keys[0], "host")).decode().startswith(first.id_prefix)
             assert 0 < await client.pttl(keys[0]) <= 120_000  # session_ttl: stale sessions vanish
         finally:
             await client.aclose()
@@ -73,7 +68,7 @@ async def test_broadcasts_reach_every_host_and_status_lists_them(sim, redis_serv
             def both_listed():
                 nonlocal b_id
                 hosts = {h["host"]: h for h in sup.status().get("hosts", [])}
-                b_id = next((h for h in hosts if h.startswith(id_prefix(host_b))), "")
+                b_id = next((h for h in hosts if h.startswith(host_b.id_prefix)), "")
                 return set(hosts) == {a_id, b_id} and all(
                 h["active"] == sum(b - a + 1 for a, b in h["shards"]) for h in hosts.values())
 
