@@ -2,12 +2,14 @@
 
 :class:`BlockKeeper` renews this host's leases every ``lease_ttl / 3`` and tells each block's worker its new
 deadline (:class:`~ipc.protocol.LeaseDeadline`, which the worker's :class:`~cluster.fence.Fence` enforces); it
-claims the free blocks of its fair share (a new cluster, or a dead host's expired leases: a *failover*) and
-starts a worker for each that resumes the sessions found in Redis; and it hands off one block at a time when
-another host has fewer than its share (drain resumably, save the sessions under the block's epoch, release the
-lease; the other host claims it and resumes). A block whose lease is lost or whose deadline passes (Redis
-unreachable for ``lease_ttl - margin``) has its worker killed at once (no frame: the sessions stay resumable)
-and is never restarted here. On a clean stop every block is drained, saved and released, so that the other
+claims the free blocks of its fair share at once (a new cluster, or a dead host's expired leases: a *failover*)
+and starts a worker for each that resumes the sessions found in Redis; a claimed block stays marked *starting*
+(renewed with its lease) until all its shards are active; and it hands off one block at a time when another host
+has fewer than its share and no block in the cluster is starting (drain resumably, save the sessions under the
+block's epoch, release the lease; the other host claims it and resumes); :mod:`cluster.leases` says why the
+moves are paced so. A block whose lease is lost or whose deadline passes (Redis unreachable for
+``lease_ttl - margin``) has its worker killed at once (no frame: the sessions stay resumable) and is never
+restarted here. On a clean stop every block is drained, saved and released, so that the other
 hosts take them over with a resume and no identify.
 
 Every move is one log line ``lease <event> block=<b> shards=<a>-<z> epoch=<e> reason=<r>`` and is counted in
@@ -25,8 +27,8 @@ from typing import Any
 
 from cluster.hosts import HOST_RENEW_INTERVAL, read_hosts
 from cluster.coordination.redis_conn import keep_trying, on_trouble
-from cluster.leases import (Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key, lease_value, plan,
-                            renew_interval)
+from cluster.leases import (START_TIMEOUT, Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key,
+                            lease_value, plan, renew_interval)
 from cluster.restart import RestartPolicy
 from cluster.runtime import Runtime, ShardView, WorkerHandle
 from cluster.snapshot import BlockSnapshot
@@ -65,6 +67,7 @@ class BlockKeeper:
         self.load, self.save, self.policy = load, save, policy
         self.held: dict[int, int] = {}  # block -> epoch
         self.deadline: dict[int, float] = {}  # block -> monotonic time it must be stopped by
+        self.starting: dict[int, float] = {}  # block -> when it was claimed, until all its shards are active
         self.moving: int | None = None  # the block being handed off (one at a time)
         self.moves: Counter[tuple[str, str]] = Counter()  # (claim|loss|handoff, reason)
         self.view: tuple[BlockSnapshot, ...] = ()  # the blocks as last read, for /status
@@ -163,13 +166,31 @@ class BlockKeeper:
         return sorted(r.host_id for r in await read_hosts(self.client, self.ns, renewed_within=FRESH_HOST,
                                                           ttl=self.host_ttl))
 
+    def _still_starting(self) -> set[int]:
+        """The blocks claimed whose shards are not all active yet (for at most :data:`START_TIMEOUT`)."""
+        now = time.monotonic()
+        for block, since in list(self.starting.items()):
+            if block not in self.held or now - since > START_TIMEOUT or self.workers.all_active(self.ranges[block]):
+                del self.starting[block]
+        return set(self.starting)
+
+    async def _started(self, block: int, epoch: int) -> None:
+        """Once the block's shards are all active, say so in Redis at once (the next renewal would say it too, up
+        to a renewal interval later): a rebalance waiting for it moves its next block sooner."""
+        await self.workers.wait_active(self.ranges[block], START_TIMEOUT)
+        if self.held.get(block) != epoch:
+            return
+        self.starting.pop(block, None)
+        with on_trouble():  # on trouble the next renewal clears the mark
+            await self.leases.started(block, epoch)
+
     async def renew(self) -> None:
         held = dict(self.held)
         if not held:
             return
         sent = time.monotonic()
         async with asyncio.timeout(renew_interval(self.ttl)):
-            results = await self.leases.renew(held)
+            results = await self.leases.renew(held, self._still_starting())
         for block, result in results.items():
             if self.held.get(block) != held[block]:
                 continue  # released or lost meanwhile
@@ -195,6 +216,7 @@ class BlockKeeper:
             await self.leases.release(block, epoch)
             return
         self.held[block], self.deadline[block] = epoch, deadline_after(sent, self.ttl)
+        self.starting[block] = sent
         self._moved("claim", block, epoch, how.value)
         if how == Takeover.FAILOVER:
             self.moves[("failover", "lease_expired")] += 1
@@ -212,6 +234,7 @@ class BlockKeeper:
         for s in shards:
             self.rt.shards[s] = ShardView(s, block)
         self.rt.spawn_task(self.workers.bring_up(block, shards, self.policy(block)), "leases")
+        self.rt.spawn_task(self._started(block, epoch), "leases")
 
     async def _hand_off(self, block: int, reason: str) -> None:
         """Drain the block resumably, save its sessions under its epoch, release its lease."""

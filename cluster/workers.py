@@ -250,10 +250,15 @@ class Workers:
         handles = [w for w in self._handles if w.pid is not None and not w.exited.done()]
         await asyncio.gather(*(self.drain(w, resumable) for w in handles))
 
-    async def _wait_active(self, shard_ids: range, timeout: float) -> bool:
+    def all_active(self, shard_ids: range) -> bool:
+        """Every one of these shards is known and active."""
+        return all((v := self.rt.shards.get(s)) is not None and v.state == ACTIVE for s in shard_ids)
+
+    async def wait_active(self, shard_ids: range, timeout: float) -> bool:
+        """Until every one of these shards is active (True), or ``timeout`` seconds passed (False)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(self.rt.shards[s].state == ACTIVE for s in shard_ids):
+            if self.all_active(shard_ids):
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -293,7 +298,7 @@ class Workers:
                 self.died(new)
                 return
             self.assign(new)
-            if not await self._wait_active(new.shard_ids, timeout=60.0):
+            if not await self.wait_active(new.shard_ids, timeout=60.0):
                 log.warning("rolling restart: worker %d's shards are not all Active after 60 s; going on", wid)
         log.info("rolling restart done")
         rt.emit("rolling_done")

@@ -35,8 +35,9 @@ KEY_ROOT = "shardstack"
 HEALTH_CHECK = 1.0
 """Seconds a pooled connection may sit idle before it is checked (PING, tried once more on a new connection) on its
 next use: one left stale by a Redis restart is then replaced quietly, instead of failing a call seconds after the
-outage was over (and being logged as a new one). Commands themselves are never retried by the client (a script
-may have run before its answer was lost); the callers' loops retry."""
+outage was over (and being logged as a new one). A command whose connection fails (ConnectionError, TimeoutError)
+is sent once more on a new connection, at once; past that the callers' loops retry. A connection can fail after a
+script ran, so a script may run twice: its owner and epoch checks keep a repeat from taking what another host holds."""
 REDIS_TROUBLE: tuple[type[BaseException], ...] = (rx.RedisError, OSError, TimeoutError)
 """What a Redis call raises when Redis is unavailable or answers with an error: retried by the loops."""
 REDIS_DOWN: tuple[type[BaseException], ...] = (rx.ConnectionError, rx.TimeoutError, TimeoutError, OSError)
@@ -147,6 +148,9 @@ async def connect(url: str, *, timeout: float = 5.0) -> aioredis.Redis:
     if it cannot be reached within ``timeout`` seconds (retry later)."""
     if (problem := url_problem(url)) is not None:
         raise ConfigError(problem)
+    # a pooled connection that went stale with a Redis restart fails its next command once ("Connection closed by
+    # server"), whenever that is: it is reconnected and the command sent again at once (one retry, no backoff);
+    # an outage still fails fast, and the callers' own loops wait it out (see HEALTH_CHECK)
     client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                      health_check_interval=HEALTH_CHECK, retry=Retry(NoBackoff(), 1),
                                      decode_responses=False)
