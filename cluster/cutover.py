@@ -11,6 +11,11 @@ heartbeat sent after ``T`` (one connection is FIFO, so everything the gateway ge
 before that ACK). The old set delivers those before its marker, the new set those after its own; between the two
 markers an event without an id may reach both sets or neither (the documented approximation).
 
+A creation id below the cut is the old set's wherever it arrives, even after its shard's marker (ids are not
+ordered across channels, and a message created just before ``T`` may reach the gateway after the cut's heartbeat
+ACK): the old set delivers those until ``go``, and ``go`` comes :data:`GO_GRACE` seconds after the last old shard
+passed, so that such stragglers still arrive in time. One that comes later still is dropped by both sets.
+
 An old shard *holds* what it receives after its marker, and a new shard what it would deliver, until the
 supervisor ends the cutover: ``go`` (the new set delivers its held events, the old drops its own) or a rollback
 (the old set delivers its held events: nothing was lost; the new set is closed).
@@ -21,13 +26,17 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 
-__all__ = ["ACKS_AFTER_CUT", "DISCORD_EPOCH_MS", "NewGate", "OldGate", "Verdict", "creation_id", "snowflake_at"]
+__all__ = ["ACKS_AFTER_CUT", "DISCORD_EPOCH_MS", "GO_GRACE", "NewGate", "OldGate", "Verdict", "creation_id",
+           "snowflake_at"]
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 """Milliseconds of the Unix epoch at Discord's epoch (the first second of 2015)."""
 ACKS_AFTER_CUT = 2
 """Heartbeats a gated shard sends at the cut, and the ACKs it waits for: one more than the beats that may be
 outstanding from before the cut (the shard's own beat), so the last ACK answers a beat sent after the cut."""
+GO_GRACE = 0.5
+"""Seconds between the last old shard passing the cut (and the cut itself) and ``go``: the old set still delivers
+creation ids from before the cut that reach it late (out of order across channels, or dispatched after the ACK)."""
 _CREATION_EVENTS = frozenset({"MESSAGE_CREATE", "INTERACTION_CREATE"})
 _HEARTBEAT_ACK = "GATEWAY_HEARTBEAT_ACK"
 _WARMING_KEPT = frozenset({"READY", "GUILD_CREATE"})
@@ -99,11 +108,11 @@ class OldGate:
         if self.ended:
             return Verdict.DROP  # the new set delivers now; this shard is about to be closed
         marker = self.marker
-        if marker.passed:
-            return Verdict.HOLD
         message_id = creation_id(event_type, data)
         if message_id is not None and message_id < marker.cut:
-            return Verdict.DELIVER
+            return Verdict.DELIVER  # created before the cut, however late it came: the new set drops it
+        if marker.passed:
+            return Verdict.HOLD
         marker.see(event_type, message_id)
         return Verdict.HOLD if message_id is not None else Verdict.DELIVER  # the marker's own ACK is delivered
 

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 import msgspec
 
 from cluster.config import ClusterConfig
-from cluster.cutover import ACKS_AFTER_CUT
+from cluster.cutover import ACKS_AFTER_CUT, GO_GRACE
 from cluster.discord_api import fetch_gateway_bot
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.layout import round_up, split
@@ -359,6 +359,7 @@ class Resharder:
         assert child is not None and self.workers is not None and self.router is not None
         if r.cut_at is not None:  # old shards that are gone pass at once: still, the new set takes over at the cut
             await asyncio.sleep(max(0.0, r.cut_at - time.time()))
+        await asyncio.sleep(GO_GRACE)  # pre-cut creation ids that reach the old set late are still delivered
         if r.reason:
             log.warning("reshard: %s", r.reason)
         old_handles = [h for h in rt.workers.values()]

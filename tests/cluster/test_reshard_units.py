@@ -38,10 +38,37 @@ def test_an_old_shard_delivers_before_the_cut_and_holds_from_its_marker():
     assert [gate.admit(*msg(i)) for i in (98, 99)] == [D, D]
     assert gate.admit("TYPING_START", {}) is D  # no id, before the marker
     assert gate.admit(*msg(100)) is H and gate.passed and passed == [True]
-    assert gate.admit("TYPING_START", {}) is H and gate.admit(*msg(99)) is H  # everything after the marker
+    assert gate.admit("TYPING_START", {}) is H and gate.admit(*msg(101)) is H  # everything after the marker,
+    assert gate.admit(*msg(99)) is D  # but a message created before the cut, however late: the new set drops it
     gate.ended = True  # go: the new set delivers
     assert gate.admit(*msg(101)) is K and gate.admit("TYPING_START", {}) is K
     assert passed == [True]
+
+
+def _deliveries(old_stream, new_stream):
+    """Plays both sets' gates to the end of a cutover at 1000 (go): every label delivered, in order."""
+    old, new = OldGate(1000), NewGate()
+    new.admit("READY", {"guilds": []})
+    assert new.arm(1000)
+    old.marker.heartbeats_sent()
+    new.marker.heartbeats_sent()
+    delivered, held = [], []
+    for gate, stream, kept in ((old, old_stream, []), (new, new_stream, held)):
+        for label, event in stream:
+            verdict = gate.admit(*event)
+            (delivered if verdict is D else kept if verdict is H else []).append(label)
+    old.ended = True  # go: the old set drops what it held, the new set delivers its own
+    return delivered + held
+
+
+@pytest.mark.parametrize("old_stream", [
+    [("m1001", msg(1001)), ("m999", msg(999)), ("ack", (ACK, None)), ("ack", (ACK, None))],  # out of order
+    [("ack", (ACK, None)), ("ack", (ACK, None)), ("m999", msg(999))],  # dispatched after the cut's ACKs
+], ids=["ids-out-of-order", "after-the-ack"])
+def test_a_message_created_before_the_cut_but_arriving_past_the_marker_is_delivered_once(old_stream):
+    new_stream = [("ack", (ACK, None)), ("ack", (ACK, None)), ("m1001", msg(1001)), ("m999", msg(999))]
+    got = _deliveries(old_stream, new_stream)
+    assert got.count("m999") == 1 and got.count("m1001") == 1, got
 
 
 def test_heartbeat_acks_mark_a_quiet_shard_past_the_cut():
