@@ -22,7 +22,7 @@ import msgspec
 from cluster.config import ClusterConfig
 from cluster.cutover import ACKS_AFTER_CUT, GO_GRACE
 from cluster.discord_api import fetch_gateway_bot
-from cluster.exitcodes import ClusterExit, ExitCode
+from cluster.exitcodes import ClusterExit, ExitCode, for_close_code
 from cluster.layout import round_up, split
 from cluster.loops import Loops
 from cluster.restart import RestartPolicy
@@ -81,6 +81,8 @@ class Resharder:
         self._wake = asyncio.Event()
         self._actions: list[Action] = []
         self._gone_old: set[int] = set()  # old shards closed fatally: they deliver nothing more
+        self._old_fatal: dict[int, int | None] = {}  # their close codes: the cluster stops with one after a rollback
+        self._sharding_required = False  # a 4011 with --auto-reshard, not acted on yet
         self._old_may_run: Callable[[int], bool] | None = None
         self._auto_pending = False
 
@@ -125,23 +127,34 @@ class Resharder:
         """``--auto-reshard``: reshard if Discord recommends more shards (after a 4011: always grow)."""
         rt, cfg = self.sup._rt, self.sup.config
         if self.running or self._auto_pending:
-            return
+            return  # a 4011 meanwhile is kept in _sharding_required: the check under way acts on it
         self._auto_pending = True
+        required = sharding_required or self._sharding_required
         try:
             info = await fetch_gateway_bot(cfg.api_url, rt.token())
+            required = required or self._sharding_required
             target = auto_target(rt.shard_total, info.shards, rt.max_concurrency, margin=cfg.auto_reshard_margin,
-                                 sharding_required=sharding_required)
+                                 sharding_required=required)
             if target is None:
                 log.debug("auto-reshard: %d shards recommended, %d running: staying", info.shards, rt.shard_total)
                 return
             await self.start(target)
         except ReshardRefused as exc:
-            if sharding_required:
+            if required:
                 rt.stop(ExitCode.SHARDING_REJECTED, f"sharding required (4011) and the reshard was refused: {exc}")
             else:
                 log.warning("auto-reshard refused: %s", exc)
+        except Exception as exc:
+            if not required:
+                raise
+            rt.stop(ExitCode.SHARDING_REJECTED, f"sharding required (4011) and the reshard could not start: "
+                                                f"{type(exc).__name__}: {exc}")
         finally:
             self._auto_pending = False
+            if required:
+                self._sharding_required = False
+            elif self._sharding_required and not self.running and not rt.stopping:
+                rt.spawn_task(self.auto(sharding_required=True), "auto_reshard")  # a 4011 came during this check
 
     async def watch(self) -> None:
         """The ``--auto-reshard`` loop: ask Discord's recommendation every ``auto_reshard_interval`` seconds."""
@@ -159,12 +172,15 @@ class Resharder:
         ``--auto-reshard``, a 4011 starts one."""
         if self.running:
             self._gone_old.add(shard_id)
+            self._old_fatal[shard_id] = code
             log.warning("shard %d of the old set closed fatally (%s) during the reshard", shard_id, code)
             self._act(self.last.old_passed(shard_id) if self.last else Action.NONE)  # type: ignore[union-attr]
             return True
         if code == 4011 and self.sup.config.auto_reshard and self.sup.config.coordinator is None:
             log.warning("shard %d: sharding required (4011); resharding automatically", shard_id)
             self._gone_old.add(shard_id)
+            self._old_fatal[shard_id] = code
+            self._sharding_required = True
             self.sup._rt.spawn_task(self.auto(sharding_required=True), "auto_reshard")
             return True
         return False
@@ -245,6 +261,7 @@ class Resharder:
             raise
         finally:
             self._gone_old.clear()
+            self._old_fatal.clear()
 
     async def _procedure(self, r: Reshard) -> None:
         sup, rt = self.sup, self.sup._rt
@@ -407,6 +424,10 @@ class Resharder:
         self.child = self.workers = self.router = None
         r.rolled_back(time.monotonic())
         rt.emit("reshard_phase", phase=r.phase.value)
+        if self._old_fatal:  # the old set serves on, without these shards: what a fatal close always does
+            shard_id, code = next(iter(self._old_fatal.items()))
+            exit_code, text = for_close_code(code)
+            rt.stop(exit_code, f"shard {shard_id}: {text} (closed during the reshard, which rolled back)")
 
     async def stop(self) -> None:
         """The supervisor stops: roll a reshard back before the switch, or finish closing the old set after it."""

@@ -335,3 +335,19 @@ async def test_a_budget_that_runs_low_during_the_warm_up_rolls_back_instead_of_s
             assert not task.done() and snap.shard_total == 4 and sup.active_shards() == 4
             ids = sim.emit_guild_events(8)  # the old set serves on
             await until(lambda: set(ids) <= {d[0] for d in delivered(id_log)}, 10, "the old set delivers")
+
+
+async def test_an_old_shard_closed_fatally_during_a_reshard_that_rolls_back_stops_the_cluster(tmp_path, id_log):
+    """4014 closes shard 0 of both sets while the new set warms up: the new shard's rolls the reshard back, and the
+    old shard's is not forgotten: the cluster exits with the documented code, as it does outside a reshard."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=0.3) as (sup, task):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            await sup.reshard(8)
+            rs = sup._resharder
+            await until(lambda: 0 in rs.last.warm, 30, "new shard 0 warm")
+            sim.close(0, 4014)
+            code = await asyncio.wait_for(task, 30)
+            snap = sup.snapshot()
+    assert snap.reshard.phase == "rolled_back" and "new shard 0 closed fatally" in snap.reshard.reason
+    assert code == 5 and sup.exit_message.startswith("shard 0: "), sup.exit_message
