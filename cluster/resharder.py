@@ -14,7 +14,6 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -83,7 +82,6 @@ class Resharder:
         self._gone_old: set[int] = set()  # old shards closed fatally: they deliver nothing more
         self._old_fatal: dict[int, int | None] = {}  # their close codes: the cluster stops with one after a rollback
         self._sharding_required = False  # a 4011 with --auto-reshard, not acted on yet
-        self._old_may_run: Callable[[int], bool] | None = None
         self._auto_pending = False
 
     @property
@@ -337,37 +335,27 @@ class Resharder:
         rt, child = self.sup._rt, self.child
         assert child is not None
         at = time.time() + CUT_LEAD
-        old_workers = self.sup._workers
-        self._old_may_run = old_workers.may_run
-        old_workers.may_run = lambda wid: False  # a restarted old worker would deliver past the cut ungated
+        # an old worker (re)started during the cutover is gated too: it gets the cut right after its Assign
+        def gate(handle: WorkerHandle) -> None:
+            self._send(handle, Cutover(at, True))
+
+        self.sup._workers.after_assign = gate
         r.cut_sent(at, time.monotonic())
         log.info("reshard: all %d new shards are ready; cutting over at %.3f (%d heartbeats per shard)",
                  r.new_total, at, ACKS_AFTER_CUT)
         rt.emit("reshard_phase", phase=r.phase.value)
-        sent = []
-        for old, handles in ((True, rt.workers.values()), (False, child.workers.values())):
-            for h in handles:
-                if self._send(h, Cutover(at, old)):
-                    sent.append(h)
-                elif old:
-                    self._gone_old.update(h.shard_ids)
+        sent = [h for h in child.workers.values() if self._send(h, Cutover(at, False))]
+        for h in rt.workers.values():  # an old worker restarting meanwhile gets it after its Assign
+            self._send(h, Cutover(at, True))
         for s in self._gone_old:
             self._act(r.old_passed(s))
         return sent
 
     def _watch_cutover(self, r: Reshard, handles: list[WorkerHandle]) -> list[Action]:
-        """A worker lost during the cutover: an old one delivers nothing more (its shards count as passed; events
-        of theirs it had not delivered are lost), a new one never got the cut: roll back."""
-        out = []
-        new_base = self._new_base()
-        for h in handles:
-            if h.exited.done():
-                if h.id_base == new_base:
-                    out.append(r.new_lost(f"new worker {h.worker_id} exited during the cutover"))
-                else:
-                    for s in h.shard_ids:
-                        out.append(r.old_passed(s))
-        return out
+        """A new worker lost during the cutover (its held events with it): roll back. An old one is restarted as
+        always, gated with the same cut (``after_assign``), and its shards pass when it resumed past the cut (or
+        the cut timeout forces the switch)."""
+        return [r.new_lost(f"new worker {h.worker_id} exited during the cutover") for h in handles if h.exited.done()]
 
     async def _go(self, r: Reshard) -> None:
         """The switch: the new set delivers, the old set drops; the new layout becomes the cluster's; the old
@@ -379,10 +367,11 @@ class Resharder:
         await asyncio.sleep(GO_GRACE)  # pre-cut creation ids that reach the old set late are still delivered
         if r.reason:
             log.warning("reshard: %s", r.reason)
+        old_workers = sup._workers
+        old_workers.after_assign = None
         old_handles = [h for h in rt.workers.values()]
         for h in old_handles + list(child.workers.values()):
             self._send(h, CutoverEnd(True))
-        old_workers = sup._workers
         now = time.monotonic()
         # the old workers' last reports (sessions, shard states) must not land on the new set's shards of the same ids
         sup._router.rt = self._side_runtime()
@@ -416,8 +405,7 @@ class Resharder:
         if r.cut_at is not None:
             for h in rt.workers.values():
                 self._send(h, CutoverEnd(False))
-        if self._old_may_run is not None:
-            self.sup._workers.may_run, self._old_may_run = self._old_may_run, None
+        self.sup._workers.after_assign = None  # an old worker restarted from now on serves ungated
         if child is not None and workers is not None:
             child.stopping = True  # no new worker is (re)started
             await workers.drain_all(resumable=False)

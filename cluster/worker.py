@@ -88,6 +88,7 @@ class Worker:
         self.gates: dict[int, OldGate | NewGate] = {}  # a live reshard's cutover gates (cluster.cutover), by shard
         self.held: dict[int, list[Any]] = {}  # events a gate holds back, by shard
         self._assign: asyncio.Future[Assign] | None = None
+        self._early_cutover: Cutover | None = None  # a Cutover read before the Assign's shards were started
         self._stop: asyncio.Future[bool] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -165,6 +166,9 @@ class Worker:
             if assign.hold:  # the new set of a live reshard: nothing reaches the handler before the cutover
                 self.gates[a.shard_id] = NewGate(on_warm=lambda s=a.shard_id: self._send(ShardWarm(s)))
                 self.held[a.shard_id] = []
+        if self._early_cutover is not None:  # sent right after the Assign (a worker restarted during a cutover)
+            self._cutover(self._early_cutover.at, self._early_cutover.old)
+            self._early_cutover = None
         self.ctx = WorkerContext(self.spec.worker_id, self.shards, self.shard_total, self.channel)
         setup = getattr(self.handler, "setup", None)
         if setup is not None:
@@ -226,8 +230,12 @@ class Worker:
         elif isinstance(packet, LeaseDeadline):
             self.fence.extend(packet.deadline)
         elif isinstance(packet, Cutover):
-            self._cutover(packet.at, packet.old)
+            if self._assign is None or not self._assign.done() or not self.shards:
+                self._early_cutover = packet  # read with the Assign: applied once its shards exist
+            else:
+                self._cutover(packet.at, packet.old)
         elif isinstance(packet, CutoverEnd):
+            self._early_cutover = None
             self._end_cutover(packet.go)
 
     def _send(self, packet: Packet) -> None:

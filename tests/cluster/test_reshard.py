@@ -351,3 +351,59 @@ async def test_an_old_shard_closed_fatally_during_a_reshard_that_rolls_back_stop
             snap = sup.snapshot()
     assert snap.reshard.phase == "rolled_back" and "new shard 0 closed fatally" in snap.reshard.reason
     assert code == 5 and sup.exit_message.startswith("shard 0: "), sup.exit_message
+
+
+def _at_phase(sup, phase: str, act) -> None:
+    """Run ``act()`` in the supervisor's own step that enters ``phase`` (the cut is then CUT_LEAD ahead)."""
+    sup._rt.listeners.append(lambda event, **info: act() if event == "reshard_phase" and info["phase"] == phase
+                             else None)
+
+
+async def test_an_old_worker_killed_during_the_cutover_is_restarted_gated_and_nothing_is_lost(tmp_path, id_log):
+    """Old worker 0 dies as the cut is sent: it is restarted (1 s backoff), resumes behind the same cut, delivers
+    what came before it and passes; the switch waits for it. Before, its shards counted as passed at once and its
+    guilds' messages up to the switch were lost (no rollback could restart it either)."""
+    import signal
+
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=2, identify_window=0.3) as (sup, _):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            sim.config.guild_events_per_second = 100
+            victim = sup._rt.workers[0]
+            _at_phase(sup, "cutting_over", lambda: os.kill(victim.pid, signal.SIGKILL))
+            await sup.reshard(8)
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            snap = sup.snapshot()
+            assert snap.reshard.phase == "done", snap.reshard.reason
+            assert victim.exited.done() and not snap.reshard.reason  # the switch did not have to be forced
+            got = await all_delivered(sim, id_log)
+    emitted = [int(i) for i in sim.guild_event_log()["ids"]]
+    assert sorted(set(d[0] for d in got)) == emitted  # (a resumed session may replay what its killed worker got)
+
+
+async def test_a_rollback_after_the_cut_leaves_the_old_set_fully_serving_even_with_an_old_worker_killed(
+        tmp_path, id_log):
+    """Old worker 0 and new worker 1 die in the cutover: the reshard rolls back, and the old worker is restarted
+    (it used to stay dead: the cutover had barred old workers from restarting)."""
+    import signal
+
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=2, identify_window=0.3) as (sup, task):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            sim.delay(3, 1.0)  # old shard 3 passes the cut late: the new worker's death comes before the switch
+            rs, old = sup._resharder, sup._rt.workers[0]
+
+            def kill() -> None:
+                os.kill(old.pid, signal.SIGKILL)
+                os.kill(rs.child.workers[1].pid, signal.SIGKILL)
+
+            _at_phase(sup, "cutting_over", kill)
+            await sup.reshard(8)
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            snap = sup.snapshot()
+            assert snap.reshard.phase == "rolled_back" and "new worker 1 exited during the cutover" in snap.reshard.reason
+            sim.delay(3, 0)
+            await until(lambda: sup.active_shards() == 4, 30, "the old set's 4 shards active again")
+            assert sup._rt.workers[0] is not old and sup.snapshot().shard_total == 4 and not task.done()
+            ids = sim.emit_guild_events(8)  # every guild is served again
+            await until(lambda: set(ids) <= {d[0] for d in delivered(id_log)}, 10, "the old set delivers")
