@@ -40,6 +40,7 @@ creation ids from before the cut that reach it late (out of order across channel
 _CREATION_EVENTS = frozenset({"MESSAGE_CREATE", "INTERACTION_CREATE"})
 _HEARTBEAT_ACK = "GATEWAY_HEARTBEAT_ACK"
 _WARMING_KEPT = frozenset({"READY", "GUILD_CREATE"})
+_TRACKED = _WARMING_KEPT | {"RESUMED", "GATEWAY_INVALID_SESSION"}
 
 
 class Verdict(enum.Enum):
@@ -122,10 +123,13 @@ class NewGate:
 
     While *warming* (no cut yet) it keeps READY and GUILD_CREATE (handed over at the switch, so that a handler
     with a cache sees its guilds) and drops the rest, which the old set delivers; ``on_warm()`` is called once
-    READY arrived and a GUILD_CREATE for each guild it listed. Once *armed* with the cut, it holds creation ids
-    ``>= cut`` and, after its marker, every other event."""
+    READY arrived and a GUILD_CREATE for each guild it listed, or at RESUMED before any READY (a restarted worker
+    resumed the session that warmed up). ``on_cold()`` is called when a warm shard loses its session (op 9 not
+    resumable, or a new READY): the events of its guilds until it is warm again reach only the old set, so it must
+    warm up again before the cut, and after the cut the reshard must roll back. Once *armed* with the cut, it holds
+    creation ids ``>= cut`` and, after its marker, every other event."""
 
-    def __init__(self, on_warm: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, on_warm: Callable[[], None] = lambda: None, on_cold: Callable[[], None] = lambda: None) -> None:
         self.marker: _Marker | None = None
         self.max_seen = 0  # the largest creation id seen while warming (to tell a cut that came too late)
         self.warm = False
@@ -134,6 +138,7 @@ class NewGate:
         new is held behind it), ``live`` (delivers, but still drops creation ids before the cut until its marker)."""
         self._pending: set[str] | None = None  # guilds of READY without their GUILD_CREATE yet
         self._on_warm = on_warm
+        self._on_cold = on_cold
 
     def arm(self, cut: int, on_pass: Callable[[], None] = lambda: None) -> bool:
         """Set the cut. False if it came too late: a creation id at or past it was already dropped."""
@@ -145,12 +150,25 @@ class NewGate:
     def passed(self) -> bool:
         return self.marker is not None and self.marker.passed
 
+    def _cold(self) -> None:
+        if self.warm:
+            self.warm = False
+            self._on_cold()
+
     def _track_guilds(self, event_type: str, data: object) -> None:
         if event_type == "READY":  # a READY lists the session's guilds (unavailable until their GUILD_CREATE)
+            self._cold()  # a second READY: a new session, which missed what happened since the last one
             guilds = getattr(data, "guilds", None)
             if guilds is None and isinstance(data, dict):
                 guilds = data.get("guilds")
             self._pending = {str(g.get("id")) for g in guilds or () if isinstance(g, dict)}
+        elif event_type == "RESUMED":
+            if self._pending is None:  # no READY in this worker: it resumed the session that warmed up before
+                self._pending = set()
+        elif event_type == "GATEWAY_INVALID_SESSION":
+            if not getattr(data, "resumable", True):
+                self._cold()
+                self._pending = None  # warm again after the next READY's guilds
         elif isinstance(data, dict) and self._pending is not None:
             self._pending.discard(str(data.get("id")))
         if not self.warm and self._pending is not None and not self._pending:
@@ -159,7 +177,7 @@ class NewGate:
 
     def admit(self, event_type: str, data: object) -> Verdict:
         """What to do with the next event this shard received."""
-        if event_type in _WARMING_KEPT:
+        if event_type in _TRACKED:
             self._track_guilds(event_type, data)
         message_id = creation_id(event_type, data)
         marker = self.marker

@@ -130,6 +130,15 @@ class Reshard:
             return Action.CUT
         return Action.NONE
 
+    def shard_cold(self, shard_id: int) -> Action:
+        """A warm new shard lost its session (it re-identifies; or its worker was restarted): before the cut it
+        must warm up again; after it, its guilds' events until its new READY reach neither set: roll back."""
+        if self.phase is Phase.CUTTING_OVER and shard_id in self.warm:
+            return self.new_lost(f"new shard {shard_id} lost its session during the cutover")
+        if self.phase in (Phase.STARTING, Phase.WARMING):
+            self.warm.discard(shard_id)
+        return Action.NONE
+
     def cut_sent(self, cut_at: float, now: float) -> None:
         self.phase, self.cut_at, self.go_deadline = Phase.CUTTING_OVER, cut_at, now + self.cut_timeout
 

@@ -82,6 +82,7 @@ class Resharder:
         self._gone_old: set[int] = set()  # old shards closed fatally: they deliver nothing more
         self._old_fatal: dict[int, int | None] = {}  # their close codes: the cluster stops with one after a rollback
         self._sharding_required = False  # a 4011 with --auto-reshard, not acted on yet
+        self._warm_by: dict[int, WorkerHandle] = {}  # the new worker each warm shard was warm in
         self._auto_pending = False
 
     @property
@@ -206,8 +207,11 @@ class Resharder:
         if r is None:
             return
         match packet:
-            case ShardWarm(shard_id=shard_id) if handle.id_base == self._new_base():
+            case ShardWarm(shard_id=shard_id, warm=True) if handle.id_base == self._new_base():
+                self._warm_by[shard_id] = handle
                 self._act(r.shard_warm(shard_id))
+            case ShardWarm(shard_id=shard_id, warm=False) if handle.id_base == self._new_base():
+                self._act(r.shard_cold(shard_id))
             case CutPassed(shard_id=shard_id) if handle.id_base != self._new_base():
                 self._act(r.old_passed(shard_id))
             case CutLate(shard_id=shard_id):
@@ -259,6 +263,7 @@ class Resharder:
             raise
         finally:
             self._gone_old.clear()
+            self._warm_by.clear()
             self._old_fatal.clear()
 
     async def _procedure(self, r: Reshard) -> None:
@@ -291,6 +296,10 @@ class Resharder:
             now = time.monotonic()
             actions, self._actions = self._actions, []
             actions.append(r.tick(now))
+            for s, h in list(self._warm_by.items()):  # a restarted worker's shards warm up again (or resume)
+                if child.workers.get(h.worker_id) is not h or h.exited.done():
+                    del self._warm_by[s]
+                    actions.append(r.shard_cold(s))
             if r.phase is Phase.CUTTING_OVER:
                 actions += self._watch_cutover(r, cut_workers)
             if Action.ROLL_BACK in actions:

@@ -164,7 +164,8 @@ class Worker:
         for a in assign.shards:
             self._start_shard(a)
             if assign.hold:  # the new set of a live reshard: nothing reaches the handler before the cutover
-                self.gates[a.shard_id] = NewGate(on_warm=lambda s=a.shard_id: self._send(ShardWarm(s)))
+                self.gates[a.shard_id] = NewGate(on_warm=lambda s=a.shard_id: self._send(ShardWarm(s)),
+                                                 on_cold=lambda s=a.shard_id: self._send(ShardWarm(s, False)))
                 self.held[a.shard_id] = []
         if self._early_cutover is not None:  # sent right after the Assign (a worker restarted during a cutover)
             self._cutover(self._early_cutover.at, self._early_cutover.old)

@@ -106,9 +106,11 @@ class ShardFatal(Packet, tag="shard_fatal"):
 
 
 class ShardWarm(Packet, tag="shard_warm"):
-    """W→S: a held shard (the new set) is READY and has a GUILD_CREATE for every guild of its READY."""
+    """W→S: a held shard (the new set) is READY and has a GUILD_CREATE for every guild of its READY (or resumed
+    its session in a restarted worker); ``warm`` False: it lost its session (it re-identifies), so it is not."""
 
     shard_id: int
+    warm: bool = True
 
 
 class Cutover(Packet, tag="cutover"):

@@ -407,3 +407,20 @@ async def test_a_rollback_after_the_cut_leaves_the_old_set_fully_serving_even_wi
             assert sup._rt.workers[0] is not old and sup.snapshot().shard_total == 4 and not task.done()
             ids = sim.emit_guild_events(8)  # every guild is served again
             await until(lambda: set(ids) <= {d[0] for d in delivered(id_log)}, 10, "the old set delivers")
+
+
+async def test_a_new_shard_that_loses_its_session_during_the_cutover_rolls_back(tmp_path, id_log):
+    """Op 9 (not resumable) on shard 0 as the cut is sent: the new shard 0 re-identifies, and its guilds' events
+    until its new READY would reach neither set, so the reshard rolls back (it used to switch and lose them)."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=0.3) as (sup, task):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            sim.config.guild_events_per_second = 100
+            _at_phase(sup, "cutting_over", lambda: sim.invalidate(0, resumable=False))
+            await sup.reshard(8)
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            snap = sup.snapshot()
+            assert snap.reshard.phase == "rolled_back", snap.reshard.reason
+            assert snap.reshard.reason == "new shard 0 lost its session during the cutover"
+            await until(lambda: sup.active_shards() == 4, 30, "the old set's 4 shards active")
+            assert snap.shard_total == 4 and not task.done()

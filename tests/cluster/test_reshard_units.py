@@ -8,6 +8,7 @@ import pytest
 
 from cluster.cutover import DISCORD_EPOCH_MS, NewGate, OldGate, Verdict, creation_id, snowflake_at
 from cluster.reshard import Action, Phase, Reshard, ReshardRefused, auto_target, check_start, warm_timeout
+from shard.wire import InvalidSession
 
 D, H, K = Verdict.DELIVER, Verdict.HOLD, Verdict.DROP
 ACK = "GATEWAY_HEARTBEAT_ACK"
@@ -204,3 +205,41 @@ def test_auto_reshard_is_refused_with_a_coordinator():
 
 def test_the_warm_up_deadline_follows_the_identify_schedule():
     assert warm_timeout(128, 16, 1.0) == 4 * 8 + 60
+
+
+def test_a_warm_new_shard_that_loses_its_session_is_cold_until_it_warms_up_again():
+    seen = []
+    gate = NewGate(on_warm=lambda: seen.append("warm"), on_cold=lambda: seen.append("cold"))
+    gate.admit("READY", {"guilds": [{"id": "1"}]})
+    gate.admit("GUILD_CREATE", {"id": "1"})
+    assert gate.admit("GATEWAY_INVALID_SESSION", InvalidSession(True)) is K and seen == ["warm"]  # it resumes
+    gate.admit("GATEWAY_INVALID_SESSION", InvalidSession(False))
+    assert seen == ["warm", "cold"] and not gate.warm
+    gate.admit("READY", {"guilds": [{"id": "1"}]})  # the new session
+    assert seen == ["warm", "cold"]
+    gate.admit("GUILD_CREATE", {"id": "1"})
+    assert seen == ["warm", "cold", "warm"]
+    gate.admit("READY", {"guilds": []})  # a READY without an op 9 seen first (a close that could not resume)
+    assert seen == ["warm", "cold", "warm", "cold", "warm"]
+
+
+def test_a_restarted_worker_that_resumed_the_warm_session_is_warm_at_resumed():
+    seen = []
+    gate = NewGate(on_warm=lambda: seen.append("warm"))
+    assert gate.admit("RESUMED", None) is K and seen == ["warm"]
+    cold = NewGate(on_warm=lambda: seen.append("again"))
+    cold.admit("READY", {"guilds": [{"id": "1"}]})
+    cold.admit("RESUMED", None)  # a resume before its guilds arrived does not make it warm
+    assert seen == ["warm"]
+
+
+def test_a_new_shard_cold_before_the_cut_must_warm_again_and_after_it_rolls_back():
+    r = Reshard(4, 8, 0.0, warm_deadline=100.0)
+    r.workers_started()
+    for s in range(7):
+        r.shard_warm(s)
+    assert r.shard_cold(3) is Action.NONE and 3 not in r.warm and r.phase is Phase.WARMING
+    assert r.shard_warm(7) is Action.NONE  # 7 of 8: no cut yet
+    assert r.shard_warm(3) is Action.CUT
+    r.cut_sent(1.0, 1.0)
+    assert r.shard_cold(5) is Action.ROLL_BACK and r.reason == "new shard 5 lost its session during the cutover"
