@@ -6,10 +6,13 @@ and acts on the :class:`Verdict`; the gate never sees a socket or a clock. Outsi
 The cut is a wall-clock time ``T`` the supervisor picks once every new shard is warm; :func:`snowflake_at` turns it
 into a creation snowflake ``S``. Events carrying a creation snowflake (:func:`creation_id`: MESSAGE_CREATE and
 INTERACTION_CREATE ``id``) are split exactly: the old set delivers ``id < S``, the new set ``id >= S``. Events
-without one are split by each shard's own *marker*: the first creation id ``>= S`` it receives, or the ACK of a
-heartbeat sent after ``T`` (one connection is FIFO, so everything the gateway generated before ``T`` arrived
-before that ACK). The old set delivers those before its marker, the new set those after its own; between the two
-markers an event without an id may reach both sets or neither (the documented approximation).
+without one are split by each shard's own *marker*: the first creation id at or past its mark, or the ACK of a
+heartbeat sent after it (one connection is FIFO, so everything the gateway generated before arrived before that
+ACK). The old set delivers those before its marker, the new set those after its own. The new set's mark is ``T``,
+the old set's ``T +`` :data:`OLD_MARGIN`, so the new set's marker comes first: an event between the two markers
+reaches both sets, never neither. The old set records a :func:`digest` of every event without an id it delivers
+while gated and sends them when it passes; at ``go`` the new set drops each held event the old set delivered
+(:meth:`NewGate.delivered_by_old`). Two identical payloads of one type in that window count as one (the residue).
 
 A creation id below the cut is the old set's wherever it arrives, even after its shard's marker (ids are not
 ordered across channels, and a message created just before ``T`` may reach the gateway after the cut's heartbeat
@@ -24,16 +27,23 @@ supervisor ends the cutover: ``go`` (the new set delivers its held events, the o
 from __future__ import annotations
 
 import enum
+import hashlib
+from collections import Counter
 from collections.abc import Callable
 
-__all__ = ["ACKS_AFTER_CUT", "DISCORD_EPOCH_MS", "GO_GRACE", "NewGate", "OldGate", "Verdict", "creation_id",
-           "snowflake_at"]
+import msgspec
+
+__all__ = ["ACKS_AFTER_CUT", "DISCORD_EPOCH_MS", "GO_GRACE", "OLD_MARGIN", "NewGate", "OldGate", "Verdict",
+           "creation_id", "digest", "snowflake_at"]
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 """Milliseconds of the Unix epoch at Discord's epoch (the first second of 2015)."""
 ACKS_AFTER_CUT = 2
 """Heartbeats a gated shard sends at the cut, and the ACKs it waits for: one more than the beats that may be
 outstanding from before the cut (the shard's own beat), so the last ACK answers a beat sent after the cut."""
+OLD_MARGIN = 0.25
+"""Seconds after the cut the old set's marker is set (its heartbeats sent): longer than a new shard's heartbeat round
+trip, so that the new set's marker always precedes the old set's."""
 GO_GRACE = 0.5
 """Seconds between the last old shard passing the cut (and the cut itself) and ``go``: the old set still delivers
 creation ids from before the cut that reach it late (out of order across channels, or dispatched after the ACK)."""
@@ -62,6 +72,13 @@ def creation_id(event_type: str, data: object) -> int | None:
     if isinstance(value, str) and value.isdigit():
         return int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def digest(event_type: str, data: object) -> int:
+    """A compact identity of an event without a creation id: its type and its payload (the same on every session)."""
+    h = hashlib.blake2b(event_type.encode(), digest_size=8)
+    h.update(msgspec.json.encode(data))
+    return int.from_bytes(h.digest(), "big")
 
 
 class _Marker:
@@ -94,11 +111,15 @@ class _Marker:
 
 
 class OldGate:
-    """An old-set shard during the cutover at snowflake ``cut``. ``on_pass()`` is called once, at the marker."""
+    """An old-set shard during the cutover at snowflake ``cut``, with its marker at snowflake ``mark`` (default
+    ``cut``). ``on_pass()`` is called once, at the marker; :attr:`digests` are then complete."""
 
-    def __init__(self, cut: int, on_pass: Callable[[], None] = lambda: None) -> None:
-        self.marker = _Marker(cut, on_pass)
+    def __init__(self, cut: int, on_pass: Callable[[], None] = lambda: None, mark: int | None = None) -> None:
+        self.cut = cut
+        self.marker = _Marker(cut if mark is None else mark, on_pass)
         self.ended: bool | None = None  # None while the cutover runs; True after go, False after a rollback
+        self.digests: list[int] = []
+        """The :func:`digest` of every event without a creation id this shard delivered while gated."""
 
     @property
     def passed(self) -> bool:
@@ -110,10 +131,13 @@ class OldGate:
             return Verdict.DROP  # the new set delivers now; this shard is about to be closed
         marker = self.marker
         message_id = creation_id(event_type, data)
-        if message_id is not None and message_id < marker.cut:
+        if message_id is not None and message_id < self.cut:
             return Verdict.DELIVER  # created before the cut, however late it came: the new set drops it
         if marker.passed:
             return Verdict.HOLD
+        if message_id is None and not event_type.startswith("GATEWAY_"):
+            self.digests.append(digest(event_type, data))  # before see(): on_pass() sends them
+            return Verdict.DELIVER
         marker.see(event_type, message_id)
         return Verdict.HOLD if message_id is not None else Verdict.DELIVER  # the marker's own ACK is delivered
 
@@ -139,6 +163,7 @@ class NewGate:
         self._pending: set[str] | None = None  # guilds of READY without their GUILD_CREATE yet
         self._on_warm = on_warm
         self._on_cold = on_cold
+        self._old_delivered: Counter[int] = Counter()
 
     def arm(self, cut: int, on_pass: Callable[[], None] = lambda: None) -> bool:
         """Set the cut. False if it came too late: a creation id at or past it was already dropped."""
@@ -149,6 +174,20 @@ class NewGate:
     @property
     def passed(self) -> bool:
         return self.marker is not None and self.marker.passed
+
+    def old_delivered(self, digests: list[int]) -> None:
+        """At ``go``: the digests of the events without a creation id the old set delivered while gated."""
+        self._old_delivered = Counter(digests)
+
+    def delivered_by_old(self, event_type: str, data: object) -> bool:
+        """Whether a held event is one the old set delivered already (then it is dropped, once per digest)."""
+        if not self._old_delivered or creation_id(event_type, data) is not None:
+            return False
+        key = digest(event_type, data)
+        if self._old_delivered[key] <= 0:
+            return False
+        self._old_delivered[key] -= 1
+        return True
 
     def _cold(self) -> None:
         if self.warm:

@@ -83,6 +83,7 @@ class Resharder:
         self._old_fatal: dict[int, int | None] = {}  # their close codes: the cluster stops with one after a rollback
         self._sharding_required = False  # a 4011 with --auto-reshard, not acted on yet
         self._warm_by: dict[int, WorkerHandle] = {}  # the new worker each warm shard was warm in
+        self._old_digests: list[int] = []  # what the old set delivered without a creation id while gated
         self._auto_pending = False
 
     @property
@@ -212,7 +213,8 @@ class Resharder:
                 self._act(r.shard_warm(shard_id))
             case ShardWarm(shard_id=shard_id, warm=False) if handle.id_base == self._new_base():
                 self._act(r.shard_cold(shard_id))
-            case CutPassed(shard_id=shard_id) if handle.id_base != self._new_base():
+            case CutPassed(shard_id=shard_id, digests=digests) if handle.id_base != self._new_base():
+                self._old_digests += digests
                 self._act(r.old_passed(shard_id))
             case CutLate(shard_id=shard_id):
                 self._act(r.new_lost(f"new shard {shard_id} got the cut too late"))
@@ -264,6 +266,7 @@ class Resharder:
         finally:
             self._gone_old.clear()
             self._warm_by.clear()
+            self._old_digests = []
             self._old_fatal.clear()
 
     async def _procedure(self, r: Reshard) -> None:
@@ -379,8 +382,10 @@ class Resharder:
         old_workers = sup._workers
         old_workers.after_assign = None
         old_handles = [h for h in rt.workers.values()]
-        for h in old_handles + list(child.workers.values()):
+        for h in old_handles:
             self._send(h, CutoverEnd(True))
+        for h in child.workers.values():  # the new set drops what the old one delivered between the two markers
+            self._send(h, CutoverEnd(True, self._old_digests))
         now = time.monotonic()
         # the old workers' last reports (sessions, shard states) must not land on the new set's shards of the same ids
         sup._router.rt = self._side_runtime()

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.cutover import ACKS_AFTER_CUT, NewGate, OldGate, Verdict, snowflake_at
+from cluster.cutover import ACKS_AFTER_CUT, OLD_MARGIN, NewGate, OldGate, Verdict, snowflake_at
 from cluster.fence import Fence
 from cluster.handler import HandlerImportError, WorkerContext, load_handler, maybe_await
 from cluster.queue import IpcQueue
@@ -237,7 +237,7 @@ class Worker:
                 self._cutover(packet.at, packet.old)
         elif isinstance(packet, CutoverEnd):
             self._early_cutover = None
-            self._end_cutover(packet.go)
+            self._end_cutover(packet.go, packet.delivered)
 
     def _send(self, packet: Packet) -> None:
         if not self.channel.closed:
@@ -329,15 +329,20 @@ class Worker:
         the heartbeats whose ACKs mark it past the cut if no event with a creation id does first."""
         cut = snowflake_at(at)
         for shard_id in list(self.shards):
-            if old:
-                self.gates[shard_id] = OldGate(cut, on_pass=lambda s=shard_id: self._send(CutPassed(s)))
+            if old:  # its marker OLD_MARGIN after the new set's: between them, both deliver (deduplicated at go)
+                self.gates[shard_id] = OldGate(cut, mark=snowflake_at(at + OLD_MARGIN),
+                                               on_pass=lambda s=shard_id: self._old_passed(s))
                 self.held[shard_id] = []
             else:
                 gate = self.gates.get(shard_id)
                 if isinstance(gate, NewGate) and not gate.arm(cut, on_pass=lambda s=shard_id: self._ungate_live(s)):
                     log.error("shard %d: the cut came too late (an event after it was already dropped)", shard_id)
                     self._send(CutLate(shard_id))
-        self._start_task(self._heartbeat_at(at))
+        self._start_task(self._heartbeat_at(at + OLD_MARGIN if old else at))
+
+    def _old_passed(self, shard_id: int) -> None:
+        gate = self.gates.get(shard_id)
+        self._send(CutPassed(shard_id, gate.digests if isinstance(gate, OldGate) else []))
 
     async def _heartbeat_at(self, at: float) -> None:
         await asyncio.sleep(max(0.0, at - time.time()))
@@ -356,7 +361,7 @@ class Worker:
                 continue
             marker.heartbeats_sent()
 
-    def _end_cutover(self, go: bool) -> None:
+    def _end_cutover(self, go: bool, delivered: list[int]) -> None:
         """``go``: the new set delivers what it held (then live), the old set drops everything. A rollback: the old
         set delivers what it held and goes on ungated; the new set is about to be drained."""
         for shard_id, gate in list(self.gates.items()):
@@ -368,6 +373,7 @@ class Worker:
                     self._start_task(self._release(shard_id))
             elif go:
                 gate.mode = "flushing"
+                gate.old_delivered(delivered)
                 self._start_task(self._release(shard_id))
             else:
                 self.held[shard_id].clear()
@@ -384,9 +390,10 @@ class Worker:
         held = self.held[shard_id]
         on_event = getattr(self.handler, "on_event", None)
         shard = self.shards[shard_id]
+        gate = self.gates.get(shard_id)
         while held:
             event = held.pop(0)
-            if on_event is None:
+            if on_event is None or isinstance(gate, NewGate) and gate.delivered_by_old(event.type, event.data):
                 continue
             try:
                 await maybe_await(on_event(shard, event))

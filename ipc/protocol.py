@@ -122,9 +122,11 @@ class Cutover(Packet, tag="cutover"):
 
 
 class CutPassed(Packet, tag="cut_passed"):
-    """W→S: an old shard passed the cut: it delivered everything from before it and holds what follows."""
+    """W→S: an old shard passed the cut: it delivered everything from before it and holds what follows;
+    ``digests``: those of the events without a creation id it delivered while gated (:func:`cluster.cutover.digest`)."""
 
     shard_id: int
+    digests: list[int] = []
 
 
 class CutLate(Packet, tag="cut_late"):
@@ -135,9 +137,11 @@ class CutLate(Packet, tag="cut_late"):
 
 class CutoverEnd(Packet, tag="cutover_end"):
     """S→W: ``go``: the new set delivers what it held and goes live, the old set drops what it held; not ``go``
-    (a rollback): the old set delivers what it held and goes on."""
+    (a rollback): the old set delivers what it held and goes on. ``delivered``: at ``go``, to the new set, the
+    digests the old set reported (:class:`CutPassed`): held events among them are dropped."""
 
     go: bool
+    delivered: list[int] = []
 
 
 # --- liveness ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import math
 import msgspec
 import pytest
 
-from cluster.cutover import DISCORD_EPOCH_MS, NewGate, OldGate, Verdict, creation_id, snowflake_at
+from cluster.cutover import DISCORD_EPOCH_MS, NewGate, OldGate, Verdict, creation_id, digest, snowflake_at
 from cluster.reshard import Action, Phase, Reshard, ReshardRefused, auto_target, check_start, warm_timeout
 from shard.wire import InvalidSession
 
@@ -57,9 +57,13 @@ def _deliveries(old_stream, new_stream):
     for gate, stream, kept in ((old, old_stream, []), (new, new_stream, held)):
         for label, event in stream:
             verdict = gate.admit(*event)
-            (delivered if verdict is D else kept if verdict is H else []).append(label)
-    old.ended = True  # go: the old set drops what it held, the new set delivers its own
-    return delivered + held
+            if verdict is D:
+                delivered.append(label)
+            elif verdict is H:
+                kept.append((label, event))
+    old.ended = True  # go: the old set drops what it held, the new set delivers its own but what the old delivered
+    new.old_delivered(old.digests)
+    return delivered + [label for label, event in held if not new.delivered_by_old(*event)]
 
 
 @pytest.mark.parametrize("old_stream", [
@@ -243,3 +247,26 @@ def test_a_new_shard_cold_before_the_cut_must_warm_again_and_after_it_rolls_back
     assert r.shard_warm(3) is Action.CUT
     r.cut_sent(1.0, 1.0)
     assert r.shard_cold(5) is Action.ROLL_BACK and r.reason == "new shard 5 lost its session during the cutover"
+
+
+JOIN = "GUILD_MEMBER_ADD", {"guild_id": "1", "user": {"id": "5"}}
+
+
+def test_an_event_without_id_between_the_two_markers_is_delivered_once():
+    """The new set's marker comes first (its heartbeats at the cut, the old set's OLD_MARGIN later): a member who
+    joins between them reaches both sets, and the new set drops its copy at go (the old set's digest)."""
+    old = [("join", JOIN), ("ack", (ACK, None)), ("ack", (ACK, None))]
+    new = [("ack", (ACK, None)), ("ack", (ACK, None)), ("join", JOIN)]
+    assert _deliveries(old, new).count("join") == 1
+    # an identical payload twice, the first between the markers: the old set delivers one, the new set the other
+    got = _deliveries(old, new + [("join2", JOIN)])
+    assert [label for label in got if label != "ack"] == ["join", "join2"]
+
+
+def test_the_old_set_marker_waits_for_its_own_mark_but_splits_ids_at_the_cut():
+    gate = OldGate(1000, mark=1100)
+    assert gate.admit(*msg(1050)) is H and not gate.passed  # the new set's message, before the old set's marker
+    assert gate.admit(*JOIN) is D and len(gate.digests) == 1
+    assert gate.admit(*msg(1100)) is H and gate.passed
+    assert gate.admit(*JOIN) is H and len(gate.digests) == 1
+    assert digest(*JOIN) == gate.digests[0] != digest("GUILD_MEMBER_REMOVE", JOIN[1])
