@@ -435,3 +435,18 @@ async def test_a_new_shard_that_loses_its_session_during_the_cutover_rolls_back(
             assert snap.reshard.reason == "new shard 0 lost its session during the cutover"
             await until(lambda: sup.active_shards() == 4, 30, "the old set's 4 shards active")
             assert snap.shard_total == 4 and not task.done()
+
+
+async def test_the_next_start_keeps_the_resharded_count_over_a_lower_configured_one(tmp_path, id_log):
+    """The state file written after a reshard to 8 shards: a start with --shards 4 runs 8 (and says so) instead of
+    throwing the sessions away and identifying 4 that Discord would refuse again."""
+    from cluster.state import grown_total, save_sessions, token_user_id
+
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        bot = token_user_id(sim.token)
+        save_sessions(tmp_path / "state.json", 8, [], user_id=bot)
+        assert grown_total(tmp_path / "state.json", 8, user_id=bot) is None  # not larger
+        assert grown_total(tmp_path / "state.json", 4, user_id=bot + 1) is None  # another bot's
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=0.3) as (sup, _):
+            await until(lambda: sup.active_shards() == 8, 30, "8 shards active")
+            assert sup.snapshot().shard_total == 8
