@@ -91,6 +91,7 @@ class Worker:
         self._early_cutover: Cutover | None = None  # a Cutover read before the Assign's shards were started
         self._stop: asyncio.Future[bool] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._releases: set[asyncio.Task[None]] = set()  # deliveries of held events (cutover end), awaited at the stop
 
     # --- shard/ API adapters (the only place that knows the Shard's attribute names) ------
 
@@ -187,6 +188,8 @@ class Worker:
         await asyncio.wait([closed, self._stop], return_when=asyncio.FIRST_COMPLETED)
         resumable = self._stop.result() if self._stop.done() else True
         reporter.cancel()
+        if self._releases:  # a rollback right before the stop (SIGTERM in a cutover): its held events first
+            await asyncio.wait(self._releases)
         sessions = await self._close_all(resumable)
         if not self.channel.closed:
             self._send_sessions(Drained, sessions)
@@ -370,11 +373,11 @@ class Worker:
                 if go:
                     self.held[shard_id].clear()
                 else:
-                    self._start_task(self._release(shard_id))
+                    self._start_release(shard_id)
             elif go:
                 gate.mode = "flushing"
                 gate.old_delivered(delivered)
-                self._start_task(self._release(shard_id))
+                self._start_release(shard_id)
             else:
                 self.held[shard_id].clear()
 
@@ -383,6 +386,11 @@ class Worker:
         gate = self.gates.get(shard_id)
         if isinstance(gate, NewGate) and gate.mode == "live":
             del self.gates[shard_id]
+
+    def _start_release(self, shard_id: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._release(shard_id))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
 
     async def _release(self, shard_id: int) -> None:
         """Deliver a shard's held events in order (events arriving meanwhile are held behind them), then ungate it:
