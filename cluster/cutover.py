@@ -81,6 +81,11 @@ def digest(event_type: str, data: object) -> int:
     return int.from_bytes(h.digest(), "big")
 
 
+def _id_of(data: object) -> str:
+    """A guild's ``id`` as a string, from plain JSON or a registered Struct."""
+    return str(data.get("id") if isinstance(data, dict) else getattr(data, "id", None))
+
+
 class _Marker:
     """Finds a shard's marker: a creation id at or past the cut, or enough heartbeat ACKs after it."""
 
@@ -197,10 +202,8 @@ class NewGate:
     def _track_guilds(self, event_type: str, data: object) -> None:
         if event_type == "READY":  # a READY lists the session's guilds (unavailable until their GUILD_CREATE)
             self._cold()  # a second READY: a new session, which missed what happened since the last one
-            guilds = getattr(data, "guilds", None)
-            if guilds is None and isinstance(data, dict):
-                guilds = data.get("guilds")
-            self._pending = {str(g.get("id")) for g in guilds or () if isinstance(g, dict)}
+            guilds = data.get("guilds") if isinstance(data, dict) else getattr(data, "guilds", None)
+            self._pending = {_id_of(g) for g in guilds or ()}
         elif event_type == "RESUMED":
             if self._pending is None:  # no READY in this worker: it resumed the session that warmed up before
                 self._pending = set()
@@ -208,8 +211,8 @@ class NewGate:
             if not getattr(data, "resumable", True):
                 self._cold()
                 self._pending = None  # warm again after the next READY's guilds
-        elif isinstance(data, dict) and self._pending is not None:
-            self._pending.discard(str(data.get("id")))
+        elif self._pending is not None:  # a GUILD_CREATE, in plain JSON or a registered Struct
+            self._pending.discard(_id_of(data))
         if not self.warm and self._pending is not None and not self._pending:
             self.warm = True
             self._on_warm()

@@ -49,13 +49,18 @@ class Action(enum.Enum):
 
 
 def check_start(*, current: int, target: int, max_concurrency: int, remaining: int, reserve: int,
-                pace_below: int, running: bool, coordinated: bool, partial: bool = False) -> None:
+                pace_below: int, running: bool, coordinated: bool, partial: bool = False,
+                filtered_out: frozenset[str] = frozenset()) -> None:
     """Raise :class:`ReshardRefused` unless a reshard from ``current`` to ``target`` shards may start now.
 
     The new set spends ``target`` identifies: after them the budget must keep its safety margin (``reserve``)
     and stay above ``pace_below``, where identifies would be paced out until the daily reset and the new set
     would never warm up. Fewer shards are refused: Discord never asks for fewer, and a reshard costs a full set of
-    identifies."""
+    identifies. ``filtered_out``: the events among READY and GUILD_CREATE the shards' ``event_types`` drop (the new
+    set could never tell that it is warm)."""
+    if filtered_out:
+        raise ReshardRefused(f"the shards' event_types filter drops {' and '.join(sorted(filtered_out))}, which live "
+                             "resharding needs to tell when the new shards are ready: add them to event_types")
     if coordinated:
         raise ReshardRefused("live resharding runs on one host only: this cluster has a --coordinator "
                              "(multi-host resharding is not supported yet)")

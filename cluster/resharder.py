@@ -111,7 +111,7 @@ class Resharder:
         check_start(current=rt.shard_total, target=target or 0, max_concurrency=rt.max_concurrency,
                     remaining=stats.budget_remaining, reserve=stats.budget_reserve, pace_below=pace_below,
                     running=self.running or rt.rolling, coordinated=cfg.coordinator is not None,
-                    partial=len(rt.shards) != rt.shard_total)
+                    partial=len(rt.shards) != rt.shard_total, filtered_out=self._filtered_out())
         assert target is not None
         self.last = Reshard(rt.shard_total, target, now,
                             warm_deadline=now + warm_timeout(target, rt.max_concurrency, cfg.identify_window),
@@ -122,6 +122,14 @@ class Resharder:
         rt.emit("reshard_started", old=rt.shard_total, new=target)
         self._task = rt.spawn_task(self._run(self.last), "reshard")
         return self.last
+
+    def _filtered_out(self) -> frozenset[str]:
+        from shard import EventTypeFlags  # noqa: PLC0415 - the supervisor imports the shard package lazily
+
+        flags = self.sup.shard_options.get("event_types")
+        if flags is None:
+            return frozenset()
+        return frozenset(n for n in ("GUILD_CREATE", "READY") if not flags & EventTypeFlags[n])
 
     async def auto(self, *, sharding_required: bool) -> None:
         """``--auto-reshard``: reshard if Discord recommends more shards (after a 4011: always grow)."""

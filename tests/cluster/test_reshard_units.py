@@ -270,3 +270,28 @@ def test_the_old_set_marker_waits_for_its_own_mark_but_splits_ids_at_the_cut():
     assert gate.admit(*msg(1100)) is H and gate.passed
     assert gate.admit(*JOIN) is H and len(gate.digests) == 1
     assert digest(*JOIN) == gate.digests[0] != digest("GUILD_MEMBER_REMOVE", JOIN[1])
+
+
+def test_a_guild_create_decoded_into_a_registered_struct_counts_for_the_warm_up():
+    class Guild(msgspec.Struct):
+        id: str
+
+    class Ready(msgspec.Struct):
+        guilds: list[Guild]
+
+    warm = []
+    gate = NewGate(on_warm=lambda: warm.append(True))
+    gate.admit("READY", Ready([Guild("1"), Guild("2")]))
+    gate.admit("GUILD_CREATE", Guild("1"))
+    assert warm == []
+    gate.admit("GUILD_CREATE", {"id": "2"})
+    assert warm == [True]
+
+
+def test_an_event_types_filter_without_ready_or_guild_create_is_refused_before_anything_starts():
+    ok = dict(current=4, target=8, max_concurrency=4, remaining=1000, reserve=5, pace_below=10, running=False,
+              coordinated=False)
+    check_start(**ok, filtered_out=frozenset())
+    with pytest.raises(ReshardRefused, match="^the shards' event_types filter drops GUILD_CREATE and READY, which "
+                                             "live resharding needs .*: add them to event_types$"):
+        check_start(**ok, filtered_out=frozenset({"READY", "GUILD_CREATE"}))
