@@ -450,3 +450,10 @@ async def test_the_next_start_keeps_the_resharded_count_over_a_lower_configured_
         async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=0.3) as (sup, _):
             await until(lambda: sup.active_shards() == 8, 30, "8 shards active")
             assert sup.snapshot().shard_total == 8
+
+
+@pytest.mark.parametrize("shards", ["0", "-8"])
+async def test_the_reshard_command_refuses_a_shard_count_below_one_as_a_config_error(shards):
+    code, out, err = await _cli("--url", "http://127.0.0.1:9", "--shards", shards, token="s3cret")
+    assert (code, out) == (2, "") and err == f"cluster: config error: --shards must be a positive whole number, got " \
+                                             f"{int(shards)}\n", err
