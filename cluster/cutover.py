@@ -34,7 +34,7 @@ from collections.abc import Callable
 import msgspec
 
 __all__ = ["ACKS_AFTER_CUT", "DISCORD_EPOCH_MS", "GO_GRACE", "OLD_MARGIN", "NewGate", "OldGate", "Verdict",
-           "creation_id", "digest", "snowflake_at"]
+           "creation_id", "digest", "snowflake_at", "snowflake_time"]
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 """Milliseconds of the Unix epoch at Discord's epoch (the first second of 2015)."""
@@ -62,6 +62,11 @@ class Verdict(enum.Enum):
 def snowflake_at(unix_seconds: float) -> int:
     """The smallest snowflake created at ``unix_seconds`` (wall clock) or later."""
     return max(0, int(unix_seconds * 1000) - DISCORD_EPOCH_MS) << 22
+
+
+def snowflake_time(snowflake: int) -> float:
+    """The wall-clock time (Unix seconds) a snowflake was created at."""
+    return ((snowflake >> 22) + DISCORD_EPOCH_MS) / 1000
 
 
 def creation_id(event_type: str, data: object) -> int | None:

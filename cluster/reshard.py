@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from cluster.error import ReshardRefused
 
-__all__ = ["Action", "Phase", "Reshard", "ReshardRefused", "auto_target", "check_start", "warm_timeout"]
+__all__ = ["Action", "Phase", "Reshard", "ReshardRefused", "auto_target", "check_start", "cut_late_reason",
+           "warm_timeout"]
 
 
 class Phase(enum.StrEnum):
@@ -92,6 +93,14 @@ def auto_target(current: int, recommended: int, max_concurrency: int, *, margin:
     if sharding_required:
         return rec if rec > current else math.ceil(2 * current / max_concurrency) * max_concurrency
     return rec if rec > current * (1 + margin) else None
+
+
+def cut_late_reason(shard_id: int, ahead: float, lead: float = 0.5) -> str:
+    """Why a reshard rolled back when new shard ``shard_id`` had already received a message created ``ahead`` seconds
+    after the cut, which was sent ``lead`` seconds before it was due: this host's clock is behind Discord's."""
+    return (f"new shard {shard_id} got the cut too late: it had already received a message created {ahead:.3f} s "
+            f"after the cut time, which was set {lead:g} s ahead on this host's clock; this host's clock is probably "
+            f"behind Discord's by more than that (synchronise it, e.g. with NTP)")
 
 
 def warm_timeout(new_total: int, max_concurrency: int, window: float) -> float:

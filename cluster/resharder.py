@@ -25,7 +25,8 @@ from cluster.exitcodes import ClusterExit, ExitCode, for_close_code
 from cluster.layout import round_up, split
 from cluster.loops import Loops
 from cluster.restart import RestartPolicy
-from cluster.reshard import Action, Phase, Reshard, ReshardRefused, auto_target, check_start, warm_timeout
+from cluster.reshard import (Action, Phase, Reshard, ReshardRefused, auto_target, check_start, cut_late_reason,
+                             warm_timeout)
 from cluster.routing import Router
 from cluster.runtime import Runtime, ShardView, WorkerHandle, WorkerState
 from cluster.snapshot import ReshardSnapshot
@@ -224,8 +225,8 @@ class Resharder:
             case CutPassed(shard_id=shard_id, digests=digests) if handle.id_base != self._new_base():
                 self._old_digests += digests
                 self._act(r.old_passed(shard_id))
-            case CutLate(shard_id=shard_id):
-                self._act(r.new_lost(f"new shard {shard_id} got the cut too late"))
+            case CutLate(shard_id=shard_id, ahead=ahead):
+                self._act(r.new_lost(cut_late_reason(shard_id, ahead, CUT_LEAD)))
 
     def _act(self, action: Action) -> None:
         if action is not Action.NONE:

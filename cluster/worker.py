@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from cluster.cutover import ACKS_AFTER_CUT, OLD_MARGIN, NewGate, OldGate, Verdict, snowflake_at
+from cluster.cutover import ACKS_AFTER_CUT, OLD_MARGIN, NewGate, OldGate, Verdict, snowflake_at, snowflake_time
 from cluster.fence import Fence
 from cluster.handler import HandlerImportError, WorkerContext, load_handler, maybe_await
 from cluster.queue import IpcQueue
@@ -339,8 +339,10 @@ class Worker:
             else:
                 gate = self.gates.get(shard_id)
                 if isinstance(gate, NewGate) and not gate.arm(cut, on_pass=lambda s=shard_id: self._ungate_live(s)):
-                    log.error("shard %d: the cut came too late (an event after it was already dropped)", shard_id)
-                    self._send(CutLate(shard_id))
+                    ahead = snowflake_time(gate.max_seen) - at
+                    log.error("shard %d: the cut came too late: a message created %.3f s after it was already dropped "
+                              "(is this host's clock behind Discord's?)", shard_id, ahead)
+                    self._send(CutLate(shard_id, ahead))
         self._start_task(self._heartbeat_at(at + OLD_MARGIN if old else at))
 
     def _old_passed(self, shard_id: int) -> None:

@@ -130,9 +130,11 @@ class CutPassed(Packet, tag="cut_passed"):
 
 
 class CutLate(Packet, tag="cut_late"):
-    """W→S: a new shard got the cut too late (it had already dropped an event from after it)."""
+    """W→S: a new shard got the cut too late (it had already dropped an event from after it); ``ahead``: by how many
+    seconds that event's creation time was past the cut (this host's clock is about that much behind Discord's)."""
 
     shard_id: int
+    ahead: float = 0.0
 
 
 class CutoverEnd(Packet, tag="cutover_end"):

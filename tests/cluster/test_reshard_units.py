@@ -6,8 +6,10 @@ import math
 import msgspec
 import pytest
 
-from cluster.cutover import DISCORD_EPOCH_MS, NewGate, OldGate, Verdict, creation_id, digest, snowflake_at
-from cluster.reshard import Action, Phase, Reshard, ReshardRefused, auto_target, check_start, warm_timeout
+from cluster.cutover import (DISCORD_EPOCH_MS, NewGate, OldGate, Verdict, creation_id, digest, snowflake_at,
+                             snowflake_time)
+from cluster.reshard import (Action, Phase, Reshard, ReshardRefused, auto_target, check_start, cut_late_reason,
+                             warm_timeout)
 from shard.wire import InvalidSession
 
 D, H, K = Verdict.DELIVER, Verdict.HOLD, Verdict.DROP
@@ -295,3 +297,14 @@ def test_an_event_types_filter_without_ready_or_guild_create_is_refused_before_a
     with pytest.raises(ReshardRefused, match="^the shards' event_types filter drops GUILD_CREATE and READY, which "
                                              "live resharding needs .*: add them to event_types$"):
         check_start(**ok, filtered_out=frozenset({"READY", "GUILD_CREATE"}))
+
+
+def test_a_cut_that_comes_too_late_says_by_how_much_and_blames_the_clock():
+    at = DISCORD_EPOCH_MS / 1000 + 1000.0
+    gate = NewGate()
+    gate.admit(*msg(snowflake_at(at + 1.25)))  # Discord's clock is 1.25 s ahead of this host's
+    assert not gate.arm(snowflake_at(at))
+    assert snowflake_time(gate.max_seen) - at == pytest.approx(1.25)
+    reason = cut_late_reason(3, 1.25, 0.5)
+    assert reason.startswith("new shard 3 got the cut too late: it had already received a message created 1.250 s "
+                             "after the cut time, which was set 0.5 s ahead") and "clock" in reason and "NTP" in reason
