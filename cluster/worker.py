@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from cluster.cutover import ACKS_AFTER_CUT, OLD_MARGIN, NewGate, OldGate, Verdict, snowflake_at, snowflake_time
@@ -165,8 +166,8 @@ class Worker:
         for a in assign.shards:
             self._start_shard(a)
             if assign.hold:  # the new set of a live reshard: nothing reaches the handler before the cutover
-                self.gates[a.shard_id] = NewGate(on_warm=lambda s=a.shard_id: self._send(ShardWarm(s)),
-                                                 on_cold=lambda s=a.shard_id: self._send(ShardWarm(s, False)))
+                self.gates[a.shard_id] = NewGate(on_warm=partial(self._send, ShardWarm(a.shard_id)),
+                                                 on_cold=partial(self._send, ShardWarm(a.shard_id, False)))
                 self.held[a.shard_id] = []
         if self._early_cutover is not None:  # sent right after the Assign (a worker restarted during a cutover)
             self._cutover(self._early_cutover.at, self._early_cutover.old)
@@ -403,7 +404,7 @@ class Worker:
         gate = self.gates.get(shard_id)
         while held:
             event = held.pop(0)
-            if on_event is None or isinstance(gate, NewGate) and gate.delivered_by_old(event.type, event.data):
+            if on_event is None or (isinstance(gate, NewGate) and gate.delivered_by_old(event.type, event.data)):
                 continue
             try:
                 await maybe_await(on_event(shard, event))

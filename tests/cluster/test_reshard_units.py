@@ -261,7 +261,7 @@ def test_an_event_without_id_between_the_two_markers_is_delivered_once():
     new = [("ack", (ACK, None)), ("ack", (ACK, None)), ("join", JOIN)]
     assert _deliveries(old, new).count("join") == 1
     # an identical payload twice, the first between the markers: the old set delivers one, the new set the other
-    got = _deliveries(old, new + [("join2", JOIN)])
+    got = _deliveries(old, [*new, ("join2", JOIN)])
     assert [label for label in got if label != "ack"] == ["join", "join2"]
 
 
@@ -294,8 +294,8 @@ def test_an_event_types_filter_without_ready_or_guild_create_is_refused_before_a
     ok = dict(current=4, target=8, max_concurrency=4, remaining=1000, reserve=5, pace_below=10, running=False,
               coordinated=False)
     check_start(**ok, filtered_out=frozenset())
-    with pytest.raises(ReshardRefused, match="^the shards' event_types filter drops GUILD_CREATE and READY, which "
-                                             "live resharding needs .*: add them to event_types$"):
+    with pytest.raises(ReshardRefused, match=r"^the shards' event_types filter drops GUILD_CREATE and READY, which "
+                                             r"live resharding needs .*: add them to event_types$"):
         check_start(**ok, filtered_out=frozenset({"READY", "GUILD_CREATE"}))
 
 
