@@ -297,7 +297,8 @@ async def test_auto_reshard_follows_discords_recommendation_when_it_grows_past_t
                         and sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
             snap = sup.snapshot()
             assert snap.reshard.phase == "done" and (snap.reshard.old_total, snap.shard_total) == (2, 8)
-            await asyncio.sleep(1.5)  # three more checks: 8 of 8 recommended, nothing to do
+            checks = sim.stats.rest_requests  # only the auto-reshard check asks Discord now
+            await until(lambda: sim.stats.rest_requests >= checks + 3, 20, "three more checks")  # 8 of 8: nothing to do
             assert sup.snapshot().reshard.new_total == 8 and not task.done()
             stats = sim.stats.snapshot()
     assert stats["sets"]["2"]["identifies"] == 2 and stats["sets"]["8"]["identifies"] == 8
@@ -458,3 +459,20 @@ async def test_the_reshard_command_refuses_a_shard_count_below_one_as_a_config_e
     code, out, err = await _cli("--url", "http://127.0.0.1:9", "--shards", shards, token="s3cret")
     assert (code, out) == (2, "") and err == f"cluster: config error: --shards must be a positive whole number, got " \
                                              f"{int(shards)}\n", err
+
+
+async def test_an_old_shard_that_does_not_pass_the_cut_in_time_forces_the_switch_and_says_why(tmp_path, id_log):
+    """Old (and new) shard 3 lag 3 s behind a 1 s cut timeout: the switch goes ahead without it, with the reason."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=0.3,
+                           reshard_cut_timeout=1.0) as (sup, task):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            _at_phase(sup, "cutting_over", lambda: sim.delay(3, 3.0))
+            await sup.reshard(8)
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            snap = sup.snapshot()
+            sim.delay(3, 0)
+            assert snap.reshard.phase == "done" and snap.reshard.passed == 3, snap.reshard
+            assert snap.reshard.reason == ("old shards 3 did not pass the cut within 1 s; switching anyway (their "
+                                           "guilds may see an event twice or not at all)")
+            assert snap.shard_total == 8 and not task.done()
