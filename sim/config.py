@@ -14,6 +14,8 @@ DEFAULT_TOKEN = base64.b64encode(str(BOT_ID).encode()).decode().rstrip("=") + ".
 """A realistic-format token: base64(bot id) . timestamp . hmac, as hikari expects."""
 
 GUILD_SIZES = ("small", "medium", "large", "mixed")
+GUILD_EVENT_KINDS = ("MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_REACTION_ADD", "TYPING_START")
+"""The event types the shared guild stream can carry (see `sim.guild_events`)."""
 COMPRESSIONS = ("zlib-stream", "zstd-stream")
 
 
@@ -106,11 +108,9 @@ class SimConfig:
             problems.append("heartbeat_interval must be >= 1 ms")
         if self.guilds_per_shard < 0 or self.events_per_second < 0 or self.guild_events_per_second < 0:
             problems.append("guilds_per_shard, events_per_second and guild_events_per_second must be >= 0")
-        from .guild_events import KINDS  # it imports traffic, which imports this module
-
         kinds = self.guild_event_kinds.split(",")
-        if not kinds or not set(kinds) <= set(KINDS):
-            problems.append(f"guild_event_kinds must be a comma-separated list of {', '.join(KINDS)}")
+        if not kinds or not set(kinds) <= set(GUILD_EVENT_KINDS):
+            problems.append(f"guild_event_kinds must be a comma-separated list of {', '.join(GUILD_EVENT_KINDS)}")
         if not (self.guild_event_id_skew >= 0 and self.guild_event_jitter >= 0):
             problems.append("guild_event_id_skew and guild_event_jitter must be >= 0")
         if self.recommended_guilds_per_shard < 1:

@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from typing import TypedDict
 
 from . import traffic
+from .config import GUILD_EVENT_KINDS
 
 DISCORD_EPOCH_MS = 1420070400000
 """The first millisecond of 2015, from which Discord snowflakes count."""
@@ -57,7 +58,7 @@ class SnowflakeClock:
         return sid
 
 
-KINDS = ("MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_REACTION_ADD", "TYPING_START")
+KINDS = GUILD_EVENT_KINDS
 """The event types the shared stream can carry (`--guild-event-kinds`); only MESSAGE_CREATE has a creation id."""
 KEY_FIELDS = {"MESSAGE_CREATE": "id", "MESSAGE_UPDATE": "id", "MESSAGE_REACTION_ADD": "message_id",
               "TYPING_START": "user_id"}
