@@ -50,7 +50,7 @@ creation ids from before the cut that reach it late (out of order across channel
 _CREATION_EVENTS = frozenset({"MESSAGE_CREATE", "INTERACTION_CREATE"})
 _HEARTBEAT_ACK = "GATEWAY_HEARTBEAT_ACK"
 _WARMING_KEPT = frozenset({"READY", "GUILD_CREATE"})
-_TRACKED = _WARMING_KEPT | {"RESUMED", "GATEWAY_INVALID_SESSION"}
+_TRACKED = _WARMING_KEPT | {"RESUMED", "GATEWAY_INVALID_SESSION", "GUILD_DELETE"}
 
 
 class Verdict(enum.Enum):
@@ -161,7 +161,12 @@ class NewGate:
     resumed the session that warmed up). ``on_cold()`` is called when a warm shard loses its session (op 9 not
     resumable, or a new READY): the events of its guilds until it is warm again reach only the old set, so it must
     warm up again before the cut, and after the cut the reshard must roll back. Once *armed* with the cut, it holds
-    creation ids ``>= cut`` and, after its marker, every other event."""
+    creation ids ``>= cut`` and, after its marker, every other event.
+
+    The warm-up payloads reach the handler at ``go``, before the held events, so that a handler with a cache knows
+    its guilds; a GUILD_CREATE of a guild the bot left during the warm-up is not handed over (the old set delivered
+    the GUILD_DELETE). Other changes during the warm-up (GUILD_UPDATE, roles, channels) were delivered by the old set
+    before the switch: a cache rebuilt from a warm-up GUILD_CREATE is older than them until their next update."""
 
     def __init__(self, on_warm: Callable[[], None] = lambda: None, on_cold: Callable[[], None] = lambda: None) -> None:
         self.marker: _Marker | None = None
@@ -174,6 +179,7 @@ class NewGate:
         self._on_warm = on_warm
         self._on_cold = on_cold
         self._old_delivered: Counter[int] = Counter()
+        self._left: set[str] = set()  # guilds the bot left after their held warm-up GUILD_CREATE
 
     def arm(self, cut: int, on_pass: Callable[[], None] = lambda: None) -> bool:
         """Set the cut. False if it came too late: a creation id at or past it was already dropped."""
@@ -190,7 +196,11 @@ class NewGate:
         self._old_delivered = Counter(digests)
 
     def delivered_by_old(self, event_type: str, data: object) -> bool:
-        """Whether a held event is one the old set delivered already (then it is dropped, once per digest)."""
+        """Whether a held event is one the old set delivered already (then it is dropped, once per digest), or a
+        warm-up GUILD_CREATE of a guild the bot left later (the old set delivered its GUILD_DELETE: handing the
+        stale GUILD_CREATE over at the switch would bring the guild back into the handler's caches)."""
+        if event_type == "GUILD_CREATE" and _id_of(data) in self._left:
+            return True
         if not self._old_delivered or creation_id(event_type, data) is not None:
             return False
         key = digest(event_type, data)
@@ -212,12 +222,18 @@ class NewGate:
         elif event_type == "RESUMED":
             if self._pending is None:  # no READY in this worker: it resumed the session that warmed up before
                 self._pending = set()
+        elif event_type == "GUILD_DELETE":  # the bot left it (unless it is only unavailable: an outage)
+            unavailable = data.get("unavailable") if isinstance(data, dict) else getattr(data, "unavailable", None)
+            if not unavailable:
+                self._left.add(_id_of(data))
         elif event_type == "GATEWAY_INVALID_SESSION":
             if not getattr(data, "resumable", True):
                 self._cold()
                 self._pending = None  # warm again after the next READY's guilds
-        elif self._pending is not None:  # a GUILD_CREATE, in plain JSON or a registered Struct
-            self._pending.discard(_id_of(data))
+        else:  # a GUILD_CREATE, in plain JSON or a registered Struct
+            self._left.discard(_id_of(data))  # joined (again): this one is current
+            if self._pending is not None:
+                self._pending.discard(_id_of(data))
         if not self.warm and self._pending is not None and not self._pending:
             self.warm = True
             self._on_warm()

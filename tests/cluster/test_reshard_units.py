@@ -308,3 +308,17 @@ def test_a_cut_that_comes_too_late_says_by_how_much_and_blames_the_clock():
     reason = cut_late_reason(3, 1.25, 0.5)
     assert reason.startswith("new shard 3 got the cut too late: it had already received a message created 1.250 s "
                              "after the cut time, which was set 0.5 s ahead") and "clock" in reason and "NTP" in reason
+
+
+def test_a_guild_left_during_the_warm_up_is_not_brought_back_at_the_switch():
+    gate = NewGate()
+    assert gate.admit("READY", {"guilds": [{"id": "1"}, {"id": "2"}, {"id": "3"}]}) is H
+    for g in ("1", "2", "3"):
+        assert gate.admit("GUILD_CREATE", {"id": g}) is H
+    assert gate.admit("GUILD_DELETE", {"id": "1"}) is K  # the bot left guild 1: the old set delivers this
+    assert gate.admit("GUILD_DELETE", {"id": "2", "unavailable": True}) is K  # an outage, not a leave
+    gate.admit("GUILD_DELETE", {"id": "3"})
+    gate.admit("GUILD_CREATE", {"id": "3"})  # and joined again: that GUILD_CREATE is current
+    assert gate.arm(1000)
+    gate.old_delivered([])
+    assert [g for g in ("1", "2", "3") if not gate.delivered_by_old("GUILD_CREATE", {"id": g})] == ["2", "3"]
