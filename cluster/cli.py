@@ -318,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("restart", "reshard"):
             token_from = ClusterConfig(http_token_file=args.http_token_file) if args.http_token_file else cfg
             token = token_from.http_secret()
+        if args.command == "reshard" and args.shards is not None and args.shards < 1:
+            raise ConfigError(f"--shards must be a positive whole number, got {args.shards}")
     except ConfigError as exc:
         print(f"cluster: config error: {exc}", file=sys.stderr)
         return int(ExitCode.CONFIG)

@@ -6,10 +6,18 @@ and acts on the :class:`Verdict`; the gate never sees a socket or a clock. Outsi
 The cut is a wall-clock time ``T`` the supervisor picks once every new shard is warm; :func:`snowflake_at` turns it
 into a creation snowflake ``S``. Events carrying a creation snowflake (:func:`creation_id`: MESSAGE_CREATE and
 INTERACTION_CREATE ``id``) are split exactly: the old set delivers ``id < S``, the new set ``id >= S``. Events
-without one are split by each shard's own *marker*: the first creation id ``>= S`` it receives, or the ACK of a
-heartbeat sent after ``T`` (one connection is FIFO, so everything the gateway generated before ``T`` arrived
-before that ACK). The old set delivers those before its marker, the new set those after its own; between the two
-markers an event without an id may reach both sets or neither (the documented approximation).
+without one are split by each shard's own *marker*: the first creation id at or past its mark, or the ACK of a
+heartbeat sent after it (one connection is FIFO, so everything the gateway generated before arrived before that
+ACK). The old set delivers those before its marker, the new set those after its own. The new set's mark is ``T``,
+the old set's ``T +`` :data:`OLD_MARGIN`, so the new set's marker comes first: an event between the two markers
+reaches both sets, never neither. The old set records a :func:`digest` of every event without an id it delivers
+while gated and sends them when it passes; at ``go`` the new set drops each held event the old set delivered
+(:meth:`NewGate.delivered_by_old`). Two identical payloads of one type in that window count as one (the residue).
+
+A creation id below the cut is the old set's wherever it arrives, even after its shard's marker (ids are not
+ordered across channels, and a message created just before ``T`` may reach the gateway after the cut's heartbeat
+ACK): the old set delivers those until ``go``, and ``go`` comes :data:`GO_GRACE` seconds after the last old shard
+passed, so that such stragglers still arrive in time. One that comes later still is dropped by both sets.
 
 An old shard *holds* what it receives after its marker, and a new shard what it would deliver, until the
 supervisor ends the cutover: ``go`` (the new set delivers its held events, the old drops its own) or a rollback
@@ -19,18 +27,30 @@ supervisor ends the cutover: ``go`` (the new set delivers its held events, the o
 from __future__ import annotations
 
 import enum
+import hashlib
+from collections import Counter
 from collections.abc import Callable
 
-__all__ = ["ACKS_AFTER_CUT", "DISCORD_EPOCH_MS", "NewGate", "OldGate", "Verdict", "creation_id", "snowflake_at"]
+import msgspec
+
+__all__ = ["ACKS_AFTER_CUT", "DISCORD_EPOCH_MS", "GO_GRACE", "OLD_MARGIN", "NewGate", "OldGate", "Verdict",
+           "creation_id", "digest", "snowflake_at", "snowflake_time"]
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 """Milliseconds of the Unix epoch at Discord's epoch (the first second of 2015)."""
 ACKS_AFTER_CUT = 2
 """Heartbeats a gated shard sends at the cut, and the ACKs it waits for: one more than the beats that may be
 outstanding from before the cut (the shard's own beat), so the last ACK answers a beat sent after the cut."""
+OLD_MARGIN = 0.25
+"""Seconds after the cut the old set's marker is set (its heartbeats sent): longer than a new shard's heartbeat round
+trip, so that the new set's marker always precedes the old set's."""
+GO_GRACE = 0.5
+"""Seconds between the last old shard passing the cut (and the cut itself) and ``go``: the old set still delivers
+creation ids from before the cut that reach it late (out of order across channels, or dispatched after the ACK)."""
 _CREATION_EVENTS = frozenset({"MESSAGE_CREATE", "INTERACTION_CREATE"})
 _HEARTBEAT_ACK = "GATEWAY_HEARTBEAT_ACK"
 _WARMING_KEPT = frozenset({"READY", "GUILD_CREATE"})
+_TRACKED = _WARMING_KEPT | {"RESUMED", "GATEWAY_INVALID_SESSION", "GUILD_DELETE"}
 
 
 class Verdict(enum.Enum):
@@ -44,6 +64,11 @@ def snowflake_at(unix_seconds: float) -> int:
     return max(0, int(unix_seconds * 1000) - DISCORD_EPOCH_MS) << 22
 
 
+def snowflake_time(snowflake: int) -> float:
+    """The wall-clock time (Unix seconds) a snowflake was created at."""
+    return ((snowflake >> 22) + DISCORD_EPOCH_MS) / 1000
+
+
 def creation_id(event_type: str, data: object) -> int | None:
     """The creation snowflake an event carries (its ``id``, in plain JSON or a registered Struct), or None."""
     if event_type not in _CREATION_EVENTS:
@@ -52,6 +77,18 @@ def creation_id(event_type: str, data: object) -> int | None:
     if isinstance(value, str) and value.isdigit():
         return int(value)
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
+
+
+def digest(event_type: str, data: object) -> int:
+    """A compact identity of an event without a creation id: its type and its payload (the same on every session)."""
+    h = hashlib.blake2b(event_type.encode(), digest_size=8)
+    h.update(msgspec.json.encode(data))
+    return int.from_bytes(h.digest(), "big")
+
+
+def _id_of(data: object) -> str:
+    """A guild's ``id`` as a string, from plain JSON or a registered Struct."""
+    return str(data.get("id") if isinstance(data, dict) else getattr(data, "id", None))
 
 
 class _Marker:
@@ -84,11 +121,15 @@ class _Marker:
 
 
 class OldGate:
-    """An old-set shard during the cutover at snowflake ``cut``. ``on_pass()`` is called once, at the marker."""
+    """An old-set shard during the cutover at snowflake ``cut``, with its marker at snowflake ``mark`` (default
+    ``cut``). ``on_pass()`` is called once, at the marker; :attr:`digests` are then complete."""
 
-    def __init__(self, cut: int, on_pass: Callable[[], None] = lambda: None) -> None:
-        self.marker = _Marker(cut, on_pass)
+    def __init__(self, cut: int, on_pass: Callable[[], None] = lambda: None, mark: int | None = None) -> None:
+        self.cut = cut
+        self.marker = _Marker(cut if mark is None else mark, on_pass)
         self.ended: bool | None = None  # None while the cutover runs; True after go, False after a rollback
+        self.digests: list[int] = []
+        """The :func:`digest` of every event without a creation id this shard delivered while gated."""
 
     @property
     def passed(self) -> bool:
@@ -99,10 +140,13 @@ class OldGate:
         if self.ended:
             return Verdict.DROP  # the new set delivers now; this shard is about to be closed
         marker = self.marker
+        message_id = creation_id(event_type, data)
+        if message_id is not None and message_id < self.cut:
+            return Verdict.DELIVER  # created before the cut, however late it came: the new set drops it
         if marker.passed:
             return Verdict.HOLD
-        message_id = creation_id(event_type, data)
-        if message_id is not None and message_id < marker.cut:
+        if message_id is None and not event_type.startswith("GATEWAY_"):
+            self.digests.append(digest(event_type, data))  # before see(): on_pass() sends them
             return Verdict.DELIVER
         marker.see(event_type, message_id)
         return Verdict.HOLD if message_id is not None else Verdict.DELIVER  # the marker's own ACK is delivered
@@ -113,10 +157,18 @@ class NewGate:
 
     While *warming* (no cut yet) it keeps READY and GUILD_CREATE (handed over at the switch, so that a handler
     with a cache sees its guilds) and drops the rest, which the old set delivers; ``on_warm()`` is called once
-    READY arrived and a GUILD_CREATE for each guild it listed. Once *armed* with the cut, it holds creation ids
-    ``>= cut`` and, after its marker, every other event."""
+    READY arrived and a GUILD_CREATE for each guild it listed, or at RESUMED before any READY (a restarted worker
+    resumed the session that warmed up). ``on_cold()`` is called when a warm shard loses its session (op 9 not
+    resumable, or a new READY): the events of its guilds until it is warm again reach only the old set, so it must
+    warm up again before the cut, and after the cut the reshard must roll back. Once *armed* with the cut, it holds
+    creation ids ``>= cut`` and, after its marker, every other event.
 
-    def __init__(self, on_warm: Callable[[], None] = lambda: None) -> None:
+    The warm-up payloads reach the handler at ``go``, before the held events, so that a handler with a cache knows
+    its guilds; a GUILD_CREATE of a guild the bot left during the warm-up is not handed over (the old set delivered
+    the GUILD_DELETE). Other changes during the warm-up (GUILD_UPDATE, roles, channels) were delivered by the old set
+    before the switch: a cache rebuilt from a warm-up GUILD_CREATE is older than them until their next update."""
+
+    def __init__(self, on_warm: Callable[[], None] = lambda: None, on_cold: Callable[[], None] = lambda: None) -> None:
         self.marker: _Marker | None = None
         self.max_seen = 0  # the largest creation id seen while warming (to tell a cut that came too late)
         self.warm = False
@@ -125,6 +177,9 @@ class NewGate:
         new is held behind it), ``live`` (delivers, but still drops creation ids before the cut until its marker)."""
         self._pending: set[str] | None = None  # guilds of READY without their GUILD_CREATE yet
         self._on_warm = on_warm
+        self._on_cold = on_cold
+        self._old_delivered: Counter[int] = Counter()
+        self._left: set[str] = set()  # guilds the bot left after their held warm-up GUILD_CREATE
 
     def arm(self, cut: int, on_pass: Callable[[], None] = lambda: None) -> bool:
         """Set the cut. False if it came too late: a creation id at or past it was already dropped."""
@@ -136,21 +191,56 @@ class NewGate:
     def passed(self) -> bool:
         return self.marker is not None and self.marker.passed
 
+    def old_delivered(self, digests: list[int]) -> None:
+        """At ``go``: the digests of the events without a creation id the old set delivered while gated."""
+        self._old_delivered = Counter(digests)
+
+    def delivered_by_old(self, event_type: str, data: object) -> bool:
+        """Whether a held event is one the old set delivered already (then it is dropped, once per digest), or a
+        warm-up GUILD_CREATE of a guild the bot left later (the old set delivered its GUILD_DELETE: handing the
+        stale GUILD_CREATE over at the switch would bring the guild back into the handler's caches)."""
+        if event_type == "GUILD_CREATE" and _id_of(data) in self._left:
+            return True
+        if not self._old_delivered or creation_id(event_type, data) is not None:
+            return False
+        key = digest(event_type, data)
+        if self._old_delivered[key] <= 0:
+            return False
+        self._old_delivered[key] -= 1
+        return True
+
+    def _cold(self) -> None:
+        if self.warm:
+            self.warm = False
+            self._on_cold()
+
     def _track_guilds(self, event_type: str, data: object) -> None:
         if event_type == "READY":  # a READY lists the session's guilds (unavailable until their GUILD_CREATE)
-            guilds = getattr(data, "guilds", None)
-            if guilds is None and isinstance(data, dict):
-                guilds = data.get("guilds")
-            self._pending = {str(g.get("id")) for g in guilds or () if isinstance(g, dict)}
-        elif isinstance(data, dict) and self._pending is not None:
-            self._pending.discard(str(data.get("id")))
+            self._cold()  # a second READY: a new session, which missed what happened since the last one
+            guilds = data.get("guilds") if isinstance(data, dict) else getattr(data, "guilds", None)
+            self._pending = {_id_of(g) for g in guilds or ()}
+        elif event_type == "RESUMED":
+            if self._pending is None:  # no READY in this worker: it resumed the session that warmed up before
+                self._pending = set()
+        elif event_type == "GUILD_DELETE":  # the bot left it (unless it is only unavailable: an outage)
+            unavailable = data.get("unavailable") if isinstance(data, dict) else getattr(data, "unavailable", None)
+            if not unavailable:
+                self._left.add(_id_of(data))
+        elif event_type == "GATEWAY_INVALID_SESSION":
+            if not getattr(data, "resumable", True):
+                self._cold()
+                self._pending = None  # warm again after the next READY's guilds
+        else:  # a GUILD_CREATE, in plain JSON or a registered Struct
+            self._left.discard(_id_of(data))  # joined (again): this one is current
+            if self._pending is not None:
+                self._pending.discard(_id_of(data))
         if not self.warm and self._pending is not None and not self._pending:
             self.warm = True
             self._on_warm()
 
     def admit(self, event_type: str, data: object) -> Verdict:
         """What to do with the next event this shard received."""
-        if event_type in _WARMING_KEPT:
+        if event_type in _TRACKED:
             self._track_guilds(event_type, data)
         message_id = creation_id(event_type, data)
         marker = self.marker

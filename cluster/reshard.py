@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 
 from cluster.error import ReshardRefused
 
-__all__ = ["Action", "Phase", "Reshard", "ReshardRefused", "auto_target", "check_start", "warm_timeout"]
+__all__ = ["Action", "Phase", "Reshard", "ReshardRefused", "auto_target", "check_start", "cut_late_reason",
+           "warm_timeout"]
 
 
 class Phase(enum.StrEnum):
@@ -49,13 +50,18 @@ class Action(enum.Enum):
 
 
 def check_start(*, current: int, target: int, max_concurrency: int, remaining: int, reserve: int,
-                pace_below: int, running: bool, coordinated: bool, partial: bool = False) -> None:
+                pace_below: int, running: bool, coordinated: bool, partial: bool = False,
+                filtered_out: frozenset[str] = frozenset()) -> None:
     """Raise :class:`ReshardRefused` unless a reshard from ``current`` to ``target`` shards may start now.
 
     The new set spends ``target`` identifies: after them the budget must keep its safety margin (``reserve``)
     and stay above ``pace_below``, where identifies would be paced out until the daily reset and the new set
     would never warm up. Fewer shards are refused: Discord never asks for fewer, and a reshard costs a full set of
-    identifies."""
+    identifies. ``filtered_out``: the events among READY and GUILD_CREATE the shards' ``event_types`` drop (the new
+    set could never tell that it is warm)."""
+    if filtered_out:
+        raise ReshardRefused(f"the shards' event_types filter drops {' and '.join(sorted(filtered_out))}, which live "
+                             "resharding needs to tell when the new shards are ready: add them to event_types")
     if coordinated:
         raise ReshardRefused("live resharding runs on one host only: this cluster has a --coordinator "
                              "(multi-host resharding is not supported yet)")
@@ -87,6 +93,14 @@ def auto_target(current: int, recommended: int, max_concurrency: int, *, margin:
     if sharding_required:
         return rec if rec > current else math.ceil(2 * current / max_concurrency) * max_concurrency
     return rec if rec > current * (1 + margin) else None
+
+
+def cut_late_reason(shard_id: int, ahead: float, lead: float = 0.5) -> str:
+    """Why a reshard rolled back when new shard ``shard_id`` had already received a message created ``ahead`` seconds
+    after the cut, which was sent ``lead`` seconds before it was due: this host's clock is behind Discord's."""
+    return (f"new shard {shard_id} got the cut too late: it had already received a message created {ahead:.3f} s "
+            f"after the cut time, which was set {lead:g} s ahead on this host's clock; this host's clock is probably "
+            f"behind Discord's by more than that (synchronise it, e.g. with NTP)")
 
 
 def warm_timeout(new_total: int, max_concurrency: int, window: float) -> float:
@@ -128,6 +142,15 @@ class Reshard:
         self.warm.add(shard_id)
         if self.phase is Phase.WARMING and len(self.warm) == self.new_total:
             return Action.CUT
+        return Action.NONE
+
+    def shard_cold(self, shard_id: int) -> Action:
+        """A warm new shard lost its session (it re-identifies; or its worker was restarted): before the cut it
+        must warm up again; after it, its guilds' events until its new READY reach neither set: roll back."""
+        if self.phase is Phase.CUTTING_OVER and shard_id in self.warm:
+            return self.new_lost(f"new shard {shard_id} lost its session during the cutover")
+        if self.phase in (Phase.STARTING, Phase.WARMING):
+            self.warm.discard(shard_id)
         return Action.NONE
 
     def cut_sent(self, cut_at: float, now: float) -> None:

@@ -14,19 +14,19 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
 
 from cluster.config import ClusterConfig
-from cluster.cutover import ACKS_AFTER_CUT
+from cluster.cutover import ACKS_AFTER_CUT, GO_GRACE
 from cluster.discord_api import fetch_gateway_bot
-from cluster.exitcodes import ClusterExit, ExitCode
+from cluster.exitcodes import ClusterExit, ExitCode, for_close_code
 from cluster.layout import round_up, split
 from cluster.loops import Loops
 from cluster.restart import RestartPolicy
-from cluster.reshard import Action, Phase, Reshard, ReshardRefused, auto_target, check_start, warm_timeout
+from cluster.reshard import (Action, Phase, Reshard, ReshardRefused, auto_target, check_start, cut_late_reason,
+                             warm_timeout)
 from cluster.routing import Router
 from cluster.runtime import Runtime, ShardView, WorkerHandle, WorkerState
 from cluster.snapshot import ReshardSnapshot
@@ -81,7 +81,10 @@ class Resharder:
         self._wake = asyncio.Event()
         self._actions: list[Action] = []
         self._gone_old: set[int] = set()  # old shards closed fatally: they deliver nothing more
-        self._old_may_run: Callable[[int], bool] | None = None
+        self._old_fatal: dict[int, int | None] = {}  # their close codes: the cluster stops with one after a rollback
+        self._sharding_required = False  # a 4011 with --auto-reshard, not acted on yet
+        self._warm_by: dict[int, WorkerHandle] = {}  # the new worker each warm shard was warm in
+        self._old_digests: list[int] = []  # what the old set delivered without a creation id while gated
         self._auto_pending = False
 
     @property
@@ -109,7 +112,7 @@ class Resharder:
         check_start(current=rt.shard_total, target=target or 0, max_concurrency=rt.max_concurrency,
                     remaining=stats.budget_remaining, reserve=stats.budget_reserve, pace_below=pace_below,
                     running=self.running or rt.rolling, coordinated=cfg.coordinator is not None,
-                    partial=len(rt.shards) != rt.shard_total)
+                    partial=len(rt.shards) != rt.shard_total, filtered_out=self._filtered_out())
         assert target is not None
         self.last = Reshard(rt.shard_total, target, now,
                             warm_deadline=now + warm_timeout(target, rt.max_concurrency, cfg.identify_window),
@@ -121,27 +124,46 @@ class Resharder:
         self._task = rt.spawn_task(self._run(self.last), "reshard")
         return self.last
 
+    def _filtered_out(self) -> frozenset[str]:
+        from shard import EventTypeFlags  # noqa: PLC0415 - the supervisor imports the shard package lazily
+
+        flags = self.sup.shard_options.get("event_types")
+        if flags is None:
+            return frozenset()
+        return frozenset(n for n in ("GUILD_CREATE", "READY") if not flags & EventTypeFlags[n])
+
     async def auto(self, *, sharding_required: bool) -> None:
         """``--auto-reshard``: reshard if Discord recommends more shards (after a 4011: always grow)."""
         rt, cfg = self.sup._rt, self.sup.config
         if self.running or self._auto_pending:
-            return
+            return  # a 4011 meanwhile is kept in _sharding_required: the check under way acts on it
         self._auto_pending = True
+        required = sharding_required or self._sharding_required
         try:
             info = await fetch_gateway_bot(cfg.api_url, rt.token())
+            required = required or self._sharding_required
             target = auto_target(rt.shard_total, info.shards, rt.max_concurrency, margin=cfg.auto_reshard_margin,
-                                 sharding_required=sharding_required)
+                                 sharding_required=required)
             if target is None:
                 log.debug("auto-reshard: %d shards recommended, %d running: staying", info.shards, rt.shard_total)
                 return
             await self.start(target)
         except ReshardRefused as exc:
-            if sharding_required:
+            if required:
                 rt.stop(ExitCode.SHARDING_REJECTED, f"sharding required (4011) and the reshard was refused: {exc}")
             else:
                 log.warning("auto-reshard refused: %s", exc)
+        except Exception as exc:
+            if not required:
+                raise
+            rt.stop(ExitCode.SHARDING_REJECTED, f"sharding required (4011) and the reshard could not start: "
+                                                f"{type(exc).__name__}: {exc}")
         finally:
             self._auto_pending = False
+            if required:
+                self._sharding_required = False
+            elif self._sharding_required and not self.running and not rt.stopping:
+                rt.spawn_task(self.auto(sharding_required=True), "auto_reshard")  # a 4011 came during this check
 
     async def watch(self) -> None:
         """The ``--auto-reshard`` loop: ask Discord's recommendation every ``auto_reshard_interval`` seconds."""
@@ -159,12 +181,15 @@ class Resharder:
         ``--auto-reshard``, a 4011 starts one."""
         if self.running:
             self._gone_old.add(shard_id)
+            self._old_fatal[shard_id] = code
             log.warning("shard %d of the old set closed fatally (%s) during the reshard", shard_id, code)
             self._act(self.last.old_passed(shard_id) if self.last else Action.NONE)  # type: ignore[union-attr]
             return True
         if code == 4011 and self.sup.config.auto_reshard and self.sup.config.coordinator is None:
             log.warning("shard %d: sharding required (4011); resharding automatically", shard_id)
             self._gone_old.add(shard_id)
+            self._old_fatal[shard_id] = code
+            self._sharding_required = True
             self.sup._rt.spawn_task(self.auto(sharding_required=True), "auto_reshard")
             return True
         return False
@@ -192,12 +217,16 @@ class Resharder:
         if r is None:
             return
         match packet:
-            case ShardWarm(shard_id=shard_id) if handle.id_base == self._new_base():
+            case ShardWarm(shard_id=shard_id, warm=True) if handle.id_base == self._new_base():
+                self._warm_by[shard_id] = handle
                 self._act(r.shard_warm(shard_id))
-            case CutPassed(shard_id=shard_id) if handle.id_base != self._new_base():
+            case ShardWarm(shard_id=shard_id, warm=False) if handle.id_base == self._new_base():
+                self._act(r.shard_cold(shard_id))
+            case CutPassed(shard_id=shard_id, digests=digests) if handle.id_base != self._new_base():
+                self._old_digests += digests
                 self._act(r.old_passed(shard_id))
-            case CutLate(shard_id=shard_id):
-                self._act(r.new_lost(f"new shard {shard_id} got the cut too late"))
+            case CutLate(shard_id=shard_id, ahead=ahead):
+                self._act(r.new_lost(cut_late_reason(shard_id, ahead, CUT_LEAD)))
 
     def _act(self, action: Action) -> None:
         if action is not Action.NONE:
@@ -245,6 +274,9 @@ class Resharder:
             raise
         finally:
             self._gone_old.clear()
+            self._warm_by.clear()
+            self._old_digests = []
+            self._old_fatal.clear()
 
     async def _procedure(self, r: Reshard) -> None:
         sup, rt = self.sup, self.sup._rt
@@ -276,6 +308,10 @@ class Resharder:
             now = time.monotonic()
             actions, self._actions = self._actions, []
             actions.append(r.tick(now))
+            for s, h in list(self._warm_by.items()):  # a restarted worker's shards warm up again (or resume)
+                if child.workers.get(h.worker_id) is not h or h.exited.done():
+                    del self._warm_by[s]
+                    actions.append(r.shard_cold(s))
             if r.phase is Phase.CUTTING_OVER:
                 actions += self._watch_cutover(r, cut_workers)
             if Action.ROLL_BACK in actions:
@@ -320,37 +356,27 @@ class Resharder:
         rt, child = self.sup._rt, self.child
         assert child is not None
         at = time.time() + CUT_LEAD
-        old_workers = self.sup._workers
-        self._old_may_run = old_workers.may_run
-        old_workers.may_run = lambda wid: False  # a restarted old worker would deliver past the cut ungated
+        # an old worker (re)started during the cutover is gated too: it gets the cut right after its Assign
+        def gate(handle: WorkerHandle) -> None:
+            self._send(handle, Cutover(at, True))
+
+        self.sup._workers.after_assign = gate
         r.cut_sent(at, time.monotonic())
         log.info("reshard: all %d new shards are ready; cutting over at %.3f (%d heartbeats per shard)",
                  r.new_total, at, ACKS_AFTER_CUT)
         rt.emit("reshard_phase", phase=r.phase.value)
-        sent = []
-        for old, handles in ((True, rt.workers.values()), (False, child.workers.values())):
-            for h in handles:
-                if self._send(h, Cutover(at, old)):
-                    sent.append(h)
-                elif old:
-                    self._gone_old.update(h.shard_ids)
+        sent = [h for h in child.workers.values() if self._send(h, Cutover(at, False))]
+        for h in rt.workers.values():  # an old worker restarting meanwhile gets it after its Assign
+            self._send(h, Cutover(at, True))
         for s in self._gone_old:
             self._act(r.old_passed(s))
         return sent
 
     def _watch_cutover(self, r: Reshard, handles: list[WorkerHandle]) -> list[Action]:
-        """A worker lost during the cutover: an old one delivers nothing more (its shards count as passed; events
-        of theirs it had not delivered are lost), a new one never got the cut: roll back."""
-        out = []
-        new_base = self._new_base()
-        for h in handles:
-            if h.exited.done():
-                if h.id_base == new_base:
-                    out.append(r.new_lost(f"new worker {h.worker_id} exited during the cutover"))
-                else:
-                    for s in h.shard_ids:
-                        out.append(r.old_passed(s))
-        return out
+        """A new worker lost during the cutover (its held events with it): roll back. An old one is restarted as
+        always, gated with the same cut (``after_assign``), and its shards pass when it resumed past the cut (or
+        the cut timeout forces the switch)."""
+        return [r.new_lost(f"new worker {h.worker_id} exited during the cutover") for h in handles if h.exited.done()]
 
     async def _go(self, r: Reshard) -> None:
         """The switch: the new set delivers, the old set drops; the new layout becomes the cluster's; the old
@@ -359,12 +385,16 @@ class Resharder:
         assert child is not None and self.workers is not None and self.router is not None
         if r.cut_at is not None:  # old shards that are gone pass at once: still, the new set takes over at the cut
             await asyncio.sleep(max(0.0, r.cut_at - time.time()))
+        await asyncio.sleep(GO_GRACE)  # pre-cut creation ids that reach the old set late are still delivered
         if r.reason:
             log.warning("reshard: %s", r.reason)
-        old_handles = [h for h in rt.workers.values()]
-        for h in old_handles + list(child.workers.values()):
-            self._send(h, CutoverEnd(True))
         old_workers = sup._workers
+        old_workers.after_assign = None
+        old_handles = [h for h in rt.workers.values()]
+        for h in old_handles:
+            self._send(h, CutoverEnd(True))
+        for h in child.workers.values():  # the new set drops what the old one delivered between the two markers
+            self._send(h, CutoverEnd(True, self._old_digests))
         now = time.monotonic()
         # the old workers' last reports (sessions, shard states) must not land on the new set's shards of the same ids
         sup._router.rt = self._side_runtime()
@@ -398,14 +428,17 @@ class Resharder:
         if r.cut_at is not None:
             for h in rt.workers.values():
                 self._send(h, CutoverEnd(False))
-        if self._old_may_run is not None:
-            self.sup._workers.may_run, self._old_may_run = self._old_may_run, None
+        self.sup._workers.after_assign = None  # an old worker restarted from now on serves ungated
         if child is not None and workers is not None:
             child.stopping = True  # no new worker is (re)started
             await workers.drain_all(resumable=False)
         self.child = self.workers = self.router = None
         r.rolled_back(time.monotonic())
         rt.emit("reshard_phase", phase=r.phase.value)
+        if self._old_fatal:  # the old set serves on, without these shards: what a fatal close always does
+            shard_id, code = next(iter(self._old_fatal.items()))
+            exit_code, text = for_close_code(code)
+            rt.stop(exit_code, f"shard {shard_id}: {text} (closed during the reshard, which rolled back)")
 
     async def stop(self) -> None:
         """The supervisor stops: roll a reshard back before the switch, or finish closing the old set after it."""

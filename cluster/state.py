@@ -152,6 +152,21 @@ def saved_problem(state: StateFile, shard_total: int, ttl: float, now: float, us
     return None
 
 
+def grown_total(path: str | os.PathLike[str], shard_total: int, *, user_id: int | None,
+                now: float | None = None) -> int | None:
+    """The shard total of the state file at ``path`` if it is larger than ``shard_total`` (a live reshard grew the
+    cluster since it was configured), for this bot and not from the future; else None. Its age does not matter:
+    Discord does not take shards back."""
+    try:
+        state = msgspec.json.decode(Path(path).read_bytes(), type=StateFile)
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    now = time.time() if now is None else now
+    if state.shard_total <= shard_total or saved_problem(state, state.shard_total, math.inf, now, user_id):
+        return None
+    return state.shard_total
+
+
 def _check_session(raw: Any, index: int, shard_total: int, gateway_url: str | None) -> SavedSession | str:
     """One saved session, or what is wrong with it (naming its shard, else its place in the list)."""
     try:

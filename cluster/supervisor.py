@@ -36,7 +36,7 @@ from cluster.restart import Backoff, RestartPolicy
 from cluster.routing import Router
 from cluster.runtime import LOOP_RETRY_DELAY, Runtime, ShardView, WorkerHandle, WorkerState  # noqa: F401 - were here
 from cluster.snapshot import ClusterSnapshot, ReshardSnapshot, ShardPhase, ShardSnapshot, WorkerSnapshot
-from cluster.state import token_user_id
+from cluster.state import grown_total, token_user_id
 from cluster.workers import Workers, describe_exit  # noqa: F401 - was here
 
 __all__ = ["Supervisor", "WorkerState"]
@@ -268,6 +268,14 @@ class Supervisor:
         if cfg.shards and self.shard_total != cfg.shards:
             log.warning("shard count %d rounded up to %d, a multiple of max_concurrency %d",
                         cfg.shards, self.shard_total, self.max_concurrency)
+        if cfg.coordinator is None and not cfg.fresh and cfg.shard_range is None and cfg.host_index is None:
+            # a live reshard (one host, all shards) grew the cluster since it was configured
+            grown = grown_total(cfg.state_path(token), self.shard_total, user_id=token_user_id(token))
+            if grown is not None:
+                log.warning("the state file was written after a live reshard to %d shards: running %d shards, not "
+                            "%d (set --shards %d to say so, or --fresh to start over)", grown, grown,
+                            self.shard_total, grown)
+                self.shard_total = round_up(grown, self.max_concurrency)
         if self._redis is not None:  # the cluster's layout is decided once, by its first host
             total, mc = self.shard_total, self.max_concurrency
             self.shard_total, self.max_concurrency = await self._on_redis("the cluster layout", lambda: agree_layout(

@@ -17,9 +17,10 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, cast
 
-from cluster.cutover import ACKS_AFTER_CUT, NewGate, OldGate, Verdict, snowflake_at
+from cluster.cutover import ACKS_AFTER_CUT, OLD_MARGIN, NewGate, OldGate, Verdict, snowflake_at, snowflake_time
 from cluster.fence import Fence
 from cluster.handler import HandlerImportError, WorkerContext, load_handler, maybe_await
 from cluster.queue import IpcQueue
@@ -88,8 +89,10 @@ class Worker:
         self.gates: dict[int, OldGate | NewGate] = {}  # a live reshard's cutover gates (cluster.cutover), by shard
         self.held: dict[int, list[Any]] = {}  # events a gate holds back, by shard
         self._assign: asyncio.Future[Assign] | None = None
+        self._early_cutover: Cutover | None = None  # a Cutover read before the Assign's shards were started
         self._stop: asyncio.Future[bool] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._releases: set[asyncio.Task[None]] = set()  # deliveries of held events (cutover end), awaited at the stop
 
     # --- shard/ API adapters (the only place that knows the Shard's attribute names) ------
 
@@ -166,8 +169,12 @@ class Worker:
         for a in assign.shards:
             self._start_shard(a)
             if assign.hold:  # the new set of a live reshard: nothing reaches the handler before the cutover
-                self.gates[a.shard_id] = NewGate(on_warm=lambda s=a.shard_id: self._send(ShardWarm(s)))
+                self.gates[a.shard_id] = NewGate(on_warm=partial(self._send, ShardWarm(a.shard_id)),
+                                                 on_cold=partial(self._send, ShardWarm(a.shard_id, False)))
                 self.held[a.shard_id] = []
+        if self._early_cutover is not None:  # sent right after the Assign (a worker restarted during a cutover)
+            self._cutover(self._early_cutover.at, self._early_cutover.old)
+            self._early_cutover = None
         self.ctx = WorkerContext(self.spec.worker_id, self.shards, self.shard_total, self.channel)
         setup = getattr(self.handler, "setup", None)
         if setup is not None:
@@ -186,6 +193,8 @@ class Worker:
         await asyncio.wait(last, return_when=asyncio.FIRST_COMPLETED)
         resumable = self._stop.result() if self._stop.done() else True
         reporter.cancel()
+        if self._releases:  # a rollback right before the stop (SIGTERM in a cutover): its held events first
+            await asyncio.wait(self._releases)
         sessions = await self._close_all(resumable)
         if not self.channel.closed:
             self._send_sessions(Drained, sessions)
@@ -230,9 +239,13 @@ class Worker:
         elif isinstance(packet, LeaseDeadline):
             self.fence.extend(packet.deadline)
         elif isinstance(packet, Cutover):
-            self._cutover(packet.at, packet.old)
+            if self._assign is None or not self._assign.done() or not self.shards:
+                self._early_cutover = packet  # read with the Assign: applied once its shards exist
+            else:
+                self._cutover(packet.at, packet.old)
         elif isinstance(packet, CutoverEnd):
-            self._end_cutover(packet.go)
+            self._early_cutover = None
+            self._end_cutover(packet.go, packet.delivered)
 
     def _send(self, packet: Packet) -> None:
         if not self.channel.closed:
@@ -324,15 +337,22 @@ class Worker:
         the heartbeats whose ACKs mark it past the cut if no event with a creation id does first."""
         cut = snowflake_at(at)
         for shard_id in list(self.shards):
-            if old:
-                self.gates[shard_id] = OldGate(cut, on_pass=lambda s=shard_id: self._send(CutPassed(s)))
+            if old:  # its marker OLD_MARGIN after the new set's: between them, both deliver (deduplicated at go)
+                self.gates[shard_id] = OldGate(cut, mark=snowflake_at(at + OLD_MARGIN),
+                                               on_pass=lambda s=shard_id: self._old_passed(s))
                 self.held[shard_id] = []
             else:
                 gate = self.gates.get(shard_id)
                 if isinstance(gate, NewGate) and not gate.arm(cut, on_pass=lambda s=shard_id: self._ungate_live(s)):
-                    log.error("shard %d: the cut came too late (an event after it was already dropped)", shard_id)
-                    self._send(CutLate(shard_id))
-        self._start_task(self._heartbeat_at(at))
+                    ahead = snowflake_time(gate.max_seen) - at
+                    log.error("shard %d: the cut came too late: a message created %.3f s after it was already dropped "
+                              "(is this host's clock behind Discord's?)", shard_id, ahead)
+                    self._send(CutLate(shard_id, ahead))
+        self._start_task(self._heartbeat_at(at + OLD_MARGIN if old else at))
+
+    def _old_passed(self, shard_id: int) -> None:
+        gate = self.gates.get(shard_id)
+        self._send(CutPassed(shard_id, gate.digests if isinstance(gate, OldGate) else []))
 
     async def _heartbeat_at(self, at: float) -> None:
         await asyncio.sleep(max(0.0, at - time.time()))
@@ -351,7 +371,7 @@ class Worker:
                 continue
             marker.heartbeats_sent()
 
-    def _end_cutover(self, go: bool) -> None:
+    def _end_cutover(self, go: bool, delivered: list[int]) -> None:
         """``go``: the new set delivers what it held (then live), the old set drops everything. A rollback: the old
         set delivers what it held and goes on ungated; the new set is about to be drained."""
         for shard_id, gate in list(self.gates.items()):
@@ -360,10 +380,11 @@ class Worker:
                 if go:
                     self.held[shard_id].clear()
                 else:
-                    self._start_task(self._release(shard_id))
+                    self._start_release(shard_id)
             elif go:
                 gate.mode = "flushing"
-                self._start_task(self._release(shard_id))
+                gate.old_delivered(delivered)
+                self._start_release(shard_id)
             else:
                 self.held[shard_id].clear()
 
@@ -373,15 +394,21 @@ class Worker:
         if isinstance(gate, NewGate) and gate.mode == "live":
             del self.gates[shard_id]
 
+    def _start_release(self, shard_id: int) -> None:
+        task = asyncio.get_running_loop().create_task(self._release(shard_id))
+        self._releases.add(task)
+        task.add_done_callback(self._releases.discard)
+
     async def _release(self, shard_id: int) -> None:
         """Deliver a shard's held events in order (events arriving meanwhile are held behind them), then ungate it:
         an old shard at a rollback, a new one at go (which stays gated, live, until its own marker)."""
         held = self.held[shard_id]
         on_event = getattr(self.handler, "on_event", None)
         shard = self.shards[shard_id]
+        gate = self.gates.get(shard_id)
         while held:
             event = held.pop(0)
-            if on_event is None:
+            if on_event is None or (isinstance(gate, NewGate) and gate.delivered_by_old(event.type, event.data)):
                 continue
             try:
                 await maybe_await(on_event(shard, event))

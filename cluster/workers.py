@@ -56,6 +56,8 @@ class Workers:
         """Assign with ``hold``: the new set of a live reshard delivers nothing until its cutover."""
         self.before_assign: Callable[[WorkerHandle], None] | None = None
         """Called with a worker just before its Assign is sent (``--assign auto``: its lease deadline first)."""
+        self.after_assign: Callable[[WorkerHandle], None] | None = None
+        """Called with a worker just after its Assign was sent (a live reshard's cutover: the old set's cut)."""
 
     async def spawn(self, worker_id: int, shard_ids: range, policy: RestartPolicy, generation: int) -> WorkerHandle:
         """Start a worker process and wait for its Hello (handler imported).
@@ -152,6 +154,8 @@ class Workers:
         except ChannelClosed:  # it is exiting: its reaper restarts it
             log.warning("worker %d exited before its assignment could be sent", handle.worker_id)
             return
+        if self.after_assign is not None:
+            self.after_assign(handle)
         rt.emit("assigned", worker_id=handle.worker_id, pid=handle.pid)
 
     def _on_sentinel(self, handle: WorkerHandle) -> None:

@@ -109,9 +109,11 @@ class ShardFatal(Packet, tag="shard_fatal"):
 
 
 class ShardWarm(Packet, tag="shard_warm"):
-    """W→S: a held shard (the new set) is READY and has a GUILD_CREATE for every guild of its READY."""
+    """W→S: a held shard (the new set) is READY and has a GUILD_CREATE for every guild of its READY (or resumed
+    its session in a restarted worker); ``warm`` False: it lost its session (it re-identifies), so it is not."""
 
     shard_id: int
+    warm: bool = True
 
 
 class Cutover(Packet, tag="cutover"):
@@ -123,22 +125,28 @@ class Cutover(Packet, tag="cutover"):
 
 
 class CutPassed(Packet, tag="cut_passed"):
-    """W→S: an old shard passed the cut: it delivered everything from before it and holds what follows."""
+    """W→S: an old shard passed the cut: it delivered everything from before it and holds what follows;
+    ``digests``: those of the events without a creation id it delivered while gated (:func:`cluster.cutover.digest`)."""
 
     shard_id: int
+    digests: list[int] = []
 
 
 class CutLate(Packet, tag="cut_late"):
-    """W→S: a new shard got the cut too late (it had already dropped an event from after it)."""
+    """W→S: a new shard got the cut too late (it had already dropped an event from after it); ``ahead``: by how many
+    seconds that event's creation time was past the cut (this host's clock is about that much behind Discord's)."""
 
     shard_id: int
+    ahead: float = 0.0
 
 
 class CutoverEnd(Packet, tag="cutover_end"):
     """S→W: ``go``: the new set delivers what it held and goes live, the old set drops what it held; not ``go``
-    (a rollback): the old set delivers what it held and goes on."""
+    (a rollback): the old set delivers what it held and goes on. ``delivered``: at ``go``, to the new set, the
+    digests the old set reported (:class:`CutPassed`): held events among them are dropped."""
 
     go: bool
+    delivered: list[int] = []
 
 
 # --- liveness ------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ DEFAULT_TOKEN = (base64.b64encode(str(BOT_ID).encode()).decode().rstrip("=")
 """A realistic-format token: base64(bot id) . timestamp . hmac, as hikari expects."""
 
 GUILD_SIZES = ("small", "medium", "large", "mixed")
+GUILD_EVENT_KINDS = ("MESSAGE_CREATE", "MESSAGE_UPDATE", "MESSAGE_REACTION_ADD", "TYPING_START")
+"""The event types the shared guild stream can carry (see `sim.guild_events`)."""
 COMPRESSIONS = ("zlib-stream", "zstd-stream")
 
 
@@ -55,6 +57,14 @@ class SimConfig:
     guild_events_per_second: float = _opt(0.0, "one shared MESSAGE_CREATE stream for the whole bot, spread over all "
                                                 "its guilds: each event goes to every session (of any shard count) "
                                                 "whose shard routes its guild (0 = off; changeable while running)")
+    guild_event_kinds: str = _opt("MESSAGE_CREATE", "comma-separated event types the shared guild stream rotates "
+                                                     "through: MESSAGE_CREATE, MESSAGE_UPDATE, MESSAGE_REACTION_ADD, "
+                                                     "TYPING_START (the last three carry no creation id; their unique "
+                                                     "snowflake is in id, message_id and user_id)")
+    guild_event_id_skew: float = _opt(0.0, "seconds a shared stream MESSAGE_CREATE's id may predate its dispatch "
+                                           "(random): ids reach the sessions out of order")
+    guild_event_jitter: float = _opt(0.0, "each session receives each shared stream event after a random delay of up "
+                                          "to this many seconds (in order within the session)")
     dm_fraction: float = _opt(0.05, "share of the stream sent as DMs (to shard 0 only)")
     flood: bool = _opt(False, "after READY, flood MESSAGE_CREATE as fast as the client reads (benchmarks)")
     flood_delay: float = _opt(0.0, "seconds after READY before the flood starts")
@@ -106,6 +116,11 @@ class SimConfig:
             problems.append("heartbeat_interval must be >= 1 ms")
         if self.guilds_per_shard < 0 or self.events_per_second < 0 or self.guild_events_per_second < 0:
             problems.append("guilds_per_shard, events_per_second and guild_events_per_second must be >= 0")
+        kinds = self.guild_event_kinds.split(",")
+        if not kinds or not set(kinds) <= set(GUILD_EVENT_KINDS):
+            problems.append(f"guild_event_kinds must be a comma-separated list of {', '.join(GUILD_EVENT_KINDS)}")
+        if not (self.guild_event_id_skew >= 0 and self.guild_event_jitter >= 0):
+            problems.append("guild_event_id_skew and guild_event_jitter must be >= 0")
         if self.recommended_guilds_per_shard < 1:
             problems.append("recommended_guilds_per_shard must be >= 1")
         if self.guild_size not in GUILD_SIZES:

@@ -7,6 +7,7 @@ import base64
 import hashlib
 import hmac
 import math
+import random
 import ssl
 import time
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from urllib.parse import parse_qs
 
 from . import admin, rest, traffic
 from .config import SimConfig
-from .guild_events import GuildEventLog, GuildEventSnapshot, SnowflakeClock, message_event
+from .guild_events import INTENTS, GuildEventLog, GuildEventSnapshot, SnowflakeClock, guild_event, snowflake
 from .gateway import HEARTBEAT_REQUEST, INVALID_SESSION, RECONNECT, GatewayConnection
 from .http import MAX_HEAD, REASONS, HttpError, Request, Response, json_response, parse_head
 from .session import DETACHED, EXPIRED, INVALIDATED, Session
@@ -187,6 +188,9 @@ class Simulator:
         """Every event of the shared guild stream (see `emit_guild_events`)."""
         self._snowflakes = SnowflakeClock()
         self._next_guild = 0
+        self._next_kind = 0
+        self._skewed = 0  # the increment of the next backdated message id (--guild-event-id-skew)
+        self._jitter_due: dict[int, float] = {}  # per session (by id()): when its last delayed event is delivered
         self._routes: dict[int, dict[int, set[Session]]] = {}  # num_shards -> shard -> its live sessions
         self._guild_stream_task: asyncio.Task[None] | None = None
 
@@ -377,8 +381,10 @@ class Simulator:
     # ---- the shared guild stream and the bot's guilds --------------------------------------------
 
     def emit_guild_events(self, count: int = 1) -> list[int]:
-        """Emit `count` MESSAGE_CREATE events now, in the bot's guilds in turn, each to every live session
-        (of any shard count) whose shard routes its guild and that has GUILD_MESSAGES. Returns their message ids.
+        """Emit `count` events now, in the bot's guilds in turn, each to every live session (of any shard count)
+        whose shard routes its guild and that has the event's intent. Returns their ids (see `guild_events.KINDS`:
+        the kinds rotate through `guild_event_kinds`; a message id predates its dispatch by up to
+        `guild_event_id_skew` seconds, and each session gets each event up to `guild_event_jitter` seconds late).
 
         Each event is dispatched through its session (own sequence number, replay buffer, replayed on Resume)
         and recorded in `guild_events` with the number of sessions it was queued to (0 if no session routes its
@@ -388,10 +394,21 @@ class Simulator:
         ids: list[int] = []
         if not self.guild_count:
             return ids
+        cfg = self.config
+        kinds = cfg.guild_event_kinds.split(",")
         for _ in range(count):
             k = self._next_guild % self.guild_count
             self._next_guild = k + 1
-            event = message_event(self._snowflakes.next(), k)
+            kind = kinds[self._next_kind % len(kinds)]
+            self._next_kind += 1
+            if kind == "MESSAGE_CREATE" and cfg.guild_event_id_skew > 0:  # created a little earlier, unique still
+                self._skewed += 1
+                ms = time.time_ns() // 1_000_000 - int(random.uniform(0, cfg.guild_event_id_skew) * 1000)
+                sid = snowflake(ms, self._skewed)
+            else:
+                sid = self._snowflakes.next()
+            event = guild_event(kind, sid, k)
+            intent, t = INTENTS[kind], kind.encode()
             queued = 0
             for num_shards, shards in self._routes.items():
                 sessions = shards.get(traffic.shard_for(event.guild_id, num_shards))
@@ -400,15 +417,33 @@ class Simulator:
                 for sess in list(sessions):
                     if not sess.resumable:
                         sessions.discard(sess)
-                    elif sess.intents & traffic.INTENT_GUILD_MESSAGES:
-                        sess.dispatch(b"MESSAGE_CREATE", event.body if sess.intents & traffic.INTENT_MESSAGE_CONTENT
-                                      else event.body_without_content)
+                    elif sess.intents & intent:
+                        self._dispatch_late(sess, t, event.body if sess.intents & traffic.INTENT_MESSAGE_CONTENT
+                                            else event.body_without_content)
                         queued += 1
             self.guild_events.record(event, queued)
             ids.append(event.id)
         if ids:
             self.stats.changed()
         return ids
+
+    def _dispatch_late(self, sess: Session, t: bytes, d: bytes) -> None:
+        """Dispatch now, or after a random delay of up to `guild_event_jitter` (in order within the session)."""
+        jitter = self.config.guild_event_jitter
+        if jitter <= 0:
+            sess.dispatch(t, d)
+            return
+        loop = asyncio.get_running_loop()
+        due = max(self._jitter_due.get(id(sess), 0.0), loop.time() + random.uniform(0, jitter))
+        self._jitter_due[id(sess)] = due
+
+        def deliver() -> None:
+            if sess.resumable:
+                sess.dispatch(t, d)
+            if self._jitter_due.get(id(sess)) == due:
+                del self._jitter_due[id(sess)]
+
+        loop.call_at(due, deliver)
 
     def guild_event_log(self, since_id: int | None = None) -> GuildEventSnapshot:
         """What the shared guild stream emitted (what `GET /_sim/guild-events` returns); the `ids` and `events`

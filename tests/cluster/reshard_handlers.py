@@ -6,9 +6,12 @@ import os
 import time
 from typing import Any
 
+from sim.guild_events import KEY_FIELDS
+
 
 class IdLog:
-    """Writes one line per MESSAGE_CREATE delivered to it: message id, guild id, shard count, monotonic time
+    """Writes one line per shared stream event delivered to it (MESSAGE_CREATE and the kinds without a creation id,
+    by their unique snowflake, ``sim.guild_events.KEY_FIELDS``): that id, guild id, shard count, monotonic time
     (and per GUILD_CREATE: G, guild id, shard count, time)
     (one clock for every process of the machine), to ``$RESHARD_ID_LOG/<pid>.ids``, written through at once so
     that a test reads what every worker of both shard sets delivered."""
@@ -17,9 +20,10 @@ class IdLog:
         self.file = open(os.path.join(os.environ["RESHARD_ID_LOG"], f"{os.getpid()}.ids"), "a", buffering=1)
 
     def on_event(self, shard: Any, event: Any) -> None:
-        if event.type == "MESSAGE_CREATE":
+        key = KEY_FIELDS.get(event.type)
+        if key is not None:
             d = event.data
-            self.file.write(f"{d['id']} {d.get('guild_id')} {shard.id.total} {time.monotonic()}\n")
+            self.file.write(f"{d[key]} {d.get('guild_id')} {shard.id.total} {time.monotonic()}\n")
         elif event.type == "GUILD_CREATE":  # "G": not a message
             self.file.write(f"G {event.data['id']} {shard.id.total} {time.monotonic()}\n")
 

@@ -45,17 +45,24 @@ def delivered(path, guilds: bool = False) -> list[tuple[int, int, int, float]]:
 
 async def all_delivered(sim, path, since: int | None = None, timeout: float = 20.0) -> list[tuple]:
     """Stop the stream and wait until every id it emitted (after ``since``) reached a handler."""
-    sim.config.guild_events_per_second = 0
-    await asyncio.sleep(0.1)  # a tick of the stream that was under way
+    sim.config.guild_events_per_second = 0  # read by the in-process stream at its next tick, on this event loop
     emitted = set(sim.guild_event_log(since)["ids"])
     emitted = {int(i) for i in emitted}
     await until(lambda: emitted <= {d[0] for d in delivered(path)}, timeout, "every emitted message delivered")
     return [d for d in delivered(path) if d[0] in emitted]
 
 
+KINDS = "MESSAGE_CREATE,MESSAGE_UPDATE,MESSAGE_REACTION_ADD,TYPING_START"
+INTENTS = 1 | 1 << 9 | 1 << 10 | 1 << 11  # GUILDS, GUILD_MESSAGES, GUILD_MESSAGE_REACTIONS, GUILD_MESSAGE_TYPING
+
+
 async def test_8_to_16_shards_under_steady_traffic_loses_and_repeats_nothing(tmp_path, id_log):
-    async with Simulator(shards=8, max_concurrency=4, guilds_per_shard=4, **FAST) as sim:
-        async with running(sim, HANDLER, tmp_path, shards=8, shards_per_worker=4, identify_window=0.3) as (sup, _):
+    """Every kind of the stream, with and without a creation id, message ids up to 0.3 s older than their dispatch
+    (out of order) and each session getting each event up to 50 ms late: each one delivered exactly once."""
+    async with Simulator(shards=8, max_concurrency=4, guilds_per_shard=4, guild_event_kinds=KINDS,
+                         guild_event_id_skew=0.3, guild_event_jitter=0.05, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=8, shards_per_worker=4, identify_window=0.3,
+                           intents=INTENTS) as (sup, _):
             await until(lambda: sup.active_shards() == 8, 30, "8 shards active")
             sim.delay(7, 0.6)  # old shard 7 lags: the others pass the cut well before it, and must hold meanwhile
             sim.config.guild_events_per_second = 150
@@ -75,12 +82,16 @@ async def test_8_to_16_shards_under_steady_traffic_loses_and_repeats_nothing(tmp
             got = await all_delivered(sim, id_log)
             stats = sim.stats.snapshot()
             sessions = dict(sup.sessions)
-    emitted = [int(i) for i in sim.guild_event_log()["ids"]]
+    log = sim.guild_event_log()
+    emitted = [int(i) for i in log["ids"]]
+    kinds = Counter(e["type"] for e in log["events"])
+    assert sorted(kinds) == sorted(KINDS.split(",")) and min(kinds.values()) >= 75  # a quarter of each kind
+    assert sorted(emitted) != emitted  # message ids reached the sessions out of order
     records = stats["sessions"]  # the sessions the cluster would resume are the new set's, none of the old
     assert sorted(sessions) == list(range(16))
     assert {s: records[i.session_id]["shard"] for s, i in sessions.items()} == {s: [s, 16] for s in range(16)}
     counts = Counter(d[0] for d in got)
-    assert len(emitted) >= 300 and sorted(counts) == emitted  # every emitted message reached a handler
+    assert len(emitted) >= 300 and sorted(counts) == sorted(emitted)  # every emitted event reached a handler
     assert [i for i, n in counts.items() if n > 1] == []  # and only one
     by_set = Counter(d[2] for d in got)
     assert by_set[8] > 0 and by_set[16] > 0  # both sets delivered part of the stream
@@ -286,7 +297,8 @@ async def test_auto_reshard_follows_discords_recommendation_when_it_grows_past_t
                         and sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
             snap = sup.snapshot()
             assert snap.reshard.phase == "done" and (snap.reshard.old_total, snap.shard_total) == (2, 8)
-            await asyncio.sleep(1.5)  # three more checks: 8 of 8 recommended, nothing to do
+            checks = sim.stats.rest_requests  # only the auto-reshard check asks Discord now
+            await until(lambda: sim.stats.rest_requests >= checks + 3, 20, "three more checks")  # 8 of 8: nothing to do
             assert sup.snapshot().reshard.new_total == 8 and not task.done()
             stats = sim.stats.snapshot()
     assert stats["sets"]["2"]["identifies"] == 2 and stats["sets"]["8"]["identifies"] == 8
@@ -335,3 +347,132 @@ async def test_a_budget_that_runs_low_during_the_warm_up_rolls_back_instead_of_s
             assert not task.done() and snap.shard_total == 4 and sup.active_shards() == 4
             ids = sim.emit_guild_events(8)  # the old set serves on
             await until(lambda: set(ids) <= {d[0] for d in delivered(id_log)}, 10, "the old set delivers")
+
+
+async def test_an_old_shard_closed_fatally_during_a_reshard_that_rolls_back_stops_the_cluster(tmp_path, id_log):
+    """4014 closes shard 0 of both sets while the new set warms up: the new shard's rolls the reshard back, and the
+    old shard's is not forgotten: the cluster exits with the documented code, as it does outside a reshard."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=0.3) as (sup, task):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            await sup.reshard(8)
+            rs = sup._resharder
+            await until(lambda: 0 in rs.last.warm, 30, "new shard 0 warm")
+            sim.close(0, 4014)
+            code = await asyncio.wait_for(task, 30)
+            snap = sup.snapshot()
+    assert snap.reshard.phase == "rolled_back" and "new shard 0 closed fatally" in snap.reshard.reason
+    assert code == 5 and sup.exit_message.startswith("shard 0: "), sup.exit_message
+
+
+def _at_phase(sup, phase: str, act) -> None:
+    """Run ``act()`` in the supervisor's own step that enters ``phase`` (the cut is then CUT_LEAD ahead)."""
+    sup._rt.listeners.append(lambda event, **info: act() if event == "reshard_phase" and info["phase"] == phase
+                             else None)
+
+
+async def test_an_old_worker_killed_during_the_cutover_is_restarted_gated_and_nothing_is_lost(tmp_path, id_log):
+    """Old worker 0 dies as the cut is sent: it is restarted (1 s backoff), resumes behind the same cut, delivers
+    what came before it and passes; the switch waits for it. Before, its shards counted as passed at once and its
+    guilds' messages up to the switch were lost (no rollback could restart it either)."""
+    import signal
+
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=2, identify_window=0.3) as (sup, _):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            sim.config.guild_events_per_second = 100
+            victim = sup._rt.workers[0]
+            _at_phase(sup, "cutting_over", lambda: os.kill(victim.pid, signal.SIGKILL))
+            await sup.reshard(8)
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            snap = sup.snapshot()
+            assert snap.reshard.phase == "done", snap.reshard.reason
+            assert victim.exited.done() and not snap.reshard.reason  # the switch did not have to be forced
+            got = await all_delivered(sim, id_log)
+    emitted = [int(i) for i in sim.guild_event_log()["ids"]]
+    assert sorted(set(d[0] for d in got)) == emitted  # (a resumed session may replay what its killed worker got)
+
+
+async def test_a_rollback_after_the_cut_leaves_the_old_set_fully_serving_even_with_an_old_worker_killed(
+        tmp_path, id_log):
+    """Old worker 0 and new worker 1 die in the cutover: the reshard rolls back, and the old worker is restarted
+    (it used to stay dead: the cutover had barred old workers from restarting)."""
+    import signal
+
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=2, identify_window=0.3) as (sup, task):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            sim.delay(3, 1.0)  # old shard 3 passes the cut late: the new worker's death comes before the switch
+            rs, old = sup._resharder, sup._rt.workers[0]
+
+            def kill() -> None:
+                os.kill(old.pid, signal.SIGKILL)
+                os.kill(rs.child.workers[1].pid, signal.SIGKILL)
+
+            _at_phase(sup, "cutting_over", kill)
+            await sup.reshard(8)
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            snap = sup.snapshot()
+            assert snap.reshard.phase == "rolled_back"
+            assert "new worker 1 exited during the cutover" in snap.reshard.reason
+            sim.delay(3, 0)
+            await until(lambda: sup.active_shards() == 4, 30, "the old set's 4 shards active again")
+            assert sup._rt.workers[0] is not old and sup.snapshot().shard_total == 4 and not task.done()
+            ids = sim.emit_guild_events(8)  # every guild is served again
+            await until(lambda: set(ids) <= {d[0] for d in delivered(id_log)}, 10, "the old set delivers")
+
+
+async def test_a_new_shard_that_loses_its_session_during_the_cutover_rolls_back(tmp_path, id_log):
+    """Op 9 (not resumable) on shard 0 as the cut is sent: the new shard 0 re-identifies, and its guilds' events
+    until its new READY would reach neither set, so the reshard rolls back (it used to switch and lose them)."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=0.3) as (sup, task):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            sim.config.guild_events_per_second = 100
+            _at_phase(sup, "cutting_over", lambda: sim.invalidate(0, resumable=False))
+            await sup.reshard(8)
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            snap = sup.snapshot()
+            assert snap.reshard.phase == "rolled_back", snap.reshard.reason
+            assert snap.reshard.reason == "new shard 0 lost its session during the cutover"
+            await until(lambda: sup.active_shards() == 4, 30, "the old set's 4 shards active")
+            assert snap.shard_total == 4 and not task.done()
+
+
+async def test_the_next_start_keeps_the_resharded_count_over_a_lower_configured_one(tmp_path, id_log):
+    """The state file written after a reshard to 8 shards: a start with --shards 4 runs 8 (and says so) instead of
+    throwing the sessions away and identifying 4 that Discord would refuse again."""
+    from cluster.state import grown_total, save_sessions, token_user_id
+
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        bot = token_user_id(sim.token)
+        save_sessions(tmp_path / "state.json", 8, [], user_id=bot)
+        assert grown_total(tmp_path / "state.json", 8, user_id=bot) is None  # not larger
+        assert grown_total(tmp_path / "state.json", 4, user_id=bot + 1) is None  # another bot's
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=0.3) as (sup, _):
+            await until(lambda: sup.active_shards() == 8, 30, "8 shards active")
+            assert sup.snapshot().shard_total == 8
+
+
+@pytest.mark.parametrize("shards", ["0", "-8"])
+async def test_the_reshard_command_refuses_a_shard_count_below_one_as_a_config_error(shards):
+    code, out, err = await _cli("--url", "http://127.0.0.1:9", "--shards", shards, token="s3cret")
+    assert (code, out) == (2, "") and err == f"cluster: config error: --shards must be a positive whole number, got " \
+                                             f"{int(shards)}\n", err
+
+
+async def test_an_old_shard_that_does_not_pass_the_cut_in_time_forces_the_switch_and_says_why(tmp_path, id_log):
+    """Old (and new) shard 3 lag 3 s behind a 1 s cut timeout: the switch goes ahead without it, with the reason."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=4, identify_window=0.3,
+                           reshard_cut_timeout=1.0) as (sup, task):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            _at_phase(sup, "cutting_over", lambda: sim.delay(3, 3.0))
+            await sup.reshard(8)
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 60, "the reshard's end")
+            snap = sup.snapshot()
+            sim.delay(3, 0)
+            assert snap.reshard.phase == "done" and snap.reshard.passed == 3, snap.reshard
+            assert snap.reshard.reason == ("old shards 3 did not pass the cut within 1 s; switching anyway (their "
+                                           "guilds may see an event twice or not at all)")
+            assert snap.shard_total == 8 and not task.done()

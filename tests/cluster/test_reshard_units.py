@@ -6,8 +6,11 @@ import math
 import msgspec
 import pytest
 
-from cluster.cutover import DISCORD_EPOCH_MS, NewGate, OldGate, Verdict, creation_id, snowflake_at
-from cluster.reshard import Action, Phase, Reshard, ReshardRefused, auto_target, check_start, warm_timeout
+from cluster.cutover import (DISCORD_EPOCH_MS, NewGate, OldGate, Verdict, creation_id, digest, snowflake_at,
+                             snowflake_time)
+from cluster.reshard import (Action, Phase, Reshard, ReshardRefused, auto_target, check_start, cut_late_reason,
+                             warm_timeout)
+from shard.wire import InvalidSession
 
 D, H, K = Verdict.DELIVER, Verdict.HOLD, Verdict.DROP
 ACK = "GATEWAY_HEARTBEAT_ACK"
@@ -38,10 +41,41 @@ def test_an_old_shard_delivers_before_the_cut_and_holds_from_its_marker():
     assert [gate.admit(*msg(i)) for i in (98, 99)] == [D, D]
     assert gate.admit("TYPING_START", {}) is D  # no id, before the marker
     assert gate.admit(*msg(100)) is H and gate.passed and passed == [True]
-    assert gate.admit("TYPING_START", {}) is H and gate.admit(*msg(99)) is H  # everything after the marker
+    assert gate.admit("TYPING_START", {}) is H and gate.admit(*msg(101)) is H  # everything after the marker,
+    assert gate.admit(*msg(99)) is D  # but a message created before the cut, however late: the new set drops it
     gate.ended = True  # go: the new set delivers
     assert gate.admit(*msg(101)) is K and gate.admit("TYPING_START", {}) is K
     assert passed == [True]
+
+
+def _deliveries(old_stream, new_stream):
+    """Plays both sets' gates to the end of a cutover at 1000 (go): every label delivered, in order."""
+    old, new = OldGate(1000), NewGate()
+    new.admit("READY", {"guilds": []})
+    assert new.arm(1000)
+    old.marker.heartbeats_sent()
+    new.marker.heartbeats_sent()
+    delivered, held = [], []
+    for gate, stream, kept in ((old, old_stream, []), (new, new_stream, held)):
+        for label, event in stream:
+            verdict = gate.admit(*event)
+            if verdict is D:
+                delivered.append(label)
+            elif verdict is H:
+                kept.append((label, event))
+    old.ended = True  # go: the old set drops what it held, the new set delivers its own but what the old delivered
+    new.old_delivered(old.digests)
+    return delivered + [label for label, event in held if not new.delivered_by_old(*event)]
+
+
+@pytest.mark.parametrize("old_stream", [
+    [("m1001", msg(1001)), ("m999", msg(999)), ("ack", (ACK, None)), ("ack", (ACK, None))],  # out of order
+    [("ack", (ACK, None)), ("ack", (ACK, None)), ("m999", msg(999))],  # dispatched after the cut's ACKs
+], ids=["ids-out-of-order", "after-the-ack"])
+def test_a_message_created_before_the_cut_but_arriving_past_the_marker_is_delivered_once(old_stream):
+    new_stream = [("ack", (ACK, None)), ("ack", (ACK, None)), ("m1001", msg(1001)), ("m999", msg(999))]
+    got = _deliveries(old_stream, new_stream)
+    assert got.count("m999") == 1 and got.count("m1001") == 1, got
 
 
 def test_heartbeat_acks_mark_a_quiet_shard_past_the_cut():
@@ -177,3 +211,114 @@ def test_auto_reshard_is_refused_with_a_coordinator():
 
 def test_the_warm_up_deadline_follows_the_identify_schedule():
     assert warm_timeout(128, 16, 1.0) == 4 * 8 + 60
+
+
+def test_a_warm_new_shard_that_loses_its_session_is_cold_until_it_warms_up_again():
+    seen = []
+    gate = NewGate(on_warm=lambda: seen.append("warm"), on_cold=lambda: seen.append("cold"))
+    gate.admit("READY", {"guilds": [{"id": "1"}]})
+    gate.admit("GUILD_CREATE", {"id": "1"})
+    assert gate.admit("GATEWAY_INVALID_SESSION", InvalidSession(True)) is K and seen == ["warm"]  # it resumes
+    gate.admit("GATEWAY_INVALID_SESSION", InvalidSession(False))
+    assert seen == ["warm", "cold"] and not gate.warm
+    gate.admit("READY", {"guilds": [{"id": "1"}]})  # the new session
+    assert seen == ["warm", "cold"]
+    gate.admit("GUILD_CREATE", {"id": "1"})
+    assert seen == ["warm", "cold", "warm"]
+    gate.admit("READY", {"guilds": []})  # a READY without an op 9 seen first (a close that could not resume)
+    assert seen == ["warm", "cold", "warm", "cold", "warm"]
+
+
+def test_a_restarted_worker_that_resumed_the_warm_session_is_warm_at_resumed():
+    seen = []
+    gate = NewGate(on_warm=lambda: seen.append("warm"))
+    assert gate.admit("RESUMED", None) is K and seen == ["warm"]
+    cold = NewGate(on_warm=lambda: seen.append("again"))
+    cold.admit("READY", {"guilds": [{"id": "1"}]})
+    cold.admit("RESUMED", None)  # a resume before its guilds arrived does not make it warm
+    assert seen == ["warm"]
+
+
+def test_a_new_shard_cold_before_the_cut_must_warm_again_and_after_it_rolls_back():
+    r = Reshard(4, 8, 0.0, warm_deadline=100.0)
+    r.workers_started()
+    for s in range(7):
+        r.shard_warm(s)
+    assert r.shard_cold(3) is Action.NONE and 3 not in r.warm and r.phase is Phase.WARMING
+    assert r.shard_warm(7) is Action.NONE  # 7 of 8: no cut yet
+    assert r.shard_warm(3) is Action.CUT
+    r.cut_sent(1.0, 1.0)
+    assert r.shard_cold(5) is Action.ROLL_BACK and r.reason == "new shard 5 lost its session during the cutover"
+
+
+JOIN = "GUILD_MEMBER_ADD", {"guild_id": "1", "user": {"id": "5"}}
+
+
+def test_an_event_without_id_between_the_two_markers_is_delivered_once():
+    """The new set's marker comes first (its heartbeats at the cut, the old set's OLD_MARGIN later): a member who
+    joins between them reaches both sets, and the new set drops its copy at go (the old set's digest)."""
+    old = [("join", JOIN), ("ack", (ACK, None)), ("ack", (ACK, None))]
+    new = [("ack", (ACK, None)), ("ack", (ACK, None)), ("join", JOIN)]
+    assert _deliveries(old, new).count("join") == 1
+    # an identical payload twice, the first between the markers: the old set delivers one, the new set the other
+    got = _deliveries(old, [*new, ("join2", JOIN)])
+    assert [label for label in got if label != "ack"] == ["join", "join2"]
+
+
+def test_the_old_set_marker_waits_for_its_own_mark_but_splits_ids_at_the_cut():
+    gate = OldGate(1000, mark=1100)
+    assert gate.admit(*msg(1050)) is H and not gate.passed  # the new set's message, before the old set's marker
+    assert gate.admit(*JOIN) is D and len(gate.digests) == 1
+    assert gate.admit(*msg(1100)) is H and gate.passed
+    assert gate.admit(*JOIN) is H and len(gate.digests) == 1
+    assert digest(*JOIN) == gate.digests[0] != digest("GUILD_MEMBER_REMOVE", JOIN[1])
+
+
+def test_a_guild_create_decoded_into_a_registered_struct_counts_for_the_warm_up():
+    class Guild(msgspec.Struct):
+        id: str
+
+    class Ready(msgspec.Struct):
+        guilds: list[Guild]
+
+    warm = []
+    gate = NewGate(on_warm=lambda: warm.append(True))
+    gate.admit("READY", Ready([Guild("1"), Guild("2")]))
+    gate.admit("GUILD_CREATE", Guild("1"))
+    assert warm == []
+    gate.admit("GUILD_CREATE", {"id": "2"})
+    assert warm == [True]
+
+
+def test_an_event_types_filter_without_ready_or_guild_create_is_refused_before_anything_starts():
+    ok = dict(current=4, target=8, max_concurrency=4, remaining=1000, reserve=5, pace_below=10, running=False,
+              coordinated=False)
+    check_start(**ok, filtered_out=frozenset())
+    with pytest.raises(ReshardRefused, match=r"^the shards' event_types filter drops GUILD_CREATE and READY, which "
+                                             r"live resharding needs .*: add them to event_types$"):
+        check_start(**ok, filtered_out=frozenset({"READY", "GUILD_CREATE"}))
+
+
+def test_a_cut_that_comes_too_late_says_by_how_much_and_blames_the_clock():
+    at = DISCORD_EPOCH_MS / 1000 + 1000.0
+    gate = NewGate()
+    gate.admit(*msg(snowflake_at(at + 1.25)))  # Discord's clock is 1.25 s ahead of this host's
+    assert not gate.arm(snowflake_at(at))
+    assert snowflake_time(gate.max_seen) - at == pytest.approx(1.25)
+    reason = cut_late_reason(3, 1.25, 0.5)
+    assert reason.startswith("new shard 3 got the cut too late: it had already received a message created 1.250 s "
+                             "after the cut time, which was set 0.5 s ahead") and "clock" in reason and "NTP" in reason
+
+
+def test_a_guild_left_during_the_warm_up_is_not_brought_back_at_the_switch():
+    gate = NewGate()
+    assert gate.admit("READY", {"guilds": [{"id": "1"}, {"id": "2"}, {"id": "3"}]}) is H
+    for g in ("1", "2", "3"):
+        assert gate.admit("GUILD_CREATE", {"id": g}) is H
+    assert gate.admit("GUILD_DELETE", {"id": "1"}) is K  # the bot left guild 1: the old set delivers this
+    assert gate.admit("GUILD_DELETE", {"id": "2", "unavailable": True}) is K  # an outage, not a leave
+    gate.admit("GUILD_DELETE", {"id": "3"})
+    gate.admit("GUILD_CREATE", {"id": "3"})  # and joined again: that GUILD_CREATE is current
+    assert gate.arm(1000)
+    gate.old_delivered([])
+    assert [g for g in ("1", "2", "3") if not gate.delivered_by_old("GUILD_CREATE", {"id": g})] == ["2", "3"]

@@ -320,3 +320,43 @@ async def test_cli_stats_line_shows_the_guild_stream_once_used(sim):
 def test_new_options_are_checked(option, value, message):
     with pytest.raises(ValueError, match=message):
         SimConfig(**{option: value})
+
+
+async def test_the_stream_can_carry_events_without_creation_ids_out_of_order_and_late(make_sim):
+    """All four kinds, message ids up to 0.3 s older than their dispatch, each session up to 0.1 s late: every event
+    of a kind the session's intents allow arrives once, by its key field; reactions (no intent) go nowhere."""
+    from sim.guild_events import KEY_FIELDS, KINDS
+
+    sim = await make_sim(shards=2, guilds_per_shard=3, max_concurrency=2, identify_window=0.0, heartbeat_interval=1000,
+                         guild_event_kinds=",".join(KINDS), guild_event_id_skew=0.3, guild_event_jitter=0.1)
+    shards = [Shard.with_config(ShardId(n, 2), Config(
+        sim.token, Intents.GUILDS | Intents.GUILD_MESSAGES | Intents.GUILD_MESSAGE_TYPING, gateway_url=sim.url,
+        queue=InMemoryQueue(max_concurrency=2, interval=0.05), metrics=False, close_timeout=1.0)) for n in range(2)]
+    got: list[tuple[str, int]] = []
+    changed = asyncio.Event()
+
+    async def pump(shard: Shard) -> None:
+        async for event in shard:
+            if event.type in KEY_FIELDS:
+                got.append((event.type, int(event.data[KEY_FIELDS[event.type]])))
+            changed.set()
+
+    tasks = [asyncio.create_task(pump(s)) for s in shards]
+    try:
+        await sim.wait_until(lambda s: s["total"]["max_complete_sets"] == 1)
+        ids = sim.emit_guild_events(200)
+        log = sim.guild_event_log()
+        wanted = {(e["type"], int(e["id"])) for e in log["events"] if e["type"] != "MESSAGE_REACTION_ADD"}
+        async with asyncio.timeout(15):
+            while not wanted <= set(got):
+                changed.clear()
+                await changed.wait()
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*(s.close() for s in shards), return_exceptions=True)
+    assert Counter(e["type"] for e in log["events"]) == {kind: 50 for kind in KINDS}
+    assert all(e["queued"] == (0 if e["type"] == "MESSAGE_REACTION_ADD" else 1) for e in log["events"])
+    assert sorted(got) == sorted(wanted) and len(got) == 150  # each once, none of the reactions
+    messages = [i for t, i in got if t == "MESSAGE_CREATE"]
+    assert messages != sorted(messages) and [int(i) for i in log["ids"]] == ids  # ids out of order, log by emission
