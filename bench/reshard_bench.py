@@ -52,7 +52,9 @@ class IdLog:
     """The benchmark's handler: one line per MESSAGE_CREATE (message id, shard count) in ``$RESHARD_ID_LOG``."""
 
     async def setup(self, ctx: object) -> None:
-        self.file = open(os.path.join(os.environ["RESHARD_ID_LOG"], f"{os.getpid()}.ids"), "a", buffering=1)
+        # kept open for the worker's life (closed with the process), line-buffered so a reader sees every line at once
+        path = os.path.join(os.environ["RESHARD_ID_LOG"], f"{os.getpid()}.ids")
+        self.file = open(path, "a", buffering=1)  # noqa: ASYNC230, SIM115 - a local file, opened once at setup
 
     def on_event(self, shard: object, event: object) -> None:
         if event.type == "MESSAGE_CREATE":  # type: ignore[attr-defined]
@@ -136,7 +138,8 @@ async def one_run(args: argparse.Namespace) -> dict:
     counts = delivered(logs)
     in_flight = sum(1 for i in emitted if snowflake_at(cut_at) <= i < snowflake_at(switch_wall))
     return {"switch": phases["closing_old"] - started, "first_worker": min(assigned) - started,
-            "last_worker": max(assigned) - started, "cut": phases["cutting_over"] - started, "closed": phases["done"] - started,
+            "last_worker": max(assigned) - started, "cut": phases["cutting_over"] - started,
+            "closed": phases["done"] - started,
             "in_flight": in_flight, "emitted": len(emitted), "lost": sum(1 for i in emitted if i not in counts),
             "duplicates": sum(1 for i in emitted if counts[i] > 1),
             "identifies": {n: s["identifies"] for n, s in stats["sets"].items()},
@@ -163,7 +166,8 @@ def report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
     ]
     for n, r in enumerate(runs, 1):
         ids = ", ".join(f"{k}: {v}" for k, v in sorted(r["identifies"].items(), key=lambda kv: int(kv[0])))
-        lines.append(f"| {n} | {r['first_worker']:.2f} / {r['last_worker']:.2f} | {r['cut']:.2f} | {r['switch']:.2f} | {r['closed']:.2f} | {r['in_flight']} | {r['emitted']} | "
+        lines.append(f"| {n} | {r['first_worker']:.2f} / {r['last_worker']:.2f} | {r['cut']:.2f} | {r['switch']:.2f} "
+                     f"| {r['closed']:.2f} | {r['in_flight']} | {r['emitted']} | "
                      f"{r['lost']} | {r['duplicates']} | {ids} | {r['old_closed_1000']} |")
     lines += ["", f"Median command -> switch: {statistics.median(switch):.2f} s (target {target + 2:g} s: "
               f"{'met' if statistics.median(switch) <= target + 2 else 'missed'}); lost "
@@ -198,7 +202,7 @@ async def main() -> None:
               f"lost {r['lost']}, duplicates {r['duplicates']}, identifies {r['identifies']}", flush=True)
         runs.append(r)
     text = report(args, runs, command.strip())
-    Path(args.out).write_text(text)
+    await asyncio.to_thread(Path(args.out).write_text, text)
     print(text)
 
 

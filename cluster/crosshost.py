@@ -191,7 +191,8 @@ class CrossHost:
 
         await keep_subscribed(self.client, [self.broadcast_channel, self.reply_channel], self._received,
                               on_subscribed=subscribed, kinds=REDIS_DOWN,
-                              on_error=lambda exc: self._trouble("relay", exc, "broadcasts do not reach the other hosts"),
+                              on_error=lambda exc: self._trouble("relay", exc,
+                                                                 "broadcasts do not reach the other hosts"),
                               retry=(self.report_interval, self.report_interval))
 
     def _received(self, data: bytes) -> None:

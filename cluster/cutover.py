@@ -173,8 +173,9 @@ class NewGate:
         self.max_seen = 0  # the largest creation id seen while warming (to tell a cut that came too late)
         self.warm = False
         self.mode = "warming"
-        """``warming`` (no cut yet), ``armed`` (cut known), ``flushing`` (go: the worker delivers what was held; everything
-        new is held behind it), ``live`` (delivers, but still drops creation ids before the cut until its marker)."""
+        """``warming`` (no cut yet), ``armed`` (cut known), ``flushing`` (go: the worker delivers what was held;
+        everything new is held behind it), ``live`` (delivers, but still drops creation ids before the cut until its
+        marker)."""
         self._pending: set[str] | None = None  # guilds of READY without their GUILD_CREATE yet
         self._on_warm = on_warm
         self._on_cold = on_cold

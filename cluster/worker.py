@@ -339,11 +339,11 @@ class Worker:
         for shard_id in list(self.shards):
             if old:  # its marker OLD_MARGIN after the new set's: between them, both deliver (deduplicated at go)
                 self.gates[shard_id] = OldGate(cut, mark=snowflake_at(at + OLD_MARGIN),
-                                               on_pass=lambda s=shard_id: self._old_passed(s))
+                                               on_pass=partial(self._old_passed, shard_id))
                 self.held[shard_id] = []
             else:
                 gate = self.gates.get(shard_id)
-                if isinstance(gate, NewGate) and not gate.arm(cut, on_pass=lambda s=shard_id: self._ungate_live(s)):
+                if isinstance(gate, NewGate) and not gate.arm(cut, on_pass=partial(self._ungate_live, shard_id)):
                     ahead = snowflake_time(gate.max_seen) - at
                     log.error("shard %d: the cut came too late: a message created %.3f s after it was already dropped "
                               "(is this host's clock behind Discord's?)", shard_id, ahead)

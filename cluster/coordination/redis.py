@@ -45,7 +45,6 @@ one whole window from the loss, so a lost state cannot let two Identifies of one
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import time

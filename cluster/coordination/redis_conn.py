@@ -118,7 +118,7 @@ async def keep_subscribed(client: aioredis.Redis, channels: Sequence[str], on_me
                     if message is not None:
                         on_message(message["data"])
         finally:
-            await asyncio.shield(pubsub.aclose())
+            await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
         if caught.exc is not None and on_error is not None:
             on_error(caught.exc)
         await asyncio.sleep(delay)

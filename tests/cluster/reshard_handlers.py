@@ -17,7 +17,9 @@ class IdLog:
     that a test reads what every worker of both shard sets delivered."""
 
     async def setup(self, ctx: Any) -> None:
-        self.file = open(os.path.join(os.environ["RESHARD_ID_LOG"], f"{os.getpid()}.ids"), "a", buffering=1)
+        # kept open for the worker's life (closed with the process), line-buffered so a reader sees every line at once
+        path = os.path.join(os.environ["RESHARD_ID_LOG"], f"{os.getpid()}.ids")
+        self.file = open(path, "a", buffering=1)  # noqa: ASYNC230, SIM115 - a local file, opened once at setup
 
     def on_event(self, shard: Any, event: Any) -> None:
         key = KEY_FIELDS.get(event.type)
