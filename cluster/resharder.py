@@ -6,6 +6,11 @@ identify coordinator (:attr:`Runtime.id_base`), so both sets' shard 3 never meet
 :class:`~cluster.workers.Workers` and :class:`~cluster.routing.Router` start and route it. At the switch the new
 set's layout becomes the supervisor's (workers, shards, sessions, shard total) and the old workers are drained
 with close code 1000.
+
+With a coordinator (several hosts with static ranges), each host runs its own part the same way, but the steps that
+concern the whole cluster follow the reshard record in Redis (:mod:`cluster.reshard_plan`, :mod:`cluster.reshard_store`):
+a host reports its part warm and its old shards passed, and cuts, switches or rolls back when the record says so; the
+host that began the reshard (the leader) moves the record on.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ from typing import Any, Protocol
 import msgspec
 
 from cluster.config import ClusterConfig
+from cluster.error import ConfigError, CoordinatorUnavailable
+from cluster.hosts import HostRecord, host_ordinal, read_hosts
 from cluster.cutover import ACKS_AFTER_CUT
 from cluster.discord_api import fetch_gateway_bot
 from cluster.exitcodes import ClusterExit, ExitCode
-from cluster.layout import round_up, split
+from cluster.layout import round_up, split_range
 from cluster.loops import Loops
 from cluster.restart import RestartPolicy
 from cluster.reshard import Action, Phase, Reshard, ReshardRefused, auto_target, check_start, warm_timeout
+from cluster.reshard_plan import ClusterPhase, ClusterReshard, Step, check_hosts, leader_step, new_part
 from cluster.routing import Router
 from cluster.runtime import Runtime, ShardView, WorkerHandle, WorkerState
 from cluster.snapshot import ReshardSnapshot
@@ -40,6 +48,13 @@ log = logging.getLogger("cluster")
 
 CUT_LEAD = 0.5
 """Seconds between sending the cut and the cut itself: every worker must have it before it is due."""
+CLUSTER_CUT_LEAD = 1.5
+"""With a coordinator: seconds between the leader writing the cut time and the cut (every host reads the record
+every :data:`CLUSTER_POLL` seconds, then tells its workers)."""
+CLUSTER_POLL = 0.1
+"""Seconds between reads of the reshard record while this host takes part in one."""
+CLUSTER_IDLE_POLL = 1.0
+"""Seconds between reads of the reshard record otherwise (how soon a host joins a reshard another host began)."""
 _SHARED = ("identify_events", "wake", "identifies", "restarts", "identify_waits", "errors", "loop_lags",
            "listeners", "tasks", "coordinator", "max_concurrency", "gateway_url")
 """What the new set's runtime shares with the supervisor's."""
@@ -56,6 +71,9 @@ class Host(Protocol):
     _workers: Workers
     _router: Router
     _loops: Loops
+    _redis: Any
+    _ns: str
+    host: HostRecord | None
 
     @property
     def mp(self) -> Any: ...
@@ -83,6 +101,19 @@ class Resharder:
         self._gone_old: set[int] = set()  # old shards closed fatally: they deliver nothing more
         self._old_may_run: Callable[[int], bool] | None = None
         self._auto_pending = False
+        self.record: ClusterReshard | None = None  # with a coordinator: the cluster's record of the running reshard
+        self._seen_epoch = 0
+        self._reported: set[str] = set()  # "warm", "passed": what this host told the record
+        self._store_: Any = None
+
+    @property
+    def _store(self) -> Any:
+        """The reshard record in Redis (:class:`cluster.reshard_store.ReshardStore`), or None without a coordinator."""
+        sup = self.sup
+        if self._store_ is None and sup._redis is not None and sup.host is not None:
+            from cluster.reshard_store import ReshardStore  # noqa: PLC0415 - needs the redis package
+            self._store_ = ReshardStore(sup._redis, sup.config.coordinator or "", sup._ns, sup.host.host_id)
+        return self._store_
 
     @property
     def running(self) -> bool:
@@ -96,7 +127,7 @@ class Resharder:
         sup, rt = self.sup, self.sup._rt
         if rt.stopping or rt.coordinator is None or not rt.shard_total:
             raise ReshardRefused("the cluster is not running (starting up or stopping)")
-        if target is None and sup.config.coordinator is None and not self.running:
+        if target is None and not self.running:
             try:
                 info = await fetch_gateway_bot(sup.config.api_url, rt.token())
             except ClusterExit as exc:
@@ -106,11 +137,14 @@ class Resharder:
         stats = rt.coordinator.stats(now)
         cfg = sup.config
         pace_below = cfg.budget_pace_below if cfg.budget_pace_below is not None else 2 * stats.budget_reserve
+        store = self._store
         check_start(current=rt.shard_total, target=target or 0, max_concurrency=rt.max_concurrency,
                     remaining=stats.budget_remaining, reserve=stats.budget_reserve, pace_below=pace_below,
-                    running=self.running or rt.rolling, coordinated=cfg.coordinator is not None,
-                    partial=len(rt.shards) != rt.shard_total)
+                    running=self.running or rt.rolling, leased=cfg.assign == "auto",
+                    partial=store is None and len(rt.shards) != rt.shard_total)
         assert target is not None
+        if store is not None:
+            return await self._begin(store, target)
         self.last = Reshard(rt.shard_total, target, now,
                             warm_deadline=now + warm_timeout(target, rt.max_concurrency, cfg.identify_window),
                             cut_timeout=cfg.reshard_cut_timeout)
@@ -120,6 +154,140 @@ class Resharder:
         rt.emit("reshard_started", old=rt.shard_total, new=target)
         self._task = rt.spawn_task(self._run(self.last), "reshard")
         return self.last
+
+    # --- across hosts (with a coordinator) -------------------------------------------------------
+
+    async def _begin(self, store: Any, target: int) -> Reshard:
+        """Begin a reshard of the whole cluster as its leader: every live host takes part (their ranges must cover
+        the shards), the record is written unless another reshard runs; then this host joins it."""
+        sup, rt, cfg = self.sup, self.sup._rt, self.sup.config
+        try:
+            hosts = check_hosts(await read_hosts(sup._redis, sup._ns), rt.shard_total)
+            deadline = time.time() + warm_timeout(target, rt.max_concurrency, cfg.identify_window)
+            epoch = await store.begin(rt.shard_total, target, rt.max_concurrency, hosts, warm_deadline=deadline,
+                                      cut_timeout=cfg.reshard_cut_timeout)
+            record = await store.read()
+        except CoordinatorUnavailable as exc:
+            raise ReshardRefused(str(exc)) from None
+        if record is None or record.epoch != epoch:
+            raise ReshardRefused("the reshard record vanished from Redis as it was written (a flushed Redis?)")
+        log.info("resharding the cluster's %d hosts live from %d to %d shards (epoch %d, this host leads)",
+                 len(hosts), rt.shard_total, target, epoch)
+        try:
+            return self._join(record)
+        except ReshardRefused as exc:
+            await store.roll_back(record, f"host {store.host}: {exc}")
+            raise
+
+    def _join(self, record: ClusterReshard) -> Reshard:
+        """Start this host's part of the cluster's reshard ``record``: its static range for the new count."""
+        sup, rt, cfg = self.sup, self.sup._rt, self.sup.config
+        self._seen_epoch = max(self._seen_epoch, record.epoch)
+        host = sup.host
+        if self.running or rt.rolling or rt.stopping or host is None:
+            raise ReshardRefused("this host is busy (a reshard, a rolling restart, or stopping)")
+        if record.old_total != rt.shard_total:
+            raise ReshardRefused(f"this host runs {rt.shard_total} shards, the reshard starts from {record.old_total}")
+        old = host.shards
+        try:
+            index = host_ordinal() if cfg.host_index == "auto" else cfg.host_index
+            new = new_part(old, record.old_total, record.new_total, host_count=cfg.host_count,
+                           host_index=None if index is None else int(index))
+        except ConfigError as exc:
+            raise ReshardRefused(str(exc)) from None
+        now = time.monotonic()
+        self.record, self._reported = record, set()
+        self.last = Reshard(record.old_total, record.new_total, now,
+                            warm_deadline=now + max(0.0, record.warm_deadline - time.time()),
+                            cut_timeout=record.cut_timeout, new_shards=new, old_shards=old)
+        self._actions.clear()
+        log.info("reshard epoch %d: this host runs shards %d-%d of %d next (now %d-%d of %d)", record.epoch,
+                 new.start, new.stop - 1, record.new_total, old.start, old.stop - 1, record.old_total)
+        rt.emit("reshard_started", old=record.old_total, new=record.new_total)
+        self._task = rt.spawn_task(self._run(self.last), "reshard")
+        return self.last
+
+    async def follow(self) -> None:
+        """With a coordinator: join the reshards other hosts begin (read the record every
+        :data:`CLUSTER_IDLE_POLL` seconds; while one runs, :meth:`_procedure` reads it)."""
+        while True:
+            await asyncio.sleep(CLUSTER_IDLE_POLL)
+            store = self._store
+            if store is None or self.running:
+                continue
+            try:
+                record = await store.read()
+            except CoordinatorUnavailable:
+                continue  # the coordinator's own loops say so
+            if (record is None or record.epoch <= self._seen_epoch or record.phase is not ClusterPhase.WARMING
+                    or store.host not in record.hosts):
+                continue
+            try:
+                self._join(record)
+            except ReshardRefused as exc:
+                log.error("cannot take part in the cluster's reshard to %d shards: %s", record.new_total, exc)
+                await store.roll_back(record, f"host {store.host}: {exc}")
+
+    async def _cluster_step(self, r: Reshard, actions: list[Action]) -> tuple[Action, str]:
+        """Follow the record one step: report this host's progress, lead if this host began it, and say what to
+        do here (CUT: the record has the cut time; GO; ROLL_BACK) with the reason."""
+        store, record = self._store, self.record
+        assert store is not None and record is not None
+        try:
+            latest = await store.read()
+        except CoordinatorUnavailable:
+            latest = record  # keep waiting: the deadlines still hold
+        if latest is None or latest.epoch != record.epoch:
+            r.new_lost("the cluster's reshard record left Redis")
+            return Action.ROLL_BACK, ""
+        self.record = record = latest
+        if record.phase is ClusterPhase.ROLLED_BACK:
+            r.new_lost(f"rolled back by the cluster: {record.reason}")
+            return Action.ROLL_BACK, ""
+        if record.phase is ClusterPhase.GO:
+            return Action.GO, record.reason
+        if Action.ROLL_BACK in actions:  # a failure on this host: the whole cluster rolls back, unless it switched
+            if await self._tell_roll_back(r) or self.record.phase is not ClusterPhase.GO:
+                return Action.ROLL_BACK, ""
+            return Action.GO, self.record.reason
+        try:
+            if ("warm" not in self._reported and r.phase is Phase.WARMING and len(r.warm) == len(r.mine_new)
+                    and self.child is not None
+                    and all(h.state == WorkerState.RUNNING for h in self.child.workers.values())):
+                if await store.report(record, "warm"):
+                    self._reported.add("warm")
+                    log.info("reshard epoch %d: this host's %d new shards are ready", record.epoch, len(r.warm))
+            if record.phase is ClusterPhase.CUTTING_OVER and r.phase is Phase.WARMING:
+                return Action.CUT, ""
+            if Action.GO in actions and "passed" not in self._reported and await store.report(record, "passed"):
+                self._reported.add("passed")
+            if record.leader == store.host:
+                live = [h.host_id for h in await read_hosts(self.sup._redis, self.sup._ns)]
+                step, why = leader_step(record, live, time.time())
+                if step is Step.CUT:
+                    await store.cut(record, time.time() + CLUSTER_CUT_LEAD)
+                elif step is Step.GO and await store.go(record, self.sup._rt.max_concurrency, why):
+                    return Action.GO, why
+                elif step is Step.ROLL_BACK:
+                    await store.roll_back(record, why)
+        except CoordinatorUnavailable as exc:
+            log.debug("reshard: %s", exc)
+        return Action.NONE, ""
+
+    async def _tell_roll_back(self, r: Reshard) -> bool:
+        """Roll the cluster's reshard back for this host's reason (best effort); False if it had switched."""
+        store, record = self._store, self.record
+        if store is None or record is None:
+            return True
+        try:
+            async with asyncio.timeout(2.0):
+                if await store.roll_back(record, f"host {store.host}: {r.reason}"):
+                    return True
+                self.record = await store.read() or record
+        except (CoordinatorUnavailable, TimeoutError) as exc:
+            log.error("could not tell the other hosts that the reshard rolls back (%s); their deadlines will", exc)
+            return True
+        return self.record.phase is not ClusterPhase.GO
 
     async def auto(self, *, sharding_required: bool) -> None:
         """``--auto-reshard``: reshard if Discord recommends more shards (after a 4011: always grow)."""
@@ -234,10 +402,12 @@ class Resharder:
         except asyncio.CancelledError:
             if r.phase in (Phase.STARTING, Phase.WARMING, Phase.CUTTING_OVER):
                 r.new_lost("the supervisor is stopping")
+                await asyncio.shield(self._tell_roll_back(r))
                 await asyncio.shield(self._roll_back(r))
             raise
         except Exception as exc:
             if r.new_lost(f"{type(exc).__name__}: {exc}") is Action.ROLL_BACK:
+                await asyncio.shield(self._tell_roll_back(r))
                 await self._roll_back(r)
             elif r.running:  # after the switch: the new set runs; what failed was closing the old one
                 r.reason = f"closing the old set failed: {type(exc).__name__}: {exc}"
@@ -245,6 +415,7 @@ class Resharder:
             raise
         finally:
             self._gone_old.clear()
+            self.record = None
 
     async def _procedure(self, r: Reshard) -> None:
         sup, rt = self.sup, self.sup._rt
@@ -255,7 +426,7 @@ class Resharder:
                           on_packet=router.on_packet)
         workers.hold = True
         self.child, self.router, self.workers = child, router, workers
-        ranges = split(r.new_total, shards_per_worker=sup.config.shards_per_worker, workers=sup.config.workers)
+        ranges = split_range(r.mine_new, shards_per_worker=sup.config.shards_per_worker, workers=sup.config.workers)
         for wid, shards in enumerate(ranges):
             for s in shards:
                 child.shards[s] = ShardView(s, wid)
@@ -278,19 +449,33 @@ class Resharder:
             actions.append(r.tick(now))
             if r.phase is Phase.CUTTING_OVER:
                 actions += self._watch_cutover(r, cut_workers)
+            if self.record is not None:  # across hosts: the record decides
+                step, why = await self._cluster_step(r, actions)
+                if step is Action.CUT and self.record.cut_at is not None:
+                    cut_workers = self._cut(r, self.record.cut_at)
+                    continue
+                if step is Action.GO and r.phase is Phase.WARMING and self.record.cut_at is not None:
+                    cut_workers = self._cut(r, self.record.cut_at)  # the cut passed unseen: cut, then switch at once
+                actions = [step]
+                if step is Action.GO:
+                    r.reason = why
+                    if r.phase is not Phase.CUTTING_OVER:
+                        actions = [r.new_lost("the cluster switched before this host saw the cut")]
             if Action.ROLL_BACK in actions:
                 await self._roll_back(r)
                 return
             if Action.GO in actions and r.phase is Phase.CUTTING_OVER:
                 await self._go(r)
                 return
-            if r.phase is Phase.WARMING and len(r.warm) == r.new_total and all(
+            if self.record is None and r.phase is Phase.WARMING and len(r.warm) == r.new_total and all(
                     h.state == WorkerState.RUNNING for h in child.workers.values()):
                 cut_workers = self._cut(r)  # every new shard warm, and no new worker restarting (it would miss the cut)
             self._wake.clear()
             if self._actions:
                 continue
             timeout = min(r.next_deadline() - now, 0.1 if r.phase is Phase.CUTTING_OVER else 1.0)
+            if self.record is not None:
+                timeout = min(timeout, CLUSTER_POLL)
             try:
                 async with asyncio.timeout(max(0.0, timeout)):
                     await self._wake.wait()
@@ -315,11 +500,12 @@ class Resharder:
             setattr(retired, name, getattr(rt, name))
         return retired
 
-    def _cut(self, r: Reshard) -> list[WorkerHandle]:
-        """Every new shard is warm: send the cut to both sets."""
+    def _cut(self, r: Reshard, at: float | None = None) -> list[WorkerHandle]:
+        """Every new shard is warm: send the cut (at wall time ``at``, default :data:`CUT_LEAD` from now) to both
+        sets."""
         rt, child = self.sup._rt, self.child
         assert child is not None
-        at = time.time() + CUT_LEAD
+        at = time.time() + CUT_LEAD if at is None else at
         old_workers = self.sup._workers
         self._old_may_run = old_workers.may_run
         old_workers.may_run = lambda wid: False  # a restarted old worker would deliver past the cut ungated
@@ -375,12 +561,14 @@ class Resharder:
         self.workers.rt = rt
         self.workers.hold = False
         self.router.rt = rt
-        self.router.on_fatal, self.router.host, self.router.remote = sup._router.on_fatal, None, None
+        self.router.on_fatal, self.router.host, self.router.remote = (sup._router.on_fatal, sup._router.host,
+                                                                      sup._router.remote)
         sup._workers, sup._router = self.workers, self.router
         for h in rt.workers.values():  # the supervisor did not ping the new set before: its silence starts now
             h.heartbeat = HeartbeatMonitor(rt.config.ipc_heartbeat_interval, rt.config.ipc_heartbeat_missed, now=now)
         self.child = self.workers = self.router = None
         r.switched(now)
+        await self._move_host(r)
         log.info("reshard: switched to %d shards %.1f s after the start; closing the %d old sessions", r.new_total,
                  now - r.started, r.old_total)
         rt.emit("reshard_phase", phase=r.phase.value)
@@ -390,6 +578,18 @@ class Resharder:
         log.info("reshard done: %d shards, the old set's workers retired", r.new_total)
         rt.emit("reshard_phase", phase=r.phase.value)
         await sup._loops.save_state()
+
+    async def _move_host(self, r: Reshard) -> None:
+        """Across hosts: this host's registry record names its new shards from now on."""
+        sup, store = self.sup, self._store
+        if store is None or sup.host is None or r.new_shards is None:
+            return
+        sup.host = msgspec.structs.replace(sup.host, first=r.new_shards.start, last=r.new_shards.stop - 1,
+                                           shard_total=r.new_total)
+        try:
+            await store.move_host(sup.host, sup.config.host_ttl)
+        except CoordinatorUnavailable as exc:
+            log.warning("could not write this host's new shards to the registry: %s", exc)
 
     async def _roll_back(self, r: Reshard) -> None:
         """Close the new set (never resumed again); the old set goes on, delivering what it held."""

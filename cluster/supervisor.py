@@ -318,6 +318,8 @@ class Supervisor:
             self._join_hosts()  # sessions, status and broadcasts shared with the other hosts
             if auto:
                 self._keep_blocks(token)
+            else:  # take part in the reshards other hosts begin
+                self._rt.spawn_loop("reshard_follow", self._resharder.follow)
         if not cfg.fresh and not auto:  # it logs what it used, or one warning saying what it ignored and why
             def load() -> Any:
                 return self._loops.store.load(self.shards.keys(), self.shard_total, cfg.session_ttl,
