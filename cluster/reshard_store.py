@@ -34,6 +34,8 @@ if phase == 'warming' or phase == 'cutting_over' then
 end
 local layout = redis.call('GET', KEYS[3])
 if layout and layout ~= ARGV[1] .. ',' .. ARGV[2] then return {-1, layout} end
+local remaining = tonumber(redis.call('HGET', KEYS[6], 'remaining'))
+if remaining and remaining - tonumber(ARGV[3]) < tonumber(ARGV[9]) then return {-2, remaining} end
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
 redis.call('HSET', KEYS[1], 'epoch', epoch, 'old', ARGV[1], 'new', ARGV[3], 'leader', ARGV[4], 'hosts', ARGV[5],
@@ -41,8 +43,9 @@ redis.call('HSET', KEYS[1], 'epoch', epoch, 'old', ARGV[1], 'new', ARGV[3], 'lea
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 return {1, epoch}
 """
-"""Begin a reshard unless one runs or the layout is not ``old,mc``: ``{1, epoch}``, ``{0, 'old -> new', leader}``
-(one runs) or ``{-1, layout}``."""
+"""Begin a reshard unless one runs, the layout is not ``old,mc`` or the cluster's session budget (``KEYS[6]``,
+:mod:`cluster.coordination.redis`) would fall below ``ARGV[9]`` after the new set's identifies: ``{1, epoch}``,
+``{0, 'old -> new', leader}`` (one runs), ``{-1, layout}`` or ``{-2, remaining}``."""
 
 _REPORT = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'phase') ~= ARGV[2] then
@@ -92,22 +95,26 @@ class ReshardStore:
             raise unavailable(self.url, exc) from None
 
     async def begin(self, old_total: int, new_total: int, max_concurrency: int, hosts: list[str], *,
-                    warm_deadline: float, cut_timeout: float) -> int:
-        """Write a new record with this host as its leader; its epoch. ReshardRefused if one is running, or if
-        the cluster's layout is not ``old_total`` (another host resharded meanwhile)."""
+                    warm_deadline: float, cut_timeout: float, budget_floor: int) -> tuple[int, int | None]:
+        """Write a new record with this host as its leader: ``(epoch, None)``; or ``(0, remaining)`` if the
+        cluster's shared session budget would leave fewer than ``budget_floor`` identifies after ``new_total``.
+        ReshardRefused if one is running, or if the cluster's layout is not ``old_total`` (another host resharded
+        meanwhile)."""
         ttl = max(1.0, warm_deadline - time.time()) + cut_timeout + 60.0
         out = await self._call(self._begin, [self.key, self._set("epoch"), layout_key(self.ns), self._set("warm"),
-                                             self._set("passed")],
+                                             self._set("passed"), f"{self.ns}id:budget"],
                                [old_total, max_concurrency, new_total, self.host, msgspec.json.encode(hosts),
-                                repr(warm_deadline), repr(cut_timeout), int(ttl * 1000)])
+                                repr(warm_deadline), repr(cut_timeout), int(ttl * 1000), budget_floor])
         status = int(out[0])
+        if status == -2:
+            return 0, int(out[1])
         if status == 0:
             raise ReshardRefused(f"a reshard is already running in this cluster ({_text(out[1])} shards, begun by "
                                  f"host {_text(out[2])})")
         if status < 0:
             raise ReshardRefused(f"the cluster's layout in Redis is {_text(out[1])!r} (shards,max_concurrency), "
                                  f"not {old_total},{max_concurrency}: another host changed it; try again")
-        return int(out[1])
+        return int(out[1]), None
 
     async def read(self) -> ClusterReshard | None:
         """The current record, or None (no reshard yet, or it expired, or it does not decode)."""

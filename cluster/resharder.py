@@ -144,7 +144,9 @@ class Resharder:
                     partial=store is None and len(rt.shards) != rt.shard_total)
         assert target is not None
         if store is not None:
-            return await self._begin(store, target)
+            return await self._begin(store, target, max(stats.budget_reserve, pace_below), lambda remaining: check_start(
+                current=rt.shard_total, target=target, max_concurrency=rt.max_concurrency, remaining=remaining,
+                reserve=stats.budget_reserve, pace_below=pace_below, running=False))
         self.last = Reshard(rt.shard_total, target, now,
                             warm_deadline=now + warm_timeout(target, rt.max_concurrency, cfg.identify_window),
                             cut_timeout=cfg.reshard_cut_timeout)
@@ -157,15 +159,21 @@ class Resharder:
 
     # --- across hosts (with a coordinator) -------------------------------------------------------
 
-    async def _begin(self, store: Any, target: int) -> Reshard:
+    async def _begin(self, store: Any, target: int, floor: int, budget_check: Callable[[int], None]) -> Reshard:
         """Begin a reshard of the whole cluster as its leader: every live host takes part (their ranges must cover
-        the shards), the record is written unless another reshard runs; then this host joins it."""
+        the shards), the record is written unless another reshard runs or the cluster's shared session budget is
+        short, below ``floor`` after the new set (``budget_check(remaining)`` raises the refusal); then this host joins
+        it."""
         sup, rt, cfg = self.sup, self.sup._rt, self.sup.config
         try:
             hosts = check_hosts(await read_hosts(sup._redis, sup._ns), rt.shard_total)
             deadline = time.time() + warm_timeout(target, rt.max_concurrency, cfg.identify_window)
-            epoch = await store.begin(rt.shard_total, target, rt.max_concurrency, hosts, warm_deadline=deadline,
-                                      cut_timeout=cfg.reshard_cut_timeout)
+            epoch, remaining = await store.begin(rt.shard_total, target, rt.max_concurrency, hosts,
+                                                 warm_deadline=deadline, cut_timeout=cfg.reshard_cut_timeout,
+                                                 budget_floor=floor)
+            if remaining is not None:
+                budget_check(remaining)  # raises the refusal with the cluster's numbers
+                raise ReshardRefused(f"session start budget too low: {remaining} identifies left in the cluster")
             record = await store.read()
         except CoordinatorUnavailable as exc:
             raise ReshardRefused(str(exc)) from None

@@ -1,0 +1,172 @@
+"""Live resharding across hosts through a real redis-server (issue 10, item 3): two hosts of 4 shards each move
+together to two hosts of 8 under the shared guild stream, with every message delivered exactly once; the new layout
+is agreed in Redis, so a host started later with the old count refuses; a failure on any host before the switch
+rolls every host back; a budget too short for the cluster is refused before anything starts.
+
+Each host is a real supervisor (in this process) with real worker processes against the strict simulator."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from cluster_testing import FAST as FAST_CFG
+from cluster_testing import running, until
+from test_reshard import FAST, HANDLER, all_delivered, delivered, id_log  # noqa: F401 - id_log is a fixture
+
+from cluster.config import ClusterConfig
+from cluster.coordination.redis_conn import connect
+from cluster.reshard import ReshardRefused
+from cluster.supervisor import Supervisor
+from sim import Simulator
+
+pytestmark = pytest.mark.usefixtures("id_log")
+
+
+@contextlib.asynccontextmanager
+async def two_hosts(sim, redis_url, tmp_path, **options):
+    """Hosts 0 and 1 of 2 of an 8-shard cluster (4 shards each, one worker each) on one Redis."""
+    common = dict(coordinator=redis_url, shards=8, shards_per_worker=4, identify_window=0.3, host_count=2,
+                  report_interval=0.2, **options)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    async with running(sim, HANDLER, tmp_path / "a", host_index=0, **common) as (a, task_a), \
+            running(sim, HANDLER, tmp_path / "b", host_index=1, **common) as (b, task_b):
+        await until(lambda: a.active_shards() == 4 and b.active_shards() == 4, 30, "both hosts' shards active")
+        yield a, b, task_a, task_b
+
+
+def ended(*sups):
+    return lambda: all(s.snapshot().reshard is not None and s.snapshot().reshard.phase in ("done", "rolled_back")
+                       for s in sups)
+
+
+async def redis_value(url, pattern):
+    client = await connect(url)
+    try:
+        keys = await client.keys(pattern)
+        return {k.decode(): await client.get(k) if await client.type(k) == b"string" else await client.hgetall(k)
+                for k in keys}
+    finally:
+        await client.aclose()
+
+
+async def test_two_hosts_move_from_8_to_16_shards_together_losing_and_repeating_nothing(tmp_path, id_log,
+                                                                                        redis_server):
+    async with Simulator(shards=8, max_concurrency=4, guilds_per_shard=4, **FAST) as sim:
+        async with two_hosts(sim, redis_server.url, tmp_path) as (a, b, task_a, task_b):
+            sim.config.guild_events_per_second = 150
+            await until(lambda: sim.guild_events.total >= 100, 10, "traffic before the reshard")
+            await a.reshard(16)  # host A got the command; host B takes part by the record in Redis
+            await until(ended(a, b), 60, "the reshard's end on both hosts")
+            for sup in (a, b):
+                snap = sup.snapshot()
+                assert snap.reshard.phase == "done", snap.reshard.reason
+                assert snap.shard_total == 16
+            assert sorted(a.shards) == list(range(8)) and sorted(b.shards) == list(range(8, 16))
+            await until(lambda: a.active_shards() == 8 and b.active_shards() == 8, 10, "16 shards active")
+            total = sim.guild_events.total
+            await until(lambda: sim.guild_events.total >= total + 100, 10, "traffic after the reshard")
+            got = await all_delivered(sim, id_log)
+            stats = sim.stats.snapshot()
+            await until(lambda: a.host.shard_total == 16 and b.host.shard_total == 16, 5, "the registry's new ranges")
+            hosts = await redis_value(redis_server.url, "shardstack:*:host:*")
+            await until(lambda: len(a.sessions) == 8 and len(b.sessions) == 8, 10, "the new sessions")
+            sessions = {}
+
+            async def saved():
+                sessions.update(await redis_value(redis_server.url, "shardstack:*:session:*"))
+                return all(v.get(b"shard_total") == b"16" for v in sessions.values()) and len(sessions) == 16
+
+            for _ in range(100):  # the next report interval writes the new set's sessions
+                sessions.clear()
+                if await saved():
+                    break
+                await until(lambda: True, 0.1)
+            assert not task_a.done() and not task_b.done()
+
+            # a host started later with the old count refuses with a clear error
+            late = Supervisor(ClusterConfig(**{**FAST_CFG, "gateway_url": sim.url, "api_url": sim.api_url,
+                                               "state_file": str(tmp_path / "late.json"),
+                                               "coordinator": redis_server.url, "shards": 8, "host_index": 0,
+                                               "host_count": 2}),
+                              token=sim.token, handler=HANDLER, handle_signals=False)
+            assert await late.run() == 2
+            assert "started with 8 shards, but the cluster has 16" in late.exit_message
+    layout = await redis_value(redis_server.url, "shardstack:*:layout")
+    assert list(layout.values()) == [b"16,4"]
+    assert len(sessions) == 16 and {int(v[b"shard_id"]) for v in sessions.values()} == set(range(16))
+    assert sorted((h["first"], h["last"], h["shard_total"]) for h in map(_json, hosts.values())) == [
+        (0, 7, 16), (8, 15, 16)]
+    emitted = [int(i) for i in sim.guild_event_log()["ids"]]
+    counts = {}
+    for d in got:
+        counts[d[0]] = counts.get(d[0], 0) + 1
+    assert len(emitted) >= 200 and sorted(counts) == sorted(emitted)  # every emitted message reached a handler
+    assert [i for i, n in counts.items() if n > 1] == []  # and only one
+    assert {d[2] for d in got} == {8, 16}  # both sets delivered part of the stream
+    sets = stats["sets"]
+    assert sets["8"]["identifies"] == 8 and sets["16"]["identifies"] == 16 and stats["total"]["identifies"] == 24
+    assert sets["8"]["sessions"] == {"closed": 8} and sets["8"]["closes"].get("client 1000") == 8
+    assert stats["total"]["concurrency_violations"] == 0
+
+
+async def test_a_host_stopping_before_the_switch_rolls_every_host_back(tmp_path, id_log, redis_server):
+    async with Simulator(shards=8, max_concurrency=4, guilds_per_shard=2, **FAST) as sim:
+        async with two_hosts(sim, redis_server.url, tmp_path) as (a, b, task_a, task_b):
+            sim.config.guild_events_per_second = 100
+            await a.reshard(16)
+            await until(lambda: b.snapshot().reshard is not None, 10, "host B joining the reshard")
+            b.stop()  # SIGTERM on host B while the new set warms up
+            await until(ended(a), 30, "the reshard's end on host A")
+            snap = a.snapshot()
+            assert snap.reshard.phase == "rolled_back", snap.reshard.reason
+            assert "the supervisor is stopping" in snap.reshard.reason
+            assert snap.shard_total == 8 and sorted(a.shards) == [0, 1, 2, 3] and not task_a.done()
+            await until(lambda: a.active_shards() == 4, 10, "host A's old shards")
+            record = await redis_value(redis_server.url, "shardstack:*:reshard")
+            layout = await redis_value(redis_server.url, "shardstack:*:layout")
+            before = len(delivered(id_log))
+            await until(lambda: len(delivered(id_log)) > before + 20, 10, "host A's old set delivering on")
+    assert [v[b"phase"] for v in record.values()] == [b"rolled_back"]
+    assert list(layout.values()) == [b"8,4"]
+
+
+async def test_a_new_shard_closed_fatally_on_the_hosts_rolls_back_and_the_old_sets_serve_on(tmp_path, id_log,
+                                                                                            redis_server):
+    """The simulator takes shard counts that are multiples of 8 only: the 12-shard set is closed with 4010."""
+    async with Simulator(shards=8, max_concurrency=4, shard_multiple=8, guilds_per_shard=2, **FAST) as sim:
+        async with two_hosts(sim, redis_server.url, tmp_path) as (a, b, task_a, task_b):
+            sim.config.guild_events_per_second = 100
+            await a.reshard(12)
+            await until(ended(a, b), 30, "the reshard's end on both hosts")
+            for sup in (a, b):
+                snap = sup.snapshot()
+                assert snap.reshard.phase == "rolled_back" and "close code 4010" in snap.reshard.reason
+                assert snap.shard_total == 8 and sup.active_shards() == 4
+            assert not task_a.done() and not task_b.done()
+            layout = await redis_value(redis_server.url, "shardstack:*:layout")
+            before = len(delivered(id_log))
+            await until(lambda: len(delivered(id_log)) > before + 20, 10, "the old sets delivering on")
+            stats = sim.stats.snapshot()
+    assert list(layout.values()) == [b"8,4"]
+    assert stats["sets"]["8"]["sessions"] == {"active": 8}
+
+
+async def test_a_cluster_budget_too_short_is_refused_before_anything_starts(tmp_path, id_log, redis_server):
+    """remaining 39: 8 identified across both hosts, 31 left; 16 more would leave 15, below 2 x margin 8."""
+    async with Simulator(shards=8, max_concurrency=4, session_remaining=39, **FAST) as sim:
+        async with two_hosts(sim, redis_server.url, tmp_path) as (a, b, _, _):
+            await sim.wait_until(lambda s: s["total"]["identifies"] == 8, 10)  # host B's own view may lag: Redis has 31
+            with pytest.raises(ReshardRefused, match="budget too low: 31 identifies left, 16 new shards would "
+                                                     "leave 15, below the pacing threshold of 16"):
+                await b.reshard(16)
+            record = await redis_value(redis_server.url, "shardstack:*:reshard")
+            stats = sim.stats.snapshot()
+    assert record == {} and set(stats["sets"]) == {"8"} and stats["total"]["identifies"] == 8
+
+
+def _json(raw):
+    import json
+    return json.loads(raw)
+
