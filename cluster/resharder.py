@@ -8,8 +8,8 @@ set's layout becomes the supervisor's (workers, shards, sessions, shard total) a
 with close code 1000.
 
 With a coordinator (several hosts with static ranges), each host runs its own part the same way, but the steps that
-concern the whole cluster follow the reshard record in Redis (:mod:`cluster.reshard_plan`, :mod:`cluster.reshard_store`):
-a host reports its part warm and its old shards passed, and cuts, switches or rolls back when the record says so; the
+concern the whole cluster follow the reshard record in Redis (:mod:`cluster.reshard_plan`,
+:mod:`cluster.reshard_store`): a host reports its part warm and its old shards passed, and cuts, switches or rolls back when the record says so; the
 host that began the reshard (the leader) moves the record on.
 """
 
@@ -144,9 +144,12 @@ class Resharder:
                     partial=store is None and len(rt.shards) != rt.shard_total)
         assert target is not None
         if store is not None:
-            return await self._begin(store, target, max(stats.budget_reserve, pace_below), lambda remaining: check_start(
-                current=rt.shard_total, target=target, max_concurrency=rt.max_concurrency, remaining=remaining,
-                reserve=stats.budget_reserve, pace_below=pace_below, running=False))
+            wanted = target
+
+            def budget_check(remaining: int) -> None:
+                check_start(current=rt.shard_total, target=wanted, max_concurrency=rt.max_concurrency,
+                            remaining=remaining, reserve=stats.budget_reserve, pace_below=pace_below, running=False)
+            return await self._begin(store, target, max(stats.budget_reserve, pace_below), budget_check)
         self.last = Reshard(rt.shard_total, target, now,
                             warm_deadline=now + warm_timeout(target, rt.max_concurrency, cfg.identify_window),
                             cut_timeout=cfg.reshard_cut_timeout)
