@@ -116,6 +116,18 @@ class ReshardStore:
                                  f"not {old_total},{max_concurrency}: another host changed it; try again")
         return int(out[1]), None
 
+    async def epoch(self) -> int:
+        """The current record's epoch (0: none): one cheap command, for idle hosts watching for a new reshard."""
+        try:
+            raw = await self.client.hget(self.key, "epoch")
+        except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            raise_if_cancelling()
+            raise unavailable(self.url, exc) from None
+        try:
+            return int(raw) if raw is not None else 0
+        except ValueError:
+            return 0
+
     async def read(self) -> ClusterReshard | None:
         """The current record, or None (no reshard yet, or it expired, or it does not decode)."""
         try:

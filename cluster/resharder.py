@@ -53,8 +53,9 @@ CLUSTER_CUT_LEAD = 1.5
 every :data:`CLUSTER_POLL` seconds, then tells its workers)."""
 CLUSTER_POLL = 0.1
 """Seconds between reads of the reshard record while this host takes part in one."""
-CLUSTER_IDLE_POLL = 1.0
-"""Seconds between reads of the reshard record otherwise (how soon a host joins a reshard another host began)."""
+CLUSTER_IDLE_POLL = 2.0
+"""Seconds between reads of the record's epoch otherwise (how soon a host joins a reshard another host began; one
+command per host per poll)."""
 _SHARED = ("identify_events", "wake", "identifies", "restarts", "identify_waits", "errors", "loop_lags",
            "listeners", "tasks", "coordinator", "max_concurrency", "gateway_url")
 """What the new set's runtime shares with the supervisor's."""
@@ -219,19 +220,21 @@ class Resharder:
         return self.last
 
     async def follow(self) -> None:
-        """With a coordinator: join the reshards other hosts begin (read the record every
-        :data:`CLUSTER_IDLE_POLL` seconds; while one runs, :meth:`_procedure` reads it)."""
+        """With a coordinator: join the reshards other hosts begin (read the record's epoch every
+        :data:`CLUSTER_IDLE_POLL` seconds, the record when it is new; while one runs, :meth:`_procedure` reads it)."""
         while True:
             await asyncio.sleep(CLUSTER_IDLE_POLL)
             store = self._store
             if store is None or self.running:
                 continue
             try:
-                record = await store.read()
+                record = await store.read() if await store.epoch() > self._seen_epoch else None
             except CoordinatorUnavailable:
                 continue  # the coordinator's own loops say so
-            if (record is None or record.epoch <= self._seen_epoch or record.phase is not ClusterPhase.WARMING
-                    or store.host not in record.hosts):
+            if record is None or record.epoch <= self._seen_epoch:
+                continue
+            if record.phase is not ClusterPhase.WARMING or store.host not in record.hosts:
+                self._seen_epoch = record.epoch  # not ours (over, or begun before this host joined the cluster)
                 continue
             try:
                 self._join(record)
