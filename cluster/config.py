@@ -124,9 +124,9 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     (:mod:`cluster.leases`)."""
     lease_ttl: float = 10.0
     auto_reshard: bool = False
-    """Reshard live by itself: when a shard is closed with 4011 (sharding required; without a coordinator only), and
-    when GET /gateway/bot, asked every auto_reshard_interval seconds, recommends more shards than run by more than
-    auto_reshard_margin (with a coordinator, every host checks and the first to begin leads the whole cluster)."""
+    """Reshard live by itself: when a shard is closed with 4011 (sharding required), and when GET /gateway/bot, asked
+    every auto_reshard_interval seconds, recommends more shards than run by more than auto_reshard_margin (with a
+    coordinator, every host checks and the first to begin leads the whole cluster; the others take part)."""
     auto_reshard_interval: float = 3600.0
     auto_reshard_margin: float = 0.5
     """With auto_reshard: reshard once the recommendation exceeds the running count by this fraction (0.5: 50%)."""
@@ -334,8 +334,8 @@ HELP: dict[str, str] = {
     "lease_ttl": "with --assign auto: seconds a block's lease outlives its last renewal; a dead host's shards resume "
                  "elsewhere after about this long, and a host cut off from the coordinator stops its blocks before",
     "auto_reshard": "reshard live by itself when a shard is closed with 4011 (sharding required) or when "
-                    "GET /gateway/bot recommends more shards by --auto-reshard-margin (the 4011 trigger: without a "
-                    "--coordinator only)",
+                    "GET /gateway/bot recommends more shards by --auto-reshard-margin (with --coordinator: the whole "
+                    "cluster, static ranges only)",
     "auto_reshard_interval": "with --auto-reshard: seconds between checks of GET /gateway/bot's recommendation",
     "auto_reshard_margin": "with --auto-reshard: reshard once the recommendation exceeds the running shard count by "
                            "this fraction",

@@ -288,6 +288,16 @@ class Resharder:
             log.debug("reshard: %s", exc)
         return Action.NONE, ""
 
+    async def _cluster_running(self) -> bool:
+        """Whether a reshard of the whole cluster runs (another host began it: this host joins it)."""
+        if self.running or self._store is None:
+            return self.running
+        try:
+            record = await self._store.read()
+        except CoordinatorUnavailable:
+            return False
+        return record is not None and record.running
+
     async def _tell_roll_back(self, r: Reshard) -> bool:
         """Roll the cluster's reshard back for this host's reason (best effort); False if it had switched."""
         store, record = self._store, self.record
@@ -318,7 +328,9 @@ class Resharder:
                 return
             await self.start(target)
         except ReshardRefused as exc:
-            if sharding_required:
+            if sharding_required and await self._cluster_running():
+                log.warning("sharding required (4011): %s; this host takes part in it", exc)
+            elif sharding_required:
                 rt.stop(ExitCode.SHARDING_REJECTED, f"sharding required (4011) and the reshard was refused: {exc}")
             else:
                 log.warning("auto-reshard refused: %s", exc)
@@ -344,7 +356,7 @@ class Resharder:
             log.warning("shard %d of the old set closed fatally (%s) during the reshard", shard_id, code)
             self._act(self.last.old_passed(shard_id) if self.last else Action.NONE)  # type: ignore[union-attr]
             return True
-        if code == 4011 and self.sup.config.auto_reshard and self.sup.config.coordinator is None:
+        if code == 4011 and self.sup.config.auto_reshard:
             log.warning("shard %d: sharding required (4011); resharding automatically", shard_id)
             self._gone_old.add(shard_id)
             self.sup._rt.spawn_task(self.auto(sharding_required=True), "auto_reshard")

@@ -170,3 +170,29 @@ def _json(raw):
     import json
     return json.loads(raw)
 
+
+
+async def test_4011_on_both_hosts_with_auto_reshard_moves_the_cluster_once(tmp_path, id_log, redis_server):
+    """4 shards of 4 guilds on 2 hosts, at most 5 guilds a shard, one recommended shard per 4 guilds: 8 more guilds
+    close every shard with 4011 on both hosts; one host begins the reshard to 6 shards, the other joins it."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, max_guilds_per_shard=5,
+                         recommended_guilds_per_shard=4, **FAST) as sim:
+        common = dict(coordinator=redis_server.url, shards_per_worker=2, identify_window=0.3, host_count=2,
+                      report_interval=0.2, auto_reshard=True)
+        async with running(sim, HANDLER, tmp_path, host_index=0, **common) as (a, task_a), \
+                running(sim, HANDLER, tmp_path, host_index=1, **common) as (b, task_b):
+            await until(lambda: a.active_shards() == 2 and b.active_shards() == 2, 30, "both hosts' shards active")
+            sim.add_guilds(8)
+            await until(ended(a, b), 60, "the reshard's end on both hosts")
+            for sup in (a, b):
+                snap = sup.snapshot()
+                assert snap.reshard.phase == "done", snap.reshard.reason
+                assert snap.shard_total == 6
+            assert sorted(a.shards) == [0, 1, 2] and sorted(b.shards) == [3, 4, 5]
+            assert not task_a.done() and not task_b.done()
+            await until(lambda: a.active_shards() == 3 and b.active_shards() == 3, 10, "6 shards active")
+            ids = sim.emit_guild_events(24)  # the bot serves every guild again
+            await until(lambda: set(ids) <= {d[0] for d in delivered(id_log)}, 10, "the new set delivers")
+            stats = sim.stats.snapshot()
+    assert stats["sets"]["6"]["identifies"] == 6  # one reshard, not two
+    assert list((await redis_value(redis_server.url, "shardstack:*:layout")).values()) == [b"6,2"]
