@@ -7,11 +7,14 @@ Each host is a real supervisor (in this process) with real worker processes agai
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import sys
 
 import pytest
 from cluster_testing import FAST as FAST_CFG
 from cluster_testing import running, until
+from test_multihost_hosts import cli_env
 from test_reshard import FAST, HANDLER, all_delivered, delivered, id_log  # noqa: F401 - id_log is a fixture
 
 from cluster.config import ClusterConfig
@@ -196,3 +199,40 @@ async def test_4011_on_both_hosts_with_auto_reshard_moves_the_cluster_once(tmp_p
             stats = sim.stats.snapshot()
     assert stats["sets"]["6"]["identifies"] == 6  # one reshard, not two
     assert list((await redis_value(redis_server.url, "shardstack:*:layout")).values()) == [b"6,2"]
+
+
+async def test_a_host_killed_before_the_switch_rolls_the_others_back_once_its_record_expires(tmp_path, id_log,
+                                                                                             redis_server):
+    """Host A here, host B a `python -m cluster run` process killed with SIGKILL while the new set warms up: its
+    registry record expires after --host-ttl, and the leader rolls the cluster back."""
+    async with Simulator(shards=8, max_concurrency=4, guilds_per_shard=2, identify_window=1.0,
+                         heartbeat_interval=1000) as sim:
+        env = {**cli_env(sim), "RESHARD_ID_LOG": str(id_log)}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cluster", "run", "--handler", HANDLER, "--shards", "8", "--shards-per-worker", "4",
+            "--host-index", "1", "--host-count", "2", "--host-ttl", "2", "--gateway-url", sim.url, "--api-url",
+            sim.api_url, "--identify-window", "1", "--http-port", "none", "--no-status-line", "--log-level",
+            "ERROR", "--coordinator", redis_server.url, env=env, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            async with running(sim, HANDLER, tmp_path, coordinator=redis_server.url, shards=8, shards_per_worker=4,
+                               host_index=0, host_count=2) as (a, task_a):
+                await sim.wait_until(lambda s: s["total"]["identifies"] == 8, 30)
+                await until(lambda: a.active_shards() == 4, 10, "host A's shards")
+                await a.reshard(16)
+                await sim.wait_until(lambda s: any(r["shard"][1] == 16 and r["shard"][0] >= 8
+                                                   for r in s["sessions"].values()), 30)  # B's part identified
+                proc.kill()
+                await until(ended(a), 30, "the reshard's end on host A")
+                snap = a.snapshot()
+                assert snap.reshard.phase == "rolled_back", snap.reshard.reason
+                assert "left the registry" in snap.reshard.reason
+                assert snap.shard_total == 8 and not task_a.done()
+                await until(lambda: a.active_shards() == 4, 10, "host A's old shards")
+                record = await redis_value(redis_server.url, "shardstack:*:reshard")
+                layout = await redis_value(redis_server.url, "shardstack:*:layout")
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+            await proc.wait()
+    assert [v[b"phase"] for v in record.values()] == [b"rolled_back"]
+    assert list(layout.values()) == [b"8,4"]
