@@ -16,7 +16,8 @@ part, :mod:`cluster.resharder`):
    Redis becomes the new count and the old count's sessions are removed. Every host switches and closes its old
    set (1000). There is no rollback after *go*.
 5. Before *go*, any host may set *rolled_back* (a fatal close, a stop, its deadline); the leader also does when a
-   listed host's registry record expired or the warm-up deadline passed. Every host closes its new set; the old
+   listed host's registry record expired or the warm-up deadline passed, and the others when the leader's did or
+   it left the record unmoved past a deadline (:func:`follower_step`). Every host closes its new set; the old
    set never stopped, and the layout stays the old count.
 """
 
@@ -30,7 +31,7 @@ import msgspec
 from cluster.error import ConfigError, ReshardRefused
 from cluster.hosts import HostRecord, host_range
 
-__all__ = ["ClusterPhase", "ClusterReshard", "Step", "check_hosts", "leader_step", "new_part"]
+__all__ = ["ClusterPhase", "ClusterReshard", "Step", "check_hosts", "follower_step", "leader_step", "new_part"]
 
 
 class ClusterPhase(enum.StrEnum):
@@ -135,4 +136,17 @@ def leader_step(record: ClusterReshard, live: Iterable[str], now: float) -> tupl
         waiting = sorted(set(record.hosts) - record.passed)
         return Step.GO, (f"host {', '.join(waiting)} did not report its old shards past the cut within "
                          f"{record.cut_timeout:g} s; switching anyway")
+    return Step.NONE, ""
+
+
+def follower_step(record: ClusterReshard, live: Iterable[str], now: float) -> tuple[Step, str]:
+    """What a host that did not begin the reshard writes: a rollback if the leader is gone (its registry record
+    expired) or left the record unmoved a whole ``cut_timeout`` past the deadline of its phase, else nothing."""
+    if not record.running:
+        return Step.NONE, ""
+    if record.leader not in set(live):
+        return Step.ROLL_BACK, f"the leader, host {record.leader}, left the registry before the switch"
+    deadline = record.warm_deadline if record.phase is ClusterPhase.WARMING else record.go_deadline
+    if deadline is not None and now >= deadline + record.cut_timeout:
+        return Step.ROLL_BACK, f"the leader, host {record.leader}, did not move the reshard on past its deadline"
     return Step.NONE, ""

@@ -9,8 +9,9 @@ with close code 1000.
 
 With a coordinator (several hosts with static ranges), each host runs its own part the same way, but the steps that
 concern the whole cluster follow the reshard record in Redis (:mod:`cluster.reshard_plan`,
-:mod:`cluster.reshard_store`): a host reports its part warm and its old shards passed, and cuts, switches or rolls back when the record says so; the
-host that began the reshard (the leader) moves the record on.
+:mod:`cluster.reshard_store`): a host reports its part warm and its old shards passed, and cuts, switches or rolls
+back when the record says so; the host that began the reshard (the leader) moves the record on, and the others roll it
+back if the leader is gone.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from cluster.layout import round_up, split_range
 from cluster.loops import Loops
 from cluster.restart import RestartPolicy
 from cluster.reshard import Action, Phase, Reshard, ReshardRefused, auto_target, check_start, warm_timeout
-from cluster.reshard_plan import ClusterPhase, ClusterReshard, Step, check_hosts, leader_step, new_part
+from cluster.reshard_plan import (ClusterPhase, ClusterReshard, Step, check_hosts, follower_step, leader_step,
+                                  new_part)
 from cluster.routing import Router
 from cluster.runtime import Runtime, ShardView, WorkerHandle, WorkerState
 from cluster.snapshot import ReshardSnapshot
@@ -275,15 +277,16 @@ class Resharder:
                 return Action.CUT, ""
             if Action.GO in actions and "passed" not in self._reported and await store.report(record, "passed"):
                 self._reported.add("passed")
-            if record.leader == store.host:
-                live = [h.host_id for h in await read_hosts(self.sup._redis, self.sup._ns)]
-                step, why = leader_step(record, live, time.time())
-                if step is Step.CUT:
-                    await store.cut(record, time.time() + CLUSTER_CUT_LEAD)
-                elif step is Step.GO and await store.go(record, self.sup._rt.max_concurrency, why):
-                    return Action.GO, why
-                elif step is Step.ROLL_BACK:
-                    await store.roll_back(record, why)
+            live = [h.host_id for h in await read_hosts(self.sup._redis, self.sup._ns)]
+            lead = record.leader == store.host
+            step, why = (leader_step if lead else follower_step)(record, live, time.time())
+            if step is Step.CUT:
+                await store.cut(record, time.time() + CLUSTER_CUT_LEAD)
+            elif step is Step.GO and await store.go(record, self.sup._rt.max_concurrency, why):
+                return Action.GO, why
+            elif step is Step.ROLL_BACK:
+                log.error("reshard epoch %d: %s; rolling the cluster back", record.epoch, why)
+                await store.roll_back(record, why)
         except CoordinatorUnavailable as exc:
             log.debug("reshard: %s", exc)
         return Action.NONE, ""

@@ -8,7 +8,7 @@ from msgspec.structs import replace
 
 from cluster.error import ConfigError, ReshardRefused
 from cluster.hosts import HostRecord
-from cluster.reshard_plan import ClusterPhase, ClusterReshard, Step, check_hosts, leader_step, new_part
+from cluster.reshard_plan import ClusterPhase, ClusterReshard, Step, check_hosts, follower_step, leader_step, new_part
 
 
 def host(hid: str, first: int, last: int, total: int = 8) -> HostRecord:
@@ -71,3 +71,16 @@ def test_the_leader_rolls_back_for_a_dead_host_or_the_warm_up_deadline():
     assert step is Step.ROLL_BACK and "did not warm up in time on host b" in why
     for phase in (ClusterPhase.GO, ClusterPhase.ROLLED_BACK):  # nothing after the end, dead hosts or not
         assert leader_step(record(phase=phase), [], 1000.0) == (Step.NONE, "")
+
+
+def test_the_other_hosts_roll_back_when_the_leader_is_gone_or_stalls():
+    assert follower_step(record(), ["a", "b"], 1.0) == (Step.NONE, "")
+    step, why = follower_step(record(), ["b"], 1.0)
+    assert step is Step.ROLL_BACK and "the leader, host a, left the registry" in why
+    assert follower_step(record(), ["a", "b"], 109.9)[0] is Step.NONE  # the leader's own deadline comes first
+    assert follower_step(record(), ["a", "b"], 110.0)[0] is Step.ROLL_BACK
+    cutting = record(phase=ClusterPhase.CUTTING_OVER, cut_at=5.0, go_deadline=15.0)
+    assert follower_step(cutting, ["a", "b"], 24.9)[0] is Step.NONE
+    step, why = follower_step(cutting, ["a", "b"], 25.0)
+    assert step is Step.ROLL_BACK and "did not move the reshard on" in why
+    assert follower_step(record(phase=ClusterPhase.GO), [], 1000.0) == (Step.NONE, "")
