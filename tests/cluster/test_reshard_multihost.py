@@ -15,7 +15,8 @@ import pytest
 from cluster_testing import FAST as FAST_CFG
 from cluster_testing import running, until
 from test_multihost_hosts import cli_env
-from test_reshard import FAST, HANDLER, all_delivered, delivered, id_log  # noqa: F401 - id_log is a fixture
+from redis_process import free_port
+from test_reshard import FAST, HANDLER, _cli, all_delivered, delivered, id_log  # noqa: F401 - id_log is a fixture
 
 from cluster.config import ClusterConfig
 from cluster.coordination.redis_conn import connect
@@ -201,30 +202,41 @@ async def test_4011_on_both_hosts_with_auto_reshard_moves_the_cluster_once(tmp_p
     assert list((await redis_value(redis_server.url, "shardstack:*:layout")).values()) == [b"6,2"]
 
 
+@pytest.mark.parametrize("killed", ["follower", "leader"])
 async def test_a_host_killed_before_the_switch_rolls_the_others_back_once_its_record_expires(tmp_path, id_log,
-                                                                                             redis_server):
+                                                                                             redis_server, killed):
     """Host A here, host B a `python -m cluster run` process killed with SIGKILL while the new set warms up: its
-    registry record expires after --host-ttl, and the leader rolls the cluster back."""
+    registry record expires after --host-ttl, and the cluster rolls back: by the leader A if B only took part, by
+    A itself if B led the reshard (it got the command)."""
+    port = free_port()
     async with Simulator(shards=8, max_concurrency=4, guilds_per_shard=2, identify_window=1.0,
                          heartbeat_interval=1000) as sim:
-        env = {**cli_env(sim), "RESHARD_ID_LOG": str(id_log)}
+        env = {**cli_env(sim), "RESHARD_ID_LOG": str(id_log), "CLUSTER_HTTP_TOKEN": "s3cret"}
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "cluster", "run", "--handler", HANDLER, "--shards", "8", "--shards-per-worker", "4",
             "--host-index", "1", "--host-count", "2", "--host-ttl", "2", "--gateway-url", sim.url, "--api-url",
-            sim.api_url, "--identify-window", "1", "--http-port", "none", "--no-status-line", "--log-level",
+            sim.api_url, "--identify-window", "1", "--http-port", str(port), "--no-status-line", "--log-level",
             "ERROR", "--coordinator", redis_server.url, env=env, stderr=asyncio.subprocess.DEVNULL)
         try:
             async with running(sim, HANDLER, tmp_path, coordinator=redis_server.url, shards=8, shards_per_worker=4,
                                host_index=0, host_count=2) as (a, task_a):
                 await sim.wait_until(lambda s: s["total"]["identifies"] == 8, 30)
                 await until(lambda: a.active_shards() == 4, 10, "host A's shards")
-                await a.reshard(16)
-                await sim.wait_until(lambda s: any(r["shard"][1] == 16 and r["shard"][0] >= 8
-                                                   for r in s["sessions"].values()), 30)  # B's part identified
+                if killed == "follower":
+                    await a.reshard(16)
+                else:  # host B gets the command
+                    code, out, err = await _cli("--url", f"http://127.0.0.1:{port}", "--shards", "16", "--no-wait",
+                                                token="s3cret")
+                    assert code == 0, (out, err)
+                part = (lambda n: n >= 8) if killed == "follower" else (lambda n: n < 8)
+                await sim.wait_until(lambda s: any(r["shard"][1] == 16 and part(r["shard"][0])
+                                                   for r in s["sessions"].values()), 30)  # the survivor's part runs
+                assert a.snapshot().reshard.phase == "warming"
                 proc.kill()
                 await until(ended(a), 30, "the reshard's end on host A")
                 snap = a.snapshot()
                 assert snap.reshard.phase == "rolled_back", snap.reshard.reason
+                assert ("the leader, host" if killed == "leader" else "host") in snap.reshard.reason
                 assert "left the registry" in snap.reshard.reason
                 assert snap.shard_total == 8 and not task_a.done()
                 await until(lambda: a.active_shards() == 4, 10, "host A's old shards")
