@@ -180,8 +180,8 @@ async def agree_layout(client: Any, ns: str, shard_total: int, max_concurrency: 
         raise ConfigError(f"the coordinator's {key} holds {raw!r}, not 'shards,max_concurrency': delete it") from None
     if explicit_shards is not None and explicit_shards != stored_total:
         raise ConfigError(f"this host was started with {explicit_shards} shards, but the cluster has "
-                             f"{stored_total} (stored in {key} by its first host): start every host with the same "
-                             f"--shards, or delete {key} once every host is stopped")
+                             f"{stored_total} (stored in {key} by its first host or its last live reshard): start "
+                             f"every host with the same --shards, or delete {key} once every host is stopped")
     if explicit_concurrency is not None and explicit_concurrency != stored_mc:
         raise ConfigError(f"this host was started with max_concurrency {explicit_concurrency}, but the cluster "
                              f"has {stored_mc} (stored in {key})")

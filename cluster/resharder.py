@@ -106,6 +106,7 @@ class Resharder:
         self._auto_pending = False
         self.record: ClusterReshard | None = None  # with a coordinator: the cluster's record of the running reshard
         self._seen_epoch = 0
+        self._leader: str | None = None  # the latest cluster reshard's leader (for the snapshot)
         self._reported: set[str] = set()  # "warm", "passed": what this host told the record
         self._store_: Any = None
 
@@ -210,7 +211,7 @@ class Resharder:
         except ConfigError as exc:
             raise ReshardRefused(str(exc)) from None
         now = time.monotonic()
-        self.record, self._reported = record, set()
+        self.record, self._reported, self._leader = record, set(), record.leader
         self.last = Reshard(record.old_total, record.new_total, now,
                             warm_deadline=now + max(0.0, record.warm_deadline - time.time()),
                             cut_timeout=record.cut_timeout, new_shards=new, old_shards=old)
@@ -661,5 +662,9 @@ class Resharder:
             return None
         now = time.monotonic()
         end = r.finished_at if r.finished_at is not None else now
+        part = r.new_shards
         return ReshardSnapshot(r.phase.value, r.old_total, r.new_total, len(r.warm), len(r.passed), end - r.started,
-                               None if r.switched_at is None else r.switched_at - r.started, r.reason)
+                               None if r.switched_at is None else r.switched_at - r.started, r.reason,
+                               shards=None if part is None else (part.start, part.stop - 1),
+                               epoch=self._seen_epoch if part is not None else None,
+                               leader=self._leader if part is not None else None)

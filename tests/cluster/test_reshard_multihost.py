@@ -68,6 +68,9 @@ async def test_two_hosts_move_from_8_to_16_shards_together_losing_and_repeating_
                 assert snap.reshard.phase == "done", snap.reshard.reason
                 assert snap.shard_total == 16
             assert sorted(a.shards) == list(range(8)) and sorted(b.shards) == list(range(8, 16))
+            status = a.status()["reshard"], b.status()["reshard"]  # each host shows its part and the leader
+            assert [s["shards"] for s in status] == [[0, 7], [8, 15]] and {s["ready"] for s in status} == {8}
+            assert {s["leader"] for s in status} == {a.host.host_id} and status[0]["epoch"] == status[1]["epoch"]
             await until(lambda: a.active_shards() == 8 and b.active_shards() == 8, 10, "16 shards active")
             total = sim.guild_events.total
             await until(lambda: sim.guild_events.total >= total + 100, 10, "traffic after the reshard")
