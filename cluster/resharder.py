@@ -26,11 +26,11 @@ from typing import Any, Protocol
 import msgspec
 
 from cluster.config import ClusterConfig
-from cluster.error import ConfigError, CoordinatorUnavailable
-from cluster.hosts import HostRecord, host_ordinal, read_hosts
 from cluster.cutover import ACKS_AFTER_CUT
 from cluster.discord_api import fetch_gateway_bot
+from cluster.error import ConfigError, CoordinatorUnavailable
 from cluster.exitcodes import ClusterExit, ExitCode
+from cluster.hosts import HostRecord, host_ordinal, read_hosts
 from cluster.layout import round_up, split_range
 from cluster.loops import Loops
 from cluster.restart import RestartPolicy
