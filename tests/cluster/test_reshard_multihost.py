@@ -14,8 +14,8 @@ import sys
 import pytest
 from cluster_testing import FAST as FAST_CFG
 from cluster_testing import running, until
-from test_multihost_hosts import cli_env
 from redis_process import free_port
+from test_multihost_hosts import cli_env
 from test_reshard import FAST, HANDLER, _cli, all_delivered, delivered, id_log  # noqa: F401 - id_log is a fixture
 
 from cluster.config import ClusterConfig

@@ -8,7 +8,8 @@ from msgspec.structs import replace
 
 from cluster.error import ConfigError, ReshardRefused
 from cluster.hosts import HostRecord
-from cluster.reshard_plan import ClusterPhase, ClusterReshard, Step, check_hosts, follower_step, leader_step, new_part
+from cluster.reshard_plan import (ClusterPhase, ClusterReshard, Step, check_hosts, follower_step, leader_step,
+                                  new_part)
 
 
 def host(hid: str, first: int, last: int, total: int = 8) -> HostRecord:
