@@ -88,6 +88,8 @@ class Host(Protocol):
 
     def _policy(self, wid: int) -> RestartPolicy: ...
 
+    def keep_registered(self) -> None: ...
+
 
 class Resharder:
     """Starts and runs live reshards of one supervisor, one at a time; :attr:`last` is the latest."""
@@ -620,6 +622,7 @@ class Resharder:
             await store.move_host(sup.host, sup.config.host_ttl)
         except CoordinatorUnavailable as exc:
             log.warning("could not write this host's new shards to the registry: %s", exc)
+        sup.keep_registered()  # renews (and, if Redis lost it, rewrites) the new record from now on
 
     async def _roll_back(self, r: Reshard) -> None:
         """Close the new set (never resumed again); the old set goes on, delivering what it held."""

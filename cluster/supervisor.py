@@ -108,6 +108,7 @@ class Supervisor:
         self._redis: Any = None  # the coordinator's client, with --coordinator
         self._ns = ""
         self.host: HostRecord | None = None  # this host in the registry, with --coordinator
+        self._registry: asyncio.Task[Any] | None = None  # the loop renewing it
         self._cross: Any = None  # the sessions, status and broadcasts shared with the other hosts (a CrossHost)
         self.blocks: Any = None  # with --assign auto: this host's block leases (a cluster.blocks.BlockKeeper)
 
@@ -310,11 +311,7 @@ class Supervisor:
             record = new_record(self._host_id, mine, self.shard_total, self.http_url)
             await self._register(record)
             self.host = record
-            from cluster.coordination.redis import RedisCoordination  # noqa: PLC0415 - needs the redis package
-            coord = self.coordinator if isinstance(self.coordinator, RedisCoordination) else None
-            self._rt.spawn_loop("host_registry", lambda: keep_registered(
-                self._redis, self._ns, record, cfg.host_ttl, on_error=coord.mark_down if coord else None,
-                on_ok=coord.mark_up if coord else None))
+            self.keep_registered()
             self._join_hosts()  # sessions, status and broadcasts shared with the other hosts
             if auto:
                 self._keep_blocks(token)
@@ -330,6 +327,19 @@ class Supervisor:
             self._rt.spawn_loop("auto_reshard", self._resharder.watch)
         for wid, r in enumerate(ranges):
             self._rt.spawn_task(self._workers.bring_up(wid, r, self._policy(wid)))
+
+    def keep_registered(self) -> None:
+        """Renew this host's registry record (:attr:`host`) while the host runs; called again once it changed (a
+        reshard moved this host's shards), so that a record Redis lost is written back as it is now."""
+        from cluster.coordination.redis import RedisCoordination  # noqa: PLC0415 - needs the redis package
+
+        if self._registry is not None:
+            self._registry.cancel()
+        record, coord = self.host, self.coordinator if isinstance(self.coordinator, RedisCoordination) else None
+        assert record is not None
+        self._registry = self._rt.spawn_loop("host_registry", lambda: keep_registered(
+            self._redis, self._ns, record, self.config.host_ttl, on_error=coord.mark_down if coord else None,
+            on_ok=coord.mark_up if coord else None))
 
     def _policy(self, wid: int) -> RestartPolicy:
         cfg = self.config
