@@ -155,25 +155,34 @@ async def test_a_host_stopping_before_the_switch_rolls_every_host_back(tmp_path,
     assert list(layout.values()) == [b"8,4"]
 
 
-async def test_a_new_shard_closed_fatally_on_the_hosts_rolls_back_and_the_old_sets_serve_on(tmp_path, id_log,
-                                                                                            redis_server):
-    """The simulator takes shard counts that are multiples of 8 only: the 12-shard set is closed with 4010."""
-    async with Simulator(shards=8, max_concurrency=4, shard_multiple=8, guilds_per_shard=2, **FAST) as sim:
+async def test_a_new_shard_closed_fatally_on_one_host_rolls_every_host_back_and_the_old_sets_serve_on(
+        tmp_path, id_log, redis_server):
+    """Host B's new shard 12 (a shard only the 16-shard set has) is closed with 4010 as soon as it identified: B
+    rolls the cluster back, and host A, the leader, whose new set was fine, closes its new set too."""
+    async with Simulator(shards=8, max_concurrency=4, guilds_per_shard=2, **FAST) as sim:
         async with two_hosts(sim, redis_server.url, tmp_path) as (a, b, task_a, task_b):
             sim.config.guild_events_per_second = 100
-            await a.reshard(12)
+            await a.reshard(16)
+            await sim.wait_until(lambda s: any(r["shard"] == [12, 16] for r in s["sessions"].values()), 30)
+            assert sim.close(12, 4010) == 1
             await until(ended(a, b), 30, "the reshard's end on both hosts")
-            for sup in (a, b):
+            reasons = {}
+            for name, sup in (("a", a), ("b", b)):
                 snap = sup.snapshot()
-                assert snap.reshard.phase == "rolled_back" and "close code 4010" in snap.reshard.reason
-                assert snap.shard_total == 8 and sup.active_shards() == 4
+                assert snap.reshard.phase == "rolled_back" and snap.shard_total == 8, snap.reshard
+                reasons[name] = snap.reshard.reason
+                await until(lambda sup=sup: sup.active_shards() == 4, 10, "the old set's shards")
+            assert reasons["b"] == "new shard 12 closed fatally (close code 4010)"
+            assert reasons["a"] == f"rolled back by the cluster: host {b.host.host_id}: {reasons['b']}"
             assert not task_a.done() and not task_b.done()
             layout = await redis_value(redis_server.url, "shardstack:*:layout")
+            record = await redis_value(redis_server.url, "shardstack:*:reshard")
             before = len(delivered(id_log))
             await until(lambda: len(delivered(id_log)) > before + 20, 10, "the old sets delivering on")
             stats = sim.stats.snapshot()
-    assert list(layout.values()) == [b"8,4"]
-    assert stats["sets"]["8"]["sessions"] == {"active": 8}
+    assert list(layout.values()) == [b"8,4"] and [v[b"phase"] for v in record.values()] == [b"rolled_back"]
+    assert stats["sets"]["8"]["sessions"] == {"active": 8}  # the old sets never stopped
+    assert stats["sets"]["16"]["closes"].get("client 1000", 0) >= 1  # the new sets were closed for good
 
 
 async def test_a_cluster_budget_too_short_is_refused_before_anything_starts(tmp_path, id_log, redis_server):
