@@ -7,7 +7,7 @@ PIP_INSTALL := $(BIN)/python -m pip install -q -c constraints/dev.txt
 
 FUZZ_SECONDS ?= 120
 
-.PHONY: test demo venv bench fuzz mutate clean
+.PHONY: test lint demo venv bench fuzz mutate clean
 
 $(STAMP): pyproject.toml constraints/dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,6 +19,13 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# ruff over the whole tree and mypy over the packages, as configured in pyproject.toml. mypy reads the installed
+# dependencies' annotations, so the test extras come first (the STAMP), then the lint extra.
+lint: $(STAMP)
+	$(PIP_INSTALL) -e ".[lint]"
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m mypy
 
 # make demo PORT=9200: the status page's port (default 9100; a free one when it is taken).
 PORT ?= 9100

@@ -205,7 +205,7 @@ async def bench_recovery(reps: int) -> dict:
                 victim = sup.workers[i % 4]
                 t0 = time.monotonic()
                 os.kill(victim.pid, signal.SIGKILL)
-                while (await sim.stats())["total"]["resumes"] < before + 4:
+                while (await sim.stats())["total"]["resumes"] < before + 4:  # noqa: ASYNC110 - polls the sim's HTTP stats
                     await asyncio.sleep(0.01)
                 times.append(time.monotonic() - t0)
                 await until(lambda: sup.active_shards() == 16, 30, "recovered")
@@ -229,7 +229,7 @@ async def bench_handler(rounds: int, seconds: float, warmup: float = 1.0) -> dic
                 sup = supervisor(sim, tmp, token=SHARD_BENCH_TOKEN, shards=1, workers=1, identify_window=0.05,
                                  handler="cluster.example:ExampleHandler")
                 task = asyncio.get_running_loop().create_task(sup.run())
-                await until(lambda: sup.active_shards() == 1, 60, "the shard Active", task=task)
+                await until(lambda: sup.active_shards() == 1, 60, "the shard Active", task=task)  # noqa: B023
                 await asyncio.sleep(warmup)
                 a, ta = (await sup.broadcast(MessageCount(), timeout=10))[0].value, time.monotonic()
                 await asyncio.sleep(seconds)
@@ -265,7 +265,8 @@ def report(results: dict) -> str:
     if s := results.get("scale"):
         lines += ["## Scale", "",
                   f"{s['n']} shards, max_concurrency {s['m']}, {s['workers']} workers; the simulator in another "
-                  f"process. Bring-up {s['bringup']:.1f} s (target {s['target']:.0f} s); then {s['idle']:.0f} s idle.", "",
+                  f"process. Bring-up {s['bringup']:.1f} s (target {s['target']:.0f} s); "
+                  f"then {s['idle']:.0f} s idle.", "",
                   "| measure | value |", "|---|---|",
                   f"| all shards Active and connected after the idle period | {s['healthy']} |",
                   f"| identifies / violations / concurrency violations | {s['identifies']} / {s['violations']} / "
@@ -273,19 +274,23 @@ def report(results: dict) -> str:
                   f"| supervisor CPU per 1,000 idle shards | {s['supervisor_cpu_pct_per_1k']:.2f} % of a core |",
                   f"| workers' CPU per 1,000 idle shards | {s['workers_cpu_pct_per_1k']:.2f} % of a core |",
                   f"| simulator CPU | {s['sim_cpu_pct']:.1f} % of a core |",
-                  f"| worker RSS | {s['worker_rss_mib']:.0f} MiB ({s['worker_rss_mib_per_shard'] * 1024:.0f} KiB per shard) |", ""]
+                  f"| worker RSS | {s['worker_rss_mib']:.0f} MiB "
+                  f"({s['worker_rss_mib_per_shard'] * 1024:.0f} KiB per shard) |", ""]
     if r := results.get("recovery"):
         lines += ["## Recovery", "",
                   f"kill -9 of one of 4 workers (16 shards, 5 events/s per shard) until its 4 shards are RESUMED "
                   f"on the simulator; {r['reps']} runs.", "",
-                  "| min | median | max | identifies (total, 16 = none spent) | lost dispatches |", "|---|---|---|---|---|",
-                  f"| {r['min']:.2f} s | {r['median']:.2f} s | {r['max']:.2f} s | {r['identifies']} | {r['lost']} |", ""]
+                  "| min | median | max | identifies (total, 16 = none spent) | lost dispatches |",
+                  "|---|---|---|---|---|",
+                  f"| {r['min']:.2f} s | {r['median']:.2f} s | {r['max']:.2f} s | {r['identifies']} "
+                  f"| {r['lost']} |", ""]
     if h := results.get("handler"):
         lines += ["## Handler throughput through a worker", "",
                   f"One shard, the simulator's replayed zlib-stream flood (MESSAGE_CREATE of about 1 KB); "
                   f"{h['rounds']} alternating rounds of {h['seconds']:g} s, medians.", "",
                   "| path | events/s |", "|---|---|",
-                  f"| supervisor + 1 worker, `cluster.example:ExampleHandler` (counted over IPC) | {h['worker']:,.0f} |",
+                  "| supervisor + 1 worker, `cluster.example:ExampleHandler` (counted over IPC) "
+                  f"| {h['worker']:,.0f} |",
                   f"| the Shard alone, `async for event in shard: await handler(event)` | {h['alone']:,.0f} |", "",
                   f"The worker delivers {h['worker'] / h['alone']:.0%} of what the bare Shard does.", ""]
     return "\n".join(lines)
@@ -320,7 +325,7 @@ async def main() -> None:
     text = report(results)
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    Path(args.out).write_text(text)  # noqa: ASYNC240 - the run is over: nothing else waits on this loop
     Path(args.out).with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
 
 

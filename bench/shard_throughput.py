@@ -464,12 +464,16 @@ def report(rows: list[tuple[str, str, float, float]], ceiling: dict[str, object]
     lines = [
         "# Shard throughput and memory",
         "",
-        f"Command: `{' '.join(['.venv/bin/python bench/shard_throughput.py', *sys.argv[1:]])}` (from the repository root). Machine: {os.cpu_count()} cores, "
-        f"Python {platform.python_version()}, {platform.platform()}; run at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.",
+        f"Command: `{' '.join(['.venv/bin/python bench/shard_throughput.py', *sys.argv[1:]])}` "
+        f"(from the repository root). Machine: {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}, {platform.platform()}; "
+        f"run at {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}.",
         "",
         f"Flood: `{sim_cmd}` (its own process). One shard, zlib-stream, MESSAGE_CREATE of "
-        f"{float(ceiling['mean_message_bytes']):.0f} B on average ({float(ceiling['mean_frame_bytes']):.0f} B on the wire). "  # type: ignore[arg-type]
-        f"Each client in its own process, {seconds:g} s window after READY and a warm-up; events counted by the client; "
+        f"{float(ceiling['mean_message_bytes']):.0f} B on average "  # type: ignore[arg-type]
+        f"({float(ceiling['mean_frame_bytes']):.0f} B on the wire). "  # type: ignore[arg-type]
+        f"Each client in its own process, {seconds:g} s window after READY and a warm-up; "
+        "events counted by the client; "
         f"the clients run interleaved, {rounds} rounds, and the table shows each client's median round.",
         "",
         "| client | tier | events/s | client CPU |",
@@ -480,8 +484,10 @@ def report(rows: list[tuple[str, str, float, float]], ceiling: dict[str, object]
     lines += [
         f"| decode ceiling (inflate zlib-ng + msgspec, no I/O) | ceiling | {ceil_ng:,.0f} | 100% |",
         f"| decode ceiling (inflate stock zlib + msgspec, no I/O) | ceiling | {ceil_z:,.0f} | 100% |",
-        f"| decode ceiling, zlib-ng, while the flood server and a discarding reader run (3 busy processes on 2 cores: pessimistic) | ceiling | {ceil_ng_l:,.0f} | 100% |",
-        f"| decode ceiling, stock zlib, while the flood server and a discarding reader run (3 busy processes on 2 cores: pessimistic) | ceiling | {ceil_z_l:,.0f} | 100% |",
+        "| decode ceiling, zlib-ng, while the flood server and a discarding reader run "
+        f"(3 busy processes on 2 cores: pessimistic) | ceiling | {ceil_ng_l:,.0f} | 100% |",
+        "| decode ceiling, stock zlib, while the flood server and a discarding reader run "
+        f"(3 busy processes on 2 cores: pessimistic) | ceiling | {ceil_z_l:,.0f} | 100% |",
         "",
         "## Targets",
         "",

@@ -41,7 +41,6 @@ import re
 import resource
 import shlex
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -483,13 +482,14 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:  # pragma: no cover
         run = asyncio.run
 
-    lines = [f"# Simulator capacity\n", f"Command: `{command}` (from the repository root, with the project's .venv)\n",
+    lines = ["# Simulator capacity\n", f"Command: `{command}` (from the repository root, with the project's .venv)\n",
              f"Machine: {os.cpu_count()} cores, Python {platform.python_version()}, {platform.platform()}; "
              f"fd limit {fds}; run at {time.strftime('%Y-%m-%d %H:%M:%S %Z')}.\n"]
     ok = True
 
     if not args.skip_idle:
-        sim_args = ["--port", "0", "--quiet", "--shards", str(args.shards), "--max-concurrency", str(args.max_concurrency),
+        sim_args = ["--port", "0", "--quiet", "--shards", str(args.shards),
+                    "--max-concurrency", str(args.max_concurrency),
                     "--identify-window", str(args.identify_window), "--session-limit", str(args.shards * 2),
                     "--heartbeat-interval", str(args.heartbeat_interval), "--guilds-per-shard", "1"]
         with SimProcess(sim_args) as sim:
@@ -504,13 +504,16 @@ def main(argv: list[str] | None = None) -> int:
             f"Simulator: `{sim.command}` (its own process). Clients: this script's process, one `websockets` "
             f"connection per shard over zlib-stream, identify queue by bucket, heartbeats at the Hello interval.\n",
             "| metric | value |", "| --- | --- |",
-            f"| shard connections held | **{r['open_connections']:,}** of {args.shards:,} ({'PASS' if passed else 'FAIL'}: goal >= 2,000) |",
+            f"| shard connections held | **{r['open_connections']:,}** of {args.shards:,} "
+            f"({'PASS' if passed else 'FAIL'}: goal >= 2,000) |",
             f"| Identifies / resumes | {r['identifies']:,} / {r['resumes']} |",
             f"| violations / concurrency violations | {r['violations']} / {r['concurrency_violations']} |",
             f"| bring-up (connect + bucketed Identify + READY + GUILD_CREATE) | {r['bring_up_s']:.1f} s |",
-            f"| hold | {r['hold_s']:.1f} s, {r['heartbeats_in_hold']:,} heartbeats received by the sim, {r['acks_in_hold']:,} ACKs read by the clients |",
+            f"| hold | {r['hold_s']:.1f} s, {r['heartbeats_in_hold']:,} heartbeats received by the sim, "
+            f"{r['acks_in_hold']:,} ACKs read by the clients |",
             f"| simulator CPU while holding | {r['sim_cpu_pct_hold']:.1f} % of one core |",
-            f"| simulator RSS with all shards up | {r['sim_rss_mib']:.0f} MiB ({r['sim_rss_mib'] * 1024 / args.shards:.0f} KiB per shard, including a deflate context each) |",
+            f"| simulator RSS with all shards up | {r['sim_rss_mib']:.0f} MiB "
+            f"({r['sim_rss_mib'] * 1024 / args.shards:.0f} KiB per shard, including a deflate context each) |",
             "",
         ]
 
@@ -539,13 +542,15 @@ def main(argv: list[str] | None = None) -> int:
             "frames, pre-built, to the same reader: loopback with zero per-event work. *Encode-only*: the simulator's "
             "own encoder (`sim.compress`, batches of 64 like the flood loop) on one core with no I/O at all; for "
             "zlib-stream this CPU bound, not loopback, is the real ceiling.\n",
-            "| mode | sim events/s | client check (bytes / mean frame) | MB/s | frame bytes | sim CPU | loopback ceiling events/s | sim / loopback | encode-only events/s | sim / encode-only |",
+            "| mode | sim events/s | client check (bytes / mean frame) | MB/s | frame bytes | sim CPU "
+            "| loopback ceiling events/s | sim / loopback | encode-only events/s | sim / encode-only |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
-        for label, cmd, f, c in rows:
+        for label, _cmd, f, c in rows:
             lines.append(f"| {label} | **{f['events_per_s']:,.0f}** | {f['client_est_events_per_s']:,.0f} | "
                          f"{f['mb_per_s']:.0f} | {f['mean_frame_bytes']:.0f} | {f['sim_cpu_pct']:.0f} % | "
-                         f"{c['events_per_s']:,.0f} ({c['mb_per_s']:.0f} MB/s) | {f['events_per_s'] / c['events_per_s']:.3f} | "
+                         f"{c['events_per_s']:,.0f} ({c['mb_per_s']:.0f} MB/s) | "
+                         f"{f['events_per_s'] / c['events_per_s']:.3f} | "
                          f"{c['encode_only']:,.0f} | {f['events_per_s'] / c['encode_only']:.2f} |")
         lines += ["", "Simulator commands:", ""] + [f"- {label}: `{cmd}`" for label, cmd, _, _ in rows] + [
             "",

@@ -35,7 +35,8 @@ from cluster.supervisor import Supervisor
 
 __all__ = [
     "Backoff", "ClusterConfig", "ClusterError", "ClusterExit", "ClusterSnapshot", "ClusterStatus", "ConfigError",
-    "Coordination", "CoordinatorUnavailable", "ExitCode", "Handler", "HandlerImportError", "IdentifyCoordinator", "IpcQueue", "ReshardRefused",
-    "RestartPolicy", "SessionBudget", "Supervisor", "WorkerContext", "load_config", "load_sessions", "round_up", "save_sessions",
+    "Coordination", "CoordinatorUnavailable", "ExitCode", "Handler", "HandlerImportError", "IdentifyCoordinator",
+    "IpcQueue", "ReshardRefused", "RestartPolicy",
+    "SessionBudget", "Supervisor", "WorkerContext", "load_config", "load_sessions", "round_up", "save_sessions",
     "split",
 ]

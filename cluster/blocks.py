@@ -2,12 +2,14 @@
 
 :class:`BlockKeeper` renews this host's leases every ``lease_ttl / 3`` and tells each block's worker its new
 deadline (:class:`~ipc.protocol.LeaseDeadline`, which the worker's :class:`~cluster.fence.Fence` enforces); it
-claims the free blocks of its fair share (a new cluster, or a dead host's expired leases: a *failover*) and
-starts a worker for each that resumes the sessions found in Redis; and it hands off one block at a time when
-another host has fewer than its share (drain resumably, save the sessions under the block's epoch, release the
-lease; the other host claims it and resumes). A block whose lease is lost or whose deadline passes (Redis
-unreachable for ``lease_ttl - margin``) has its worker killed at once (no frame: the sessions stay resumable)
-and is never restarted here. On a clean stop every block is drained, saved and released, so that the other
+claims the free blocks of its fair share at once (a new cluster, or a dead host's expired leases: a *failover*)
+and starts a worker for each that resumes the sessions found in Redis; a claimed block stays marked *starting*
+(renewed with its lease) until all its shards are active; and it hands off one block at a time when another host
+has fewer than its share and no block in the cluster is starting (drain resumably, save the sessions under the
+block's epoch, release the lease; the other host claims it and resumes); :mod:`cluster.leases` says why the
+moves are paced so. A block whose lease is lost or whose deadline passes (Redis unreachable for
+``lease_ttl - margin``) has its worker killed at once (no frame: the sessions stay resumable) and is never
+restarted here. On a clean stop every block is drained, saved and released, so that the other
 hosts take them over with a resume and no identify.
 
 Every move is one log line ``lease <event> block=<b> shards=<a>-<z> epoch=<e> reason=<r>`` and is counted in
@@ -23,10 +25,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from cluster.hosts import HOST_RENEW_INTERVAL, host_key, hosts_key
-from cluster.coordination.redis_conn import raise_if_cancelling
-from cluster.leases import (Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key, lease_value, plan,
-                            renew_interval)
+from cluster.hosts import HOST_RENEW_INTERVAL, read_hosts
+from cluster.coordination.redis_conn import keep_trying, on_trouble
+from cluster.leases import (START_TIMEOUT, Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key,
+                            lease_value, plan, renew_interval)
 from cluster.restart import RestartPolicy
 from cluster.runtime import Runtime, ShardView, WorkerHandle
 from cluster.snapshot import BlockSnapshot
@@ -55,7 +57,8 @@ class BlockKeeper:
     writes sessions (fenced by :meth:`fence`); ``policy(block)`` is a new restart policy for a block's worker."""
 
     def __init__(self, rt: Runtime, workers: Workers, leases: LeaseStore, *, client: Any, ns: str,
-                 host_ttl: float, shards_per_worker: int | None, load: Callable[[range], Awaitable[dict[int, SessionInfo]]],
+                 host_ttl: float, shards_per_worker: int | None,
+                 load: Callable[[range], Awaitable[dict[int, SessionInfo]]],
                  save: Callable[[list[SessionInfo]], Awaitable[None]],
                  policy: Callable[[int], RestartPolicy]) -> None:
         self.rt, self.workers, self.leases = rt, workers, leases
@@ -64,6 +67,7 @@ class BlockKeeper:
         self.load, self.save, self.policy = load, save, policy
         self.held: dict[int, int] = {}  # block -> epoch
         self.deadline: dict[int, float] = {}  # block -> monotonic time it must be stopped by
+        self.starting: dict[int, float] = {}  # block -> when it was claimed, until all its shards are active
         self.moving: int | None = None  # the block being handed off (one at a time)
         self.moves: Counter[tuple[str, str]] = Counter()  # (claim|loss|handoff, reason)
         self.view: tuple[BlockSnapshot, ...] = ()  # the blocks as last read, for /status
@@ -107,15 +111,12 @@ class BlockKeeper:
 
     async def run(self) -> None:
         """Renew, claim and hand off for as long as the host runs (Redis trouble is waited out)."""
-        from redis import exceptions as rx  # noqa: PLC0415
-
         while not self.leaving:
             self._ticking = asyncio.ensure_future(self.tick())  # a stop waits for it: never a claim cut in half
-            try:
+            with on_trouble() as caught:
                 await asyncio.shield(self._ticking)
-            except (rx.RedisError, OSError, TimeoutError) as exc:
-                raise_if_cancelling()
-                self.rt.errors[("leases", type(exc).__name__)] += 1
+            if caught.exc is not None:
+                self.rt.errors[("leases", type(caught.exc).__name__)] += 1
                 await asyncio.sleep(RETRY_EVERY)  # the deadlines are near: try again soon, not a tick later
                 continue
             await asyncio.sleep(renew_interval(self.ttl))
@@ -162,12 +163,26 @@ class BlockKeeper:
 
     async def live_hosts(self) -> list[str]:
         """The ids of the hosts whose record was renewed within :data:`FRESH_HOST` seconds."""
-        ids = sorted(i.decode() if isinstance(i, bytes) else i for i in await self.client.smembers(hosts_key(self.ns)))
-        async with self.client.pipeline(transaction=False) as pipe:
-            for hid in ids:
-                pipe.pttl(host_key(self.ns, hid))
-            left = await pipe.execute()
-        return [hid for hid, ms in zip(ids, left, strict=True) if ms > 0 and self.host_ttl - ms / 1000 <= FRESH_HOST]
+        return sorted(r.host_id for r in await read_hosts(self.client, self.ns, renewed_within=FRESH_HOST,
+                                                          ttl=self.host_ttl))
+
+    def _still_starting(self) -> set[int]:
+        """The blocks claimed whose shards are not all active yet (for at most :data:`START_TIMEOUT`)."""
+        now = time.monotonic()
+        for block, since in list(self.starting.items()):
+            if block not in self.held or now - since > START_TIMEOUT or self.workers.all_active(self.ranges[block]):
+                del self.starting[block]
+        return set(self.starting)
+
+    async def _started(self, block: int, epoch: int) -> None:
+        """Once the block's shards are all active, say so in Redis at once (the next renewal would say it too, up
+        to a renewal interval later): a rebalance waiting for it moves its next block sooner."""
+        await self.workers.wait_active(self.ranges[block], START_TIMEOUT)
+        if self.held.get(block) != epoch:
+            return
+        self.starting.pop(block, None)
+        with on_trouble():  # on trouble the next renewal clears the mark
+            await self.leases.started(block, epoch)
 
     async def renew(self) -> None:
         held = dict(self.held)
@@ -175,7 +190,7 @@ class BlockKeeper:
             return
         sent = time.monotonic()
         async with asyncio.timeout(renew_interval(self.ttl)):
-            results = await self.leases.renew(held)
+            results = await self.leases.renew(held, self._still_starting())
         for block, result in results.items():
             if self.held.get(block) != held[block]:
                 continue  # released or lost meanwhile
@@ -201,6 +216,7 @@ class BlockKeeper:
             await self.leases.release(block, epoch)
             return
         self.held[block], self.deadline[block] = epoch, deadline_after(sent, self.ttl)
+        self.starting[block] = sent
         self._moved("claim", block, epoch, how.value)
         if how == Takeover.FAILOVER:
             self.moves[("failover", "lease_expired")] += 1
@@ -218,6 +234,7 @@ class BlockKeeper:
         for s in shards:
             self.rt.shards[s] = ShardView(s, block)
         self.rt.spawn_task(self.workers.bring_up(block, shards, self.policy(block)), "leases")
+        self.rt.spawn_task(self._started(block, epoch), "leases")
 
     async def _hand_off(self, block: int, reason: str) -> None:
         """Drain the block resumably, save its sessions under its epoch, release its lease."""
@@ -251,20 +268,8 @@ class BlockKeeper:
 
     async def leave(self) -> None:
         """A clean stop: hand every block over (drained together, then saved and released)."""
-        from redis import exceptions as rx  # noqa: PLC0415
-
         self.leaving = True
-
-        async def keep_renewing() -> None:
-            while True:
-                try:
-                    await self.renew()
-                except (rx.RedisError, OSError, TimeoutError):
-                    raise_if_cancelling()
-                    pass
-                await asyncio.sleep(renew_interval(self.ttl))
-
-        renewing = asyncio.ensure_future(keep_renewing())
+        renewing = asyncio.ensure_future(keep_trying(self.renew, renew_interval(self.ttl)))
         try:
             if self._ticking is not None:  # its claims land in held (or are given back at once)
                 await asyncio.wait([self._ticking], timeout=2 * renew_interval(self.ttl))

@@ -224,7 +224,7 @@ def _hosts_status(cfg: ClusterConfig, *, as_json: bool) -> int:
     import time  # noqa: PLC0415
 
     from cluster.coordination.redis_conn import connect, namespace  # noqa: PLC0415
-    from cluster.crosshost import read_hosts  # noqa: PLC0415
+    from cluster.crosshost import read_statuses  # noqa: PLC0415
     from cluster.error import CoordinatorUnavailable  # noqa: PLC0415
 
     if cfg.cluster_name is None:
@@ -239,7 +239,7 @@ def _hosts_status(cfg: ClusterConfig, *, as_json: bool) -> int:
     async def read() -> list[dict[str, Any]]:
         client = await connect(cfg.coordinator)  # type: ignore[arg-type]
         try:
-            hosts = await read_hosts(client, namespace(cfg.cluster_name, token))
+            hosts = await read_statuses(client, namespace(cfg.cluster_name, token))
         finally:
             await client.aclose()
         now = time.time()

@@ -165,9 +165,8 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             problems.append(f"http_max_connections must be >= 1, got {self.http_max_connections}")
         if self.http_token is not None and self.http_token_file is not None:
             problems.append("give http_token or http_token_file, not both")
-        if self.coordinator is not None:
-            if (problem := url_problem(self.coordinator)) is not None:
-                problems.append(problem)
+        if self.coordinator is not None and (problem := url_problem(self.coordinator)) is not None:
+            problems.append(problem)
         problems += self._host_problems()
         if self.cluster_name is not None and not _NAME_OK(self.cluster_name):
             problems.append(f"cluster_name must be 1-64 letters, digits, '-', '_' or '.', got {self.cluster_name!r}")
@@ -286,7 +285,8 @@ HELP: dict[str, str] = {
     "identify_window": "seconds between two identifies of the same bucket",
     "identify_hold_timeout": "seconds an identify slot is held waiting for READY or INVALID_SESSION; "
                              "must exceed the shards' connect timeout (10 s)",
-    "budget_reserve": "identifies never spent: the safety margin (default: the shard count, at most 5%% of the daily total)",
+    "budget_reserve": "identifies never spent: the safety margin "
+                      "(default: the shard count, at most 5%% of the daily total)",
     "budget_pace_below": "below this many identifies left, space them out until the reset (default: 2x the margin)",
     "state_file": "where sessions are saved (at shutdown and while running) so that the next start resumes them "
                   "(default: $XDG_STATE_HOME/shardstack/<cluster name or bot-<user id>>.json, "

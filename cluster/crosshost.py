@@ -3,8 +3,9 @@ status, and broadcasts.
 
 * Sessions: :class:`~cluster.sessions_store.RedisSessionStore` (a host resumes what another one ran).
 * Status: every ``report_interval`` each supervisor writes its ``/status`` (msgpack) to
-  ``<namespace>status:<host id>``, expiring after :func:`status_ttl`; it reads every host's back, for the
-  ``hosts`` section of its ``/status`` and for ``python -m cluster status --coordinator ...``.
+  ``<namespace>status:<host id>``, expiring after :func:`status_ttl`; it reads every live host's back (live: in
+  the registry, :func:`cluster.hosts.read_hosts`), for the ``hosts`` section of its ``/status`` and for
+  ``python -m cluster status --coordinator ...``.
 * Broadcast: ``ctx.broadcast(call)`` also reaches the workers of the other hosts. The supervisor publishes
   the call (its registered name and msgpack body, never code) on ``<namespace>broadcast``; every other
   supervisor gathers its workers' replies and publishes them on ``<namespace>reply:<origin host>``. A host
@@ -27,16 +28,16 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from redis import exceptions as rx
 
-from cluster.coordination.redis_conn import raise_if_cancelling, unavailable
+from cluster.coordination.redis_conn import REDIS_DOWN, keep_subscribed, keep_trying, on_trouble, unavailable
 from cluster.coordination.redis_url import redacted_url
+from cluster.hosts import read_hosts
 from cluster.sessions_store import RedisSessionStore
 from ipc import gather
 from ipc.calls import Reply
 
 __all__ = ["BroadcastAnswer", "BroadcastRequest", "CrossHost", "HostStatus", "REPLY_MARGIN", "STATUS_TTL_MIN",
-           "host_summary", "read_hosts", "status_ttl"]
+           "host_summary", "read_statuses", "status_ttl"]
 
 log = logging.getLogger("cluster")
 
@@ -46,7 +47,6 @@ silent for that long is no longer listed, nor waited for by broadcasts."""
 REPLY_MARGIN = 0.5
 """Seconds of a broadcast's timeout kept for the other hosts' answers to travel back: their workers get the
 timeout less this, so that their replies arrive before the asking worker's own deadline."""
-_REDIS_DOWN = (rx.ConnectionError, rx.TimeoutError, OSError)
 
 _HOST_ID: str | None = None
 
@@ -85,15 +85,16 @@ _decode_message = msgspec.msgpack.Decoder(BroadcastRequest | BroadcastAnswer).de
 _decode_status = msgspec.msgpack.Decoder(HostStatus).decode
 
 
-async def read_hosts(client: Any, prefix: str) -> dict[str, HostStatus]:
-    """Every host's last published status, by host id (what cannot be decoded is skipped)."""
-    keys = [key async for key in client.scan_iter(match=f"{prefix}status:*", count=1000)]
-    if not keys:
+async def read_statuses(client: Any, prefix: str) -> dict[str, HostStatus]:
+    """The last published status of every live host (:func:`cluster.hosts.read_hosts`), by host id; a host that
+    published none yet, or one that cannot be decoded, is left out."""
+    ids = [r.host_id for r in await read_hosts(client, prefix)]
+    if not ids:
         return {}
     out = {}
-    for raw in await client.mget(keys):
+    for raw in await client.mget([f"{prefix}status:{hid}" for hid in ids]):
         if raw is None:
-            continue  # expired between SCAN and MGET
+            continue  # none yet (or it expired: the host is going)
         try:
             st = _decode_status(raw)
         except msgspec.DecodeError:
@@ -167,14 +168,9 @@ class CrossHost:
 
     async def publish_status(self) -> None:
         """Every report interval: write this host's status, read every host's."""
-        while True:
-            try:
-                await self.publish_once()
-                self._recovered("status")
-            except _REDIS_DOWN as exc:
-                raise_if_cancelling()
-                self._trouble("status", exc, "this host's status is not published")
-            await asyncio.sleep(self.report_interval)
+        await keep_trying(self.publish_once, self.report_interval, kinds=REDIS_DOWN,
+                          on_error=lambda exc: self._trouble("status", exc, "this host's status is not published"),
+                          on_ok=lambda: self._recovered("status"))
 
     async def publish_once(self) -> None:
         status = self.status()
@@ -182,28 +178,21 @@ class CrossHost:
         record = HostStatus(self.host, socket.gethostname(), os.getpid(), time.time(), self.http_url(), status)
         await self.client.set(self.status_key, _encode(record),
                               px=int(status_ttl(self.report_interval) * 1000))
-        self.hosts = await read_hosts(self.client, self.prefix)
+        self.hosts = await read_statuses(self.client, self.prefix)
 
     # --- broadcast ---------------------------------------------------------------------------
 
     async def relay(self) -> None:
         """Receive the other hosts' broadcasts (answering them) and their answers to ours; resubscribe after
         Redis went away."""
-        while True:
-            pubsub = self.client.pubsub()
-            try:
-                await pubsub.subscribe(self.broadcast_channel, self.reply_channel)
-                self._recovered("relay")
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
-                    if message is not None:
-                        self._received(message["data"])
-            except _REDIS_DOWN as exc:
-                raise_if_cancelling()
-                self._trouble("relay", exc, "broadcasts do not reach the other hosts")
-            finally:
-                await asyncio.shield(pubsub.aclose())
-            await asyncio.sleep(self.report_interval)
+
+        async def subscribed() -> None:
+            self._recovered("relay")
+
+        await keep_subscribed(self.client, [self.broadcast_channel, self.reply_channel], self._received,
+                              on_subscribed=subscribed, kinds=REDIS_DOWN,
+                              on_error=lambda exc: self._trouble("relay", exc, "broadcasts do not reach the other hosts"),
+                              retry=(self.report_interval, self.report_interval))
 
     def _received(self, data: bytes) -> None:
         try:
@@ -223,12 +212,11 @@ class CrossHost:
         replies = await gather(self.channels(), request.name, request.body, request.timeout)
         answer = BroadcastAnswer(request.rid, self.host, [msgspec.structs.replace(r, host=self.host)
                                                           for r in replies])
-        try:
+        with on_trouble(REDIS_DOWN) as caught:
             await self.client.publish(f"{self.prefix}reply:{request.origin}", _encode(answer))
-        except _REDIS_DOWN as exc:
-            raise_if_cancelling()
+        if caught.exc is not None:
             log.warning("could not send the answer to %s's broadcast %s: %s", request.origin, request.name,
-                        unavailable(self.url, exc))
+                        unavailable(self.url, caught.exc))
 
     async def ask(self, name: str, body: bytes, timeout: float) -> list[Reply]:
         """The other hosts' workers' replies to the call: one per worker, an error for each worker of a host
@@ -239,21 +227,19 @@ class CrossHost:
         pending = _Pending(set())
         problem = f"did not answer within {timeout:g}s"
         try:
-            async with asyncio.timeout(timeout):
-                hosts = await read_hosts(self.client, self.prefix)
-                pending.expected = {h for h in hosts if h != self.host}
-                if pending.expected:
-                    self._pending[rid] = pending
-                    request = BroadcastRequest(rid, self.host, name, body, max(0.0, timeout - REPLY_MARGIN))
-                    await self.client.publish(self.broadcast_channel, _encode(request))
-                    await pending.done.wait()
-        except TimeoutError:
-            pass
-        except _REDIS_DOWN as exc:
-            raise_if_cancelling()
-            problem = f"not reached: {unavailable(self.url, exc)}"
+            with on_trouble(REDIS_DOWN) as caught:
+                async with asyncio.timeout(timeout):
+                    hosts = await read_statuses(self.client, self.prefix)
+                    pending.expected = {h for h in hosts if h != self.host}
+                    if pending.expected:
+                        self._pending[rid] = pending
+                        request = BroadcastRequest(rid, self.host, name, body, max(0.0, timeout - REPLY_MARGIN))
+                        await self.client.publish(self.broadcast_channel, _encode(request))
+                        await pending.done.wait()
         finally:
             self._pending.pop(rid, None)
+        if caught.exc is not None and not isinstance(caught.exc, TimeoutError):  # (a timeout: the problem above)
+            problem = f"not reached: {unavailable(self.url, caught.exc)}"
         out: list[Reply] = []
         for host, st in hosts.items():
             if host == self.host:
@@ -269,10 +255,8 @@ class CrossHost:
 
     async def close(self) -> None:
         """Withdraw this host's status (it stops being listed and waited for); the supervisor owns the client."""
-        try:
+        with on_trouble(REDIS_DOWN):
             await self.client.delete(self.status_key)
-        except _REDIS_DOWN:
-            pass
 
     def _trouble(self, where: str, exc: BaseException, effect: str) -> None:
         text = str(unavailable(self.url, exc))

@@ -51,8 +51,8 @@ async def fetch_gateway_bot(api_url: str, token: str, timeout: float = 10.0) -> 
         raise ClusterExit(ExitCode.ERROR, str(exc)) from None
     except urllib.error.HTTPError as exc:
         if exc.code == 401:
-            raise ClusterExit(ExitCode.AUTHENTICATION_FAILED,
-                              "authentication failed: GET /gateway/bot answered 401; the bot token is invalid") from None
+            raise ClusterExit(ExitCode.AUTHENTICATION_FAILED, "authentication failed: GET /gateway/bot answered 401; "
+                              "the bot token is invalid") from None
         detail = _scrub(exc.read()[:200].decode(errors="replace"), token)
         raise ClusterExit(ExitCode.ERROR, f"GET /gateway/bot failed: HTTP {exc.code} {detail}") from None
     except (urllib.error.URLError, OSError) as exc:

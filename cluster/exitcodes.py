@@ -23,7 +23,7 @@ class ExitCode(enum.IntEnum):
     HANDLER_SETUP = 9
 
 
-_CLOSE = {
+_CLOSE: dict[int, tuple[ExitCode, str]] = {
     CloseCode.AUTHENTICATION_FAILED: (
         ExitCode.AUTHENTICATION_FAILED, "authentication failed (4004): the bot token is invalid or was reset"),
     CloseCode.INVALID_SHARD: (

@@ -9,14 +9,13 @@ The cluster's layout (shard total and max_concurrency) is decided once per clust
 it (``SET NX``) and later hosts adopt it (:func:`agree_layout`). Each host keeps a record under
 ``<ns>host:<host id>`` with a short TTL, renewed by the supervisor (:func:`register_host`,
 :func:`renew_host`); registering refuses a range that overlaps another live host's, atomically (one Lua
-script), so two hosts started at once cannot both win. :func:`read_hosts` lists the live hosts (for
-``cluster status``). The ids of the hosts are in the set ``<ns>hosts``; a record whose key expired
+script), so two hosts started at once cannot both win. :func:`read_hosts` lists the live hosts: the one
+notion of a live host, for ``cluster status``, broadcasts and the block leases. The ids of the hosts are in the set ``<ns>hosts``; a record whose key expired
 is a dead host and is dropped from the set by the next reader or registrant.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import socket
@@ -27,7 +26,8 @@ from typing import Any
 
 import msgspec
 
-from cluster.coordination.redis_conn import raise_if_cancelling
+from cluster.coordination.redis import store_layout
+from cluster.coordination.redis_conn import keep_trying
 from cluster.error import ConfigError
 from cluster.layout import split
 
@@ -163,15 +163,16 @@ return 1
 async def agree_layout(client: Any, ns: str, shard_total: int, max_concurrency: int, *,
                        explicit_shards: int | None = None, explicit_concurrency: int | None = None) -> tuple[int, int]:
     """The cluster's ``(shard_total, max_concurrency)``: stored by the first host (``SET NX``), adopted by
-    the others. ConfigError if this host was given an explicit ``--shards`` or ``--max-concurrency``
+    the others (the first host of a new cluster also marks its identify state fresh: :func:`store_layout`).
+    ConfigError if this host was given an explicit ``--shards`` or ``--max-concurrency``
     that differs from the stored one."""
     key = layout_key(ns)
     mine = f"{shard_total},{max_concurrency}"
-    if await client.set(key, mine, nx=True):
+    if await store_layout(client, ns, key, mine):
         return shard_total, max_concurrency
     raw = await client.get(key)
     if raw is None:  # deleted in between (a flushed Redis): take it again
-        await client.set(key, mine, nx=True)
+        await store_layout(client, ns, key, mine)
         return shard_total, max_concurrency
     try:
         total_s, mc_s = (raw.decode() if isinstance(raw, bytes) else raw).split(",")
@@ -221,16 +222,23 @@ async def remove_host(client: Any, ns: str, hid: str) -> None:
     await client.srem(hosts_key(ns), hid)
 
 
-async def read_hosts(client: Any, ns: str) -> list[HostRecord]:
-    """Every live host, by first shard. Records that do not decode are skipped."""
-    ids = await client.smembers(hosts_key(ns))
+async def read_hosts(client: Any, ns: str, *, renewed_within: float | None = None,
+                     ttl: float = HOST_TTL) -> list[HostRecord]:
+    """Every live host, by first shard: the one notion of a live host (its record in the registry has not expired),
+    for ``cluster status``, broadcasts and the block leases. With ``renewed_within``, only the hosts whose record
+    was renewed within that many seconds (a renewal sets its TTL to ``ttl``): a killed or frozen host drops out
+    long before its record expires. Records that do not decode are skipped."""
+    ids = sorted(i.decode() if isinstance(i, bytes) else i for i in await client.smembers(hosts_key(ns)))
     if not ids:
         return []
-    ids = sorted(ids)
-    raws = await client.mget([host_key(ns, i.decode() if isinstance(i, bytes) else i) for i in ids])
+    async with client.pipeline(transaction=False) as pipe:
+        for hid in ids:
+            pipe.get(host_key(ns, hid))
+            pipe.pttl(host_key(ns, hid))
+        answers = await pipe.execute()
     out = []
-    for raw in raws:
-        if raw is None:
+    for raw, ms in zip(answers[::2], answers[1::2], strict=True):
+        if raw is None or ms <= 0 or renewed_within is not None and ttl - ms / 1000 > renewed_within:
             continue
         try:
             out.append(msgspec.json.decode(raw, type=HostRecord))
@@ -245,19 +253,8 @@ async def keep_registered(client: Any, ns: str, record: HostRecord, ttl: float =
     """Renew this host's record every ``every`` seconds, for as long as the host runs; a record lost with Redis's
     data is written again. Redis trouble is waited out and told to ``on_error`` (and its end to ``on_ok``), so
     that an idle host notices an unavailable coordinator too."""
-    from redis import exceptions as rx  # noqa: PLC0415
-
-    while True:
-        await asyncio.sleep(every)
-        try:
-            await renew_host(client, ns, record, ttl)
-        except (rx.RedisError, OSError) as exc:
-            raise_if_cancelling()
-            if on_error is not None:
-                on_error(exc)
-            continue
-        if on_ok is not None:
-            on_ok()
+    await keep_trying(lambda: renew_host(client, ns, record, ttl), every, start_after=every, on_error=on_error,
+                      on_ok=on_ok)
 
 
 def new_record(hid: str, shards: range, shard_total: int, http_url: str | None = None) -> HostRecord:

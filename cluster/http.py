@@ -193,7 +193,7 @@ async def serve_http(sup: Served, host: str, port: int,
             status, ctype, body = await endpoint.route(*_parse_head(head))
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError):
             status, ctype, body = 400, "text/plain", b"bad request\n"
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("HTTP handler failed")
             status, ctype, body = 500, "text/plain", b"internal error\n"
         extra = ("WWW-Authenticate: Bearer\r\n" if status == 401 else "") + SECURITY_HEADERS

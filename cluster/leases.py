@@ -10,8 +10,26 @@ lease still holds the writer's ``<epoch>:<owner>``, and refuses otherwise (:func
 Planning is pure (:func:`quota`, :func:`plan`): from a snapshot of the live hosts and the leases it says which
 free blocks this host claims (up to its fair share: ``total blocks / live hosts``, the remainder going to the
 first hosts by id) and which one block it hands off (when another host holds less than its share, no block is
-free, and this host is the most loaded of those above their share). So a rebalance moves one block at a time in
-the whole cluster: the next handoff starts only once the last block was claimed.
+free or starting, and this host is the most loaded of those above their share).
+
+Pacing (a deliberate choice, one rule for each kind of move):
+
+* **Rebalancing moves one block at a time in the whole cluster**: the next handoff starts only once the last
+  moved block was claimed *and is running again*. A claimed block is *starting* until every one of its shards
+  is active on its new owner (or :data:`START_TIMEOUT` passed); its owner keeps ``<ns>lease-starting:<block>``
+  (the epoch) meanwhile: set by the claim, refreshed by each renewal, deleted once the shards are active, and
+  gone with the lease if the owner dies. Every host sees it in :func:`plan`'s snapshot (:attr:`Lease.starting`).
+  So a rebalance never has more than one block reconnecting, and never moves a block whose shards are still
+  identifying (a shard moved between its Identify and its saved session would identify again). A host that
+  starts alone claims every free block; the hosts that join after it get theirs once its shards are up.
+* **Failover claims at once**: a survivor claims every free block of its share in one round and starts them all.
+  Those blocks are dark already, every shard in them resumes (a resume needs no identify slot, so nothing limits
+  it on Discord's side), and the load is bounded by the host's share of a dead host's blocks, no more than what
+  the host started at its own bring-up. One at a time would add a worker start and a resume per further block
+  to the dark time (3 hosts x 16 shards in blocks of 4 give each survivor 2 blocks; the benchmark's failover
+  median leaves 1.5 s under its target of TTL + 2 s).
+* **A host leaving (SIGTERM) hands all its blocks over at once** (drained together, then each saved and
+  released): it must be done within its grace period, and the others claim them at once, as in a failover.
 
 Timing argument (why two live sessions for one shard never overlap):
 
@@ -31,7 +49,9 @@ Timing argument (why two live sessions for one shard never overlap):
 * A renewal that finds the key missing while the host is still within its deadline means Redis lost its
   data (a restart without persistence): the key could not have expired yet. The host writes the lease
   back with its own epoch (and raises the epoch counter to it) unless another host claimed the block
-  meanwhile, in which case the block is lost and stopped. So that no host claims a block whose lease is
+  meanwhile (it holds the key, or the epoch counter is past this tenure's), in which case the block is lost
+  and stopped, or the host released it itself (the released marker holds this epoch: a renewal still in
+  flight when the release ran must not bring the lease back). So that no host claims a block whose lease is
   about to be written back, a host that sees Redis's ``run_id`` change claims nothing for ``ttl``: every
   owner renews (and so writes its leases back) within ``ttl / 3``. So a Redis restart takes nothing over.
 
@@ -41,8 +61,8 @@ that cannot reach Redis for ``ttl - margin`` stops its blocks even though Discor
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
@@ -52,6 +72,7 @@ __all__ = [
     "LEASE_TTL",
     "MARGIN_FRACTION",
     "RENEW_FRACTION",
+    "START_TIMEOUT",
     "Lease",
     "LeaseStore",
     "Plan",
@@ -70,6 +91,7 @@ __all__ = [
     "quota",
     "released_key",
     "renew_interval",
+    "starting_key",
 ]
 
 LEASE_TTL = 10.0
@@ -78,6 +100,8 @@ RENEW_FRACTION = 1 / 3
 """Leases are renewed every ``ttl * RENEW_FRACTION``."""
 MARGIN_FRACTION = 1 / 4
 """A host stops a block ``ttl * MARGIN_FRACTION`` before the lease it last renewed could expire."""
+START_TIMEOUT = 60.0
+"""Seconds a claimed block counts as starting at most (shards that cannot get active must not stop rebalancing)."""
 
 
 # --- pure ----------------------------------------------------------------------------------
@@ -106,6 +130,8 @@ class Lease:
     owner: str
     epoch: int
     remaining: float = 0.0
+    starting: bool = False
+    """Its owner claimed it and not all its shards are active yet (a rebalance waits for it)."""
 
     def age(self, ttl: float) -> float:
         """Seconds since the lease was last claimed or renewed."""
@@ -148,10 +174,10 @@ def plan(me: str, hosts: Iterable[str], leases: Mapping[int, Lease], block_count
     """The next moves of host ``me`` from a snapshot of the live ``hosts`` and the ``leases`` (block -> lease).
 
     Free blocks (no lease) are claimed up to this host's :func:`quota` (dealt out in host id order). When some
-    live host is below its quota and no block is free, the most loaded host above its quota (the lowest id of
-    equals) hands off its highest block: one block moves at a time in the whole cluster (none while
-    ``handing_off``), and the next only once the last was claimed. Leases of hosts no longer live are not free
-    until they expire in Redis: that is the fencing.
+    live host is below its quota and no block is free or starting, the most loaded host above its quota (the
+    lowest id of equals) hands off its highest block: one block moves at a time in the whole cluster (none while
+    ``handing_off``), and the next only once the last was claimed and is running again. Leases of hosts no longer
+    live are not free until they expire in Redis: that is the fencing.
     """
     live = sorted(set(hosts) | {me})
     owned: dict[str, list[int]] = {h: [] for h in live}
@@ -166,7 +192,7 @@ def plan(me: str, hosts: Iterable[str], leases: Mapping[int, Lease], block_count
         before = sum(max(0, quota(h, live, block_count) - len(owned[h])) for h in live if h < me)
         start = before % len(free) if free else 0
         return Plan(claim=tuple((free[start:] + free[:start])[:share - len(mine)]))
-    if len(mine) > share and not handing_off and not free:
+    if len(mine) > share and not handing_off and not free and not any(le.starting for le in leases.values()):
         short = any(len(owned[h]) < quota(h, live, block_count) for h in live if h != me)
         over = [h for h in live if len(owned[h]) > quota(h, live, block_count)]
         if short and min(over, key=lambda h: (-len(owned[h]), h)) == me:
@@ -186,6 +212,10 @@ def epoch_key(ns: str, block: int) -> str:
 
 def released_key(ns: str, block: int) -> str:
     return f"{ns}lease-released:{block}"
+
+
+def starting_key(ns: str, block: int) -> str:
+    return f"{ns}lease-starting:{block}"
 
 
 class Takeover(Enum):
@@ -212,23 +242,39 @@ if held then return {0, held, ''} end
 local released = redis.call('GET', KEYS[3]) or ''
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], epoch .. ':' .. ARGV[1], 'PX', ARGV[2])
+redis.call('SET', KEYS[4], epoch, 'PX', ARGV[2])
 return {1, tostring(epoch), released}
 """
-"""KEYS: lease, epoch counter, released marker; ARGV: owner, ttl ms. {1, epoch, the epoch last released or ''} or
-{0, the holder's value, ''}."""
+"""KEYS: lease, epoch counter, released marker, starting marker; ARGV: owner, ttl ms. {1, epoch, the epoch last
+released or ''} or {0, the holder's value, ''}. The block is starting from its claim on."""
 
 _RENEW = fence_check + """
 local value = ARGV[2] .. ':' .. ARGV[1]
+local function starting()
+  if ARGV[4] == '1' then
+    redis.call('SET', KEYS[4], ARGV[2], 'PX', ARGV[3])
+  elseif redis.call('GET', KEYS[4]) == ARGV[2] then
+    redis.call('DEL', KEYS[4])
+  end
+end
 if fenced(KEYS[1], value) then
   redis.call('PEXPIRE', KEYS[1], ARGV[3])
+  starting()
   return 1
 end
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-if tonumber(redis.call('GET', KEYS[2]) or '0') < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+if last > tonumber(ARGV[2]) or redis.call('GET', KEYS[3]) == ARGV[2] then return 0 end
+if last < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
 redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
+starting()
 return 2
 """
-"""KEYS: lease, epoch counter; ARGV: owner, epoch, ttl ms. 1 renewed, 2 written back (Redis had lost it), 0 lost."""
+"""KEYS: lease, epoch counter, released marker, starting marker; ARGV: owner, epoch, ttl ms, '1' if the block is
+still starting (its marker is kept) else '0' (its marker is deleted). 1 renewed, 2 written back (Redis had
+lost it), 0 lost. A missing key is written back only if no later tenure began (the counter is not past the epoch)
+and this tenure was not released: a renewal that crosses the host's own release (or a handoff and its claim) in
+flight must not bring the lease back."""
 
 _RELEASE = fence_check + """
 if fenced(KEYS[1], ARGV[2] .. ':' .. ARGV[1]) then
@@ -239,6 +285,13 @@ end
 return 0
 """
 """KEYS: lease, released marker; ARGV: owner, epoch. 1 released (and marked so), 0 not ours (any more)."""
+
+
+_STARTED = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+"""KEYS: starting marker; ARGV: epoch. The block's shards are all active: its mark goes (if it is this tenure's)."""
 
 
 class Renewal(Enum):
@@ -264,7 +317,7 @@ class LeaseStore:
     _scripts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, text in (("claim", _CLAIM), ("renew", _RENEW), ("release", _RELEASE)):
+        for name, text in (("claim", _CLAIM), ("renew", _RENEW), ("release", _RELEASE), ("started", _STARTED)):
             self._scripts[name] = self.client.register_script(text)
 
     @property
@@ -272,9 +325,10 @@ class LeaseStore:
         return max(1, int(self.ttl * 1000))
 
     async def claim(self, block: int) -> tuple[int, Takeover] | None:
-        """Take the free ``block``: its new epoch and how it came free, or None if another host holds it."""
+        """Take the free ``block`` (starting): its new epoch and how it came free, or None if another host holds it."""
         ok, value, released = await self._scripts["claim"](
-            keys=[lease_key(self.ns, block), epoch_key(self.ns, block), released_key(self.ns, block)],
+            keys=[lease_key(self.ns, block), epoch_key(self.ns, block), released_key(self.ns, block),
+                  starting_key(self.ns, block)],
             args=[self.owner, self._ttl_ms])
         if not ok:
             return None
@@ -283,16 +337,23 @@ class LeaseStore:
                else Takeover.FAILOVER)
         return epoch, how
 
-    async def renew(self, held: Mapping[int, int]) -> dict[int, Renewal]:
-        """Renew the leases this host holds (block -> epoch), in one round trip."""
+    async def renew(self, held: Mapping[int, int], starting: Collection[int] = ()) -> dict[int, Renewal]:
+        """Renew the leases this host holds (block -> epoch), in one round trip; the blocks in ``starting`` stay
+        marked as starting, the others' marks are removed."""
         if not held:
             return {}
         async with self.client.pipeline(transaction=False) as pipe:
             for block, epoch in held.items():
-                await self._scripts["renew"](keys=[lease_key(self.ns, block), epoch_key(self.ns, block)],
-                                             args=[self.owner, epoch, self._ttl_ms], client=pipe)
+                await self._scripts["renew"](keys=[lease_key(self.ns, block), epoch_key(self.ns, block),
+                                                   released_key(self.ns, block), starting_key(self.ns, block)],
+                                             args=[self.owner, epoch, self._ttl_ms, int(block in starting)],
+                                             client=pipe)
             results = await pipe.execute()
         return {block: Renewal(int(r)) for block, r in zip(held, results, strict=True)}
+
+    async def started(self, block: int, epoch: int) -> None:
+        """The claimed ``block``'s shards are all active: it no longer holds a rebalance back."""
+        await self._scripts["started"](keys=[starting_key(self.ns, block)], args=[epoch])
 
     async def release(self, block: int, epoch: int) -> bool:
         """Give ``block`` up (after its shards were drained and their sessions saved); False if not ours."""
@@ -300,16 +361,19 @@ class LeaseStore:
                                                    args=[self.owner, epoch]))
 
     async def read(self, block_count: int) -> dict[int, Lease]:
-        """Every held lease (block -> Lease), with the time each has left."""
+        """Every held lease (block -> Lease), with the time each has left and whether it is starting."""
         async with self.client.pipeline(transaction=False) as pipe:
             for block in range(block_count):
                 pipe.get(lease_key(self.ns, block))
                 pipe.pttl(lease_key(self.ns, block))
+                pipe.get(starting_key(self.ns, block))
             raw = await pipe.execute()
         out = {}
         for block in range(block_count):
-            value, pttl = raw[2 * block], raw[2 * block + 1]
+            value, pttl, mark = raw[3 * block: 3 * block + 3]
             lease = parse_lease(block, value, max(0, pttl) / 1000)
+            if lease is not None and mark is not None and int(mark) == lease.epoch:
+                lease = replace(lease, starting=True)
             if lease is not None:
                 out[block] = lease
         return out

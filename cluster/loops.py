@@ -152,7 +152,8 @@ class Loops:
                 if (view.state not in (ACTIVE, QUEUED) and view.shard_id + rt.id_base not in waiting
                         and now - view.since > cfg.shard_stuck_timeout):
                     reason = f"stuck in {view.state} for {now - view.since:.0f} s"
-                elif view.state == ACTIVE and view.last_event_age is not None and view.last_event_age > cfg.shard_stuck_timeout:
+                elif (view.state == ACTIVE and view.last_event_age is not None
+                      and view.last_event_age > cfg.shard_stuck_timeout):
                     reason = f"zombie: nothing received for {view.last_event_age:.0f} s"
                 if reason:
                     view.restarted_at = now

@@ -104,9 +104,10 @@ class _Collector:
             failed.add_metric([], coord.coordinator_errors)
             yield failed
 
-        restarts = CounterMetricFamily("cluster_worker_restarts", "Worker restarts by reason", labels=["worker", "reason"])
-        for (wid, reason), n in snap.restarts.items():
-            restarts.add_metric([str(wid), reason], n)
+        restarts = CounterMetricFamily("cluster_worker_restarts", "Worker restarts by reason",
+                                       labels=["worker", "reason"])
+        for (worker, reason), n in snap.restarts.items():
+            restarts.add_metric([str(worker), reason], n)
         yield restarts
         rtt = GaugeMetricFamily("cluster_ipc_rtt_seconds", "Last IPC heartbeat round-trip time", labels=["worker"])
         rss = GaugeMetricFamily("cluster_worker_rss_bytes", "Worker resident memory", labels=["worker"])

@@ -11,12 +11,12 @@ sessions in the same script: the switch and the new layout are one atomic step.
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
-from redis import exceptions as rx
 
-from cluster.coordination.redis_conn import raise_if_cancelling, unavailable
+from cluster.coordination.redis_conn import REDIS_DOWN, on_trouble, unavailable
 from cluster.error import ReshardRefused
 from cluster.hosts import HostRecord, host_key, layout_key
 from cluster.reshard_plan import ClusterPhase, ClusterReshard
@@ -87,12 +87,14 @@ class ReshardStore:
     def _set(self, what: str) -> str:
         return f"{self.key}:{what}"
 
+    async def _do(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """``call()``'s result; CoordinatorUnavailable if Redis cannot be reached (a cancel stays a cancel)."""
+        with on_trouble(REDIS_DOWN) as caught:
+            return await call()
+        raise unavailable(self.url, caught.exc or ConnectionError()) from None
+
     async def _call(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await script(keys=keys, args=args)
-        except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
-            raise_if_cancelling()
-            raise unavailable(self.url, exc) from None
+        return await self._do(lambda: script(keys=keys, args=args))
 
     async def begin(self, old_total: int, new_total: int, max_concurrency: int, hosts: list[str], *,
                     warm_deadline: float, cut_timeout: float, budget_floor: int) -> tuple[int, int | None]:
@@ -108,6 +110,8 @@ class ReshardStore:
         status = int(out[0])
         if status == -2:
             return 0, int(out[1])
+        if status == 0 and _text(out[2]) == self.host:  # this very begin, run twice over a failed connection
+            return await self.epoch(), None
         if status == 0:
             raise ReshardRefused(f"a reshard is already running in this cluster ({_text(out[1])} shards, begun by "
                                  f"host {_text(out[2])})")
@@ -118,11 +122,7 @@ class ReshardStore:
 
     async def epoch(self) -> int:
         """The current record's epoch (0: none): one cheap command, for idle hosts watching for a new reshard."""
-        try:
-            raw = await self.client.hget(self.key, "epoch")
-        except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
-            raise_if_cancelling()
-            raise unavailable(self.url, exc) from None
+        raw = await self._do(lambda: self.client.hget(self.key, "epoch"))
         try:
             return int(raw) if raw is not None else 0
         except ValueError:
@@ -130,15 +130,14 @@ class ReshardStore:
 
     async def read(self) -> ClusterReshard | None:
         """The current record, or None (no reshard yet, or it expired, or it does not decode)."""
-        try:
+        async def fetch() -> list[Any]:
             async with self.client.pipeline(transaction=True) as pipe:
                 pipe.hgetall(self.key)
                 pipe.smembers(self._set("warm"))
                 pipe.smembers(self._set("passed"))
-                raw, warm, passed = await pipe.execute()
-        except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
-            raise_if_cancelling()
-            raise unavailable(self.url, exc) from None
+                return await pipe.execute()
+
+        raw, warm, passed = await self._do(fetch)
         if not raw:
             return None
         f = {_text(k): _text(v) for k, v in raw.items()}
@@ -183,12 +182,8 @@ class ReshardStore:
 
     async def move_host(self, record: HostRecord, ttl: float) -> None:
         """Rewrite this host's registry record for its new shards (it exists: the registry loop renews it)."""
-        try:
-            await self.client.set(host_key(self.ns, record.host_id), msgspec.json.encode(record),
-                                  px=int(ttl * 1000))
-        except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
-            raise_if_cancelling()
-            raise unavailable(self.url, exc) from None
+        await self._do(lambda: self.client.set(host_key(self.ns, record.host_id), msgspec.json.encode(record),
+                                               px=int(ttl * 1000)))
 
 
 def _text(raw: Any) -> str:

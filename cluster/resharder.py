@@ -272,10 +272,10 @@ class Resharder:
         try:
             if ("warm" not in self._reported and r.phase is Phase.WARMING and len(r.warm) == len(r.mine_new)
                     and self.child is not None
-                    and all(h.state == WorkerState.RUNNING for h in self.child.workers.values())):
-                if await store.report(record, "warm"):
-                    self._reported.add("warm")
-                    log.info("reshard epoch %d: this host's %d new shards are ready", record.epoch, len(r.warm))
+                    and all(h.state == WorkerState.RUNNING for h in self.child.workers.values())
+                    and await store.report(record, "warm")):
+                self._reported.add("warm")
+                log.info("reshard epoch %d: this host's %d new shards are ready", record.epoch, len(r.warm))
             if record.phase is ClusterPhase.CUTTING_OVER and r.phase is Phase.WARMING:
                 return Action.CUT, ""
             if Action.GO in actions and "passed" not in self._reported and await store.report(record, "passed"):

@@ -127,7 +127,7 @@ class Router:
     async def gather_all(self, name: str, body: bytes, timeout: float) -> list[Reply]:
         """Every running worker's reply to the call (``name``, msgpack ``body``): this host's, then, when the
         cluster spans hosts, the other hosts' (each reply naming its host)."""
-        local = gather(self.rt.running_channels(), name, body, timeout)  # type: ignore[arg-type]
+        local = gather(self.rt.running_channels(), name, body, timeout)
         if self.remote is None:
             return await local
         mine, others = await asyncio.gather(local, self.remote(name, body, timeout))

@@ -20,7 +20,7 @@ import msgspec
 
 from cluster.config import ClusterConfig
 from cluster.coordination import Coordination, IdentifyEvent
-from cluster.exitcodes import ClusterExit, ExitCode
+from cluster.exitcodes import ClusterExit
 from cluster.restart import RestartPolicy
 from cluster.snapshot import ShardPhase, WaitHistogram, WorkerState
 from ipc import Channel, HeartbeatMonitor
@@ -82,7 +82,7 @@ class Runtime:
 
     ``stop(code, message)`` asks the supervisor to shut down; ``token()`` is the bot token (read once)."""
 
-    def __init__(self, config: ClusterConfig, *, stop: Callable[[ExitCode, str], None],
+    def __init__(self, config: ClusterConfig, *, stop: Callable[[int, str], None],
                  token: Callable[[], str]) -> None:
         self.config = config
         self.stop = stop
@@ -145,8 +145,7 @@ class Runtime:
 
         def done(t: asyncio.Task[Any]) -> None:
             self.tasks.discard(t)
-            if not t.cancelled() and t.exception() is not None:
-                exc = t.exception()
+            if not t.cancelled() and (exc := t.exception()) is not None:
                 if isinstance(exc, ClusterExit):
                     self.stop(exc.code, str(exc))
                 else:
@@ -183,5 +182,5 @@ class Runtime:
         for fn in self.listeners:
             try:
                 fn(event, **info)
-            except Exception:  # noqa: BLE001
+            except Exception:
                 log.exception("listener failed")

@@ -22,9 +22,8 @@ from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 import msgspec
-from redis import exceptions as rx
 
-from cluster.coordination.redis_conn import raise_if_cancelling, unavailable
+from cluster.coordination.redis_conn import REDIS_DOWN, on_trouble, unavailable
 from cluster.coordination.redis_url import redacted_url
 from cluster.leases import fence_check
 from cluster.state import (VERSION, StateFile, check_sessions, load_sessions, save_sessions, saved_problem,
@@ -120,14 +119,13 @@ class RedisSessionStore:
     async def load(self, shard_ids: Collection[int], shard_total: int, ttl: float, *, user_id: int | None,
                    gateway_url: str | None) -> dict[int, SessionInfo]:
         ids = sorted(shard_ids)
-        try:
+        with on_trouble(REDIS_DOWN) as caught:
             async with self.client.pipeline(transaction=False) as pipe:
                 for shard_id in ids:
                     pipe.hmget(self.key(shard_id), *_FIELDS)
                 rows = await pipe.execute()
-        except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
-            raise_if_cancelling()
-            raise unavailable(self.url, exc) from None
+        if caught.exc is not None:
+            raise unavailable(self.url, caught.exc) from None
         now = self.clock()
         raws: list[Any] = []
         skipped: list[str] = []
@@ -156,7 +154,7 @@ class RedisSessionStore:
         if not due:
             return
         ttl_ms = max(1, int(self.ttl * 1000))
-        try:
+        with on_trouble(REDIS_DOWN) as caught:
             async with self.client.pipeline(transaction=False) as pipe:
                 for s in due:  # one script per shard: a reader sees the old session or the new one, whole
                     fields: list[Any] = ["shard_id", s.shard_id, "session_id", s.session_id, "seq", s.seq,
@@ -172,10 +170,9 @@ class RedisSessionStore:
                         await self._replace_fenced(keys=[self.key(s.shard_id), lease[0]],
                                                    args=[ttl_ms, lease[1], *fields], client=pipe)
                 results = await pipe.execute()
-        except (rx.ConnectionError, rx.TimeoutError, OSError) as exc:
-            raise_if_cancelling()
+        if caught.exc is not None:
             self._written.clear()  # a Redis that comes back may have lost them all: write everything next time
-            raise unavailable(self.url, exc) from None
+            raise unavailable(self.url, caught.exc) from None
         refused = []
         for s, result in zip(due, results, strict=True):
             if result == 0:

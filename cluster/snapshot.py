@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BlockSnapshot", "ClusterSnapshot", "CoordinationStats", "ReshardSnapshot", "ShardPhase", "ShardSnapshot", "WAIT_BUCKETS", "WaitHistogram",
-           "WorkerSnapshot", "WorkerState"]
+__all__ = ["BlockSnapshot", "ClusterSnapshot", "CoordinationStats", "ReshardSnapshot", "ShardPhase", "ShardSnapshot",
+           "WAIT_BUCKETS", "WaitHistogram", "WorkerSnapshot", "WorkerState"]
 
 WAIT_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 """The upper bounds (seconds) of the identify-wait histogram's buckets."""
@@ -66,7 +66,7 @@ class WaitHistogram:
 
     def buckets(self) -> tuple[tuple[str, float], ...]:
         """``(le, cumulative count)`` pairs, ``+Inf`` last."""
-        return tuple(zip([*map(str, WAIT_BUCKETS), "+Inf"], itertools.accumulate(self.counts)))
+        return tuple(zip([*map(str, WAIT_BUCKETS), "+Inf"], itertools.accumulate(self.counts), strict=True))
 
 
 @dataclass(frozen=True, slots=True)

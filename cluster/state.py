@@ -162,8 +162,7 @@ def _check_session(raw: Any, index: int, shard_total: int, gateway_url: str | No
         return f"{where}: {str(exc).replace('`', '')}"
     if s.shard_id >= shard_total:
         return f"shard {s.shard_id}: no such shard in a run of {shard_total}"
-    problem = s.resume_url is not None and resume_url_problem(s.resume_url, gateway_url)
-    if problem:
+    if s.resume_url is not None and (problem := resume_url_problem(s.resume_url, gateway_url)):
         return f"shard {s.shard_id}: resume_url {s.resume_url[:100]!r} {problem}"
     return s
 

@@ -93,12 +93,11 @@ class Supervisor:
         self._router = Router(self._rt, status=self.status, supervisor_handler=supervisor_handler)
         self._workers = Workers(self._rt, multiprocess.get_context(start_method), handler=self.handler,
                                 shard_options=shard_options, on_packet=self._router.on_packet)
-        self._loops = Loops(self._rt, send_to_shard=lambda s, p: self._router.send_to_shard(s, p),
-                            kill=self._workers.kill)
+        self._loops = Loops(self._rt, send_to_shard=self._router.send_to_shard, kill=self._workers.kill)
         self._resharder = Resharder(self)
         self._router.on_fatal, self._router.on_cutover = self._resharder.on_old_fatal, self._resharder.on_packet
         self._loops.send_identify, self._loops.on_refuse = self._resharder.send_identify, self._resharder.on_refused
-        self.exit_code = ExitCode.OK
+        self.exit_code: int = ExitCode.OK  # an ExitCode; a ClusterExit's code is typed int (cluster.error)
         self.exit_message = ""
         self.started = time.monotonic()
         self.http_url: str | None = None
@@ -127,7 +126,7 @@ class Supervisor:
 
     # --- public control ------------------------------------------------------------------
 
-    def stop(self, code: ExitCode = ExitCode.OK, message: str = "") -> None:
+    def stop(self, code: int = ExitCode.OK, message: str = "") -> None:
         """Ask the cluster to shut down (resumably) and exit with ``code``."""
         if self._stop is None:
             self._stop_early = True
@@ -304,7 +303,8 @@ class Supervisor:
                 self.http_server, self.http_url = await serve_http(self, cfg.http_host, cfg.http_port, http_token)
             except OSError as exc:  # the port is taken, or the address is not this machine's
                 raise ClusterExit(ExitCode.CONFIG, f"cannot serve HTTP on {cfg.http_host}:{cfg.http_port}: "
-                                  f"{exc.strerror or exc} (give another --http-port, 0 for a free one, or none)") from None
+                                  f"{exc.strerror or exc} (give another --http-port, 0 for a free one, "
+                                  "or none)") from None
             log.info("metrics at %s/metrics; POST /restart %s", self.http_url,
                      "needs the HTTP token" if http_token else "is off (no HTTP token configured)")
         if self._redis is not None:
@@ -312,6 +312,10 @@ class Supervisor:
             await self._register(record)
             self.host = record
             self.keep_registered()
+            from cluster.coordination.redis import RedisCoordination  # noqa: PLC0415 - needs the redis package
+            coord = self.coordinator if isinstance(self.coordinator, RedisCoordination) else None
+            if coord is not None:  # other hosts' grants and releases wake the identify pump
+                self._rt.spawn_loop("identify_wakeups", coord.listen, self._rt.wake.set)
             self._join_hosts()  # sessions, status and broadcasts shared with the other hosts
             if auto:
                 self._keep_blocks(token)
@@ -378,6 +382,7 @@ class Supervisor:
         from cluster.crosshost import CrossHost
 
         cfg = self.config
+        assert cfg.coordinator is not None  # the Redis client (the caller's condition) was made from it
         cross = CrossHost(self._redis, cfg.coordinator, self._ns, host=self._host_id,
                           report_interval=cfg.report_interval, session_ttl=cfg.session_ttl, status=self.status,
                           channels=self._rt.running_channels, http_url=lambda: self.http_url,
@@ -437,7 +442,7 @@ class Supervisor:
 
         self._redis = await self._on_redis("the coordinator", lambda: connect(url))
         self._ns = namespace(self.config.cluster_name, token)
-        self._host_id = host_id()
+        self._host_id: str = host_id()
         self._coordination = redis_coordination(self._redis, self._ns, self._host_id)
 
     async def _register(self, record: HostRecord) -> None:
@@ -461,24 +466,22 @@ class Supervisor:
 
     async def _on_redis(self, what: str, call: Any) -> Any:
         """``await call()``, retried with backoff while Redis is unavailable (said once); ConfigError exits 2."""
-        from redis import exceptions as rx  # noqa: PLC0415
+        from cluster.coordination.redis_conn import REDIS_DOWN, on_trouble  # noqa: PLC0415 - needs redis
 
         delay, said = 0.5, False
         while True:
             try:
-                result = await call()
+                with on_trouble((CoordinatorUnavailable, *REDIS_DOWN)) as caught:
+                    result = await call()
             except ConfigError as exc:
                 raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
-            except (CoordinatorUnavailable, rx.ConnectionError, rx.TimeoutError, OSError) as exc:
+            if (exc := caught.exc) is not None:
                 self._rt.errors[("coordinator", type(exc).__name__)] += 1
                 if not said:
                     log.warning("%s is unavailable (%s); retrying with backoff until it answers", what, exc)
                     said = True
-                if self._stop is not None:
-                    try:
-                        await asyncio.wait_for(asyncio.shield(self._stop), delay)
-                    except TimeoutError:
-                        pass
+                if self._stop is not None:  # asyncio.wait: 3.11's wait_for can swallow a racing cancel
+                    await asyncio.wait([self._stop], timeout=delay)
                     if self._stop.done():
                         raise ClusterExit(self.exit_code, f"stopped while waiting for {what}") from None
                 else:
@@ -491,14 +494,15 @@ class Supervisor:
 
     async def _leave_coordinator(self) -> None:
         """Leave the host registry (so that a successor with this range starts at once) and close the client."""
-        from redis import exceptions as rx  # noqa: PLC0415
+        from cluster.coordination.redis_conn import on_trouble  # noqa: PLC0415 - needs the redis package
 
-        try:
+        with on_trouble() as caught:
             if self.host is not None:
                 async with asyncio.timeout(2.0):
                     await remove_host(self._redis, self._ns, self.host.host_id)
-        except (rx.RedisError, OSError, TimeoutError) as exc:
-            log.warning("could not leave the host registry (its record expires in %g s): %s", self.config.host_ttl, exc)
+        if caught.exc is not None:
+            log.warning("could not leave the host registry (its record expires in %g s): %s", self.config.host_ttl,
+                        caught.exc)
         await self._redis.aclose()
 
 

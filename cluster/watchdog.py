@@ -68,11 +68,12 @@ class LoopWatchdog:
                 continue
             reported = True
             self.blocked += 1
-            frame = sys._current_frames().get(self._main)
+            frame = sys._current_frames().get(self._main) if self._main is not None else None
             where = "".join(traceback.format_stack(frame)[-8:]) if frame else "?"
             current = self.current
             if current:
-                what = f"handler on_event({current[0]}) for shard {current[1]}" if isinstance(current, tuple) else current
+                what = (f"handler on_event({current[0]}) for shard {current[1]}" if isinstance(current, tuple)
+                        else current)
                 log.warning("event loop blocked for %.1f s in %s; a handler must not block "
                             "(use await or run_in_executor). Main thread at:\n%s", stalled, what, where)
             else:

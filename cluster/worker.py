@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from cluster.cutover import ACKS_AFTER_CUT, NewGate, OldGate, Verdict, snowflake_at
 from cluster.fence import Fence
@@ -107,7 +107,7 @@ class Worker:
         if shard_id in queued:
             name = QUEUED  # waiting for its identify slot, with no gateway connection
         latency = getattr(shard, "latency", None)
-        avg = getattr(latency, "average", None)
+        avg: Any = getattr(latency, "average", None)
         if callable(avg):
             avg = avg()
         if hasattr(avg, "total_seconds"):
@@ -121,6 +121,7 @@ class Worker:
 
     def _make_shard(self, shard_id: int, info: SessionInfo | None) -> Any:
         from shard import Config, Intents, Session, Shard, ShardId
+        from shard.inflater import Compression
 
         options: dict[str, Any] = dict(self.spec.shard_options)
         if self.spec.gateway_url:
@@ -128,7 +129,8 @@ class Worker:
         if info is not None:
             options["session"] = Session(info.session_id, info.seq)
             options["resume_url"] = info.resume_url
-        config = Config(self.spec.token, Intents(self.spec.intents), compression=self.spec.compression,
+        compression = cast(Compression, self.spec.compression)  # a str checked by ClusterConfig and again by Config
+        config = Config(self.spec.token, Intents(self.spec.intents), compression=compression,
                         queue=self.queue, **options)
         return Shard.with_config(ShardId(shard_id, self.shard_total), config)
 
@@ -152,7 +154,8 @@ class Worker:
         self.watchdog.start()
         self.channel.send(Hello(self.spec.worker_id, os.getpid()))
         closed = loop.create_task(self.channel.wait_closed())
-        done, _ = await asyncio.wait([self._assign, closed, self._stop], return_when=asyncio.FIRST_COMPLETED)
+        first: list[asyncio.Future[Any]] = [self._assign, closed, self._stop]
+        await asyncio.wait(first, return_when=asyncio.FIRST_COMPLETED)
         if not self._assign.done():  # drained (or orphaned) before getting any shard
             if not self.channel.closed:
                 self.channel.send(Drained([]))
@@ -179,7 +182,8 @@ class Worker:
         for a in assign.shards:
             self.runners[a.shard_id] = loop.create_task(self._run_shard(a.shard_id))
         reporter = loop.create_task(self._report_loop())
-        await asyncio.wait([closed, self._stop], return_when=asyncio.FIRST_COMPLETED)
+        last: list[asyncio.Future[Any]] = [closed, self._stop]
+        await asyncio.wait(last, return_when=asyncio.FIRST_COMPLETED)
         resumable = self._stop.result() if self._stop.done() else True
         reporter.cancel()
         sessions = await self._close_all(resumable)
@@ -279,7 +283,7 @@ class Worker:
                     return
                 log.warning("shard %d: %s", shard_id, exc)
                 continue
-            except Exception as exc:  # noqa: BLE001 - one bad input or struct must not end this shard's consumer
+            except Exception as exc:  # one bad input or struct must not end this shard's consumer
                 self.consumer_errors += 1
                 failing += 1
                 if failing == 1:
@@ -431,7 +435,7 @@ class Worker:
                 self._report(time.monotonic())
             except ChannelClosed:
                 return
-            except Exception:  # noqa: BLE001 - one report that cannot be sent must not end the reports
+            except Exception:  # one report that cannot be sent must not end the reports
                 log.exception("a status report could not be sent")
             await asyncio.sleep(interval)
 

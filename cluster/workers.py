@@ -95,7 +95,8 @@ class Workers:
                 await self.kill(handle, "failed to start")
             raise
         log.debug("worker %d (gen %d) spawned, pid %d", worker_id, generation, process.pid)
-        await asyncio.wait([handle.hello, handle.exited], timeout=120, return_when=asyncio.FIRST_COMPLETED)
+        started: list[asyncio.Future[Any]] = [handle.hello, handle.exited]
+        await asyncio.wait(started, timeout=120, return_when=asyncio.FIRST_COMPLETED)
         if not handle.hello.done() and not handle.exited.done():
             await self.kill(handle, "no hello within 120 s")
         return handle
@@ -134,7 +135,8 @@ class Workers:
         shards = []
         for s in handle.shard_ids:
             view = rt.shards[s]
-            view.state, view.since, view.generation, view.worker_id = ShardPhase.STARTING, now, handle.generation, handle.worker_id
+            view.state, view.since = ShardPhase.STARTING, now
+            view.generation, view.worker_id = handle.generation, handle.worker_id
             shards.append(Assignment(s, rt.sessions.get(s)))
         handle.state = WorkerState.RUNNING
         handle.heartbeat = HeartbeatMonitor(rt.config.ipc_heartbeat_interval, rt.config.ipc_heartbeat_missed,
@@ -223,8 +225,8 @@ class Workers:
             except ConnectionError:
                 pass
             # a worker that exits instead (its handler's setup failed) sends no Drained: do not wait for one
-            done, _ = await asyncio.wait([handle.drained, handle.exited], timeout=timeout,
-                                         return_when=asyncio.FIRST_COMPLETED)
+            ends: list[asyncio.Future[Any]] = [handle.drained, handle.exited]
+            done, _ = await asyncio.wait(ends, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             if not done:
                 log.warning("worker %d did not drain within %.0f s; killing it", handle.worker_id, timeout)
         try:
@@ -248,10 +250,15 @@ class Workers:
         handles = [w for w in self._handles if w.pid is not None and not w.exited.done()]
         await asyncio.gather(*(self.drain(w, resumable) for w in handles))
 
-    async def _wait_active(self, shard_ids: range, timeout: float) -> bool:
+    def all_active(self, shard_ids: range) -> bool:
+        """Every one of these shards is known and active."""
+        return all((v := self.rt.shards.get(s)) is not None and v.state == ACTIVE for s in shard_ids)
+
+    async def wait_active(self, shard_ids: range, timeout: float) -> bool:
+        """Until every one of these shards is active (True), or ``timeout`` seconds passed (False)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(self.rt.shards[s].state == ACTIVE for s in shard_ids):
+            if self.all_active(shard_ids):
                 return True
             await asyncio.sleep(0.05)
         return False
@@ -291,7 +298,7 @@ class Workers:
                 self.died(new)
                 return
             self.assign(new)
-            if not await self._wait_active(new.shard_ids, timeout=60.0):
+            if not await self.wait_active(new.shard_ids, timeout=60.0):
                 log.warning("rolling restart: worker %d's shards are not all Active after 60 s; going on", wid)
         log.info("rolling restart done")
         rt.emit("rolling_done")

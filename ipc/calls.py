@@ -12,7 +12,7 @@ declared types cross the pipe and nothing is ever evaluated::
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import msgspec
 
@@ -23,10 +23,12 @@ __all__ = ["Call", "CallError", "Reply", "UnknownCall", "call_name", "decode_cal
 
 T = TypeVar("T")
 
-_registry: dict[str, type["Call"]] = {}
+_registry: dict[str, type[Call]] = {}
 _encoder = msgspec.msgpack.Encoder()
 
 
+# msgspec passes frozen=True on to the subclasses (every user's call); dataclass_transform tells type checkers so.
+@dataclass_transform(frozen_default=True)
 class Call(msgspec.Struct, frozen=True):
     """Base class of typed IPC calls. Subclasses register themselves by :func:`call_name`."""
 

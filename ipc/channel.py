@@ -186,8 +186,8 @@ class Channel:
         """
         name, body = encode_call(call)
         raw = await self.request_raw(name, body, timeout=timeout + BROADCAST_MARGIN, broadcast=True)
-        replies = decode_value(raw, list[Reply])
-        out = []
+        replies: list[Reply] = decode_value(raw, list[Reply])
+        out: list[Reply] = []
         for r in replies:
             if r.error is None and reply_type is not Any:
                 try:

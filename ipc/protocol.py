@@ -7,7 +7,7 @@ Direction is noted per class: W→S (worker to supervisor), S→W, or both.
 
 from __future__ import annotations
 
-from typing import Union
+from typing import dataclass_transform
 
 import msgspec
 from msgspec import Struct
@@ -15,11 +15,14 @@ from msgspec import Struct
 __all__ = [
     "AnyPacket", "Assign", "Assignment", "Drain", "Drained", "Hello",
     "IdentifyCancel", "IdentifyDone", "IdentifyGrant", "IdentifyRefused", "IdentifyRequest", "IdentifyUnused",
-    "IdentifyStarted", "CutLate", "CutPassed", "Cutover", "CutoverEnd", "LeaseDeadline", "Packet", "ShardWarm", "Ping", "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
+    "IdentifyStarted", "CutLate", "CutPassed", "Cutover", "CutoverEnd", "LeaseDeadline", "Packet", "ShardWarm", "Ping",
+    "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
     "ShardFatal", "ShardStatus", "StatusReport", "WorkerFatal", "decode", "encode",
 ]
 
 
+# msgspec passes frozen=True on to the subclasses; dataclass_transform tells type checkers so.
+@dataclass_transform(frozen_default=True)
 class Packet(Struct, tag=True, array_like=True, frozen=True):
     """Base of every wire packet."""
 
@@ -259,12 +262,12 @@ class Response(Packet, tag="response"):
     error: str | None = None
 
 
-AnyPacket = Union[
-    Hello, Assign, Drain, Drained, RestartShard, WorkerFatal, ShardFatal, Ping, Pong,
-    IdentifyRequest, IdentifyGrant, IdentifyRefused, IdentifyStarted, IdentifyDone,
-    IdentifyCancel, IdentifyUnused, SessionReport, StatusReport, Request, Response, LeaseDeadline,
-    ShardWarm, Cutover, CutPassed, CutLate, CutoverEnd,
-]
+AnyPacket = (
+    Hello | Assign | Drain | Drained | RestartShard | WorkerFatal | ShardFatal | Ping | Pong
+    | IdentifyRequest | IdentifyGrant | IdentifyRefused | IdentifyStarted | IdentifyDone
+    | IdentifyCancel | IdentifyUnused | SessionReport | StatusReport | Request | Response | LeaseDeadline
+    | ShardWarm | Cutover | CutPassed | CutLate | CutoverEnd
+)
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(AnyPacket)

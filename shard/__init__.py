@@ -32,7 +32,8 @@ from .wire import (Activity, Hello, Identify, IdentifyProperties, InvalidSession
                    RequestSoundboardSounds, Resume, Resumed, UpdatePresence, UpdateVoiceState)
 
 __all__ = [
-    "Shard", "ShardId", "Config", "Intents", "EventTypeFlags", "Event", "Dispatch", "CloseFrame", "CloseCode", "Session",
+    "Shard", "ShardId", "Config", "Intents", "EventTypeFlags", "Event", "Dispatch", "CloseFrame", "CloseCode",
+    "Session",
     "ShardState", "GatewayError", "ErrorKind", "InMemoryQueue", "Queue", "UpdatePresence", "RequestGuildMembers",
     "UpdateVoiceState", "RequestSoundboardSounds", "Activity", "Hello", "Ready", "Resumed", "InvalidSession",
     "Identify", "IdentifyProperties", "Resume", "Latency", "CommandRatelimiter", "MessageSender", "Token",

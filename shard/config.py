@@ -31,6 +31,7 @@ class Token:
     `.gateway` is the bare token sent in Identify and Resume."""
 
     __slots__ = ("__value",)
+    __value: str
 
     def __init__(self, token: str | Token) -> None:
         if isinstance(token, Token):
@@ -212,7 +213,7 @@ class Config:
         values.update(changes)
         token = values.pop("token")
         intents = values.pop("intents")
-        return Config(token, intents, **values)  # type: ignore[arg-type]
+        return Config(token, intents, **values)
 
     def ssl_context(self) -> _ssl.SSLContext:
         """The TLS context for wss:// connections."""

@@ -44,4 +44,4 @@ class Dispatch(Event, frozen=True, gc=False, rename=_WIRE_NAMES, tag_field="op",
 
     type: str | None = None  # type: ignore[assignment]
     seq: Seq | None = None  # 0 <= seq < 2**63, checked while decoding
-    data: object = None
+    data: object = None  # type: ignore[assignment]  # msgspec decodes `d` as any JSON: EventData

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import zlib
 from itertools import repeat
+from types import ModuleType
 from typing import Literal, Protocol
 
 from .error import InflateError
@@ -11,6 +12,7 @@ from .error import InflateError
 __all__ = ["Inflater", "ZlibInflater", "ZstdInflater", "InflateError", "new_inflater", "Compression",
            "ZlibBackend", "SYNC_FLUSH_SUFFIX", "MAX_INFLATED", "MAX_BUFFERED"]
 
+_zlib_ng: ModuleType | None
 try:  # optional extra "zlib-ng"
     from zlib_ng import zlib_ng as _zlib_ng
 except ImportError:  # pragma: no cover - depends on the extra
@@ -19,7 +21,7 @@ except ImportError:  # pragma: no cover - depends on the extra
 try:  # optional extra "zstd"
     import zstandard as _zstd
 except ImportError:  # pragma: no cover - depends on the extra
-    _zstd = None
+    _zstd = None  # type: ignore[assignment]  # typed as the module: ZstdInflater() checks for None first
 
 Compression = Literal["zlib-stream", "zstd-stream"] | None
 ZlibBackend = Literal["auto", "zlib", "zlib-ng"]

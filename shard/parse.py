@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json as _json
 from collections.abc import Mapping
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
@@ -27,6 +27,7 @@ Seq = Annotated[int, msgspec.Meta(ge=0, le=SEQ_END - 1)]
 """A dispatch's `s`: 0 <= s < 2**63, checked by msgspec while decoding (a larger one would overflow the
 msgpack reports of a cluster worker; a negative one would go into Heartbeat and Resume)."""
 _NULL = msgspec.Raw(b"null")
+_T = TypeVar("_T")
 
 
 class Envelope(msgspec.Struct, gc=False):
@@ -49,7 +50,7 @@ class PayloadDecoder:
         self._env = msgspec.json.Decoder(Envelope)
         self._default = msgspec.json.Decoder()
         self._types: dict[str, type[msgspec.Struct]] = {}
-        self._typed: dict[str, msgspec.json.Decoder] = {}
+        self._typed: dict[str, msgspec.json.Decoder[Any]] = {}
         for name, typ in (types or {}).items():
             self.register(name, typ)
 
@@ -88,8 +89,8 @@ class PayloadDecoder:
         typ = self._types.get(event_type)
         return msgspec.convert(d, typ) if typ is not None else d
 
-    def decode_as(self, d: msgspec.Raw | JSONValue, typ: type[msgspec.Struct]) -> msgspec.Struct:
-        """Decode `d` into a gateway control Struct."""
+    def decode_as(self, d: object, typ: type[_T]) -> _T:
+        """Decode `d` (a payload's `d`: msgspec.Raw or JSON values) into a gateway control Struct (or `typ`)."""
         if type(d) is msgspec.Raw:
             return msgspec.json.decode(d, type=typ)
         return msgspec.convert(d, typ, strict=False)

@@ -43,7 +43,7 @@ from .close_codes import CloseAction, CloseFrame, close_action, close_reason
 from .config import Config
 from .counters import ShardCounters
 from .error import ErrorKind, GatewayError
-from .event import Dispatch, Event
+from .event import Dispatch, Event, EventData
 from .event_type import is_all, names_for_flags
 from .frames import HEADER_ERRORS, parse_header
 from .heartbeat import Beat, Heartbeater
@@ -808,12 +808,13 @@ class GatewayProtocol:
             return
         wanted = self._wanted
         if wanted is None or t in wanted:
-            self._push(item if item is not None else Event(t, s, d), out)  # an Envelope's `d`: decoded by the consumer
+            # an Envelope's `d` (msgspec.Raw) is decoded by the consumer; without one, `d` is decoded JSON already
+            self._push(item if item is not None else Event(t, s, d), out)  # type: ignore[arg-type]
 
     def _on_session_event(self, t: str, s: int | None, d: object, out: bytes) -> None:
         if t == "READY":
             try:
-                ready = self.decoder.decode_as(d, Ready)  # type: ignore[arg-type]
+                ready = self.decoder.decode_as(d, Ready)
             except DECODE_ERRORS as exc:
                 self._push_error(GatewayError(ErrorKind.DESERIALIZING, f"READY is malformed: {exc}",
                                               event_type=t))
@@ -821,7 +822,7 @@ class GatewayProtocol:
                 return
             self.session_id = ready.session_id
             self.resume_url = ready.resume_gateway_url
-            data: object = ready
+            data: EventData = ready
             if self.identify_pending:
                 self._identified(True)
         else:
@@ -851,7 +852,7 @@ class GatewayProtocol:
             self.begin_close(CloseFrame.RESUME, CloseAction.RESUME, "reconnect")
         elif op == 9:
             try:
-                resumable = bool(self.decoder.decode_as(d, bool))  # type: ignore[arg-type]
+                resumable = bool(self.decoder.decode_as(d, bool))
             except DECODE_ERRORS:
                 resumable = False
             self._push_control("GATEWAY_INVALID_SESSION", InvalidSession(resumable), out)
@@ -871,7 +872,7 @@ class GatewayProtocol:
         if self._closing:  # Hello came after we gave up on the connection: nothing more goes out on it
             return
         try:
-            hello = self.decoder.decode_as(d, Hello)  # type: ignore[arg-type]
+            hello = self.decoder.decode_as(d, Hello)
             if hello.heartbeat_interval <= 0:
                 raise msgspec.ValidationError("heartbeat_interval must be positive")
         except DECODE_ERRORS as exc:

@@ -69,7 +69,7 @@ class CommandRatelimiter:
 
     async def acquire(self) -> None:
         """Wait for a permit and take it (cancel-safe: nothing is taken if cancelled while waiting)."""
-        while not self.try_acquire():
+        while not self.try_acquire():  # noqa: ASYNC110 - sleeps until the next permit frees, no event to await
             await asyncio.sleep(self.next_available() + 0.001)
 
     def __repr__(self) -> str:

@@ -57,7 +57,7 @@ def check_api_url(api_url: str) -> None:
     """Raise ValueError unless `api_url` is https://, or http:// to this machine (the simulator, tests):
     the bot token is sent to it."""
     parts = urllib.parse.urlsplit(api_url)
-    if parts.scheme == "https" and parts.hostname or parts.scheme == "http" and _is_local(parts.hostname):
+    if (parts.scheme == "https" and parts.hostname) or (parts.scheme == "http" and _is_local(parts.hostname)):
         return
     raise ValueError(f"the API URL must be https:// (http:// only to localhost), got {parts.scheme}://"
                      f"{parts.hostname or ''}; the bot token is not sent there")

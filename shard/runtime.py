@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from types import ModuleType
 from typing import TypeVar
 
 __all__ = ["run", "new_event_loop", "HAS_UVLOOP"]
 
 T = TypeVar("T")
 
+_uvloop: ModuleType | None
 try:
     import uvloop as _uvloop
 except ImportError:  # pragma: no cover - uvloop is a dependency, but stay usable without it

@@ -416,7 +416,7 @@ class Shard:
                 runner.cancel()
             try:
                 await asyncio.wait_for(asyncio.shield(runner), self._config.close_timeout + 1.0)
-            except (asyncio.TimeoutError, asyncio.CancelledError):
+            except (TimeoutError, asyncio.CancelledError):
                 runner.cancel()
         p.stop()
         self._stop_tasks()
@@ -457,7 +457,7 @@ class Shard:
                     p.waiting_for_permit()
                     try:
                         await self._queue.enqueue(self._id.number)  # cancel-safe; a grant is recorded at once
-                    except Exception as exc:  # noqa: BLE001 - a broken queue: retry with backoff, never hang
+                    except Exception as exc:  # a broken queue: retry with backoff, never hang
                         log.exception("shard %s: identify queue failed", self._id)
                         p.connect_failed(f"the identify queue failed: {type(exc).__name__}")
                         self._wake()
@@ -483,11 +483,11 @@ class Shard:
                     by = self._identify_by
                     async with asyncio.timeout_at(by if by is not None else loop.time() + cfg.connect_timeout):
                         await loop.create_connection(
-                            lambda: conn, handshake.host, handshake.port,
+                            lambda: conn, handshake.host, handshake.port,  # noqa: B023 - called before this turn ends
                             ssl=cfg.ssl_context() if handshake.secure else None,
                             server_hostname=handshake.host if handshake.secure else None)
                         await conn.opened
-                except (OSError, asyncio.TimeoutError, HandshakeError, ConnectionError) as exc:
+                except (TimeoutError, OSError, HandshakeError, ConnectionError) as exc:
                     if conn.transport is not None:
                         conn.transport.abort()
                     self._conn = None
@@ -500,9 +500,9 @@ class Shard:
         finally:
             p.release_permit()  # cancelled or closed between the grant and the Identify
             self._cancel_timers()
-            conn = self._conn
-            if conn is not None and conn.transport is not None and not conn.lost.done():
-                conn.transport.abort()
+            last = self._conn
+            if last is not None and last.transport is not None and not last.lost.done():
+                last.transport.abort()
             self._wake()
 
     # ---- callbacks from the connection ------------------------------------------------------------
@@ -704,7 +704,7 @@ class Shard:
         try:
             if p.permit:  # granted early, before connecting: the Identify waits for its not-before time
                 # (checked on time.monotonic(): uvloop's timers count whole ms from a cached clock, so may fire early)
-                while (left := p.permit_not_before - time.monotonic()) > 0:
+                while (left := p.permit_not_before - time.monotonic()) > 0:  # noqa: ASYNC110 - a deadline, no event
                     await asyncio.sleep(left + 0.0005)
             else:
                 await self._queue.enqueue(number)
@@ -725,7 +725,7 @@ class Shard:
     def _on_identified(self, ready: bool) -> None:
         try:
             self._queue.identified(self._id.number, ready)
-        except Exception:  # noqa: BLE001 - a broken queue must not break the receive path
+        except Exception:  # a broken queue must not break the receive path
             log.exception("shard %s: identify queue failed", self._id)
 
 
@@ -736,7 +736,7 @@ class Shard:
             return
         try:
             sent(self._id.number)
-        except Exception:  # noqa: BLE001 - a broken queue must not break the connection
+        except Exception:  # a broken queue must not break the connection
             log.exception("shard %s: identify queue failed", self._id)
 
     def _on_unused(self) -> None:
@@ -745,7 +745,7 @@ class Shard:
             return
         try:
             unused(self._id.number)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("shard %s: identify queue failed", self._id)
 
 

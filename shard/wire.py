@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import enum
 import platform
-from collections.abc import Iterator
-from typing import ClassVar, Literal, Union
+from typing import ClassVar, Literal
 
 import msgspec
 
@@ -16,7 +15,7 @@ __all__ = [
     "default_identify_properties",
 ]
 
-JSONValue = Union[dict[str, object], list[object], str, int, float, bool, None]
+JSONValue = dict[str, object] | list[object] | str | int | float | bool | None
 """Decoded JSON: dicts, lists, str, int, float, bool or None (nested values likewise)."""
 
 
@@ -172,7 +171,7 @@ class _Redacted:
 _REDACTED = _Redacted()
 
 
-def _repr(shown: Iterator[tuple[str, object]], name: str) -> str:
+def _repr(shown: list[tuple[str, object]], name: str) -> str:
     return f"{name}({', '.join(f'{key}={value!r}' for key, value in shown)})"
 
 
@@ -189,10 +188,8 @@ class Identify(msgspec.Struct, frozen=True, omit_defaults=True):
 
     OP: ClassVar[int] = 2
 
-    def __rich_repr__(self) -> Iterator[tuple[str, object]]:
-        yield "token", _REDACTED
-        yield "intents", self.intents
-        yield "shard", self.shard
+    def __rich_repr__(self) -> list[tuple[str, object]]:
+        return [("token", _REDACTED), ("intents", self.intents), ("shard", self.shard)]
 
     def __repr__(self) -> str:
         return _repr(self.__rich_repr__(), "Identify")
@@ -207,10 +204,8 @@ class Resume(msgspec.Struct, frozen=True):
 
     OP: ClassVar[int] = 6
 
-    def __rich_repr__(self) -> Iterator[tuple[str, object]]:
-        yield "token", _REDACTED
-        yield "session_id", self.session_id
-        yield "seq", self.seq
+    def __rich_repr__(self) -> list[tuple[str, object]]:
+        return [("token", _REDACTED), ("session_id", self.session_id), ("seq", self.seq)]
 
     def __repr__(self) -> str:
         return _repr(self.__rich_repr__(), "Resume")

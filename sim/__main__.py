@@ -14,7 +14,8 @@ from .server import Simulator
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m sim", description="A strict local Discord gateway + REST simulator.",
+    parser = argparse.ArgumentParser(prog="python -m sim",
+                                     description="A strict local Discord gateway + REST simulator.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(SimConfig)
     for f in dataclasses.fields(SimConfig):
@@ -48,7 +49,8 @@ async def run(args: argparse.Namespace) -> None:
     sim = Simulator(SimConfig(**options))
     await sim.start()
     print(f"[sim] gateway   {sim.url}\n[sim] resume    {sim.resume_url}\n[sim] rest      {sim.api_url}\n"
-          f"[sim] admin     {sim.admin_url}/stats\n[sim] token     {sim.token[:10]}... (pass --token to set it)", flush=True)
+          f"[sim] admin     {sim.admin_url}/stats\n[sim] token     {sim.token[:10]}... (pass --token to set it)",
+          flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -76,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         import uvloop
-        runner = uvloop.run
     except ImportError:  # pragma: no cover
-        runner = asyncio.run
-    runner(run(args))
+        asyncio.run(run(args))
+    else:
+        uvloop.run(run(args))
     return 0
 
 

@@ -161,7 +161,8 @@ def handle(sim: AdminHost, req: Request) -> Response:
             elif action == "drop":
                 n = sim.drop(shard)
             elif action == "close":
-                n = sim.close(shard, _int("code", req.arg("code", "4000")), req.arg("reason", "closed by chaos control"))
+                n = sim.close(shard, _int("code", req.arg("code", "4000")),
+                              req.arg("reason", "closed by chaos control"))
             elif action == "heartbeat":
                 n = sim.request_heartbeat(shard)
             elif action == "corrupt":

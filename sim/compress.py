@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import zlib
+from types import ModuleType
 
 from .wsframe import OP_BINARY, OP_TEXT, frame
 
+_fast_zlib: ModuleType
 try:  # zlib-ng compresses the same format faster; optional extra
     from zlib_ng import zlib_ng as _fast_zlib
 except ImportError:  # pragma: no cover - depends on the extra
@@ -14,14 +16,15 @@ except ImportError:  # pragma: no cover - depends on the extra
 try:
     import zstandard
 except ImportError:  # pragma: no cover - depends on the extra
-    zstandard = None
+    zstandard = None  # type: ignore[assignment]  # typed as the module: ZstdStream() checks for None first
 
 SYNC_FLUSH_SUFFIX = b"\x00\x00\xff\xff"
 PAYLOAD_COMPRESS_MIN = 1024
 
 
 class Plain:
-    """Uncompressed text frames; with Identify `compress: true`, payloads over 1 KB become standalone zlib binary frames."""
+    """Uncompressed text frames; with Identify `compress: true`, payloads over 1 KB become standalone zlib binary
+    frames."""
 
     name = None
     __slots__ = ("payload_compression",)

@@ -6,18 +6,20 @@ import base64
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 BOT_ID = 123456789012345678
 """The simulated bot user's (and application's) id."""
 
-DEFAULT_TOKEN = base64.b64encode(str(BOT_ID).encode()).decode().rstrip("=") + ".GsimUA.c2ltdWxhdG9yLWJvdC10b2tlbi1zZWNyZXQ"
+DEFAULT_TOKEN = (base64.b64encode(str(BOT_ID).encode()).decode().rstrip("=")
+                 + ".GsimUA.c2ltdWxhdG9yLWJvdC10b2tlbi1zZWNyZXQ")
 """A realistic-format token: base64(bot id) . timestamp . hmac, as hikari expects."""
 
 GUILD_SIZES = ("small", "medium", "large", "mixed")
 COMPRESSIONS = ("zlib-stream", "zstd-stream")
 
 
-def _opt(default, help: str, **kw):  # noqa: A002 - mirrors argparse's name
+def _opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse's name
     return field(default=default, metadata={"help": help, **kw})
 
 
@@ -39,14 +41,17 @@ class SimConfig:
     session_reset_after: float = _opt(86400.0, "seconds until the session budget resets")
     session_ttl: float = _opt(120.0, "seconds a disconnected session stays resumable")
     heartbeat_interval: int = _opt(41250, "heartbeat_interval in Hello, in milliseconds")
-    heartbeat_grace: float | None = _opt(None, "seconds without a client heartbeat before close 4009 (default 2x interval)")
+    heartbeat_grace: float | None = _opt(None, "seconds without a client heartbeat before close 4009 "
+                                               "(default 2x interval)")
     guilds_per_shard: int = _opt(2, "guilds per recommended shard (the bot's guild count is shards x this)")
-    guild_size: str = _opt("small", "GUILD_CREATE size: small (~3 KB), medium (~100 KB), large (~1 MB) or mixed", choices=GUILD_SIZES)
+    guild_size: str = _opt("small", "GUILD_CREATE size: small (~3 KB), medium (~100 KB), large (~1 MB) or mixed",
+                           choices=GUILD_SIZES)
     max_guilds_per_shard: int = _opt(2500, "a session holding more guilds is closed with 4011")
     recommended_guilds_per_shard: int = _opt(1000, "GET /gateway/bot recommends one shard per this many guilds "
                                                    "(as Discord does), or --shards if that is more")
     shard_multiple: int = _opt(1, "num_shards must be a multiple of this (large-bot sharding), else 4010")
-    events_per_second: float = _opt(0.0, "steady dispatch stream per session (MESSAGE_CREATE, PRESENCE_UPDATE, TYPING_START)")
+    events_per_second: float = _opt(0.0, "steady dispatch stream per session "
+                                         "(MESSAGE_CREATE, PRESENCE_UPDATE, TYPING_START)")
     guild_events_per_second: float = _opt(0.0, "one shared MESSAGE_CREATE stream for the whole bot, spread over all "
                                                 "its guilds: each event goes to every session (of any shard count) "
                                                 "whose shard routes its guild (0 = off; changeable while running)")
@@ -54,16 +59,19 @@ class SimConfig:
     flood: bool = _opt(False, "after READY, flood MESSAGE_CREATE as fast as the client reads (benchmarks)")
     flood_delay: float = _opt(0.0, "seconds after READY before the flood starts")
     flood_replay: bool = _opt(False, "zlib-stream floods replay one pre-compressed segment, so the sim costs almost "
-                                     "nothing; its sequence numbers repeat and are not replayable (client benchmarks only)")
+                                     "nothing; its sequence numbers repeat and are not replayable "
+                                     "(client benchmarks only)")
     zlib_level: int = _opt(6, "zlib-stream compression level (1 is cheaper for floods)")
-    zlib_chunk: int = _opt(0, "split zlib-stream messages into WebSocket messages of at most this many bytes (0 = never)")
+    zlib_chunk: int = _opt(0, "split zlib-stream messages into WebSocket messages of at most this many bytes "
+                              "(0 = never)")
     replay_buffer: int = _opt(10000, "dispatches kept per session for Resume replay")
     privileged_intents: int = _opt(0, "privileged intents the application may use (bitmask; 33026 = all three)")
     strict_intents: bool = _opt(True, "close 4013 on undocumented intent bits")
-    strict_resume_url: bool = _opt(False, "answer a Resume sent to the main gateway URL with op 9 (it is always counted)")
+    strict_resume_url: bool = _opt(False, "answer a Resume sent to the main gateway URL with op 9 "
+                                          "(it is always counted)")
     takeover_linger: float = _opt(30.0, "after a Resume takes a session from a connection that is still open, the old "
-                                        "connection gets close 4000 but is read for this many seconds more (or until its "
-                                        "client answers the close), counting each payload it still sends "
+                                        "connection gets close 4000 but is read for this many seconds more (or until "
+                                        "its client answers the close), counting each payload it still sends "
                                         "(frames_after_takeover); then it is dropped")
     reconnect_close_after: float = _opt(5.0, "after a chaos op 7, close with 4000 if the client has not gone")
     rate_limit_frames: int = _opt(120, "client frames allowed per rate-limit window before close 4008")

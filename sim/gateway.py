@@ -10,6 +10,7 @@ import asyncio
 import random
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, runtime_checkable
 
 import msgspec
@@ -88,7 +89,8 @@ def _valid_presence(d: Any) -> bool:
 class GatewayConnection(asyncio.Protocol):
     """The protocol object of an upgraded WebSocket. Created by the HTTP front end in `server.py`."""
 
-    def __init__(self, sim: GatewayHost, transport: asyncio.Transport, compress: str | None, on_resume_url: bool) -> None:
+    def __init__(self, sim: GatewayHost, transport: asyncio.Transport, compress: str | None,
+                 on_resume_url: bool) -> None:
         cfg = sim.config
         self.sim = sim
         self.cfg = cfg
@@ -111,7 +113,7 @@ class GatewayConnection(asyncio.Protocol):
         self._delay_timer: asyncio.TimerHandle | None = None
         self._recv_times: deque[float] = deque()
         self._hb_timer: asyncio.TimerHandle | None = None
-        self._tasks: set[asyncio.Task] = set()
+        self._tasks: set[asyncio.Task[object]] = set()
         self.write_paused = False
         self._drained = asyncio.Event()
         self._drained.set()
@@ -256,7 +258,7 @@ class GatewayConnection(asyncio.Protocol):
         for op, payload in messages:
             if self.closing:
                 return
-            if op == OP_TEXT or op == OP_BINARY:
+            if op in (OP_TEXT, OP_BINARY):
                 self._on_message(op, payload)
             elif op == OP_CLOSE:
                 self._on_client_close(payload)
@@ -271,7 +273,7 @@ class GatewayConnection(asyncio.Protocol):
             self.abort()
             return
         for kind, payload in messages:
-            if kind == OP_TEXT or kind == OP_BINARY:
+            if kind in (OP_TEXT, OP_BINARY):
                 try:
                     msg = _decode(payload)
                 except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
@@ -314,7 +316,8 @@ class GatewayConnection(asyncio.Protocol):
         while times and times[0] <= horizon:
             times.popleft()
         if len(times) > self.cfg.rate_limit_frames:
-            self.violate(4008, f"rate limited: more than {self.cfg.rate_limit_frames} payloads in {self.cfg.rate_limit_window:g} s")
+            self.violate(4008, f"rate limited: more than {self.cfg.rate_limit_frames} payloads "
+                               f"in {self.cfg.rate_limit_window:g} s")
             return
         if kind == OP_BINARY and payload[:1] in (b"\x78", b"\x28"):
             self.violate(4002, "compressed client payloads are not accepted")
@@ -424,7 +427,8 @@ class GatewayConnection(asyncio.Protocol):
             self.violate(4013, f"invalid intents: undocumented bits {intents & ~DOCUMENTED_INTENTS:#x}")
             return
         if intents & PRIVILEGED_INTENTS & ~cfg.privileged_intents:
-            self.violate(4014, f"disallowed intents: privileged bits {intents & PRIVILEGED_INTENTS & ~cfg.privileged_intents:#x} are not enabled")
+            self.violate(4014, "disallowed intents: privileged bits "
+                               f"{intents & PRIVILEGED_INTENTS & ~cfg.privileged_intents:#x} are not enabled")
             return
         guilds = traffic.guilds_for(shard_id, num_shards, sim.total_guilds)
         if len(guilds) > cfg.max_guilds_per_shard:
@@ -441,17 +445,18 @@ class GatewayConnection(asyncio.Protocol):
         if not sim.spend_session_start():
             return  # the budget is exhausted: every session was closed with 4004
         self.enc_payload_compression(compress)
-        sess = Session(shard_id, num_shards, intents, cfg.replay_buffer, guilds, min(max(threshold, 50), 250), self.stats)
+        sess = Session(shard_id, num_shards, intents, cfg.replay_buffer, guilds, min(max(threshold, 50), 250),
+                       self.stats)
         sim.stats.sessions[sess.id] = sess
         sim.sessions[sess.id] = sess
         self.session = sess
         sess.conn = self
         self.stats.identifies += 1
-        self._bind_set(sess)
-        self.set_stats.identifies += 1
+        self._bind_set(sess).identifies += 1
         ready = {
             "v": 10, "user": traffic.BOT_USER, "session_id": sess.id, "resume_gateway_url": sim.resume_url,
-            "session_type": "normal", "shard": shard, "guilds": [{"id": str(traffic.guild_id(k)), "unavailable": True} for k in guilds],
+            "session_type": "normal", "shard": shard,
+            "guilds": [{"id": str(traffic.guild_id(k)), "unavailable": True} for k in guilds],
             "application": {"id": str(traffic.BOT_ID), "flags": 0}, "private_channels": [], "presences": [],
             "relationships": [], "guild_join_requests": [], "geo_ordered_rtc_regions": [], "auth": {},
             "user_settings": {}, "_trace": ["[\"gateway-prd-sim-0\",{\"micros\":0.0}]"],
@@ -517,8 +522,7 @@ class GatewayConnection(asyncio.Protocol):
         sess.replayed += len(replay)
         self.session = sess
         self.stats.resumes += 1
-        self._bind_set(sess)
-        self.set_stats.resumes += 1
+        self._bind_set(sess).resumes += 1
         for data in replay:
             self.send_payload(data)
         sess.dispatch(b"RESUMED", b'{"_trace":["[\\"gateway-prd-sim-0\\",{\\"micros\\":0.0}]"]}')
@@ -541,10 +545,12 @@ class GatewayConnection(asyncio.Protocol):
             self.violate(4001, "invalid Voice State Update channel_id")
             return
         sess = self.session
+        assert sess is not None  # commands before Identify were refused (4003)
         gid = str(_snowflake(d["guild_id"]))
         if sess.intents & INTENT_GUILD_VOICE_STATES:
             sess.dispatch(b"VOICE_STATE_UPDATE", _encode({
-                "guild_id": gid, "channel_id": None if channel is None else str(channel), "user_id": str(traffic.BOT_ID),
+                "guild_id": gid, "channel_id": None if channel is None else str(channel),
+                "user_id": str(traffic.BOT_ID),
                 "session_id": sess.id[:32], "deaf": False, "mute": False, "self_deaf": d["self_deaf"],
                 "self_mute": d["self_mute"], "self_video": False, "suppress": False, "request_to_speak_timestamp": None,
                 "member": {"user": traffic.BOT_USER, "roles": [], "joined_at": "2024-01-01T00:00:00.000000+00:00",
@@ -555,10 +561,10 @@ class GatewayConnection(asyncio.Protocol):
 
     def _on_request_members(self, d: Any) -> None:
         sess, sim = self.session, self.sim
-        if not isinstance(d, dict) or _snowflake(d.get("guild_id")) is None:
+        assert sess is not None  # commands before Identify were refused (4003)
+        if not isinstance(d, dict) or (gid := _snowflake(d.get("guild_id"))) is None:
             self.violate(4001, "Request Guild Members needs a 'guild_id'")
             return
-        gid = _snowflake(d["guild_id"])
         query, limit, user_ids = d.get("query"), d.get("limit"), d.get("user_ids")
         by_query = isinstance(query, str) and isinstance(limit, int) and not isinstance(limit, bool) and limit >= 0
         if user_ids is not None and not isinstance(user_ids, list):
@@ -592,7 +598,7 @@ class GatewayConnection(asyncio.Protocol):
                        if m["user"]["username"].startswith(query)][:cap]
             not_found = None
         else:
-            wanted = [_snowflake(u) for u in user_ids][:100]
+            wanted = [u for u in map(_snowflake, user_ids or ()) if u is not None][:100]  # all valid (by_ids)
             first = (gid >> 8) + 1
             members = [traffic.member(gid, u - first) for u in wanted if 0 <= u - first < count]
             not_found = [str(u) for u in wanted if not 0 <= u - first < count]
@@ -611,24 +617,27 @@ class GatewayConnection(asyncio.Protocol):
         if not isinstance(ids, list) or not ids or not all(_snowflake(g) is not None for g in ids):
             self.violate(4001, "Request Soundboard Sounds needs a list of 'guild_ids'")
             return
+        sess = self.session
+        assert sess is not None  # commands before Identify were refused (4003)
         for g in ids:
-            self.session.dispatch(b"SOUNDBOARD_SOUNDS", _encode({"guild_id": str(_snowflake(g)), "soundboard_sounds": []}))
+            sess.dispatch(b"SOUNDBOARD_SOUNDS", _encode({"guild_id": str(_snowflake(g)), "soundboard_sounds": []}))
 
     def _on_channel_info(self, d: Any) -> None:
-        if (not isinstance(d, dict) or _snowflake(d.get("guild_id")) is None or not isinstance(d.get("fields"), list)
-                or not d["fields"] or not all(isinstance(f, str) and f in CHANNEL_INFO_FIELDS for f in d["fields"])):
+        if (not isinstance(d, dict) or (gid := _snowflake(d.get("guild_id"))) is None
+                or not isinstance(d.get("fields"), list) or not d["fields"]
+                or not all(isinstance(f, str) and f in CHANNEL_INFO_FIELDS for f in d["fields"])):
             self.violate(4001, "Request Channel Info needs 'guild_id' and 'fields' from status, voice_start_time")
             return
-        gid = _snowflake(d["guild_id"])
         channels = []
-        if self.sim.guild_index(gid) is not None:
-            for c in range(0, traffic.SIZES[traffic.size_of(self.sim.guild_index(gid), self.cfg.guild_size)][0], 5):
+        if (k := self.sim.guild_index(gid)) is not None:
+            for c in range(0, traffic.SIZES[traffic.size_of(k, self.cfg.guild_size)][0], 5):
                 info: dict[str, Any] = {"id": str(gid + 10_000 + c)}
                 if "status" in d["fields"]:
                     info["status"] = None
                 if "voice_start_time" in d["fields"]:
                     info["voice_start_time"] = None
                 channels.append(info)
+        assert self.session is not None  # commands before Identify were refused (4003)
         self.session.dispatch(b"CHANNEL_INFO", _encode({"guild_id": str(gid), "channels": channels}))
 
     # ---- helpers ---------------------------------------------------------------------------------
@@ -645,11 +654,14 @@ class GatewayConnection(asyncio.Protocol):
         unident.connections -= 1
         unident.open_connections -= 1
 
-    def _bind_set(self, sess: Session) -> None:
-        """Count this connection in the shard set of `sess` (its num_shards), leaving any earlier one."""
+    def _bind_set(self, sess: Session) -> SetStats:
+        """Count this connection in the shard set of `sess` (its num_shards), leaving any earlier one; the set's
+        stats."""
         self.leave_set()
-        self.set_stats, self.set_shard = self.sim.stats.shard_set(sess.num_shards), sess.shard
-        self.sim.stats.set_opened(self.set_stats, sess.shard)
+        st = self.sim.stats.shard_set(sess.num_shards)
+        self.set_stats, self.set_shard = st, sess.shard
+        self.sim.stats.set_opened(st, sess.shard)
+        return st
 
     def leave_set(self) -> None:
         """This connection no longer carries a session: stop counting it in its shard set."""
@@ -663,13 +675,13 @@ class GatewayConnection(asyncio.Protocol):
         if self.set_stats is not None:
             self.set_stats.closes[key] += 1
 
-    def later(self, delay: float, fn) -> None:
+    def later(self, delay: float, fn: Callable[[], object]) -> None:
         if delay <= 0:
             fn()
         else:
             self.loop.call_later(delay, lambda: None if self.closing else fn())
 
-    def spawn(self, coro) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, object]) -> None:
         task = self.loop.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -677,6 +689,7 @@ class GatewayConnection(asyncio.Protocol):
     async def flood(self) -> None:
         """Write MESSAGE_CREATE dispatches as fast as the client reads them (TCP backpressure paces us)."""
         sess = self.session
+        assert sess is not None  # the stream starts after Identify or Resume
         if self.cfg.flood_delay:
             await asyncio.sleep(self.cfg.flood_delay)
         pool = traffic.flood_pool(sess.shard, sess.num_shards, self.sim.total_guilds,
@@ -713,6 +726,7 @@ class GatewayConnection(asyncio.Protocol):
         they are counted as dispatched but are not part of the session's replayable stream.
         """
         sess, enc = self.session, self.enc
+        assert sess is not None and isinstance(enc, ZlibStream)  # flood() checked both
         start = sess.seq
         segment = replay_segment(traffic.numbered(pool, start + 1), self.cfg.zlib_level)
         # Live messages (ACKs, ...) now end with Z_FULL_FLUSH, so they never refer back into segment data;

@@ -12,7 +12,7 @@ import time
 from bisect import bisect_right
 from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, UTC
 from typing import TypedDict
 
 from . import traffic
@@ -36,7 +36,7 @@ def snowflake_ms(sid: int) -> int:
 
 def timestamp(ms: int) -> str:
     """Unix milliseconds as Discord's ISO 8601 timestamp (`2026-11-30T15:52:51.123000+00:00`)."""
-    return datetime.fromtimestamp(ms / 1000, timezone.utc).isoformat(timespec="microseconds")
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="microseconds")
 
 
 class SnowflakeClock:
@@ -119,7 +119,7 @@ class GuildEventLog:
         start = 0 if since_id is None else bisect_right(self.ids, since_id)
         ids = [str(i) for i in self.ids[start:]]
         events: list[EmittedEvent] = [{"id": i, "guild_id": str(g), "queued": q}
-                                      for i, g, q in zip(ids, self.guild_ids[start:], self.queued[start:])]
+                                      for i, g, q in zip(ids, self.guild_ids[start:], self.queued[start:], strict=True)]
         return {"total": self.total, "per_guild": {str(g): n for g, n in sorted(self.per_guild.items())},
                 "last_id": str(self.ids[-1]) if self.ids else None, "ids": ids, "events": events}
 

@@ -7,7 +7,7 @@ instead of importing each other.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, overload
 from urllib.parse import SplitResult, urlsplit
 
 import msgspec
@@ -26,9 +26,14 @@ REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 404: "Not Found",
 class Request:
     __slots__ = ("method", "path", "query", "headers", "body")
 
-    def __init__(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str], body: bytes) -> None:
+    def __init__(self, method: str, path: str, query: dict[str, list[str]], headers: dict[str, str],
+                 body: bytes) -> None:
         self.method, self.path, self.query, self.headers, self.body = method, path, query, headers, body
 
+    @overload
+    def arg(self, name: str) -> str | None: ...
+    @overload
+    def arg(self, name: str, default: str) -> str: ...
     def arg(self, name: str, default: str | None = None) -> str | None:
         values = self.query.get(name)
         return values[-1] if values else default

@@ -105,12 +105,15 @@ class HttpProtocol(asyncio.Protocol):
                 f"Content-Length: {len(resp.body)}", f"Connection: {'close' if close else 'keep-alive'}",
                 "Via: 1.1 sim"]
         head += [f"{k}: {v}" for k, v in resp.headers.items()]
-        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body)
+        transport = self.transport
+        assert transport is not None  # nothing is answered once the connection is handed to the gateway
+        transport.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + resp.body)
         if close:
-            self.transport.close()
+            transport.close()
 
     def _upgrade(self, req: Request, extra: bytes) -> None:
-        sim = self.sim
+        sim, transport = self.sim, self.transport
+        assert transport is not None  # data_received() reads nothing once the connection is handed over
         key = req.headers.get("sec-websocket-key", "")
         try:
             key_ok = len(base64.b64decode(key, validate=True)) == 16
@@ -125,20 +128,20 @@ class HttpProtocol(asyncio.Protocol):
             return
         if sim.config.refuse_connections > 0:  # chaos: the connect fails before the handshake completes
             sim.config.refuse_connections -= 1
-            self.transport.abort()
+            transport.abort()
             return
         if sim.config.silent_handshake:  # chaos: the 101 never comes; what the client sends is dropped
             self.transport, self.buf = None, bytearray()
             return
         accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
-        self.transport.write((
+        transport.write((
             "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
         compress = req.arg("compress")
-        conn = GatewayConnection(sim, self.transport, compress if compress in ("zlib-stream", "zstd-stream") else None,
+        conn = GatewayConnection(sim, transport, compress if compress in ("zlib-stream", "zstd-stream") else None,
                                  req.path.rstrip("/") == RESUME_PATH.rstrip("/"))
-        self.transport.set_protocol(conn)
-        transport, self.transport = self.transport, None
+        transport.set_protocol(conn)
+        self.transport = None
         version, encoding = req.arg("v"), req.arg("encoding", "json")
         problem = (f"invalid API version {version!r}: use v=10" if version not in ("9", "10") else
                    f"encoding={encoding} is not supported by the simulator (use json)" if encoding != "json" else
@@ -168,14 +171,15 @@ class Simulator:
         self.stats = Stats()
         self.sessions: dict[str, Session] = {}
         self.connections: set[GatewayConnection] = set()
-        self.remaining = self.config.session_limit if self.config.session_remaining is None else self.config.session_remaining
+        remaining = self.config.session_remaining
+        self.remaining = self.config.session_limit if remaining is None else remaining
         self.token_revoked = False
         self._bucket_last: dict[int, float] = {}
         self._budget_reset_at = time.monotonic() + self.config.session_reset_after
         self._member_requests: dict[int, float] = {}
         self.rest_window: list[float] = []
         self._server: asyncio.base_events.Server | None = None
-        self._sweeper: asyncio.Task | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self.port = self.config.port
         self.guild_count = self.config.shards * self.config.guilds_per_shard
         """The bot's guilds now (indexes 0..guild_count-1); `add_guilds` raises it."""
@@ -184,7 +188,7 @@ class Simulator:
         self._snowflakes = SnowflakeClock()
         self._next_guild = 0
         self._routes: dict[int, dict[int, set[Session]]] = {}  # num_shards -> shard -> its live sessions
-        self._guild_stream_task: asyncio.Task | None = None
+        self._guild_stream_task: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -267,7 +271,8 @@ class Simulator:
     @property
     def recommended_shards(self) -> int:
         """`GET /gateway/bot`'s `shards`: --shards, or more as guilds are added (`recommended_guilds_per_shard`)."""
-        return traffic.recommended_shards(self.config.shards, self.guild_count, self.config.recommended_guilds_per_shard)
+        return traffic.recommended_shards(self.config.shards, self.guild_count,
+                                          self.config.recommended_guilds_per_shard)
 
     def guild_index(self, gid: int) -> int | None:
         k = (gid >> 22) - traffic.GUILD_BASE
@@ -530,7 +535,10 @@ class Simulator:
         if kind == "opcode":
             return self._apply(shard, lambda c: c.send_payload(b'{"t":null,"s":null,"op":99,"d":{"sim":true}}'))
         if kind == "event":
-            return self._apply(shard, lambda c: c.session.dispatch(b"SIM_UNKNOWN_EVENT", b'{"sim":true}'))
+            def unknown(c: GatewayConnection) -> None:
+                if c.session is not None:  # always: connections_of() picks connections with a session
+                    c.session.dispatch(b"SIM_UNKNOWN_EVENT", b'{"sim":true}')
+            return self._apply(shard, unknown)
         raise ValueError(f"unknown corruption kind {kind!r}: use compressed, json, opcode or event")
 
     def pause(self, shard: int, paused: bool = True) -> int:

@@ -74,7 +74,7 @@ class Session:
         self.detached_at = 0.0
         self.stream_paused = False
         self.stats = stats
-        self.stream_task: asyncio.Task | None = None
+        self.stream_task: asyncio.Task[None] | None = None
 
     def dispatch(self, t: bytes, d: bytes) -> None:
         """Send (or, while disconnected, queue for replay) one dispatch with the next sequence number."""
@@ -127,6 +127,7 @@ class Session:
         return {"shard": [self.shard, self.num_shards], "state": self.state, "dispatched": self.seq,
                 "sequences": [1, self.seq] if self.seq else [], "confirmed": self.confirmed,
                 "resumes": self.resumes, "overlapping_resumes": self.overlapping_resumes,
-                "frames_after_takeover": self.frames_after_takeover, "replayed": self.replayed, "lost": self.lost, "gapless": self.lost == 0,
+                "frames_after_takeover": self.frames_after_takeover, "replayed": self.replayed, "lost": self.lost,
+                "gapless": self.lost == 0,
                 "unconfirmed_at_end": self.unconfirmed_at_end, "end_reason": self.end_reason,
                 "connected": self.conn is not None}

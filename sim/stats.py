@@ -24,8 +24,8 @@ class ShardStats:
     frames_after_takeover: int = 0
     takeovers: list[dict[str, Any]] = field(default_factory=list)
     violations: list[dict[str, Any]] = field(default_factory=list)
-    closes: Counter = field(default_factory=Counter)
-    commands: Counter = field(default_factory=Counter)
+    closes: Counter[int | str] = field(default_factory=Counter)
+    commands: Counter[int] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -55,8 +55,8 @@ class SetStats:
     peak_open_connections: int = 0
     identifies: int = 0
     resumes: int = 0
-    closes: Counter = field(default_factory=Counter)
-    open_by_shard: Counter = field(default_factory=Counter)
+    closes: Counter[int | str] = field(default_factory=Counter)
+    open_by_shard: Counter[int] = field(default_factory=Counter)
     complete_since: float | None = None
     first_complete_at: float | None = None
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 from functools import lru_cache
-from typing import TypedDict
+from typing import Any, TypedDict
 
 import msgspec
 
@@ -93,14 +93,14 @@ def size_of(k: int, mode: str) -> str:
     return "large" if roll < 0.01 else "medium" if roll < 0.1 else "small"
 
 
-def _random_user(rng: random.Random, uid: int) -> dict:
+def _random_user(rng: random.Random, uid: int) -> dict[str, Any]:
     return {"id": str(uid), "username": "u%x" % rng.getrandbits(36), "discriminator": "0",
             "global_name": "Name %x" % rng.getrandbits(24), "avatar": "%032x" % rng.getrandbits(128),
             "public_flags": rng.choice((0, 64, 128, 256)), "avatar_decoration_data": None, "clan": None,
             "primary_guild": None, "collectibles": None}
 
 
-def member(gid: int, i: int) -> dict:
+def member(gid: int, i: int) -> dict[str, Any]:
     """Member i of guild gid (deterministic)."""
     rng = random.Random(gid * 1_000_003 + i)
     uid = (gid >> 8) + i + 1
@@ -124,12 +124,12 @@ def guild_create(k: int, mode: str) -> bytes:
               "colors": {"primary_color": 0, "secondary_color": None, "tertiary_color": None}, "hoist": False,
               "icon": None, "unicode_emoji": None, "position": r, "permissions": "1071698660929",
               "managed": False, "mentionable": False, "flags": 0} for r in range(roles_n)]
-    channels = [{"id": str(gid + 10_000 + c), "type": 0 if c % 5 else 2, "position": c,
+    channels: list[dict[str, Any]] = [{"id": str(gid + 10_000 + c), "type": 0 if c % 5 else 2, "position": c,
                  "permission_overwrites": [], "name": f"channel-{c}", "topic": None, "nsfw": False,
                  "last_message_id": None, "rate_limit_per_user": 0, "parent_id": None, "flags": 0,
                  "bitrate": 64000, "user_limit": 0} for c in range(channels_n)]
     members = [member(gid, i) for i in range(min(members_n, 1000))]
-    guild = {
+    guild: dict[str, Any] = {
         "id": str(gid), "name": f"sim guild {k}", "icon": None, "icon_hash": None, "splash": None,
         "discovery_splash": None, "owner_id": str(BOT_ID), "afk_channel_id": None, "afk_timeout": 300,
         "widget_enabled": False, "verification_level": 0, "default_message_notifications": 0,
@@ -150,7 +150,7 @@ def guild_create(k: int, mode: str) -> bytes:
     return encode(guild)
 
 
-def message(rng: random.Random, gid: int | None, content: bool) -> dict:
+def message(rng: random.Random, gid: int | None, content: bool) -> dict[str, Any]:
     uid = rng.randrange(10**17, 10**18)
     msg = {
         "type": 0, "tts": False, "pinned": False, "mention_everyone": False, "mentions": [], "mention_roles": [],
@@ -170,19 +170,20 @@ def message(rng: random.Random, gid: int | None, content: bool) -> dict:
         msg["guild_id"] = str(gid)
         msg["member"] = {"roles": [str(gid + r) for r in range(rng.randrange(0, 3))], "premium_since": None,
                          "pending": False, "nick": None, "mute": False, "deaf": False, "flags": 0,
-                         "joined_at": "2024-%02d-%02dT10:00:00.000000+00:00" % (rng.randrange(1, 13), rng.randrange(1, 28)),
+                         "joined_at": "2024-%02d-%02dT10:00:00.000000+00:00" % (rng.randrange(1, 13),
+                                                                               rng.randrange(1, 28)),
                          "communication_disabled_until": None, "banner": None, "avatar": None}
     return msg
 
 
-def presence(rng: random.Random, gid: int) -> dict:
+def presence(rng: random.Random, gid: int) -> dict[str, Any]:
     return {"user": {"id": str(rng.randrange(10**17, 10**18))}, "guild_id": str(gid),
             "status": rng.choice(("online", "idle", "dnd", "offline")),
             "activities": [{"name": "a game", "type": 0, "created_at": 1735689600000}] if rng.random() < 0.5 else [],
             "client_status": {"desktop": "online"}}
 
 
-def typing(rng: random.Random, gid: int) -> dict:
+def typing(rng: random.Random, gid: int) -> dict[str, Any]:
     uid = rng.randrange(10**17, 10**18)
     return {"channel_id": str(gid + 10_000), "guild_id": str(gid), "user_id": str(uid),
             "timestamp": 1735689600 + rng.randrange(10**6), "member": {"user": _random_user(rng, uid), "roles": [],
@@ -193,7 +194,8 @@ POOL_SIZE = 256
 
 
 @lru_cache(maxsize=1024)
-def event_pool(shard_id: int, num_shards: int, total_guilds: int, intents: int, dm_fraction: float) -> tuple[tuple[bytes, bytes], ...]:
+def event_pool(shard_id: int, num_shards: int, total_guilds: int, intents: int,
+               dm_fraction: float) -> tuple[tuple[bytes, bytes], ...]:
     """Pre-encoded (event name, `d`) pairs for a session's steady stream, honouring intents and routing.
 
     Guild events only use guilds routed to this shard; DMs appear only on shard 0.
@@ -231,8 +233,9 @@ def numbered(pool: tuple[bytes, ...], first_seq: int) -> list[bytes]:
 
 @lru_cache(maxsize=256)
 def flood_pool(shard_id: int, num_shards: int, total_guilds: int, content: bool) -> tuple[bytes, ...]:
-    """Pre-encoded MESSAGE_CREATE dispatch prefixes for flood mode: each is b'{"t":"MESSAGE_CREATE","op":0,"d":{...},"s":'."""
+    """Pre-encoded MESSAGE_CREATE dispatch prefixes for flood mode:
+    each is b'{"t":"MESSAGE_CREATE","op":0,"d":{...},"s":'."""
     rng = random.Random(shard_id + 1)
-    gids = [guild_id(k) for k in guilds_for(shard_id, num_shards, total_guilds)] or [None]
+    gids: list[int | None] = [guild_id(k) for k in guilds_for(shard_id, num_shards, total_guilds)] or [None]
     return tuple(b'{"t":"MESSAGE_CREATE","op":0,"d":' + encode(message(rng, rng.choice(gids), content)) + b',"s":'
                  for _ in range(POOL_SIZE * 4))

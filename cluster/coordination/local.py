@@ -2,7 +2,8 @@
 :class:`~cluster.coordination.base.Coordination`.
 
 :class:`IdentifyCoordinator` is sans-I/O (every method takes ``now``). One slot per rate-limit
-bucket ``shard % max_concurrency``. The granted shard *holds* its bucket's slot until it reports READY or INVALID_SESSION (or ``hold_timeout`` passes), and the
+bucket ``shard % max_concurrency``. The granted shard *holds* its bucket's slot until it reports READY or
+INVALID_SESSION (or ``hold_timeout`` passes), and the
 bucket's next grant comes ``window`` seconds after the *latest* of: the grant, the moment the
 worker said the Identify was written (:meth:`started`; after connecting and Hello, which the
 shard bounds by its ``connect_timeout``: ``hold_timeout`` must be longer), and the moment its outcome arrived

@@ -5,24 +5,43 @@ that the other end is a Redis that lets us in. A wrong password, a server that i
 bad URL is a :class:`~cluster.error.ConfigError` (the cluster exits 2 with one line); a Redis that
 cannot be reached right now is :class:`~cluster.error.CoordinatorUnavailable`, which callers retry
 with backoff. No message or log line holds the URL's password.
+
+Every loop that retries Redis calls catches their trouble with :func:`on_trouble` (or runs in
+:func:`keep_trying` / :func:`keep_subscribed`, which use it), so that no loop can swallow its task's cancel.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from typing import NoReturn
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from cluster.coordination.redis_url import redacted_url, url_problem
 from cluster.error import ConfigError, CoordinatorUnavailable
 from cluster.state import token_user_id
 
-__all__ = ["KEY_ROOT", "connect", "namespace", "raise_if_cancelling", "unavailable"]
+__all__ = ["KEY_ROOT", "REDIS_DOWN", "REDIS_TROUBLE", "Caught", "connect", "keep_subscribed", "keep_trying",
+           "namespace", "on_trouble", "unavailable"]
 
 KEY_ROOT = "shardstack"
 """Every key of every bot starts with ``shardstack:<cluster name>:``."""
+HEALTH_CHECK = 1.0
+"""Seconds a pooled connection may sit idle before it is checked (PING, tried once more on a new connection) on its
+next use: one left stale by a Redis restart is then replaced quietly, instead of failing a call seconds after the
+outage was over (and being logged as a new one). A command whose connection fails (ConnectionError, TimeoutError)
+is sent once more on a new connection, at once; past that the callers' loops retry. A connection can fail after a
+script ran, so a script may run twice: its owner and epoch checks keep a repeat from taking what another host holds."""
+REDIS_TROUBLE: tuple[type[BaseException], ...] = (rx.RedisError, OSError, TimeoutError)
+"""What a Redis call raises when Redis is unavailable or answers with an error: retried by the loops."""
+REDIS_DOWN: tuple[type[BaseException], ...] = (rx.ConnectionError, rx.TimeoutError, TimeoutError, OSError)
+"""What a Redis call raises when Redis cannot be reached right now."""
 
 
 def namespace(cluster_name: str | None, token: str) -> str:
@@ -36,12 +55,74 @@ def namespace(cluster_name: str | None, token: str) -> str:
     return f"{KEY_ROOT}:{cluster_name}:"
 
 
-def raise_if_cancelling() -> None:
-    """Re-raise a cancel that a Redis client turned into a connection error (a read cut short by the cancel):
-    a loop that catches Redis trouble to retry must still end when its task is cancelled."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
+class Caught:
+    """What an :func:`on_trouble` block caught: ``exc``, or None if the block ran through."""
+
+    __slots__ = ("exc",)
+
+    def __init__(self) -> None:
+        self.exc: BaseException | None = None
+
+
+@contextlib.contextmanager
+def on_trouble(kinds: tuple[type[BaseException], ...] = REDIS_TROUBLE) -> Iterator[Caught]:
+    """Catch Redis trouble (``kinds``) raised in the block into ``caught.exc``, for the caller to retry or report.
+    Every Redis call that is retried goes through here, so that a cancel is never swallowed: the client turns a
+    cancel that cuts a read short into a connection error, and that is re-raised as the cancel it was."""
+    caught = Caught()
+    try:
+        yield caught
+    except kinds as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise asyncio.CancelledError from exc
+        caught.exc = exc
+
+
+async def keep_trying(step: Callable[[], Awaitable[object]], every: float, *, retry: float | None = None,
+                      start_after: float = 0.0, on_error: Callable[[BaseException], None] | None = None,
+                      on_ok: Callable[[], None] | None = None,
+                      kinds: tuple[type[BaseException], ...] = REDIS_TROUBLE) -> NoReturn:
+    """Run ``step`` every ``every`` seconds (the first after ``start_after``) until cancelled: Redis trouble is
+    told to ``on_error`` and tried again after ``retry`` seconds (default ``every``), a success to ``on_ok``."""
+    await asyncio.sleep(start_after)
+    while True:
+        with on_trouble(kinds) as caught:
+            await step()
+        if caught.exc is None:
+            if on_ok is not None:
+                on_ok()
+        elif on_error is not None:
+            on_error(caught.exc)
+        await asyncio.sleep(every if caught.exc is None or retry is None else retry)
+
+
+async def keep_subscribed(client: aioredis.Redis, channels: Sequence[str], on_message: Callable[[bytes], None], *,
+                          on_subscribed: Callable[[], Awaitable[object]] | None = None,
+                          on_error: Callable[[BaseException], None] | None = None, retry: tuple[float, float],
+                          kinds: tuple[type[BaseException], ...] = REDIS_TROUBLE) -> NoReturn:
+    """Hand every message of ``channels`` to ``on_message`` until cancelled; after each subscription await
+    ``on_subscribed``. Redis trouble is told to ``on_error`` and the subscription made again, ``retry`` (first,
+    longest) seconds apart with doubling."""
+    delay = retry[0]
+    while True:
+        pubsub = client.pubsub()
+        try:
+            with on_trouble(kinds) as caught:
+                await pubsub.subscribe(*channels)
+                if on_subscribed is not None:
+                    await on_subscribed()
+                delay = retry[0]
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+                    if message is not None:
+                        on_message(message["data"])
+        finally:
+            await asyncio.shield(pubsub.aclose())
+        if caught.exc is not None and on_error is not None:
+            on_error(caught.exc)
+        await asyncio.sleep(delay)
+        delay = min(retry[1], delay * 2)
 
 
 def unavailable(url: str, exc: BaseException) -> CoordinatorUnavailable:
@@ -67,8 +148,12 @@ async def connect(url: str, *, timeout: float = 5.0) -> aioredis.Redis:
     if it cannot be reached within ``timeout`` seconds (retry later)."""
     if (problem := url_problem(url)) is not None:
         raise ConfigError(problem)
+    # a pooled connection that went stale with a Redis restart fails its next command once ("Connection closed by
+    # server"), whenever that is: it is reconnected and the command sent again at once (one retry, no backoff);
+    # an outage still fails fast, and the callers' own loops wait it out (see HEALTH_CHECK)
     client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
-                                     health_check_interval=30, decode_responses=False)
+                                     health_check_interval=HEALTH_CHECK, retry=Retry(NoBackoff(), 1),
+                                     decode_responses=False)
     shown = redacted_url(url)
     try:
         await client.ping()

@@ -64,7 +64,7 @@ def test_every_setting_has_help_text_in_the_cli():
 def test_identify_hold_must_outlast_the_shards_connect_timeout():
     from cluster import Supervisor
 
-    with pytest.raises(ConfigError, match="identify_hold_timeout .* must exceed the shards' connect_timeout"):
+    with pytest.raises(ConfigError, match=r"identify_hold_timeout .* must exceed the shards' connect_timeout"):
         Supervisor(ClusterConfig(identify_hold_timeout=10.0), token="x")
     with pytest.raises(ConfigError, match=r"\(5 s\) must exceed the shards' connect_timeout \(6 s\)"):
         Supervisor(ClusterConfig(identify_hold_timeout=5.0), token="x", shard_options={"connect_timeout": 6.0})

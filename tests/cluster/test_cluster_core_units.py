@@ -138,7 +138,7 @@ def test_coordinator_defaults_and_validation():
     c = IdentifyCoordinator(1, SessionBudget())
     assert c.window == 5.0 and c.slack == 0.05 and c.lead == 0.5 and c.hold_timeout == 15.0
     assert IdentifyCoordinator(1, SessionBudget(), hold_timeout=0.6).lead == 0.3  # the hold outlasts the lead
-    with pytest.raises(ValueError, match="^max_concurrency must be >= 1$"):
+    with pytest.raises(ValueError, match=r"^max_concurrency must be >= 1$"):
         IdentifyCoordinator(0, SessionBudget())
 
 
@@ -461,6 +461,6 @@ def test_a_failed_rename_reports_its_own_error(tmp_path, monkeypatch):
         raise OSError("rename failed")
 
     monkeypatch.setattr(os, "replace", replace)
-    with pytest.raises(OSError, match="^rename failed$"):
+    with pytest.raises(OSError, match=r"^rename failed$"):
         save_sessions(path, 4, [SessionInfo(0, "a", 1)], now=0.0)
     assert list(tmp_path.iterdir()) == []

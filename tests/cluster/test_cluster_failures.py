@@ -47,7 +47,8 @@ async def test_hung_worker_is_killed_and_its_shards_resume(sim, tmp_path):
     async with running(sim, Quiet, tmp_path, workers=2, ipc_heartbeat_interval=0.2,
                        ipc_heartbeat_missed=5, fresh=True) as (sup, task):
         await until(lambda: sup.active_shards() == 4, what="bring-up")
-        await until(lambda: all(s in sup.sessions for s in range(4)), what="session reports")  # resumable after the kill
+        # resumable after the kill
+        await until(lambda: all(s in sup.sessions for s in range(4)), what="session reports")
         old = sup.workers[1]
         replies = await sup.broadcast(Freeze(1, 60.0), timeout=0.5)
         assert replies[0].ok and "timed out" in replies[1].error
@@ -110,7 +111,8 @@ async def test_shard_count_refused_by_discord_exits_with_code_6(tmp_path):
     assert "4010" in sup.exit_message and "multiple" in sup.exit_message
 
 
-@pytest.mark.parametrize(("close", "expected"), [(4004, ExitCode.AUTHENTICATION_FAILED), (4013, ExitCode.DISALLOWED_INTENTS),
+@pytest.mark.parametrize(("close", "expected"), [(4004, ExitCode.AUTHENTICATION_FAILED),
+                                               (4013, ExitCode.DISALLOWED_INTENTS),
                                                (4011, ExitCode.SHARDING_REJECTED), (4012, ExitCode.SHARDING_REJECTED)])
 async def test_fatal_gateway_close_exits_with_its_code(sim, tmp_path, close, expected):
     """The gateway closes one running shard with a fatal code (not the REST check at start-up)."""
@@ -119,7 +121,7 @@ async def test_fatal_gateway_close_exits_with_its_code(sim, tmp_path, close, exp
         assert sim.close(3, close, "chaos") == 1
         code = await asyncio.wait_for(task, 30)
     assert code == expected
-    assert sup.exit_message.startswith(f"shard 3: ") and f"({close})" in sup.exit_message
+    assert sup.exit_message.startswith("shard 3: ") and f"({close})" in sup.exit_message
 
 
 async def test_worker_crash_loop_exits_with_code_7(sim, tmp_path):
@@ -167,8 +169,8 @@ async def test_zombie_shard_is_restarted_by_the_supervisor_and_resumes(tmp_path)
             await until(lambda: sup.active_shards() == 4, what="bring-up")
             await until(lambda: 2 in sup.sessions, what="shard 2's session report")  # resumable after the restart
             assert sim.delay(2, 60.0) == 1
-            snap = await sim.wait_until(lambda s: any(r["shard"][0] == 2 and r["resumes"] for r in s["sessions"].values()),
-                                        timeout=30)
+            snap = await sim.wait_until(
+                lambda s: any(r["shard"][0] == 2 and r["resumes"] for r in s["sessions"].values()), timeout=30)
             assert snap["total"]["identifies"] == 4
             await until(lambda: sup.active_shards() == 4, what="shard 2 back")
 

@@ -64,9 +64,9 @@ async def test_http_endpoints_and_status_cli(sim, tmp_path):
                 break
             assert asyncio.get_running_loop().time() < deadline, [f for f in families if f not in metrics]
             await asyncio.sleep(0.05)
-        for line in ('cluster_shard_state{shard="3",state="ACTIVE"} 1.0', 'cluster_identifies_total{reason="initial"} 4.0',
-                     "cluster_identify_queue_depth 0.0", 'cluster_worker_up{worker="1"} 1.0',
-                     "cluster_session_start_remaining 996.0"):
+        for line in ('cluster_shard_state{shard="3",state="ACTIVE"} 1.0',
+                     'cluster_identifies_total{reason="initial"} 4.0', "cluster_identify_queue_depth 0.0",
+                     'cluster_worker_up{worker="1"} 1.0', "cluster_session_start_remaining 996.0"):
             assert line in metrics, line
         proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "cluster", "status", "--url", base,
                                                     stdout=asyncio.subprocess.PIPE)

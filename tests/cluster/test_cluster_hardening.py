@@ -113,8 +113,9 @@ async def test_identify_grant_to_a_worker_whose_pipe_is_closing_does_not_stop_th
     caplog.set_level(logging.WARNING, "cluster")
     async with running(sim, None, tmp_path, workers=2, fresh=True, max_concurrency=1,
                        ipc_heartbeat_missed=1000) as (sup, task):
-        await until(lambda: sup.coordinator is not None and 3 in sup.coordinator.waiting() and sup.workers.get(1) is not None
-                    and sup.workers[1].channel is not None, what="shard 3 waiting for its identify slot")
+        await until(lambda: sup.coordinator is not None and 3 in sup.coordinator.waiting()
+                    and sup.workers.get(1) is not None and sup.workers[1].channel is not None,
+                    what="shard 3 waiting for its identify slot")
         worker = sup.workers[1]
         os.kill(worker.pid, signal.SIGSTOP)
         transport = worker.channel._transport
@@ -144,7 +145,7 @@ async def test_a_stalled_supervisor_loop_does_not_kill_healthy_workers(sim, tmp_
         await until(lambda: sup.active_shards() == 4 and all(w.heartbeat and w.heartbeat.rtt is not None
                                                              for w in sup.workers.values()), what="bring-up")
         pids = {wid: w.pid for wid, w in sup.workers.items()}
-        time.sleep(2.0)  # the fault: blocks this event loop, which the supervisor runs on
+        time.sleep(2.0)  # noqa: ASYNC251 - the fault: blocks this event loop, which the supervisor runs on
         assert sup.health_problems() == []  # /healthz, asked before the heartbeat loop has run again
         await until(lambda: max(sup.loop_lags, default=0) > 1.5, what="the heartbeat tick after the stall")
 
@@ -233,7 +234,8 @@ async def test_restart_needs_the_token_a_local_host_header_and_rolling_1(sim, tm
             code, text = await post("/restart" + query, good)
             assert code == 400 and "rolling=1" in text, query
         assert not sup.rolling
-        assert await post("/restart?rolling=1", {**good, "Host": "localhost:1234"}) == (202, "rolling restart started\n")
+        assert (await post("/restart?rolling=1", {**good, "Host": "localhost:1234"})
+                == (202, "rolling restart started\n"))
         assert sup.rolling
         await until(lambda: not sup.rolling, timeout=60, what="the rolling restart")
         # the CLI sends the token (from the environment here) and rolling=1

@@ -12,7 +12,7 @@ from cluster_testing import FAST, until
 from sim import Simulator
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent.parent / "shard"))
-from slow_proxy import SlowProxy  # noqa: E402 - the shard tests' helper
+from slow_proxy import SlowProxy  # the shard tests' helper
 
 
 @contextlib.asynccontextmanager

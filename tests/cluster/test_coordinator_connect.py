@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from cluster.config import ClusterConfig, ConfigError, load_config
+from cluster.config import ConfigError, load_config
 from cluster.coordination.redis_conn import connect, namespace
 from cluster.error import CoordinatorUnavailable
 from redis_process import RedisServer, free_port
@@ -74,3 +74,21 @@ async def test_an_unreachable_redis_is_retryable_not_fatal():
     with pytest.raises(CoordinatorUnavailable) as err:
         await connect(f"redis://:{SECRET}@127.0.0.1:{free_port()}/0", timeout=1.0)
     assert SECRET not in str(err.value) and "***" in str(err.value)
+
+
+async def test_connections_left_stale_by_a_redis_restart_are_reconnected_not_reported(redis_server):
+    """Every idle connection of the pool met the restart: each used to fail its next command once, whenever that
+    came, and a loop that used it seconds after the recovery logged a second outage."""
+    from redis.exceptions import ConnectionError as RedisConnectionError  # noqa: PLC0415
+
+    client = await connect(redis_server.url)
+    try:
+        await asyncio.gather(*(client.ping() for _ in range(4)))  # four connections in the pool
+        redis_server.kill()
+        with pytest.raises(RedisConnectionError):  # an outage still fails fast: the callers wait it out
+            await client.ping()
+        redis_server.start()
+        for _ in range(3):
+            assert all(await asyncio.gather(*(client.ping() for _ in range(4))))
+    finally:
+        await client.aclose()

@@ -25,6 +25,7 @@ from sim.__main__ import build_parser as sim_parser
 DEPLOY = Path(__file__).parents[2] / "deploy"
 K8S = DEPLOY / "k8s"
 K8S_VERSION = "1.35"  # a recent Kubernetes; the schemas come with the kubernetes-validate package
+DISCORD_HEARTBEAT = 41.25  # seconds: Hello's heartbeat_interval from Discord
 SAVE_MARGIN = 5  # seconds past the workers' shutdown timeout for the supervisor to save the sessions
 
 # Settings of the multi-host work (issue 8) that cluster/config.py does not have yet. The
@@ -80,9 +81,20 @@ def container_port(container, port):
 
 
 def compose_hosts(compose):
-    """The cluster hosts of compose.yaml (services with a host index), by service name."""
+    """The cluster hosts of compose.yaml (services with a coordinator), by service name."""
     return {name: svc for name, svc in compose["services"].items()
-            if "CLUSTER_HOST_INDEX" in svc.get("environment", {})}
+            if "CLUSTER_COORDINATOR" in svc.get("environment", {})}
+
+
+def assert_auto_assignment(settings, where):
+    """The hosts share the shards through leases (issue 9): no static range, blocks for every host, and a lease
+    TTL under Discord's heartbeat interval, so that a dead host's sessions are still resumable at the takeover."""
+    cfg = load_config({}, {k: v for k, v in settings.items() if k.startswith(ENV_PREFIX)})
+    assert cfg.assign == "auto", where
+    assert not {"CLUSTER_HOST_INDEX", "CLUSTER_HOST_COUNT", "CLUSTER_SHARD_RANGE"} & set(settings), where
+    assert cfg.shards and cfg.shards_per_worker and cfg.shards % cfg.shards_per_worker == 0, where  # equal blocks
+    assert cfg.lease_ttl <= DISCORD_HEARTBEAT / 2, where
+    return cfg
 
 
 def dockerfile_env():
@@ -184,10 +196,16 @@ def test_probes_service_and_scrape_reach_the_http_port(k8s, pod, container):
     assert notes["prometheus.io/path"] == "/metrics"
 
 
-def test_host_index_is_the_ordinal_and_host_count_is_replicas(k8s, container):
-    env = env_of(container)
-    assert env["CLUSTER_HOST_INDEX"] == "auto"
-    assert int(env["CLUSTER_HOST_COUNT"]) == k8s["StatefulSet"]["spec"]["replicas"]
+def test_pods_share_the_shards_through_leases(k8s, pod, container):
+    """`kubectl scale` alone is safe: no pod has a fixed range, every replica gets blocks."""
+    settings = {**dockerfile_env(), **k8s["ConfigMap"]["data"],
+                **{k: v for k, v in env_of(container).items() if isinstance(v, str)}, "CLUSTER_COORDINATOR": "redis://r"}
+    cfg = assert_auto_assignment(settings, "deploy/k8s")
+    assert cfg.shards // cfg.shards_per_worker >= k8s["StatefulSet"]["spec"]["replicas"]
+    # a pod killed at the end of its grace period, mid-handoff, leaves its other blocks dark for one lease TTL:
+    # the grace period covers a whole handoff and more than a TTL of renewals
+    assert pod["spec"]["terminationGracePeriodSeconds"] > cfg.lease_ttl
+    assert "kubectl scale" in (K8S / "statefulset.yaml").read_text()  # says scaling alone is fine now
 
 
 def test_token_and_coordinator_come_from_the_secret(k8s, container):
@@ -231,7 +249,8 @@ def test_manifest_settings_exist(k8s, container):
     settings = {**dockerfile_env(), **k8s["ConfigMap"]["data"],
                 **{k: v for k, v in env_of(container).items() if isinstance(v, str)}}
     from_secrets = {"CLUSTER_COORDINATOR": "redis://redis.example:6379/0"}  # a value of the right shape
-    settings.update({k: from_secrets.get(k, "placeholder") for k, v in env_of(container).items() if not isinstance(v, str)})
+    settings.update({k: from_secrets.get(k, "placeholder") for k, v in env_of(container).items()
+                     if not isinstance(v, str)})
     check_settings(settings, "deploy/k8s")
 
 
@@ -251,8 +270,10 @@ def test_a_misspelt_setting_is_caught():
 def test_compose_runs_three_hosts_of_one_bot(compose):
     hosts = compose_hosts(compose)
     envs = [svc["environment"] for svc in hosts.values()]
-    assert sorted(int(env["CLUSTER_HOST_INDEX"]) for env in envs) == [0, 1, 2]
-    assert {env["CLUSTER_HOST_COUNT"] for env in envs} == {"3"}
+    assert len(hosts) == 3
+    for name, env in zip(hosts, envs, strict=True):
+        cfg = assert_auto_assignment({**dockerfile_env(), **env}, f"compose service {name}")
+        assert cfg.shards // cfg.shards_per_worker >= len(hosts)
     assert len({env["CLUSTER_COORDINATOR"] for env in envs}) == 1
     assert len({env["CLUSTER_CLUSTER_NAME"] for env in envs}) == 1
     redis_url = urlsplit(envs[0]["CLUSTER_COORDINATOR"])
@@ -276,7 +297,6 @@ def test_compose_hosts_point_at_the_simulator_with_its_numbers(compose):
         for key, scheme, path in (("CLUSTER_API_URL", "http", "/api/v10"), ("CLUSTER_GATEWAY_URL", "ws", "/")):
             url = urlsplit(env[key])
             assert (url.scheme, url.hostname, url.port, url.path) == (scheme, "sim", args.port, path), (name, key)
-        assert int(env["CLUSTER_SHARDS"]) % int(env["CLUSTER_HOST_COUNT"]) == 0
 
 
 def test_prometheus_scrapes_every_host(compose):

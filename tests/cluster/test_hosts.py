@@ -52,7 +52,7 @@ async def client(redis_server):
 async def test_overlapping_live_hosts_are_refused_atomically(client):
     a = new_record("a", range(0, 8), 24)
     await register_host(client, NS, a, ttl=5)
-    with pytest.raises(ConfigError, match="host a .* runs shards 0-7"):
+    with pytest.raises(ConfigError, match=r"host a .* runs shards 0-7"):
         await register_host(client, NS, new_record("b", range(7, 12), 24), ttl=5)
     await register_host(client, NS, new_record("c", range(8, 16), 24), ttl=5)
     assert [r.host_id for r in await read_hosts(client, NS)] == ["a", "c"]
@@ -92,7 +92,7 @@ def test_config_options_for_the_host_and_auto_from_the_pod_name(monkeypatch):
     monkeypatch.setenv("HOSTNAME", "shardstack-2")
     assert cfg.host_shards(24) == range(16, 24)
     monkeypatch.setenv("HOSTNAME", "shardstack-5")
-    with pytest.raises(ConfigError, match="host_index 5 .* not below host_count 3"):
+    with pytest.raises(ConfigError, match=r"host_index 5 .* not below host_count 3"):
         cfg.host_shards(24)
     assert load_config({"host_index": "1", "host_count": 2}).host_shards(10) == range(5, 10)
     assert ClusterConfig(shard_range="3-5").host_shards(8) == range(3, 6)
@@ -103,3 +103,21 @@ def test_config_options_for_the_host_and_auto_from_the_pod_name(monkeypatch):
                          (dict(host_index=2, host_count=2), "0 to host_count - 1"), (dict(shard_range="5-3"), "after")]:
         with pytest.raises(ConfigError, match=message):
             ClusterConfig(**bad)
+
+
+async def test_one_notion_of_a_live_host_for_the_registry_the_leases_and_the_statuses(client):
+    """A host is live while its registry record lives: a status it published outlives nothing, and the leases'
+    stricter reading (renewed lately) drops a host whose record was not renewed, before the record expires."""
+    import msgspec
+
+    from cluster.crosshost import HostStatus, read_statuses
+
+    for hid, first in (("a", 0), ("b", 8), ("gone", 16)):
+        await register_host(client, NS, new_record(hid, range(first, first + 8), 24), ttl=10)
+        status = HostStatus(hid, "machine", 1, 0.0, None, {"shards": []})
+        await client.set(f"{NS}status:{hid}", msgspec.msgpack.encode(status))
+    await client.delete(f"{NS}host:gone")  # its record expired (it died): its status key is still there
+    await client.pexpire(f"{NS}host:b", 6000)  # b's last renewal was 4 s ago (ttl 10)
+    assert sorted(await read_statuses(client, NS)) == ["a", "b"]
+    assert [r.host_id for r in await read_hosts(client, NS)] == ["a", "b"]
+    assert [r.host_id for r in await read_hosts(client, NS, renewed_within=2.5, ttl=10)] == ["a"]

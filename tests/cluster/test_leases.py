@@ -27,6 +27,7 @@ from cluster.leases import (
     plan,
     quota,
     renew_interval,
+    starting_key,
 )
 
 NS = "shardstack:test:"
@@ -87,6 +88,8 @@ def test_a_newcomer_gets_blocks_by_handoffs_one_at_a_time():
     del held[2]  # released: nothing more moves until it is claimed
     assert plan("b", hosts, leases(held), 6) == Plan() and plan("c", hosts, leases(held), 6).claim == (2,)
     held[2] = "c"
+    claimed = {b: Lease(b, o, 1, starting=b == 2) for b, o in held.items()}  # c's shards of block 2 not active yet
+    assert plan("b", hosts, claimed, 6) == Plan()  # the next move waits until the last moved block runs again
     assert plan("b", hosts, leases(held), 6) == Plan(hand_off=5)  # now the most loaded
 
 
@@ -189,7 +192,8 @@ def test_assign_auto_needs_a_coordinator_and_no_static_range():
 
     url = "redis://127.0.0.1:6379/0"
     cfg = load_config({"assign": "auto", "coordinator": url, "shards_per_worker": "4", "lease_ttl": "3"}, env={})
-    assert (cfg.assign, cfg.lease_ttl, ClusterConfig().assign, ClusterConfig().lease_ttl) == ("auto", 3.0, "static", 10.0)
+    assert (cfg.assign, cfg.lease_ttl) == ("auto", 3.0)
+    assert (ClusterConfig().assign, ClusterConfig().lease_ttl) == ("static", 10.0)
     env = {"CLUSTER_ASSIGN": "auto", "CLUSTER_COORDINATOR": url, "CLUSTER_LEASE_TTL": "5"}  # a pod's ConfigMap
     assert (load_config({}, env=env).assign, load_config({}, env=env).lease_ttl) == ("auto", 5.0)
     for flags, message in (({"assign": "auto"}, "needs a coordinator"),
@@ -219,3 +223,42 @@ def test_status_and_the_status_table_show_blocks_owners_and_lease_ages():
     text = format_status(st)
     assert "     0 0-3             4      0.5s  host-a (this host)" in text and "(free)" in text
     assert "lease moves: claim failover 1, failover lease_expired 1" in text
+
+
+async def test_a_renewal_crossing_the_release_does_not_bring_the_lease_back(client):
+    """The renewal loop and a handoff run at once: a renewal sent before the release and run after it finds the key
+    gone, but the block was given up, not lost by Redis (a leaving host left one lease behind)."""
+    a = LeaseStore(client, NS, "a", ttl=3.0)
+    epoch, _ = await a.claim(0)
+    assert await a.release(0, epoch)
+    assert await a.renew({0: epoch}) == {0: Renewal.LOST}
+    assert await a.read(1) == {}
+    assert await LeaseStore(client, NS, "b", ttl=3.0).claim(0) == (epoch + 1, Takeover.HANDOFF)
+
+
+async def test_a_late_renewal_does_not_write_back_over_a_later_tenure(client):
+    """Another host had the block since (claimed, then released or expired): the old epoch is not written back."""
+    a, b = LeaseStore(client, NS, "a", ttl=3.0), LeaseStore(client, NS, "b", ttl=3.0)
+    old, _ = await a.claim(0)
+    await client.delete(lease_key(NS, 0))  # expired while a was paused
+    new, _ = await b.claim(0)
+    assert await b.release(0, new)
+    assert await a.renew({0: old}) == {0: Renewal.LOST}
+    assert await a.read(1) == {}
+
+
+async def test_a_claimed_block_is_starting_until_its_owner_renews_it_as_started(client):
+    a = LeaseStore(client, NS, "a", ttl=3.0)
+    epoch, _ = await a.claim(0)
+    assert (await a.read(1))[0].starting
+    assert await a.renew({0: epoch}, starting={0}) == {0: Renewal.RENEWED}
+    assert (await a.read(1))[0].starting and 0 < await client.pttl(starting_key(NS, 0)) <= 3000
+    assert await a.renew({0: epoch}) == {0: Renewal.RENEWED}  # its shards are active
+    assert not (await a.read(1))[0].starting and not await client.exists(starting_key(NS, 0))
+    await client.set(starting_key(NS, 0), epoch - 1)  # a mark left by an earlier tenure is not this one's
+    assert not (await a.read(1))[0].starting
+    await a.started(0, epoch)  # nor is it removed by this one
+    assert await client.get(starting_key(NS, 0)) == str(epoch - 1).encode()
+    assert await a.renew({0: epoch}, starting={0}) == {0: Renewal.RENEWED}
+    await a.started(0, epoch)  # the shards are active: said at once, not at the next renewal
+    assert not (await a.read(1))[0].starting

@@ -13,76 +13,51 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
 
 from cluster.coordination.redis_conn import connect
-from cluster.hosts import host_id
 from cluster_testing import http_get, running, until
+from hosts_testing import active, host_env, hosts_of
 from multihost_handlers import AskAll
 
-HERE = Path(__file__).parent
-ROOT = HERE.parent.parent
 
-
-def cli_env(sim):
-    path = os.pathsep.join(p for p in (str(ROOT), str(HERE), os.environ.get("PYTHONPATH")) if p)
-    return {**os.environ, "DISCORD_TOKEN": sim.token, "PYTHONPATH": path}
-
-
-async def start_host(sim, redis_url, tmp_path, *extra):
-    """A `python -m cluster run` host: 2 workers, the coordinator, a state file that must stay unwritten."""
-    args = ["-m", "cluster", "run", "--handler", "multihost_handlers:Answerer", "--workers", "2",
-            "--gateway-url", sim.url, "--api-url", sim.api_url, "--identify-window", "1",
-            "--state-file", str(tmp_path / "state.json"), "--http-port", "0", "--report-interval", "0.2",
-            "--no-status-line", "--log-level", "WARNING", "--coordinator", redis_url, *extra]
-    return await asyncio.create_subprocess_exec(sys.executable, *args, env=cli_env(sim),
-                                                stderr=asyncio.subprocess.PIPE)
-
-
-async def stop_host(proc):
-    proc.send_signal(signal.SIGTERM)
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    return err.decode()
-
-
-def id_prefix(pid):
-    """How a host's registry id starts (cluster.hosts.host_id: short host name, pid, random suffix)."""
-    return f"{host_id().rsplit('-', 2)[0]}-{pid}-"
+def hosts_for(sim, redis_server, tmp_path):
+    """`python -m cluster run` hosts: 2 workers each, the coordinator, a state file that must stay unwritten."""
+    return hosts_of(sim, redis_server.url, tmp_path, "--workers", "2", handler="multihost_handlers:Answerer")
 
 
 def all_active(n):
-    return lambda s: sum(1 for r in s["sessions"].values() if r["state"] == "active") == n
+    return lambda s: active(s) == n
 
 
 async def test_a_host_stopped_with_sigterm_is_resumed_by_the_next_host_process_from_redis(sim, redis_server, tmp_path):
-    first = await start_host(sim, redis_server.url, tmp_path)
-    await sim.wait_until(all_active(16), 30)
-    await stop_host(first)
-    assert not (tmp_path / "state.json").exists()  # with a coordinator, the sessions live in Redis only
-    client = await connect(redis_server.url)
-    try:
-        keys = sorted(await client.keys("shardstack:*:session:*"))
-        assert len(keys) == 16
-        assert (await client.hget(keys[0], "host")).decode().startswith(id_prefix(first.pid))
-        assert 0 < await client.pttl(keys[0]) <= 120_000  # session_ttl: stale sessions vanish
-    finally:
-        await client.aclose()
+    async with hosts_for(sim, redis_server, tmp_path) as hosts:
+        first = await hosts.start("first")
+        await sim.wait_until(all_active(16), 30)
+        code, err = await hosts.stop("first")
+        assert code == 0, err
+        assert not (tmp_path / "first.json").exists()  # with a coordinator, the sessions live in Redis only
+        client = await connect(redis_server.url)
+        try:
+            keys = sorted(await client.keys("shardstack:*:session:*"))
+            assert len(keys) == 16
+            assert (await client.hget(keys[0], "host")).decode().startswith(first.id_prefix)
+            assert 0 < await client.pttl(keys[0]) <= 120_000  # session_ttl: stale sessions vanish
+        finally:
+            await client.aclose()
 
-    second = await start_host(sim, redis_server.url, tmp_path)  # another process: another host id
-    try:
+        await hosts.start("second")  # another process: another host id
         snap = await sim.wait_until(lambda s: s["total"]["resumes"] == 16 and all_active(16)(s), 30)
         assert snap["total"]["identifies"] == 16  # no new identify: every shard resumed
         assert snap["total"]["concurrency_violations"] == 0 and snap["total"]["violations"] == 0
-    finally:
-        await stop_host(second)
-    assert not (tmp_path / "state.json").exists()
+        code, err = await hosts.stop("second")
+        assert code == 0, err
+        assert not (tmp_path / "second.json").exists()
 
 
 async def test_broadcasts_reach_every_host_and_status_lists_them(sim, redis_server, tmp_path):
     """Two hosts of one bot on one simulator: A (this process) runs shards 0-11, B (a CLI process) 12-15."""
-    host_b = await start_host(sim, redis_server.url, tmp_path / "b", "--fresh", "--shard-range", "12-15")
-    try:
+    async with hosts_for(sim, redis_server, tmp_path) as machines:
+        host_b = await machines.start("b", "--fresh", "--shard-range", "12-15")
         async with running(sim, "multihost_handlers:Answerer", tmp_path, workers=2, fresh=True,
                            coordinator=redis_server.url, shard_range="0-11") as (sup, _):
             await until(lambda: sup.active_shards() == 12, what="host A's shards")
@@ -93,7 +68,7 @@ async def test_broadcasts_reach_every_host_and_status_lists_them(sim, redis_serv
             def both_listed():
                 nonlocal b_id
                 hosts = {h["host"]: h for h in sup.status().get("hosts", [])}
-                b_id = next((h for h in hosts if h.startswith(id_prefix(host_b.pid))), "")
+                b_id = next((h for h in hosts if h.startswith(host_b.id_prefix)), "")
                 return set(hosts) == {a_id, b_id} and all(
                 h["active"] == sum(b - a + 1 for a, b in h["shards"]) for h in hosts.values())
 
@@ -116,14 +91,14 @@ async def test_broadcasts_reach_every_host_and_status_lists_them(sim, redis_serv
             # `cluster status --coordinator` lists both hosts
             cli = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "cluster", "status", "--coordinator", redis_server.url, "--json",
-                env=cli_env(sim), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                env=host_env(sim), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             out, err = await cli.communicate()
             assert cli.returncode == 0, err.decode()
             listed = {h["host"]: h for h in json.loads(out)["hosts"]}
             assert set(listed) == {a_id, b_id} and listed[b_id]["status"]["active"] == 4
             cli = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "cluster", "status", "--coordinator", redis_server.url,
-                env=cli_env(sim), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+                env=host_env(sim), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
             out, err = await cli.communicate()
             text = out.decode()
             assert cli.returncode == 0 and f"== host {a_id}" in text and f"== host {b_id}" in text
@@ -141,8 +116,8 @@ async def test_broadcasts_reach_every_host_and_status_lists_them(sim, redis_serv
             failed = sorted((r["host"], r["worker"]) for r in seen if r["error"] is not None)
             assert ok == [(a_id, 0), (a_id, 1)] and failed == [(b_id, 0), (b_id, 1)], seen
             assert all(f"host {b_id} did not answer within 1s" in r["error"] for r in seen if r["error"])
-    finally:
-        await stop_host(host_b)
+        code, err = await machines.stop("b")
+        assert code == 0, err
 
 
 async def test_status_sessions_and_broadcast_relay_come_back_after_redis_restarts(sim, redis_server, tmp_path):

@@ -2,11 +2,10 @@
 redis-server of the test's own, against the strict simulator."""
 
 import asyncio
-import os
-import signal
-import sys
 
 import pytest
+
+from hosts_testing import active, hosts_of, identified_again, sessions_saved
 
 SHARDS = 24
 
@@ -16,57 +15,10 @@ def sim_options():
     return dict(shards=SHARDS, max_concurrency=4, identify_window=1.0, events_per_second=5.0, heartbeat_interval=1000)
 
 
-def active(s):
-    return sum(1 for r in s["sessions"].values() if r["state"] == "active")
-
-
-class Hosts:
-    """Supervisor processes of one cluster; each host's stderr is kept for the assertions."""
-
-    def __init__(self, sim, redis_server, tmp_path):
-        self.sim, self.redis, self.tmp = sim, redis_server, tmp_path
-        self.procs = {}
-
-    def args(self, name, *extra):
-        return ["-m", "cluster", "run", "--handler", "cluster.example:ExampleHandler", "--workers", "2",
-                "--gateway-url", self.sim.url, "--api-url", self.sim.api_url, "--identify-window", "1",
-                "--coordinator", self.redis.url, "--cluster-name", "acceptance",
-                "--state-file", str(self.tmp / f"{name}.json"), "--http-port", "0", "--report-interval", "0.2",
-                "--no-status-line", "--log-level", "WARNING", *extra]
-
-    async def start(self, name, *extra, env=None):
-        env = {**os.environ, "DISCORD_TOKEN": self.sim.token, "HOSTNAME": f"machine-{name}", **(env or {})}
-        self.procs[name] = await asyncio.create_subprocess_exec(sys.executable, *self.args(name, *extra), env=env,
-                                                                stderr=asyncio.subprocess.PIPE)
-        return self.procs[name]
-
-    async def run_to_end(self, name, *extra, timeout=30, env=None):
-        proc = await self.start(name, *extra, env=env)
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
-        return proc.returncode, err.decode()
-
-    async def stop(self, name, timeout=30):
-        proc = self.procs.pop(name)
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-        _, err = await asyncio.wait_for(proc.communicate(), timeout)
-        return proc.returncode, err.decode()
-
-    async def stop_all(self):
-        results = {}
-        for name in list(self.procs):
-            results[name] = await self.stop(name)
-        return results
-
-
 @pytest.fixture
 async def hosts(sim, redis_server, tmp_path):
-    h = Hosts(sim, redis_server, tmp_path)
-    yield h
-    for proc in h.procs.values():
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+    async with hosts_of(sim, redis_server.url, tmp_path, "--workers", "2", "--cluster-name", "acceptance") as h:
+        yield h
 
 
 async def test_three_hosts_bring_up_24_shards_once_each_with_no_violation(sim, hosts):
@@ -143,11 +95,9 @@ async def test_readyz_and_metrics_say_when_the_coordinator_is_away(sim, redis_se
 
 async def test_a_host_waits_for_an_unreachable_redis_at_start(sim, hosts, redis_server):
     redis_server.kill()
-    proc = await hosts.start("h0", "--shard-range", "0-23")
-    async with asyncio.timeout(30):
-        while b"unavailable" not in (line := await proc.stderr.readline()):
-            assert line, "the host exited instead of waiting for Redis"
-    assert proc.returncode is None
+    host = await hosts.start("h0", "--shard-range", "0-23")
+    await host.wait_for("unavailable", 30)  # it waits, it does not exit
+    assert host.returncode is None
     redis_server.start()
     snap = await sim.wait_until(lambda s: active(s) == SHARDS, 60)
     assert snap["total"]["violations"] == 0
@@ -158,17 +108,18 @@ async def test_a_host_waits_for_an_unreachable_redis_at_start(sim, hosts, redis_
 async def test_a_host_killed_with_sigkill_restarts_in_place_once_its_record_lapses(sim, hosts):
     """The pod's container restarts after kill -9: its own stale record (same machine) is waited out for host_ttl,
     not refused; another machine's live record is refused at once (test above)."""
-    first = await hosts.start("h0", "--shard-range", "0-23", "--host-ttl", "3", "--state-save-interval", "0.2")
-    await sim.wait_until(lambda s: active(s) == SHARDS, 60)
-    first.kill()
-    await first.wait()
-    await sim.wait_until(lambda s: active(s) == 0, 30)  # its workers closed their shards once it was gone
-    second = await hosts.start("h0", "--shard-range", "0-23", "--host-ttl", "3")
-    async with asyncio.timeout(30):
-        while b"waiting up to 3 s for its record to expire" not in (line := await second.stderr.readline()):
-            assert line, "the restarted host exited instead of waiting for its predecessor's record"
+    # the restarted host must come while the record lives: 10 s after the kill, far more than a start takes
+    first = await hosts.start("h0", "--shard-range", "0-23", "--host-ttl", "10", "--state-save-interval", "0.2")
+    identifies = (await sim.wait_until(lambda s: active(s) == SHARDS, 60))["total"]["identifies"]
+    await sessions_saved(hosts.redis_url, "shardstack:acceptance:", SHARDS)
+    first.proc.kill()  # the supervisor only: its workers see it gone and close their shards resumably
+    await first.proc.wait()
+    second = await hosts.start("h0", "--shard-range", "0-23", "--host-ttl", "10")
+    await second.wait_for("waiting up to 10 s for its record to expire", 30)  # waits, is not refused
     snap = await sim.wait_until(lambda s: active(s) == SHARDS, 60)
     assert snap["total"]["violations"] == 0
+    assert snap["total"]["identifies"] == identifies, identified_again(snap)  # all resumed from Redis's sessions
+    assert snap["total"]["overlapping_resumes"] == 0  # the old workers had closed their shards by then
     code, err = await hosts.stop("h0")
     assert code == 0, err
 
@@ -178,12 +129,12 @@ async def test_a_wrong_password_or_a_bad_url_is_one_line_and_exit_2(sim, hosts, 
     secret = "right-pa55word"
     guarded = RedisServer(tmp_path, password=secret).start()
     try:
-        hosts.redis = type("R", (), {"url": guarded.url.replace(secret, "wrong-pa55word")})()
+        hosts.redis_url = guarded.url.replace(secret, "wrong-pa55word")
         code, err = await hosts.run_to_end("h0", "--shard-range", "0-23")
         assert code == 2, err
         assert "refused the login" in err and "wrong-pa55word" not in err and secret not in err
         assert len(err.strip().splitlines()) <= 2, err
-        hosts.redis = type("R", (), {"url": f"http://:{secret}@127.0.0.1:{guarded.port}/0"})()
+        hosts.redis_url = f"http://:{secret}@127.0.0.1:{guarded.port}/0"
         code, err = await hosts.run_to_end("h1", "--shard-range", "0-23")
         assert code == 2 and "must be a redis:// or rediss:// URL" in err and secret not in err, err
     finally:

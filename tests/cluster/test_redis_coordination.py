@@ -9,11 +9,10 @@ import multiprocessing
 import random
 import time
 
-import pytest
 import redis.asyncio as aioredis
 
 from cluster.coordination import CoordinationSetup, Grant, Refuse
-from cluster.coordination.redis import RedisCoordination
+from cluster.coordination.redis import RedisCoordination, store_layout
 from ipc.protocol import IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused
 
 NS = "shardstack:t:"
@@ -175,7 +174,7 @@ async def test_the_budget_is_spent_atomically_and_never_below_its_reserve(redis_
     grants = refusals = 0
     for _ in range(40):
         results = await asyncio.gather(*(c.decide(time.monotonic()) for c in hosts))
-        for c, ds in zip(hosts, results):
+        for c, ds in zip(hosts, results, strict=True):
             for d in ds:
                 if isinstance(d, Grant):
                     grants += 1
@@ -280,7 +279,7 @@ async def test_an_outcome_proves_the_window_and_a_late_send_keeps_its_slack(redi
     await a.report([(time.monotonic(), IdentifyRequest(4, "initial")), (time.monotonic(), IdentifyRequest(8, "x"))])
     assert [d.shard_id for d in await decide_until(a)] == [4]
     await decide_until(a, pred=lambda ds: not a._holding)  # 4's hold expires without an outcome
-    while await a.client.exists(f"{NS}id:slot:0"):  # in Redis too (its TTL started a little later)
+    while await a.client.exists(f"{NS}id:slot:0"):  # noqa: ASYNC110 - a key's expiry has no event; in Redis too (its TTL started a little later)
         await asyncio.sleep(0.01)
     await a.report([(time.monotonic(), IdentifyStarted(4))])  # then its Identify goes out, late
     assert a.stats(time.monotonic()).late_starts == 1
@@ -303,6 +302,7 @@ async def test_an_unknown_window_counts_its_grace_from_the_loss_not_from_the_fir
     assert int(await a.client.get(f"{NS}id:win:0")) == lost + 30000 + 50
     await a.client.delete(f"{NS}id:win:0")
     await a.client.set(f"{NS}id:lost", lost - 31000)  # as if the epoch had been created 31 s ago
+    a._due.clear()  # forget the 30 s timer that the first answer set (the edit above is no event of Redis's)
     assert [d.shard_id for d in await decide_until(a, timeout=2)] == [0]
 
 
@@ -340,3 +340,115 @@ async def test_a_host_behind_a_held_slot_sleeps_until_its_turn_could_come_instea
     assert await other.decide(now) == []
     # no grant can come before the holder's Identify plus a window: not polled every poll_interval (0.01 s) meanwhile
     assert other.next_deadline(now) - now > 1.0
+
+
+async def test_a_new_clusters_buckets_wait_only_the_grace_not_a_window(redis_server):
+    """The first host of a new cluster stores the layout and marks the identify state fresh in one script: no
+    Identify can have gone out before it, so a bucket's first grant waits the grace only, not a whole window."""
+    a = await host(redis_server.url, "a", window=30.0, lost_grace=0.3)
+    assert await store_layout(a.client, NS, f"{NS}layout", "8,4")
+    assert not await store_layout(a.client, NS, f"{NS}layout", "8,4")  # the second host adopts it
+    fresh = int(await a.client.get(f"{NS}id:fresh"))
+    await a.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    [g] = await decide_until(a, timeout=5)
+    assert g.shard_id == 0
+    assert await redis_ms(a.client) - fresh < 30000  # not a window (30 s) after the mark
+    assert await a.client.get(f"{NS}id:lost") is None
+
+
+async def lost_under_a_running_host(redis_server):
+    """A host that identified shard 0 (bucket 0's window: 30 s) and a Redis that then restarts empty."""
+    running = await host(redis_server.url, "running", window=30.0, lost_grace=0.3)
+    assert await store_layout(running.client, NS, f"{NS}layout", "8,4")
+    await running.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    [g] = await decide_until(running, timeout=5)
+    await running.report([(time.monotonic(), IdentifyStarted(0)), (time.monotonic(), IdentifyDone(0, True))])
+    redis_server.kill()
+    redis_server.start()
+    return running
+
+
+async def test_a_new_host_cannot_take_a_redis_that_lost_its_state_for_a_new_cluster(redis_server):
+    """Redis restarts empty under a running host that identified moments ago, and a new host comes first and marks
+    the empty Redis fresh: the running host's listener resubscribes, tells the loss, and the new host waits the
+    grace and a whole window."""
+    running = await lost_under_a_running_host(redis_server)
+    newcomer = await host(redis_server.url, "new", window=30.0, lost_grace=0.3)
+    assert await store_layout(newcomer.client, NS, f"{NS}layout", "8,4")
+    fresh = int(await newcomer.client.get(f"{NS}id:fresh"))
+    woke = asyncio.Event()
+    listener = asyncio.ensure_future(running.listen(woke.set))
+    try:
+        await asyncio.wait_for(woke.wait(), 10)  # it saw the epoch change
+        assert await newcomer.client.get(f"{NS}id:fresh") is None
+        assert int(await newcomer.client.get(f"{NS}id:lost")) == fresh
+        await newcomer.report([(time.monotonic(), IdentifyRequest(4, "initial"))])
+        now = time.monotonic()
+        assert await newcomer.decide(now) == []
+        assert int(await newcomer.client.get(f"{NS}id:win:0")) == fresh + 300 + 50  # grace, slack, then a window
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_a_running_host_that_reaches_the_empty_redis_first_makes_it_lost_not_new(redis_server):
+    running = await lost_under_a_running_host(redis_server)
+    await running.report([(time.monotonic(), IdentifyRequest(4, "initial"))])
+    await decide_until(running, pred=lambda ds: running.up)  # its first script on the empty Redis: a loss
+    lost = int(await running.client.get(f"{NS}id:lost"))
+    newcomer = await host(redis_server.url, "new", window=30.0, lost_grace=0.3)
+    assert await store_layout(newcomer.client, NS, f"{NS}layout", "8,4")  # the layout was lost too
+    assert await newcomer.client.get(f"{NS}id:fresh") is None  # but the state is not new
+    await newcomer.report([(time.monotonic(), IdentifyRequest(8, "initial"))])
+    assert await newcomer.decide(time.monotonic()) == []
+    assert int(await newcomer.client.get(f"{NS}id:win:0")) == lost + 300 + 50
+
+
+async def test_a_host_waiting_on_another_hosts_slot_is_woken_by_its_release_not_by_polling(redis_server):
+    slow = dict(window=0.05, hold=60.0, alive_ttl=60.0, poll_interval=30.0)  # no poll nor renewal for 20 s or more
+    holder, other = await host(redis_server.url, "holder", **slow), await host(redis_server.url, "other", **slow)
+    await holder.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    assert [d.shard_id for d in await decide_until(holder)] == [0]
+    woke = asyncio.Event()
+    listener = asyncio.ensure_future(other.listen(woke.set))
+    try:
+        await other.report([(time.monotonic(), IdentifyRequest(4, "initial"))])
+        while True:  # past the holder's window: then it waits for the holder's outcome, with no look for 20 s
+            now = time.monotonic()
+            assert await other.decide(now) == []
+            if 0 in other._on_wake and other.next_deadline(now) - now > 10:
+                break
+            await asyncio.sleep(max(0.0, other.next_deadline(now) - now))
+        woke.clear()
+        await holder.report([(time.monotonic(), IdentifyDone(0, True))])
+        await asyncio.wait_for(woke.wait(), 10)
+        assert [d.shard_id for d in await decide_until(other, timeout=5)] == [4]
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)
+
+
+async def test_a_host_behind_other_hosts_entries_sleeps_a_window_each_and_is_woken_when_they_go(redis_server):
+    """Each queue entry ahead of this host's first takes a window at least: the host sleeps that long instead of
+    asking at every grant; a cancel of entries ahead (their host stopped) wakes it at once."""
+    a = await host(redis_server.url, "a", window=10.0)
+    b = await host(redis_server.url, "b", window=10.0)
+    await a.client.set(f"{NS}id:win:0", 0)  # a window long past
+    await a.report([(time.monotonic(), IdentifyRequest(s, "initial")) for s in (0, 4, 8)])
+    assert [d.shard_id for d in await decide_until(a)] == [0]
+    await a.report([(time.monotonic(), IdentifyDone(0, True))])
+    await a.client.set(f"{NS}id:win:0", 0)  # its window over too: a/4 is the head, then a/8, then b's
+    woke = asyncio.Event()
+    listener = asyncio.ensure_future(b.listen(woke.set))
+    try:
+        await b.report([(time.monotonic(), IdentifyRequest(12, "initial"))])
+        now = time.monotonic()
+        assert await b.decide(now) == []
+        assert b._due[0] - now > 15 and 0 not in b._on_wake  # two entries ahead: two windows (20 s)
+        woke.clear()
+        await a.report([(time.monotonic(), IdentifyCancel(4)), (time.monotonic(), IdentifyCancel(8))])
+        await asyncio.wait_for(woke.wait(), 10)
+        assert [d.shard_id for d in await decide_until(b, timeout=5)] == [12]
+    finally:
+        listener.cancel()
+        await asyncio.gather(listener, return_exceptions=True)

@@ -22,14 +22,6 @@ HANDLER = "reshard_handlers:IdLog"
 FAST = dict(identify_window=0.3, heartbeat_interval=1000)
 
 
-@pytest.fixture
-def id_log(tmp_path, monkeypatch):
-    path = tmp_path / "ids"
-    path.mkdir()
-    monkeypatch.setenv("RESHARD_ID_LOG", str(path))  # the workers inherit it
-    return path
-
-
 def delivered(path, guilds: bool = False) -> list[tuple[int, int, int, float]]:
     """(message id, guild id, shard count, monotonic time) of every MESSAGE_CREATE any handler got; with ``guilds``,
     (0, guild id, shard count, time) of every GUILD_CREATE instead."""

@@ -14,9 +14,9 @@ import sys
 import pytest
 from cluster_testing import FAST as FAST_CFG
 from cluster_testing import running, until
+from hosts_testing import host_env
 from redis_process import free_port
-from test_multihost_hosts import cli_env
-from test_reshard import FAST, HANDLER, _cli, all_delivered, delivered, id_log  # noqa: F401 - id_log is a fixture
+from test_reshard import FAST, HANDLER, _cli, all_delivered, delivered
 
 from cluster.config import ClusterConfig
 from cluster.coordination.redis_conn import connect
@@ -239,7 +239,7 @@ async def test_a_host_killed_before_the_switch_rolls_the_others_back_once_its_re
     port = free_port()
     async with Simulator(shards=8, max_concurrency=4, guilds_per_shard=2, identify_window=1.0,
                          heartbeat_interval=1000) as sim:
-        env = {**cli_env(sim), "RESHARD_ID_LOG": str(id_log), "CLUSTER_HTTP_TOKEN": "s3cret"}
+        env = host_env(sim, {"RESHARD_ID_LOG": str(id_log), "CLUSTER_HTTP_TOKEN": "s3cret"})
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "cluster", "run", "--handler", HANDLER, "--shards", "8", "--shards-per-worker", "4",
             "--host-index", "1", "--host-count", "2", "--host-ttl", "2", "--gateway-url", sim.url, "--api-url",

@@ -30,7 +30,7 @@ def cluster(shards, *, total=2, stopping=False, coordination=None, workers=()):
 
 def test_wait_histogram_buckets_are_inclusive_cumulative_and_end_in_inf():
     h = WaitHistogram()
-    assert h.buckets() == tuple((str(le), 0) for le in WAIT_BUCKETS) + (("+Inf", 0),) and h.sum == 0.0
+    assert h.buckets() == (*((str(le), 0) for le in WAIT_BUCKETS), ("+Inf", 0)) and h.sum == 0.0
     for wait in (0.0, 0.1, 0.10001, 5.0, 300.0, 301.0, 1e9):
         h.record(wait)
     assert h.sum == 0.0 + 0.1 + 0.10001 + 5.0 + 300.0 + 301.0 + 1e9

@@ -198,7 +198,8 @@ def test_no_state_file_is_not_a_warning(tmp_path, caplog):
     caplog.set_level(logging.INFO)
     path = tmp_path / "missing.json"
     assert load(path) == ({}, f"no state file at {path}: identifying")
-    assert warnings(caplog) == [] and [r.getMessage() for r in caplog.records] == [f"no state file at {path}: identifying"]
+    assert warnings(caplog) == []
+    assert [r.getMessage() for r in caplog.records] == [f"no state file at {path}: identifying"]
 
 
 def test_an_unreadable_file_says_why_without_backticks(tmp_path):

@@ -20,7 +20,7 @@ import pytest
 from cluster import ClusterConfig, Supervisor
 from cluster.http import STATIC, serve_http
 from cluster_testing import FAST, http_get, running, until
-from test_multihost_hosts import id_prefix, start_host, stop_host
+from test_multihost_hosts import hosts_for
 
 playwright = pytest.importorskip("playwright.async_api", reason="playwright is not installed (the test extra)")
 CHROMIUM = "/usr/bin/chromium"
@@ -192,8 +192,8 @@ async def test_a_1024_shard_grid_with_three_hosts_stays_readable(browser):
 
 async def test_every_host_of_the_bot_is_shown_and_this_host_has_the_grid(sim, redis_server, tmp_path, browser):
     """Two hosts of one bot on one simulator: A (this process) runs shards 0-11, B (a CLI process) 12-15."""
-    host_b = await start_host(sim, redis_server.url, tmp_path / "b", "--fresh", "--shard-range", "12-15")
-    try:
+    async with hosts_for(sim, redis_server, tmp_path) as machines:
+        host_b = await machines.start("b", "--fresh", "--shard-range", "12-15")
         async with running(sim, None, tmp_path, workers=2, fresh=True, coordinator=redis_server.url,
                            shard_range="0-11") as (sup, _):
             await until(lambda: sup.active_shards() == 12 and len(sup.status().get("hosts", [])) == 2
@@ -207,14 +207,14 @@ async def test_every_host_of_the_bot_is_shown_and_this_host_has_the_grid(sim, re
                 await expect(page.locator("#hosts tbody tr.this-host")).to_contain_text(sup.host.host_id)
                 await expect(page.locator("#hosts tbody tr.this-host")).to_contain_text("0–11")
                 other = page.locator("#hosts tbody tr:not(.this-host)")
-                await expect(other).to_contain_text(id_prefix(host_b.pid))
+                await expect(other).to_contain_text(host_b.id_prefix)
                 await expect(other).to_contain_text("12–15")
                 await expect(other).to_contain_text("active 4", timeout=EXPECT_MS)
                 await expect(page.locator("#summary")).to_contain_text("12 / 12 shards active (of 16) · 2 hosts: "
                                                                        "16 / 16 active")
                 await page.screenshot(path=str(RESULTS / "status-page-hosts.png"), full_page=True)
-    finally:
-        await stop_host(host_b)
+        code, err = await machines.stop("b")
+        assert code == 0, err
 
 
 class _NoCluster:

@@ -64,7 +64,7 @@ async def _serve(conn, worker_id: int) -> None:
                 return "slept"
             case Block(seconds):
                 channel.send(Hello(worker_id, os.getpid()))  # written to the pipe at once
-                time.sleep(seconds)
+                time.sleep(seconds)  # noqa: ASYNC251 - the fault: a blocked peer
                 return "blocked"
             case Boom():
                 raise ValueError("boom")

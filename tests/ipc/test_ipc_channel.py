@@ -94,7 +94,7 @@ async def test_peer_death_fails_pending_calls_and_closes(peers):
     pending = asyncio.ensure_future(peer.channel.call(Sleep(30), timeout=60))
     await asyncio.sleep(0)  # let the request go out
     os.kill(peer.process.pid, signal.SIGKILL)
-    with pytest.raises(ipc.CallError, match="went away|closed"):
+    with pytest.raises(ipc.CallError, match=r"went away|closed"):
         await pending
     await asyncio.wait_for(peer.channel.wait_closed(), 10)
     assert peer.channel.closed

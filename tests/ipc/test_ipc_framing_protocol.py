@@ -13,7 +13,7 @@ def test_frames_survive_any_split(payloads, data):
     dec = FrameDecoder()
     out = []
     prev = 0
-    for cut in cuts + [len(stream)]:
+    for cut in [*cuts, len(stream)]:
         out += dec.feed(stream[prev:cut])
         prev = cut
     assert out == payloads
@@ -35,7 +35,8 @@ def test_framing_is_compatible_with_multiprocess_connection():
     a, b = multiprocess.Pipe()
     a.send_bytes(b"hello")
     a.send_bytes(b"")
-    import os, socket
+    import os
+    import socket
     sock = socket.socket(fileno=os.dup(b.fileno()))
     got = []
     dec = FrameDecoder()

@@ -22,7 +22,7 @@ async def test_oversize_reply_is_a_call_error_and_the_channel_stays_up(peers, ca
 async def test_oversize_request_is_refused_before_sending(peers):  # noqa: F811
     (peer,) = await peers()
     sent = peer.channel.sent
-    with pytest.raises(ipc.CallError, match="Request of [0-9]+ bytes exceeds the .* limit; not sent"):
+    with pytest.raises(ipc.CallError, match=r"Request of [0-9]+ bytes exceeds the .* limit; not sent"):
         await peer.channel.call(Size(bytes(MAX_FRAME)), int)
     assert peer.channel.sent == sent and not peer.channel.closed
     assert await peer.channel.call(Size(bytes(1000)), int) == 1000
@@ -33,7 +33,7 @@ async def test_oversize_packet_raises_and_loses_nothing_else(peers):  # noqa: F8
     channel = peer.channel
     channel.max_frame = 200  # this end's limit: the report below is over it, a small call is not
     report = StatusReport([ShardStatus(i, "ACTIVE") for i in range(50)])
-    with pytest.raises(ipc.FrameTooLarge, match="StatusReport of [0-9]+ bytes exceeds the 200-byte IPC frame limit"):
+    with pytest.raises(ipc.FrameTooLarge, match=r"StatusReport of [0-9]+ bytes exceeds the 200-byte IPC frame limit"):
         channel.send(report)
     assert not channel.closed
     assert await channel.call(Add(1, 1), int) == 2

@@ -36,7 +36,8 @@ async def shards() -> AsyncIterator[Callable[..., Shard]]:
         try:
             await asyncio.wait_for(shard.close(), 3)
         except Exception as exc:  # noqa: BLE001 - reported below
-            failures.append(f"shard {shard.id}: close() {'hung for 3 s' if isinstance(exc, TimeoutError) else 'raised'}: {exc!r}")
+            what = "hung for 3 s" if isinstance(exc, TimeoutError) else "raised"
+            failures.append(f"shard {shard.id}: close() {what}: {exc!r}")
     if failures:
         pytest.fail("\n".join(failures))
 

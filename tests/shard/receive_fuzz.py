@@ -11,6 +11,7 @@ GatewayProtocol, fed bytes in any chunking, with the invariants checked after ev
 
 from __future__ import annotations
 
+import itertools
 import json
 import zlib
 
@@ -181,6 +182,6 @@ def run(compression: str | None, mode: str, steps: list[tuple[str, bytes, int, b
     h = Harness(compression, mode)
     data = b"".join(build(h.server, steps))
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    for i, (start, end) in enumerate(zip(points, points[1:])):
+    for i, (start, end) in enumerate(itertools.pairwise(points)):
         h.feed(data[start:end], budgets[i % len(budgets)] if budgets else -1)
     return h.finish()

@@ -67,8 +67,8 @@ class Recorder:
 
 def shard_stats(snap: dict[str, Any], number: int = 0) -> dict[str, Any]:
     """The simulator's counters for one shard (zeros before it identified)."""
-    return snap["shards"].get(str(number), {"connections": 0, "open_connections": 0, "identifies": 0, "resumes": 0, "heartbeats": 0,
-                                            "violations": [], "closes": {}, "commands": {},
+    return snap["shards"].get(str(number), {"connections": 0, "open_connections": 0, "identifies": 0, "resumes": 0,
+                                            "heartbeats": 0, "violations": [], "closes": {}, "commands": {},
                                             "concurrency_violations": 0, "ratelimit_closes": 0})
 
 

@@ -65,7 +65,7 @@ def test_close_reasons_are_plain_english_for_known_and_unknown_codes() -> None:
 
 @pytest.mark.parametrize("interval", [0.0, -1.0])
 def test_heartbeat_interval_must_be_positive(interval: float) -> None:
-    with pytest.raises(ValueError, match="^heartbeat interval must be positive$"):
+    with pytest.raises(ValueError, match=r"^heartbeat interval must be positive$"):
         Heartbeater(interval, now=0.0)
 
 
@@ -134,14 +134,14 @@ def test_queue_defaults_are_discords() -> None:
 @pytest.mark.parametrize("bad", [dict(max_concurrency=-1), dict(remaining=-1), dict(reset_after=-1.0),
                                  dict(interval=-1.0), dict(hold_timeout=-1.0)])
 def test_queue_refuses_each_negative_parameter(bad) -> None:
-    with pytest.raises(ValueError, match="^queue parameters must not be negative$"):
+    with pytest.raises(ValueError, match=r"^queue parameters must not be negative$"):
         InMemoryQueue(**bad)
 
 
 def test_queue_accepts_zero_for_every_parameter_and_refuses_remaining_over_total() -> None:
     q = InMemoryQueue(max_concurrency=0, remaining=0, reset_after=0.0, total=0, interval=0.0, hold_timeout=0.0)
     assert q.max_concurrency == 0 and q.interval == 0.0 and q.hold_timeout == 0.0
-    with pytest.raises(ValueError, match="^remaining must not exceed total$"):
+    with pytest.raises(ValueError, match=r"^remaining must not exceed total$"):
         InMemoryQueue(remaining=6, total=5)
 
 

@@ -22,7 +22,8 @@ steps = st.lists(st.tuples(st.sampled_from(KINDS), payloads, st.integers(0, 15),
 cuts = st.lists(st.integers(0, 1 << 20), max_size=12)
 budgets = st.lists(st.integers(-1, 40), max_size=4)
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(max_examples=150, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -21,7 +21,7 @@ from sim import Simulator
 from sim.wsframe import close_frame
 
 from shard_helpers import Recorder, call, shard_stats
-from test_protocol import HELLO, READY, Wire, drain, feed, frame, identify_and_ready, make, sent
+from test_protocol import HELLO, READY, Wire, drain, feed, frame, make, sent
 
 LIMIT = 1 << 20  # max_inflated_size in these tests
 BOMB = b" " * (8 << 20)  # 8 MiB of spaces: ~8 KB with zlib, ~300 B with zstd

@@ -68,7 +68,8 @@ def build(spec: list[tuple[str, str, int, bool]]) -> tuple[bytes, list[tuple[str
             t = {"ready": "READY", "resumed": "RESUMED"}.get(kind, t)
             d: object = {"id": str(seq), "x": "y" * (70000 if kind == "big" else seq % 300)}
             if kind == "ready":
-                d = {"session_id": "s", "resume_gateway_url": "ws://resume/", "v": 10, "user": {"id": "1"}, "guilds": []}
+                d = {"session_id": "s", "resume_gateway_url": "ws://resume/", "v": 10, "user": {"id": "1"},
+                     "guilds": []}
             raw = json.dumps({"op": 0, "t": t, "s": seq, "d": d}, separators=(",", ":")).encode()
             model.append((t, seq, raw))
         elif kind in ("ack", "heartbeat_request", "odd_heartbeat_request"):

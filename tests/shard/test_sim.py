@@ -12,7 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from shard import (CloseFrame, Config, EventTypeFlags, GatewayError, InMemoryQueue, Intents, RequestGuildMembers,
-                   Session, Shard, ShardId, ShardState, UpdatePresence, create_recommended)
+                   Session, ShardId, ShardState, UpdatePresence, create_recommended)
 from shard.close_codes import close_reason
 from shard.error import ErrorKind
 from shard.metrics import register_collector

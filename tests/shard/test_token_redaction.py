@@ -89,7 +89,7 @@ def _sent_auth(server):
 async def test_shard_fetch_never_follows_a_redirect_with_the_token(redirect, caplog):
     origin, target = redirect
     caplog.set_level(logging.DEBUG)
-    with pytest.raises(RedirectRefused, match="HTTP 302, a redirect to 127.0.0.1; not followed") as info:
+    with pytest.raises(RedirectRefused, match=r"HTTP 302, a redirect to 127.0.0.1; not followed") as info:
         await fetch_gateway_bot(TOKEN, api_url=f"http://127.0.0.1:{origin.port}/api/v10", timeout=5)
     assert len(_sent_auth(origin)) == 1  # the configured API got the token, as it should
     assert target.requests == []  # the redirect target got nothing at all, let alone the token

@@ -52,7 +52,7 @@ def test_bucket_consecutive() -> None:
 def test_event_type_flags_one_distinct_bit_per_name() -> None:
     values = [flag_for_name(name) for name in _NAMES]
     assert len(set(values)) == len(_NAMES)
-    for name, value in zip(_NAMES, values):
+    for name, value in zip(_NAMES, values, strict=True):
         assert value is not None and value.bit_count() == 1, name
         assert EventTypeFlags[name].value == value
     assert EventTypeFlags.MESSAGE_POLL_VOTE_ADD != EventTypeFlags.READY  # twilight's collision

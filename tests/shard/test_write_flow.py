@@ -43,8 +43,8 @@ class PingFlood(asyncio.Protocol):
         self.buf += data
         if b"\r\n\r\n" not in self.buf:
             return
-        key = [line.split(b":", 1)[1].strip() for line in self.buf.split(b"\r\n")
-               if line.lower().startswith(b"sec-websocket-key:")][0]
+        key = next(line.split(b":", 1)[1].strip() for line in self.buf.split(b"\r\n")
+                   if line.lower().startswith(b"sec-websocket-key:"))
         accept = base64.b64encode(hashlib.sha1(key + _GUID).digest())
         self.buf = None
         assert self.transport is not None

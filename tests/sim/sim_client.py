@@ -96,7 +96,8 @@ class GatewayClient:
                 self.seq = payload["s"]
             return payload
 
-    async def recv_until(self, *, op: int | None = None, t: str | None = None, timeout: float = 5.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    async def recv_until(self, *, op: int | None = None, t: str | None = None,
+                         timeout: float = 5.0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """Read until a payload with this op (and event name); returns it and everything read before it."""
         seen: list[dict[str, Any]] = []
         async with asyncio.timeout(timeout):
@@ -126,7 +127,7 @@ class GatewayClient:
     async def send_raw(self, data: str | bytes) -> None:
         await self.ws.send(data)
 
-    async def heartbeat(self, d: int | None | str = "seq") -> None:
+    async def heartbeat(self, d: int | str | None = "seq") -> None:
         await self.send({"op": 1, "d": self.seq if d == "seq" else d})
 
     async def identify(self, token: str, *, shard: tuple[int, int] | list[int] | None = (0, 1),

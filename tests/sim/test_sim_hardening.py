@@ -150,12 +150,14 @@ async def test_pipelined_requests_on_one_connection_are_all_answered(make_sim):
     sim = await make_sim(http_request_timeout=0.2)
     one = HEAD + b"\r\n"
     response = await exchange(sim, one + one + HEAD + b"Connection: close\r\n\r\n")
-    assert response.count(b"HTTP/1.1 200 OK") == 3 and b"HTTP/1.1 408" not in response  # not a header value that happens to contain 408
+    # (not a header value that happens to contain 408)
+    assert response.count(b"HTTP/1.1 200 OK") == 3 and b"HTTP/1.1 408" not in response
 
 
 @pytest.mark.parametrize("value", ["-5", "+5", "1_0", "0x10", "5 5", "1e3", "\u00b2"])
 async def test_bad_content_length_is_400(sim, value):
-    status, body = status_and_body(await exchange(sim, HEAD + f"Content-Length: {value}\r\n\r\nhello".encode("latin-1")))
+    request = HEAD + f"Content-Length: {value}\r\n\r\nhello".encode("latin-1")
+    status, body = status_and_body(await exchange(sim, request))
     assert status == 400 and body["message"] == "Content-Length must be a non-negative decimal integer"
     assert (await rest(sim.api_url + "/gateway"))[0] == 200
 

@@ -8,7 +8,7 @@ import json
 from collections import Counter, defaultdict
 
 import pytest
-from sim_client import GUILDS, GUILD_MESSAGES, rest
+from sim_client import GUILDS, rest
 
 from shard import Config, InMemoryQueue, Intents, Shard, ShardId
 from sim import SimConfig
