@@ -195,8 +195,12 @@ def _reshard_line(r: dict[str, Any] | None) -> list[str]:
     """The latest live reshard, for ``cluster status`` (nothing if there was none)."""
     if not r or r["phase"] == "idle":
         return []
-    line = (f"reshard {r['from']} -> {r['to']} shards: {r['phase']} · {r['ready']}/{r['to']} new shards ready · "
-            f"{r['passed']}/{r['from']} old shards past the cut · {r['elapsed']:.1f} s")
+    mine = r.get("shards")  # across hosts: this host's part of the new set
+    ready = (f"{r['ready']}/{mine[1] - mine[0] + 1} of this host's new shards" if mine
+             else f"{r['ready']}/{r['to']} new shards")
+    passed = f"{r['passed']} of this host's old shards" if mine else f"{r['passed']}/{r['from']} old shards"
+    line = (f"reshard {r['from']} -> {r['to']} shards: {r['phase']} · {ready} ready · {passed} past the cut · "
+            f"{r['elapsed']:.1f} s")
     return [line + (f" · {r['reason']}" if r["reason"] else "")]
 
 
@@ -274,7 +278,8 @@ def _reshard(base: str, token: str | None, shards: int | None, *, wait: bool, ti
             print(f"cluster: {base}/status answered {status}", file=sys.stderr)
             return RESHARD_EXIT["unreachable"]
         r = json.loads(body)["reshard"]
-        line = f"{r['phase']}: {r['ready']}/{r['to']} new shards ready, {r['passed']}/{r['from']} old shards past the cut"
+        line = (f"{r['phase']}: {r['ready']}/{r['to']} new shards ready, {r['passed']}/{r['from']} old shards "
+                "past the cut")
         if line != shown:
             print(f"{r['elapsed']:6.1f} s  {line}")
             shown = line

@@ -124,9 +124,9 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     (:mod:`cluster.leases`)."""
     lease_ttl: float = 10.0
     auto_reshard: bool = False
-    """Reshard live by itself (one host only, no coordinator): when a shard is closed with 4011 (sharding required),
-    and when GET /gateway/bot, asked every auto_reshard_interval seconds, recommends more shards than run by more
-    than auto_reshard_margin."""
+    """Reshard live by itself: when a shard is closed with 4011 (sharding required), and when GET /gateway/bot, asked
+    every auto_reshard_interval seconds, recommends more shards than run by more than auto_reshard_margin (with a
+    coordinator, every host checks and the first to begin leads the whole cluster; the others take part)."""
     auto_reshard_interval: float = 3600.0
     auto_reshard_margin: float = 0.5
     """With auto_reshard: reshard once the recommendation exceeds the running count by this fraction (0.5: 50%)."""
@@ -207,9 +207,9 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                                 "or host_count")
             if self.workers is not None:
                 problems.append("assign auto cuts the shards into blocks of shards_per_worker: give that, not workers")
-        if self.auto_reshard and self.coordinator is not None:
-            problems.append("auto_reshard works on one host only: live resharding with a coordinator is not "
-                            "supported yet")
+        if self.auto_reshard and self.assign == "auto":
+            problems.append("auto_reshard does not work with assign auto: live resharding needs static ranges "
+                            "(host_index/host_count or shard_range) on every host")
         if self.auto_reshard_interval <= 0 or self.auto_reshard_margin < 0 or self.reshard_cut_timeout <= 0:
             problems.append("auto_reshard_interval and reshard_cut_timeout must be > 0, auto_reshard_margin >= 0")
         if self.lease_ttl < 1:
@@ -334,7 +334,8 @@ HELP: dict[str, str] = {
     "lease_ttl": "with --assign auto: seconds a block's lease outlives its last renewal; a dead host's shards resume "
                  "elsewhere after about this long, and a host cut off from the coordinator stops its blocks before",
     "auto_reshard": "reshard live by itself when a shard is closed with 4011 (sharding required) or when "
-                    "GET /gateway/bot recommends more shards by --auto-reshard-margin (one host only)",
+                    "GET /gateway/bot recommends more shards by --auto-reshard-margin (with --coordinator: the whole "
+                    "cluster, static ranges only)",
     "auto_reshard_interval": "with --auto-reshard: seconds between checks of GET /gateway/bot's recommendation",
     "auto_reshard_margin": "with --auto-reshard: reshard once the recommendation exceeds the running shard count by "
                            "this fraction",

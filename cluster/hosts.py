@@ -10,7 +10,8 @@ it (``SET NX``) and later hosts adopt it (:func:`agree_layout`). Each host keeps
 ``<ns>host:<host id>`` with a short TTL, renewed by the supervisor (:func:`register_host`,
 :func:`renew_host`); registering refuses a range that overlaps another live host's, atomically (one Lua
 script), so two hosts started at once cannot both win. :func:`read_hosts` lists the live hosts: the one
-notion of a live host, for ``cluster status``, broadcasts and the block leases. The ids of the hosts are in the set ``<ns>hosts``; a record whose key expired
+notion of a live host, for ``cluster status``, broadcasts and the block leases. The ids of the hosts are in the
+set ``<ns>hosts``; a record whose key expired
 is a dead host and is dropped from the set by the next reader or registrant.
 """
 
@@ -181,8 +182,8 @@ async def agree_layout(client: Any, ns: str, shard_total: int, max_concurrency: 
         raise ConfigError(f"the coordinator's {key} holds {raw!r}, not 'shards,max_concurrency': delete it") from None
     if explicit_shards is not None and explicit_shards != stored_total:
         raise ConfigError(f"this host was started with {explicit_shards} shards, but the cluster has "
-                             f"{stored_total} (stored in {key} by its first host): start every host with the same "
-                             f"--shards, or delete {key} once every host is stopped")
+                             f"{stored_total} (stored in {key} by its first host or its last live reshard): start "
+                             f"every host with the same --shards, or delete {key} once every host is stopped")
     if explicit_concurrency is not None and explicit_concurrency != stored_mc:
         raise ConfigError(f"this host was started with max_concurrency {explicit_concurrency}, but the cluster "
                              f"has {stored_mc} (stored in {key})")
@@ -238,7 +239,7 @@ async def read_hosts(client: Any, ns: str, *, renewed_within: float | None = Non
         answers = await pipe.execute()
     out = []
     for raw, ms in zip(answers[::2], answers[1::2], strict=True):
-        if raw is None or ms <= 0 or renewed_within is not None and ttl - ms / 1000 > renewed_within:
+        if raw is None or ms <= 0 or (renewed_within is not None and ttl - ms / 1000 > renewed_within):
             continue
         try:
             out.append(msgspec.json.decode(raw, type=HostRecord))

@@ -50,7 +50,7 @@ class Action(enum.Enum):
 
 
 def check_start(*, current: int, target: int, max_concurrency: int, remaining: int, reserve: int,
-                pace_below: int, running: bool, coordinated: bool, partial: bool = False,
+                pace_below: int, running: bool, leased: bool = False, partial: bool = False,
                 filtered_out: frozenset[str] = frozenset()) -> None:
     """Raise :class:`ReshardRefused` unless a reshard from ``current`` to ``target`` shards may start now.
 
@@ -62,12 +62,14 @@ def check_start(*, current: int, target: int, max_concurrency: int, remaining: i
     if filtered_out:
         raise ReshardRefused(f"the shards' event_types filter drops {' and '.join(sorted(filtered_out))}, which live "
                              "resharding needs to tell when the new shards are ready: add them to event_types")
-    if coordinated:
-        raise ReshardRefused("live resharding runs on one host only: this cluster has a --coordinator "
-                             "(multi-host resharding is not supported yet)")
+    if leased:
+        raise ReshardRefused("live resharding does not support --assign auto: block leases and their fencing are "
+                             "keyed by the current shard count; run the hosts with static ranges (--host-index/"
+                             "--host-count or --shard-range) to reshard live")
     if partial:
-        raise ReshardRefused("this host runs only part of the shards (--shard-range or --host-index): live "
-                             "resharding needs the whole cluster on one host")
+        raise ReshardRefused("this host runs only part of the shards (--shard-range or --host-index) without a "
+                             "--coordinator: live resharding needs the whole cluster on one host, or every host on "
+                             "one coordinator")
     if running:
         raise ReshardRefused("a reshard is already running (or a rolling restart)")
     if target < 1 or target % max_concurrency:
@@ -126,6 +128,18 @@ class Reshard:
     finished_at: float | None = None
     reason: str = ""
     """Why it rolled back, or what the GO was forced by."""
+    new_shards: range | None = None
+    """This host's part of the new set (multi-host, :mod:`cluster.reshard_plan`); None: all ``new_total``."""
+    old_shards: range | None = None
+    """This host's part of the old set; None: all ``old_total``."""
+
+    @property
+    def mine_new(self) -> range:
+        return range(self.new_total) if self.new_shards is None else self.new_shards
+
+    @property
+    def mine_old(self) -> range:
+        return range(self.old_total) if self.old_shards is None else self.old_shards
 
     @property
     def running(self) -> bool:
@@ -137,10 +151,10 @@ class Reshard:
 
     def shard_warm(self, shard_id: int) -> Action:
         """A new shard is READY with all its guilds."""
-        if self.phase not in (Phase.STARTING, Phase.WARMING) or not 0 <= shard_id < self.new_total:
+        if self.phase not in (Phase.STARTING, Phase.WARMING) or shard_id not in self.mine_new:
             return Action.NONE
         self.warm.add(shard_id)
-        if self.phase is Phase.WARMING and len(self.warm) == self.new_total:
+        if self.phase is Phase.WARMING and len(self.warm) == len(self.mine_new):
             return Action.CUT
         return Action.NONE
 
@@ -158,10 +172,10 @@ class Reshard:
 
     def old_passed(self, shard_id: int) -> Action:
         """An old shard passed the cut (or is gone for good: it delivers nothing more)."""
-        if not 0 <= shard_id < self.old_total:
+        if shard_id not in self.mine_old:
             return Action.NONE
         self.passed.add(shard_id)
-        if self.phase is Phase.CUTTING_OVER and len(self.passed) == self.old_total:
+        if self.phase is Phase.CUTTING_OVER and len(self.passed) == len(self.mine_old):
             return Action.GO
         return Action.NONE
 
@@ -175,11 +189,11 @@ class Reshard:
     def tick(self, now: float) -> Action:
         """A deadline may have passed."""
         if self.phase in (Phase.STARTING, Phase.WARMING) and now >= self.warm_deadline:
-            self.reason = (f"the new set did not warm up in time ({len(self.warm)}/{self.new_total} shards ready "
+            self.reason = (f"the new set did not warm up in time ({len(self.warm)}/{len(self.mine_new)} shards ready "
                            f"after {now - self.started:.0f} s)")
             return Action.ROLL_BACK
         if self.phase is Phase.CUTTING_OVER and now >= self.go_deadline:
-            missing = sorted(set(range(self.old_total)) - self.passed)
+            missing = sorted(set(self.mine_old) - self.passed)
             self.reason = (f"old shards {_ids(missing)} did not pass the cut within {self.cut_timeout:g} s; "
                            "switching anyway (their guilds may see an event twice or not at all)")
             return Action.GO

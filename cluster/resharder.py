@@ -6,6 +6,12 @@ identify coordinator (:attr:`Runtime.id_base`), so both sets' shard 3 never meet
 :class:`~cluster.workers.Workers` and :class:`~cluster.routing.Router` start and route it. At the switch the new
 set's layout becomes the supervisor's (workers, shards, sessions, shard total) and the old workers are drained
 with close code 1000.
+
+With a coordinator (several hosts with static ranges), each host runs its own part the same way, but the steps that
+concern the whole cluster follow the reshard record in Redis (:mod:`cluster.reshard_plan`,
+:mod:`cluster.reshard_store`): a host reports its part warm and its old shards passed, and cuts, switches or rolls
+back when the record says so; the host that began the reshard (the leader) moves the record on, and the others roll it
+back if the leader is gone.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import asyncio
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 import msgspec
@@ -21,12 +28,16 @@ import msgspec
 from cluster.config import ClusterConfig
 from cluster.cutover import ACKS_AFTER_CUT, GO_GRACE
 from cluster.discord_api import fetch_gateway_bot
+from cluster.error import ConfigError, CoordinatorUnavailable
 from cluster.exitcodes import ClusterExit, ExitCode, for_close_code
-from cluster.layout import round_up, split
+from cluster.hosts import HostRecord, host_ordinal, read_hosts
+from cluster.layout import round_up, split_range
 from cluster.loops import Loops
 from cluster.restart import RestartPolicy
 from cluster.reshard import (Action, Phase, Reshard, ReshardRefused, auto_target, check_start, cut_late_reason,
                              warm_timeout)
+from cluster.reshard_plan import (ClusterPhase, ClusterReshard, Step, check_hosts, follower_step, leader_step,
+                                  new_part)
 from cluster.routing import Router
 from cluster.runtime import Runtime, ShardView, WorkerHandle, WorkerState
 from cluster.snapshot import ReshardSnapshot
@@ -40,6 +51,14 @@ log = logging.getLogger("cluster")
 
 CUT_LEAD = 0.5
 """Seconds between sending the cut and the cut itself: every worker must have it before it is due."""
+CLUSTER_CUT_LEAD = 1.5
+"""With a coordinator: seconds between the leader writing the cut time and the cut (every host reads the record
+every :data:`CLUSTER_POLL` seconds, then tells its workers)."""
+CLUSTER_POLL = 0.1
+"""Seconds between reads of the reshard record while this host takes part in one."""
+CLUSTER_IDLE_POLL = 2.0
+"""Seconds between reads of the record's epoch otherwise (how soon a host joins a reshard another host began; one
+command per host per poll)."""
 _SHARED = ("identify_events", "wake", "identifies", "restarts", "identify_waits", "errors", "loop_lags",
            "listeners", "tasks", "coordinator", "max_concurrency", "gateway_url")
 """What the new set's runtime shares with the supervisor's."""
@@ -56,6 +75,9 @@ class Host(Protocol):
     _workers: Workers
     _router: Router
     _loops: Loops
+    _redis: Any
+    _ns: str
+    host: HostRecord | None
 
     @property
     def mp(self) -> Any: ...
@@ -66,6 +88,8 @@ class Host(Protocol):
     def status(self) -> dict[str, Any]: ...
 
     def _policy(self, wid: int) -> RestartPolicy: ...
+
+    def keep_registered(self) -> None: ...
 
 
 class Resharder:
@@ -86,6 +110,20 @@ class Resharder:
         self._warm_by: dict[int, WorkerHandle] = {}  # the new worker each warm shard was warm in
         self._old_digests: list[int] = []  # what the old set delivered without a creation id while gated
         self._auto_pending = False
+        self.record: ClusterReshard | None = None  # with a coordinator: the cluster's record of the running reshard
+        self._seen_epoch = 0
+        self._leader: str | None = None  # the latest cluster reshard's leader (for the snapshot)
+        self._reported: set[str] = set()  # "warm", "passed": what this host told the record
+        self._store_: Any = None
+
+    @property
+    def _store(self) -> Any:
+        """The reshard record in Redis (:class:`cluster.reshard_store.ReshardStore`), or None without a coordinator."""
+        sup = self.sup
+        if self._store_ is None and sup._redis is not None and sup.host is not None:
+            from cluster.reshard_store import ReshardStore  # noqa: PLC0415 - needs the redis package
+            self._store_ = ReshardStore(sup._redis, sup.config.coordinator or "", sup._ns, sup.host.host_id)
+        return self._store_
 
     @property
     def running(self) -> bool:
@@ -99,7 +137,7 @@ class Resharder:
         sup, rt = self.sup, self.sup._rt
         if rt.stopping or rt.coordinator is None or not rt.shard_total:
             raise ReshardRefused("the cluster is not running (starting up or stopping)")
-        if target is None and sup.config.coordinator is None and not self.running:
+        if target is None and not self.running:
             try:
                 info = await fetch_gateway_bot(sup.config.api_url, rt.token())
             except ClusterExit as exc:
@@ -109,11 +147,19 @@ class Resharder:
         stats = rt.coordinator.stats(now)
         cfg = sup.config
         pace_below = cfg.budget_pace_below if cfg.budget_pace_below is not None else 2 * stats.budget_reserve
+        store = self._store
         check_start(current=rt.shard_total, target=target or 0, max_concurrency=rt.max_concurrency,
                     remaining=stats.budget_remaining, reserve=stats.budget_reserve, pace_below=pace_below,
-                    running=self.running or rt.rolling, coordinated=cfg.coordinator is not None,
-                    partial=len(rt.shards) != rt.shard_total, filtered_out=self._filtered_out())
+                    running=self.running or rt.rolling, leased=cfg.assign == "auto",
+                    partial=store is None and len(rt.shards) != rt.shard_total, filtered_out=self._filtered_out())
         assert target is not None
+        if store is not None:
+            wanted = target
+
+            def budget_check(remaining: int) -> None:
+                check_start(current=rt.shard_total, target=wanted, max_concurrency=rt.max_concurrency,
+                            remaining=remaining, reserve=stats.budget_reserve, pace_below=pace_below, running=False)
+            return await self._begin(store, target, max(stats.budget_reserve, pace_below), budget_check)
         self.last = Reshard(rt.shard_total, target, now,
                             warm_deadline=now + warm_timeout(target, rt.max_concurrency, cfg.identify_window),
                             cut_timeout=cfg.reshard_cut_timeout)
@@ -132,6 +178,159 @@ class Resharder:
             return frozenset()
         return frozenset(n for n in ("GUILD_CREATE", "READY") if not flags & EventTypeFlags[n])
 
+    # --- across hosts (with a coordinator) -------------------------------------------------------
+
+    async def _begin(self, store: Any, target: int, floor: int, budget_check: Callable[[int], None]) -> Reshard:
+        """Begin a reshard of the whole cluster as its leader: every live host takes part (their ranges must cover
+        the shards), the record is written unless another reshard runs or the cluster's shared session budget is
+        short, below ``floor`` after the new set (``budget_check(remaining)`` raises the refusal); then this host joins
+        it."""
+        sup, rt, cfg = self.sup, self.sup._rt, self.sup.config
+        try:
+            hosts = check_hosts(await read_hosts(sup._redis, sup._ns), rt.shard_total)
+            deadline = time.time() + warm_timeout(target, rt.max_concurrency, cfg.identify_window)
+            epoch, remaining = await store.begin(rt.shard_total, target, rt.max_concurrency, hosts,
+                                                 warm_deadline=deadline, cut_timeout=cfg.reshard_cut_timeout,
+                                                 budget_floor=floor)
+            if remaining is not None:
+                budget_check(remaining)  # raises the refusal with the cluster's numbers
+                raise ReshardRefused(f"session start budget too low: {remaining} identifies left in the cluster")
+            record = await store.read()
+        except CoordinatorUnavailable as exc:
+            raise ReshardRefused(str(exc)) from None
+        if record is None or record.epoch != epoch:
+            raise ReshardRefused("the reshard record vanished from Redis as it was written (a flushed Redis?)")
+        log.info("resharding the cluster's %d hosts live from %d to %d shards (epoch %d, this host leads)",
+                 len(hosts), rt.shard_total, target, epoch)
+        try:
+            return self._join(record)
+        except ReshardRefused as exc:
+            await store.roll_back(record, f"host {store.host}: {exc}")
+            raise
+
+    def _join(self, record: ClusterReshard) -> Reshard:
+        """Start this host's part of the cluster's reshard ``record``: its static range for the new count."""
+        sup, rt, cfg = self.sup, self.sup._rt, self.sup.config
+        self._seen_epoch = max(self._seen_epoch, record.epoch)
+        host = sup.host
+        if self.running or rt.rolling or rt.stopping or host is None:
+            raise ReshardRefused("this host is busy (a reshard, a rolling restart, or stopping)")
+        if record.old_total != rt.shard_total:
+            raise ReshardRefused(f"this host runs {rt.shard_total} shards, the reshard starts from {record.old_total}")
+        old = host.shards
+        try:
+            index = host_ordinal() if cfg.host_index == "auto" else cfg.host_index
+            new = new_part(old, record.old_total, record.new_total, host_count=cfg.host_count,
+                           host_index=None if index is None else int(index))
+        except ConfigError as exc:
+            raise ReshardRefused(str(exc)) from None
+        now = time.monotonic()
+        self.record, self._reported, self._leader = record, set(), record.leader
+        self.last = Reshard(record.old_total, record.new_total, now,
+                            warm_deadline=now + max(0.0, record.warm_deadline - time.time()),
+                            cut_timeout=record.cut_timeout, new_shards=new, old_shards=old)
+        self._actions.clear()
+        log.info("reshard epoch %d: this host runs shards %d-%d of %d next (now %d-%d of %d)", record.epoch,
+                 new.start, new.stop - 1, record.new_total, old.start, old.stop - 1, record.old_total)
+        rt.emit("reshard_started", old=record.old_total, new=record.new_total)
+        self._task = rt.spawn_task(self._run(self.last), "reshard")
+        return self.last
+
+    async def follow(self) -> None:
+        """With a coordinator: join the reshards other hosts begin (read the record's epoch every
+        :data:`CLUSTER_IDLE_POLL` seconds, the record when it is new; while one runs, :meth:`_procedure` reads it)."""
+        while True:
+            await asyncio.sleep(CLUSTER_IDLE_POLL)
+            store = self._store
+            if store is None or self.running:
+                continue
+            try:
+                record = await store.read() if await store.epoch() > self._seen_epoch else None
+            except CoordinatorUnavailable:
+                continue  # the coordinator's own loops say so
+            if record is None or record.epoch <= self._seen_epoch:
+                continue
+            if record.phase is not ClusterPhase.WARMING or store.host not in record.hosts:
+                self._seen_epoch = record.epoch  # not ours (over, or begun before this host joined the cluster)
+                continue
+            try:
+                self._join(record)
+            except ReshardRefused as exc:
+                log.error("cannot take part in the cluster's reshard to %d shards: %s", record.new_total, exc)
+                await store.roll_back(record, f"host {store.host}: {exc}")
+
+    async def _cluster_step(self, r: Reshard, actions: list[Action]) -> tuple[Action, str]:
+        """Follow the record one step: report this host's progress, lead if this host began it, and say what to
+        do here (CUT: the record has the cut time; GO; ROLL_BACK) with the reason."""
+        store, record = self._store, self.record
+        assert store is not None and record is not None
+        try:
+            latest = await store.read()
+        except CoordinatorUnavailable:
+            latest = record  # keep waiting: the deadlines still hold
+        if latest is None or latest.epoch != record.epoch:
+            r.new_lost("the cluster's reshard record left Redis")
+            return Action.ROLL_BACK, ""
+        self.record = record = latest
+        if record.phase is ClusterPhase.ROLLED_BACK:
+            r.new_lost(f"rolled back by the cluster: {record.reason}")
+            return Action.ROLL_BACK, ""
+        if record.phase is ClusterPhase.GO:
+            return Action.GO, record.reason
+        if Action.ROLL_BACK in actions:  # a failure on this host: the whole cluster rolls back, unless it switched
+            if await self._tell_roll_back(r) or self.record.phase is not ClusterPhase.GO:
+                return Action.ROLL_BACK, ""
+            return Action.GO, self.record.reason
+        try:
+            if ("warm" not in self._reported and r.phase is Phase.WARMING and len(r.warm) == len(r.mine_new)
+                    and self.child is not None
+                    and all(h.state == WorkerState.RUNNING for h in self.child.workers.values())
+                    and await store.report(record, "warm")):
+                self._reported.add("warm")
+                log.info("reshard epoch %d: this host's %d new shards are ready", record.epoch, len(r.warm))
+            if record.phase is ClusterPhase.CUTTING_OVER and r.phase is Phase.WARMING:
+                return Action.CUT, ""
+            if Action.GO in actions and "passed" not in self._reported and await store.report(record, "passed"):
+                self._reported.add("passed")
+            live = [h.host_id for h in await read_hosts(self.sup._redis, self.sup._ns)]
+            lead = record.leader == store.host
+            step, why = (leader_step if lead else follower_step)(record, live, time.time())
+            if step is Step.CUT:
+                await store.cut(record, time.time() + CLUSTER_CUT_LEAD)
+            elif step is Step.GO and await store.go(record, self.sup._rt.max_concurrency, why):
+                return Action.GO, why
+            elif step is Step.ROLL_BACK:
+                log.error("reshard epoch %d: %s; rolling the cluster back", record.epoch, why)
+                await store.roll_back(record, why)
+        except CoordinatorUnavailable as exc:
+            log.debug("reshard: %s", exc)
+        return Action.NONE, ""
+
+    async def _cluster_running(self) -> bool:
+        """Whether a reshard of the whole cluster runs (another host began it: this host joins it)."""
+        if self.running or self._store is None:
+            return self.running
+        try:
+            record = await self._store.read()
+        except CoordinatorUnavailable:
+            return False
+        return record is not None and record.running
+
+    async def _tell_roll_back(self, r: Reshard) -> bool:
+        """Roll the cluster's reshard back for this host's reason (best effort); False if it had switched."""
+        store, record = self._store, self.record
+        if store is None or record is None:
+            return True
+        try:
+            async with asyncio.timeout(2.0):
+                if await store.roll_back(record, f"host {store.host}: {r.reason}"):
+                    return True
+                self.record = await store.read() or record
+        except (CoordinatorUnavailable, TimeoutError) as exc:
+            log.error("could not tell the other hosts that the reshard rolls back (%s); their deadlines will", exc)
+            return True
+        return self.record.phase is not ClusterPhase.GO
+
     async def auto(self, *, sharding_required: bool) -> None:
         """``--auto-reshard``: reshard if Discord recommends more shards (after a 4011: always grow)."""
         rt, cfg = self.sup._rt, self.sup.config
@@ -149,7 +348,9 @@ class Resharder:
                 return
             await self.start(target)
         except ReshardRefused as exc:
-            if required:
+            if required and await self._cluster_running():
+                log.warning("sharding required (4011): %s; this host takes part in it", exc)
+            elif required:
                 rt.stop(ExitCode.SHARDING_REJECTED, f"sharding required (4011) and the reshard was refused: {exc}")
             else:
                 log.warning("auto-reshard refused: %s", exc)
@@ -183,9 +384,9 @@ class Resharder:
             self._gone_old.add(shard_id)
             self._old_fatal[shard_id] = code
             log.warning("shard %d of the old set closed fatally (%s) during the reshard", shard_id, code)
-            self._act(self.last.old_passed(shard_id) if self.last else Action.NONE)  # type: ignore[union-attr]
+            self._act(self.last.old_passed(shard_id) if self.last else Action.NONE)
             return True
-        if code == 4011 and self.sup.config.auto_reshard and self.sup.config.coordinator is None:
+        if code == 4011 and self.sup.config.auto_reshard:
             log.warning("shard %d: sharding required (4011); resharding automatically", shard_id)
             self._gone_old.add(shard_id)
             self._old_fatal[shard_id] = code
@@ -199,10 +400,10 @@ class Resharder:
             self._act(self.last.new_lost(f"new shard {shard_id} closed fatally (close code {code})"))
         return True
 
-    def on_new_stop(self, code: ExitCode, message: str) -> None:
+    def on_new_stop(self, code: int, message: str) -> None:
         """The new set's runtime asked to stop (a crash-looping worker): roll back, never stop the cluster."""
         if self.last is not None:
-            self._act(self.last.new_lost(message or f"the new set failed ({code.name})"))
+            self._act(self.last.new_lost(message or f"the new set failed ({getattr(code, 'name', code)})"))
 
     def on_refused(self, key: int, message: str) -> bool:
         """A refused identify (the budget guard). A new shard's: roll back, the cluster goes on."""
@@ -263,10 +464,12 @@ class Resharder:
         except asyncio.CancelledError:
             if r.phase in (Phase.STARTING, Phase.WARMING, Phase.CUTTING_OVER):
                 r.new_lost("the supervisor is stopping")
+                await asyncio.shield(self._tell_roll_back(r))
                 await asyncio.shield(self._roll_back(r))
             raise
         except Exception as exc:
             if r.new_lost(f"{type(exc).__name__}: {exc}") is Action.ROLL_BACK:
+                await asyncio.shield(self._tell_roll_back(r))
                 await self._roll_back(r)
             elif r.running:  # after the switch: the new set runs; what failed was closing the old one
                 r.reason = f"closing the old set failed: {type(exc).__name__}: {exc}"
@@ -277,6 +480,7 @@ class Resharder:
             self._warm_by.clear()
             self._old_digests = []
             self._old_fatal.clear()
+            self.record = None
 
     async def _procedure(self, r: Reshard) -> None:
         sup, rt = self.sup, self.sup._rt
@@ -287,7 +491,7 @@ class Resharder:
                           on_packet=router.on_packet)
         workers.hold = True
         self.child, self.router, self.workers = child, router, workers
-        ranges = split(r.new_total, shards_per_worker=sup.config.shards_per_worker, workers=sup.config.workers)
+        ranges = split_range(r.mine_new, shards_per_worker=sup.config.shards_per_worker, workers=sup.config.workers)
         for wid, shards in enumerate(ranges):
             for s in shards:
                 child.shards[s] = ShardView(s, wid)
@@ -314,19 +518,33 @@ class Resharder:
                     actions.append(r.shard_cold(s))
             if r.phase is Phase.CUTTING_OVER:
                 actions += self._watch_cutover(r, cut_workers)
+            if self.record is not None:  # across hosts: the record decides
+                step, why = await self._cluster_step(r, actions)
+                if step is Action.CUT and self.record.cut_at is not None:
+                    cut_workers = self._cut(r, self.record.cut_at)
+                    continue
+                if step is Action.GO and r.phase is Phase.WARMING and self.record.cut_at is not None:
+                    cut_workers = self._cut(r, self.record.cut_at)  # the cut passed unseen: cut, then switch at once
+                actions = [step]
+                if step is Action.GO:
+                    r.reason = why
+                    if r.phase is not Phase.CUTTING_OVER:
+                        actions = [r.new_lost("the cluster switched before this host saw the cut")]
             if Action.ROLL_BACK in actions:
                 await self._roll_back(r)
                 return
             if Action.GO in actions and r.phase is Phase.CUTTING_OVER:
                 await self._go(r)
                 return
-            if r.phase is Phase.WARMING and len(r.warm) == r.new_total and all(
+            if self.record is None and r.phase is Phase.WARMING and len(r.warm) == r.new_total and all(
                     h.state == WorkerState.RUNNING for h in child.workers.values()):
                 cut_workers = self._cut(r)  # every new shard warm, and no new worker restarting (it would miss the cut)
             self._wake.clear()
             if self._actions:
                 continue
             timeout = min(r.next_deadline() - now, 0.1 if r.phase is Phase.CUTTING_OVER else 1.0)
+            if self.record is not None:
+                timeout = min(timeout, CLUSTER_POLL)
             try:
                 async with asyncio.timeout(max(0.0, timeout)):
                     await self._wake.wait()
@@ -351,11 +569,12 @@ class Resharder:
             setattr(retired, name, getattr(rt, name))
         return retired
 
-    def _cut(self, r: Reshard) -> list[WorkerHandle]:
-        """Every new shard is warm: send the cut to both sets."""
+    def _cut(self, r: Reshard, at: float | None = None) -> list[WorkerHandle]:
+        """Every new shard is warm: send the cut (at wall time ``at``, default :data:`CUT_LEAD` from now) to both
+        sets."""
         rt, child = self.sup._rt, self.child
         assert child is not None
-        at = time.time() + CUT_LEAD
+        at = time.time() + CUT_LEAD if at is None else at
         # an old worker (re)started during the cutover is gated too: it gets the cut right after its Assign
         def gate(handle: WorkerHandle) -> None:
             self._send(handle, Cutover(at, True))
@@ -405,12 +624,14 @@ class Resharder:
         self.workers.rt = rt
         self.workers.hold = False
         self.router.rt = rt
-        self.router.on_fatal, self.router.host, self.router.remote = sup._router.on_fatal, None, None
+        self.router.on_fatal, self.router.host, self.router.remote = (sup._router.on_fatal, sup._router.host,
+                                                                      sup._router.remote)
         sup._workers, sup._router = self.workers, self.router
         for h in rt.workers.values():  # the supervisor did not ping the new set before: its silence starts now
             h.heartbeat = HeartbeatMonitor(rt.config.ipc_heartbeat_interval, rt.config.ipc_heartbeat_missed, now=now)
         self.child = self.workers = self.router = None
         r.switched(now)
+        await self._move_host(r)
         log.info("reshard: switched to %d shards %.1f s after the start; closing the %d old sessions", r.new_total,
                  now - r.started, r.old_total)
         rt.emit("reshard_phase", phase=r.phase.value)
@@ -420,6 +641,19 @@ class Resharder:
         log.info("reshard done: %d shards, the old set's workers retired", r.new_total)
         rt.emit("reshard_phase", phase=r.phase.value)
         await sup._loops.save_state()
+
+    async def _move_host(self, r: Reshard) -> None:
+        """Across hosts: this host's registry record names its new shards from now on."""
+        sup, store = self.sup, self._store
+        if store is None or sup.host is None or r.new_shards is None:
+            return
+        sup.host = msgspec.structs.replace(sup.host, first=r.new_shards.start, last=r.new_shards.stop - 1,
+                                           shard_total=r.new_total)
+        try:
+            await store.move_host(sup.host, sup.config.host_ttl)
+        except CoordinatorUnavailable as exc:
+            log.warning("could not write this host's new shards to the registry: %s", exc)
+        sup.keep_registered()  # renews (and, if Redis lost it, rewrites) the new record from now on
 
     async def _roll_back(self, r: Reshard) -> None:
         """Close the new set (never resumed again); the old set goes on, delivering what it held."""
@@ -465,5 +699,9 @@ class Resharder:
             return None
         now = time.monotonic()
         end = r.finished_at if r.finished_at is not None else now
+        part = r.new_shards
         return ReshardSnapshot(r.phase.value, r.old_total, r.new_total, len(r.warm), len(r.passed), end - r.started,
-                               None if r.switched_at is None else r.switched_at - r.started, r.reason)
+                               None if r.switched_at is None else r.switched_at - r.started, r.reason,
+                               shards=None if part is None else (part.start, part.stop - 1),
+                               epoch=self._seen_epoch if part is not None else None,
+                               leader=self._leader if part is not None else None)

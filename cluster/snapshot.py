@@ -143,7 +143,8 @@ class ReshardSnapshot:
     """The latest live reshard (:mod:`cluster.reshard`): its phase (a :class:`~cluster.reshard.Phase` value), the
     shard counts, new shards warm (READY with all their guilds) and old shards past the cut, seconds since it
     started (until it ended), seconds from the start to the switch (None before), and why it rolled back or
-    switched without every old shard."""
+    switched without every old shard. Across hosts (:mod:`cluster.reshard_plan`): this host's part of the new set
+    (first and last shard; ``ready`` counts its shards only), the reshard's epoch and the host that leads it."""
 
     phase: str
     old_total: int
@@ -153,11 +154,17 @@ class ReshardSnapshot:
     elapsed: float
     switch_after: float | None
     reason: str
+    shards: tuple[int, int] | None = None
+    epoch: int | None = None
+    leader: str | None = None
 
     def status(self) -> dict[str, Any]:
-        return {"phase": self.phase, "from": self.old_total, "to": self.new_total, "ready": self.ready,
-                "passed": self.passed, "elapsed": self.elapsed, "switch_after": self.switch_after,
-                "reason": self.reason}
+        out = {"phase": self.phase, "from": self.old_total, "to": self.new_total, "ready": self.ready,
+               "passed": self.passed, "elapsed": self.elapsed, "switch_after": self.switch_after,
+               "reason": self.reason}
+        if self.shards is not None:
+            out |= {"shards": list(self.shards), "epoch": self.epoch, "leader": self.leader}
+        return out
 
 
 @dataclass(frozen=True, slots=True)

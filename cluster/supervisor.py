@@ -107,6 +107,7 @@ class Supervisor:
         self._redis: Any = None  # the coordinator's client, with --coordinator
         self._ns = ""
         self.host: HostRecord | None = None  # this host in the registry, with --coordinator
+        self._registry: asyncio.Task[Any] | None = None  # the loop renewing it
         self._cross: Any = None  # the sessions, status and broadcasts shared with the other hosts (a CrossHost)
         self.blocks: Any = None  # with --assign auto: this host's block leases (a cluster.blocks.BlockKeeper)
 
@@ -318,16 +319,16 @@ class Supervisor:
             record = new_record(self._host_id, mine, self.shard_total, self.http_url)
             await self._register(record)
             self.host = record
+            self.keep_registered()
             from cluster.coordination.redis import RedisCoordination  # noqa: PLC0415 - needs the redis package
             coord = self.coordinator if isinstance(self.coordinator, RedisCoordination) else None
-            self._rt.spawn_loop("host_registry", lambda: keep_registered(
-                self._redis, self._ns, record, cfg.host_ttl, on_error=coord.mark_down if coord else None,
-                on_ok=coord.mark_up if coord else None))
             if coord is not None:  # other hosts' grants and releases wake the identify pump
                 self._rt.spawn_loop("identify_wakeups", coord.listen, self._rt.wake.set)
             self._join_hosts()  # sessions, status and broadcasts shared with the other hosts
             if auto:
                 self._keep_blocks(token)
+            else:  # take part in the reshards other hosts begin
+                self._rt.spawn_loop("reshard_follow", self._resharder.follow)
         if not cfg.fresh and not auto:  # it logs what it used, or one warning saying what it ignored and why
             def load() -> Any:
                 return self._loops.store.load(self.shards.keys(), self.shard_total, cfg.session_ttl,
@@ -338,6 +339,19 @@ class Supervisor:
             self._rt.spawn_loop("auto_reshard", self._resharder.watch)
         for wid, r in enumerate(ranges):
             self._rt.spawn_task(self._workers.bring_up(wid, r, self._policy(wid)))
+
+    def keep_registered(self) -> None:
+        """Renew this host's registry record (:attr:`host`) while the host runs; called again once it changed (a
+        reshard moved this host's shards), so that a record Redis lost is written back as it is now."""
+        from cluster.coordination.redis import RedisCoordination  # noqa: PLC0415 - needs the redis package
+
+        if self._registry is not None:
+            self._registry.cancel()
+        record, coord = self.host, self.coordinator if isinstance(self.coordinator, RedisCoordination) else None
+        assert record is not None
+        self._registry = self._rt.spawn_loop("host_registry", lambda: keep_registered(
+            self._redis, self._ns, record, self.config.host_ttl, on_error=coord.mark_down if coord else None,
+            on_ok=coord.mark_up if coord else None))
 
     def _policy(self, wid: int) -> RestartPolicy:
         cfg = self.config
@@ -436,7 +450,7 @@ class Supervisor:
 
         self._redis = await self._on_redis("the coordinator", lambda: connect(url))
         self._ns = namespace(self.config.cluster_name, token)
-        self._host_id = host_id()
+        self._host_id: str = host_id()
         self._coordination = redis_coordination(self._redis, self._ns, self._host_id)
 
     async def _register(self, record: HostRecord) -> None:
@@ -469,10 +483,11 @@ class Supervisor:
                     result = await call()
             except ConfigError as exc:
                 raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
-            if (exc := caught.exc) is not None:
-                self._rt.errors[("coordinator", type(exc).__name__)] += 1
+            if caught.exc is not None:
+                trouble = caught.exc
+                self._rt.errors[("coordinator", type(trouble).__name__)] += 1
                 if not said:
-                    log.warning("%s is unavailable (%s); retrying with backoff until it answers", what, exc)
+                    log.warning("%s is unavailable (%s); retrying with backoff until it answers", what, trouble)
                     said = True
                 if self._stop is not None:  # asyncio.wait: 3.11's wait_for can swallow a racing cancel
                     await asyncio.wait([self._stop], timeout=delay)

@@ -11,3 +11,12 @@ def sim_options():
 async def sim(sim_options):
     async with Simulator(**sim_options) as s:
         yield s
+
+
+@pytest.fixture
+def id_log(tmp_path, monkeypatch):
+    """The folder where the live resharding tests' handlers (reshard_handlers.IdLog) write what they delivered."""
+    path = tmp_path / "ids"
+    path.mkdir()
+    monkeypatch.setenv("RESHARD_ID_LOG", str(path))  # the workers inherit it
+    return path

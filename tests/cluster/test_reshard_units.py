@@ -127,7 +127,7 @@ def test_a_cut_that_comes_after_an_event_past_it_is_too_late():
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(coordinated=True), "one host only"),
+    (dict(leased=True), "does not support --assign auto"),
     (dict(running=True), "already running"),
     (dict(partial=True), "only part of the shards"),
     (dict(target=8), "only grows"),
@@ -137,18 +137,15 @@ def test_a_cut_that_comes_after_an_event_past_it_is_too_late():
     (dict(remaining=30, reserve=20, pace_below=10), "below the safety margin of 20"),
 ])
 def test_a_reshard_that_must_not_start_is_refused_with_the_reason(kw, words):
-    args = dict(current=8, target=16, max_concurrency=4, remaining=1000, reserve=8, pace_below=16, running=False,
-                coordinated=False) | kw
+    args = dict(current=8, target=16, max_concurrency=4, remaining=1000, reserve=8, pace_below=16, running=False) | kw
     with pytest.raises(ReshardRefused, match=words):
         check_start(**args)
 
 
 def test_the_budget_check_allows_exactly_down_to_its_floor():
-    check_start(current=8, target=16, max_concurrency=4, remaining=32, reserve=8, pace_below=16, running=False,
-                coordinated=False)
+    check_start(current=8, target=16, max_concurrency=4, remaining=32, reserve=8, pace_below=16, running=False)
     with pytest.raises(ReshardRefused):
-        check_start(current=8, target=16, max_concurrency=4, remaining=31, reserve=8, pace_below=16, running=False,
-                    coordinated=False)
+        check_start(current=8, target=16, max_concurrency=4, remaining=31, reserve=8, pace_below=16, running=False)
 
 
 def test_auto_targets():
@@ -199,11 +196,12 @@ def test_it_rolls_back_before_go_and_switches_anyway_after_the_cut_timeout():
     assert r.new_lost("new worker 1 exited during the cutover") is Action.ROLL_BACK
 
 
-def test_auto_reshard_is_refused_with_a_coordinator():
+def test_auto_reshard_is_refused_with_assign_auto_only():
     from cluster.config import ClusterConfig, ConfigError
 
-    with pytest.raises(ConfigError, match="auto_reshard works on one host only"):
-        ClusterConfig(auto_reshard=True, coordinator="redis://127.0.0.1:6379/0")
+    with pytest.raises(ConfigError, match="auto_reshard does not work with assign auto"):
+        ClusterConfig(auto_reshard=True, coordinator="redis://127.0.0.1:6379/0", assign="auto")
+    assert ClusterConfig(auto_reshard=True, coordinator="redis://127.0.0.1:6379/0", host_index=0, host_count=2)
     with pytest.raises(ConfigError, match="auto_reshard_interval and reshard_cut_timeout must be > 0"):
         ClusterConfig(auto_reshard_interval=0)
     assert ClusterConfig(auto_reshard=True).auto_reshard_margin == 0.5
@@ -292,7 +290,7 @@ def test_a_guild_create_decoded_into_a_registered_struct_counts_for_the_warm_up(
 
 def test_an_event_types_filter_without_ready_or_guild_create_is_refused_before_anything_starts():
     ok = dict(current=4, target=8, max_concurrency=4, remaining=1000, reserve=5, pace_below=10, running=False,
-              coordinated=False)
+              )
     check_start(**ok, filtered_out=frozenset())
     with pytest.raises(ReshardRefused, match=r"^the shards' event_types filter drops GUILD_CREATE and READY, which "
                                              r"live resharding needs .*: add them to event_types$"):

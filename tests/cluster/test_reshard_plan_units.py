@@ -1,0 +1,87 @@
+"""The decisions of live resharding across hosts (cluster.reshard_plan): each host's new part, who takes part, and
+the leader's next step. Fast: no socket, no process."""
+
+from __future__ import annotations
+
+import pytest
+from msgspec.structs import replace
+
+from cluster.error import ConfigError, ReshardRefused
+from cluster.hosts import HostRecord
+from cluster.reshard_plan import (ClusterPhase, ClusterReshard, Step, check_hosts, follower_step, leader_step,
+                                  new_part)
+
+
+def host(hid: str, first: int, last: int, total: int = 8) -> HostRecord:
+    return HostRecord(host_id=hid, first=first, last=last, shard_total=total, pid=1, hostname="h")
+
+
+def record(**kw) -> ClusterReshard:
+    args = dict(epoch=3, old_total=8, new_total=16, leader="a", hosts=("a", "b"), phase=ClusterPhase.WARMING,
+                warm_deadline=100.0, cut_timeout=10.0)
+    return ClusterReshard(**(args | kw))
+
+
+def test_a_host_index_takes_its_part_of_the_new_count():
+    assert new_part(range(0, 4), 8, 16, host_index=0, host_count=2) == range(0, 8)
+    assert new_part(range(4, 8), 8, 16, host_index=1, host_count=2) == range(8, 16)
+    assert new_part(range(6, 9), 9, 12, host_index=2, host_count=3) == range(8, 12)
+
+
+def test_a_shard_range_scales_and_the_scaled_ranges_still_tile_the_new_count():
+    olds = [range(0, 3), range(3, 5), range(5, 8)]
+    news = [new_part(r, 8, 12) for r in olds]
+    assert news == [range(0, 4), range(4, 7), range(7, 12)]
+    assert new_part(range(8), 8, 16) == range(16)  # one host runs everything: everything again
+    with pytest.raises(ConfigError, match="scale to no shard"):
+        new_part(range(0, 1), 8, 4)
+
+
+def test_every_live_host_takes_part_and_together_they_must_cover_the_shards():
+    assert check_hosts([host("b", 4, 7), host("a", 0, 3)], 8) == ["a", "b"]
+    with pytest.raises(ReshardRefused, match="shards 4-7 of 8 have no live host"):
+        check_hosts([host("a", 0, 3)], 8)
+    with pytest.raises(ReshardRefused, match="shards 0-3 of 8 have no live host"):
+        check_hosts([host("b", 4, 7)], 8)
+    with pytest.raises(ReshardRefused, match="of a 16-shard layout, not 8"):
+        check_hosts([host("a", 0, 3), host("b", 4, 7, total=16)], 8)
+    with pytest.raises(ReshardRefused, match="no live host"):
+        check_hosts([], 8)
+
+
+def test_the_leader_cuts_once_every_host_is_warm():
+    assert leader_step(record(warm=frozenset({"a"})), ["a", "b"], 1.0) == (Step.NONE, "")
+    assert leader_step(record(warm=frozenset({"a", "b"})), ["a", "b"], 1.0) == (Step.CUT, "")
+
+
+def test_the_leader_goes_once_every_host_passed_or_the_cut_timeout_is_over():
+    cutting = record(phase=ClusterPhase.CUTTING_OVER, warm=frozenset({"a", "b"}), cut_at=5.0, go_deadline=15.0)
+    assert leader_step(cutting, ["a", "b"], 6.0) == (Step.NONE, "")
+    assert leader_step(cutting, ["a", "b", "c"], 6.0)[0] is Step.NONE  # a host that takes no part changes nothing
+    assert leader_step(replace(cutting, passed=frozenset({"a", "b"})), ["a", "b"], 6.0) == (Step.GO, "")
+    step, why = leader_step(replace(cutting, passed=frozenset({"a"})), ["a", "b"], 15.0)
+    assert step is Step.GO and "host b did not report its old shards past the cut within 10 s" in why
+
+
+def test_the_leader_rolls_back_for_a_dead_host_or_the_warm_up_deadline():
+    step, why = leader_step(record(warm=frozenset({"a", "b"})), ["a"], 1.0)
+    assert step is Step.ROLL_BACK and "host b left the registry" in why
+    cutting = record(phase=ClusterPhase.CUTTING_OVER, cut_at=5.0, go_deadline=15.0, passed=frozenset({"a", "b"}))
+    assert leader_step(cutting, ["b"], 6.0)[0] is Step.ROLL_BACK  # before go, even with everything passed
+    step, why = leader_step(record(warm=frozenset({"a"})), ["a", "b"], 100.0)
+    assert step is Step.ROLL_BACK and "did not warm up in time on host b" in why
+    for phase in (ClusterPhase.GO, ClusterPhase.ROLLED_BACK):  # nothing after the end, dead hosts or not
+        assert leader_step(record(phase=phase), [], 1000.0) == (Step.NONE, "")
+
+
+def test_the_other_hosts_roll_back_when_the_leader_is_gone_or_stalls():
+    assert follower_step(record(), ["a", "b"], 1.0) == (Step.NONE, "")
+    step, why = follower_step(record(), ["b"], 1.0)
+    assert step is Step.ROLL_BACK and "the leader, host a, left the registry" in why
+    assert follower_step(record(), ["a", "b"], 109.9)[0] is Step.NONE  # the leader's own deadline comes first
+    assert follower_step(record(), ["a", "b"], 110.0)[0] is Step.ROLL_BACK
+    cutting = record(phase=ClusterPhase.CUTTING_OVER, cut_at=5.0, go_deadline=15.0)
+    assert follower_step(cutting, ["a", "b"], 24.9)[0] is Step.NONE
+    step, why = follower_step(cutting, ["a", "b"], 25.0)
+    assert step is Step.ROLL_BACK and "did not move the reshard on" in why
+    assert follower_step(record(phase=ClusterPhase.GO), [], 1000.0) == (Step.NONE, "")
