@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/sim_capacity.py
 	$(BIN)/python bench/multihost_bench.py --shards 1024 --idle 30 --rounds 2
 	$(BIN)/python bench/failover_bench.py
+	$(BIN)/python bench/reshard_bench.py --runs 3
 
 # Coverage-guided fuzzing of the shard's receive path (atheris), for FUZZ_SECONDS; a crash is saved as
 # bench/results/fuzz/crash-<hash> (replay: $(BIN)/python bench/fuzz_receive.py <file>).
