@@ -35,7 +35,8 @@ TARGET = 0.90
 MODULES = [
     "shard/close_codes.py", "shard/queue.py", "shard/ratelimiter.py", "shard/heartbeat.py", "shard/session.py",
     "shard/frames.py", "cluster/coordination/local.py", "cluster/coordination/redis_url.py", "cluster/layout.py",
-    "cluster/restart.py", "cluster/state.py", "cluster/snapshot.py", "ipc/framing.py",
+    "cluster/restart.py", "cluster/state.py", "cluster/snapshot.py", "ipc/framing.py", "cluster/cutover.py",
+    "cluster/reshard.py", "cluster/reshard_plan.py",
 ]
 # the fast unit tests (a few seconds together; no simulator, supervisor or Redis): mutmut runs the ones that
 # call the mutated function. A test file listed here holds fast tests only: slow ones go in a file beside it.
@@ -44,6 +45,7 @@ TESTS = [
     "tests/cluster/test_cluster_core_units.py", "tests/cluster/test_cluster_identify.py",
     "tests/cluster/test_state_trust.py", "tests/cluster/test_coordinator_url.py",
     "tests/cluster/test_snapshot_units.py", "tests/ipc/test_ipc_framing_protocol.py",
+    "tests/cluster/test_reshard_units.py", "tests/cluster/test_reshard_plan_units.py",
 ]
 STATUS = {"killed", "survived", "timeout", "suspicious", "no tests", "skipped", "segfault", "not checked",
           "check was interrupted by user", "caught by type check"}

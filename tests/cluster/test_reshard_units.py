@@ -320,3 +320,50 @@ def test_a_guild_left_during_the_warm_up_is_not_brought_back_at_the_switch():
     assert gate.arm(1000)
     gate.old_delivered([])
     assert [g for g in ("1", "2", "3") if not gate.delivered_by_old("GUILD_CREATE", {"id": g})] == ["2", "3"]
+
+
+def refusal(**kw):
+    args = dict(current=8, target=16, max_concurrency=4, remaining=1000, reserve=8, pace_below=16, running=False) | kw
+    with pytest.raises(ReshardRefused) as e:
+        check_start(**args)
+    return str(e.value)
+
+
+def test_each_refusal_names_its_cause_and_how_to_fix_it_in_full():
+    assert refusal(filtered_out=frozenset({"READY", "GUILD_CREATE"})) == (
+        "the shards' event_types filter drops GUILD_CREATE and READY, which live resharding needs to tell when the "
+        "new shards are ready: add them to event_types")
+    assert refusal(leased=True) == (
+        "live resharding does not support --assign auto: block leases and their fencing are keyed by the current "
+        "shard count; run the hosts with static ranges (--host-index/--host-count or --shard-range) to reshard live")
+    assert refusal(partial=True) == (
+        "this host runs only part of the shards (--shard-range or --host-index) without a --coordinator: live "
+        "resharding needs the whole cluster on one host, or every host on one coordinator")
+    assert refusal(running=True) == "a reshard is already running (or a rolling restart)"
+    assert refusal(target=0) == "the shard count must be a positive multiple of max_concurrency 4, got 0"
+    assert refusal(target=8) == "the cluster runs 8 shards; a reshard only grows it (asked for 8)"
+    assert refusal(remaining=30) == ("session start budget too low: 30 identifies left, 16 new shards would leave "
+                                     "14, below the pacing threshold of 16")
+    assert refusal(remaining=30, reserve=16, pace_below=16) == (
+        "session start budget too low: 30 identifies left, 16 new shards would leave 14, below the safety margin of 16")
+
+
+def test_the_warm_up_deadline_scales_with_the_identify_window():
+    assert warm_timeout(128, 16, 5.0) == 4 * 8 * 5.0 + 60
+
+
+def test_the_deadline_reasons_give_the_time_taken_and_every_late_old_shard():
+    r = Reshard(4, 8, 100.0, warm_deadline=160.0, cut_timeout=10)
+    r.workers_started()
+    r.shard_warm(0)
+    assert r.tick(161.0) is Action.ROLL_BACK
+    assert r.reason == "the new set did not warm up in time (1/8 shards ready after 61 s)"
+    r = Reshard(12, 24, 0.0, warm_deadline=60.0, cut_timeout=2.5)
+    r.cut_sent(0.0, now=1.0)
+    r.old_passed(0)
+    assert r.tick(3.5) is Action.GO
+    assert r.reason == ("old shards 1, 2, 3, 4, 5, 6, 7, 8 and 3 more did not pass the cut within 2.5 s; switching "
+                        "anyway (their guilds may see an event twice or not at all)")
+    r = reshard()
+    r.rolled_back(42.0)
+    assert r.phase is Phase.ROLLED_BACK and r.finished_at == 42.0 and not r.running
