@@ -85,3 +85,38 @@ def test_the_other_hosts_roll_back_when_the_leader_is_gone_or_stalls():
     step, why = follower_step(cutting, ["a", "b"], 25.0)
     assert step is Step.ROLL_BACK and "did not move the reshard on" in why
     assert follower_step(record(phase=ClusterPhase.GO), [], 1000.0) == (Step.NONE, "")
+
+
+def refusal(hosts: list[HostRecord]) -> str:
+    with pytest.raises(ReshardRefused) as e:
+        check_hosts(hosts, 8)
+    return str(e.value)
+
+
+def test_the_host_check_refusals_in_full_and_an_overlap_names_its_shard():
+    assert refusal([host("a", 0, 3), host("b", 4, 7, total=16)]) == (
+        "host b (h, pid 1) runs shards 4-7 of a 16-shard layout, not 8: wait until every host runs the cluster's "
+        "layout")
+    assert refusal([host("a", 0, 4), host("b", 4, 7)]) == (
+        "shard 4 of 8 have no live host (or two): every host of the cluster must be up to reshard")
+    assert refusal([host("b", 4, 7)]) == (
+        "shards 0-3 of 8 have no live host (or two): every host of the cluster must be up to reshard")
+    assert refusal([host("a", 0, 3)]) == (
+        "shards 4-7 of 8 have no live host: every host of the cluster must be up to reshard")
+
+
+def test_a_range_that_scales_to_nothing_is_named_in_the_error():
+    with pytest.raises(ConfigError) as e:
+        new_part(range(2, 3), 8, 4)
+    assert str(e.value) == "shards 2-2 of 8 scale to no shard of 4"
+
+
+def test_the_leader_names_every_host_it_waited_for():
+    three = dict(hosts=("a", "b", "c"))
+    assert leader_step(record(**three), ["a"], 1.0) == (
+        Step.ROLL_BACK, "host b, c left the registry (its record expired) before the switch")
+    assert leader_step(record(**three, warm=frozenset({"a"})), ["a", "b", "c"], 100.0) == (
+        Step.ROLL_BACK, "the new set did not warm up in time on host b, c")
+    cutting = record(**three, phase=ClusterPhase.CUTTING_OVER, cut_at=5.0, go_deadline=15.0, passed=frozenset({"a"}))
+    assert leader_step(cutting, ["a", "b", "c"], 15.0) == (
+        Step.GO, "host b, c did not report its old shards past the cut within 10 s; switching anyway")

@@ -367,3 +367,41 @@ def test_the_deadline_reasons_give_the_time_taken_and_every_late_old_shard():
     r = reshard()
     r.rolled_back(42.0)
     assert r.phase is Phase.ROLLED_BACK and r.finished_at == 42.0 and not r.running
+
+
+def test_a_fresh_new_gate_reports_its_state_as_the_worker_reads_it():
+    gate = NewGate()
+    assert gate.mode == "warming" and gate.warm is False and gate.passed is False
+    assert gate.arm(1)  # nothing seen while warming: any cut is in time
+    assert gate.mode == "armed" and gate.passed is False
+    assert OldGate(100).passed is False
+    assert creation_id("MESSAGE_CREATE", {"id": 0}) == 0 and creation_id("MESSAGE_CREATE", {"id": -1}) is None
+
+
+def test_a_cut_at_an_id_already_seen_while_warming_is_too_late():
+    gate = NewGate()
+    gate.admit(*msg(100))
+    assert not gate.arm(100)  # the message with the cut's own id was dropped (the old set did not deliver it)
+
+
+def test_a_guild_delete_before_any_ready_does_not_make_a_new_shard_warm():
+    warm = []
+    gate = NewGate(on_warm=lambda: warm.append(True))
+    gate.admit("GUILD_DELETE", {"id": "5"})
+    assert warm == [] and not gate.warm
+
+
+def test_an_armed_new_shard_passes_its_marker_at_the_heartbeat_acks_after_the_cut():
+    gate = NewGate()
+    gate.arm(100)
+    gate.marker.heartbeats_sent()
+    assert gate.admit(ACK, None) is K and not gate.passed
+    assert gate.admit(ACK, None) is K and gate.passed  # the marker's own ACK: before the marker, not held
+    assert gate.admit("TYPING_START", {}) is H
+
+
+def test_a_flushing_new_shard_holds_an_event_without_id_even_before_its_marker():
+    gate = NewGate()
+    gate.arm(100)
+    gate.mode = "flushing"
+    assert gate.admit("TYPING_START", {}) is H and not gate.passed
