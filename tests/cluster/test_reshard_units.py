@@ -405,3 +405,57 @@ def test_a_flushing_new_shard_holds_an_event_without_id_even_before_its_marker()
     gate.arm(100)
     gate.mode = "flushing"
     assert gate.admit("TYPING_START", {}) is H and not gate.passed
+
+
+class GuildGone(msgspec.Struct):
+    id: str
+    unavailable: bool = False
+
+
+class Bare(msgspec.Struct):
+    id: str
+
+
+def test_a_guild_delete_in_a_struct_leaves_the_guild_only_when_it_is_not_an_outage():
+    gate = NewGate()
+    gate.admit("READY", None)  # a payload without guilds: nothing to wait for
+    assert gate.warm
+    gate.admit("GUILD_DELETE", GuildGone("7", unavailable=True))  # an outage: the guild stays
+    assert not gate.delivered_by_old("GUILD_CREATE", {"id": "7"})
+    gate.admit("GUILD_DELETE", Bare("8"))  # no unavailable flag: the bot left
+    assert gate.delivered_by_old("GUILD_CREATE", {"id": "8"})
+    gate.admit("GUILD_CREATE", None)  # a payload without id changes nothing
+    assert gate.warm
+
+
+def test_an_invalid_session_without_its_flag_counts_as_resumable_and_a_lost_session_is_cold():
+    gate = NewGate()
+    gate.admit("READY", {"guilds": []})
+    gate.admit("GATEWAY_INVALID_SESSION", None)
+    assert gate.warm is True
+    gate.admit("GATEWAY_INVALID_SESSION", InvalidSession(resumable=False))
+    assert gate.warm is False
+
+
+def test_digests_tell_payloads_apart_and_fit_a_64_bit_ipc_integer():
+    a, b = digest("TYPING_START", {"user_id": "1"}), digest("TYPING_START", {"user_id": "2"})
+    assert a != b
+    assert all(0 <= d < 2**64 for d in (a, b))
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode([a, b])) == [a, b]
+
+
+def test_the_new_set_drops_each_event_the_old_set_delivered_once_per_copy_and_never_by_creation_id():
+    gate = NewGate()
+    typing, message = ("TYPING_START", {"user_id": "1"}), msg(5)
+    gate.old_delivered([digest(*typing), digest(*typing), digest(*message)])
+    assert [gate.delivered_by_old(*typing) for _ in range(3)] == [True, True, False]
+    assert not gate.delivered_by_old(*message)  # split by its id, not by digest
+
+
+def test_auto_target_stays_for_a_recommendation_of_one_shard():
+    assert auto_target(1, 1, 1, margin=0.0, sharding_required=False) is None
+    assert auto_target(1, 0, 1, margin=0.0, sharding_required=False) is None
+
+
+def test_the_late_cut_reason_gives_the_default_lead():
+    assert "which was set 0.5 s ahead on this host's clock" in cut_late_reason(3, 1.25)
