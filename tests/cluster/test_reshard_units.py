@@ -459,3 +459,22 @@ def test_auto_target_stays_for_a_recommendation_of_one_shard():
 
 def test_the_late_cut_reason_gives_the_default_lead():
     assert "which was set 0.5 s ahead on this host's clock" in cut_late_reason(3, 1.25)
+
+
+def test_a_forced_go_lists_up_to_eight_late_old_shards_then_counts_the_rest():
+    def late(old_total: int, passed: int) -> str:
+        r = Reshard(old_total, 2 * old_total, 0.0, warm_deadline=60.0, cut_timeout=1)
+        r.cut_sent(0.0, now=0.0)
+        for s in range(passed):
+            r.old_passed(s)
+        assert r.tick(1.0) is Action.GO
+        return r.reason.split(" did not pass")[0]
+
+    assert late(4, 1) == "old shards 1, 2, 3"
+    assert late(8, 0) == "old shards 0, 1, 2, 3, 4, 5, 6, 7"
+    assert late(9, 0) == "old shards 0, 1, 2, 3, 4, 5, 6, 7 and 1 more"
+
+
+def test_one_shard_is_refused_as_not_growing_the_cluster():
+    assert refusal(current=1, target=1, max_concurrency=1) == (
+        "the cluster runs 1 shards; a reshard only grows it (asked for 1)")
