@@ -10,6 +10,7 @@
   let tiles = [];
   let last = null;
   let selected = null;
+  let hovered = null; // the shard under the pointer: its details stay shown across redraws, before the selected one's
   let lastOk = 0;
 
   const known = (state) => (STATES.includes(state) ? state : "UNKNOWN");
@@ -78,7 +79,8 @@
   }
 
   function renderDetail() {
-    const s = last && selected != null ? last.shards.find((x) => x.id === selected) : null;
+    const id = hovered != null ? hovered : selected;
+    const s = last && id != null ? last.shards.find((x) => x.id === id) : null;
     $("detail").textContent = s ? shardText(s) : "Hover or click a shard for its details.";
   }
 
@@ -151,6 +153,7 @@
     const t = e.target.closest(".tile");
     if (!t) return;
     if (e.type === "mouseover") {
+      hovered = Number(t.dataset.shard);
       $("detail").textContent = t.title;
       return;
     }
@@ -164,7 +167,10 @@
   document.addEventListener("DOMContentLoaded", () => {
     $("grid").addEventListener("click", pick);
     $("grid").addEventListener("mouseover", pick);
-    $("grid").addEventListener("mouseleave", renderDetail);
+    $("grid").addEventListener("mouseleave", () => {
+      hovered = null;
+      renderDetail();
+    });
     poll();
   });
 })();

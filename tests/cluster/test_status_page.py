@@ -154,7 +154,13 @@ async def test_a_1024_shard_grid_with_three_hosts_stays_readable(browser):
     server, url = await serve_http(_NoCluster(ClusterConfig(http_port=0)), "127.0.0.1", 0)
     try:
         async with watched_page(browser, url, width=1280, expected_error="503") as page:
-            await page.route(url + "/status", lambda route: route.fulfill(**answer))
+            polled = asyncio.Event()
+
+            async def fulfill(route):
+                polled.set()
+                await route.fulfill(**answer)
+
+            await page.route(url + "/status", fulfill)
             await page.goto(url + "/?every=200")
             expect = playwright.expect
             await expect(page.locator("#grid .tile")).to_have_count(1024, timeout=EXPECT_MS)
@@ -179,6 +185,10 @@ async def test_a_1024_shard_grid_with_three_hosts_stays_readable(browser):
             grid = await page.locator("#grid").bounding_box()
             assert grid["height"] <= 900 / 2
             await tile(page, 700).hover()
+            await expect(page.locator("#detail")).to_contain_text("shard 700 · FATALLY_CLOSED · worker 10")
+            for _ in range(2):  # the hovered shard's details stay while the page redraws (it polls every 200 ms)
+                polled.clear()
+                await asyncio.wait_for(polled.wait(), EXPECT_MS / 1000)
             await expect(page.locator("#detail")).to_contain_text("shard 700 · FATALLY_CLOSED · worker 10")
             await page.screenshot(path=str(RESULTS / "status-page-1024.png"), full_page=True)
             await expect(page.locator("#fresh")).to_have_text("live")
