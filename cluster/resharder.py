@@ -21,6 +21,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any, Protocol
 
 import msgspec
@@ -148,18 +149,15 @@ class Resharder:
         cfg = sup.config
         pace_below = cfg.budget_pace_below if cfg.budget_pace_below is not None else 2 * stats.budget_reserve
         store = self._store
-        check_start(current=rt.shard_total, target=target or 0, max_concurrency=rt.max_concurrency,
-                    remaining=stats.budget_remaining, reserve=stats.budget_reserve, pace_below=pace_below,
-                    running=self.running or rt.rolling, leased=cfg.assign == "auto",
-                    partial=store is None and len(rt.shards) != rt.shard_total, filtered_out=self._filtered_out())
+        # the same rules for this host's budget now and, across hosts, for the shared budget in the leader's begin
+        check = partial(check_start, current=rt.shard_total, target=target or 0, max_concurrency=rt.max_concurrency,
+                        reserve=stats.budget_reserve, pace_below=pace_below)
+        check(remaining=stats.budget_remaining, running=self.running or rt.rolling, leased=cfg.assign == "auto",
+              partial=store is None and len(rt.shards) != rt.shard_total, filtered_out=self._filtered_out())
         assert target is not None
         if store is not None:
-            wanted = target
-
-            def budget_check(remaining: int) -> None:
-                check_start(current=rt.shard_total, target=wanted, max_concurrency=rt.max_concurrency,
-                            remaining=remaining, reserve=stats.budget_reserve, pace_below=pace_below, running=False)
-            return await self._begin(store, target, max(stats.budget_reserve, pace_below), budget_check)
+            return await self._begin(store, target, max(stats.budget_reserve, pace_below),
+                                     lambda remaining: check(remaining=remaining, running=False))
         self.last = Reshard(rt.shard_total, target, now,
                             warm_deadline=now + warm_timeout(target, rt.max_concurrency, cfg.identify_window),
                             cut_timeout=cfg.reshard_cut_timeout)
