@@ -22,6 +22,11 @@ passed, so that such stragglers still arrive in time. One that comes later still
 An old shard *holds* what it receives after its marker, and a new shard what it would deliver, until the
 supervisor ends the cutover: ``go`` (the new set delivers its held events, the old drops its own) or a rollback
 (the old set delivers its held events: nothing was lost; the new set is closed).
+
+A new shard's worker may die after ``go``, before it delivered what it held. So that nothing is lost or repeated, a
+new shard reports its session as of the first event it holds and has not handed over (:meth:`NewGate.resume_seq`),
+and the sequence number its marker came after (:attr:`NewGate.marker_seq`); the restarted worker resumes there, and
+a :class:`ResumedGate` decides the replay (up to RESUMED) by sequence number, as the lost gate did.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from collections.abc import Callable
 
 import msgspec
 
-__all__ = ["ACKS_AFTER_CUT", "DISCORD_EPOCH_MS", "GO_GRACE", "OLD_MARGIN", "NewGate", "OldGate", "Verdict",
-           "creation_id", "digest", "snowflake_at", "snowflake_time"]
+__all__ = ["ACKS_AFTER_CUT", "DISCORD_EPOCH_MS", "GO_GRACE", "OLD_MARGIN", "NewGate", "OldGate", "ResumedGate",
+           "Verdict", "creation_id", "digest", "snowflake_at", "snowflake_time"]
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 """Milliseconds of the Unix epoch at Discord's epoch (the first second of 2015)."""
@@ -86,6 +91,17 @@ def digest(event_type: str, data: object) -> int:
     return int.from_bytes(h.digest(), "big")
 
 
+def _take(delivered: Counter[int], event_type: str, data: object) -> bool:
+    """Whether an event without a creation id is one of the old set's ``delivered`` digests (then one copy is used)."""
+    if not delivered or creation_id(event_type, data) is not None:
+        return False
+    key = digest(event_type, data)
+    if delivered[key] <= 0:
+        return False
+    delivered[key] -= 1
+    return True
+
+
 def _id_of(data: object) -> str:
     """A guild's ``id`` as a string, from plain JSON or a registered Struct."""
     return str(data.get("id") if isinstance(data, dict) else getattr(data, "id", None))
@@ -135,8 +151,8 @@ class OldGate:
     def passed(self) -> bool:
         return self.marker.passed
 
-    def admit(self, event_type: str, data: object) -> Verdict:
-        """What to do with the next event this shard received."""
+    def admit(self, event_type: str, data: object, seq: int | None = None) -> Verdict:
+        """What to do with the next event this shard received (``seq``: unused, as the new set's gates take it)."""
         if self.ended:
             return Verdict.DROP  # the new set delivers now; this shard is about to be closed
         marker = self.marker
@@ -166,10 +182,17 @@ class NewGate:
     The warm-up payloads reach the handler at ``go``, before the held events, so that a handler with a cache knows
     its guilds; a GUILD_CREATE of a guild the bot left during the warm-up is not handed over (the old set delivered
     the GUILD_DELETE). Other changes during the warm-up (GUILD_UPDATE, roles, channels) were delivered by the old set
-    before the switch: a cache rebuilt from a warm-up GUILD_CREATE is older than them until their next update."""
+    before the switch: a cache rebuilt from a warm-up GUILD_CREATE is older than them until their next update.
+
+    Fed each dispatch's sequence number, it records its :attr:`marker_seq` and tells the session's sequence a restart
+    must resume after (:meth:`resume_seq`), which the worker reports instead of the last one received."""
 
     def __init__(self, on_warm: Callable[[], None] = lambda: None, on_cold: Callable[[], None] = lambda: None) -> None:
         self.marker: _Marker | None = None
+        self.last_seq: int | None = None  # the sequence number of the last dispatch decided on
+        self.marker_seq: int | None = None
+        """The sequence number of the last dispatch before the marker (0 if none came before it), once passed."""
+        self._cap: int | None = None  # resume after this: before the first held event (from the cut on) not handed over
         self.max_seen = 0  # the largest creation id seen while warming (to tell a cut that came too late)
         self.warm = False
         self.mode = "warming"
@@ -184,7 +207,11 @@ class NewGate:
 
     def arm(self, cut: int, on_pass: Callable[[], None] = lambda: None) -> bool:
         """Set the cut. False if it came too late: a creation id at or past it was already dropped."""
-        self.marker = _Marker(cut, on_pass)
+        def passed() -> None:
+            self.marker_seq = self.last_seq or 0
+            on_pass()
+
+        self.marker = _Marker(cut, passed)
         self.mode = "armed"
         return self.max_seen < cut
 
@@ -202,13 +229,21 @@ class NewGate:
         stale GUILD_CREATE over at the switch would bring the guild back into the handler's caches)."""
         if event_type == "GUILD_CREATE" and _id_of(data) in self._left:
             return True
-        if not self._old_delivered or creation_id(event_type, data) is not None:
-            return False
-        key = digest(event_type, data)
-        if self._old_delivered[key] <= 0:
-            return False
-        self._old_delivered[key] -= 1
-        return True
+        return _take(self._old_delivered, event_type, data)
+
+    def released(self, seq: int | None) -> None:
+        """The worker handed held dispatch ``seq`` over (or dropped it at ``go``): a restart resumes after it."""
+        if seq is not None and self._cap is not None and seq > self._cap:
+            self._cap = seq
+
+    def resume_seq(self, received: int) -> int:
+        """The sequence a restarted worker must resume this shard's session after, ``received`` being the last one the
+        shard received: until it is live, the last dispatch decided on, or just before the first held one (from the
+        cut on) not handed over yet, so that the replay brings back exactly what was not delivered."""
+        if self.mode == "live":
+            return received
+        cap = self._cap if self._cap is not None else self.last_seq
+        return received if cap is None else min(received, cap)
 
     def _cold(self) -> None:
         if self.warm:
@@ -239,8 +274,16 @@ class NewGate:
             self.warm = True
             self._on_warm()
 
-    def admit(self, event_type: str, data: object) -> Verdict:
-        """What to do with the next event this shard received."""
+    def admit(self, event_type: str, data: object, seq: int | None = None) -> Verdict:
+        """What to do with the next event this shard received (``seq``: its sequence number, None if not a dispatch)."""
+        verdict = self._admit(event_type, data)
+        if seq is not None:
+            if verdict is Verdict.HOLD and self._cap is None and self.marker is not None:
+                self._cap = seq - 1
+            self.last_seq = seq
+        return verdict
+
+    def _admit(self, event_type: str, data: object) -> Verdict:
         if event_type in _TRACKED:
             self._track_guilds(event_type, data)
         message_id = creation_id(event_type, data)
@@ -258,3 +301,41 @@ class NewGate:
         if self.mode == "flushing" or message_id is not None or was:
             return Verdict.HOLD
         return Verdict.DROP
+
+
+class ResumedGate:
+    """A new shard whose worker was restarted after ``go`` before it delivered all it held: the session resumes just
+    before the first event it had not handed over (:meth:`NewGate.resume_seq`), and this gate decides the replay as the
+    lost :class:`NewGate` did, by sequence number instead of heartbeat ACKs (those are not replayed): a creation id
+    below the cut is dropped, one at or past it delivered; another event is dropped up to ``marker_seq`` (before the
+    new set's marker: the old set's), and after it once per digest the old set ``delivered``. ``on_done()`` is called at
+    RESUMED (the replay is over; the shard is ungated) or READY (the session could not be resumed). Without a
+    ``marker_seq`` (the shard had not reported it) every event without a creation id is delivered: none is lost, some
+    may repeat."""
+
+    marker = None  # no heartbeat marker: the replay is decided by sequence number
+
+    def __init__(self, cut: int, marker_seq: int | None, delivered: list[int],
+                 on_done: Callable[[], None] = lambda: None) -> None:
+        self.cut = cut
+        self.marker_seq = marker_seq
+        self.done = False
+        self._old_delivered = Counter(delivered)
+        self._on_done = on_done
+
+    def admit(self, event_type: str, data: object, seq: int | None = None) -> Verdict:
+        """What to do with the next (replayed) event."""
+        if self.done:
+            return Verdict.DELIVER
+        if event_type in ("RESUMED", "READY"):
+            self.done = True
+            self._on_done()
+            return Verdict.DELIVER
+        message_id = creation_id(event_type, data)
+        if message_id is not None:
+            return Verdict.DELIVER if message_id >= self.cut else Verdict.DROP
+        if seq is None or self.marker_seq is None:
+            return Verdict.DELIVER
+        if seq <= self.marker_seq or _take(self._old_delivered, event_type, data):
+            return Verdict.DROP
+        return Verdict.DELIVER

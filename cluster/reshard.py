@@ -8,7 +8,8 @@ lost, a deadline, a stop) with the time, and answers with an :class:`Action` for
    identify coordinator and deliver nothing (:class:`cluster.cutover.NewGate`).
 2. Once every new shard is READY with all its guilds, :attr:`Action.CUT`: the cut time is sent to both sets
    (*cutting over*, :mod:`cluster.cutover`).
-3. Once every old shard passed the cut (or ``cut_timeout`` passed, logged), :attr:`Action.GO`: the new set
+3. Once every old shard passed the cut and every new shard its own marker (or ``cut_timeout`` passed, logged),
+   :attr:`Action.GO`: the new set
    delivers, the old set drops; *closing old*: the old sessions are closed with 1000 and their workers retired.
    There is no rollback after GO.
 4. Before GO, a new shard closed fatally, a new worker lost, the warm-up deadline, a too-late cut or a stop
@@ -122,6 +123,8 @@ class Reshard:
     phase: Phase = Phase.STARTING
     warm: set[int] = field(default_factory=set)
     passed: set[int] = field(default_factory=set)
+    marked: set[int] = field(default_factory=set)
+    """New shards past their own marker (the driver keeps where, to gate a worker restarted after GO)."""
     cut_at: float | None = None  # wall clock (Unix seconds) of the cut
     go_deadline: float = math.inf
     switched_at: float | None = None
@@ -175,7 +178,18 @@ class Reshard:
         if shard_id not in self.mine_old:
             return Action.NONE
         self.passed.add(shard_id)
-        if self.phase is Phase.CUTTING_OVER and len(self.passed) == len(self.mine_old):
+        return self._go_when_all()
+
+    def new_marked(self, shard_id: int) -> Action:
+        """A new shard passed its own marker."""
+        if shard_id not in self.mine_new:
+            return Action.NONE
+        self.marked.add(shard_id)
+        return self._go_when_all()
+
+    def _go_when_all(self) -> Action:
+        if (self.phase is Phase.CUTTING_OVER and len(self.passed) == len(self.mine_old)
+                and len(self.marked) == len(self.mine_new)):
             return Action.GO
         return Action.NONE
 
@@ -194,8 +208,11 @@ class Reshard:
             return Action.ROLL_BACK
         if self.phase is Phase.CUTTING_OVER and now >= self.go_deadline:
             missing = sorted(set(self.mine_old) - self.passed)
-            self.reason = (f"old shards {_ids(missing)} did not pass the cut within {self.cut_timeout:g} s; "
-                           "switching anyway (their guilds may see an event twice or not at all)")
+            unmarked = sorted(set(self.mine_new) - self.marked)
+            late = [f"old shards {_ids(missing)} did not pass the cut"] if missing else []
+            late += [f"new shards {_ids(unmarked)} did not pass their marker"] if unmarked else []
+            self.reason = (f"{' and '.join(late)} within {self.cut_timeout:g} s; switching anyway (their guilds may "
+                           "see an event twice or not at all)")
             return Action.GO
         return Action.NONE
 

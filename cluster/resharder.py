@@ -44,7 +44,7 @@ from cluster.runtime import Runtime, ShardView, WorkerHandle, WorkerState
 from cluster.snapshot import ReshardSnapshot
 from cluster.workers import Workers
 from ipc import ChannelClosed, HeartbeatMonitor
-from ipc.protocol import CutLate, Cutover, CutoverEnd, CutPassed, Packet, ShardWarm
+from ipc.protocol import CutLate, Cutover, CutoverEnd, CutPassed, NewCut, Packet, Regate, ShardWarm
 
 __all__ = ["CUT_LEAD", "Resharder"]
 
@@ -110,6 +110,9 @@ class Resharder:
         self._sharding_required = False  # a 4011 with --auto-reshard, not acted on yet
         self._warm_by: dict[int, WorkerHandle] = {}  # the new worker each warm shard was warm in
         self._old_digests: list[int] = []  # what the old set delivered without a creation id while gated
+        self._marks: dict[int, int | None] = {}  # new shards' marker_seq (cluster.cutover.NewGate)
+        self._unflushed: dict[int, int | None] = {}  # after go: new shards not done with what they held: marker_seq
+        self._regate_with: tuple[float, list[int]] = (0.0, [])  # ... and their cut and the old set's digests
         self._auto_pending = False
         self.record: ClusterReshard | None = None  # with a coordinator: the cluster's record of the running reshard
         self._seen_epoch = 0
@@ -421,6 +424,8 @@ class Resharder:
                 self._act(r.shard_warm(shard_id))
             case ShardWarm(shard_id=shard_id, warm=False) if handle.id_base == self._new_base():
                 self._act(r.shard_cold(shard_id))
+            case NewCut() if handle.id_base == (self._new_base() if self.child is not None else self.sup._rt.id_base):
+                self._new_cut(handle, packet, r)
             case CutPassed(shard_id=shard_id, digests=digests) if handle.id_base != self._new_base():
                 self._old_digests += digests
                 self._act(r.old_passed(shard_id))
@@ -477,11 +482,16 @@ class Resharder:
             self._gone_old.clear()
             self._warm_by.clear()
             self._old_digests = []
+            self._marks = {}
             self._old_fatal.clear()
             self.record = None
 
     async def _procedure(self, r: Reshard) -> None:
         sup, rt = self.sup, self.sup._rt
+        if self._unflushed:
+            log.warning("reshard: new shards %s of the last reshard never delivered what they held; a restart of their "
+                        "worker is no longer gated", sorted(self._unflushed))
+            self._forget_regate()
         child = self._child_runtime(r.new_total)
         router = Router(child, status=sup.status, supervisor_handler=sup.supervisor_handler)
         router.on_cutover, router.on_fatal = self.on_packet, self.on_new_fatal
@@ -625,6 +635,11 @@ class Resharder:
         self.router.on_fatal, self.router.host, self.router.remote = (sup._router.on_fatal, sup._router.host,
                                                                       sup._router.remote)
         sup._workers, sup._router = self.workers, self.router
+        # a new worker restarted before its shards delivered what they held resumes before it, behind rebuilt gates
+        assert r.cut_at is not None
+        self._unflushed = {s: self._marks.get(s) for s in r.mine_new}
+        self._regate_with = (r.cut_at, list(self._old_digests))
+        self.workers.after_assign = self._regate_worker
         for h in rt.workers.values():  # the supervisor did not ping the new set before: its silence starts now
             h.heartbeat = HeartbeatMonitor(rt.config.ipc_heartbeat_interval, rt.config.ipc_heartbeat_missed, now=now)
         self.child = self.workers = self.router = None
@@ -639,6 +654,32 @@ class Resharder:
         log.info("reshard done: %d shards, the old set's workers retired", r.new_total)
         rt.emit("reshard_phase", phase=r.phase.value)
         await sup._loops.save_state()
+
+    def _regate_worker(self, handle: WorkerHandle) -> None:
+        """Right after a new-set worker's Assign (restarted after go): gate its shards that had not delivered all they
+        held (:class:`cluster.cutover.ResumedGate`)."""
+        marks = {s: m for s, m in self._unflushed.items() if s in handle.shard_ids}
+        if marks:
+            log.info("worker %d: shards %s resume what they held at the switch, gated", handle.worker_id, sorted(marks))
+            self._send(handle, Regate(self._regate_with[0], marks, self._regate_with[1]))
+
+    def _new_cut(self, handle: WorkerHandle, packet: NewCut, r: Reshard) -> None:
+        """A new shard passed its marker (kept to regate it), or delivered what it held (no regate needed any more)."""
+        shard_id = packet.shard_id
+        if not packet.flushed:
+            self._marks[shard_id] = packet.marker_seq
+            if shard_id in self._unflushed:  # after go (a forced switch)
+                self._unflushed[shard_id] = packet.marker_seq
+            self._act(r.new_marked(shard_id))
+        elif shard_id in self._unflushed:
+            del self._unflushed[shard_id]
+            if not self._unflushed:
+                self._forget_regate()
+
+    def _forget_regate(self) -> None:
+        self._unflushed = {}
+        if self.sup._workers.after_assign == self._regate_worker:
+            self.sup._workers.after_assign = None
 
     async def _move_host(self, r: Reshard) -> None:
         """Across hosts: this host's registry record names its new shards from now on."""

@@ -20,15 +20,17 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
 
-from cluster.cutover import ACKS_AFTER_CUT, OLD_MARGIN, NewGate, OldGate, Verdict, snowflake_at, snowflake_time
+from cluster.cutover import (ACKS_AFTER_CUT, OLD_MARGIN, NewGate, OldGate, ResumedGate, Verdict, snowflake_at,
+                             snowflake_time)
 from cluster.fence import Fence
 from cluster.handler import HandlerImportError, WorkerContext, load_handler, maybe_await
 from cluster.queue import IpcQueue
 from cluster.watchdog import LoopWatchdog
 from ipc import Channel, ChannelClosed, SessionDiff, answer
 from ipc.protocol import (Assign, Assignment, CutLate, CutoverEnd, Cutover, CutPassed, Drain, Drained, Hello,
-                          IdentifyGrant, IdentifyRefused, LeaseDeadline, Packet, Request, RestartShard, SessionInfo,
-                          SessionReport, ShardFatal, ShardStatus, ShardWarm, StatusReport, WorkerFatal, encode)
+                          IdentifyGrant, IdentifyRefused, LeaseDeadline, NewCut, Packet, Regate, Request, RestartShard,
+                          SessionInfo, SessionReport, ShardFatal, ShardStatus, ShardWarm, StatusReport, WorkerFatal,
+                          encode)
 
 __all__ = ["EXIT_HANDLER_IMPORT", "QUEUED", "WorkerSpec", "run_worker"]
 
@@ -86,10 +88,10 @@ class Worker:
         self.sessions = SessionDiff()
         self.watchdog = LoopWatchdog(spec.blocked_threshold)
         self.fence = Fence()  # --assign auto: no frame past the block's lease deadline
-        self.gates: dict[int, OldGate | NewGate] = {}  # a live reshard's cutover gates (cluster.cutover), by shard
+        self.gates: dict[int, OldGate | NewGate | ResumedGate] = {}  # a live reshard's cutover gates, by shard
         self.held: dict[int, list[Any]] = {}  # events a gate holds back, by shard
         self._assign: asyncio.Future[Assign] | None = None
-        self._early_cutover: Cutover | None = None  # a Cutover read before the Assign's shards were started
+        self._early_cutover: Cutover | Regate | None = None  # read before the Assign's shards were started
         self._stop: asyncio.Future[bool] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._releases: set[asyncio.Task[None]] = set()  # deliveries of held events (cutover end), awaited at the stop
@@ -101,7 +103,14 @@ class Worker:
         session = getattr(shard, "session", None)
         if session is None:
             return None
-        return SessionInfo(shard_id, session.id, session.sequence, getattr(shard, "resume_url", None))
+        return SessionInfo(shard_id, session.id, self._resume_seq(shard_id, session.sequence),
+                           getattr(shard, "resume_url", None))
+
+    def _resume_seq(self, shard_id: int, received: int) -> int:
+        """The sequence to report for a shard's session: a new shard of a live reshard resumes before the first event
+        it holds (cluster.cutover), so that a restart after the switch loses none of them."""
+        gate = self.gates.get(shard_id)
+        return gate.resume_seq(received) if isinstance(gate, NewGate) else received
 
     def _status(self, shard_id: int, now: float, queued: frozenset[int] = frozenset()) -> ShardStatus:
         shard = self.shards[shard_id]
@@ -173,7 +182,7 @@ class Worker:
                                                  on_cold=partial(self._send, ShardWarm(a.shard_id, False)))
                 self.held[a.shard_id] = []
         if self._early_cutover is not None:  # sent right after the Assign (a worker restarted during a cutover)
-            self._cutover(self._early_cutover.at, self._early_cutover.old)
+            self._apply(self._early_cutover)
             self._early_cutover = None
         self.ctx = WorkerContext(self.spec.worker_id, self.shards, self.shard_total, self.channel)
         setup = getattr(self.handler, "setup", None)
@@ -238,11 +247,11 @@ class Worker:
             self.stop(packet.resumable)
         elif isinstance(packet, LeaseDeadline):
             self.fence.extend(packet.deadline)
-        elif isinstance(packet, Cutover):
+        elif isinstance(packet, (Cutover, Regate)):
             if self._assign is None or not self._assign.done() or not self.shards:
                 self._early_cutover = packet  # read with the Assign: applied once its shards exist
             else:
-                self._cutover(packet.at, packet.old)
+                self._apply(packet)
         elif isinstance(packet, CutoverEnd):
             self._early_cutover = None
             self._end_cutover(packet.go, packet.delivered)
@@ -314,7 +323,7 @@ class Worker:
                 self.was_ready[shard_id] = True
             if gates:  # a live reshard's cutover (cluster.cutover); otherwise this one check is all it costs
                 gate = gates.get(shard_id)
-                if gate is not None and (verdict := gate.admit(etype, event.data)) is not Verdict.DELIVER:
+                if gate is not None and (verdict := gate.admit(etype, event.data, event.seq)) is not Verdict.DELIVER:
                     if verdict is Verdict.HOLD:
                         self.held[shard_id].append(event)
                     continue
@@ -332,6 +341,30 @@ class Worker:
 
     # --- live resharding: the cutover (cluster.cutover) ---------------------------------------
 
+    def _apply(self, packet: Cutover | Regate) -> None:
+        if isinstance(packet, Cutover):
+            self._cutover(packet.at, packet.old)
+            return
+        cut = snowflake_at(packet.at)  # restarted after go: each shard's replay is gated as its lost gate would have
+        for shard_id, marker_seq in packet.marks.items():
+            if shard_id in self.shards:
+                self.gates[shard_id] = ResumedGate(cut, marker_seq, packet.delivered,
+                                                   on_done=partial(self._resumed, shard_id))
+                if marker_seq is None:
+                    log.warning("shard %d: resumed after the switch without its marker; events without a creation id "
+                                "may be delivered twice", shard_id)
+
+    def _resumed(self, shard_id: int) -> None:
+        """A regated shard's replay is over: ungated, it no longer needs a gate after a restart."""
+        self.gates.pop(shard_id, None)
+        self._flushed(shard_id)
+
+    def _flushed(self, shard_id: int) -> None:
+        """A new shard delivered what it held (or its replay): report its session, then say so."""
+        if not self.channel.closed:
+            self._report_sessions()
+            self._send(NewCut(shard_id, flushed=True))
+
     def _cutover(self, at: float, old: bool) -> None:
         """The cut is at ``at``: gate the old set's shards, arm the new set's; at ``at``, every gated shard sends
         the heartbeats whose ACKs mark it past the cut if no event with a creation id does first."""
@@ -343,7 +376,7 @@ class Worker:
                 self.held[shard_id] = []
             else:
                 gate = self.gates.get(shard_id)
-                if isinstance(gate, NewGate) and not gate.arm(cut, on_pass=partial(self._ungate_live, shard_id)):
+                if isinstance(gate, NewGate) and not gate.arm(cut, on_pass=partial(self._new_passed, shard_id)):
                     ahead = snowflake_time(gate.max_seen) - at
                     log.error("shard %d: the cut came too late: a message created %.3f s after it was already dropped "
                               "(is this host's clock behind Discord's?)", shard_id, ahead)
@@ -359,7 +392,7 @@ class Worker:
         for shard_id, gate in list(self.gates.items()):
             shard = self.shards.get(shard_id)
             marker = gate.marker
-            if shard is None or marker is None:
+            if shard is None or marker is None:  # (a ResumedGate has none)
                 continue
             session = shard.session
             beat = b'{"op":1,"d":%s}' % (b"null" if session is None else str(session.sequence).encode())
@@ -381,6 +414,8 @@ class Worker:
                     self.held[shard_id].clear()
                 else:
                     self._start_release(shard_id)
+            elif not isinstance(gate, NewGate):
+                continue
             elif go:
                 gate.mode = "flushing"
                 gate.old_delivered(delivered)
@@ -388,11 +423,14 @@ class Worker:
             else:
                 self.held[shard_id].clear()
 
-    def _ungate_live(self, shard_id: int) -> None:
-        """A new shard passed its marker: once live, it needs no gate any more."""
+    def _new_passed(self, shard_id: int) -> None:
+        """A new shard passed its marker: the supervisor keeps its marker_seq (to regate a restart); once live, it
+        needs no gate any more."""
         gate = self.gates.get(shard_id)
-        if isinstance(gate, NewGate) and gate.mode == "live":
-            del self.gates[shard_id]
+        if isinstance(gate, NewGate):
+            self._send(NewCut(shard_id, gate.marker_seq))
+            if gate.mode == "live":
+                del self.gates[shard_id]
 
     def _start_release(self, shard_id: int) -> None:
         task = asyncio.get_running_loop().create_task(self._release(shard_id))
@@ -407,19 +445,25 @@ class Worker:
         shard = self.shards[shard_id]
         gate = self.gates.get(shard_id)
         while held:
-            event = held.pop(0)
-            if on_event is None or (isinstance(gate, NewGate) and gate.delivered_by_old(event.type, event.data)):
-                continue
-            try:
-                await maybe_await(on_event(shard, event))
-            except Exception:
-                self.handler_errors += 1
-                log.exception("handler failed on %s for shard %d; the shard goes on", event.type, shard_id)
+            event = held[0]  # taken off once handed over: a session reported meanwhile resumes before it
+            dropped = isinstance(gate, NewGate) and gate.delivered_by_old(event.type, event.data)
+            if on_event is not None and not dropped:
+                try:
+                    await maybe_await(on_event(shard, event))
+                except Exception:
+                    self.handler_errors += 1
+                    log.exception("handler failed on %s for shard %d; the shard goes on", event.type, shard_id)
+            held.pop(0)
+            if isinstance(gate, NewGate):
+                gate.released(event.seq)
         gate = self.gates.get(shard_id)
         if isinstance(gate, NewGate):
             gate.mode = "live"
-            if not gate.passed:  # until its marker, it still drops the old set's creation ids that come late
-                return
+            if gate.passed:
+                del self.gates[shard_id]
+            # else: until its marker, it still drops the old set's creation ids that come late
+            self._flushed(shard_id)
+            return
         self.gates.pop(shard_id, None)
 
     async def _close_shard(self, shard_id: int, resumable: bool) -> SessionInfo | None:
@@ -437,7 +481,8 @@ class Worker:
             log.warning("closing shard %d: %s", shard_id, exc)
             session = None
         if session is not None:
-            info = SessionInfo(shard_id, session.id, session.sequence, getattr(shard, "resume_url", None))
+            info = SessionInfo(shard_id, session.id, self._resume_seq(shard_id, session.sequence),
+                               getattr(shard, "resume_url", None))
         return info if resumable else None
 
     async def _close_all(self, resumable: bool) -> list[SessionInfo]:
@@ -467,13 +512,16 @@ class Worker:
             await asyncio.sleep(interval)
 
     def _report(self, now: float) -> None:
-        changed = self.sessions.changes(i for i in map(self._session_info, list(self.shards)) if i)
-        if changed:
-            self._send_sessions(SessionReport, changed)
+        self._report_sessions()
         queued = frozenset(self.queue.waiting)
         self.channel.send(StatusReport([self._status(s, now, queued) for s in list(self.shards)], _rss(),
                                        self.watchdog.take_lag(), self.watchdog.blocked, self.handler_errors,
                                        self.consumer_errors))
+
+    def _report_sessions(self) -> None:
+        changed = self.sessions.changes(i for i in map(self._session_info, list(self.shards)) if i)
+        if changed:
+            self._send_sessions(SessionReport, changed)
 
     def _send_sessions(self, packet: type[SessionReport] | type[Drained], infos: list[SessionInfo]) -> None:
         """Send ``infos`` as one ``packet``. A session that cannot be encoded (a sequence number beyond

@@ -15,8 +15,8 @@ from msgspec import Struct
 __all__ = [
     "AnyPacket", "Assign", "Assignment", "Drain", "Drained", "Hello",
     "IdentifyCancel", "IdentifyDone", "IdentifyGrant", "IdentifyRefused", "IdentifyRequest", "IdentifyUnused",
-    "IdentifyStarted", "CutLate", "CutPassed", "Cutover", "CutoverEnd", "LeaseDeadline", "Packet", "ShardWarm", "Ping",
-    "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
+    "IdentifyStarted", "CutLate", "CutPassed", "Cutover", "CutoverEnd", "LeaseDeadline", "NewCut", "Packet",
+    "Regate", "ShardWarm", "Ping", "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
     "ShardFatal", "ShardStatus", "StatusReport", "WorkerFatal", "decode", "encode",
 ]
 
@@ -149,6 +149,26 @@ class CutoverEnd(Packet, tag="cutover_end"):
     delivered: list[int] = []
 
 
+class NewCut(Packet, tag="new_cut"):
+    """W→S: a new shard passed its own marker after dispatch ``marker_seq`` (kept to gate a restart of its worker,
+    :attr:`cluster.cutover.NewGate.marker_seq`); ``flushed``: after ``go`` it delivered what it held and reported its
+    session (a restart needs no gate any more)."""
+
+    shard_id: int
+    marker_seq: int | None = None
+    flushed: bool = False
+
+
+class Regate(Packet, tag="regate"):
+    """S→W, right after the Assign of a new-set worker restarted after ``go`` whose shards had not delivered all they
+    held: gate the replay of each shard of ``marks`` (shard id: its ``marker_seq``, None if unknown) with the cut at
+    ``at`` and the old set's ``delivered`` digests (:class:`cluster.cutover.ResumedGate`)."""
+
+    at: float
+    marks: dict[int, int | None]
+    delivered: list[int] = []
+
+
 # --- liveness ------------------------------------------------------------------------------
 
 
@@ -274,7 +294,7 @@ AnyPacket = (
     Hello | Assign | Drain | Drained | RestartShard | WorkerFatal | ShardFatal | Ping | Pong
     | IdentifyRequest | IdentifyGrant | IdentifyRefused | IdentifyStarted | IdentifyDone
     | IdentifyCancel | IdentifyUnused | SessionReport | StatusReport | Request | Response | LeaseDeadline
-    | ShardWarm | Cutover | CutPassed | CutLate | CutoverEnd
+    | ShardWarm | Cutover | CutPassed | CutLate | CutoverEnd | NewCut | Regate
 )
 
 _encoder = msgspec.msgpack.Encoder()
