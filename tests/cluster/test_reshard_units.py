@@ -6,8 +6,8 @@ import math
 import msgspec
 import pytest
 
-from cluster.cutover import (DISCORD_EPOCH_MS, NewGate, OldGate, Verdict, creation_id, digest, snowflake_at,
-                             snowflake_time)
+from cluster.cutover import (DISCORD_EPOCH_MS, NewGate, OldGate, ResumedGate, Verdict, creation_id, digest,
+                             snowflake_at, snowflake_time)
 from cluster.reshard import (Action, Phase, Reshard, ReshardRefused, auto_target, check_start, cut_late_reason,
                              warm_timeout)
 from shard.wire import InvalidSession
@@ -172,6 +172,8 @@ def test_the_phases_of_a_reshard_that_succeeds():
     assert r.phase is Phase.CUTTING_OVER and r.next_deadline() == 15.0
     assert [r.old_passed(s) for s in (0, 1, 2)] == [Action.NONE] * 3
     assert r.tick(6.0) is Action.NONE
+    assert [r.new_marked(s) for s in range(8)] == [Action.NONE] * 8  # every new shard past its own marker first
+    assert r.new_marked(99) is Action.NONE and r.marked == set(range(8))
     assert r.old_passed(3) is Action.GO
     r.switched(6.5)
     assert r.phase is Phase.CLOSING_OLD and r.running and r.new_lost("late") is Action.NONE  # no rollback after go
@@ -361,6 +363,8 @@ def test_the_deadline_reasons_give_the_time_taken_and_every_late_old_shard():
     r = Reshard(12, 24, 0.0, warm_deadline=60.0, cut_timeout=2.5)
     r.cut_sent(0.0, now=1.0)
     r.old_passed(0)
+    for s in range(24):
+        r.new_marked(s)
     assert r.tick(3.5) is Action.GO
     assert r.reason == ("old shards 1, 2, 3, 4, 5, 6, 7, 8 and 3 more did not pass the cut within 2.5 s; switching "
                         "anyway (their guilds may see an event twice or not at all)")
@@ -467,6 +471,8 @@ def test_a_forced_go_lists_up_to_eight_late_old_shards_then_counts_the_rest():
         r.cut_sent(0.0, now=0.0)
         for s in range(passed):
             r.old_passed(s)
+        for s in range(2 * old_total):
+            r.new_marked(s)
         assert r.tick(1.0) is Action.GO
         return r.reason.split(" did not pass")[0]
 
@@ -478,3 +484,204 @@ def test_a_forced_go_lists_up_to_eight_late_old_shards_then_counts_the_rest():
 def test_one_shard_is_refused_as_not_growing_the_cluster():
     assert refusal(current=1, target=1, max_concurrency=1) == (
         "the cluster runs 1 shards; a reshard only grows it (asked for 1)")
+
+
+def test_go_waits_for_every_new_shard_past_its_own_marker_and_a_forced_go_names_those_that_are_not():
+    r = reshard(old=2, new=4)
+    for s in range(4):
+        r.shard_warm(s)
+    assert r.new_marked(0) is Action.NONE  # before the cut: kept, no GO
+    r.cut_sent(0.0, now=1.0)
+    assert [r.old_passed(s) for s in (0, 1)] == [Action.NONE, Action.NONE]
+    assert [r.new_marked(s) for s in (1, 2)] == [Action.NONE, Action.NONE]
+    assert r.new_marked(3) is Action.GO
+    r = reshard(old=2, new=4)
+    r.cut_sent(0.0, now=1.0)
+    r.old_passed(0)
+    r.old_passed(1)
+    r.new_marked(0)
+    assert r.tick(11.0) is Action.GO
+    assert r.reason == ("new shards 1, 2, 3 did not pass their marker within 10 s; switching anyway (their guilds may "
+                        "see an event twice or not at all)")
+    r = reshard(old=2, new=4)
+    r.cut_sent(0.0, now=1.0)
+    r.new_marked(0)
+    r.new_marked(1)
+    r.new_marked(2)
+    r.old_passed(0)
+    assert r.tick(11.0) is Action.GO
+    assert r.reason == ("old shards 1 did not pass the cut and new shards 3 did not pass their marker within 10 s; "
+                        "switching anyway (their guilds may see an event twice or not at all)")
+    r = reshard(old=2, new=4)
+    r.switched(1.0)
+    assert r.new_marked(0) is Action.NONE  # after the switch: nothing more to decide
+
+
+def test_a_new_shard_records_the_sequence_its_marker_came_after():
+    gate = NewGate()
+    assert gate.admit("READY", {"guilds": []}, 1) is H and gate.marker_seq is None
+    gate.arm(100)
+    gate.marker.heartbeats_sent()
+    assert gate.admit("TYPING_START", {}, 2) is K and gate.admit(ACK, None) is K
+    assert gate.admit("TYPING_START", {}, 3) is K and gate.admit(ACK, None) is K
+    assert gate.passed and gate.marker_seq == 3  # the ACKs carry no sequence number: the last dispatch before them
+    assert gate.admit("TYPING_START", {}, 4) is H and gate.marker_seq == 3
+    by_id = NewGate()
+    by_id.arm(100)
+    assert by_id.admit("TYPING_START", {}, 7) is K and by_id.admit(*msg(100), 8) is H
+    assert by_id.marker_seq == 7  # the message past the cut is the marker: after it
+    first = NewGate()
+    first.arm(100)
+    assert first.admit(*msg(100), 1) is H and first.marker_seq == 0  # nothing came before it
+
+
+def test_a_new_shard_reports_its_session_before_the_first_event_it_holds_until_it_is_live():
+    gate = NewGate()
+    assert gate.resume_seq(10) == 10  # nothing decided yet: what the shard received
+    gate.admit("READY", {"guilds": []}, 1)
+    gate.admit("TYPING_START", {}, 2)
+    assert gate.resume_seq(9) == 2  # received but not yet decided on: replayed after a restart
+    assert gate.resume_seq(1) == 1  # never past what it received
+    gate.arm(100)
+    gate.admit("TYPING_START", {}, 3)
+    assert gate.resume_seq(9) == 3
+    assert gate.admit(*msg(100), 4) is H and gate.admit("TYPING_START", {}, 5) is H
+    assert gate.admit(*msg(99), 6) is K
+    assert gate.resume_seq(9) == 3  # before the first event held after the cut: the warm-up READY is not counted
+    gate.mode = "flushing"
+    gate.released(1)  # the warm-up READY handed over: before the cap, nothing moves
+    gate.released(None)
+    assert gate.resume_seq(9) == 3
+    gate.released(4)
+    assert gate.resume_seq(9) == 4
+    assert gate.admit("TYPING_START", {}, 7) is H  # held behind: the cap stays at the last one handed over
+    gate.released(5)
+    assert gate.resume_seq(9) == 5
+    gate.released(3)  # never backwards
+    assert gate.resume_seq(9) == 5
+    gate.mode = "live"
+    assert gate.resume_seq(9) == 9
+
+
+def test_a_flushing_new_shard_that_held_nothing_before_go_caps_its_session_at_its_first_hold():
+    gate = NewGate()
+    gate.arm(100)
+    gate.admit("TYPING_START", {}, 5)
+    gate.mode = "flushing"
+    assert gate.resume_seq(8) == 5
+    gate.released(5)  # no event of the cut held yet: nothing to move
+    assert gate.resume_seq(8) == 5
+    assert gate.admit("TYPING_START", {}, 6) is H and gate.admit("TYPING_START", {}, 7) is H
+    assert gate.resume_seq(8) == 5
+
+
+def test_a_resumed_gate_splits_the_replay_by_sequence_number_and_ends_at_resumed():
+    done = []
+    typing, other = ("TYPING_START", {"user_id": "1"}), ("TYPING_START", {"user_id": "2"})
+    gate = ResumedGate(100, 5, [digest(*typing)], on_done=lambda: done.append(True))
+    assert gate.admit(*msg(99), 3) is K and gate.admit(*msg(100), 3) is D  # creation ids by the cut, at any sequence
+    assert gate.admit(*msg(99), 9) is K and gate.admit(*msg(101), 9) is D
+    assert gate.admit(*other, 4) is K and gate.admit(*other, 5) is K  # up to the marker: the old set's
+    assert gate.admit(*other, 6) is D
+    assert gate.admit(*typing, 7) is K and gate.admit(*typing, 8) is D  # the old set delivered one copy
+    assert gate.admit(ACK, None, None) is D and gate.admit("GATEWAY_HELLO", {}, None) is D
+    assert done == [] and not gate.done
+    assert gate.admit("RESUMED", {}, 10) is D and done == [True] and gate.done
+    assert gate.admit(*msg(99), 11) is D and gate.admit(*other, 2) is D  # ungated: live events
+    assert done == [True]
+
+
+def test_a_resumed_gate_ends_at_a_new_ready_and_without_a_marker_loses_nothing():
+    done = []
+    gate = ResumedGate(100, None, [digest("TYPING_START", {})], on_done=lambda: done.append(True))
+    assert gate.marker is None and gate.marker_seq is None
+    assert gate.admit("TYPING_START", {}, 1) is D  # no marker known: delivered, may repeat, never lost
+    assert gate.admit(*msg(99), 2) is K
+    assert gate.admit("READY", {"guilds": []}, 1) is D and done == [True]
+
+
+def _stream(cut):
+    """A new shard's session: (type, data, seq or None) from READY through the cut, its marker (the message past the
+    cut) and go."""
+    t = [("READY", {"guilds": [{"id": "1"}]}, 1), ("GUILD_CREATE", {"id": "1"}, 2),
+         ("TYPING_START", {"n": 1}, 3), (*msg(cut - 5), 4)]  # the warm-up: the old set's
+    armed = [("TYPING_START", {"n": 2}, 5), (*msg(cut + 1), 6), (*msg(cut - 1), 7), ("TYPING_START", {"n": 3}, 8),
+             (ACK, None, None), (ACK, None, None),
+             ("TYPING_START", {"n": 4}, 9), (*msg(cut + 2), 10), ("TYPING_START", {"n": 5}, 11),
+             ("TYPING_START", {"n": 6}, 12)]
+    after = [("TYPING_START", {"n": 7}, 13), (*msg(cut - 2), 14), (*msg(cut + 3), 15)]  # after go
+    return t, armed, after
+
+
+@pytest.mark.parametrize("handed", range(8))
+def test_a_new_worker_restarted_after_go_delivers_exactly_what_the_lost_gate_would_have(handed):
+    """The gate holds, go comes, the worker hands ``handed`` held events over and dies; the restart resumes after the
+    reported sequence, and the replay through a ResumedGate delivers just the rest of what one gate delivers."""
+    cut = 1000
+    warm, armed, after = _stream(cut)
+    delivered_by_old = [digest("TYPING_START", {"n": 4})]  # between the two markers: the old set delivered it
+    gate = NewGate()
+    held = []
+    for t, d, seq in warm:
+        if gate.admit(t, d, seq) is H:
+            held.append((t, d, seq))
+    gate.arm(cut)
+    gate.marker.heartbeats_sent()
+    for t, d, seq in armed:
+        if gate.admit(t, d, seq) is H:
+            held.append((t, d, seq))
+    gate.mode = "flushing"
+    gate.old_delivered(delivered_by_old)
+    for t, d, seq in after:
+        if gate.admit(t, d, seq) is H:
+            held.append((t, d, seq))
+    session = after[-1][2]
+    # what one gate delivers, had the worker lived: every held event the old set did not deliver
+    whole = NewGate()
+    whole._old_delivered.update(delivered_by_old)
+    expected = [e for e in held if not whole.delivered_by_old(e[0], e[1])]
+    assert [e[2] for e in expected if e[0] != ACK] == [1, 2, 6, 8, 10, 11, 12, 13, 15]
+    got = []
+    for t, d, seq in held[:handed]:  # the worker hands over some, then dies
+        if not gate.delivered_by_old(t, d):
+            got.append((t, d, seq))
+        gate.released(seq)
+    resume = gate.resume_seq(session)
+    replay = [e for e in warm + armed + after if e[2] is not None and e[2] > resume]
+    regated = ResumedGate(cut, gate.marker_seq, delivered_by_old)
+    got += [e for e in replay if regated.admit(*e) is D]
+    assert regated.admit("RESUMED", {}, session + 1) is D and regated.done
+    assert gate.marker_seq == 5  # the message past the cut (seq 6) is the marker; the ACKs after it are held
+    # every dispatch once, in order (the held ACKs are not replayed; nor are the warm-up READY and GUILD_CREATE: a
+    # restarted worker's handler gets RESUMED instead, as after any restart)
+    dispatches = [e for e in got if e[2] is not None]
+    assert dispatches == [e for e in expected if e[2] is not None and (e[2] > 2 or e in got)]
+
+
+@pytest.mark.parametrize("reported", range(4, 18))
+def test_a_session_reported_before_the_marker_resumes_into_a_replay_the_gate_splits_by_its_marker(reported):
+    """The worker's last session report came ``reported`` events into the stream (before the marker, or later), and it
+    died after go before handing anything over: the replay from that report delivers each held event once and none of
+    the old set's (those up to the marker, and the copy it delivered between the markers)."""
+    cut = 1000
+    warm, armed, after = _stream(cut)
+    delivered_by_old = [digest("TYPING_START", {"n": 4})]
+    gate = NewGate()
+    resume = None
+    step = (None, None, None)  # the cut, then go
+    for i, (t, d, seq) in enumerate(warm + [step] + armed + [step] + after):
+        if i == reported:  # the shard received a few more events already (consumed after the report)
+            resume = gate.resume_seq(gate.last_seq + 3)
+        if t is None:
+            if gate.marker is None:
+                gate.arm(cut)
+                gate.marker.heartbeats_sent()
+            else:
+                gate.mode = "flushing"
+                gate.old_delivered(delivered_by_old)
+            continue
+        gate.admit(t, d, seq)
+    assert resume is not None
+    replay = [e for e in warm + armed + after if e[2] is not None and e[2] > resume]
+    regated = ResumedGate(cut, gate.marker_seq, delivered_by_old)
+    assert [e[2] for e in replay if regated.admit(*e) is D] == [6, 8, 10, 11, 12, 13, 15]
