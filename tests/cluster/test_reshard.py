@@ -386,6 +386,45 @@ async def test_an_old_worker_killed_during_the_cutover_is_restarted_gated_and_no
     assert sorted(set(d[0] for d in got)) == emitted  # (a resumed session may replay what its killed worker got)
 
 
+async def test_a_new_worker_killed_after_go_before_it_delivered_what_it_held_loses_and_repeats_nothing(
+        tmp_path, id_log, monkeypatch):
+    """A new worker's handler stops at the first event it gets after go, so its shards still hold what came after
+    the cut, and it is killed there. Restarted, it resumes before what its shards held, gated again: every event is
+    delivered exactly once. Before, it resumed from its last report, past the held events (lost) or before the cut
+    (the old set's events delivered again)."""
+    import signal
+
+    block = tmp_path / "blocked.pid"
+    monkeypatch.setenv("RESHARD_BLOCK", str(block))
+    monkeypatch.setenv("RESHARD_BLOCK_TOTAL", "8")
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, guild_event_kinds=KINDS, **FAST) as sim:
+        async with running(sim, "reshard_handlers:BlockingIdLog", tmp_path, shards=4, shards_per_worker=4,
+                           identify_window=0.3, intents=INTENTS, restart_backoff_base=0.2,
+                           restart_backoff_cap=0.2) as (sup, task):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            sim.config.guild_events_per_second = 150
+            await sup.reshard(8)
+            await until(block.exists, 60, "a new worker's handler blocked after go")
+            await until(lambda: block.read_text().strip(), 5, "its pid written")
+            victim = int(block.read_text())
+            assert sup.snapshot().reshard.phase in ("closing_old", "done")
+            os.kill(victim, signal.SIGKILL)
+            await until(lambda: sup.snapshot().reshard.phase == "done", 30, "the reshard's end")
+            await until(lambda: victim not in {w.pid for w in sup.snapshot().workers}
+                        and sup.active_shards() == 8, 30, "the new worker restarted")
+            total = sim.guild_events.total
+            await until(lambda: sim.guild_events.total >= total + 50, 10, "traffic after the restart")
+            got = await all_delivered(sim, id_log)
+            stats = sim.stats.snapshot()
+            assert not task.done()
+    emitted = [int(i) for i in sim.guild_event_log()["ids"]]
+    counts = Counter(d[0] for d in got)
+    assert sorted(counts) == sorted(emitted) and len(emitted) >= 200  # none lost
+    assert [i for i, n in counts.items() if n > 1] == []  # none twice
+    sets = stats["sets"]
+    assert (sets["4"]["identifies"], sets["8"]["identifies"]) == (4, 8) and sets["8"]["resumes"] >= 4  # it resumed
+
+
 async def test_a_rollback_after_the_cut_leaves_the_old_set_fully_serving_even_with_an_old_worker_killed(
         tmp_path, id_log):
     """Old worker 0 and new worker 1 die in the cutover: the reshard rolls back, and the old worker is restarted
@@ -466,6 +505,7 @@ async def test_an_old_shard_that_does_not_pass_the_cut_in_time_forces_the_switch
             snap = sup.snapshot()
             sim.delay(3, 0)
             assert snap.reshard.phase == "done" and snap.reshard.passed == 3, snap.reshard
-            assert snap.reshard.reason == ("old shards 3 did not pass the cut within 1 s; switching anyway (their "
-                                           "guilds may see an event twice or not at all)")
+            assert snap.reshard.reason == ("old shards 3 did not pass the cut and new shards 3 did not pass their "
+                                           "marker within 1 s; switching anyway (their guilds may see an event twice "
+                                           "or not at all)")
             assert snap.shard_total == 8 and not task.done()
