@@ -669,7 +669,7 @@ def test_a_session_reported_before_the_marker_resumes_into_a_replay_the_gate_spl
     gate = NewGate()
     resume = None
     step = (None, None, None)  # the cut, then go
-    for i, (t, d, seq) in enumerate(warm + [step] + armed + [step] + after):
+    for i, (t, d, seq) in enumerate([*warm, step, *armed, step, *after]):
         if i == reported:  # the shard received a few more events already (consumed after the report)
             resume = gate.resume_seq(gate.last_seq + 3)
         if t is None:
@@ -685,3 +685,15 @@ def test_a_session_reported_before_the_marker_resumes_into_a_replay_the_gate_spl
     replay = [e for e in warm + armed + after if e[2] is not None and e[2] > resume]
     regated = ResumedGate(cut, gate.marker_seq, delivered_by_old)
     assert [e[2] for e in replay if regated.admit(*e) is D] == [6, 8, 10, 11, 12, 13, 15]
+
+
+def test_a_new_shard_restarted_in_its_worker_drops_the_replay_of_what_it_decided_on_already():
+    gate = NewGate()
+    gate.admit("READY", {"guilds": []}, 1)
+    gate.arm(100)
+    assert gate.admit(*msg(100), 2) is H and gate.admit("TYPING_START", {}, 3) is H
+    assert gate.resume_seq(3) == 1  # the shard resumes after 1: 2 and 3 come again, and are held already
+    assert gate.admit(*msg(100), 2) is K and gate.admit("TYPING_START", {}, 3) is K
+    assert gate.admit("RESUMED", {}, 4) is H and gate.admit("TYPING_START", {}, 5) is H
+    assert gate.admit("READY", {"guilds": []}, 1) is H and gate.last_seq == 1  # a new session: from 1 again
+    assert gate.admit("TYPING_START", {}, 2) is H
