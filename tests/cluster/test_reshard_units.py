@@ -495,23 +495,22 @@ def test_go_waits_for_every_new_shard_past_its_own_marker_and_a_forced_go_names_
     assert [r.old_passed(s) for s in (0, 1)] == [Action.NONE, Action.NONE]
     assert [r.new_marked(s) for s in (1, 2)] == [Action.NONE, Action.NONE]
     assert r.new_marked(3) is Action.GO
-    r = reshard(old=2, new=4)
-    r.cut_sent(0.0, now=1.0)
-    r.old_passed(0)
-    r.old_passed(1)
-    r.new_marked(0)
-    assert r.tick(11.0) is Action.GO
-    assert r.reason == ("new shards 1, 2, 3 did not pass their marker within 10 s; switching anyway (their guilds may "
-                        "see an event twice or not at all)")
-    r = reshard(old=2, new=4)
-    r.cut_sent(0.0, now=1.0)
-    r.new_marked(0)
-    r.new_marked(1)
-    r.new_marked(2)
-    r.old_passed(0)
-    assert r.tick(11.0) is Action.GO
-    assert r.reason == ("old shards 1 did not pass the cut and new shards 3 did not pass their marker within 10 s; "
-                        "switching anyway (their guilds may see an event twice or not at all)")
+
+    def forced(passed: tuple[int, ...], marked: tuple[int, ...]) -> str:
+        r = reshard(old=2, new=4)
+        r.cut_sent(0.0, now=1.0)
+        for s in marked:
+            r.new_marked(s)
+        for s in passed:
+            r.old_passed(s)
+        assert r.tick(11.0) is Action.GO
+        return r.reason
+
+    assert forced((0, 1), (0,)) == ("new shards 1, 2, 3 did not pass their marker within 10 s; switching anyway "
+                                    "(their guilds may see an event twice or not at all)")
+    assert forced((0,), (0, 1, 2)) == ("old shards 1 did not pass the cut and new shards 3 did not pass their marker "
+                                       "within 10 s; switching anyway (their guilds may see an event twice or not at "
+                                       "all)")
     r = reshard(old=2, new=4)
     r.switched(1.0)
     assert r.new_marked(0) is Action.NONE  # after the switch: nothing more to decide
