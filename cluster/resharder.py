@@ -607,7 +607,9 @@ class Resharder:
 
     async def _go(self, r: Reshard) -> None:
         """The switch: the new set delivers, the old set drops; the new layout becomes the cluster's; the old
-        sessions are closed with 1000 and their workers retired."""
+        sessions are closed with 1000 and their workers retired. A new worker restarted from now on, before its shards
+        delivered what they held, resumes their sessions before it and gates the replay again (:class:`Regate`), until
+        each shard says it is done (:class:`NewCut` ``flushed``)."""
         sup, rt, child = self.sup, self.sup._rt, self.child
         assert child is not None and self.workers is not None and self.router is not None
         if r.cut_at is not None:  # old shards that are gone pass at once: still, the new set takes over at the cut
