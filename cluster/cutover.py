@@ -276,10 +276,8 @@ class NewGate:
 
     def admit(self, event_type: str, data: object, seq: int | None = None) -> Verdict:
         """What to do with the next event this shard received (``seq``: its sequence number, None if not a dispatch)."""
-        if event_type == "READY":
-            self.last_seq = None  # a new session numbers its dispatches from 1 again
-        elif seq is not None and self.last_seq is not None and seq <= self.last_seq:
-            return Verdict.DROP  # replayed after its shard was restarted in this worker: decided already
+        if seq is not None and self.last_seq is not None and seq <= self.last_seq and event_type != "READY":
+            return Verdict.DROP  # replayed after its shard was restarted in this worker (a new session's READY: 1)
         verdict = self._admit(event_type, data)
         if seq is not None:
             if verdict is Verdict.HOLD and self._cap is None and self.marker is not None:

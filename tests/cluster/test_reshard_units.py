@@ -584,7 +584,7 @@ def test_a_resumed_gate_splits_the_replay_by_sequence_number_and_ends_at_resumed
     assert gate.admit(*other, 6) is D
     assert gate.admit(*typing, 7) is K and gate.admit(*typing, 8) is D  # the old set delivered one copy
     assert gate.admit(ACK, None, None) is D and gate.admit("GATEWAY_HELLO", {}, None) is D
-    assert done == [] and not gate.done
+    assert done == [] and gate.done is False
     assert gate.admit("RESUMED", {}, 10) is D and done == [True] and gate.done
     assert gate.admit(*msg(99), 11) is D and gate.admit(*other, 2) is D  # ungated: live events
     assert done == [True]
