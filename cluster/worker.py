@@ -392,7 +392,7 @@ class Worker:
         for shard_id, gate in list(self.gates.items()):
             shard = self.shards.get(shard_id)
             marker = gate.marker
-            if shard is None or marker is None:  # (a ResumedGate has none)
+            if shard is None or marker is None:
                 continue
             session = shard.session
             beat = b'{"op":1,"d":%s}' % (b"null" if session is None else str(session.sequence).encode())
