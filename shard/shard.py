@@ -19,6 +19,7 @@ Commands go through a bounded queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -39,7 +40,7 @@ from .protocol import GatewayProtocol, TransportAction, check_payload
 from .queue import InMemoryQueue, Queue
 from .ratelimiter import CommandRatelimiter
 from .session import Session
-from .state import ShardState, StateKind
+from .state import ShardState
 from .websocket import OP_PONG, Handshake, HandshakeError, build_url, encode_text
 from .wire import Command, encode_command
 
@@ -174,7 +175,8 @@ class Shard:
         self._identify_task: asyncio.Task[None] | None = None
         self._sender_task: asyncio.Task[None] | None = None
         self._sendq: asyncio.Queue[bytes] | None = None
-        self._active: asyncio.Event | None = None
+        self._active: asyncio.Event | None = None   # commands may be written (`can_send_commands()`)...
+        self._inactive = asyncio.Event()               # ...and its opposite, to cut a wait for a permit short
         self._final: GatewayError | None = None
         self._pulls = 0
         self._bg_handle: asyncio.TimerHandle | None = None
@@ -365,8 +367,7 @@ class Shard:
         if self._sendq is None:
             self._sendq = asyncio.Queue(self._config.send_queue_size)
             self._active = asyncio.Event()
-            if self._protocol.state.kind is StateKind.ACTIVE:
-                self._active.set()
+            self._sync_active()
             self._sender_task = asyncio.get_running_loop().create_task(self._sender())
         return self._sendq
 
@@ -378,18 +379,22 @@ class Shard:
             payload = await q.get()
             while True:  # keep the payload across reconnects until it is written (twilight #2247)
                 await active.wait()
-                rl = p.ratelimiter
-                if rl is not None:
-                    await rl.acquire()
                 conn = self._conn
-                if conn is not None and conn.write_paused and not self._writable.is_set():
+                if conn is None or conn.transport is None or not p.can_send_commands():
+                    self._set_active(False)  # not in step (cannot happen): wait for the next READY or RESUMED
+                    continue
+                if conn.write_paused and not self._writable.is_set():
                     await self._writable.wait()  # the gateway is not reading: do not pile up commands
                     continue
-                if (conn is not None and conn.transport is not None and p.can_send_commands()
-                        and rl is p.ratelimiter):
-                    conn.transport.write(encode_text(payload))
-                    break
-                await asyncio.sleep(0)
+                rl = p.ratelimiter
+                if rl is not None and not rl.try_acquire():
+                    # Wait for this connection's next permit, or less if it closes meanwhile: the next
+                    # connection has a ratelimiter of its own.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._inactive.wait(), rl.next_available() + 0.001)
+                    continue
+                conn.transport.write(encode_text(payload))  # no await since the checks: still true
+                break
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -658,14 +663,18 @@ class Shard:
             conn.transport.resume_reading()
 
     def _sync_active(self) -> None:
-        active = self._active
-        if active is None:
-            return
-        p = self._protocol
-        if p.connected and p.state.kind is StateKind.ACTIVE:
-            active.set()
+        """The sender may write while the core accepts commands: not while a connection closes or drops."""
+        if self._active is not None:
+            self._set_active(self._protocol.can_send_commands())
+
+    def _set_active(self, active: bool) -> None:
+        assert self._active is not None
+        if active:
+            self._active.set()
+            self._inactive.clear()
         else:
-            active.clear()
+            self._active.clear()
+            self._inactive.set()
 
     def _on_heartbeat(self, conn: _Connection) -> None:
         self._hb_handle = None

@@ -16,6 +16,7 @@ from shard import (CloseFrame, Config, EventTypeFlags, GatewayError, InMemoryQue
 from shard.close_codes import close_reason
 from shard.error import ErrorKind
 from shard.metrics import register_collector
+from shard.protocol import RESUME_URL_ATTEMPTS
 from sim import Simulator
 
 from shard_helpers import Recorder, call, feed_backlog, shard_stats
@@ -164,8 +165,10 @@ async def test_fatal_close_codes_stop_the_shard(shards, code: int) -> None:
             pytest.fail("no events after a fatal close")
 
 
-@pytest.mark.parametrize("code", [4007, 4009])
+@pytest.mark.parametrize("code", [4003, 4005, 4007, 4008, 4009])
 async def test_session_ending_close_codes_identify(shards, code: int) -> None:
+    """The reference's close policy. The simulator keeps a session resumable after 4005 and 4008 (Discord does
+    not say it ends), so a Resume there would succeed and be counted: this test would catch one."""
     async with Simulator(**FAST) as sim:
         shard = shards(sim)
         rec = Recorder(shard)
@@ -177,7 +180,7 @@ async def test_session_ending_close_codes_identify(shards, code: int) -> None:
         await rec.stop()
 
 
-@pytest.mark.parametrize("how", ["4000", "4008", "1000", "drop"])
+@pytest.mark.parametrize("how", ["4000", "4001", "1000", "drop"])
 async def test_other_closes_and_transport_errors_resume(shards, how: str) -> None:
     async with Simulator(**FAST) as sim:
         shard = shards(sim)
@@ -212,6 +215,27 @@ async def test_failed_connects_back_off_with_growing_attempts(shards) -> None:
         assert shard.state == ShardState.ACTIVE and shard.state.reconnect_attempts == 0
         snap = sim.stats.snapshot()
         assert shard_stats(snap)["connections"] == 1 and shard_stats(snap)["identifies"] == 1 and no_violations(snap)
+        await rec.stop()
+
+
+async def test_a_network_blip_keeps_the_session(shards) -> None:
+    """Connects failing for a while (refused here; an outage of our own network fails them all) do not cost the
+    session: after RESUME_URL_ATTEMPTS failures at the resume URL the shard resumes via the gateway URL."""
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        sim.config.refuse_connections = RESUME_URL_ATTEMPTS + 2
+        await call(sim.drop(0))
+        await rec.wait_for(lambda r: "RESUMED" in r.types() or r.count("READY") == 2)
+        snap = sim.stats.snapshot()
+        assert (shard_stats(snap)["identifies"], shard_stats(snap)["resumes"]) == (1, 1)
+        assert [e.kind for e in rec.errors] == [ErrorKind.RECONNECT] * (RESUME_URL_ATTEMPTS + 2)
+        # The Resume that got through went to the gateway URL, which the simulator notes (and accepts).
+        assert [v["reason"] for v in shard_stats(snap)["violations"]] == [
+            "Resume sent to the main gateway URL instead of resume_gateway_url"]
+        [sess] = snap["sessions"].values()
+        assert sess["resumes"] == 1 and sess["lost"] == 0
         await rec.stop()
 
 
@@ -378,6 +402,56 @@ async def test_ratelimiter_keeps_under_the_gateway_limit(shards) -> None:
         assert shard_stats(snap)["commands"]["3"] == 116  # the rest wait for the window
         assert shard_stats(snap)["ratelimit_closes"] == 0 and no_violations(snap)
         assert rl.available() == 0 and rl.next_available() > 0
+        await rec.stop()
+
+
+@pytest.mark.parametrize("ratelimit", [True, False])
+async def test_a_command_queued_while_the_connection_closes_waits_for_the_next_one(shards, ratelimit: bool) -> None:
+    """While a connection closes (op 7 here; also op 9, a bad Hello, a zombie) the sender waits: it used to spin,
+    taking a permit of the closing connection's ratelimiter per pass (or burning CPU without one), and then
+    slept about 60 s on that spent ratelimiter after the Resume."""
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim, ratelimit_messages=ratelimit)
+        rec = Recorder(shard)
+        await ready(rec)
+        await shard.command(UpdatePresence(status="idle"))
+        await sim.wait_until(lambda s: shard_stats(s)["commands"].get("3", 0) == 1)
+        closing_rl = shard.ratelimiter
+        sim.config.ignore_close = True  # our close frame gets no reply: the shard gives up after close_timeout
+        await call(sim.reconnect(0))
+        await rec.wait_for(lambda r: "GATEWAY_RECONNECT" in r.types())
+        assert shard._active is not None and not shard._active.is_set()  # the sender waits, does not spin
+        await shard.command(UpdatePresence(status="dnd"))
+        await rec.wait_for(lambda r: "RESUMED" in r.types())
+        sim.config.ignore_close = False
+        await sim.wait_until(lambda s: shard_stats(s)["commands"].get("3", 0) == 2, timeout=10)  # bounds a failure
+        if closing_rl is not None:
+            assert closing_rl.max - closing_rl.available() == 2  # the Identify and the first command
+            assert shard.ratelimiter is not closing_rl
+        snap = sim.stats.snapshot()
+        assert shard_stats(snap)["resumes"] == 1 and no_violations(snap)
+        await rec.stop()
+
+
+async def test_a_command_waiting_for_a_permit_goes_out_on_the_next_connection(shards) -> None:
+    """A command that waits for a permit of a spent ratelimiter goes out as soon as a new connection (with a
+    ratelimiter of its own) is Active, not when the old one would have had a permit again (up to 60 s)."""
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        rl = shard.ratelimiter
+        assert rl is not None
+        room = rl.available()  # the Identify took one
+        for _ in range(room + 1):
+            await shard.command(UpdatePresence(status="idle"))
+        await sim.wait_until(lambda s: shard_stats(s)["commands"].get("3", 0) == room)
+        assert rl.available() == 0 and rl.next_available() > 50  # the last one waits for this window
+        await call(sim.reconnect(0))
+        await rec.wait_for(lambda r: "RESUMED" in r.types())
+        await sim.wait_until(lambda s: shard_stats(s)["commands"].get("3", 0) == room + 1, timeout=10)
+        snap = sim.stats.snapshot()
+        assert shard_stats(snap)["ratelimit_closes"] == 0 and no_violations(snap)
         await rec.stop()
 
 
