@@ -381,7 +381,7 @@ class Shard:
                 await active.wait()
                 conn = self._conn
                 if conn is None or conn.transport is None or not p.can_send_commands():
-                    self._set_active(False)  # not in step (cannot happen): wait for the next READY or RESUMED
+                    self._set_active(False)  # out of step with the core: wait for the next sync, never spin
                     continue
                 if conn.write_paused and not self._writable.is_set():
                     await self._writable.wait()  # the gateway is not reading: do not pile up commands
