@@ -70,7 +70,7 @@ _HEARTBEAT_ACK = "GATEWAY_HEARTBEAT_ACK"
 _SESSION_EVENTS = frozenset({"READY", "RESUMED"})
 _ACK, _HB_REQUEST, _RECONNECT, _RESUMED = HeartbeatAck(), HeartbeatRequest(), Reconnect(), Resumed()
 STABLE_AFTER = 30.0  # seconds Active before a disconnect no longer counts as a failed attempt
-RESUME_URL_ATTEMPTS = 3  # failed connects in a row to resume_gateway_url before resuming via the gateway URL
+RESUME_URL_ATTEMPTS = 3  # failed connects in a row to resume_gateway_url before one to the gateway URL to Identify
 RESUME_WINDOW = 300.0
 """Seconds a session is tried for a Resume after its last connection ended; after that the shard identifies.
 Discord only says a session stays resumable for "a few minutes" (the reference suggests 2-5 min for the
@@ -281,8 +281,11 @@ class GatewayProtocol:
     # ---- connection lifecycle ---------------------------------------------------------------------
     def connect_target(self) -> tuple[str, float]:
         """(base URL, delay in seconds) for the next connection attempt. A session is resumed at its
-        `resume_url`, or at the gateway URL once RESUME_URL_ATTEMPTS connects in a row failed (an outage of
-        our own network fails them too, and the session outlives it); it is dropped, so the next connection
+        `resume_url`, never at the gateway URL. After RESUME_URL_ATTEMPTS connects in a row to it failed, one
+        attempt goes to the gateway URL to Identify, but the session is dropped only if that connection opens
+        (`connection_made`: the gateway answers while the resume host does not). If it fails too, our own
+        network is likely down: the session is kept and the resume URL is tried again, RESUME_URL_ATTEMPTS
+        times before the next try of the gateway URL. The session is dropped, so the next connection
         identifies, if the attempt would come over RESUME_WINDOW seconds after the session was last alive."""
         delay = max(self.backoff.delay(self.attempts), self.reconnect_delay)
         if self.session_id is not None and self._clock() + delay - self.session_seen > RESUME_WINDOW:
@@ -290,15 +293,22 @@ class GatewayProtocol:
                      RESUME_WINDOW)
             self._clear_session()
         url = self.resume_url
-        if self.session_id is None or not url or self.failed_connects >= RESUME_URL_ATTEMPTS:
+        if self.session_id is None or not url or self._gateway_turn():
             url = self.config.gateway_url
         return url, delay
+
+    def _gateway_turn(self) -> bool:
+        """A session's next attempt goes to the gateway URL to Identify (if it opens): the previous
+        RESUME_URL_ATTEMPTS connects to the resume URL failed, after any earlier failed try of the gateway URL."""
+        return (self.session_id is not None and bool(self.resume_url)
+                and self.failed_connects % (RESUME_URL_ATTEMPTS + 1) == RESUME_URL_ATTEMPTS)
 
     @property
     def needs_permit(self) -> bool:
         """The next connection will Identify (no session to resume) and no identify permit is held yet:
         the driver must wait for the identify queue *before* connecting, so a shard waiting for its turn
-        holds no gateway connection (and sends no heartbeats)."""
+        holds no gateway connection (and sends no heartbeats). A session's try of the gateway URL asks for
+        its turn after Hello instead, if it opens at all: most such tries fail (our own network is down)."""
         return self.session_id is None and not self.permit and not self.stopped
 
     def waiting_for_permit(self) -> None:
@@ -324,7 +334,12 @@ class GatewayProtocol:
                 self.on_unused()
 
     def connection_made(self) -> None:
-        """A WebSocket connection is open: fresh per-connection state (a new inflater, no Hello yet)."""
+        """A WebSocket connection is open: fresh per-connection state (a new inflater, no Hello yet). If it
+        is the gateway URL's, tried because the resume URL kept failing, the session is dropped: it identifies."""
+        if self._gateway_turn():
+            log.info("shard %s: resume_gateway_url failed %d times in a row while the gateway URL answers; "
+                     "identifying", self.shard_id, RESUME_URL_ATTEMPTS)
+            self._clear_session()
         self.outgoing = []
         cfg = self.config
         self.inflater = new_inflater(cfg.compression, cfg.zlib_backend, cfg.max_inflated_size, cfg.max_message_size)

@@ -341,26 +341,55 @@ def test_masked_server_frame_is_protocol_error() -> None:
     assert p.hangup and p.disconnect is not None
 
 
-def test_failed_connects_to_resume_url_fall_back_to_the_gateway_url_and_keep_resuming() -> None:
-    """Connects that fail (refused, DNS, timeouts: an outage of our own network fails them all) do not cost the
-    session: after RESUME_URL_ATTEMPTS of them the Resume goes to the gateway URL; once a connection opened, the
-    resume URL is tried first again."""
+def lose_connection_after_ready() -> GatewayProtocol:
     p, w, now = make()
     identify_and_ready(p, w)
     now[0] += 60.0
     p.connection_lost()
-    for _ in range(RESUME_URL_ATTEMPTS):
-        assert p.connect_target()[0] == "ws://resume/"
+    return p
+
+
+def fail_connects(p: GatewayProtocol, n: int) -> list[str]:
+    """n failed connect attempts; the URL each went to."""
+    urls = []
+    for _ in range(n):
+        urls.append(p.connect_target()[0])
         p.connect_failed("refused")
-    for _ in range(6):
-        assert p.connect_target()[0] == "ws://gw/" and p.session == Session("sess", 1)
-        p.connect_failed("refused")
-    p.connection_made()
+    return urls
+
+
+def test_failed_connects_to_the_resume_url_try_the_gateway_url_and_keep_the_session_while_it_fails_too() -> None:
+    """The reference: "If you can't resume, [...] use the cached URL and Identify". After RESUME_URL_ATTEMPTS
+    failed connects in a row to the resume URL, one goes to the gateway URL. While that one fails too (an outage
+    of our own network fails them all) the session is kept, and the resume URL is tried again just as before."""
+    p = lose_connection_after_ready()
+    rounds = 3
+    urls = fail_connects(p, rounds * (RESUME_URL_ATTEMPTS + 1))
+    assert urls == (["ws://resume/"] * RESUME_URL_ATTEMPTS + ["ws://gw/"]) * rounds
+    assert p.session == Session("sess", 1) and not p.needs_permit
+    assert p.connect_target()[0] == "ws://resume/"
+    p.connection_made()  # our network is back: the resume URL answers, and gets the Resume
     feed(p, Wire().msg(HELLO))
     (op, body), = sent(p)
     assert json.loads(body) == {"op": 6, "d": {"token": TOKEN, "session_id": "sess", "seq": 1}}
-    p.connection_lost()  # no RESUMED yet: the connection opened, so the resume URL comes first again
-    assert p.connect_target()[0] == "ws://resume/" and p.session == Session("sess", 1)
+    p.connection_lost()  # no RESUMED yet: the connection opened, so the count starts again at the resume URL
+    assert fail_connects(p, RESUME_URL_ATTEMPTS + 1) == ["ws://resume/"] * RESUME_URL_ATTEMPTS + ["ws://gw/"]
+    assert p.session == Session("sess", 1)
+
+
+def test_the_gateway_url_answering_while_the_resume_url_fails_identifies_there_and_never_resumes() -> None:
+    p = lose_connection_after_ready()
+    fail_connects(p, RESUME_URL_ATTEMPTS + 1 + RESUME_URL_ATTEMPTS)  # the first try of the gateway URL failed too
+    assert p.connect_target()[0] == "ws://gw/" and p.session == Session("sess", 1)
+    p.connection_made()  # the gateway answers while the resume host does not: "can't resume"
+    assert p.session is None and p.state == ShardState.IDENTIFYING
+    feed(p, Wire().msg(HELLO))
+    assert p.want_identify and sent(p) == []  # no Resume to the gateway URL: it asks the identify queue
+    p.identify()
+    (op, body), = sent(p)
+    assert json.loads(body)["op"] == 2
+    p.connection_lost()  # closed before READY: no session, so the next connection identifies too
+    assert p.connect_target()[0] == "ws://gw/" and p.needs_permit
 
 
 def test_a_session_is_dropped_once_older_than_the_resume_window() -> None:

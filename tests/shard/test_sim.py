@@ -220,22 +220,42 @@ async def test_failed_connects_back_off_with_growing_attempts(shards) -> None:
 
 async def test_a_network_blip_keeps_the_session(shards) -> None:
     """Connects failing for a while (refused here; an outage of our own network fails them all) do not cost the
-    session: after RESUME_URL_ATTEMPTS failures at the resume URL the shard resumes via the gateway URL."""
+    session: each try of the gateway URL (after RESUME_URL_ATTEMPTS failures at the resume URL) fails too, so
+    the session is kept, and the Resume goes to the resume URL once it answers, never to the gateway URL."""
+    refused = 2 * (RESUME_URL_ATTEMPTS + 1)  # the gateway URL is tried (and refused) twice
     async with Simulator(**FAST) as sim:
-        shard = shards(sim)
+        shard = shards(sim, backoff_base=0.02, backoff_max=0.1)
         rec = Recorder(shard)
         await ready(rec)
-        sim.config.refuse_connections = RESUME_URL_ATTEMPTS + 2
+        sim.config.refuse_connections = refused
         await call(sim.drop(0))
         await rec.wait_for(lambda r: "RESUMED" in r.types() or r.count("READY") == 2)
         snap = sim.stats.snapshot()
         assert (shard_stats(snap)["identifies"], shard_stats(snap)["resumes"]) == (1, 1)
-        assert [e.kind for e in rec.errors] == [ErrorKind.RECONNECT] * (RESUME_URL_ATTEMPTS + 2)
-        # The Resume that got through went to the gateway URL, which the simulator notes (and accepts).
-        assert [v["reason"] for v in shard_stats(snap)["violations"]] == [
-            "Resume sent to the main gateway URL instead of resume_gateway_url"]
+        assert [e.kind for e in rec.errors] == [ErrorKind.RECONNECT] * refused
+        assert no_violations(snap)  # in particular no Resume sent to the main gateway URL
         [sess] = snap["sessions"].values()
         assert sess["resumes"] == 1 and sess["lost"] == 0
+        await rec.stop()
+
+
+async def test_an_unreachable_resume_url_identifies_at_the_gateway_url(shards) -> None:
+    """The resume host is down while the gateway URL answers: after RESUME_URL_ATTEMPTS failed connects to the
+    resume URL the shard identifies at the gateway URL (the reference: "If you can't resume, [...] use the
+    cached URL and Identify"), without a Resume there."""
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        first = shard.session
+        sim.config.refuse_resume_connections = 100
+        await call(sim.drop(0))
+        await rec.wait_for(lambda r: "RESUMED" in r.types() or r.count("READY") == 2)
+        assert sim.config.refuse_resume_connections == 100 - RESUME_URL_ATTEMPTS  # then never the resume URL again
+        snap = sim.stats.snapshot()
+        assert (shard_stats(snap)["identifies"], shard_stats(snap)["resumes"]) == (2, 0) and no_violations(snap)
+        assert [e.kind for e in rec.errors] == [ErrorKind.RECONNECT] * RESUME_URL_ATTEMPTS
+        assert first is not None and shard.session is not None and shard.session.id != first.id
         await rec.stop()
 
 
