@@ -281,12 +281,13 @@ class GatewayProtocol:
     # ---- connection lifecycle ---------------------------------------------------------------------
     def connect_target(self) -> tuple[str, float]:
         """(base URL, delay in seconds) for the next connection attempt. A session is resumed at its
-        `resume_url`, never at the gateway URL. After RESUME_URL_ATTEMPTS connects in a row to it failed, one
-        attempt goes to the gateway URL to Identify, but the session is dropped only if that connection opens
-        (`connection_made`: the gateway answers while the resume host does not). If it fails too, our own
-        network is likely down: the session is kept and the resume URL is tried again, RESUME_URL_ATTEMPTS
-        times before the next try of the gateway URL. The session is dropped, so the next connection
-        identifies, if the attempt would come over RESUME_WINDOW seconds after the session was last alive."""
+        `resume_url` (at the gateway URL only if it has none: one given in Config without it). After
+        RESUME_URL_ATTEMPTS connects in a row to it failed, one attempt goes to the gateway URL to Identify,
+        but the session is dropped only if that connection opens (`connection_made`: the gateway answers while
+        the resume host does not). If it fails too, our own network is likely down: the session is kept and
+        the resume URL is tried again, RESUME_URL_ATTEMPTS times before the next try of the gateway URL. The
+        session is dropped, so the next connection identifies, if the attempt would come over RESUME_WINDOW
+        seconds after the session was last alive."""
         delay = max(self.backoff.delay(self.attempts), self.reconnect_delay)
         if self.session_id is not None and self._clock() + delay - self.session_seen > RESUME_WINDOW:
             log.info("shard %s: the session was last alive over %.0f s ago; identifying", self.shard_id,
