@@ -97,8 +97,11 @@ class Worker:
     # --- shard/ API adapters (the only place that knows the Shard's attribute names) ------
 
     def _session_info(self, shard_id: int) -> SessionInfo | None:
+        """The session to report for resuming the shard: up to the last event its handler finished (the
+        shard's ``handled_session``), so a worker killed at any moment loses none of the events it had received
+        but not handled; they, and the one being handled, come again after the resume (at least once)."""
         shard = self.shards.get(shard_id)
-        session = getattr(shard, "session", None)
+        session = getattr(shard, "handled_session", None)
         if session is None:
             return None
         return SessionInfo(shard_id, session.id, session.sequence, getattr(shard, "resume_url", None))
