@@ -266,19 +266,20 @@ class Shard:
         """The next event. Raises GatewayError: `is_fatal()` means the shard has stopped for good."""
         p = self._protocol
         q = p.events
-        self._held = None  # the consumer is done with the last event
         while True:
             if q:
                 item = q.popleft()
                 p.raws.popleft()
                 if type(item) is Dispatch:
-                    self._held = item.seq
+                    self._held = item.seq  # until the consumer asks for the next one (handled_session)
                     return item
+                self._held = None
                 if isinstance(item, GatewayError):
                     self._raise(item)
                 event = p.make_event(item)
                 self._held = event.seq
                 return event
+            self._held = None  # the consumer is done with the last event
             if p.has_input and self._pull():
                 if not self._pulls % _YIELD_EVERY:
                     await asyncio.sleep(0)  # a long backlog must not starve other shards and timers
@@ -295,19 +296,21 @@ class Shard:
         p = self._protocol
         p.use_raw_mode()
         q = p.events
-        self._held = None  # the consumer is done with the last message
         while True:
             if q:
                 item, raw = p.pop()
+                self._held = None
                 if isinstance(item, GatewayError):
                     self._raise(item)
                 if raw is None:  # GATEWAY_CLOSE
                     return item.data  # type: ignore[union-attr,return-value]
-                self._held = item_sequence(item)
                 try:
-                    return raw.decode()  # the UTF-8 check inside `d`, which the envelope scan skipped
+                    text = raw.decode()  # the UTF-8 check inside `d`, which the envelope scan skipped
                 except UnicodeDecodeError as exc:
                     self._raise(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid UTF-8: {exc}"))
+                self._held = item_sequence(item)  # until the consumer asks for the next one (handled_session)
+                return text
+            self._held = None  # the consumer is done with the last message
             if p.has_input and self._pull():
                 if not self._pulls % _YIELD_EVERY:
                     await asyncio.sleep(0)  # a long backlog must not starve other shards and timers

@@ -578,9 +578,11 @@ async def test_handled_session_replays_what_the_consumer_has_not_finished(shards
         assert shard.handled_session is None
         shard.start()
 
-        async def received(seq: int) -> None:  # the shard parses unread data by itself within 50 ms
-            async with asyncio.timeout(10):
-                while shard.session is None or shard.session.sequence < seq:
+        async def received(seq: int) -> None:  # the shard parses unread data by itself within 50 ms (it has no
+            async with asyncio.timeout(10):    # event to await for that: poll, bounded)
+                while True:
+                    if shard.session is not None and shard.session.sequence >= seq:
+                        return
                     await asyncio.sleep(0.01)
 
         await received(1)  # READY and the GUILD_CREATEs queued: none taken, all replayed
