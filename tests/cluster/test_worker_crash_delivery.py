@@ -29,18 +29,44 @@ def _handled(folder: Path) -> dict[int, list[tuple[int, int]]]:
     return logs
 
 
-async def _kill_and_resume(sim: Simulator, sup: Any, folder: Path) -> tuple[int, int]:
-    """SIGKILL the worker, wait for the shard's resume, then for the handler to finish a message sent after it (the
-    session delivers in order: by then it has had everything the resume replayed). Returns the two workers' pids."""
-    victim = sup.workers[0].pid
-    os.kill(victim, signal.SIGKILL)
+async def _after_the_resume(sim: Simulator, sup: Any, folder: Path, victim: int) -> int:
+    """Wait for the shard's resume, then for the handler to finish a message sent after it (the session delivers in
+    order: by then it has had everything the resume replayed). Returns the new worker's pid."""
     await sim.wait_until(lambda s: s["total"]["resumes"] == 1, timeout=30)
     marker = sim.emit_guild_events(1)[0]
     await until(lambda: any(mid == marker for log in _handled(folder).values() for _, mid in log),
                 timeout=30, what="the message sent after the resume")
     replacement = sup.workers[0].pid
     assert replacement != victim and sim.stats.snapshot()["total"]["identifies"] == 1
-    return victim, replacement
+    return replacement
+
+
+async def _kill_and_resume(sim: Simulator, sup: Any, folder: Path) -> tuple[int, int]:
+    """SIGKILL the worker and wait for its replacement to have handled what the resume replayed. Returns both pids."""
+    victim = sup.workers[0].pid
+    os.kill(victim, signal.SIGKILL)
+    return victim, await _after_the_resume(sim, sup, folder, victim)
+
+
+async def _hang_on(sim: Simulator, sup: Any, hang_at: int) -> tuple[list[int], int]:
+    """Emit the burst once the shard is up; return its ids and the session the supervisor holds once a status report
+    counts the hung message as taken (the session report made with it came first)."""
+    await until(lambda: sup.active_shards() == 1 and 0 in sup.sessions, what="bring-up")
+    emitted = sim.emit_guild_events(BURST)
+    assert len(emitted) == BURST
+    await until(lambda: sup.shards[0].events.get("MESSAGE_CREATE", 0) >= hang_at, what="the hung handler")
+    assert sup.shards[0].events["MESSAGE_CREATE"] == hang_at
+    return emitted, sup.sessions[0].seq
+
+
+def _assert_each_once(emitted: list[int], logs: dict[int, list[tuple[int, int]]], victim: int, replacement: int,
+                      hang_at: int) -> None:
+    """The first worker finished the messages before the hung one, the second the rest, the hung one first."""
+    missing = _missing(emitted, logs)
+    assert not missing, f"{len(missing)} of {BURST} messages were never handled"
+    assert [mid for _, mid in logs[victim]] == emitted[:hang_at - 1]
+    assert [mid for _, mid in logs[replacement]][:BURST - hang_at + 1] == emitted[hang_at - 1:]
+    assert Counter(mid for log in logs.values() for _, mid in log).most_common(1)[0][1] == 1  # no duplicates
 
 
 def _missing(emitted: list[int], logs: dict[int, list[tuple[int, int]]]) -> list[int]:
@@ -57,23 +83,29 @@ async def test_a_killed_workers_unhandled_events_and_the_one_in_its_handler_are_
     async with Simulator(shards=1, identify_window=1.0, session_ttl=60.0) as sim:
         async with running(sim, SlowSeqLog(str(folder), 0.0, hang_at=hang_at), tmp_path, shards=1, workers=1,
                            fresh=True) as (sup, task):
-            await until(lambda: sup.active_shards() == 1 and 0 in sup.sessions, what="bring-up")
-            emitted = sim.emit_guild_events(BURST)
-            assert len(emitted) == BURST
-            # a status report that counts the 10th message as taken: the session report made with it came first
-            await until(lambda: sup.shards[0].events.get("MESSAGE_CREATE", 0) >= hang_at, what="the hung handler")
-            assert sup.shards[0].events["MESSAGE_CREATE"] == hang_at
-            reported = sup.sessions[0].seq
+            emitted, reported = await _hang_on(sim, sup, hang_at)
             victim, replacement = await _kill_and_resume(sim, sup, folder)
 
     logs = _handled(folder)
-    missing = _missing(emitted, logs)
-    assert not missing, f"{len(missing)} of {BURST} messages were never handled"
-    killed = logs[victim]
-    assert [mid for _, mid in killed] == emitted[:hang_at - 1]
-    assert reported == killed[-1][0]  # the last one its handler finished, not the one it was in, nor any received
-    assert logs[replacement][0] == (reported + 1, emitted[hang_at - 1])  # the hung one, first after the resume
-    assert Counter(mid for log in logs.values() for _, mid in log).most_common(1)[0][1] == 1  # no duplicates
+    _assert_each_once(emitted, logs, victim, replacement, hang_at)
+    assert reported == logs[victim][-1][0]  # the last one its handler finished: not the hung one, nor any received
+
+
+async def test_a_drained_worker_hands_back_the_event_its_handler_was_cancelled_in(tmp_path):
+    """A rolling restart drains the worker while its handler hangs on the 10th message: the handler is cancelled and
+    the shard closed resumably from before that message, so the new worker handles it and the 90 behind it."""
+    folder = tmp_path / "seqs"
+    folder.mkdir()
+    hang_at = 10
+    async with Simulator(shards=1, identify_window=1.0, session_ttl=60.0) as sim:
+        async with running(sim, SlowSeqLog(str(folder), 0.0, hang_at=hang_at), tmp_path, shards=1, workers=1,
+                           fresh=True) as (sup, task):
+            emitted, _ = await _hang_on(sim, sup, hang_at)
+            victim = sup.workers[0].pid
+            assert sup.rolling_restart()
+            replacement = await _after_the_resume(sim, sup, folder, victim)
+
+    _assert_each_once(emitted, _handled(folder), victim, replacement, hang_at)
 
 
 async def test_a_worker_killed_behind_a_slow_handler_loses_nothing(tmp_path):
