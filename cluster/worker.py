@@ -3,7 +3,8 @@
 Lifecycle: import the handler (failure: ``WorkerFatal`` and exit code 3), say ``Hello``,
 wait for ``Assign``, run ``handler.setup``, then run every shard, delivering its events to
 ``handler.on_event(shard, event)``. Identify slots come from the supervisor through
-:class:`~cluster.queue.IpcQueue`; sessions and health go back in batched reports. On
+:class:`~cluster.queue.IpcQueue`; sessions (up to the last event the handler finished) and health go
+back in batched reports. On
 ``Drain``, SIGTERM or the supervisor's disappearance, the shards are closed resumably and
 their sessions are handed back.
 """
