@@ -14,9 +14,10 @@ worker, or an instance) or as the object itself from Python. A handler that rais
 logged and its shard goes on; one that blocks the event loop is reported.
 
 Each shard's events reach ``on_event`` one at a time, in order. An event counts as handled once
-``on_event`` returned (or raised); a worker killed, or drained, before that gets it again after the
-resume, with every event behind it (at least once). The events handled since the worker's last session
-report (``--report-interval``, 1 s) come again too: make ``on_event`` idempotent, or deduplicate by id.
+``on_event`` returned (or raised). An event not handled yet when its worker is drained (its handler is
+cancelled) or killed comes again after the resume, with every event behind it: at least once. After a
+kill, so do the events handled since the worker's last session report (``--report-interval``, 1 s):
+make ``on_event`` idempotent, or deduplicate by id.
 """
 
 from __future__ import annotations
