@@ -135,4 +135,5 @@ async def test_a_worker_killed_behind_a_slow_handler_loses_nothing(tmp_path):
     twice = [(seq, mid) for seq, mid in killed if counts[mid] == 2]
     assert all(seq > reported for seq, _ in twice)
     assert twice == killed[len(killed) - len(twice):] == logs[replacement][:len(twice)]
-    print(f"{len(killed)} handled before the kill, {reported - before} of them reported; {len(twice)} handled twice")
+    print(f"{len(killed)} handled before the kill, {sum(seq <= reported for seq, _ in killed)} of them reported; "
+          f"{len(twice)} handled twice")
