@@ -1,9 +1,9 @@
-"""A worker killed with events received but not handled yet: they are handled after the resume (at least once).
+"""A worker killed or drained with events received but not handled yet: they are handled after the resume.
 
 The worker reports each shard's ``handled_session`` (up to the last event its handler finished), not the last
-sequence received, so after a SIGKILL, OOM kill or unresponsive-worker kill the resume replays the backlog, and the
-event whose handler was running, instead of skipping them. What comes twice: the events handled after the last
-session report (at most one ``report_interval`` of them).
+sequence received, and a drain closes the shard from the same point, so after a SIGKILL, OOM kill, unresponsive-worker
+kill or drain the resume replays the backlog, and the event whose handler was running, instead of skipping them (at
+least once). What comes twice after a kill: the events handled since the last session report (one report interval's).
 """
 
 import os
@@ -11,6 +11,8 @@ import signal
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from cluster_handlers import SlowSeqLog
 from cluster_testing import running, until
@@ -41,13 +43,6 @@ async def _after_the_resume(sim: Simulator, sup: Any, folder: Path, victim: int)
     return replacement
 
 
-async def _kill_and_resume(sim: Simulator, sup: Any, folder: Path) -> tuple[int, int]:
-    """SIGKILL the worker and wait for its replacement to have handled what the resume replayed. Returns both pids."""
-    victim = sup.workers[0].pid
-    os.kill(victim, signal.SIGKILL)
-    return victim, await _after_the_resume(sim, sup, folder, victim)
-
-
 async def _hang_on(sim: Simulator, sup: Any, hang_at: int) -> tuple[list[int], int]:
     """Emit the burst once the shard is up; return its ids and the session the supervisor holds once a status report
     counts the hung message as taken (the session report made with it came first)."""
@@ -59,24 +54,16 @@ async def _hang_on(sim: Simulator, sup: Any, hang_at: int) -> tuple[list[int], i
     return emitted, sup.sessions[0].seq
 
 
-def _assert_each_once(emitted: list[int], logs: dict[int, list[tuple[int, int]]], victim: int, replacement: int,
-                      hang_at: int) -> None:
-    """The first worker finished the messages before the hung one, the second the rest, the hung one first."""
-    missing = _missing(emitted, logs)
-    assert not missing, f"{len(missing)} of {BURST} messages were never handled"
-    assert [mid for _, mid in logs[victim]] == emitted[:hang_at - 1]
-    assert [mid for _, mid in logs[replacement]][:BURST - hang_at + 1] == emitted[hang_at - 1:]
-    assert Counter(mid for log in logs.values() for _, mid in log).most_common(1)[0][1] == 1  # no duplicates
-
-
 def _missing(emitted: list[int], logs: dict[int, list[tuple[int, int]]]) -> list[int]:
     handled = {mid for log in logs.values() for _, mid in log}
     return [mid for mid in emitted if mid not in handled]
 
 
-async def test_a_killed_workers_unhandled_events_and_the_one_in_its_handler_are_handled_after_the_resume(tmp_path):
-    """The handler hangs on the 10th message with 90 more queued behind it; once the supervisor holds a session
-    report from after that, the worker is killed: all 100 are handled, each once."""
+@pytest.mark.parametrize("stop", ["SIGKILL", "rolling restart"])
+async def test_the_unhandled_events_and_the_one_in_the_handler_come_again_after_the_resume(tmp_path, stop):
+    """The handler hangs on the 10th message with 90 more queued behind it. Once the supervisor holds a session report
+    from after that, the worker is killed, or drained by a rolling restart (which cancels the hung handler and closes
+    the shard resumably): all 100 messages are handled, each once, the hung one first after the resume."""
     folder = tmp_path / "seqs"
     folder.mkdir()
     hang_at = 10
@@ -84,28 +71,20 @@ async def test_a_killed_workers_unhandled_events_and_the_one_in_its_handler_are_
         async with running(sim, SlowSeqLog(str(folder), 0.0, hang_at=hang_at), tmp_path, shards=1, workers=1,
                            fresh=True) as (sup, task):
             emitted, reported = await _hang_on(sim, sup, hang_at)
-            victim, replacement = await _kill_and_resume(sim, sup, folder)
-
-    logs = _handled(folder)
-    _assert_each_once(emitted, logs, victim, replacement, hang_at)
-    assert reported == logs[victim][-1][0]  # the last one its handler finished: not the hung one, nor any received
-
-
-async def test_a_drained_worker_hands_back_the_event_its_handler_was_cancelled_in(tmp_path):
-    """A rolling restart drains the worker while its handler hangs on the 10th message: the handler is cancelled and
-    the shard closed resumably from before that message, so the new worker handles it and the 90 behind it."""
-    folder = tmp_path / "seqs"
-    folder.mkdir()
-    hang_at = 10
-    async with Simulator(shards=1, identify_window=1.0, session_ttl=60.0) as sim:
-        async with running(sim, SlowSeqLog(str(folder), 0.0, hang_at=hang_at), tmp_path, shards=1, workers=1,
-                           fresh=True) as (sup, task):
-            emitted, _ = await _hang_on(sim, sup, hang_at)
             victim = sup.workers[0].pid
-            assert sup.rolling_restart()
+            if stop == "SIGKILL":
+                os.kill(victim, signal.SIGKILL)
+            else:
+                assert sup.rolling_restart()
             replacement = await _after_the_resume(sim, sup, folder, victim)
 
-    _assert_each_once(emitted, _handled(folder), victim, replacement, hang_at)
+    logs = _handled(folder)
+    missing = _missing(emitted, logs)
+    assert not missing, f"{len(missing)} of {BURST} messages were never handled"
+    assert [mid for _, mid in logs[victim]] == emitted[:hang_at - 1]
+    assert reported == logs[victim][-1][0]  # the last one its handler finished: not the hung one, nor any received
+    assert [mid for _, mid in logs[replacement]][:BURST - hang_at + 1] == emitted[hang_at - 1:]
+    assert Counter(mid for log in logs.values() for _, mid in log).most_common(1)[0][1] == 1  # no duplicates
 
 
 async def test_a_worker_killed_behind_a_slow_handler_loses_nothing(tmp_path):
@@ -124,7 +103,9 @@ async def test_a_worker_killed_behind_a_slow_handler_loses_nothing(tmp_path):
             # on the old code the first report after the burst carried its last sequence received
             await until(lambda: sup.sessions[0].seq >= before + 5, what="a session report from the backlog")
             reported = sup.sessions[0].seq  # the replacement resumes from this one or a report still in the pipe
-            victim, replacement = await _kill_and_resume(sim, sup, folder)
+            victim = sup.workers[0].pid
+            os.kill(victim, signal.SIGKILL)
+            replacement = await _after_the_resume(sim, sup, folder, victim)
 
     logs = _handled(folder)
     missing = _missing(emitted, logs)
