@@ -59,7 +59,7 @@ from .websocket import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, encode_c
 from .wire import (HeartbeatAck, HeartbeatRequest, Hello, Identify, InvalidSession, Ready, Reconnect, Resume, Resumed,
                    default_identify_properties)
 
-__all__ = ["GatewayProtocol", "Item", "TransportAction"]
+__all__ = ["GatewayProtocol", "Item", "TransportAction", "item_sequence"]
 
 log = logging.getLogger("shard")
 
@@ -1018,11 +1018,19 @@ class GatewayProtocol:
     def pending_sequence(self) -> int | None:
         """The sequence of the first queued dispatch the consumer has not taken yet, if any."""
         for item in self.events:
-            if isinstance(item, Event) and item.seq is not None:
-                return item.seq
-            if isinstance(item, Envelope) and item.s is not None:
-                return item.s
+            seq = item_sequence(item)
+            if seq is not None:
+                return seq
         return None
+
+
+def item_sequence(item: Item) -> int | None:
+    """A queued item's sequence number: a dispatch's `s`, else None."""
+    if isinstance(item, Event):
+        return item.seq
+    if isinstance(item, Envelope):
+        return item.s
+    return None
 
 
 def check_payload(payload: bytes) -> None:

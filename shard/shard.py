@@ -36,7 +36,7 @@ from .intents import Intents
 from .latency import Latency
 from .counters import ShardCounters
 from .metrics import register_collector
-from .protocol import GatewayProtocol, TransportAction, check_payload
+from .protocol import GatewayProtocol, TransportAction, check_payload, item_sequence
 from .queue import InMemoryQueue, Queue
 from .ratelimiter import CommandRatelimiter
 from .session import Session
@@ -181,6 +181,7 @@ class Shard:
         self._pulls = 0
         self._bg_handle: asyncio.TimerHandle | None = None
         self._bg_pulls = 0
+        self._held: int | None = None  # the sequence of the event the consumer is handling (see handled_session)
         self._high = max(1, config.max_pending_events)
         self._low = self._high // 2
         if config.metrics:
@@ -206,8 +207,31 @@ class Shard:
 
     @property
     def session(self) -> Session | None:
-        """The session to resume (id and last sequence received), if any."""
+        """The current session (id and last sequence received), if any. To resume without losing events
+        the consumer has not handled yet, save `handled_session` instead."""
         return self._protocol.session
+
+    @property
+    def handled_session(self) -> Session | None:
+        """The session to resume from so that every event the consumer has not finished comes again, if any.
+
+        Its sequence is the one before the event the consumer is handling (the last one `next_event`,
+        `next_message` or `async for` gave it, until it asks for the next), or, while it holds none, before
+        the first event still queued in the shard; with neither, the last one received. A resume from it
+        delivers those events at least once: the one that was being handled comes again. `close` returns it.
+        """
+        return self._handled(self._protocol.session)
+
+    def _handled(self, session: Session | None) -> Session | None:
+        if session is None:
+            return None
+        seq = self._held
+        if seq is None:
+            seq = self._protocol.pending_sequence()
+            if seq is None:
+                return session
+        # never past what was received: an event held from a session since replaced says nothing of this one
+        return Session(session.id, min(seq - 1, session.sequence))
 
     @property
     def resume_url(self) -> str | None:
@@ -249,10 +273,15 @@ class Shard:
                 item = q.popleft()
                 p.raws.popleft()
                 if type(item) is Dispatch:
+                    self._held = item.seq  # until the consumer asks for the next one (handled_session)
                     return item
+                self._held = None
                 if isinstance(item, GatewayError):
                     self._raise(item)
-                return p.make_event(item)
+                event = p.make_event(item)
+                self._held = event.seq
+                return event
+            self._held = None  # the consumer is done with the last event
             if p.has_input and self._pull():
                 if not self._pulls % _YIELD_EVERY:
                     await asyncio.sleep(0)  # a long backlog must not starve other shards and timers
@@ -272,14 +301,18 @@ class Shard:
         while True:
             if q:
                 item, raw = p.pop()
+                self._held = None
                 if isinstance(item, GatewayError):
                     self._raise(item)
                 if raw is None:  # GATEWAY_CLOSE
                     return item.data  # type: ignore[union-attr,return-value]
                 try:
-                    return raw.decode()  # the UTF-8 check inside `d`, which the envelope scan skipped
+                    text = raw.decode()  # the UTF-8 check inside `d`, which the envelope scan skipped
                 except UnicodeDecodeError as exc:
                     self._raise(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid UTF-8: {exc}"))
+                self._held = item_sequence(item)  # until the consumer asks for the next one (handled_session)
+                return text
+            self._held = None  # the consumer is done with the last message
             if p.has_input and self._pull():
                 if not self._pulls % _YIELD_EVERY:
                     await asyncio.sleep(0)  # a long backlog must not starve other shards and timers
@@ -312,7 +345,9 @@ class Shard:
         q = p.events
         if q and type(q[0]) is Dispatch:  # fast path: a decoded dispatch is ready
             p.raws.popleft()
-            return q.popleft()  # type: ignore[return-value]
+            event: Dispatch = q.popleft()  # type: ignore[assignment]
+            self._held = event.seq
+            return event
         while True:
             try:
                 return await self.next_event()
@@ -407,11 +442,7 @@ class Shard:
         """Close the connection and stop. Returns the Session to resume later, unless `frame` is
         1000/1001 (CloseFrame.NORMAL), which ends the session. Events already received stay readable."""
         p = self._protocol
-        session = p.close(frame)
-        if session is not None:
-            pending = p.pending_sequence()
-            if pending is not None:  # events received but not consumed yet are replayed on resume
-                session = Session(session.id, pending - 1)
+        session = self._handled(p.close(frame))  # what the consumer has not finished is replayed on resume
         conn = self._conn
         if conn is not None and p.connected:
             self._after(conn)

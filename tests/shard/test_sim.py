@@ -663,6 +663,53 @@ async def test_resume_across_restart_with_saved_session(shards) -> None:
         await rec2.stop()
 
 
+async def test_handled_session_replays_what_the_consumer_has_not_finished(shards) -> None:
+    """`handled_session` (what a worker reports for resuming after a crash, and what close returns) stops before the
+    event the consumer holds (the last one it was given, until it asks for the next), else before the first one still
+    queued: a resume from it delivers them again, the one being handled included (at least once)."""
+    async with Simulator(session_ttl=30.0, identify_window=0.2) as sim:  # default heartbeat: no ACK events
+        shard = shards(sim)
+        assert shard.handled_session is None
+        shard.start()
+
+        async def received(seq: int) -> None:  # the shard parses unread data by itself within 50 ms (it has no
+            async with asyncio.timeout(10):    # event to await for that: poll, bounded)
+                while True:
+                    if shard.session is not None and shard.session.sequence >= seq:
+                        return
+                    await asyncio.sleep(0.01)
+
+        await received(1)  # READY and the GUILD_CREATEs queued: none taken, all replayed
+        assert shard.handled_session == Session(shard.session.id, 0)
+        while (event := await shard.next_event()).seq is None:
+            pass
+        assert event.type == "READY" and shard.handled_session == Session(shard.session.id, event.seq - 1)
+        while (event := await shard.next_event()).type != "GUILD_CREATE":
+            pass
+        sim.emit_guild_events(4)
+        dispatched = (await sim.wait_until(lambda s: s["total"]["dispatched"] >= event.seq + 4))["total"]["dispatched"]
+        await received(dispatched)
+        assert shard.session.sequence == dispatched  # everything received; the handled point lags behind
+        while (event := await shard.next_event()).type != "MESSAGE_CREATE":
+            pass
+        first = event.seq
+        assert shard.handled_session == Session(shard.session.id, first - 1)
+        assert (await shard.next_event()).seq == first + 1
+        assert shard.handled_session.sequence == first
+        assert json.loads(await shard.next_message())["s"] == first + 2  # raw mode holds its message the same way
+        assert shard.handled_session.sequence == first + 1
+        assert (await shard.__anext__()).seq == first + 3  # and `async for`'s fast path
+        handled = shard.handled_session
+        assert handled.sequence == first + 2 and shard.session.sequence == dispatched == first + 3
+        session = await shard.close(CloseFrame.RESUME)  # while the consumer still holds first + 3
+        assert session == handled
+
+        again = Recorder(shards(sim, session=session, resume_url=shard.resume_url))
+        await again.wait_for(lambda r: "RESUMED" in r.types())  # sent after the replayed events
+        assert [e.seq for e in again.events if e.type == "MESSAGE_CREATE"] == [first + 3]  # the unfinished one again
+        await again.stop()
+
+
 @pytest.mark.parametrize("code", [1000, 1001])
 async def test_close_normal_or_going_away_ends_the_session(shards, code: int) -> None:
     """Discord invalidates the session on a 1000 or 1001 close: close() returns no Session, so the next
