@@ -12,6 +12,12 @@ async)::
 Give it as ``module:attribute`` (a class or a zero-argument factory, called once in each
 worker, or an instance) or as the object itself from Python. A handler that raises is
 logged and its shard goes on; one that blocks the event loop is reported.
+
+Each shard's events reach ``on_event`` one at a time, in order. An event counts as handled once
+``on_event`` returned (or raised). An event not handled yet when its worker is drained (its handler is
+cancelled) or killed comes again after the resume, with every event behind it: at least once. After a
+kill, so do the events handled since the worker's last session report (``--report-interval``, 1 s):
+make ``on_event`` idempotent, or deduplicate by id.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Lifecycle: import the handler (failure: ``WorkerFatal`` and exit code 3), say ``Hello``,
 wait for ``Assign``, run ``handler.setup``, then run every shard, delivering its events to
 ``handler.on_event(shard, event)``. Identify slots come from the supervisor through
-:class:`~cluster.queue.IpcQueue`; sessions and health go back in batched reports. On
+:class:`~cluster.queue.IpcQueue`; sessions (up to the last event the handler finished) and health go
+back in batched reports. On
 ``Drain``, SIGTERM or the supervisor's disappearance, the shards are closed resumably and
 their sessions are handed back.
 """
@@ -99,8 +100,11 @@ class Worker:
     # --- shard/ API adapters (the only place that knows the Shard's attribute names) ------
 
     def _session_info(self, shard_id: int) -> SessionInfo | None:
+        """The session to report for resuming the shard: up to the last event its handler finished (the
+        shard's ``handled_session``), so a worker killed at any moment loses none of the events it had received
+        but not handled; they, and the one being handled, come again after the resume (at least once)."""
         shard = self.shards.get(shard_id)
-        session = getattr(shard, "session", None)
+        session = getattr(shard, "handled_session", None)
         if session is None:
             return None
         return SessionInfo(shard_id, session.id, self._resume_seq(shard_id, session.sequence),

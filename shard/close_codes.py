@@ -56,7 +56,11 @@ CloseFrame.RESUME = CloseFrame(4000, "resuming connection")
 
 _FATAL = frozenset({CloseCode.AUTHENTICATION_FAILED, CloseCode.INVALID_SHARD, CloseCode.SHARDING_REQUIRED,
                     CloseCode.INVALID_API_VERSION, CloseCode.INVALID_INTENTS, CloseCode.DISALLOWED_INTENTS})
-_NEW_SESSION = frozenset({CloseCode.INVALID_SEQUENCE, CloseCode.SESSION_TIMED_OUT})
+# Re-identify (the reference's close policy, gateway-protocol.md section 10 item 7; discord.js does the same):
+# 4007 and 4009 ask for a new session, 4003 also means the session was invalidated (since 2024-08), and after
+# 4005 or 4008 Discord does not say the session is still resumable.
+_NEW_SESSION = frozenset({CloseCode.NOT_AUTHENTICATED, CloseCode.ALREADY_AUTHENTICATED, CloseCode.INVALID_SEQUENCE,
+                          CloseCode.RATE_LIMITED, CloseCode.SESSION_TIMED_OUT})
 
 _REASONS: dict[int, str] = {
     1000: "the gateway closed the connection normally",

@@ -59,7 +59,7 @@ from .websocket import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, encode_c
 from .wire import (HeartbeatAck, HeartbeatRequest, Hello, Identify, InvalidSession, Ready, Reconnect, Resume, Resumed,
                    default_identify_properties)
 
-__all__ = ["GatewayProtocol", "Item", "TransportAction"]
+__all__ = ["GatewayProtocol", "Item", "TransportAction", "item_sequence"]
 
 log = logging.getLogger("shard")
 
@@ -70,7 +70,13 @@ _HEARTBEAT_ACK = "GATEWAY_HEARTBEAT_ACK"
 _SESSION_EVENTS = frozenset({"READY", "RESUMED"})
 _ACK, _HB_REQUEST, _RECONNECT, _RESUMED = HeartbeatAck(), HeartbeatRequest(), Reconnect(), Resumed()
 STABLE_AFTER = 30.0  # seconds Active before a disconnect no longer counts as a failed attempt
-RESUME_URL_ATTEMPTS = 3  # failed connects to resume_gateway_url before giving the session up
+RESUME_URL_ATTEMPTS = 3  # failed connects in a row to resume_gateway_url before one to the gateway URL to Identify
+RESUME_WINDOW = 300.0
+"""Seconds a session is tried for a Resume after its last connection ended; after that the shard identifies.
+Discord only says a session stays resumable for "a few minutes" (the reference suggests 2-5 min for the
+simulator's TTL) and gives no number; twilight never gives a session up, relying on op 9. Trying a session
+that has expired costs one connection, op 9 and its 1-5 s wait; dropping one that was still resumable costs a
+session start, the shard's identify turn and every event it missed. So the window errs long: 5 minutes."""
 _USER_CLOSE = "user"
 _RUN = 32  # whole zlib-stream messages inflated, then decoded, together (more spills the CPU cache)
 _SUFFIXES = repeat(SYNC_FLUSH_SUFFIX)
@@ -121,8 +127,10 @@ class GatewayProtocol:
         self.session_id: str | None = session.id if session else None
         self.sequence: int | None = session.sequence if session else None
         self.resume_url: str | None = config.resume_url if session else None
+        self.session_seen = clock()     # when the session was last known alive (for RESUME_WINDOW)
         self.state = ShardState.Disconnected(0)
         self.attempts = 0
+        self.failed_connects = 0         # failed connects in a row, since a connection last opened
         self.stopped = False             # closed by the user or fatally: never reconnect
         self.events: deque[Item] = deque()
         self.raws: deque[bytes | None] = deque()  # each queued item's raw message, in step with `events`
@@ -199,12 +207,13 @@ class GatewayProtocol:
         return bool(self._inbox)
 
     def can_send_commands(self) -> bool:
-        """A user command may be written now: connected, not closing, and Active."""
-        return self.connected and not self._closing and self.state.kind is StateKind.ACTIVE
+        """A user command may be written now: connected, Active, and neither closing nor dropping the
+        connection (a frame written to an aborted transport is silently lost)."""
+        return self.connected and not self._closing and not self._halt and self.state.kind is StateKind.ACTIVE
 
     def may_identify(self) -> bool:
         """The Identify the connection asked for (`want_identify`) may still go out on it."""
-        return self.connected and self.want_identify and not self._closing
+        return self.connected and self.want_identify and not self._closing and not self._halt
 
     def reading_paused(self) -> None:
         """The driver stopped reading the socket (the consumer is behind): no zombie verdict meanwhile."""
@@ -271,16 +280,36 @@ class GatewayProtocol:
 
     # ---- connection lifecycle ---------------------------------------------------------------------
     def connect_target(self) -> tuple[str, float]:
-        """(base URL, delay in seconds) for the next connection attempt."""
-        url = self.resume_url if (self.session_id is not None and self.resume_url) else self.config.gateway_url
+        """(base URL, delay in seconds) for the next connection attempt. A session is resumed at its
+        `resume_url` (at the gateway URL only if it has none: one given in Config without it). After
+        RESUME_URL_ATTEMPTS connects in a row to it failed, one attempt goes to the gateway URL to Identify,
+        but the session is dropped only if that connection opens (`connection_made`: the gateway answers while
+        the resume host does not). If it fails too, our own network is likely down: the session is kept and
+        the resume URL is tried again, RESUME_URL_ATTEMPTS times before the next try of the gateway URL. The
+        session is dropped, so the next connection identifies, if the attempt would come over RESUME_WINDOW
+        seconds after the session was last alive."""
         delay = max(self.backoff.delay(self.attempts), self.reconnect_delay)
+        if self.session_id is not None and self._clock() + delay - self.session_seen > RESUME_WINDOW:
+            log.info("shard %s: the session was last alive over %.0f s ago; identifying", self.shard_id,
+                     RESUME_WINDOW)
+            self._clear_session()
+        url = self.resume_url
+        if self.session_id is None or not url or self._gateway_turn():
+            url = self.config.gateway_url
         return url, delay
+
+    def _gateway_turn(self) -> bool:
+        """A session's next attempt goes to the gateway URL to Identify (if it opens): the previous
+        RESUME_URL_ATTEMPTS connects to the resume URL failed, after any earlier failed try of the gateway URL."""
+        return (self.session_id is not None and bool(self.resume_url)
+                and self.failed_connects % (RESUME_URL_ATTEMPTS + 1) == RESUME_URL_ATTEMPTS)
 
     @property
     def needs_permit(self) -> bool:
         """The next connection will Identify (no session to resume) and no identify permit is held yet:
         the driver must wait for the identify queue *before* connecting, so a shard waiting for its turn
-        holds no gateway connection (and sends no heartbeats)."""
+        holds no gateway connection (and sends no heartbeats). A session's try of the gateway URL asks for
+        its turn after Hello instead, if it opens at all: most such tries fail (our own network is down)."""
         return self.session_id is None and not self.permit and not self.stopped
 
     def waiting_for_permit(self) -> None:
@@ -306,7 +335,12 @@ class GatewayProtocol:
                 self.on_unused()
 
     def connection_made(self) -> None:
-        """A WebSocket connection is open: fresh per-connection state (a new inflater, no Hello yet)."""
+        """A WebSocket connection is open: fresh per-connection state (a new inflater, no Hello yet). If it
+        is the gateway URL's, tried because the resume URL kept failing, the session is dropped: it identifies."""
+        if self._gateway_turn():
+            log.info("shard %s: resume_gateway_url failed %d times in a row while the gateway URL answers; "
+                     "identifying", self.shard_id, RESUME_URL_ATTEMPTS)
+            self._clear_session()
         self.outgoing = []
         cfg = self.config
         self.inflater = new_inflater(cfg.compression, cfg.zlib_backend, cfg.max_inflated_size, cfg.max_message_size)
@@ -318,6 +352,7 @@ class GatewayProtocol:
         self._abort = False
         self._hangup = False
         self._halt = False
+        self.failed_connects = 0
         self.close_received = None
         self.disconnect = None
         self.reconnect_delay = 0.0
@@ -335,9 +370,7 @@ class GatewayProtocol:
         """A connection attempt failed (refused, timed out, bad handshake)."""
         self.release_permit()
         self.attempts += 1
-        if self.resume_url is not None and self.attempts >= RESUME_URL_ATTEMPTS:
-            # The resume host keeps failing: Discord says to use the cached gateway URL and Identify.
-            self._clear_session()
+        self.failed_connects += 1
         self.state = ShardState.Disconnected(self.attempts)
         self.metrics.reconnect("connect_failed")
         self._push_error(GatewayError(ErrorKind.RECONNECT, f"connecting to the gateway failed: {reason}"))
@@ -382,7 +415,10 @@ class GatewayProtocol:
             return
         if action is CloseAction.IDENTIFY:
             self._clear_session()
-        if self._became_active and self._clock() - self._active_since >= STABLE_AFTER:
+        now = self._clock()
+        if self._became_active:
+            self.session_seen = now  # the session was alive until now: RESUME_WINDOW starts again
+        if self._became_active and now - self._active_since >= STABLE_AFTER:
             self.attempts = 0  # a connection that worked for a while: reconnect at once
         else:
             self.attempts += 1  # failed or short-lived (even if the gateway closed it): back off
@@ -982,11 +1018,19 @@ class GatewayProtocol:
     def pending_sequence(self) -> int | None:
         """The sequence of the first queued dispatch the consumer has not taken yet, if any."""
         for item in self.events:
-            if isinstance(item, Event) and item.seq is not None:
-                return item.seq
-            if isinstance(item, Envelope) and item.s is not None:
-                return item.s
+            seq = item_sequence(item)
+            if seq is not None:
+                return seq
         return None
+
+
+def item_sequence(item: Item) -> int | None:
+    """A queued item's sequence number: a dispatch's `s`, else None."""
+    if isinstance(item, Event):
+        return item.seq
+    if isinstance(item, Envelope):
+        return item.s
+    return None
 
 
 def check_payload(payload: bytes) -> None:

@@ -19,6 +19,7 @@ Commands go through a bounded queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -35,11 +36,11 @@ from .intents import Intents
 from .latency import Latency
 from .counters import ShardCounters
 from .metrics import register_collector
-from .protocol import GatewayProtocol, TransportAction, check_payload
+from .protocol import GatewayProtocol, TransportAction, check_payload, item_sequence
 from .queue import InMemoryQueue, Queue
 from .ratelimiter import CommandRatelimiter
 from .session import Session
-from .state import ShardState, StateKind
+from .state import ShardState
 from .websocket import OP_PONG, Handshake, HandshakeError, build_url, encode_text
 from .wire import Command, encode_command
 
@@ -174,11 +175,13 @@ class Shard:
         self._identify_task: asyncio.Task[None] | None = None
         self._sender_task: asyncio.Task[None] | None = None
         self._sendq: asyncio.Queue[bytes] | None = None
-        self._active: asyncio.Event | None = None
+        self._active: asyncio.Event | None = None   # commands may be written (`can_send_commands()`)...
+        self._inactive = asyncio.Event()               # ...and its opposite, to cut a wait for a permit short
         self._final: GatewayError | None = None
         self._pulls = 0
         self._bg_handle: asyncio.TimerHandle | None = None
         self._bg_pulls = 0
+        self._held: int | None = None  # the sequence of the event the consumer is handling (see handled_session)
         self._high = max(1, config.max_pending_events)
         self._low = self._high // 2
         if config.metrics:
@@ -204,8 +207,31 @@ class Shard:
 
     @property
     def session(self) -> Session | None:
-        """The session to resume (id and last sequence received), if any."""
+        """The current session (id and last sequence received), if any. To resume without losing events
+        the consumer has not handled yet, save `handled_session` instead."""
         return self._protocol.session
+
+    @property
+    def handled_session(self) -> Session | None:
+        """The session to resume from so that every event the consumer has not finished comes again, if any.
+
+        Its sequence is the one before the event the consumer is handling (the last one `next_event`,
+        `next_message` or `async for` gave it, until it asks for the next), or, while it holds none, before
+        the first event still queued in the shard; with neither, the last one received. A resume from it
+        delivers those events at least once: the one that was being handled comes again. `close` returns it.
+        """
+        return self._handled(self._protocol.session)
+
+    def _handled(self, session: Session | None) -> Session | None:
+        if session is None:
+            return None
+        seq = self._held
+        if seq is None:
+            seq = self._protocol.pending_sequence()
+            if seq is None:
+                return session
+        # never past what was received: an event held from a session since replaced says nothing of this one
+        return Session(session.id, min(seq - 1, session.sequence))
 
     @property
     def resume_url(self) -> str | None:
@@ -247,10 +273,15 @@ class Shard:
                 item = q.popleft()
                 p.raws.popleft()
                 if type(item) is Dispatch:
+                    self._held = item.seq  # until the consumer asks for the next one (handled_session)
                     return item
+                self._held = None
                 if isinstance(item, GatewayError):
                     self._raise(item)
-                return p.make_event(item)
+                event = p.make_event(item)
+                self._held = event.seq
+                return event
+            self._held = None  # the consumer is done with the last event
             if p.has_input and self._pull():
                 if not self._pulls % _YIELD_EVERY:
                     await asyncio.sleep(0)  # a long backlog must not starve other shards and timers
@@ -270,14 +301,18 @@ class Shard:
         while True:
             if q:
                 item, raw = p.pop()
+                self._held = None
                 if isinstance(item, GatewayError):
                     self._raise(item)
                 if raw is None:  # GATEWAY_CLOSE
                     return item.data  # type: ignore[union-attr,return-value]
                 try:
-                    return raw.decode()  # the UTF-8 check inside `d`, which the envelope scan skipped
+                    text = raw.decode()  # the UTF-8 check inside `d`, which the envelope scan skipped
                 except UnicodeDecodeError as exc:
                     self._raise(GatewayError(ErrorKind.DESERIALIZING, f"a gateway payload is not valid UTF-8: {exc}"))
+                self._held = item_sequence(item)  # until the consumer asks for the next one (handled_session)
+                return text
+            self._held = None  # the consumer is done with the last message
             if p.has_input and self._pull():
                 if not self._pulls % _YIELD_EVERY:
                     await asyncio.sleep(0)  # a long backlog must not starve other shards and timers
@@ -310,7 +345,9 @@ class Shard:
         q = p.events
         if q and type(q[0]) is Dispatch:  # fast path: a decoded dispatch is ready
             p.raws.popleft()
-            return q.popleft()  # type: ignore[return-value]
+            event: Dispatch = q.popleft()  # type: ignore[assignment]
+            self._held = event.seq
+            return event
         while True:
             try:
                 return await self.next_event()
@@ -365,8 +402,7 @@ class Shard:
         if self._sendq is None:
             self._sendq = asyncio.Queue(self._config.send_queue_size)
             self._active = asyncio.Event()
-            if self._protocol.state.kind is StateKind.ACTIVE:
-                self._active.set()
+            self._sync_active()
             self._sender_task = asyncio.get_running_loop().create_task(self._sender())
         return self._sendq
 
@@ -378,18 +414,22 @@ class Shard:
             payload = await q.get()
             while True:  # keep the payload across reconnects until it is written (twilight #2247)
                 await active.wait()
-                rl = p.ratelimiter
-                if rl is not None:
-                    await rl.acquire()
                 conn = self._conn
-                if conn is not None and conn.write_paused and not self._writable.is_set():
+                if conn is None or conn.transport is None or not p.can_send_commands():
+                    self._set_active(False)  # out of step with the core: wait for the next sync, never spin
+                    continue
+                if conn.write_paused and not self._writable.is_set():
                     await self._writable.wait()  # the gateway is not reading: do not pile up commands
                     continue
-                if (conn is not None and conn.transport is not None and p.can_send_commands()
-                        and rl is p.ratelimiter):
-                    conn.transport.write(encode_text(payload))
-                    break
-                await asyncio.sleep(0)
+                rl = p.ratelimiter
+                if rl is not None and not rl.try_acquire():
+                    # Wait for this connection's next permit, or less if it closes meanwhile: the next
+                    # connection has a ratelimiter of its own.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._inactive.wait(), rl.next_available() + 0.001)
+                    continue
+                conn.transport.write(encode_text(payload))  # no await since the checks: still true
+                break
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -402,11 +442,7 @@ class Shard:
         """Close the connection and stop. Returns the Session to resume later, unless `frame` is
         1000/1001 (CloseFrame.NORMAL), which ends the session. Events already received stay readable."""
         p = self._protocol
-        session = p.close(frame)
-        if session is not None:
-            pending = p.pending_sequence()
-            if pending is not None:  # events received but not consumed yet are replayed on resume
-                session = Session(session.id, pending - 1)
+        session = self._handled(p.close(frame))  # what the consumer has not finished is replayed on resume
         conn = self._conn
         if conn is not None and p.connected:
             self._after(conn)
@@ -658,14 +694,18 @@ class Shard:
             conn.transport.resume_reading()
 
     def _sync_active(self) -> None:
-        active = self._active
-        if active is None:
-            return
-        p = self._protocol
-        if p.connected and p.state.kind is StateKind.ACTIVE:
-            active.set()
+        """The sender may write while the core accepts commands: not while a connection closes or drops."""
+        if self._active is not None:
+            self._set_active(self._protocol.can_send_commands())
+
+    def _set_active(self, active: bool) -> None:
+        assert self._active is not None
+        if active:
+            self._active.set()
+            self._inactive.clear()
         else:
-            active.clear()
+            self._active.clear()
+            self._inactive.set()
 
     def _on_heartbeat(self, conn: _Connection) -> None:
         self._hb_handle = None

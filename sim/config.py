@@ -95,6 +95,9 @@ class SimConfig:
     # chaos at connect and close time (plain fields: a test may also change them on a running simulator)
     refuse_connections: int = _opt(0, "drop the next N gateway connections during the WebSocket handshake, without "
                                       "an answer (a failed connect); counts down as it refuses")
+    refuse_resume_connections: int = _opt(0, "drop the next N connections to resume_gateway_url the same way, and "
+                                             "only those (its host is unreachable while the main gateway URL "
+                                             "answers); counts down as it refuses")
     silent_handshake: bool = _opt(False, "accept gateway connections but never answer the WebSocket handshake "
                                          "(a connect timeout)")
     ignore_close: bool = _opt(False, "never answer a client's close frame and drop what it sends after it, "
@@ -137,8 +140,8 @@ class SimConfig:
             problems.append("http_request_timeout must be > 0")
         problems += [f"{f.name} must be a finite number" for f in dataclasses.fields(self)
                      if isinstance(getattr(self, f.name), float) and not math.isfinite(getattr(self, f.name))]
-        if self.refuse_connections < 0:
-            problems.append("refuse_connections must be >= 0")
+        problems += [f"{name} must be >= 0" for name in ("refuse_connections", "refuse_resume_connections")
+                     if getattr(self, name) < 0]
         if problems:
             raise ValueError("invalid simulator config: " + "; ".join(problems))
 

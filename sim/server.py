@@ -127,6 +127,11 @@ class HttpProtocol(asyncio.Protocol):
         if req.path not in ("/", "", RESUME_PATH, RESUME_PATH.rstrip("/")):
             self._respond(json_response({"message": "404: Not Found", "code": 0}, 404), close=True)
             return
+        on_resume_url = req.path.rstrip("/") == RESUME_PATH.rstrip("/")
+        if on_resume_url and sim.config.refuse_resume_connections > 0:  # chaos: the resume host is unreachable
+            sim.config.refuse_resume_connections -= 1
+            transport.abort()
+            return
         if sim.config.refuse_connections > 0:  # chaos: the connect fails before the handshake completes
             sim.config.refuse_connections -= 1
             transport.abort()
@@ -140,7 +145,7 @@ class HttpProtocol(asyncio.Protocol):
             f"Sec-WebSocket-Accept: {accept}\r\n\r\n").encode())
         compress = req.arg("compress")
         conn = GatewayConnection(sim, transport, compress if compress in ("zlib-stream", "zstd-stream") else None,
-                                 req.path.rstrip("/") == RESUME_PATH.rstrip("/"))
+                                 on_resume_url)
         transport.set_protocol(conn)
         self.transport = None
         version, encoding = req.arg("v"), req.arg("encoding", "json")

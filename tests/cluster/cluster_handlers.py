@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import Counter
@@ -144,3 +145,34 @@ class SyncHandler:
         path = os.path.join(os.environ["CLUSTER_TEST_TEARDOWN_DIR"], f"{self.ctx.worker_id}.json")
         with open(path, "w") as f:
             json.dump(report, f)
+
+
+class SlowSeqLog:
+    """A slow handler (``delay`` seconds per MESSAGE_CREATE, an HTTP call each, say) that, once done with an event,
+    writes its sequence number and message id to ``<folder>/<pid>.seqs``, line-buffered, so a test reads what every
+    worker process, killed or not, finished, in order (the event being handled at a kill is not in it). With
+    ``hang_at`` n, the handler hangs on its n-th MESSAGE_CREATE, in the first worker process that gets that far."""
+
+    def __init__(self, folder: str, delay: float, hang_at: int = 0) -> None:
+        self.folder = folder
+        self.delay = delay
+        self.hang_at = hang_at
+
+    async def setup(self, ctx: Any) -> None:
+        path = os.path.join(self.folder, f"{os.getpid()}.seqs")
+        self.file = open(path, "a", buffering=1)  # noqa: ASYNC230, SIM115 - a local file, opened once at setup
+        self.count = 0
+
+    async def on_event(self, shard: Any, event: Any) -> None:
+        if event.type != "MESSAGE_CREATE":
+            return
+        self.count += 1
+        if self.count == self.hang_at:
+            try:
+                os.close(os.open(os.path.join(self.folder, "hung"), os.O_CREAT | os.O_EXCL))  # once in all processes
+            except FileExistsError:
+                pass
+            else:
+                await asyncio.get_running_loop().create_future()  # never done: until the worker is killed
+        await asyncio.sleep(self.delay)
+        self.file.write(f"{event.seq} {event.data['id']}\n")

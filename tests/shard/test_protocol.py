@@ -11,7 +11,7 @@ import pytest
 from shard import CloseFrame, Config, EventTypeFlags, GatewayError, Session, ShardId, ShardState
 from shard.close_codes import CloseAction
 from shard.error import ErrorKind
-from shard.protocol import GatewayProtocol
+from shard.protocol import RESUME_URL_ATTEMPTS, RESUME_WINDOW, GatewayProtocol, TransportAction
 
 TOKEN = "MTIz.secret-token-value"
 
@@ -192,8 +192,9 @@ def test_op9_true_resumes() -> None:
 
 
 @pytest.mark.parametrize("code,fatal,keeps_session", [(4004, True, True), (4014, True, True), (4007, False, False),
-                                                      (4009, False, False), (4000, False, True),
-                                                      (1000, False, True), (4008, False, True)])
+                                                      (4009, False, False), (4003, False, False),
+                                                      (4005, False, False), (4008, False, False),
+                                                      (4000, False, True), (4002, False, True), (1000, False, True)])
 def test_server_close_policy(code: int, fatal: bool, keeps_session: bool) -> None:
     p, w, now = make()
     identify_and_ready(p, w)
@@ -340,17 +341,120 @@ def test_masked_server_frame_is_protocol_error() -> None:
     assert p.hangup and p.disconnect is not None
 
 
-def test_failed_connects_to_resume_url_fall_back_to_identify() -> None:
+def lose_connection_after_ready() -> GatewayProtocol:
     p, w, now = make()
     identify_and_ready(p, w)
     now[0] += 60.0
     p.connection_lost()
+    return p
+
+
+def fail_connects(p: GatewayProtocol, n: int) -> list[str]:
+    """n failed connect attempts; the URL each went to."""
+    urls = []
+    for _ in range(n):
+        urls.append(p.connect_target()[0])
+        p.connect_failed("refused")
+    return urls
+
+
+def test_failed_connects_to_the_resume_url_try_the_gateway_url_and_keep_the_session_while_it_fails_too() -> None:
+    """The reference: "If you can't resume, [...] use the cached URL and Identify". After RESUME_URL_ATTEMPTS
+    failed connects in a row to the resume URL, one goes to the gateway URL. While that one fails too (an outage
+    of our own network fails them all) the session is kept, and the resume URL is tried again just as before."""
+    p = lose_connection_after_ready()
+    rounds = 3
+    urls = fail_connects(p, rounds * (RESUME_URL_ATTEMPTS + 1))
+    assert urls == (["ws://resume/"] * RESUME_URL_ATTEMPTS + ["ws://gw/"]) * rounds
+    assert p.session == Session("sess", 1) and not p.needs_permit
     assert p.connect_target()[0] == "ws://resume/"
-    p.connect_failed("refused")
-    p.connect_failed("refused")
-    assert p.connect_target()[0] == "ws://resume/" and p.session is not None  # keep trying the resume URL
-    p.connect_failed("refused")
-    assert p.connect_target()[0] == "ws://gw/" and p.session is None  # then the cached URL and Identify
+    p.connection_made()  # our network is back: the resume URL answers, and gets the Resume
+    feed(p, Wire().msg(HELLO))
+    (op, body), = sent(p)
+    assert json.loads(body) == {"op": 6, "d": {"token": TOKEN, "session_id": "sess", "seq": 1}}
+    p.connection_lost()  # no RESUMED yet: the connection opened, so the count starts again at the resume URL
+    assert fail_connects(p, RESUME_URL_ATTEMPTS + 1) == ["ws://resume/"] * RESUME_URL_ATTEMPTS + ["ws://gw/"]
+    assert p.session == Session("sess", 1)
+
+
+def test_the_gateway_url_answering_while_the_resume_url_fails_identifies_there_and_never_resumes() -> None:
+    p = lose_connection_after_ready()
+    fail_connects(p, RESUME_URL_ATTEMPTS + 1 + RESUME_URL_ATTEMPTS)  # the first try of the gateway URL failed too
+    assert p.connect_target()[0] == "ws://gw/" and p.session == Session("sess", 1)
+    p.connection_made()  # the gateway answers while the resume host does not: "can't resume"
+    assert p.session is None and p.state == ShardState.IDENTIFYING
+    feed(p, Wire().msg(HELLO))
+    assert p.want_identify and sent(p) == []  # no Resume to the gateway URL: it asks the identify queue
+    p.identify()
+    (op, body), = sent(p)
+    assert json.loads(body)["op"] == 2
+    p.connection_lost()  # closed before READY: no session, so the next connection identifies too
+    assert p.connect_target()[0] == "ws://gw/" and p.needs_permit
+
+
+def test_a_session_is_dropped_once_older_than_the_resume_window() -> None:
+    """A session is tried for RESUME_WINDOW seconds after its last connection ended, then the shard identifies."""
+    p, w, now = make(backoff_max=10.0)
+    identify_and_ready(p, w)
+    now[0] += 100.0
+    p.connection_lost()
+    lost_at = now[0]
+    tried: list[float] = []  # when each Resume attempt started, after the session was last alive
+    while True:
+        url, delay = p.connect_target()
+        if p.session is None:
+            break
+        now[0] += delay  # the driver waited out the backoff; then the connect fails
+        tried.append(now[0] - lost_at)
+        p.connect_failed("refused")
+    assert len(tried) > RESUME_URL_ATTEMPTS and max(tried) <= RESUME_WINDOW < now[0] + delay - lost_at
+    assert url == "ws://gw/" and p.needs_permit  # the next connection identifies
+    p.connection_made()
+    feed(p, Wire().msg(HELLO))
+    assert p.want_identify and sent(p) == []
+
+
+def test_a_connection_that_was_active_restarts_the_resume_window() -> None:
+    p, w, now = make(session=Session("old", 3), resume_url="ws://resume/")
+    now[0] += RESUME_WINDOW - 1.0  # a session given in Config counts as alive when the shard is made
+    assert p.connect_target() == ("ws://resume/", 0.0)
+    feed(p, w.msg(HELLO))
+    feed(p, w.msg({"op": 0, "t": "RESUMED", "s": 4, "d": {}}))
+    now[0] += 200.0
+    p.connection_lost()  # alive until now
+    now[0] += RESUME_WINDOW - 1.0
+    assert p.connect_target()[0] == "ws://resume/" and p.session == Session("old", 4)
+    now[0] += 2.0
+    assert p.connect_target()[0] == "ws://gw/" and p.session is None
+
+
+def test_commands_are_refused_while_the_connection_closes_or_is_dropped() -> None:
+    """can_send_commands() is False from the moment the core gives a connection up, not only once it is gone:
+    a command written to a closing or aborted transport would be lost (twilight #2247)."""
+    p, w, now = make()
+    assert not p.can_send_commands()  # not Active yet
+    identify_and_ready(p, w)
+    assert p.can_send_commands()
+    feed(p, w.msg({"op": 7, "d": None}))  # our close frame is out: the connection is closing
+    assert p.connected and not p.can_send_commands()
+    p.connection_lost()
+    p.connection_made()
+    w = Wire()
+    feed(p, w.msg(HELLO))
+    feed(p, w.msg({"op": 0, "t": "RESUMED", "s": 2, "d": {}}))
+    assert p.can_send_commands()
+    sent(p)
+    p.heartbeat_timer(100.5)
+    p.heartbeat_timer(101.5)  # no ACK since the previous beat: a zombie, dropped without a close frame
+    assert p.transport_action() is TransportAction.ABORT and p.connected and not p.can_send_commands()
+
+
+def test_no_identify_on_a_connection_being_dropped() -> None:
+    p, w, now = make()
+    feed(p, w.msg(HELLO))
+    assert p.may_identify()
+    p.write_stalled()  # the gateway has read nothing for write_timeout: the connection is dropped
+    assert p.transport_action() is TransportAction.ABORT and p.connected and not p.may_identify()
 
 
 def test_control_events_are_typed() -> None:

@@ -16,6 +16,7 @@ from shard import (CloseFrame, Config, EventTypeFlags, GatewayError, InMemoryQue
 from shard.close_codes import close_reason
 from shard.error import ErrorKind
 from shard.metrics import register_collector
+from shard.protocol import RESUME_URL_ATTEMPTS
 from sim import Simulator
 
 from shard_helpers import Recorder, call, feed_backlog, shard_stats
@@ -164,8 +165,10 @@ async def test_fatal_close_codes_stop_the_shard(shards, code: int) -> None:
             pytest.fail("no events after a fatal close")
 
 
-@pytest.mark.parametrize("code", [4007, 4009])
+@pytest.mark.parametrize("code", [4003, 4005, 4007, 4008, 4009])
 async def test_session_ending_close_codes_identify(shards, code: int) -> None:
+    """The reference's close policy. The simulator keeps a session resumable after 4005 and 4008 (Discord does
+    not say it ends), so a Resume there would succeed and be counted: this test would catch one."""
     async with Simulator(**FAST) as sim:
         shard = shards(sim)
         rec = Recorder(shard)
@@ -177,7 +180,7 @@ async def test_session_ending_close_codes_identify(shards, code: int) -> None:
         await rec.stop()
 
 
-@pytest.mark.parametrize("how", ["4000", "4008", "1000", "drop"])
+@pytest.mark.parametrize("how", ["4000", "4001", "1000", "drop"])
 async def test_other_closes_and_transport_errors_resume(shards, how: str) -> None:
     async with Simulator(**FAST) as sim:
         shard = shards(sim)
@@ -212,6 +215,47 @@ async def test_failed_connects_back_off_with_growing_attempts(shards) -> None:
         assert shard.state == ShardState.ACTIVE and shard.state.reconnect_attempts == 0
         snap = sim.stats.snapshot()
         assert shard_stats(snap)["connections"] == 1 and shard_stats(snap)["identifies"] == 1 and no_violations(snap)
+        await rec.stop()
+
+
+async def test_a_network_blip_keeps_the_session(shards) -> None:
+    """Connects failing for a while (refused here; an outage of our own network fails them all) do not cost the
+    session: each try of the gateway URL (after RESUME_URL_ATTEMPTS failures at the resume URL) fails too, so
+    the session is kept, and the Resume goes to the resume URL once it answers, never to the gateway URL."""
+    refused = 2 * (RESUME_URL_ATTEMPTS + 1)  # the gateway URL is tried (and refused) twice
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim, backoff_base=0.02, backoff_max=0.1)
+        rec = Recorder(shard)
+        await ready(rec)
+        sim.config.refuse_connections = refused
+        await call(sim.drop(0))
+        await rec.wait_for(lambda r: "RESUMED" in r.types() or r.count("READY") == 2)
+        snap = sim.stats.snapshot()
+        assert (shard_stats(snap)["identifies"], shard_stats(snap)["resumes"]) == (1, 1)
+        assert [e.kind for e in rec.errors] == [ErrorKind.RECONNECT] * refused
+        assert no_violations(snap)  # in particular no Resume sent to the main gateway URL
+        [sess] = snap["sessions"].values()
+        assert sess["resumes"] == 1 and sess["lost"] == 0
+        await rec.stop()
+
+
+async def test_an_unreachable_resume_url_identifies_at_the_gateway_url(shards) -> None:
+    """The resume host is down while the gateway URL answers: after RESUME_URL_ATTEMPTS failed connects to the
+    resume URL the shard identifies at the gateway URL (the reference: "If you can't resume, [...] use the
+    cached URL and Identify"), without a Resume there."""
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        first = shard.session
+        sim.config.refuse_resume_connections = 100
+        await call(sim.drop(0))
+        await rec.wait_for(lambda r: "RESUMED" in r.types() or r.count("READY") == 2)
+        assert sim.config.refuse_resume_connections == 100 - RESUME_URL_ATTEMPTS  # then never the resume URL again
+        snap = sim.stats.snapshot()
+        assert (shard_stats(snap)["identifies"], shard_stats(snap)["resumes"]) == (2, 0) and no_violations(snap)
+        assert [e.kind for e in rec.errors] == [ErrorKind.RECONNECT] * RESUME_URL_ATTEMPTS
+        assert first is not None and shard.session is not None and shard.session.id != first.id
         await rec.stop()
 
 
@@ -378,6 +422,56 @@ async def test_ratelimiter_keeps_under_the_gateway_limit(shards) -> None:
         assert shard_stats(snap)["commands"]["3"] == 116  # the rest wait for the window
         assert shard_stats(snap)["ratelimit_closes"] == 0 and no_violations(snap)
         assert rl.available() == 0 and rl.next_available() > 0
+        await rec.stop()
+
+
+@pytest.mark.parametrize("ratelimit", [True, False])
+async def test_a_command_queued_while_the_connection_closes_waits_for_the_next_one(shards, ratelimit: bool) -> None:
+    """While a connection closes (op 7 here; also op 9, a bad Hello, a zombie) the sender waits: it used to spin,
+    taking a permit of the closing connection's ratelimiter per pass (or burning CPU without one), and then
+    slept about 60 s on that spent ratelimiter after the Resume."""
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim, ratelimit_messages=ratelimit)
+        rec = Recorder(shard)
+        await ready(rec)
+        await shard.command(UpdatePresence(status="idle"))
+        await sim.wait_until(lambda s: shard_stats(s)["commands"].get("3", 0) == 1)
+        closing_rl = shard.ratelimiter
+        sim.config.ignore_close = True  # our close frame gets no reply: the shard gives up after close_timeout
+        await call(sim.reconnect(0))
+        await rec.wait_for(lambda r: "GATEWAY_RECONNECT" in r.types())
+        assert shard._active is not None and not shard._active.is_set()  # the sender waits, does not spin
+        await shard.command(UpdatePresence(status="dnd"))
+        await rec.wait_for(lambda r: "RESUMED" in r.types())
+        sim.config.ignore_close = False
+        await sim.wait_until(lambda s: shard_stats(s)["commands"].get("3", 0) == 2, timeout=10)  # bounds a failure
+        if closing_rl is not None:
+            assert closing_rl.max - closing_rl.available() == 2  # the Identify and the first command
+            assert shard.ratelimiter is not closing_rl
+        snap = sim.stats.snapshot()
+        assert shard_stats(snap)["resumes"] == 1 and no_violations(snap)
+        await rec.stop()
+
+
+async def test_a_command_waiting_for_a_permit_goes_out_on_the_next_connection(shards) -> None:
+    """A command that waits for a permit of a spent ratelimiter goes out as soon as a new connection (with a
+    ratelimiter of its own) is Active, not when the old one would have had a permit again (up to 60 s)."""
+    async with Simulator(**FAST) as sim:
+        shard = shards(sim)
+        rec = Recorder(shard)
+        await ready(rec)
+        rl = shard.ratelimiter
+        assert rl is not None
+        room = rl.available()  # the Identify took one
+        for _ in range(room + 1):
+            await shard.command(UpdatePresence(status="idle"))
+        await sim.wait_until(lambda s: shard_stats(s)["commands"].get("3", 0) == room)
+        assert rl.available() == 0 and rl.next_available() > 50  # the last one waits for this window
+        await call(sim.reconnect(0))
+        await rec.wait_for(lambda r: "RESUMED" in r.types())
+        await sim.wait_until(lambda s: shard_stats(s)["commands"].get("3", 0) == room + 1, timeout=10)
+        snap = sim.stats.snapshot()
+        assert shard_stats(snap)["ratelimit_closes"] == 0 and no_violations(snap)
         await rec.stop()
 
 
@@ -567,6 +661,53 @@ async def test_resume_across_restart_with_saved_session(shards) -> None:
         seqs = [e.seq for e in rec2.events if e.seq is not None]
         assert seqs[0] == session.sequence + 1  # continues where the first process stopped: no gap, no repeat
         await rec2.stop()
+
+
+async def test_handled_session_replays_what_the_consumer_has_not_finished(shards) -> None:
+    """`handled_session` (what a worker reports for resuming after a crash, and what close returns) stops before the
+    event the consumer holds (the last one it was given, until it asks for the next), else before the first one still
+    queued: a resume from it delivers them again, the one being handled included (at least once)."""
+    async with Simulator(session_ttl=30.0, identify_window=0.2) as sim:  # default heartbeat: no ACK events
+        shard = shards(sim)
+        assert shard.handled_session is None
+        shard.start()
+
+        async def received(seq: int) -> None:  # the shard parses unread data by itself within 50 ms (it has no
+            async with asyncio.timeout(10):    # event to await for that: poll, bounded)
+                while True:
+                    if shard.session is not None and shard.session.sequence >= seq:
+                        return
+                    await asyncio.sleep(0.01)
+
+        await received(1)  # READY and the GUILD_CREATEs queued: none taken, all replayed
+        assert shard.handled_session == Session(shard.session.id, 0)
+        while (event := await shard.next_event()).seq is None:
+            pass
+        assert event.type == "READY" and shard.handled_session == Session(shard.session.id, event.seq - 1)
+        while (event := await shard.next_event()).type != "GUILD_CREATE":
+            pass
+        sim.emit_guild_events(4)
+        dispatched = (await sim.wait_until(lambda s: s["total"]["dispatched"] >= event.seq + 4))["total"]["dispatched"]
+        await received(dispatched)
+        assert shard.session.sequence == dispatched  # everything received; the handled point lags behind
+        while (event := await shard.next_event()).type != "MESSAGE_CREATE":
+            pass
+        first = event.seq
+        assert shard.handled_session == Session(shard.session.id, first - 1)
+        assert (await shard.next_event()).seq == first + 1
+        assert shard.handled_session.sequence == first
+        assert json.loads(await shard.next_message())["s"] == first + 2  # raw mode holds its message the same way
+        assert shard.handled_session.sequence == first + 1
+        assert (await shard.__anext__()).seq == first + 3  # and `async for`'s fast path
+        handled = shard.handled_session
+        assert handled.sequence == first + 2 and shard.session.sequence == dispatched == first + 3
+        session = await shard.close(CloseFrame.RESUME)  # while the consumer still holds first + 3
+        assert session == handled
+
+        again = Recorder(shards(sim, session=session, resume_url=shard.resume_url))
+        await again.wait_for(lambda r: "RESUMED" in r.types())  # sent after the replayed events
+        assert [e.seq for e in again.events if e.type == "MESSAGE_CREATE"] == [first + 3]  # the unfinished one again
+        await again.stop()
 
 
 @pytest.mark.parametrize("code", [1000, 1001])

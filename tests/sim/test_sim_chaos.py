@@ -238,6 +238,24 @@ async def test_refuse_connections_drops_the_next_n_handshakes(make_sim, gw):
     assert status == 200
 
 
+async def test_refuse_resume_connections_drops_only_handshakes_to_the_resume_url(make_sim, gw):
+    sim = await make_sim(refuse_resume_connections=2)
+    c, session_id = await connected(sim, gw)  # the main gateway URL answers
+    c.drop()
+    snap = await sim.wait_until(lambda s: s["sessions"][session_id]["state"] == "detached", 5)
+    for _ in range(2):
+        reader, writer = await asyncio.open_connection(sim.config.host, sim.port)
+        writer.write(UPGRADE.replace(b"GET /?", b"GET /resume-gateway/?"))
+        assert await asyncio.wait_for(reader.read(), 5) == b""  # dropped: no 101, no close frame
+        writer.close()
+    assert sim.config.refuse_resume_connections == 0
+    r = await gw(sim.resume_url)  # the third connects normally
+    await r.resume(sim.token, session_id, snap["sessions"][session_id]["dispatched"])
+    await r.recv_until(t="RESUMED")
+    t = sim.stats.snapshot()["total"]
+    assert (t["connections"], t["identifies"], t["resumes"], t["violations"]) == (2, 1, 1, 0)
+
+
 async def test_silent_handshake_never_answers_until_switched_off(make_sim, gw):
     sim = await make_sim(silent_handshake=True)
     reader, writer = await asyncio.open_connection(sim.config.host, sim.port)
@@ -262,8 +280,9 @@ async def test_ignore_close_leaves_the_client_waiting_for_the_answer(make_sim, g
     assert snap["sessions"][session_id]["state"] == "detached"  # resumable, as after a 4000 close
 
 
-def test_refuse_connections_must_not_be_negative():
+@pytest.mark.parametrize("name", ["refuse_connections", "refuse_resume_connections"])
+def test_refuse_connections_must_not_be_negative(name):
     from sim import SimConfig
 
-    with pytest.raises(ValueError, match="refuse_connections must be >= 0"):
-        SimConfig(refuse_connections=-1)
+    with pytest.raises(ValueError, match=f"{name} must be >= 0"):
+        SimConfig(**{name: -1})
