@@ -185,7 +185,7 @@ class NewGate:
     before the switch: a cache rebuilt from a warm-up GUILD_CREATE is older than them until their next update.
 
     Fed each dispatch's sequence number, it records its :attr:`marker_seq` and tells the session's sequence a restart
-    must resume after (:meth:`resume_seq`), which the worker reports instead of the last one received."""
+    must resume after (:meth:`resume_seq`), which the worker reports instead of the last one handled."""
 
     def __init__(self, on_warm: Callable[[], None] = lambda: None, on_cold: Callable[[], None] = lambda: None) -> None:
         self.marker: _Marker | None = None
@@ -236,14 +236,14 @@ class NewGate:
         if seq is not None and self._cap is not None and seq > self._cap:
             self._cap = seq
 
-    def resume_seq(self, received: int) -> int:
-        """The sequence a restarted worker must resume this shard's session after, ``received`` being the last one the
-        shard received: until it is live, the last dispatch decided on, or just before the first held one (from the
+    def resume_seq(self, handled: int) -> int:
+        """The sequence a restarted worker must resume this shard's session after, ``handled`` being the last one its
+        consumer finished: until it is live, the last dispatch decided on, or just before the first held one (from the
         cut on) not handed over yet, so that the replay brings back exactly what was not delivered."""
         if self.mode == "live":
-            return received
+            return handled
         cap = self._cap if self._cap is not None else self.last_seq
-        return received if cap is None else min(received, cap)
+        return handled if cap is None else min(handled, cap)
 
     def _cold(self) -> None:
         if self.warm:

@@ -110,11 +110,11 @@ class Worker:
         return SessionInfo(shard_id, session.id, self._resume_seq(shard_id, session.sequence),
                            getattr(shard, "resume_url", None))
 
-    def _resume_seq(self, shard_id: int, received: int) -> int:
+    def _resume_seq(self, shard_id: int, handled: int) -> int:
         """The sequence to report for a shard's session: a new shard of a live reshard resumes before the first event
         it holds (cluster.cutover), so that a restart after the switch loses none of them."""
         gate = self.gates.get(shard_id)
-        return gate.resume_seq(received) if isinstance(gate, NewGate) else received
+        return gate.resume_seq(handled) if isinstance(gate, NewGate) else handled
 
     def _status(self, shard_id: int, now: float, queued: frozenset[int] = frozenset()) -> ShardStatus:
         shard = self.shards[shard_id]
