@@ -207,9 +207,6 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                                 "or host_count")
             if self.workers is not None:
                 problems.append("assign auto cuts the shards into blocks of shards_per_worker: give that, not workers")
-        if self.auto_reshard and self.assign == "auto":
-            problems.append("auto_reshard does not work with assign auto: live resharding needs static ranges "
-                            "(host_index/host_count or shard_range) on every host")
         if self.auto_reshard_interval <= 0 or self.auto_reshard_margin < 0 or self.reshard_cut_timeout <= 0:
             problems.append("auto_reshard_interval and reshard_cut_timeout must be > 0, auto_reshard_margin >= 0")
         if self.lease_ttl < 1:
