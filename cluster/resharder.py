@@ -319,7 +319,8 @@ class Resharder:
                 log.info("reshard epoch %d: this host's %d new shards are ready", record.epoch, len(r.warm))
             if record.phase is ClusterPhase.CUTTING_OVER and r.phase is Phase.WARMING:
                 return Action.CUT, ""
-            if Action.GO in actions and "passed" not in self._reported and await store.report(record, "passed"):
+            if Action.GO in actions and "passed" not in self._reported and await store.report(
+                    record, "passed", self._old_digests):
                 self._reported.add("passed")
             live = [h.host_id for h in await read_hosts(self.sup._redis, self.sup._ns)]
             lead = record.leader == store.host
@@ -649,8 +650,9 @@ class Resharder:
         old_handles = [h for h in rt.workers.values()]
         for h in old_handles:
             self._send(h, CutoverEnd(True))
+        digests = await self._cluster_digests()
         for h in child.workers.values():  # the new set drops what the old one delivered between the two markers
-            self._send(h, CutoverEnd(True, self._old_digests))
+            self._send(h, CutoverEnd(True, digests))
         now = time.monotonic()
         # the old workers' last reports (sessions, shard states) must not land on the new set's shards of the same ids
         retired = sup._router.rt = self._side_runtime()
@@ -687,6 +689,20 @@ class Resharder:
         log.info("reshard done: %d shards, the old set's workers retired", r.new_total)
         rt.emit("reshard_phase", phase=r.phase.value)
         await sup._loops.save_state()
+
+    async def _cluster_digests(self) -> list[int]:
+        """What the old set delivered without a creation id while gated: across hosts, every host's (a guild's old
+        and new shards may run on two hosts), else (or if Redis cannot say) this host's."""
+        store = self._store
+        if self.record is None or store is None:
+            return self._old_digests
+        try:
+            async with asyncio.timeout(2.0):
+                return list(await store.digests())
+        except (CoordinatorUnavailable, TimeoutError) as exc:
+            log.warning("reshard: the other hosts' old-set digests could not be read (%s): events without a creation "
+                        "id delivered by another host's old shard at the cut may reach a handler twice", exc)
+            return self._old_digests
 
     async def _move_host(self, r: Reshard) -> None:
         """Across hosts: this host's registry record names its new shards from now on."""
