@@ -254,6 +254,7 @@ class BlockKeeper:
         """A reshard's new layout: claim ``blocks`` (this host's share, free until now), whose workers the resharder
         starts; they are renewed (and marked starting until their shards are active) but nothing is planned until
         :meth:`adopt`. ReshardRefused if one is leased already (a leftover of an earlier try: it rolls back)."""
+        self.planning = False
         for block in blocks:
             sent = time.monotonic()
             got = await self.leases.claim(block)
@@ -268,10 +269,12 @@ class BlockKeeper:
         """The switch: this layout is the host's (``rt`` its runtime now); plan it from the next tick on."""
         self.rt, self.planning = rt, True
 
-    async def retire(self) -> None:
+    async def retire(self, *, stop: bool = False) -> None:
         """The end of this layout on this host (the reshard switched away from it, or rolled back from it): stop
         renewing and release every lease held, saving nothing (its sessions went with the old layout, or were
-        never saved); the workers were drained by the resharder."""
+        never saved). The resharder drained the workers; with ``stop`` (the cluster resharded without this host)
+        they are killed here first."""
+        self.planning = False
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -279,6 +282,12 @@ class BlockKeeper:
             await asyncio.wait([self._ticking], timeout=2 * renew_interval(self.ttl))
         held, self.held = dict(self.held), {}
         self.deadline.clear()
+        for block in sorted(held) if stop else ():
+            handle = self.rt.workers.get(block)
+            self._forget(block)
+            if handle is not None:
+                handle.retiring = True
+                await self.workers.kill(handle, "the cluster resharded")
         for block, epoch in sorted(held.items()):
             with on_trouble():  # Redis away: the lease expires by itself
                 await self.leases.release(block, epoch)

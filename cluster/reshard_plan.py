@@ -147,13 +147,18 @@ def check_leased(hosts: Iterable[HostRecord], leases: Mapping[int, Lease], old_t
         ids.append(h.host_id)
     free = [b for b in range(block_count) if b not in leases or leases[b].owner not in ids]
     if free:
-        raise ReshardRefused(f"block{'s' if len(free) > 1 else ''} {', '.join(map(str, free))} of {old_total} "
-                             "shards have no live owner (a failover is under way): try again once every block runs")
+        raise ReshardRefused(f"{_blocks(free, old_total)} no live owner (a failover is under way): try again once "
+                             "every block runs")
     moving = sorted(b for b, lease in leases.items() if b < block_count and lease.starting)
     if moving:
-        raise ReshardRefused(f"block{'s' if len(moving) > 1 else ''} {', '.join(map(str, moving))} of {old_total} "
-                             "shards are still starting on their new host: try again once every block runs")
+        raise ReshardRefused(f"{_blocks(moving, old_total, 'is', 'are')} still starting on a new owner: try again "
+                             "once every block runs")
     return sorted(ids)
+
+
+def _blocks(ids: list[int], total: int, one: str = "has", many: str = "have") -> str:
+    return f"block{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} of the {total} shards " + (
+        many if len(ids) > 1 else one)
 
 
 def leader_step(record: ClusterReshard, live: Iterable[str], now: float) -> tuple[Step, str]:

@@ -135,6 +135,12 @@ class ReshardStore:
         except ValueError:
             return 0
 
+    async def layout_total(self) -> int | None:
+        """The cluster's shard count in Redis (``<ns>layout``), or None (missing or not ``shards,max_concurrency``)."""
+        raw = await self._do(lambda: self.client.get(layout_key(self.ns)))
+        total = _text(raw).partition(",")[0] if raw is not None else ""
+        return int(total) if total.isdigit() else None
+
     async def read(self) -> ClusterReshard | None:
         """The current record, or None (no reshard yet, or it expired, or it does not decode)."""
         async def fetch() -> list[Any]:

@@ -267,13 +267,16 @@ class Resharder:
 
     async def follow(self) -> None:
         """With a coordinator: join the reshards other hosts begin (read the record's epoch every
-        :data:`CLUSTER_IDLE_POLL` seconds, the record when it is new; while one runs, :meth:`_procedure` reads it)."""
+        :data:`CLUSTER_IDLE_POLL` seconds, the record when it is new; while one runs, :meth:`_procedure` reads it).
+        With ``--assign auto``, also follow a reshard this host took no part in (:meth:`_follow_layout`)."""
         while True:
             await asyncio.sleep(CLUSTER_IDLE_POLL)
             store = self._store
             if store is None or self.running:
                 continue
             try:
+                if self.sup.blocks is not None:
+                    await self._follow_layout(store)
                 record = await store.read() if await store.epoch() > self._seen_epoch else None
             except CoordinatorUnavailable:
                 continue  # the coordinator's own loops say so
@@ -287,6 +290,24 @@ class Resharder:
             except ReshardRefused as exc:
                 log.error("cannot take part in the cluster's reshard to %d shards: %s", record.new_total, exc)
                 await store.roll_back(record, f"host {store.host}: {exc}")
+
+    async def _follow_layout(self, store: Any) -> None:
+        """``--assign auto``: the cluster's layout in Redis is not this host's (it joined the cluster while a reshard
+        ran, and took no part in it): stop and release the old layout's blocks it holds (none, unless it took one
+        over during the reshard) and plan the new layout's from now on (it gets blocks by rebalancing)."""
+        sup, rt = self.sup, self.sup._rt
+        total = await store.layout_total()
+        if total is None or total == rt.shard_total or rt.stopping or self.running:
+            return
+        log.warning("the cluster resharded from %d to %d shards without this host (it joined during the reshard): "
+                    "leasing blocks of the %d-shard layout from now on", rt.shard_total, total, total)
+        await sup.blocks.retire(stop=True)
+        rt.shard_total = total
+        rt.sessions_version += 1
+        keeper = sup.blocks = sup.block_keeper(rt, sup._workers)
+        sup._cross.sessions.fence = keeper.fence
+        keeper.start()
+        await self._move_host(total, None)
 
     async def _cluster_step(self, r: Reshard, actions: list[Action]) -> tuple[Action, str]:
         """Follow the record one step: report this host's progress, lead if this host began it, and say what to
@@ -677,7 +698,8 @@ class Resharder:
             sup._cross.sessions.fence = self.keeper.fence
         self.child = self.workers = self.router = self.keeper = None
         r.switched(now)
-        await self._move_host(r)
+        if r.new_shards is not None:
+            await self._move_host(r.new_total, r.new_shards)
         log.info("reshard: switched to %d shards %.1f s after the start; closing the %d old sessions", r.new_total,
                  now - r.started, r.old_total)
         rt.emit("reshard_phase", phase=r.phase.value)
@@ -704,16 +726,15 @@ class Resharder:
                         "id delivered by another host's old shard at the cut may reach a handler twice", exc)
             return self._old_digests
 
-    async def _move_host(self, r: Reshard) -> None:
-        """Across hosts: this host's registry record names its new shards from now on."""
+    async def _move_host(self, total: int, shards: range | None) -> None:
+        """Across hosts: this host's registry record names its new layout (and new shards) from now on."""
         sup, store = self.sup, self._store
-        if store is None or sup.host is None or r.new_shards is None:
+        if store is None or sup.host is None:
             return
-        if sup.blocks is not None:  # --assign auto: no range in the registry, only the layout
-            sup.host = msgspec.structs.replace(sup.host, shard_total=r.new_total)
+        if sup.blocks is not None or shards is None:  # --assign auto: no range in the registry, only the layout
+            sup.host = msgspec.structs.replace(sup.host, shard_total=total)
         else:
-            sup.host = msgspec.structs.replace(sup.host, first=r.new_shards.start, last=r.new_shards.stop - 1,
-                                               shard_total=r.new_total)
+            sup.host = msgspec.structs.replace(sup.host, first=shards.start, last=shards.stop - 1, shard_total=total)
         try:
             await store.move_host(sup.host, sup.config.host_ttl)
         except CoordinatorUnavailable as exc:

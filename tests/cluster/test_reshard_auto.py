@@ -60,9 +60,9 @@ async def status(redis, host_prefix: str) -> dict:
     return json.loads(body)
 
 
-async def two_hosts(hosts, redis, sim):
+async def two_hosts(hosts, redis, sim, *extra):
     for name in ("a", "b"):
-        await hosts.start(name, env={"CLUSTER_HTTP_TOKEN": TOKEN})
+        await hosts.start(name, *extra, env={"CLUSTER_HTTP_TOKEN": TOKEN})
     await poll("one old block a host", lambda: _spread(redis, 8, 2), 60)
     await sim.wait_until(lambda s: active(s) == 8, 60)
 
@@ -76,7 +76,7 @@ async def _spread(redis, shards: int, n: int) -> dict[int, str] | None:
 
 def host_options():
     return ("--assign", "auto", "--shards", "8", "--shards-per-worker", "4", "--lease-ttl", str(TTL), "--host-ttl",
-            "5", "--cluster-name", "autoreshard", "--identify-window", "0.3", "--intents", str(INTENTS))
+            "5", "--cluster-name", "autoreshard", "--identify-window", "0.3", "--intents", str(INTENTS), "--log-level", "INFO")
 
 
 @pytest.fixture
@@ -214,3 +214,30 @@ async def _new_gone(redis) -> bool:
 async def _ended(redis):
     st = await status(redis, "machine-a-")
     return st if st["reshard"] and st["reshard"]["phase"] in ("done", "rolled_back") else None
+
+
+async def test_a_host_joining_during_the_reshard_waits_for_its_end_then_gets_new_blocks_by_rebalancing(
+        hosts, redis, id_log):
+    """Identify windows of 2 s: the new set takes a few seconds to warm up, and host C registers meanwhile. It takes
+    no part (the record names A and B), holds no block until the switch, then leases blocks of the 16-shard layout
+    by the usual rebalancing (a handoff: a resume, no identify)."""
+    sim = hosts.sim
+    sim.config.identify_window = 2.0
+    await two_hosts(hosts, redis, sim, "--identify-window", "2")
+    url = next(h for h in await read_hosts(redis, NS) if h.host_id.startswith("machine-a-")).http_url
+    code, out, err = await _cli("--url", url, "--shards", "16", "--no-wait", token=TOKEN)
+    assert code == 0, (out, err)
+    c = await hosts.start("c", "--identify-window", "2", env={"CLUSTER_HTTP_TOKEN": TOKEN})
+    await poll("host C registered", lambda: _registered(redis, "machine-c-"), 30)
+    record = await redis.hgetall(f"{NS}reshard")
+    assert record[b"phase"] == b"warming" and b"machine-c-" not in record[b"hosts"]  # it came during the warm-up
+    await c.wait_for("the cluster resharded from 8 to 16 shards without this host", 60)
+    got = await poll("the new blocks spread over the three hosts", lambda: _spread(redis, 16, 3), 60)
+    assert any(o.startswith("machine-c-") for o in got.values())
+    snap = await sim.wait_until(lambda s: active(s) == 16, 30)
+    assert snap["sets"]["8"]["identifies"] == 8 and snap["sets"]["16"]["identifies"] == 16, identified_again(snap)
+    assert snap["total"]["identifies"] == 24  # C's block came by a handoff: resumed
+
+
+async def _registered(redis, prefix: str) -> bool:
+    return any(h.host_id.startswith(prefix) for h in await read_hosts(redis, NS))
