@@ -76,7 +76,8 @@ async def _spread(redis, shards: int, n: int) -> dict[int, str] | None:
 
 def host_options():
     return ("--assign", "auto", "--shards", "8", "--shards-per-worker", "4", "--lease-ttl", str(TTL), "--host-ttl",
-            "5", "--cluster-name", "autoreshard", "--identify-window", "0.3", "--intents", str(INTENTS), "--log-level", "INFO")
+            "5", "--cluster-name", "autoreshard", "--identify-window", "0.3", "--intents", str(INTENTS),
+            "--log-level", "INFO")  # on failure, pytest shows each host's lease moves and reshard steps
 
 
 @pytest.fixture
