@@ -692,7 +692,9 @@ class Resharder:
             h.heartbeat = HeartbeatMonitor(rt.config.ipc_heartbeat_interval, rt.config.ipc_heartbeat_missed, now=now)
         old_keeper = sup.blocks
         if self.keeper is not None:  # --assign auto: the new layout's leases are the host's, planned from now on
-            old_keeper.rt = retired
+            # the old layout's keeper renews its leases until its workers are drained, and claims nothing more (the
+            # other hosts release theirs once switched); it tracks its workers apart from the new ones of the same ids
+            old_keeper.rt, old_keeper.planning = retired, False
             self.keeper.adopt(rt)
             sup.blocks = self.keeper
             sup._cross.sessions.fence = self.keeper.fence

@@ -11,12 +11,12 @@ import asyncio
 import json
 import signal
 import time
-from collections import Counter, defaultdict
+from collections import Counter
 
 import pytest
 from cluster_testing import http_get, until
 from hosts_testing import active, hosts_of, identified_again
-from test_reshard import FAST, HANDLER, INTENTS, KINDS, _cli, all_delivered, delivered
+from test_reshard import FAST, HANDLER, INTENTS, KINDS, _cli, all_delivered, delivered, set_times
 
 from cluster.coordination.redis_conn import connect
 from cluster.hosts import read_hosts
@@ -101,14 +101,22 @@ async def new_sessions_saved(redis) -> bool:
         return all(v == b"16" for v in await pipe.execute())
 
 
+async def reshard_on_a(hosts, redis, sim, rate: int, *cli: str, host_options: tuple[str, ...] = ()) -> str:
+    """Hosts A and B up, the stream at ``rate`` events a second for a while, then ``cluster reshard --shards 16`` with
+    ``cli`` against host A (it leads; B takes part by the record in Redis): what it printed."""
+    await two_hosts(hosts, redis, sim, *host_options)
+    if rate:
+        sim.config.guild_events_per_second = rate
+        await until(lambda: sim.guild_events.total >= rate * 2 // 3, 10, "traffic before the reshard")
+    url = next(h for h in await read_hosts(redis, NS) if h.host_id.startswith("machine-a-")).http_url
+    code, out, err = await _cli("--url", url, "--shards", "16", *cli, token=TOKEN)
+    assert code == 0, (out, err)
+    return out
+
+
 async def test_two_auto_hosts_move_from_8_to_16_shards_and_a_killed_host_resumes_on_the_other(
         sim, hosts, redis, id_log):
-    await two_hosts(hosts, redis, sim)
-    sim.config.guild_events_per_second = 150
-    await until(lambda: sim.guild_events.total >= 100, 10, "traffic before the reshard")
-    url = next(h for h in await read_hosts(redis, NS) if h.host_id.startswith("machine-a-")).http_url
-    code, out, err = await _cli("--url", url, "--shards", "16", token=TOKEN)  # host A leads, B follows the record
-    assert code == 0, (out, err)
+    out = await reshard_on_a(hosts, redis, sim, 150)
     assert out.splitlines()[-1].startswith("done: 16 shards"), out
     statuses = await poll("host B's reshard done", lambda: _both_done(redis), 30)
     assert [s["reshard"]["phase"] for s in statuses] == ["done", "done"], statuses
@@ -128,13 +136,8 @@ async def test_two_auto_hosts_move_from_8_to_16_shards_and_a_killed_host_resumes
     kind = {int(e["id"]): e["type"] for e in log["events"]}
     assert [(i, kind.get(i)) for i, n in counts.items() if n > 1] == []  # and only one
     assert {d[2] for d in got} == {8, 16}  # both sets delivered part of the stream
-    last_old, first_new = defaultdict(float), defaultdict(lambda: float("inf"))
-    for _, guild, total, at in got:  # no guild's events from two sets at once: the old set's all came first
-        if total == 8:
-            last_old[guild] = max(last_old[guild], at)
-        else:
-            first_new[guild] = min(first_new[guild], at)
-    assert [g for g in last_old if last_old[g] > first_new[g]] == []
+    last_old, first_new = set_times(got, 8)
+    assert [g for g in last_old if last_old[g] > first_new[g]] == []  # no guild from two sets: the old set's came first
     creates = [g for _, g, total, _ in delivered(id_log, guilds=True) if total == 16]
     assert sorted(creates) == sorted(last_old)  # each guild's GUILD_CREATE once to the new handlers, at the switch
     sets = stats["sets"]
@@ -175,12 +178,7 @@ async def _old_gone(redis) -> bool:
 
 async def test_a_host_killed_before_the_switch_rolls_the_reshard_back_and_the_old_layout_serves_on(
         sim, hosts, redis, id_log):
-    await two_hosts(hosts, redis, sim)
-    sim.config.guild_events_per_second = 100
-    await until(lambda: sim.guild_events.total >= 50, 10, "traffic before the reshard")
-    url = next(h for h in await read_hosts(redis, NS) if h.host_id.startswith("machine-a-")).http_url
-    code, out, err = await _cli("--url", url, "--shards", "16", "--no-wait", token=TOKEN)
-    assert code == 0, (out, err)
+    await reshard_on_a(hosts, redis, sim, 100, "--no-wait")
     await poll("host B's new blocks leased", lambda: _b_reserved(redis), 30)
     hosts.killpg("b", signal.SIGKILL)  # before the switch: B's new blocks are warming up
     st = await poll("the reshard's end on host A", lambda: _ended(redis), 30)
@@ -224,10 +222,7 @@ async def test_a_host_joining_during_the_reshard_waits_for_its_end_then_gets_new
     by the usual rebalancing (a handoff: a resume, no identify)."""
     sim = hosts.sim
     sim.config.identify_window = 2.0
-    await two_hosts(hosts, redis, sim, "--identify-window", "2")
-    url = next(h for h in await read_hosts(redis, NS) if h.host_id.startswith("machine-a-")).http_url
-    code, out, err = await _cli("--url", url, "--shards", "16", "--no-wait", token=TOKEN)
-    assert code == 0, (out, err)
+    await reshard_on_a(hosts, redis, sim, 0, "--no-wait", host_options=("--identify-window", "2"))
     c = await hosts.start("c", "--identify-window", "2", env={"CLUSTER_HTTP_TOKEN": TOKEN})
     await poll("host C registered", lambda: _registered(redis, "machine-c-"), 30)
     record = await redis.hgetall(f"{NS}reshard")
