@@ -74,6 +74,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from cluster.error import ConfigError
 from cluster.layout import split
 
 __all__ = [
@@ -87,6 +88,7 @@ __all__ = [
     "Renewal",
     "Takeover",
     "blocks",
+    "check_no_legacy_leases",
     "deadline_after",
     "epoch_key",
     "fair",
@@ -392,6 +394,16 @@ class LeaseStore:
             if lease is not None:
                 out[block] = lease
         return out
+
+
+async def check_no_legacy_leases(client: Any, ns: str, block_count: int) -> None:
+    """ConfigError if a host of an earlier version holds a lease of the bot ``ns`` under the keys before layouts
+    (``<ns>lease:<block>``): it would not see this host's leases, nor this host its, and both would run the block."""
+    held = await client.exists(*(lease_key(ns, b) for b in range(block_count)))
+    if held:
+        raise ConfigError(f"{held} block lease(s) under {ns}lease:<block> are held by hosts of an earlier shardstack "
+                          "version (its leases are not keyed by layout): stop every host of that version before "
+                          "starting this one (no rolling update across this change)")
 
 
 def fair(counts: Sequence[int]) -> bool:

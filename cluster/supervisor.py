@@ -326,6 +326,10 @@ class Supervisor:
                 self._rt.spawn_loop("identify_wakeups", coord.listen, self._rt.wake.set)
             self._join_hosts()  # sessions, status and broadcasts shared with the other hosts
             if auto:
+                from cluster.leases import blocks, check_no_legacy_leases  # noqa: PLC0415 - needs redis
+
+                count = len(blocks(self.shard_total, cfg.shards_per_worker))
+                await self._on_redis("the block leases", lambda: check_no_legacy_leases(self._redis, self._ns, count))
                 self.blocks = self.block_keeper(self._rt, self._workers)
                 self._cross.sessions.fence = self.blocks.fence
                 self.blocks.start()

@@ -300,3 +300,18 @@ async def test_a_reshards_keeper_claims_its_share_of_the_new_layout_plans_nothin
     assert [await client.get(released_key(new, b)) for b in (1, 2)] == [b"1", b"1"]
     assert keeper.moves == {("claim", "reshard"): 2, ("release", "resharded"): 2}
     assert await client.exists(lease_key(layout_ns(NS, 8), 1))  # the old layout's lease is untouched
+
+
+async def test_a_lease_held_under_the_keys_before_layouts_stops_a_host_of_this_version_from_starting(client):
+    from cluster.error import ConfigError
+    from cluster.leases import check_no_legacy_leases, layout_ns
+
+    await LeaseStore(client, layout_ns(NS, 8), "new", ttl=3.0).claim(0)  # this version's own keys are fine
+    await check_no_legacy_leases(client, NS, 2)
+    await client.set(f"{NS}lease:1", "4:old-host", px=3000)  # as an earlier version writes it
+    with pytest.raises(ConfigError) as e:
+        await check_no_legacy_leases(client, NS, 2)
+    assert str(e.value) == (
+        "1 block lease(s) under shardstack:test:lease:<block> are held by hosts of an earlier shardstack version (its "
+        "leases are not keyed by layout): stop every host of that version before starting this one (no rolling "
+        "update across this change)")
