@@ -332,7 +332,7 @@ HELP: dict[str, str] = {
                  "elsewhere after about this long, and a host cut off from the coordinator stops its blocks before",
     "auto_reshard": "reshard live by itself when a shard is closed with 4011 (sharding required) or when "
                     "GET /gateway/bot recommends more shards by --auto-reshard-margin (with --coordinator: the whole "
-                    "cluster, static ranges only)",
+                    "cluster)",
     "auto_reshard_interval": "with --auto-reshard: seconds between checks of GET /gateway/bot's recommendation",
     "auto_reshard_margin": "with --auto-reshard: reshard once the recommendation exceeds the running shard count by "
                            "this fraction",
