@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests" / "cluster"))
 
 import redis  # noqa: E402
 
-from cluster.leases import parse_lease  # noqa: E402
+from cluster.leases import layout_ns, lease_key, parse_lease  # noqa: E402
 from cluster_bench import Sim  # noqa: E402
 from hosts_testing import sessions_saved  # noqa: E402
 from redis_process import RedisServer  # noqa: E402
@@ -54,7 +54,7 @@ def active(stats: dict) -> int:
 
 
 def owners(client: redis.Redis, blocks: int) -> dict[int, str]:
-    raws = client.mget([f"{NS}lease:{b}" for b in range(blocks)])
+    raws = client.mget([lease_key(layout_ns(NS, blocks * PER_BLOCK), b) for b in range(blocks)])
     return {b: lease.owner for b, raw in enumerate(raws) if (lease := parse_lease(b, raw)) is not None}
 
 

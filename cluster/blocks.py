@@ -12,6 +12,12 @@ moves are paced so. A block whose lease is lost or whose deadline passes (Redis 
 restarted here. On a clean stop every block is drained, saved and released, so that the other
 hosts take them over with a resume and no identify.
 
+During a live reshard (:mod:`cluster.resharder`) a host has two keepers: this one, *frozen* (it hands nothing
+off: the reshard counts on its old shards), and one for its share of the new layout's blocks, which it claims at
+once (:meth:`BlockKeeper.reserve`) and renews without planning while the new set warms up. At the switch the new
+keeper takes over and plans (:meth:`BlockKeeper.adopt`) and the old one releases its leases without saving
+anything (:meth:`BlockKeeper.retire`: the old layout's sessions went with it); a rollback retires the new one.
+
 Every move is one log line ``lease <event> block=<b> shards=<a>-<z> epoch=<e> reason=<r>`` and is counted in
 :attr:`BlockKeeper.moves` (``(event, reason)``), which ``/metrics`` exports.
 """
@@ -27,6 +33,7 @@ from typing import Any
 
 from cluster.hosts import HOST_RENEW_INTERVAL, read_hosts
 from cluster.coordination.redis_conn import keep_trying, on_trouble
+from cluster.error import ReshardRefused
 from cluster.leases import (START_TIMEOUT, Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key,
                             lease_value, plan, renew_interval)
 from cluster.restart import RestartPolicy
@@ -64,6 +71,9 @@ class BlockKeeper:
         self.rt, self.workers, self.leases = rt, workers, leases
         self.client, self.ns, self.me, self.ttl, self.host_ttl = client, ns, leases.owner, leases.ttl, host_ttl
         self.ranges = blocks(rt.shard_total, shards_per_worker)
+        self.planning = True  # False: a reshard's new layout before the switch (renewed, not planned)
+        self.frozen = False  # a reshard runs on this host: no handoff
+        self._loops: list[asyncio.Task[Any]] = []
         self.load, self.save, self.policy = load, save, policy
         self.held: dict[int, int] = {}  # block -> epoch
         self.deadline: dict[int, float] = {}  # block -> monotonic time it must be stopped by
@@ -99,7 +109,7 @@ class BlockKeeper:
         """The lease a session write for ``shard_id`` is checked against (never matching if the block is not ours)."""
         block = self._block_of(shard_id)
         epoch = self.held.get(block)
-        return lease_key(self.ns, block), lease_value(epoch, self.me) if epoch is not None else "-"
+        return lease_key(self.leases.ns, block), lease_value(epoch, self.me) if epoch is not None else "-"
 
     def _block_of(self, shard_id: int) -> int:
         for b, r in enumerate(self.ranges):
@@ -108,6 +118,10 @@ class BlockKeeper:
         return -1
 
     # --- loops ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run :meth:`run` and :meth:`guard` as supervisor loops until :meth:`retire` (or the supervisor stops)."""
+        self._loops = [self.rt.spawn_loop("leases", self.run), self.rt.spawn_loop("lease_guard", self.guard)]
 
     async def run(self) -> None:
         """Renew, claim and hand off for as long as the host runs (Redis trouble is waited out)."""
@@ -132,7 +146,7 @@ class BlockKeeper:
 
     async def tick(self) -> None:
         await self.renew()
-        if self.leaving:
+        if self.leaving or not self.planning:
             return
         hosts = await self.live_hosts()
         leases = await self.leases.read(len(self.ranges))
@@ -145,7 +159,7 @@ class BlockKeeper:
         self._show(leases)
         if time.monotonic() < self._grace_until:
             return
-        moves = plan(self.me, hosts, leases, len(self.ranges), handing_off=self.moving is not None)
+        moves = plan(self.me, hosts, leases, len(self.ranges), handing_off=self.moving is not None or self.frozen)
         for block in moves.claim:
             await self._claim(block)
         if moves.claim:
@@ -235,6 +249,49 @@ class BlockKeeper:
             self.rt.shards[s] = ShardView(s, block)
         self.rt.spawn_task(self.workers.bring_up(block, shards, self.policy(block)), "leases")
         self.rt.spawn_task(self._started(block, epoch), "leases")
+
+    async def reserve(self, blocks: range) -> None:
+        """A reshard's new layout: claim ``blocks`` (this host's share, free until now), whose workers the resharder
+        starts; they are renewed (and marked starting until their shards are active) but nothing is planned until
+        :meth:`adopt`. ReshardRefused if one is leased already (a leftover of an earlier try: it rolls back)."""
+        self.planning = False
+        for block in blocks:
+            sent = time.monotonic()
+            got = await self.leases.claim(block)
+            if got is None:
+                raise ReshardRefused(f"block {block} of the new {self.rt.shard_total}-shard layout is leased already")
+            epoch = got[0]
+            self.held[block], self.deadline[block] = epoch, deadline_after(sent, self.ttl)
+            self.starting[block] = sent
+            self._moved("claim", block, epoch, "reshard")
+
+    def adopt(self, rt: Runtime) -> None:
+        """The switch: this layout is the host's (``rt`` its runtime now); plan it from the next tick on."""
+        self.rt, self.planning = rt, True
+
+    async def retire(self, *, stop: bool = False) -> None:
+        """The end of this layout on this host (the reshard switched away from it, or rolled back from it): stop
+        renewing and release every lease held, saving nothing (its sessions went with the old layout, or were
+        never saved). The resharder drained the workers; with ``stop`` (the cluster resharded without this host)
+        they are killed here first."""
+        self.planning = False
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        if self._ticking is not None:  # shielded: a claim or renewal under way lands first
+            await asyncio.wait([self._ticking], timeout=2 * renew_interval(self.ttl))
+        held, self.held = dict(self.held), {}
+        self.deadline.clear()
+        for block in sorted(held) if stop else ():
+            handle = self.rt.workers.get(block)
+            self._forget(block)
+            if handle is not None:
+                handle.retiring = True
+                await self.workers.kill(handle, "the cluster resharded")
+        for block, epoch in sorted(held.items()):
+            with on_trouble():  # Redis away: the lease expires by itself
+                await self.leases.release(block, epoch)
+            self._moved("release", block, epoch, "resharded")
 
     async def _hand_off(self, block: int, reason: str) -> None:
         """Drain the block resumably, save its sessions under its epoch, release its lease."""

@@ -207,9 +207,6 @@ class ClusterConfig(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                                 "or host_count")
             if self.workers is not None:
                 problems.append("assign auto cuts the shards into blocks of shards_per_worker: give that, not workers")
-        if self.auto_reshard and self.assign == "auto":
-            problems.append("auto_reshard does not work with assign auto: live resharding needs static ranges "
-                            "(host_index/host_count or shard_range) on every host")
         if self.auto_reshard_interval <= 0 or self.auto_reshard_margin < 0 or self.reshard_cut_timeout <= 0:
             problems.append("auto_reshard_interval and reshard_cut_timeout must be > 0, auto_reshard_margin >= 0")
         if self.lease_ttl < 1:
@@ -335,7 +332,7 @@ HELP: dict[str, str] = {
                  "elsewhere after about this long, and a host cut off from the coordinator stops its blocks before",
     "auto_reshard": "reshard live by itself when a shard is closed with 4011 (sharding required) or when "
                     "GET /gateway/bot recommends more shards by --auto-reshard-margin (with --coordinator: the whole "
-                    "cluster, static ranges only)",
+                    "cluster)",
     "auto_reshard_interval": "with --auto-reshard: seconds between checks of GET /gateway/bot's recommendation",
     "auto_reshard_margin": "with --auto-reshard: reshard once the recommendation exceeds the running shard count by "
                            "this fraction",

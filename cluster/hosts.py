@@ -65,7 +65,8 @@ class HostRecord(msgspec.Struct, frozen=True, kw_only=True):
 
     def describe(self) -> str:
         where = f" at {self.http_url}" if self.http_url else ""
-        return f"host {self.host_id} ({self.hostname}, pid {self.pid}{where}) runs shards {self.first}-{self.last}"
+        runs = f"runs shards {self.first}-{self.last}" if self.last >= self.first else "leases its blocks"
+        return f"host {self.host_id} ({self.hostname}, pid {self.pid}{where}) {runs}"
 
 
 # --- static assignment (pure) ---------------------------------------------------------------

@@ -1,11 +1,14 @@
 """Block leases for ``--assign auto``: which host runs which block of shards, with fencing.
 
 The shards are cut into blocks of ``--shards-per-worker`` (:func:`blocks`, one worker each). A host runs a
-block while it holds the block's lease, ``<ns>lease:<block>`` in Redis, whose value is ``<epoch>:<owner>``
-and which expires ``lease_ttl`` seconds after its last renewal. The epoch comes from ``<ns>lease-epoch:<block>``
-(INCR at each claim), so every tenure of a block has its own, larger, number: the fencing token. Every write a
-host makes about a block (a renewal, a release, its shards' sessions) is a Lua script that first checks that the
-lease still holds the writer's ``<epoch>:<owner>``, and refuses otherwise (:func:`fence_check`).
+block while it holds the block's lease, ``<ls>lease:<block>`` in Redis, whose value is ``<epoch>:<owner>``
+and which expires ``lease_ttl`` seconds after its last renewal. Every key of a block is under its layout's prefix
+``<ls> = <ns>shards<N>:`` (:func:`layout_ns`, ``N`` the shard count): a live reshard (:mod:`cluster.resharder`)
+leases the new layout's blocks beside the old layout's, and block 0 of 16 shards is another key than block 0 of 8.
+The epoch comes from ``<ls>lease-epoch:<block>`` (INCR at each claim), so every tenure of a block has its own,
+larger, number: the fencing token. Every write a host makes about a block (a renewal, a release, its shards'
+sessions) is a Lua script that first checks that the lease still holds the writer's ``<epoch>:<owner>``, and refuses
+otherwise (:func:`fence_check`).
 
 Planning is pure (:func:`quota`, :func:`plan`): from a snapshot of the live hosts and the leases it says which
 free blocks this host claims (up to its fair share: ``total blocks / live hosts``, the remainder going to the
@@ -28,6 +31,11 @@ Pacing (a deliberate choice, one rule for each kind of move):
   the host started at its own bring-up. One at a time would add a worker start and a resume per further block
   to the dark time (3 hosts x 16 shards in blocks of 4 give each survivor 2 blocks; the benchmark's failover
   median leaves 1.5 s under its target of TTL + 2 s).
+* **A live reshard moves no block of the old layout by rebalancing** (a dead host's blocks still fail over) while
+  it runs on this host; the hosts taking part claim the new layout's blocks, each its :func:`quota` of them as one
+  consecutive run (:func:`cluster.reshard_plan.new_blocks`: the plan's fixed point, so nothing moves after the
+  switch), marked starting until their shards are active. After the switch the hosts plan the new layout only,
+  by these same rules; the old layout's leases are released (or expire with a dead host).
 * **A host leaving (SIGTERM) hands all its blocks over at once** (drained together, then each saved and
   released): it must be done within its grace period, and the others claim them at once, as in a failover.
 
@@ -66,6 +74,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
+from cluster.error import ConfigError
 from cluster.layout import split
 
 __all__ = [
@@ -79,10 +88,12 @@ __all__ = [
     "Renewal",
     "Takeover",
     "blocks",
+    "check_no_legacy_leases",
     "deadline_after",
     "epoch_key",
     "fair",
     "fence_check",
+    "layout_ns",
     "lease_key",
     "lease_value",
     "margin",
@@ -202,6 +213,11 @@ def plan(me: str, hosts: Iterable[str], leases: Mapping[int, Lease], block_count
 
 # --- Redis (one Lua script per move) ----------------------------------------------------------
 
+def layout_ns(ns: str, shard_total: int) -> str:
+    """The key prefix of the leases of the bot ``ns``'s ``shard_total``-shard layout (a :class:`LeaseStore`'s)."""
+    return f"{ns}shards{shard_total}:"
+
+
 def lease_key(ns: str, block: int) -> str:
     return f"{ns}lease:{block}"
 
@@ -306,7 +322,8 @@ class Renewal(Enum):
 
 @dataclass(slots=True)
 class LeaseStore:
-    """The leases of one bot (key prefix ``ns``) in Redis, for host ``owner``: claim, renew, release, read.
+    """The leases of one layout of a bot (key prefix ``ns``, :func:`layout_ns`) in Redis, for host ``owner``: claim,
+    renew, release, read.
 
     ``client`` is a ``redis.asyncio`` client; Redis errors (ConnectionError, TimeoutError) propagate."""
 
@@ -377,6 +394,16 @@ class LeaseStore:
             if lease is not None:
                 out[block] = lease
         return out
+
+
+async def check_no_legacy_leases(client: Any, ns: str, block_count: int) -> None:
+    """ConfigError if a host of an earlier version holds a lease of the bot ``ns`` under the keys before layouts
+    (``<ns>lease:<block>``): it would not see this host's leases, nor this host its, and both would run the block."""
+    held = await client.exists(*(lease_key(ns, b) for b in range(block_count)))
+    if held:
+        raise ConfigError(f"{held} block lease(s) under {ns}lease:<block> are held by hosts of an earlier shardstack "
+                          "version (its leases are not keyed by layout): stop every host of that version before "
+                          "starting this one (no rolling update across this change)")
 
 
 def fair(counts: Sequence[int]) -> bool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import enum
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cluster.error import ReshardRefused
@@ -51,7 +52,7 @@ class Action(enum.Enum):
 
 
 def check_start(*, current: int, target: int, max_concurrency: int, remaining: int, reserve: int,
-                pace_below: int, running: bool, leased: bool = False, partial: bool = False,
+                pace_below: int, running: bool, partial: bool = False,
                 filtered_out: frozenset[str] = frozenset()) -> None:
     """Raise :class:`ReshardRefused` unless a reshard from ``current`` to ``target`` shards may start now.
 
@@ -63,10 +64,6 @@ def check_start(*, current: int, target: int, max_concurrency: int, remaining: i
     if filtered_out:
         raise ReshardRefused(f"the shards' event_types filter drops {' and '.join(sorted(filtered_out))}, which live "
                              "resharding needs to tell when the new shards are ready: add them to event_types")
-    if leased:
-        raise ReshardRefused("live resharding does not support --assign auto: block leases and their fencing are "
-                             "keyed by the current shard count; run the hosts with static ranges (--host-index/"
-                             "--host-count or --shard-range) to reshard live")
     if partial:
         raise ReshardRefused("this host runs only part of the shards (--shard-range or --host-index) without a "
                              "--coordinator: live resharding needs the whole cluster on one host, or every host on "
@@ -133,15 +130,16 @@ class Reshard:
     """Why it rolled back, or what the GO was forced by."""
     new_shards: range | None = None
     """This host's part of the new set (multi-host, :mod:`cluster.reshard_plan`); None: all ``new_total``."""
-    old_shards: range | None = None
-    """This host's part of the old set; None: all ``old_total``."""
+    old_shards: Sequence[int] | None = None
+    """This host's part of the old set (with ``--assign auto``, the shards of the blocks it holds, in any order);
+    None: all ``old_total``."""
 
     @property
     def mine_new(self) -> range:
         return range(self.new_total) if self.new_shards is None else self.new_shards
 
     @property
-    def mine_old(self) -> range:
+    def mine_old(self) -> Sequence[int]:
         return range(self.old_total) if self.old_shards is None else self.old_shards
 
     @property

@@ -9,29 +9,38 @@ part, :mod:`cluster.resharder`):
    no reshard is running (so two hosts never start two), naming the live hosts that take part, with phase
    *warming*. That host is the *leader*.
 2. Every listed host starts its part of the new set (:func:`new_part`: its static range recomputed for the new
-   count) and reports *warm* once all its new shards are READY with their guilds.
+   count; with ``--assign auto``, :func:`new_blocks`: its share of the new layout's blocks, whose leases it claims)
+   and reports *warm* once all its new shards are READY with their guilds.
 3. All warm: the leader sets the cut time ``T`` (*cutting_over*); every host gates both its sets at ``T``
    (:mod:`cluster.cutover`) and reports *passed* once its old shards passed the cut.
 4. All passed (or the cut timeout): the leader sets *go* and, in the same atomic step, the cluster's layout in
    Redis becomes the new count and the old count's sessions are removed. Every host switches and closes its old
-   set (1000). There is no rollback after *go*.
+   set (1000); with ``--assign auto`` it releases its old layout's leases and plans the new layout's blocks from
+   then on (a dead host's new blocks fail over to the others). There is no rollback after *go*.
 5. Before *go*, any host may set *rolled_back* (a fatal close, a stop, its deadline); the leader also does when a
    listed host's registry record expired or the warm-up deadline passed, and the others when the leader's did or
-   it left the record unmoved past a deadline (:func:`follower_step`). Every host closes its new set; the old
-   set never stopped, and the layout stays the old count.
+   it left the record unmoved past a deadline (:func:`follower_step`). Every host closes its new set (and
+   releases its new blocks' leases); the old set never stopped, and the layout stays the old count.
+
+With ``--assign auto`` the hosts that take part are every live host, and every block of the old layout must be
+leased by one of them and none be moving (:func:`check_leased`). A host that joins the cluster during a reshard
+takes no part in it: it holds no block until the reshard ended (every old block is held, and no host hands one off
+meanwhile), then gets blocks of the cluster's layout by the usual rebalancing.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
 from cluster.error import ConfigError, ReshardRefused
 from cluster.hosts import HostRecord, host_range
+from cluster.leases import Lease, quota
 
-__all__ = ["ClusterPhase", "ClusterReshard", "Step", "check_hosts", "follower_step", "leader_step", "new_part"]
+__all__ = ["ClusterPhase", "ClusterReshard", "Step", "check_hosts", "check_leased", "follower_step", "leader_step",
+           "new_blocks", "new_part"]
 
 
 class ClusterPhase(enum.StrEnum):
@@ -113,6 +122,43 @@ def check_hosts(hosts: Iterable[HostRecord], old_total: int) -> list[str]:
         raise ReshardRefused(f"shards {covered}-{old_total - 1} of {old_total} have no live host: every host of the "
                              "cluster must be up to reshard")
     return [h.host_id for h in records]
+
+
+def new_blocks(me: str, hosts: Iterable[str], block_count: int) -> range:
+    """``--assign auto``: the blocks of the new layout host ``me`` claims in a reshard taken part in by ``hosts``:
+    its :func:`~cluster.leases.quota` of ``block_count``, the hosts' shares one after the other in id order (so
+    they tile the blocks, and the layout starts at the planning's fixed point: no block moves after the switch)."""
+    live = sorted(set(hosts) | {me})
+    first = sum(quota(h, live, block_count) for h in live[:live.index(me)])
+    return range(first, first + quota(me, live, block_count))
+
+
+def check_leased(hosts: Iterable[HostRecord], leases: Mapping[int, Lease], old_total: int,
+                 block_count: int) -> list[str]:
+    """``--assign auto``: the ids of the live hosts that take part in a reshard of ``old_total`` shards (every one).
+    Raise :class:`ReshardRefused` unless each runs that layout and every one of its ``block_count`` blocks is
+    leased by one of them and running (not starting: a block moving or failing over would be run by no host's old
+    set, or by two)."""
+    ids = []
+    for h in hosts:
+        if h.shard_total != old_total:
+            raise ReshardRefused(f"{h.describe()} of a {h.shard_total}-shard layout, not {old_total}: "
+                                 "wait until every host runs the cluster's layout")
+        ids.append(h.host_id)
+    free = [b for b in range(block_count) if b not in leases or leases[b].owner not in ids]
+    if free:
+        raise ReshardRefused(f"{_blocks(free, old_total)} no live owner (a failover is under way): try again once "
+                             "every block runs")
+    moving = sorted(b for b, lease in leases.items() if b < block_count and lease.starting)
+    if moving:
+        raise ReshardRefused(f"{_blocks(moving, old_total, 'is', 'are')} still starting on a new owner: try again "
+                             "once every block runs")
+    return sorted(ids)
+
+
+def _blocks(ids: list[int], total: int, one: str = "has", many: str = "have") -> str:
+    return f"block{'s' if len(ids) > 1 else ''} {', '.join(map(str, ids))} of the {total} shards " + (
+        many if len(ids) > 1 else one)
 
 
 def leader_step(record: ClusterReshard, live: Iterable[str], now: float) -> tuple[Step, str]:

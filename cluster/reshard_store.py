@@ -1,17 +1,19 @@
 """Live resharding across hosts, the Redis part: the reshard record every host reads (:mod:`cluster.reshard_plan`).
 
 Keys under the bot's namespace: ``<ns>reshard`` (a hash: epoch, counts, leader, hosts, phase, deadlines, cut time,
-reason), ``<ns>reshard:warm`` and ``<ns>reshard:passed`` (the hosts that reported), and ``<ns>reshard:epoch`` (a
-counter that never expires, so an epoch is never reused). Every write is one Lua script that first checks the
-record's epoch and phase, so a late or stale host can never move another reshard, and two hosts that begin at once
-cannot both win. The step to *go* also writes the cluster's layout (``<ns>layout``) and removes the old count's
-sessions in the same script: the switch and the new layout are one atomic step.
+reason), ``<ns>reshard:warm`` and ``<ns>reshard:passed`` (the hosts that reported), ``<ns>reshard:digests`` (what
+the hosts' old sets delivered without a creation id while gated, :mod:`cluster.cutover`: a guild's old shard and
+its new shard may run on two hosts, and every host's new set must drop all of them at go), and
+``<ns>reshard:epoch`` (a counter that never expires, so an epoch is never reused). Every write is one Lua script
+that first checks the record's epoch and phase, so a late or stale host can never move another reshard, and two
+hosts that begin at once cannot both win. The step to *go* also writes the cluster's layout (``<ns>layout``) and
+removes the old count's sessions in the same script: the switch and the new layout are one atomic step.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -37,7 +39,7 @@ if layout and layout ~= ARGV[1] .. ',' .. ARGV[2] then return {-1, layout} end
 local remaining = tonumber(redis.call('HGET', KEYS[6], 'remaining'))
 if remaining and remaining - tonumber(ARGV[3]) < tonumber(ARGV[9]) then return {-2, remaining} end
 local epoch = redis.call('INCR', KEYS[2])
-redis.call('DEL', KEYS[1], KEYS[4], KEYS[5])
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[7])
 redis.call('HSET', KEYS[1], 'epoch', epoch, 'old', ARGV[1], 'new', ARGV[3], 'leader', ARGV[4], 'hosts', ARGV[5],
            'phase', 'warming', 'warm_deadline', ARGV[6], 'cut_timeout', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
@@ -53,9 +55,14 @@ if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] or redis.call('HGET', KEYS[1]
 end
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
+if #ARGV > 4 then
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, 5))
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
 return 1
 """
-"""Add host ``ARGV[3]`` to the set ``KEYS[2]`` if the record is still epoch ``ARGV[1]`` in phase ``ARGV[2]``."""
+"""Add host ``ARGV[3]`` to the set ``KEYS[2]`` if the record is still epoch ``ARGV[1]`` in phase ``ARGV[2]``, and
+append the digests ``ARGV[5..]`` to the list ``KEYS[3]``."""
 
 _ADVANCE = """
 if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
@@ -104,7 +111,7 @@ class ReshardStore:
         meanwhile)."""
         ttl = max(1.0, warm_deadline - time.time()) + cut_timeout + 60.0
         out = await self._call(self._begin, [self.key, self._set("epoch"), layout_key(self.ns), self._set("warm"),
-                                             self._set("passed"), f"{self.ns}id:budget"],
+                                             self._set("passed"), f"{self.ns}id:budget", self._set("digests")],
                                [old_total, max_concurrency, new_total, self.host, msgspec.json.encode(hosts),
                                 repr(warm_deadline), repr(cut_timeout), int(ttl * 1000), budget_floor])
         status = int(out[0])
@@ -127,6 +134,12 @@ class ReshardStore:
             return int(raw) if raw is not None else 0
         except ValueError:
             return 0
+
+    async def layout_total(self) -> int | None:
+        """The cluster's shard count in Redis (``<ns>layout``), or None (missing or not ``shards,max_concurrency``)."""
+        raw = await self._do(lambda: self.client.get(layout_key(self.ns)))
+        total = _text(raw).partition(",")[0] if raw is not None else ""
+        return int(total) if total.isdigit() else None
 
     async def read(self) -> ClusterReshard | None:
         """The current record, or None (no reshard yet, or it expired, or it does not decode)."""
@@ -152,11 +165,16 @@ class ReshardStore:
         except (KeyError, ValueError, msgspec.DecodeError):
             return None
 
-    async def report(self, record: ClusterReshard, what: str) -> bool:
-        """This host is ``warm`` (phase warming) or ``passed`` (cutting over); False if the record moved on."""
+    async def report(self, record: ClusterReshard, what: str, digests: Sequence[int] = ()) -> bool:
+        """This host is ``warm`` (phase warming) or ``passed`` (cutting over, with the ``digests`` of what its old
+        set delivered without a creation id while gated); False if the record moved on."""
         phase = ClusterPhase.WARMING if what == "warm" else ClusterPhase.CUTTING_OVER
-        return bool(await self._call(self._report, [self.key, self._set(what)],
-                                     [record.epoch, phase.value, self.host, int(DONE_TTL * 1000)]))
+        return bool(await self._call(self._report, [self.key, self._set(what), self._set("digests")],
+                                     [record.epoch, phase.value, self.host, int(DONE_TTL * 1000), *digests]))
+
+    async def digests(self) -> list[int]:
+        """Every host's old-set digests, as reported with ``passed`` (read at go)."""
+        return [int(d) for d in await self._do(lambda: self.client.lrange(self._set("digests"), 0, -1))]
 
     async def cut(self, record: ClusterReshard, cut_at: float) -> bool:
         """The leader sets the cut time (every host warm)."""

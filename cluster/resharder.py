@@ -12,6 +12,12 @@ concern the whole cluster follow the reshard record in Redis (:mod:`cluster.resh
 :mod:`cluster.reshard_store`): a host reports its part warm and its old shards passed, and cuts, switches or rolls
 back when the record says so; the host that began the reshard (the leader) moves the record on, and the others roll it
 back if the leader is gone.
+
+With ``--assign auto`` (block leases, :mod:`cluster.blocks`) every live host takes part, with the shards of the blocks
+it holds as its old part (none moves meanwhile: its keeper is frozen) and its share of the new layout's blocks as its
+new part (:func:`cluster.reshard_plan.new_blocks`), whose leases it claims before starting their workers; a second
+keeper renews them (and fences the new workers) until the switch, when it becomes the host's keeper and the old one
+releases the old layout's leases. A rollback releases the new leases.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
 
@@ -37,8 +43,9 @@ from cluster.loops import Loops
 from cluster.restart import RestartPolicy
 from cluster.reshard import (Action, Phase, Reshard, ReshardRefused, auto_target, check_start, cut_late_reason,
                              warm_timeout)
-from cluster.reshard_plan import (ClusterPhase, ClusterReshard, Step, check_hosts, follower_step, leader_step,
-                                  new_part)
+from cluster.leases import blocks
+from cluster.reshard_plan import (ClusterPhase, ClusterReshard, Step, check_hosts, check_leased, follower_step,
+                                  leader_step, new_blocks, new_part)
 from cluster.routing import Router
 from cluster.runtime import Runtime, ShardView, WorkerHandle, WorkerState
 from cluster.snapshot import ReshardSnapshot
@@ -78,7 +85,9 @@ class Host(Protocol):
     _loops: Loops
     _redis: Any
     _ns: str
+    _cross: Any
     host: HostRecord | None
+    blocks: Any
 
     @property
     def mp(self) -> Any: ...
@@ -91,6 +100,8 @@ class Host(Protocol):
     def _policy(self, wid: int) -> RestartPolicy: ...
 
     def keep_registered(self) -> None: ...
+
+    def block_keeper(self, rt: Runtime, workers: Workers) -> Any: ...
 
 
 class Resharder:
@@ -119,6 +130,8 @@ class Resharder:
         self._leader: str | None = None  # the latest cluster reshard's leader (for the snapshot)
         self._reported: set[str] = set()  # "warm", "passed": what this host told the record
         self._store_: Any = None
+        self._new_blocks: range | None = None  # --assign auto: this host's blocks of the new layout
+        self.keeper: Any = None  # --assign auto: the new layout's BlockKeeper, until the switch
 
     @property
     def _store(self) -> Any:
@@ -155,7 +168,7 @@ class Resharder:
         # the same rules for this host's budget now and, across hosts, for the shared budget in the leader's begin
         check = partial(check_start, current=rt.shard_total, target=target or 0, max_concurrency=rt.max_concurrency,
                         reserve=stats.budget_reserve, pace_below=pace_below)
-        check(remaining=stats.budget_remaining, running=self.running or rt.rolling, leased=cfg.assign == "auto",
+        check(remaining=stats.budget_remaining, running=self.running or rt.rolling,
               partial=store is None and len(rt.shards) != rt.shard_total, filtered_out=self._filtered_out())
         assert target is not None
         if store is not None:
@@ -188,7 +201,15 @@ class Resharder:
         it."""
         sup, rt, cfg = self.sup, self.sup._rt, self.sup.config
         try:
-            hosts = check_hosts(await read_hosts(sup._redis, sup._ns), rt.shard_total)
+            live = await read_hosts(sup._redis, sup._ns)
+            if sup.blocks is None:
+                hosts = check_hosts(live, rt.shard_total)
+            else:
+                if sup.blocks.moving is not None:
+                    raise ReshardRefused(f"block {sup.blocks.moving} is being handed to another host: try again once "
+                                         "it runs there")
+                leases = await sup.blocks.leases.read(len(sup.blocks.ranges))
+                hosts = check_leased(live, leases, rt.shard_total, len(sup.blocks.ranges))
             deadline = time.time() + warm_timeout(target, rt.max_concurrency, cfg.identify_window)
             epoch, remaining = await store.begin(rt.shard_total, target, rt.max_concurrency, hosts,
                                                  warm_deadline=deadline, cut_timeout=cfg.reshard_cut_timeout,
@@ -218,34 +239,47 @@ class Resharder:
             raise ReshardRefused("this host is busy (a reshard, a rolling restart, or stopping)")
         if record.old_total != rt.shard_total:
             raise ReshardRefused(f"this host runs {rt.shard_total} shards, the reshard starts from {record.old_total}")
-        old = host.shards
-        try:
-            index = host_ordinal() if cfg.host_index == "auto" else cfg.host_index
-            new = new_part(old, record.old_total, record.new_total, host_count=cfg.host_count,
-                           host_index=None if index is None else int(index))
-        except ConfigError as exc:
-            raise ReshardRefused(str(exc)) from None
+        old: Sequence[int] = host.shards
+        self._new_blocks = None
+        if sup.blocks is not None:  # --assign auto: the blocks it holds, and its share of the new layout's
+            if sup.blocks.moving is not None:
+                raise ReshardRefused(f"block {sup.blocks.moving} is being handed to another host")
+            old = tuple(sorted(rt.shards))
+            ranges = blocks(record.new_total, cfg.shards_per_worker)
+            mine = self._new_blocks = new_blocks(host.host_id, record.hosts, len(ranges))
+            new = range(ranges[mine[0]].start, ranges[mine[-1]].stop) if mine else range(0)
+            sup.blocks.frozen = True  # no handoff until the reshard ends: its old part must stay
+        else:
+            try:
+                index = host_ordinal() if cfg.host_index == "auto" else cfg.host_index
+                new = new_part(host.shards, record.old_total, record.new_total, host_count=cfg.host_count,
+                               host_index=None if index is None else int(index))
+            except ConfigError as exc:
+                raise ReshardRefused(str(exc)) from None
         now = time.monotonic()
         self.record, self._reported, self._leader = record, set(), record.leader
         self.last = Reshard(record.old_total, record.new_total, now,
                             warm_deadline=now + max(0.0, record.warm_deadline - time.time()),
                             cut_timeout=record.cut_timeout, new_shards=new, old_shards=old)
         self._actions.clear()
-        log.info("reshard epoch %d: this host runs shards %d-%d of %d next (now %d-%d of %d)", record.epoch,
-                 new.start, new.stop - 1, record.new_total, old.start, old.stop - 1, record.old_total)
+        log.info("reshard epoch %d: this host runs shards %d-%d of %d next (now %d of %d)", record.epoch,
+                 new.start, new.stop - 1, record.new_total, len(old), record.old_total)
         rt.emit("reshard_started", old=record.old_total, new=record.new_total)
         self._task = rt.spawn_task(self._run(self.last), "reshard")
         return self.last
 
     async def follow(self) -> None:
         """With a coordinator: join the reshards other hosts begin (read the record's epoch every
-        :data:`CLUSTER_IDLE_POLL` seconds, the record when it is new; while one runs, :meth:`_procedure` reads it)."""
+        :data:`CLUSTER_IDLE_POLL` seconds, the record when it is new; while one runs, :meth:`_procedure` reads it).
+        With ``--assign auto``, also follow a reshard this host took no part in (:meth:`_follow_layout`)."""
         while True:
             await asyncio.sleep(CLUSTER_IDLE_POLL)
             store = self._store
             if store is None or self.running:
                 continue
             try:
+                if self.sup.blocks is not None:
+                    await self._follow_layout(store)
                 record = await store.read() if await store.epoch() > self._seen_epoch else None
             except CoordinatorUnavailable:
                 continue  # the coordinator's own loops say so
@@ -259,6 +293,24 @@ class Resharder:
             except ReshardRefused as exc:
                 log.error("cannot take part in the cluster's reshard to %d shards: %s", record.new_total, exc)
                 await store.roll_back(record, f"host {store.host}: {exc}")
+
+    async def _follow_layout(self, store: Any) -> None:
+        """``--assign auto``: the cluster's layout in Redis is not this host's (it joined the cluster while a reshard
+        ran, and took no part in it): stop and release the old layout's blocks it holds (none, unless it took one
+        over during the reshard) and plan the new layout's from now on (it gets blocks by rebalancing)."""
+        sup, rt = self.sup, self.sup._rt
+        total = await store.layout_total()
+        if total is None or total == rt.shard_total or rt.stopping or self.running:
+            return
+        log.warning("the cluster resharded from %d to %d shards without this host (it joined during the reshard): "
+                    "leasing blocks of the %d-shard layout from now on", rt.shard_total, total, total)
+        await sup.blocks.retire(stop=True)
+        rt.shard_total = total
+        rt.sessions_version += 1
+        keeper = sup.blocks = sup.block_keeper(rt, sup._workers)
+        sup._cross.sessions.fence = keeper.fence
+        keeper.start()
+        await self._move_host(total, None)
 
     async def _cluster_step(self, r: Reshard, actions: list[Action]) -> tuple[Action, str]:
         """Follow the record one step: report this host's progress, lead if this host began it, and say what to
@@ -291,7 +343,8 @@ class Resharder:
                 log.info("reshard epoch %d: this host's %d new shards are ready", record.epoch, len(r.warm))
             if record.phase is ClusterPhase.CUTTING_OVER and r.phase is Phase.WARMING:
                 return Action.CUT, ""
-            if Action.GO in actions and "passed" not in self._reported and await store.report(record, "passed"):
+            if Action.GO in actions and "passed" not in self._reported and await store.report(
+                    record, "passed", self._old_digests):
                 self._reported.add("passed")
             live = [h.host_id for h in await read_hosts(self.sup._redis, self.sup._ns)]
             lead = record.leader == store.host
@@ -499,8 +552,14 @@ class Resharder:
                           on_packet=router.on_packet)
         workers.hold = True
         self.child, self.router, self.workers = child, router, workers
-        ranges = split_range(r.mine_new, shards_per_worker=sup.config.shards_per_worker, workers=sup.config.workers)
-        for wid, shards in enumerate(ranges):
+        ranges = list(enumerate(split_range(r.mine_new, shards_per_worker=sup.config.shards_per_worker,
+                                            workers=sup.config.workers)))
+        if self._new_blocks is not None:  # --assign auto: one worker a block, its id the block's, once leased
+            self.keeper = sup.block_keeper(child, workers)
+            ranges = [(b, self.keeper.ranges[b]) for b in self._new_blocks]
+            await self.keeper.reserve(self._new_blocks)
+            self.keeper.start()
+        for wid, shards in ranges:
             for s in shards:
                 child.shards[s] = ShardView(s, wid)
         # in shard order, a few at a time: the first buckets' shards can identify while later workers start, instead
@@ -511,7 +570,7 @@ class Resharder:
             async with starting:
                 await workers.bring_up(wid, shards, sup._policy(wid))
 
-        for wid, shards in enumerate(ranges):
+        for wid, shards in ranges:
             child.spawn_task(bring_up(wid, shards), "reshard_bring_up")
         r.workers_started()
         rt.emit("reshard_phase", phase=r.phase.value)
@@ -597,6 +656,8 @@ class Resharder:
             self._send(h, Cutover(at, True))
         for s in self._gone_old:
             self._act(r.old_passed(s))
+        if not r.mine_old and not r.mine_new:  # a host with no block of either layout: nothing of its own to pass
+            self._act(Action.GO)  # (with new shards only, the last of their markers brings GO)
         return sent
 
     def _watch_cutover(self, r: Reshard, handles: list[WorkerHandle]) -> list[Action]:
@@ -622,11 +683,13 @@ class Resharder:
         old_handles = [h for h in rt.workers.values()]
         for h in old_handles:
             self._send(h, CutoverEnd(True))
+        digests = await self._cluster_digests()
         for h in child.workers.values():  # the new set drops what the old one delivered between the two markers
-            self._send(h, CutoverEnd(True, self._old_digests))
+            self._send(h, CutoverEnd(True, digests))
         now = time.monotonic()
         # the old workers' last reports (sessions, shard states) must not land on the new set's shards of the same ids
-        sup._router.rt = self._side_runtime()
+        retired = sup._router.rt = self._side_runtime()
+        retired.workers = dict(rt.workers)  # the old keeper renews (fences) the old workers there until drained
         # the new layout becomes the cluster's
         rt.workers, rt.shards, rt.sessions = child.workers, child.shards, child.sessions
         rt.shard_total, rt.id_base = child.shard_total, child.id_base
@@ -640,18 +703,29 @@ class Resharder:
         # a new worker restarted before its shards delivered what they held resumes before it, behind rebuilt gates
         assert r.cut_at is not None
         self._unflushed = {s: self._marks.get(s) for s in r.mine_new}
-        self._regate_with = (r.cut_at, list(self._old_digests))
+        self._regate_with = (r.cut_at, list(digests))
         self.workers.after_assign = self._regate_worker
         for h in rt.workers.values():  # the supervisor did not ping the new set before: its silence starts now
             h.heartbeat = HeartbeatMonitor(rt.config.ipc_heartbeat_interval, rt.config.ipc_heartbeat_missed, now=now)
-        self.child = self.workers = self.router = None
+        old_keeper = sup.blocks
+        if self.keeper is not None:  # --assign auto: the new layout's leases are the host's, planned from now on
+            # the old layout's keeper renews its leases until its workers are drained, and claims nothing more (the
+            # other hosts release theirs once switched); it tracks its workers apart from the new ones of the same ids
+            old_keeper.rt, old_keeper.planning = retired, False
+            self.keeper.adopt(rt)
+            sup.blocks = self.keeper
+            sup._cross.sessions.fence = self.keeper.fence
+        self.child = self.workers = self.router = self.keeper = None
         r.switched(now)
-        await self._move_host(r)
+        if r.new_shards is not None:
+            await self._move_host(r.new_total, r.new_shards)
         log.info("reshard: switched to %d shards %.1f s after the start; closing the %d old sessions", r.new_total,
                  now - r.started, r.old_total)
         rt.emit("reshard_phase", phase=r.phase.value)
         await asyncio.shield(asyncio.gather(*(old_workers.drain(h, resumable=False) for h in old_handles
                                               if not h.exited.done())))
+        if old_keeper is not None and old_keeper is not sup.blocks:
+            await asyncio.shield(old_keeper.retire())  # the old layout's leases go (their sessions went at go)
         r.finished(time.monotonic())
         log.info("reshard done: %d shards, the old set's workers retired", r.new_total)
         rt.emit("reshard_phase", phase=r.phase.value)
@@ -683,13 +757,29 @@ class Resharder:
         if self.sup._workers.after_assign == self._regate_worker:
             self.sup._workers.after_assign = None
 
-    async def _move_host(self, r: Reshard) -> None:
-        """Across hosts: this host's registry record names its new shards from now on."""
+    async def _cluster_digests(self) -> list[int]:
+        """What the old set delivered without a creation id while gated: across hosts, every host's (a guild's old
+        and new shards may run on two hosts), else (or if Redis cannot say) this host's."""
+        store = self._store
+        if self.record is None or store is None:
+            return self._old_digests
+        try:
+            async with asyncio.timeout(2.0):
+                return list(await store.digests())
+        except (CoordinatorUnavailable, TimeoutError) as exc:
+            log.warning("reshard: the other hosts' old-set digests could not be read (%s): events without a creation "
+                        "id delivered by another host's old shard at the cut may reach a handler twice", exc)
+            return self._old_digests
+
+    async def _move_host(self, total: int, shards: range | None) -> None:
+        """Across hosts: this host's registry record names its new layout (and new shards) from now on."""
         sup, store = self.sup, self._store
-        if store is None or sup.host is None or r.new_shards is None:
+        if store is None or sup.host is None:
             return
-        sup.host = msgspec.structs.replace(sup.host, first=r.new_shards.start, last=r.new_shards.stop - 1,
-                                           shard_total=r.new_total)
+        if sup.blocks is not None or shards is None:  # --assign auto: no range in the registry, only the layout
+            sup.host = msgspec.structs.replace(sup.host, shard_total=total)
+        else:
+            sup.host = msgspec.structs.replace(sup.host, first=shards.start, last=shards.stop - 1, shard_total=total)
         try:
             await store.move_host(sup.host, sup.config.host_ttl)
         except CoordinatorUnavailable as exc:
@@ -707,7 +797,11 @@ class Resharder:
         if child is not None and workers is not None:
             child.stopping = True  # no new worker is (re)started
             await workers.drain_all(resumable=False)
-        self.child = self.workers = self.router = None
+        if self.keeper is not None:  # --assign auto: the new layout's leases go; the old blocks move again
+            await self.keeper.retire()
+        if self.sup.blocks is not None:
+            self.sup.blocks.frozen = False
+        self.child = self.workers = self.router = self.keeper = None
         r.rolled_back(time.monotonic())
         rt.emit("reshard_phase", phase=r.phase.value)
         if self._old_fatal:  # the old set serves on, without these shards: what a fatal close always does

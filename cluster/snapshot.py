@@ -193,7 +193,8 @@ class ClusterSnapshot:
     blocks: tuple[BlockSnapshot, ...] | None = None
     """Every block and its lease (``--assign auto``); None with a static assignment."""
     lease_moves: Mapping[tuple[str, str], int] | None = None
-    """This host's lease moves since it started, by (``claim``/``loss``/``handoff``/``failover``, reason)."""
+    """This host's lease moves since it started, by (``claim``/``loss``/``handoff``/``failover``/``release``,
+    reason)."""
     reshard: ReshardSnapshot | None = None
     """The latest live reshard since the start; None if there was none (``/status`` then says phase ``idle``)."""
 

@@ -326,9 +326,14 @@ class Supervisor:
                 self._rt.spawn_loop("identify_wakeups", coord.listen, self._rt.wake.set)
             self._join_hosts()  # sessions, status and broadcasts shared with the other hosts
             if auto:
-                self._keep_blocks(token)
-            else:  # take part in the reshards other hosts begin
-                self._rt.spawn_loop("reshard_follow", self._resharder.follow)
+                from cluster.leases import blocks, check_no_legacy_leases  # noqa: PLC0415 - needs redis
+
+                count = len(blocks(self.shard_total, cfg.shards_per_worker))
+                await self._on_redis("the block leases", lambda: check_no_legacy_leases(self._redis, self._ns, count))
+                self.blocks = self.block_keeper(self._rt, self._workers)
+                self._cross.sessions.fence = self.blocks.fence
+                self.blocks.start()
+            self._rt.spawn_loop("reshard_follow", self._resharder.follow)  # take part in other hosts' reshards
         if not cfg.fresh and not auto:  # it logs what it used, or one warning saying what it ignored and why
             def load() -> Any:
                 return self._loops.store.load(self.shards.keys(), self.shard_total, cfg.session_ttl,
@@ -358,13 +363,14 @@ class Supervisor:
         return RestartPolicy(f"worker {wid}", min_alive=cfg.restart_min_alive, max_failures=cfg.restart_max_failures,
                              backoff=Backoff(cfg.restart_backoff_base, cfg.restart_backoff_cap))
 
-    def _keep_blocks(self, token: str) -> None:
-        """``--assign auto``: claim, renew and hand off blocks through leases (:mod:`cluster.blocks`)."""
+    def block_keeper(self, rt: Runtime, workers: Workers) -> Any:
+        """``--assign auto``: the keeper of the leases of ``rt``'s layout (:mod:`cluster.blocks`), whose workers
+        ``workers`` starts: the host's, or a reshard's new set's (not started: the caller runs its loops)."""
         from cluster.blocks import BlockKeeper  # noqa: PLC0415 - needs the redis package
-        from cluster.leases import LeaseStore  # noqa: PLC0415
+        from cluster.leases import LeaseStore, layout_ns  # noqa: PLC0415
 
         cfg, store = self.config, self._cross.sessions
-        user_id = token_user_id(token)
+        user_id = token_user_id(self.token())
 
         async def load(shards: range) -> dict[int, Any]:
             if cfg.fresh:
@@ -375,14 +381,12 @@ class Supervisor:
         async def save(sessions: list[Any]) -> None:
             await store.save(self.shard_total, sessions, user_id=user_id)
 
-        keeper = BlockKeeper(self._rt, self._workers, LeaseStore(self._redis, self._ns, self._host_id, cfg.lease_ttl),
-                             client=self._redis, ns=self._ns, host_ttl=cfg.host_ttl,
-                             shards_per_worker=cfg.shards_per_worker, load=load,
-                             save=save, policy=self._policy)
-        store.fence = keeper.fence
-        self.blocks = keeper
-        self._rt.spawn_loop("leases", keeper.run)
-        self._rt.spawn_loop("lease_guard", keeper.guard)
+        leases = LeaseStore(self._redis, layout_ns(self._ns, rt.shard_total), self._host_id, cfg.lease_ttl)
+        keeper = BlockKeeper(rt, workers, leases, client=self._redis, ns=self._ns, host_ttl=cfg.host_ttl,
+                             shards_per_worker=cfg.shards_per_worker, load=load, save=save, policy=self._policy)
+        if self.blocks is not None:
+            keeper.moves = self.blocks.moves  # one count of this host's moves across layouts
+        return keeper
 
     def _join_hosts(self) -> None:
         """Keep the sessions in the coordinator's Redis, publish this host's status there, and relay broadcasts

@@ -18,7 +18,7 @@ from redis.exceptions import ConnectionError  # noqa: A004 - redis's, not the bu
 
 from cluster.coordination.redis_conn import connect
 from cluster.hosts import read_hosts
-from cluster.leases import parse_lease
+from cluster.leases import layout_ns, lease_key, parse_lease
 from cluster_testing import http_get
 from hosts_testing import active, hosts_of, identified_again, sessions_saved
 
@@ -50,7 +50,7 @@ async def redis(redis_server):
 
 
 async def owners(redis) -> dict[int, str]:
-    raws = await redis.mget([f"{NS}lease:{b}" for b in range(BLOCKS)])
+    raws = await redis.mget([lease_key(layout_ns(NS, SHARDS), b) for b in range(BLOCKS)])
     return {b: lease.owner for b, raw in enumerate(raws) if (lease := parse_lease(b, raw)) is not None}
 
 

@@ -262,3 +262,56 @@ async def test_a_claimed_block_is_starting_until_its_owner_renews_it_as_started(
     assert await a.renew({0: epoch}, starting={0}) == {0: Renewal.RENEWED}
     await a.started(0, epoch)  # the shards are active: said at once, not at the next renewal
     assert not (await a.read(1))[0].starting
+
+
+# --- a live reshard's new layout (cluster.blocks.BlockKeeper.reserve / retire) -----------------
+
+async def test_a_reshards_keeper_claims_its_share_of_the_new_layout_plans_nothing_and_releases_it_on_retire(client):
+    from cluster.blocks import BlockKeeper
+    from cluster.config import ClusterConfig
+    from cluster.leases import layout_ns, released_key
+    from cluster.restart import RestartPolicy
+    from cluster.runtime import Runtime
+    from cluster.workers import Workers
+
+    rt = Runtime(ClusterConfig(), stop=lambda code, message: None, token=lambda: "")
+    rt.shard_total = 16
+    workers = Workers(rt, None, handler=None, shard_options={}, on_packet=lambda handle, packet: None)
+
+    async def load(shards):
+        raise AssertionError("a reserved block has no session to load")
+
+    async def save(sessions):
+        raise AssertionError("nothing is saved")
+
+    new = layout_ns(NS, 16)
+    keeper = BlockKeeper(rt, workers, LeaseStore(client, new, "a", ttl=3.0), client=client, ns=NS, host_ttl=5.0,
+                         shards_per_worker=4, load=load, save=save, policy=lambda b: RestartPolicy(f"worker {b}"))
+    await LeaseStore(client, layout_ns(NS, 8), "a", ttl=3.0).claim(1)  # block 1 of the old layout: another key
+    await keeper.reserve(range(1, 3))
+    assert sorted(keeper.held) == [1, 2] and not keeper.planning
+    assert workers.may_run(1) and not workers.may_run(0)  # the new workers of its blocks only may start
+    await keeper.tick()  # renewed, and the free blocks 0 and 3 of this lone host's share are not claimed
+    got = await keeper.leases.read(4)
+    assert sorted(got) == [1, 2] and all(le.owner == "a" and le.epoch == 1 and le.starting for le in got.values())
+    assert keeper.fence(5) == (lease_key(new, 1), "1:a") and keeper.fence(0)[1] == "-"
+    await keeper.retire()
+    assert await keeper.leases.read(4) == {} and keeper.held == {} and not workers.may_run(1)
+    assert [await client.get(released_key(new, b)) for b in (1, 2)] == [b"1", b"1"]
+    assert keeper.moves == {("claim", "reshard"): 2, ("release", "resharded"): 2}
+    assert await client.exists(lease_key(layout_ns(NS, 8), 1))  # the old layout's lease is untouched
+
+
+async def test_a_lease_held_under_the_keys_before_layouts_stops_a_host_of_this_version_from_starting(client):
+    from cluster.error import ConfigError
+    from cluster.leases import check_no_legacy_leases, layout_ns
+
+    await LeaseStore(client, layout_ns(NS, 8), "new", ttl=3.0).claim(0)  # this version's own keys are fine
+    await check_no_legacy_leases(client, NS, 2)
+    await client.set(f"{NS}lease:1", "4:old-host", px=3000)  # as an earlier version writes it
+    with pytest.raises(ConfigError) as e:
+        await check_no_legacy_leases(client, NS, 2)
+    assert str(e.value) == (
+        "1 block lease(s) under shardstack:test:lease:<block> are held by hosts of an earlier shardstack version (its "
+        "leases are not keyed by layout): stop every host of that version before starting this one (no rolling "
+        "update across this change)")

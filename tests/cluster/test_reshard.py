@@ -44,6 +44,17 @@ async def all_delivered(sim, path, since: int | None = None, timeout: float = 20
     return [d for d in delivered(path) if d[0] in emitted]
 
 
+def set_times(got: list[tuple], old_total: int) -> tuple[dict[int, float], dict[int, float]]:
+    """Per guild, when the old set (``old_total`` shards) delivered its last event and when the new set its first."""
+    last_old, first_new = defaultdict(float), defaultdict(lambda: float("inf"))
+    for _, guild, total, at in got:
+        if total == old_total:
+            last_old[guild] = max(last_old[guild], at)
+        else:
+            first_new[guild] = min(first_new[guild], at)
+    return last_old, first_new
+
+
 KINDS = "MESSAGE_CREATE,MESSAGE_UPDATE,MESSAGE_REACTION_ADD,TYPING_START"
 INTENTS = 1 | 1 << 9 | 1 << 10 | 1 << 11  # GUILDS, GUILD_MESSAGES, GUILD_MESSAGE_REACTIONS, GUILD_MESSAGE_TYPING
 
@@ -87,13 +98,8 @@ async def test_8_to_16_shards_under_steady_traffic_loses_and_repeats_nothing(tmp
     assert [i for i, n in counts.items() if n > 1] == []  # and only one
     by_set = Counter(d[2] for d in got)
     assert by_set[8] > 0 and by_set[16] > 0  # both sets delivered part of the stream
-    last_old, first_new = defaultdict(float), defaultdict(lambda: float("inf"))
-    for _, guild, total, at in got:  # no guild's events from two sets at once: the old set's all came first
-        if total == 8:
-            last_old[guild] = max(last_old[guild], at)
-        else:
-            first_new[guild] = min(first_new[guild], at)
-    assert [g for g in last_old if last_old[g] > first_new[g]] == []
+    last_old, first_new = set_times(got, 8)
+    assert [g for g in last_old if last_old[g] > first_new[g]] == []  # no guild from two sets: the old set's came first
     # the new handlers got each guild's GUILD_CREATE once, at the switch, before that guild's first message
     creates = [(g, at) for _, g, total, at in delivered(id_log, guilds=True) if total == 16]
     assert sorted(g for g, _ in creates) == sorted(last_old) and len(creates) == 32

@@ -8,8 +8,9 @@ from msgspec.structs import replace
 
 from cluster.error import ConfigError, ReshardRefused
 from cluster.hosts import HostRecord
-from cluster.reshard_plan import (ClusterPhase, ClusterReshard, Step, check_hosts, follower_step, leader_step,
-                                  new_part)
+from cluster.leases import Lease, fair, plan, quota
+from cluster.reshard_plan import (ClusterPhase, ClusterReshard, Step, check_hosts, check_leased, follower_step,
+                                  leader_step, new_blocks, new_part)
 
 
 def host(hid: str, first: int, last: int, total: int = 8) -> HostRecord:
@@ -120,3 +121,42 @@ def test_the_leader_names_every_host_it_waited_for():
     cutting = record(**three, phase=ClusterPhase.CUTTING_OVER, cut_at=5.0, go_deadline=15.0, passed=frozenset({"a"}))
     assert leader_step(cutting, ["a", "b", "c"], 15.0) == (
         Step.GO, "host b, c did not report its old shards past the cut within 10 s; switching anyway")
+
+
+@pytest.mark.parametrize("hosts, blocks", [(["a", "b"], 4), (["b", "a", "c"], 4), (["a", "b", "c"], 32),
+                                            (["x"], 5), (["a", "b", "c", "d", "e"], 3)])
+def test_the_new_layouts_blocks_are_dealt_out_in_consecutive_runs_of_each_hosts_quota(hosts, blocks):
+    parts = {h: new_blocks(h, hosts, blocks) for h in hosts}
+    assert [b for h in sorted(hosts) for b in parts[h]] == list(range(blocks))  # they tile the blocks, in id order
+    assert all(len(parts[h]) == quota(h, hosts, blocks) for h in hosts)
+    assert fair([len(p) for p in parts.values()])
+    leases = {b: Lease(b, h, 1, 10.0) for h, p in parts.items() for b in p}
+    assert all(plan(h, hosts, leases, blocks) == plan(h, hosts, {}, 0) for h in hosts)  # nothing moves after the switch
+
+
+def test_two_hosts_of_an_8_to_16_reshard_in_blocks_of_4_take_two_new_blocks_each():
+    assert new_blocks("b", ["a", "b"], 4) == range(2, 4) and new_blocks("a", ["b", "a"], 4) == range(0, 2)
+    assert new_blocks("a", ["a", "b", "c"], 2) == range(0, 1) and new_blocks("c", ["a", "b", "c"], 2) == range(2, 2)
+
+
+def auto_host(hid: str, total: int = 8) -> HostRecord:
+    return HostRecord(host_id=hid, first=0, last=-1, shard_total=total, pid=1, hostname="h")  # as --assign auto
+
+
+def test_with_assign_auto_every_live_host_takes_part_once_every_old_block_runs_on_one_of_them():
+    leases = {0: Lease(0, "b", 3), 1: Lease(1, "a", 1)}
+    assert check_leased([auto_host("b"), auto_host("a"), auto_host("c")], leases, 8, 2) == ["a", "b", "c"]
+    with pytest.raises(ReshardRefused) as e:
+        check_leased([auto_host("a"), auto_host("b", 16)], leases, 8, 2)
+    assert str(e.value) == ("host b (h, pid 1) leases its blocks of a 16-shard layout, not 8: wait until every host "
+                            "runs the cluster's layout")
+    with pytest.raises(ReshardRefused) as e:
+        check_leased([auto_host("a")], leases, 8, 2)  # b's lease outlives its host: a failover is coming
+    assert str(e.value) == ("block 0 of the 8 shards has no live owner (a failover is under way): try again once "
+                            "every block runs")
+    with pytest.raises(ReshardRefused) as e:
+        check_leased([auto_host("a"), auto_host("b")], {1: leases[1]}, 8, 3)
+    assert str(e.value).startswith("blocks 0, 2 of the 8 shards have no live owner")
+    with pytest.raises(ReshardRefused) as e:
+        check_leased([auto_host("a"), auto_host("b")], leases | {1: Lease(1, "a", 2, starting=True)}, 8, 2)
+    assert str(e.value) == "block 1 of the 8 shards is still starting on a new owner: try again once every block runs"

@@ -127,7 +127,6 @@ def test_a_cut_that_comes_after_an_event_past_it_is_too_late():
 
 
 @pytest.mark.parametrize("kw, words", [
-    (dict(leased=True), "does not support --assign auto"),
     (dict(running=True), "already running"),
     (dict(partial=True), "only part of the shards"),
     (dict(target=8), "only grows"),
@@ -198,11 +197,11 @@ def test_it_rolls_back_before_go_and_switches_anyway_after_the_cut_timeout():
     assert r.new_lost("new worker 1 exited during the cutover") is Action.ROLL_BACK
 
 
-def test_auto_reshard_is_refused_with_assign_auto_only():
+def test_auto_reshard_works_with_static_ranges_and_assign_auto():
     from cluster.config import ClusterConfig, ConfigError
 
-    with pytest.raises(ConfigError, match="auto_reshard does not work with assign auto"):
-        ClusterConfig(auto_reshard=True, coordinator="redis://127.0.0.1:6379/0", assign="auto")
+    assert ClusterConfig(auto_reshard=True, coordinator="redis://127.0.0.1:6379/0", assign="auto",
+                         shards_per_worker=4).auto_reshard
     assert ClusterConfig(auto_reshard=True, coordinator="redis://127.0.0.1:6379/0", host_index=0, host_count=2)
     with pytest.raises(ConfigError, match="auto_reshard_interval and reshard_cut_timeout must be > 0"):
         ClusterConfig(auto_reshard_interval=0)
@@ -335,9 +334,6 @@ def test_each_refusal_names_its_cause_and_how_to_fix_it_in_full():
     assert refusal(filtered_out=frozenset({"READY", "GUILD_CREATE"})) == (
         "the shards' event_types filter drops GUILD_CREATE and READY, which live resharding needs to tell when the "
         "new shards are ready: add them to event_types")
-    assert refusal(leased=True) == (
-        "live resharding does not support --assign auto: block leases and their fencing are keyed by the current "
-        "shard count; run the hosts with static ranges (--host-index/--host-count or --shard-range) to reshard live")
     assert refusal(partial=True) == (
         "this host runs only part of the shards (--shard-range or --host-index) without a --coordinator: live "
         "resharding needs the whole cluster on one host, or every host on one coordinator")
