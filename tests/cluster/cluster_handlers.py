@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections import Counter
@@ -74,6 +75,15 @@ class Quiet(Recorder):
     """A Recorder that never blocks on its own."""
 
     blocks = False
+
+
+class Wedged:
+    """Awaits forever on every MESSAGE_CREATE (a handler stuck on a lock, or on a request with no timeout): its
+    shard's consumer is wedged while the worker's event loop, and the shard's heartbeats, go on."""
+
+    async def on_event(self, shard: Any, event: Any) -> None:
+        if event.type == "MESSAGE_CREATE":
+            await asyncio.Event().wait()
 
 
 class CrashOnReady:
