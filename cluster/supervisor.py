@@ -355,7 +355,8 @@ class Supervisor:
         async def renew() -> None:
             try:
                 await keep_registered(self._redis, self._ns, record, self.config.host_ttl,
-                                      on_error=coord.mark_down if coord else None, on_ok=coord.mark_up if coord else None)
+                                      on_error=coord.mark_down if coord else None,
+                                      on_ok=coord.mark_up if coord else None)
             except ConfigError as exc:  # its record lapsed and another host took its shards: this one yields
                 raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
 
