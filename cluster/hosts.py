@@ -9,7 +9,9 @@ The cluster's layout (shard total and max_concurrency) is decided once per clust
 it (``SET NX``) and later hosts adopt it (:func:`agree_layout`). Each host keeps a record under
 ``<ns>host:<host id>`` with a short TTL, renewed by the supervisor (:func:`register_host`,
 :func:`renew_host`); registering refuses a range that overlaps another live host's, atomically (one Lua
-script), so two hosts started at once cannot both win. :func:`read_hosts` lists the live hosts: the one
+script), so two hosts started at once cannot both win; a renewal that finds the record expired registers it again
+with the same check, and a host whose record lapsed while another took its shards stops them (:func:`renew_host`).
+:func:`read_hosts` lists the live hosts: the one
 notion of a live host, for ``cluster status``, broadcasts and the block leases. The ids of the hosts are in the
 set ``<ns>hosts``; a record whose key expired
 is a dead host and is dropped from the set by the next reader or registrant.
@@ -33,7 +35,7 @@ from cluster.error import ConfigError
 from cluster.layout import split
 
 __all__ = ["HOST_RENEW_INTERVAL", "HOST_TTL", "HostRecord", "agree_layout", "conflict_message", "host_id", "host_key",
-           "host_ordinal", "host_range", "hosts_key", "keep_registered", "layout_key", "new_record",
+           "host_ordinal", "host_range", "hosts_key", "keep_registered", "lapsed_message", "layout_key", "new_record",
            "parse_shard_range", "read_hosts",
            "register_host", "remove_host", "renew_host", "this_hostname", "try_register_host"]
 
@@ -133,9 +135,12 @@ def layout_key(ns: str) -> str:
 
 # --- Redis (atomic: one Lua script each, or SET NX) -----------------------------------------
 
-_REGISTER = """
+_ARGS = """
 local ns, hid, record, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local first, last = tonumber(ARGV[5]), tonumber(ARGV[6])
+"""
+
+_CLAIM = """
 for _, other in ipairs(redis.call('SMEMBERS', KEYS[1])) do
   if other ~= hid then
     local raw = redis.call('GET', ns .. 'host:' .. other)
@@ -152,14 +157,14 @@ redis.call('SADD', KEYS[1], hid)
 return false
 """
 
-_RENEW = """
-if redis.call('PEXPIRE', KEYS[1], ARGV[2]) == 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-  redis.call('SADD', KEYS[2], ARGV[3])
-  return 0
-end
-return 1
-"""
+_REGISTER = _ARGS + _CLAIM
+"""Write this host's record unless its range overlaps a live host's: that host's record (nothing written), or nil."""
+
+_RENEW = _ARGS + """
+if redis.call('SET', ns .. 'host:' .. hid, record, 'PX', ttl, 'XX') then return 1 end
+""" + _CLAIM
+"""Write this host's record over itself with a new TTL: 1; one that expired (or Redis lost) is registered again as by
+:data:`_REGISTER`."""
 
 
 async def agree_layout(client: Any, ns: str, shard_total: int, max_concurrency: int, *,
@@ -194,14 +199,23 @@ async def agree_layout(client: Any, ns: str, shard_total: int, max_concurrency: 
 async def try_register_host(client: Any, ns: str, record: HostRecord, ttl: float = HOST_TTL) -> HostRecord | None:
     """Add this host to the registry unless its range overlaps a live host's, atomically; the first such host
     (then nothing was written), or None."""
-    raw = await client.eval(_REGISTER, 1, hosts_key(ns), ns, record.host_id, msgspec.json.encode(record),
-                            int(ttl * 1000), record.first, record.last)
+    raw = await client.eval(_REGISTER, 1, hosts_key(ns), *_args(ns, record, ttl))
     return msgspec.json.decode(raw, type=HostRecord) if raw else None
+
+
+def _args(ns: str, record: HostRecord, ttl: float) -> tuple[Any, ...]:
+    return ns, record.host_id, msgspec.json.encode(record), int(ttl * 1000), record.first, record.last
 
 
 def conflict_message(record: HostRecord, other: HostRecord) -> str:
     return (f"shards {record.first}-{record.last} overlap those of a live host: {other.describe()}; "
             f"give each host its own --shard-range or --host-index")
+
+
+def lapsed_message(record: HostRecord, other: HostRecord) -> str:
+    return (f"this host's registry record expired (Redis was out of reach for longer than host_ttl, or lost its data), "
+            f"and meanwhile {other.describe()}: shards {max(record.first, other.first)}-"
+            f"{min(record.last, other.last)} are that host's now, so this host stops its shards")
 
 
 async def register_host(client: Any, ns: str, record: HostRecord, ttl: float = HOST_TTL) -> None:
@@ -213,9 +227,20 @@ async def register_host(client: Any, ns: str, record: HostRecord, ttl: float = H
 
 
 async def renew_host(client: Any, ns: str, record: HostRecord, ttl: float = HOST_TTL) -> bool:
-    """Extend this host's record (re-create it if it expired or Redis lost it); False if it had to."""
-    return bool(await client.eval(_RENEW, 2, host_key(ns, record.host_id), hosts_key(ns),
-                                  msgspec.json.encode(record), int(ttl * 1000), record.host_id))
+    """Extend this host's record (written as ``record`` is now); False if it had expired (or Redis lost it) and was
+    registered again.
+
+    Registered again as :func:`register_host` does, atomically: if a live host took an overlapping range
+    meanwhile, nothing is written and ConfigError (:func:`lapsed_message`) says this host must stop its shards.
+    The host whose record lapsed yields: the other registered while the range was free by the registry's one
+    notion of a live host (which the leases, broadcasts and statuses share), may have resumed the sessions this host
+    stored, and renews without trouble, so only this host learns of the conflict and exactly one of the two stops."""
+    answer = await client.eval(_RENEW, 1, hosts_key(ns), *_args(ns, record, ttl))
+    if answer == 1:
+        return True
+    if answer:
+        raise ConfigError(lapsed_message(record, msgspec.json.decode(answer, type=HostRecord)))
+    return False
 
 
 async def remove_host(client: Any, ns: str, hid: str) -> None:
@@ -252,9 +277,10 @@ async def read_hosts(client: Any, ns: str, *, renewed_within: float | None = Non
 async def keep_registered(client: Any, ns: str, record: HostRecord, ttl: float = HOST_TTL, *,
                           every: float = HOST_RENEW_INTERVAL, on_error: Callable[[BaseException], None] | None = None,
                           on_ok: Callable[[], None] | None = None) -> None:
-    """Renew this host's record every ``every`` seconds, for as long as the host runs; a record lost with Redis's
-    data is written again. Redis trouble is waited out and told to ``on_error`` (and its end to ``on_ok``), so
-    that an idle host notices an unavailable coordinator too."""
+    """Renew this host's record every ``every`` seconds, for as long as the host runs; a record that expired or was
+    lost with Redis's data is written again, unless a live host took an overlapping range meanwhile: ConfigError then
+    (:func:`renew_host`). Redis trouble is waited out and told to ``on_error`` (and its end to ``on_ok``), so that
+    an idle host notices an unavailable coordinator too."""
     await keep_trying(lambda: renew_host(client, ns, record, ttl), every, start_after=every, on_error=on_error,
                       on_ok=on_ok)
 

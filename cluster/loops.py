@@ -134,7 +134,8 @@ class Loops:
                     pass
 
     async def health(self) -> None:
-        """Restart a shard stuck short of Active, or Active with nothing received, for ``shard_stuck_timeout``."""
+        """Restart a shard stuck short of Active, or Active with no sign of life (no event taken, no heartbeat ACK
+        while its consumer waits: :mod:`cluster.liveness`), for ``shard_stuck_timeout``."""
         rt, cfg = self.rt, self.rt.config
         while True:
             await asyncio.sleep(cfg.report_interval)
@@ -154,7 +155,7 @@ class Loops:
                     reason = f"stuck in {view.state} for {now - view.since:.0f} s"
                 elif (view.state == ACTIVE and view.last_event_age is not None
                       and view.last_event_age > cfg.shard_stuck_timeout):
-                    reason = f"zombie: nothing received for {view.last_event_age:.0f} s"
+                    reason = f"zombie: no event nor heartbeat ACK for {view.last_event_age:.0f} s"
                 if reason:
                     view.restarted_at = now
                     log.warning("shard %d %s; restarting it", view.shard_id, reason)

@@ -52,7 +52,8 @@ class _Collector:
         state = GaugeMetricFamily("cluster_shard_state", "1 for the shard's current state", labels=["shard", "state"])
         latency = GaugeMetricFamily("cluster_shard_latency_seconds", "Average gateway heartbeat latency",
                                     labels=["shard"])
-        age = GaugeMetricFamily("cluster_shard_last_event_age_seconds", "Seconds since the shard's last event",
+        age = GaugeMetricFamily("cluster_shard_last_event_age_seconds",
+                                "Seconds since the shard's last event or heartbeat ACK",
                                 labels=["shard"])
         events = CounterMetricFamily("cluster_gateway_events", "Gateway events received by type",
                                      labels=["shard", "type"])

@@ -11,7 +11,8 @@ header (``saved_at``, ``shard_total``, ``user_id``, ``host``), replaced whole in
 ``session_ttl`` seconds after its last write. Only the host that runs a shard writes it: with ``--assign
 auto`` each write is also fenced by the shard's block lease (:mod:`cluster.leases`): the script refuses it
 unless the lease still holds this host's ``<epoch>:<owner>``, so that a host that wakes up after its block was
-taken over cannot overwrite the new owner's session.
+taken over cannot overwrite the new owner's session; with static ranges, by this host's registry record
+(:mod:`cluster.hosts`), so that a host whose record lapsed cannot overwrite those of the host that took its range.
 """
 
 from __future__ import annotations
@@ -85,7 +86,8 @@ return 1
 """
 """:data:`_REPLACE` only while the lease ``KEYS[2]`` holds ``ARGV[2]`` (``<epoch>:<owner>``); 1 written, 0 refused."""
 Fence = Callable[[int], "tuple[str, str] | None"]
-"""A shard's block lease (key, expected value) to check a write against, or None (not fenced)."""
+"""A shard's block lease, or this host's registry record (key, expected value), to check a write against, or None
+(not fenced)."""
 _FIELDS = ("shard_id", "session_id", "seq", "resume_url", "saved_at", "shard_total", "user_id", "host")
 
 
@@ -97,8 +99,9 @@ class RedisSessionStore:
     A save writes only the sessions that changed since they were last written, and rewrites the others
     before a third of ``ttl`` has passed so that a running shard's session never expires.
 
-    ``fence`` (``--assign auto``) names each shard's block lease (key, ``<epoch>:<owner>``): a write whose lease
-    holds another value is refused by Redis, counted in :attr:`refused` and logged; the others are written.
+    ``fence`` names the key (and value) a shard's write depends on: with ``--assign auto`` its block lease
+    (``<epoch>:<owner>``), with static ranges this host's registry record. A write whose key holds another value
+    (or none) is refused by Redis, counted in :attr:`refused` and logged; the others are written.
     """
 
     def __init__(self, client: Any, url: str, prefix: str, *, host: str, ttl: float, interval: float,
@@ -108,7 +111,8 @@ class RedisSessionStore:
         self.where = f"the coordinator {redacted_url(url)} ({prefix}session:*)"
         self.fence = fence
         self.refused = 0
-        """Session writes refused because the shard's block lease was no longer this host's."""
+        """Session writes refused because the shard's block lease (or this host's registry record) was no longer
+        this host's."""
         self._written: dict[int, tuple[SessionInfo, float]] = {}
         self._replace = client.register_script(_REPLACE)
         self._replace_fenced = client.register_script(_REPLACE_FENCED)
@@ -181,8 +185,8 @@ class RedisSessionStore:
                 self._written[s.shard_id] = (s, now)
         if refused:
             self.refused += len(refused)
-            log.warning("not saving the sessions of shards %s: their block's lease is no longer this host's "
-                        "(another host runs them now)", ", ".join(map(str, refused)))
+            log.warning("not saving the sessions of shards %s: their block's lease, or this host's registry record, "
+                        "is no longer this host's (another host may run them now)", ", ".join(map(str, refused)))
 
 
 def _value(raw: bytes | None) -> Any:

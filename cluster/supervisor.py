@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from typing import Any
 
+import msgspec
 import multiprocess
 
 from cluster.config import ClusterConfig, ConfigError, check_identify_timing
@@ -26,8 +27,8 @@ from cluster.discord_api import fetch_gateway_bot
 from cluster.error import CoordinatorUnavailable
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.handler import HandlerImportError, check_handler
-from cluster.hosts import (HostRecord, agree_layout, conflict_message, host_id, keep_registered, new_record,
-                           remove_host, try_register_host)
+from cluster.hosts import (HostRecord, agree_layout, conflict_message, host_id, host_key, keep_registered,
+                           new_record, remove_host, try_register_host)
 from cluster.layout import round_up, split_range
 from cluster.loops import Loops
 from cluster.reshard import ReshardRefused  # noqa: F401 - what reshard() raises
@@ -108,6 +109,7 @@ class Supervisor:
         self._ns = ""
         self.host: HostRecord | None = None  # this host in the registry, with --coordinator
         self._registry: asyncio.Task[Any] | None = None  # the loop renewing it
+        self._record_fence: tuple[str, str] | None = None  # its record's key and value: the fence of its session writes
         self._cross: Any = None  # the sessions, status and broadcasts shared with the other hosts (a CrossHost)
         self.blocks: Any = None  # with --assign auto: this host's block leases (a cluster.blocks.BlockKeeper)
 
@@ -354,9 +356,22 @@ class Supervisor:
             self._registry.cancel()
         record, coord = self.host, self.coordinator if isinstance(self.coordinator, RedisCoordination) else None
         assert record is not None
-        self._registry = self._rt.spawn_loop("host_registry", lambda: keep_registered(
-            self._redis, self._ns, record, self.config.host_ttl, on_error=coord.mark_down if coord else None,
-            on_ok=coord.mark_up if coord else None))
+
+        async def renew() -> None:
+            try:
+                await keep_registered(self._redis, self._ns, record, self.config.host_ttl,
+                                      on_error=coord.mark_down if coord else None,
+                                      on_ok=coord.mark_up if coord else None)
+            except ConfigError as exc:  # its record lapsed and another host took its shards: this one yields
+                raise ClusterExit(ExitCode.CONFIG, str(exc)) from None
+
+        self._registry = self._rt.spawn_loop("host_registry", renew)
+        self._record_fence = (host_key(self._ns, record.host_id), msgspec.json.encode(record).decode())
+
+    def _fence(self, shard_id: int) -> tuple[str, str] | None:
+        """Static assignment: a session is written only while this host's registry record is in Redis as it wrote
+        it, so a host whose record lapsed never overwrites the sessions of a host that took its shards meanwhile."""
+        return self._record_fence
 
     def _policy(self, wid: int) -> RestartPolicy:
         cfg = self.config
@@ -401,6 +416,7 @@ class Supervisor:
                           spawn=self._rt.spawn_task)
         self._cross = cross
         self._loops.store = cross.sessions
+        cross.sessions.fence = self._fence  # --assign auto: each block's lease instead (_keep_blocks)
         self._router.host, self._router.remote = cross.host, cross.ask
         self._rt.spawn_loop("host_status", cross.publish_status)
         self._rt.spawn_loop("broadcast_relay", cross.relay)

@@ -25,7 +25,9 @@ from cluster.cutover import (ACKS_AFTER_CUT, OLD_MARGIN, NewGate, OldGate, Resum
                              snowflake_time)
 from cluster.fence import Fence
 from cluster.handler import HandlerImportError, WorkerContext, load_handler, maybe_await
+from cluster.liveness import Liveness
 from cluster.queue import IpcQueue
+from cluster.snapshot import ShardPhase
 from cluster.watchdog import LoopWatchdog
 from ipc import Channel, ChannelClosed, SessionDiff, answer
 from ipc.protocol import (Assign, Assignment, CutLate, CutoverEnd, Cutover, CutPassed, Drain, Drained, Hello,
@@ -81,7 +83,7 @@ class Worker:
         self.runners: dict[int, asyncio.Task[None]] = {}
         self.shard_total = 0
         self.events: dict[int, dict[str, int]] = {}  # per shard: events by type since the last report
-        self.last_event: dict[int, float] = {}
+        self.live: dict[int, Liveness] = {}  # per shard: its signs of life, for the supervisor's zombie check
         self.assigned_session: dict[int, bool] = {}
         self.was_ready: dict[int, bool] = {}
         self.handler_errors = 0
@@ -128,12 +130,12 @@ class Worker:
             avg = avg()
         if hasattr(avg, "total_seconds"):
             avg = avg.total_seconds()
-        last = self.last_event.get(shard_id)
+        ack = getattr(latency, "received", None)  # the last heartbeat ACK, whatever the event_types filter keeps
+        age = self.live[shard_id].age(now, name == ShardPhase.ACTIVE, ack if isinstance(ack, (int, float)) else None)
         counts = self.events[shard_id]
         delta = dict(counts)
         counts.clear()
-        return ShardStatus(shard_id, name, float(avg) if isinstance(avg, (int, float)) else None,
-                           None if last is None else now - last, delta)
+        return ShardStatus(shard_id, name, float(avg) if isinstance(avg, (int, float)) else None, age, delta)
 
     def _make_shard(self, shard_id: int, info: SessionInfo | None) -> Any:
         from shard import Config, Intents, Session, Shard, ShardId
@@ -285,6 +287,7 @@ class Worker:
     def _start_shard(self, a: Assignment) -> None:
         self.assigned_session[a.shard_id] = a.session is not None
         self.events.setdefault(a.shard_id, {})
+        self.live[a.shard_id] = Liveness(time.monotonic())  # a restarted shard starts afresh too
         self.shards[a.shard_id] = self._make_shard(a.shard_id, a.session)
 
     async def _run_shard(self, shard_id: int) -> None:
@@ -293,12 +296,14 @@ class Worker:
         shard = self.shards[shard_id]
         counts = self.events[shard_id]
         count = counts.get
+        live = self.live[shard_id]
         on_event = getattr(self.handler, "on_event", None)
         watchdog = self.watchdog
         clock = time.monotonic
         gates = self.gates
         failing = 0  # unexpected errors in a row
         while True:
+            live.waiting = True
             try:
                 event = await shard.next_event()
             except GatewayError as exc:
@@ -322,7 +327,8 @@ class Worker:
             failing = 0
             etype = event.type
             counts[etype] = count(etype, 0) + 1
-            self.last_event[shard_id] = clock()
+            live.waiting = False
+            live.taken = clock()
             if etype == "READY":
                 self.was_ready[shard_id] = True
             if gates:  # a live reshard's cutover (cluster.cutover); otherwise this one check is all it costs

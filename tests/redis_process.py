@@ -23,7 +23,8 @@ def free_port() -> int:
 
 
 class RedisServer:
-    """``redis-server`` on 127.0.0.1:``port`` with nothing saved to disk; ``url`` is its address."""
+    """``redis-server`` on 127.0.0.1:``port`` with nothing saved to disk unless a test asks (``SAVE``: a restart
+    then loads that snapshot, as a Redis restored from an older one); ``url`` is its address."""
 
     def __init__(self, directory: Path, *, password: str | None = None, port: int | None = None) -> None:
         assert BINARY is not None
@@ -60,7 +61,8 @@ class RedisServer:
             time.sleep(0.02)
 
     def kill(self) -> None:
-        """SIGKILL: every connection drops at once and, with nothing saved, every key is gone."""
+        """SIGKILL: every connection drops at once and, with nothing saved, every key is gone (with a ``SAVE``, every
+        key written since)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait()

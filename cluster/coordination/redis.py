@@ -38,7 +38,11 @@ fresh (``<ns>id:fresh``, :func:`store_layout`, one script): no Identify went out
 first grant waits only :data:`LOST_GRACE` from the mark. A Redis that **lost its state** under running hosts
 (restarted empty) is noticed by its new ``<ns>id:epoch``: the first script to find no epoch records the loss
 (``<ns>id:lost``), and a host that knew another epoch turns a fresh mark into a loss (a new host may reach the
-empty Redis first); its listener checks at once on resubscribing. Then the host re-asserts the slots it holds
+empty Redis first); its listener checks at once on resubscribing. A Redis that restarted **with its data** (from a
+snapshot, an AOF, or a replica promoted in its place) may hold an older state: the same epoch, with windows that
+predate identifies sent since and a budget that predates their spending. The first script to run on a new Redis
+process (its ``run_id``, kept in ``<ns>id:run``) records that as a loss with a new epoch, whoever runs it, and
+the windows recorded before it (``<ns>id:stale``) count as unknown. Then the host re-asserts the slots it holds
 (``SET NX`` with the rest of their hold), and a bucket whose window is unknown waits :data:`LOST_GRACE` plus
 one whole window from the loss, so a lost state cannot let two Identifies of one bucket into one window.
 """
@@ -89,11 +93,20 @@ local ns = ARGV[1]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local grace, window, slack = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local info = redis.pcall('INFO', 'server')  -- this server process's run_id (none where INFO is not allowed)
+local run = type(info) == 'string' and string.match(info, 'run_id:(%x+)') or nil
+local ran = redis.call('GET', ns .. 'id:run')
 local epoch = redis.call('GET', ns .. 'id:epoch')
 if not epoch then  -- emptied under running hosts (a new cluster's first host marks it fresh with its layout)
   epoch = ARGV[2]
   redis.call('SET', ns .. 'id:epoch', epoch)
   redis.call('SET', ns .. 'id:lost', now)
+  redis.call('DEL', ns .. 'id:fresh')
+elseif run and ran and run ~= ran then  -- restarted with data (a snapshot, an AOF, a promoted replica) that may
+  epoch = ARGV[2]                       -- predate identifies sent since: a loss too, whose windows are not trusted
+  redis.call('SET', ns .. 'id:epoch', epoch)
+  redis.call('SET', ns .. 'id:lost', now)
+  redis.call('SET', ns .. 'id:stale', now)
   redis.call('DEL', ns .. 'id:fresh')
 elseif ARGV[3] ~= '' and ARGV[3] ~= epoch then  -- this host ran on a state that is gone: not a new cluster
   local fresh = redis.call('GET', ns .. 'id:fresh')
@@ -102,11 +115,13 @@ elseif ARGV[3] ~= '' and ARGV[3] ~= epoch then  -- this host ran on a state that
     redis.call('DEL', ns .. 'id:fresh')
   end
 end
+if run and run ~= ran then redis.call('SET', ns .. 'id:run', run) end
+local stale = tonumber(redis.call('GET', ns .. 'id:stale'))
 local bk = ns .. 'id:budget'
 local function window_start(b)
   local wk = ns .. 'id:win:' .. b
-  local win = redis.call('GET', wk)
-  if win then return tonumber(win), wk end
+  local win = tonumber(redis.call('GET', wk))
+  if win and not (stale and win < stale) then return win, wk end  -- older than a restart: unknown
   local fresh = redis.call('GET', ns .. 'id:fresh')
   if fresh then  -- a new cluster: no Identify before it, only the grace (not stored: a loss may still be told)
     return tonumber(fresh) + grace - window, wk
@@ -582,7 +597,8 @@ class RedisCoordination:
         return True
 
     async def _check_epoch(self, epoch: bytes | str) -> None:
-        """A Redis that lost its data has a new epoch: re-assert the slots this host holds."""
+        """A Redis that lost its data (or restarted) has a new epoch: re-assert the slots this host holds, and its
+        view of the budget."""
         epoch = _text(epoch)
         if self._epoch is None:
             self._epoch = epoch
@@ -592,8 +608,9 @@ class RedisCoordination:
         self._epoch = epoch
         self._queued.clear()  # the queues went with the rest
         now = self.clock()
-        log.warning("the coordinator's Redis lost its state (restarted empty?): re-asserting %d held identify "
-                    "slots; every bucket waits one window before its next grant", len(self._holding))
+        log.warning("the coordinator's Redis lost its state (restarted empty, or from older data?): re-asserting %d "
+                    "held identify slots and this host's session budget; every bucket waits one window before its "
+                    "next grant", len(self._holding))
         for shard_id, until in self._holding.items():
             self._op("R", shard_id, max(1, int((until - now) * 1000)))
         self._pending.extend(("B", str(self.total), str(self.remaining),

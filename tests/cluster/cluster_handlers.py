@@ -77,6 +77,15 @@ class Quiet(Recorder):
     blocks = False
 
 
+class Wedged:
+    """Awaits forever on every MESSAGE_CREATE (a handler stuck on a lock, or on a request with no timeout): its
+    shard's consumer is wedged while the worker's event loop, and the shard's heartbeats, go on."""
+
+    async def on_event(self, shard: Any, event: Any) -> None:
+        if event.type == "MESSAGE_CREATE":
+            await asyncio.Event().wait()
+
+
 class CrashOnReady:
     """Kills its own worker as soon as a shard is READY: every respawn must identify again."""
 

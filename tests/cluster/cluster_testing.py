@@ -14,12 +14,13 @@ FAST = dict(identify_window=1.0, report_interval=0.2, ipc_heartbeat_interval=0.2
 
 
 @contextlib.asynccontextmanager
-async def running(sim: Simulator, handler=None, tmp_path=None, supervisor_handler=None, **options):
+async def running(sim: Simulator, handler=None, tmp_path=None, supervisor_handler=None, shard_options=None,
+                  **options):
     """A Supervisor (in this process, workers in real processes) against ``sim``."""
     cfg = ClusterConfig(**{**FAST, "gateway_url": sim.url, "api_url": sim.api_url,
                            "state_file": str(tmp_path / "state.json"), **options})
     sup = Supervisor(cfg, token=sim.token, handler=handler, handle_signals=False,
-                     supervisor_handler=supervisor_handler)
+                     supervisor_handler=supervisor_handler, shard_options=shard_options)
     task = asyncio.get_running_loop().create_task(sup.run())
     try:
         yield sup, task

@@ -464,3 +464,22 @@ def test_a_failed_rename_reports_its_own_error(tmp_path, monkeypatch):
     with pytest.raises(OSError, match=r"^rename failed$"):
         save_sessions(path, 4, [SessionInfo(0, "a", 1)], now=0.0)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---- a shard's signs of life (the supervisor's zombie check) ------------------------------------------------
+
+def test_liveness_counts_heartbeat_acks_only_while_the_consumer_waits():
+    from cluster.liveness import Liveness
+
+    live = Liveness(100.0)
+    assert live.age(101.0, False, None) == 1.0
+    assert live.age(150.0, True, None) == 0.0  # becoming Active is a sign of life: a long identify wait is none
+    assert live.age(152.0, True, 151.5) == 0.5  # the consumer waits: an ACK (filtered out or not) counts
+    assert live.age(152.0, True, 140.0) == 2.0  # an older ACK does not take it back
+    live.waiting, live.taken = False, 153.0  # the consumer took an event at 153 and is in its handler since
+    assert live.age(160.0, True, 159.0) == 7.0  # wedged: the connection's ACKs do not count
+    live.waiting = True
+    assert live.age(161.0, True, 160.5) == 0.5
+    assert live.age(170.0, False, 160.5) == 9.5  # not Active: the age goes on (for the status page)
+    assert live.age(171.0, True, None) == 0.0  # Active again (a new connection: no ACK yet)
+    assert live.age(172.5, True, None) == 1.5

@@ -9,6 +9,7 @@ import pytest
 
 from cluster import ExitCode
 from cluster_testing import http_get, running, until
+from shard import EventTypeFlags
 
 
 @pytest.fixture
@@ -173,6 +174,37 @@ async def test_zombie_shard_is_restarted_by_the_supervisor_and_resumes(tmp_path)
                 lambda s: any(r["shard"][0] == 2 and r["resumes"] for r in s["sessions"].values()), timeout=30)
             assert snap["total"]["identifies"] == 4
             await until(lambda: sup.active_shards() == 4, what="shard 2 back")
+
+
+QUIET_FILTER = {"event_types": EventTypeFlags.READY | EventTypeFlags.MESSAGE_CREATE,  # the README's example
+                "heartbeat_interval_range": (0.1, 120.0)}  # the simulator's 300 ms as it is
+
+
+async def test_a_quiet_shard_whose_filter_drops_heartbeat_acks_is_not_taken_for_a_zombie(tmp_path):
+    """A healthy shard that receives nothing but heartbeat ACKs, which its event_types filter drops: the ACKs are its
+    signs of life all the same (it was restarted every shard_stuck_timeout, forever)."""
+    from sim import Simulator
+
+    async with Simulator(shards=1, identify_window=1.0, heartbeat_interval=300, events_per_second=0) as sim:
+        async with running(sim, "cluster_handlers:Quiet", tmp_path, shards=1, workers=1, shard_stuck_timeout=2.0,
+                           fresh=True, shard_options=QUIET_FILTER) as (sup, task):
+            await sim.wait_until(lambda s: s["total"]["identifies"] == 1, timeout=20)
+            # 20 heartbeats ACKed: 6 s, three stuck timeouts of a shard that received nothing else
+            snap = await sim.wait_until(lambda s: s["total"]["heartbeats"] >= 20, timeout=30)
+            assert snap["total"]["connections"] == 1
+            assert sum(sup.restarts.values()) == 0 and sup.active_shards() == 1
+
+
+async def test_a_shard_whose_handler_is_wedged_is_restarted_though_its_heartbeats_are_acked(tmp_path):
+    """The other side of the above: a consumer stuck in its handler shows no life however healthy the connection
+    (the shard keeps processing ACKs in the background), so the supervisor restarts the shard, which resumes."""
+    from sim import Simulator
+
+    async with Simulator(shards=1, identify_window=1.0, heartbeat_interval=300, events_per_second=5.0) as sim:
+        async with running(sim, "cluster_handlers:Wedged", tmp_path, shards=1, workers=1, shard_stuck_timeout=1.5,
+                           fresh=True, shard_options=QUIET_FILTER) as (sup, task):
+            snap = await sim.wait_until(lambda s: s["total"]["resumes"] >= 1, timeout=30)
+            assert snap["total"]["identifies"] == 1
 
 
 async def test_fresh_ignores_a_usable_state_file(sim, tmp_path):

@@ -76,6 +76,23 @@ async def test_a_dead_or_removed_host_frees_its_range(client):
     assert [r.host_id for r in await read_hosts(client, NS)] == ["c"]
 
 
+async def test_a_host_whose_record_lapsed_does_not_take_back_shards_another_host_took(client):
+    """A host cut off from Redis past its TTL, whose range another host registered meanwhile: its renewal registers
+    it again with the overlap check, which refuses it (nothing written), instead of two hosts running the shards."""
+    a, b = new_record("a", range(0, 10), 10), new_record("b", range(5, 10), 10)
+    await register_host(client, NS, a, ttl=5)
+    await client.delete(f"{NS}host:a")  # what its TTL did while it could not reach Redis
+    await register_host(client, NS, b, ttl=5)
+    with pytest.raises(ConfigError, match=r"record expired .* host b \(.*\) runs shards 5-9: shards 5-9 are that "
+                                          r"host's now, so this host stops its shards"):
+        await renew_host(client, NS, a, ttl=5)
+    assert [r.host_id for r in await read_hosts(client, NS)] == ["b"]
+    assert await client.smembers(f"{NS}hosts") == {b"b"}
+    assert await renew_host(client, NS, b, ttl=5) is True
+    assert await renew_host(client, NS, new_record("c", range(0, 5), 10)) is False  # no overlap: registered again
+    assert [r.host_id for r in await read_hosts(client, NS)] == ["c", "b"]
+
+
 async def test_layout_is_decided_once_per_cluster(client):
     assert await agree_layout(client, NS, 24, 4) == (24, 4)
     assert await agree_layout(client, NS, 32, 16) == (24, 4)  # later hosts adopt the stored layout

@@ -139,3 +139,30 @@ async def test_a_wrong_password_or_a_bad_url_is_one_line_and_exit_2(sim, hosts, 
         assert code == 2 and "must be a redis:// or rediss:// URL" in err and secret not in err, err
     finally:
         guarded.stop()
+
+
+async def test_a_host_whose_record_lapsed_while_another_took_its_shards_yields_them(redis_server, tmp_path):
+    """Its registry record expired (a partition longer than host_ttl) and a replacement registered the same shards:
+    at its next renewal the host stops its shards with a clear error and exit 2, and leaves the sessions that the
+    other host stores alone (its own are not saved over them)."""
+    from cluster import ExitCode
+    from cluster.hosts import host_key, new_record, register_host
+    from cluster_testing import running, until
+    from sim import Simulator
+
+    ns = "shardstack:lapse:"
+    async with Simulator(shards=4, max_concurrency=4, identify_window=1.0, events_per_second=20.0) as sim:
+        async with running(sim, None, tmp_path, workers=1, fresh=True, coordinator=redis_server.url,
+                           cluster_name="lapse", state_save_interval=0) as (sup, task):
+            await until(lambda: sup.active_shards() == 4 and len(sup.sessions) == 4, 60, "bring-up")
+            client = sup._redis
+            await client.delete(host_key(ns, sup.host.host_id))  # what its TTL did while it could not reach Redis
+            await register_host(client, ns, new_record("replacement", range(0, 4), 4), ttl=30)
+            for s in range(4):  # the replacement's sessions (it resumed or identified the shards)
+                await client.hset(f"{ns}session:{s}", mapping={"session_id": f"theirs-{s}", "host": "replacement"})
+            code = await asyncio.wait_for(task, 30)
+        assert code == ExitCode.CONFIG
+        assert "registry record expired" in sup.exit_message and "host replacement" in sup.exit_message
+        await sim.wait_until(lambda s: s["total"]["open_connections"] == 0, 10)  # its shards stopped
+    for s in range(4):
+        assert await client.hget(f"{ns}session:{s}", "session_id") == f"theirs-{s}".encode()

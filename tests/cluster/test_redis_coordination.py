@@ -404,6 +404,36 @@ async def test_a_running_host_that_reaches_the_empty_redis_first_makes_it_lost_n
     assert int(await newcomer.client.get(f"{NS}id:win:0")) == lost + 300 + 50
 
 
+async def test_a_redis_restarted_from_an_older_snapshot_is_a_loss_whoever_reaches_it_first(redis_server, caplog):
+    """Redis restarts from a snapshot taken before an identify that went out since: the same epoch comes back, with
+    a window long past and a budget that predates the spend. A restart is a loss like an emptied Redis: whoever
+    reaches it first (here a new host, which knew nothing of the state before) waits the grace and a whole window
+    from it, and the running host puts its view of the budget back."""
+    running = await host(redis_server.url, "running", window=30.0, lost_grace=0.3)
+    assert await store_layout(running.client, NS, f"{NS}layout", "8,4")
+    await running.decide(time.monotonic())
+    await running.client.set(f"{NS}id:win:0", 0)  # bucket 0's window long past when the snapshot is taken
+    epoch = await running.client.get(f"{NS}id:epoch")
+    await running.client.save()
+    await running.report([(time.monotonic(), IdentifyRequest(0, "initial"))])
+    [g] = await decide_until(running, timeout=5)  # after the snapshot: an identify, and its window, Redis forgets
+    await running.report([(time.monotonic(), IdentifyStarted(0)), (time.monotonic(), IdentifyDone(0, True))])
+    assert running.stats(time.monotonic()).budget_remaining == 999
+    redis_server.kill()
+    redis_server.start()  # from the snapshot
+    newcomer = await host(redis_server.url, "new", window=30.0, lost_grace=0.3)
+    assert (await newcomer.client.get(f"{NS}id:epoch"), await newcomer.client.get(f"{NS}id:win:0")) == (epoch, b"0")
+    await newcomer.report([(time.monotonic(), IdentifyRequest(4, "initial"))])
+    assert await newcomer.decide(time.monotonic()) == []  # not inside the live window of shard 0's identify
+    lost = int(await newcomer.client.get(f"{NS}id:lost"))
+    assert await newcomer.client.get(f"{NS}id:epoch") != epoch
+    assert int(await newcomer.client.get(f"{NS}id:win:0")) == lost + 300 + 50  # the grace, the slack, then a window
+    await running.report([(time.monotonic(), IdentifyRequest(8, "initial"))])
+    await decide_until(running, pred=lambda ds: running._epoch != epoch.decode())  # it sees the new epoch
+    assert "lost its state" in caplog.text
+    assert int(await running.client.hget(f"{NS}id:budget", "remaining")) == 999  # not the snapshot's 1000
+
+
 async def test_a_host_waiting_on_another_hosts_slot_is_woken_by_its_release_not_by_polling(redis_server):
     slow = dict(window=0.05, hold=60.0, alive_ttl=60.0, poll_interval=30.0)  # no poll nor renewal for 20 s or more
     holder, other = await host(redis_server.url, "holder", **slow), await host(redis_server.url, "other", **slow)
