@@ -178,7 +178,7 @@ class NewGate:
 
     def __init__(self, on_warm: Callable[[], None] = lambda: None, on_cold: Callable[[], None] = lambda: None) -> None:
         self.marker: _Marker | None = None
-        self.cut = 0  # the cut's snowflake, once armed
+        self.cut: int  # the cut's snowflake, set when armed (read only once there is a marker)
         self.max_seen = 0  # the largest creation id seen while warming (to tell a cut that came too late)
         self.warm = False
         self.mode = "warming"
