@@ -381,8 +381,8 @@ class Worker:
             for shard_id in waiting:
                 gate, shard = self.gates.get(shard_id), self.shards.get(shard_id)
                 if (not isinstance(gate, kind) or gate.marker is None or gate.marker.passed or shard is None
-                        or getattr(gate, "ended", None) is not None):
-                    continue  # passed by a creation id, ungated, or the cutover ended
+                        or (isinstance(gate, OldGate) and gate.ended)):
+                    continue  # passed (a new shard may, by a creation id), ungated, or the switch came
                 acks = shard.beat_now()
                 if acks is None:
                     later.append(shard_id)

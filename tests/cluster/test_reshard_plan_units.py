@@ -132,3 +132,5 @@ def test_the_leader_names_every_host_it_waited_for():
                      marked=frozenset({"a", "b", "c"}))
     assert leader_step(cutting, ["a", "b", "c"], 15.0) == (
         Step.GO, "host b, c did not report its old shards past the cut within 10 s; switching anyway")
+    assert leader_step(replace(cutting, marked=frozenset({"a"})), ["a", "b", "c"], 15.0) == (
+        Step.ROLL_BACK, "the new shards of host b, c did not pass their cutover markers within 10 s")
