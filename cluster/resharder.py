@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import msgspec
 
 from cluster.config import ClusterConfig
-from cluster.cutover import ACKS_AFTER_CUT, GO_GRACE
+from cluster.cutover import FANOUT_SKEW, GO_GRACE
 from cluster.discord_api import fetch_gateway_bot
 from cluster.error import ConfigError, CoordinatorUnavailable
 from cluster.exitcodes import ClusterExit, ExitCode, for_close_code
@@ -51,7 +51,7 @@ from cluster.runtime import Runtime, ShardView, WorkerHandle, WorkerState
 from cluster.snapshot import ReshardSnapshot
 from cluster.workers import Workers
 from ipc import ChannelClosed, HeartbeatMonitor
-from ipc.protocol import CutLate, Cutover, CutoverEnd, CutPassed, Packet, ShardWarm
+from ipc.protocol import CutLate, CutMark, Cutover, CutoverEnd, CutPassed, Packet, ShardWarm
 
 __all__ = ["CUT_LEAD", "Resharder"]
 
@@ -121,6 +121,7 @@ class Resharder:
         self._sharding_required = False  # a 4011 with --auto-reshard, not acted on yet
         self._warm_by: dict[int, WorkerHandle] = {}  # the new worker each warm shard was warm in
         self._old_digests: list[int] = []  # what the old set delivered without a creation id while gated
+        self._mark_at: float | None = None  # when the old set sends its marker heartbeats (every new shard passed)
         self._auto_pending = False
         self.record: ClusterReshard | None = None  # with a coordinator: the cluster's record of the running reshard
         self._seen_epoch = 0
@@ -340,6 +341,10 @@ class Resharder:
                 log.info("reshard epoch %d: this host's %d new shards are ready", record.epoch, len(r.warm))
             if record.phase is ClusterPhase.CUTTING_OVER and r.phase is Phase.WARMING:
                 return Action.CUT, ""
+            if r.new_marked and "marked" not in self._reported and await store.report(record, "marked"):
+                self._reported.add("marked")
+            if record.all_marked:
+                self._mark()  # the cluster's every new shard passed: this host's old set marks
             if Action.GO in actions and "passed" not in self._reported and await store.report(
                     record, "passed", self._old_digests):
                 self._reported.add("passed")
@@ -474,6 +479,8 @@ class Resharder:
                 self._act(r.shard_warm(shard_id))
             case ShardWarm(shard_id=shard_id, warm=False) if handle.id_base == self._new_base():
                 self._act(r.shard_cold(shard_id))
+            case CutPassed(shard_id=shard_id) if handle.id_base == self._new_base():
+                self._act(r.new_shard_passed(shard_id))
             case CutPassed(shard_id=shard_id, digests=digests) if handle.id_base != self._new_base():
                 self._old_digests += digests
                 self._act(r.old_passed(shard_id))
@@ -530,6 +537,7 @@ class Resharder:
             self._gone_old.clear()
             self._warm_by.clear()
             self._old_digests = []
+            self._mark_at = None
             self._old_fatal.clear()
             self.record = None
 
@@ -587,6 +595,8 @@ class Resharder:
                     r.reason = why
                     if r.phase is not Phase.CUTTING_OVER:
                         actions = [r.new_lost("the cluster switched before this host saw the cut")]
+            if Action.MARK in actions and self.record is None:
+                self._mark()
             if Action.ROLL_BACK in actions:
                 await self._roll_back(r)
                 return
@@ -635,11 +645,12 @@ class Resharder:
         # an old worker (re)started during the cutover is gated too: it gets the cut right after its Assign
         def gate(handle: WorkerHandle) -> None:
             self._send(handle, Cutover(at, True))
+            if self._mark_at is not None:
+                self._send(handle, CutMark(self._mark_at))
 
         self.sup._workers.after_assign = gate
         r.cut_sent(at, time.monotonic())
-        log.info("reshard: all %d new shards are ready; cutting over at %.3f (%d heartbeats per shard)",
-                 r.new_total, at, ACKS_AFTER_CUT)
+        log.info("reshard: all %d new shards are ready; cutting over at %.3f", r.new_total, at)
         rt.emit("reshard_phase", phase=r.phase.value)
         sent = [h for h in child.workers.values() if self._send(h, Cutover(at, False))]
         for h in rt.workers.values():  # an old worker restarting meanwhile gets it after its Assign
@@ -649,6 +660,16 @@ class Resharder:
         if not r.mine_old:  # a host that held no block of the old layout: nothing of it to pass
             self._act(Action.GO)
         return sent
+
+    def _mark(self) -> None:
+        """Every new shard passed its marker (on every host): the old set sends its marker heartbeats, after
+        :data:`~cluster.cutover.FANOUT_SKEW`. An old worker restarted from now on gets the mark after its cut."""
+        if self._mark_at is not None:
+            return
+        self._mark_at = at = time.time() + FANOUT_SKEW
+        log.info("reshard: every new shard passed its marker; the old set marks at %.3f", at)
+        for h in self.sup._rt.workers.values():
+            self._send(h, CutMark(at))
 
     def _watch_cutover(self, r: Reshard, handles: list[WorkerHandle]) -> list[Action]:
         """A new worker lost during the cutover (its held events with it): roll back. An old one is restarted as

@@ -15,7 +15,8 @@ from msgspec import Struct
 __all__ = [
     "AnyPacket", "Assign", "Assignment", "Drain", "Drained", "Hello",
     "IdentifyCancel", "IdentifyDone", "IdentifyGrant", "IdentifyRefused", "IdentifyRequest", "IdentifyUnused",
-    "IdentifyStarted", "CutLate", "CutPassed", "Cutover", "CutoverEnd", "LeaseDeadline", "Packet", "ShardWarm", "Ping",
+    "IdentifyStarted", "CutLate", "CutMark", "CutPassed", "Cutover", "CutoverEnd", "LeaseDeadline", "Packet",
+    "ShardWarm", "Ping",
     "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
     "ShardFatal", "ShardStatus", "StatusReport", "WorkerFatal", "decode", "encode",
 ]
@@ -124,9 +125,17 @@ class Cutover(Packet, tag="cutover"):
     old: bool
 
 
+class CutMark(Packet, tag="cut_mark"):
+    """S→W, to the old set: every new shard passed its marker; at ``at`` (Unix seconds) each old shard sends the
+    heartbeat whose ACK is its own marker (:mod:`cluster.cutover`)."""
+
+    at: float
+
+
 class CutPassed(Packet, tag="cut_passed"):
-    """W→S: an old shard passed the cut: it delivered everything from before it and holds what follows;
-    ``digests``: those of the events without a creation id it delivered while gated (:func:`cluster.cutover.digest`)."""
+    """W→S: a gated shard passed its marker. An old one delivered everything from before it and holds what follows;
+    ``digests``: those of the events without a creation id it delivered while gated (:func:`cluster.cutover.digest`).
+    A new one (no digests) delivers what follows at go: once all have, the old set may mark (:class:`CutMark`)."""
 
     shard_id: int
     digests: list[int] = []
@@ -274,7 +283,7 @@ AnyPacket = (
     Hello | Assign | Drain | Drained | RestartShard | WorkerFatal | ShardFatal | Ping | Pong
     | IdentifyRequest | IdentifyGrant | IdentifyRefused | IdentifyStarted | IdentifyDone
     | IdentifyCancel | IdentifyUnused | SessionReport | StatusReport | Request | Response | LeaseDeadline
-    | ShardWarm | Cutover | CutPassed | CutLate | CutoverEnd
+    | ShardWarm | Cutover | CutMark | CutPassed | CutLate | CutoverEnd
 )
 
 _encoder = msgspec.msgpack.Encoder()
