@@ -174,10 +174,10 @@ def report(args: argparse.Namespace, runs: list[dict], command: str) -> str:
               f"{sum(r['lost'] for r in runs)}, duplicates {sum(r['duplicates'] for r in runs)} over "
               f"{sum(r['emitted'] for r in runs)} messages.", "",
               "The cut is sent a cut lead (0.5 s) ahead once the last new shard is warm; the switch comes when every "
-              "old shard passed its marker (0.25 s after the new set's) plus a go grace (0.5 s) for late pre-cut "
-              "messages, so 'in flight' counts the messages the new set held until then. The new set's identifies "
-              "start with its first worker, so what the machine takes to start worker processes shows in the first "
-              "column. "
+              "old shard passed its marker (its heartbeat sent 0.1 s after every new shard passed its own) plus a go "
+              "grace (0.5 s) for late pre-cut messages, so 'in flight' counts the messages the new set held until "
+              "then. The new set's identifies start with its first worker, so what the machine takes to start worker "
+              "processes shows in the first column. "
               "Started all at once on this 2-core machine (busy with the old set and the simulator), 8 workers took "
               "10-11 s to come up and the switch came at 17.6 s; started in shard order, as many at once as there are "
               "cores, the first is up in about a second and the later ones before their buckets' turn.", ""]

@@ -6,13 +6,20 @@ and acts on the :class:`Verdict`; the gate never sees a socket or a clock. Outsi
 The cut is a wall-clock time ``T`` the supervisor picks once every new shard is warm; :func:`snowflake_at` turns it
 into a creation snowflake ``S``. Events carrying a creation snowflake (:func:`creation_id`: MESSAGE_CREATE and
 INTERACTION_CREATE ``id``) are split exactly: the old set delivers ``id < S``, the new set ``id >= S``. Events
-without one are split by each shard's own *marker*: the first creation id at or past its mark, or the ACK of a
-heartbeat sent after it (one connection is FIFO, so everything the gateway generated before arrived before that
-ACK). The old set delivers those before its marker, the new set those after its own. The new set's mark is ``T``,
-the old set's ``T +`` :data:`OLD_MARGIN`, so the new set's marker comes first: an event between the two markers
-reaches both sets, never neither. The old set records a :func:`digest` of every event without an id it delivers
-while gated and sends them when it passes; at ``go`` the new set drops each held event the old set delivered
-(:meth:`NewGate.delivered_by_old`). Two identical payloads of one type in that window count as one (the residue).
+without one are split by each shard's own *marker*: the ACK of a heartbeat sent on its connection (one connection
+is FIFO, so everything the gateway sent before the beat arrived before that ACK). The old set delivers those before
+its marker, the new set those after its own, so the new set's markers must come first: then an event between the two
+markers reaches both sets, never neither. That is an order, not a time: each new shard beats at ``T`` (its marker is
+also passed by the first creation id ``>= S``) and reports passing it; only once every new shard passed does the
+supervisor tell the old set to beat (:class:`OldGate`'s marker is its heartbeat's ACK alone), :data:`FANOUT_SKEW`
+later, so an old shard's beat always leaves after every new shard's marker arrived, whatever their round trips.
+
+The old set records a :func:`digest` of every event without an id it delivers while gated and sends them when it
+passes; a new shard counts the digests it drops while armed, before its marker. At ``go`` the new set drops, per
+digest, as many of its held events as the old set delivered beyond those it dropped itself
+(:meth:`NewGate.old_delivered`): exactly the copies between the two markers, even for identical payloads, provided
+both gates began counting at the same point of the guild's stream (see :meth:`NewGate.old_delivered` for the
+residue).
 
 A creation id below the cut is the old set's wherever it arrives, even after its shard's marker (ids are not
 ordered across channels, and a message created just before ``T`` may reach the gateway after the cut's heartbeat
@@ -25,8 +32,9 @@ supervisor ends the cutover: ``go`` (the new set delivers its held events, the o
 
 A new shard's worker may die after ``go``, before it delivered what it held. So that nothing is lost or repeated, a
 new shard reports its session as of the first event it holds and has not handed over (:meth:`NewGate.resume_seq`),
-and the sequence number its marker came after (:attr:`NewGate.marker_seq`); the restarted worker resumes there, and
-a :class:`ResumedGate` decides the replay (up to RESUMED) by sequence number, as the lost gate did.
+and, at its marker, the sequence number the marker came after (:attr:`NewGate.marker_seq`) and the digests it dropped
+before it; the restarted worker resumes there, and a :class:`ResumedGate` decides the replay (up to RESUMED) by
+sequence number, as the lost gate did.
 """
 
 from __future__ import annotations
@@ -34,21 +42,20 @@ from __future__ import annotations
 import enum
 import hashlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import msgspec
 
-__all__ = ["ACKS_AFTER_CUT", "DISCORD_EPOCH_MS", "GO_GRACE", "OLD_MARGIN", "NewGate", "OldGate", "ResumedGate",
-           "Verdict", "creation_id", "digest", "snowflake_at", "snowflake_time"]
+__all__ = ["DISCORD_EPOCH_MS", "FANOUT_SKEW", "GO_GRACE", "NewGate", "OldGate", "ResumedGate", "Verdict",
+           "creation_id", "digest", "snowflake_at", "snowflake_time"]
 
 DISCORD_EPOCH_MS = 1_420_070_400_000
 """Milliseconds of the Unix epoch at Discord's epoch (the first second of 2015)."""
-ACKS_AFTER_CUT = 2
-"""Heartbeats a gated shard sends at the cut, and the ACKs it waits for: one more than the beats that may be
-outstanding from before the cut (the shard's own beat), so the last ACK answers a beat sent after the cut."""
-OLD_MARGIN = 0.25
-"""Seconds after the cut the old set's marker is set (its heartbeats sent): longer than a new shard's heartbeat round
-trip, so that the new set's marker always precedes the old set's."""
+FANOUT_SKEW = 0.1
+"""Seconds between the last new shard passing its marker and the old set's heartbeats. Not a guess at our round trips
+(the order already guarantees the markers': every new one arrived before any old beat is sent) but an allowance for
+the gateway itself, which may hand one event to two sessions at slightly different times: an event that reaches a
+new shard up to this much later than an old one still lands between the two markers."""
 GO_GRACE = 0.5
 """Seconds between the last old shard passing the cut (and the cut itself) and ``go``: the old set still delivers
 creation ids from before the cut that reach it late (out of order across channels, or dispatched after the ACK)."""
@@ -108,23 +115,24 @@ def _id_of(data: object) -> str:
 
 
 class _Marker:
-    """Finds a shard's marker: a creation id at or past the cut, or enough heartbeat ACKs after it."""
+    """Finds a shard's marker: the ACK of its marker heartbeat or, with a ``cut``, a creation id at or past it."""
 
-    def __init__(self, cut: int, on_pass: Callable[[], None]) -> None:
+    def __init__(self, cut: int | None, on_pass: Callable[[], None]) -> None:
         self.cut = cut
         self.passed = False
         self.acks_left: int | None = None  # counting ACKs once the cut's heartbeats were sent
         self._on_pass = on_pass
 
-    def heartbeats_sent(self, count: int = ACKS_AFTER_CUT) -> None:
-        """The cut's ``count`` heartbeats were queued (after the cut time): count their ACKs from now on."""
+    def heartbeats_sent(self, count: int) -> None:
+        """The marker heartbeat was sent: its ACK is the ``count``-th from now on (the beats still unacknowledged
+        before it answered first: :meth:`shard.Shard.beat_now`)."""
         if not self.passed:
             self.acks_left = count
 
     def see(self, event_type: str, message_id: int | None) -> None:
         if self.passed:
             return
-        if message_id is not None and message_id >= self.cut:
+        if message_id is not None and self.cut is not None and message_id >= self.cut:
             self._pass()
         elif event_type == _HEARTBEAT_ACK and self.acks_left is not None:
             self.acks_left -= 1
@@ -137,12 +145,13 @@ class _Marker:
 
 
 class OldGate:
-    """An old-set shard during the cutover at snowflake ``cut``, with its marker at snowflake ``mark`` (default
-    ``cut``). ``on_pass()`` is called once, at the marker; :attr:`digests` are then complete."""
+    """An old-set shard during the cutover at snowflake ``cut``. Its marker is the ACK of the heartbeat it sends once
+    every new shard passed its own (never a creation id: a time would say nothing of the new set's markers).
+    ``on_pass()`` is called once, at the marker; :attr:`digests` are then complete."""
 
-    def __init__(self, cut: int, on_pass: Callable[[], None] = lambda: None, mark: int | None = None) -> None:
+    def __init__(self, cut: int, on_pass: Callable[[], None] = lambda: None) -> None:
         self.cut = cut
-        self.marker = _Marker(cut if mark is None else mark, on_pass)
+        self.marker = _Marker(None, on_pass)
         self.ended: bool | None = None  # None while the cutover runs; True after go, False after a rollback
         self.digests: list[int] = []
         """The :func:`digest` of every event without a creation id this shard delivered while gated."""
@@ -189,6 +198,7 @@ class NewGate:
 
     def __init__(self, on_warm: Callable[[], None] = lambda: None, on_cold: Callable[[], None] = lambda: None) -> None:
         self.marker: _Marker | None = None
+        self.cut: int  # the cut's snowflake, set when armed (read only once there is a marker)
         self.last_seq: int | None = None  # the sequence number of the last dispatch decided on
         self.marker_seq: int | None = None
         """The sequence number of the last dispatch before the marker (0 if none came before it), once passed."""
@@ -203,6 +213,7 @@ class NewGate:
         self._on_warm = on_warm
         self._on_cold = on_cold
         self._old_delivered: Counter[int] = Counter()
+        self._dropped: Counter[int] = Counter()  # digests of events without id dropped while armed, before the marker
         self._left: set[str] = set()  # guilds the bot left after their held warm-up GUILD_CREATE
 
     def arm(self, cut: int, on_pass: Callable[[], None] = lambda: None) -> bool:
@@ -211,6 +222,7 @@ class NewGate:
             self.marker_seq = self.last_seq or 0
             on_pass()
 
+        self.cut = cut
         self.marker = _Marker(cut, passed)
         self.mode = "armed"
         return self.max_seen < cut
@@ -220,8 +232,18 @@ class NewGate:
         return self.marker is not None and self.marker.passed
 
     def old_delivered(self, digests: list[int]) -> None:
-        """At ``go``: the digests of the events without a creation id the old set delivered while gated."""
+        """At ``go``: the digests of the events without a creation id the old set delivered while gated.
+
+        Per digest, the old set delivered ``a`` copies and this shard dropped ``b`` before its marker; since its
+        marker came first, each copy it dropped was one the old set delivered, so the held copies the old set
+        delivered too are the first ``a - b`` (:meth:`delivered_by_old`), identical payloads included. Exact when
+        both gates began counting at the same point of the stream; they begin at the cutover's packet, which the
+        old and the new workers read a few milliseconds apart: a copy that reaches its shards in between, while
+        another copy with the same digest falls between the markers, is the residue (one copy lost if the old gate
+        began first, one repeated if the new one did). A digest covers the payload, which names its guild (or the
+        event is not a guild's and reaches shard 0 of both sets), so the copies of one digest meet one new shard."""
         self._old_delivered = Counter(digests)
+        self._old_delivered.subtract(self._dropped)
 
     def delivered_by_old(self, event_type: str, data: object) -> bool:
         """Whether a held event is one the old set delivered already (then it is dropped, once per digest), or a
@@ -230,6 +252,11 @@ class NewGate:
         if event_type == "GUILD_CREATE" and _id_of(data) in self._left:
             return True
         return _take(self._old_delivered, event_type, data)
+
+    @property
+    def dropped(self) -> list[int]:
+        """The digests of the events without a creation id it dropped while armed, before its marker."""
+        return list(self._dropped.elements())
 
     def released(self, seq: int | None) -> None:
         """The worker handed held dispatch ``seq`` over (or dropped it at ``go``): a restart resumes after it."""
@@ -296,12 +323,14 @@ class NewGate:
             return Verdict.HOLD if event_type in _WARMING_KEPT else Verdict.DROP
         was = marker.passed
         marker.see(event_type, message_id)
-        if message_id is not None and message_id < marker.cut:
+        if message_id is not None and message_id < self.cut:
             return Verdict.DROP  # the old set delivers it (this copy came late)
         if self.mode == "live":
             return Verdict.DELIVER
         if self.mode == "flushing" or message_id is not None or was:
             return Verdict.HOLD
+        if not event_type.startswith("GATEWAY_"):
+            self._dropped[digest(event_type, data)] += 1  # the old set delivers it: not to be dropped twice at go
         return Verdict.DROP
 
 
@@ -310,19 +339,18 @@ class ResumedGate:
     before the first event it had not handed over (:meth:`NewGate.resume_seq`), and this gate decides the replay as the
     lost :class:`NewGate` did, by sequence number instead of heartbeat ACKs (those are not replayed): a creation id
     below the cut is dropped, one at or past it delivered; another event is dropped up to ``marker_seq`` (before the
-    new set's marker: the old set's), and after it once per digest the old set ``delivered``. ``on_done()`` is called at
-    RESUMED (the replay is over; the shard is ungated) or READY (the session could not be resumed). Without a
-    ``marker_seq`` (the shard had not reported it) every event without a creation id is delivered: none is lost, some
-    may repeat."""
+    new set's marker: the old set's), and after it once per digest the old set ``delivered`` beyond those the shard
+    had ``dropped`` before its marker (:meth:`NewGate.old_delivered`). ``on_done()`` is called at RESUMED (the replay
+    is over; the shard is ungated) or READY (the session could not be resumed). Without a ``marker_seq`` (the shard had
+    not reported it) every event without a creation id is delivered: none is lost, some may repeat."""
 
-    marker = None  # no heartbeat marker: the replay is decided by sequence number
-
-    def __init__(self, cut: int, marker_seq: int | None, delivered: list[int],
+    def __init__(self, cut: int, marker_seq: int | None, delivered: Iterable[int], dropped: Iterable[int] = (),
                  on_done: Callable[[], None] = lambda: None) -> None:
         self.cut = cut
         self.marker_seq = marker_seq
         self.done = False
         self._old_delivered = Counter(delivered)
+        self._old_delivered.subtract(dropped)
         self._on_done = on_done
 
     def admit(self, event_type: str, data: object, seq: int | None = None) -> Verdict:

@@ -7,11 +7,12 @@ lost, a deadline, a stop) with the time, and answers with an :class:`Action` for
 1. *starting*: the new set's workers start beside the old set; *warming*: its shards identify through the same
    identify coordinator and deliver nothing (:class:`cluster.cutover.NewGate`).
 2. Once every new shard is READY with all its guilds, :attr:`Action.CUT`: the cut time is sent to both sets
-   (*cutting over*, :mod:`cluster.cutover`).
-3. Once every old shard passed the cut and every new shard its own marker (or ``cut_timeout`` passed, logged),
-   :attr:`Action.GO`: the new set
+   (*cutting over*, :mod:`cluster.cutover`). Once every new shard passed its marker, :attr:`Action.MARK`: the old set
+   sends the heartbeats that mark it (so every new marker precedes every old one).
+3. Once every old shard passed the cut (or ``cut_timeout`` passed, logged), :attr:`Action.GO`: the new set
    delivers, the old set drops; *closing old*: the old sessions are closed with 1000 and their workers retired.
-   There is no rollback after GO.
+   There is no rollback after GO. A new set not past its markers by ``cut_timeout`` rolls back instead (the old set
+   was never marked: it delivered everything).
 4. Before GO, a new shard closed fatally, a new worker lost, the warm-up deadline, a too-late cut or a stop
    roll back (:attr:`Action.ROLL_BACK`): the new set is closed; the old set never stopped.
 """
@@ -47,6 +48,7 @@ RUNNING = frozenset({Phase.STARTING, Phase.WARMING, Phase.CUTTING_OVER, Phase.CL
 class Action(enum.Enum):
     NONE = "none"
     CUT = "cut"
+    MARK = "mark"
     GO = "go"
     ROLL_BACK = "roll_back"
 
@@ -120,8 +122,8 @@ class Reshard:
     phase: Phase = Phase.STARTING
     warm: set[int] = field(default_factory=set)
     passed: set[int] = field(default_factory=set)
-    marked: set[int] = field(default_factory=set)
-    """New shards past their own marker (the driver keeps where, to gate a worker restarted after GO)."""
+    new_passed: set[int] = field(default_factory=set)
+    """The new shards past their markers."""
     cut_at: float | None = None  # wall clock (Unix seconds) of the cut
     go_deadline: float = math.inf
     switched_at: float | None = None
@@ -171,23 +173,24 @@ class Reshard:
     def cut_sent(self, cut_at: float, now: float) -> None:
         self.phase, self.cut_at, self.go_deadline = Phase.CUTTING_OVER, cut_at, now + self.cut_timeout
 
+    @property
+    def new_marked(self) -> bool:
+        """Every new shard of this host passed its marker: its old shards may mark."""
+        return self.cut_at is not None and len(self.new_passed) == len(self.mine_new)
+
+    def new_shard_passed(self, shard_id: int) -> Action:
+        """A new shard passed its marker: :attr:`Action.MARK` once every one did."""
+        if self.phase is not Phase.CUTTING_OVER or shard_id not in self.mine_new or shard_id in self.new_passed:
+            return Action.NONE
+        self.new_passed.add(shard_id)
+        return Action.MARK if self.new_marked else Action.NONE
+
     def old_passed(self, shard_id: int) -> Action:
         """An old shard passed the cut (or is gone for good: it delivers nothing more)."""
         if shard_id not in self.mine_old:
             return Action.NONE
         self.passed.add(shard_id)
-        return self._go_when_all()
-
-    def new_marked(self, shard_id: int) -> Action:
-        """A new shard passed its own marker."""
-        if shard_id not in self.mine_new:
-            return Action.NONE
-        self.marked.add(shard_id)
-        return self._go_when_all()
-
-    def _go_when_all(self) -> Action:
-        if (self.phase is Phase.CUTTING_OVER and len(self.passed) == len(self.mine_old)
-                and len(self.marked) == len(self.mine_new)):
+        if self.phase is Phase.CUTTING_OVER and len(self.passed) == len(self.mine_old):
             return Action.GO
         return Action.NONE
 
@@ -204,13 +207,15 @@ class Reshard:
             self.reason = (f"the new set did not warm up in time ({len(self.warm)}/{len(self.mine_new)} shards ready "
                            f"after {now - self.started:.0f} s)")
             return Action.ROLL_BACK
+        if self.phase is Phase.CUTTING_OVER and now >= self.go_deadline and not self.new_marked:
+            missing = sorted(set(self.mine_new) - self.new_passed)
+            self.reason = (f"new shards {_ids(missing)} did not pass their cutover marker within {self.cut_timeout:g} "
+                           "s (the old set was never marked and delivered everything)")
+            return Action.ROLL_BACK
         if self.phase is Phase.CUTTING_OVER and now >= self.go_deadline:
             missing = sorted(set(self.mine_old) - self.passed)
-            unmarked = sorted(set(self.mine_new) - self.marked)
-            late = [f"old shards {_ids(missing)} did not pass the cut"] if missing else []
-            late += [f"new shards {_ids(unmarked)} did not pass their marker"] if unmarked else []
-            self.reason = (f"{' and '.join(late)} within {self.cut_timeout:g} s; switching anyway (their guilds may "
-                           "see an event twice or not at all)")
+            self.reason = (f"old shards {_ids(missing)} did not pass the cut within {self.cut_timeout:g} s; "
+                           "switching anyway (their guilds may see an event twice or not at all)")
             return Action.GO
         return Action.NONE
 

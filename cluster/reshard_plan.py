@@ -12,11 +12,14 @@ part, :mod:`cluster.resharder`):
    count; with ``--assign auto``, :func:`new_blocks`: its share of the new layout's blocks, whose leases it claims)
    and reports *warm* once all its new shards are READY with their guilds.
 3. All warm: the leader sets the cut time ``T`` (*cutting_over*); every host gates both its sets at ``T``
-   (:mod:`cluster.cutover`) and reports *passed* once its old shards passed the cut.
-4. All passed (or the cut timeout): the leader sets *go* and, in the same atomic step, the cluster's layout in
-   Redis becomes the new count and the old count's sessions are removed. Every host switches and closes its old
-   set (1000); with ``--assign auto`` it releases its old layout's leases and plans the new layout's blocks from
-   then on (a dead host's new blocks fail over to the others). There is no rollback after *go*.
+   (:mod:`cluster.cutover`) and reports *marked* once its new shards passed their markers. All marked: every host's
+   old set marks (a new shard's guilds may be an old shard's on another host, so the order is the cluster's), and
+   each host reports *passed* once its old shards passed the cut.
+4. All passed (or the cut timeout, if all marked; else a rollback): the leader sets *go* and, in the same atomic
+   step, the cluster's layout in Redis becomes the new count and the old count's sessions are removed. Every host
+   switches and closes its old set (1000); with ``--assign auto`` it releases its old layout's leases and plans the
+   new layout's blocks from then on (a dead host's new blocks fail over to the others). There is no rollback after
+   *go*.
 5. Before *go*, any host may set *rolled_back* (a fatal close, a stop, its deadline); the leader also does when a
    listed host's registry record expired or the warm-up deadline passed, and the others when the leader's did or
    it left the record unmoved past a deadline (:func:`follower_step`). Every host closes its new set (and
@@ -72,6 +75,12 @@ class ClusterReshard(msgspec.Struct, frozen=True, kw_only=True):
     reason: str = ""
     warm: frozenset[str] = frozenset()
     passed: frozenset[str] = frozenset()
+    marked: frozenset[str] = frozenset()
+
+    @property
+    def all_marked(self) -> bool:
+        """Every host's new shards passed their markers: the old sets may mark."""
+        return self.phase is ClusterPhase.CUTTING_OVER and self.marked >= set(self.hosts)
 
     @property
     def running(self) -> bool:
@@ -178,6 +187,10 @@ def leader_step(record: ClusterReshard, live: Iterable[str], now: float) -> tupl
         return Step.NONE, ""
     if record.passed >= set(record.hosts):
         return Step.GO, ""
+    if record.go_deadline is not None and now >= record.go_deadline and not record.all_marked:
+        waiting = sorted(set(record.hosts) - record.marked)
+        return Step.ROLL_BACK, (f"the new shards of host {', '.join(waiting)} did not pass their cutover markers "
+                                f"within {record.cut_timeout:g} s")
     if record.go_deadline is not None and now >= record.go_deadline:
         waiting = sorted(set(record.hosts) - record.passed)
         return Step.GO, (f"host {', '.join(waiting)} did not report its old shards past the cut within "

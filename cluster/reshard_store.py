@@ -1,10 +1,10 @@
 """Live resharding across hosts, the Redis part: the reshard record every host reads (:mod:`cluster.reshard_plan`).
 
 Keys under the bot's namespace: ``<ns>reshard`` (a hash: epoch, counts, leader, hosts, phase, deadlines, cut time,
-reason), ``<ns>reshard:warm`` and ``<ns>reshard:passed`` (the hosts that reported), ``<ns>reshard:digests`` (what
-the hosts' old sets delivered without a creation id while gated, :mod:`cluster.cutover`: a guild's old shard and
-its new shard may run on two hosts, and every host's new set must drop all of them at go), and
-``<ns>reshard:epoch`` (a counter that never expires, so an epoch is never reused). Every write is one Lua script
+reason), ``<ns>reshard:warm``, ``<ns>reshard:marked`` and ``<ns>reshard:passed`` (the hosts that reported),
+``<ns>reshard:digests`` (what the hosts' old sets delivered without a creation id while gated, :mod:`cluster.cutover`:
+a guild's old shard and its new shard may run on two hosts, and every host's new set must drop all of them at go),
+and ``<ns>reshard:epoch`` (a counter that never expires, so an epoch is never reused). Every write is one Lua script
 that first checks the record's epoch and phase, so a late or stale host can never move another reshard, and two
 hosts that begin at once cannot both win. The step to *go* also writes the cluster's layout (``<ns>layout``) and
 removes the old count's sessions in the same script: the switch and the new layout are one atomic step.
@@ -39,7 +39,7 @@ if layout and layout ~= ARGV[1] .. ',' .. ARGV[2] then return {-1, layout} end
 local remaining = tonumber(redis.call('HGET', KEYS[6], 'remaining'))
 if remaining and remaining - tonumber(ARGV[3]) < tonumber(ARGV[9]) then return {-2, remaining} end
 local epoch = redis.call('INCR', KEYS[2])
-redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[7])
+redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[7], KEYS[8])
 redis.call('HSET', KEYS[1], 'epoch', epoch, 'old', ARGV[1], 'new', ARGV[3], 'leader', ARGV[4], 'hosts', ARGV[5],
            'phase', 'warming', 'warm_deadline', ARGV[6], 'cut_timeout', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
@@ -111,7 +111,8 @@ class ReshardStore:
         meanwhile)."""
         ttl = max(1.0, warm_deadline - time.time()) + cut_timeout + 60.0
         out = await self._call(self._begin, [self.key, self._set("epoch"), layout_key(self.ns), self._set("warm"),
-                                             self._set("passed"), f"{self.ns}id:budget", self._set("digests")],
+                                             self._set("passed"), f"{self.ns}id:budget", self._set("digests"),
+                                             self._set("marked")],
                                [old_total, max_concurrency, new_total, self.host, msgspec.json.encode(hosts),
                                 repr(warm_deadline), repr(cut_timeout), int(ttl * 1000), budget_floor])
         status = int(out[0])
@@ -148,9 +149,10 @@ class ReshardStore:
                 pipe.hgetall(self.key)
                 pipe.smembers(self._set("warm"))
                 pipe.smembers(self._set("passed"))
+                pipe.smembers(self._set("marked"))
                 return await pipe.execute()
 
-        raw, warm, passed = await self._do(fetch)
+        raw, warm, passed, marked = await self._do(fetch)
         if not raw:
             return None
         f = {_text(k): _text(v) for k, v in raw.items()}
@@ -161,13 +163,15 @@ class ReshardStore:
                 warm_deadline=float(f["warm_deadline"]), cut_timeout=float(f["cut_timeout"]),
                 cut_at=float(f["cut_at"]) if "cut_at" in f else None,
                 go_deadline=float(f["go_deadline"]) if "go_deadline" in f else None, reason=f.get("reason", ""),
-                warm=frozenset(map(_text, warm)), passed=frozenset(map(_text, passed)))
+                warm=frozenset(map(_text, warm)), passed=frozenset(map(_text, passed)),
+                marked=frozenset(map(_text, marked)))
         except (KeyError, ValueError, msgspec.DecodeError):
             return None
 
     async def report(self, record: ClusterReshard, what: str, digests: Sequence[int] = ()) -> bool:
-        """This host is ``warm`` (phase warming) or ``passed`` (cutting over, with the ``digests`` of what its old
-        set delivered without a creation id while gated); False if the record moved on."""
+        """This host is ``warm`` (phase warming), ``marked`` (cutting over: its new shards passed their markers) or
+        ``passed`` (cutting over: its old shards did, with the ``digests`` of what its old set delivered without a
+        creation id while gated); False if the record moved on."""
         phase = ClusterPhase.WARMING if what == "warm" else ClusterPhase.CUTTING_OVER
         return bool(await self._call(self._report, [self.key, self._set(what), self._set("digests")],
                                      [record.epoch, phase.value, self.host, int(DONE_TTL * 1000), *digests]))

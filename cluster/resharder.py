@@ -33,25 +33,42 @@ from typing import Any, Protocol
 import msgspec
 
 from cluster.config import ClusterConfig
-from cluster.cutover import ACKS_AFTER_CUT, GO_GRACE
+from cluster.cutover import FANOUT_SKEW, GO_GRACE
 from cluster.discord_api import fetch_gateway_bot
 from cluster.error import ConfigError, CoordinatorUnavailable
 from cluster.exitcodes import ClusterExit, ExitCode, for_close_code
 from cluster.hosts import HostRecord, host_ordinal, read_hosts
 from cluster.layout import round_up, split_range
-from cluster.loops import Loops
-from cluster.restart import RestartPolicy
-from cluster.reshard import (Action, Phase, Reshard, ReshardRefused, auto_target, check_start, cut_late_reason,
-                             warm_timeout)
 from cluster.leases import blocks
-from cluster.reshard_plan import (ClusterPhase, ClusterReshard, Step, check_hosts, check_leased, follower_step,
-                                  leader_step, new_blocks, new_part)
+from cluster.loops import Loops
+from cluster.reshard import (
+    Action,
+    Phase,
+    Reshard,
+    ReshardRefused,
+    auto_target,
+    check_start,
+    cut_late_reason,
+    warm_timeout,
+)
+from cluster.reshard_plan import (
+    ClusterPhase,
+    ClusterReshard,
+    Step,
+    check_hosts,
+    check_leased,
+    follower_step,
+    leader_step,
+    new_blocks,
+    new_part,
+)
+from cluster.restart import RestartPolicy
 from cluster.routing import Router
 from cluster.runtime import Runtime, ShardView, WorkerHandle, WorkerState
 from cluster.snapshot import ReshardSnapshot
 from cluster.workers import Workers
 from ipc import ChannelClosed, HeartbeatMonitor
-from ipc.protocol import CutLate, Cutover, CutoverEnd, CutPassed, NewCut, Packet, Regate, ShardWarm
+from ipc.protocol import CutLate, CutMark, Cutover, CutoverEnd, CutPassed, Flushed, Packet, Regate, ShardWarm
 
 __all__ = ["CUT_LEAD", "Resharder"]
 
@@ -121,9 +138,10 @@ class Resharder:
         self._sharding_required = False  # a 4011 with --auto-reshard, not acted on yet
         self._warm_by: dict[int, WorkerHandle] = {}  # the new worker each warm shard was warm in
         self._old_digests: list[int] = []  # what the old set delivered without a creation id while gated
-        self._marks: dict[int, int | None] = {}  # new shards' marker_seq (cluster.cutover.NewGate)
+        self._marks: dict[int, tuple[int | None, list[int]]] = {}  # new shards' marker_seq and dropped digests
         self._unflushed: dict[int, int | None] = {}  # after go: new shards not done with what they held: marker_seq
-        self._regate_with: tuple[float, list[int]] = (0.0, [])  # ... and their cut and the old set's digests
+        self._regate_with: tuple[float, list[int]] = (0.0, [])  # ... and the cut and the old set's digests
+        self._mark_at: float | None = None  # when the old set sends its marker heartbeats (every new shard passed)
         self._auto_pending = False
         self.record: ClusterReshard | None = None  # with a coordinator: the cluster's record of the running reshard
         self._seen_epoch = 0
@@ -343,6 +361,10 @@ class Resharder:
                 log.info("reshard epoch %d: this host's %d new shards are ready", record.epoch, len(r.warm))
             if record.phase is ClusterPhase.CUTTING_OVER and r.phase is Phase.WARMING:
                 return Action.CUT, ""
+            if r.new_marked and "marked" not in self._reported and await store.report(record, "marked"):
+                self._reported.add("marked")
+            if record.all_marked:
+                self._mark()  # the cluster's every new shard passed: this host's old set marks
             if Action.GO in actions and "passed" not in self._reported and await store.report(
                     record, "passed", self._old_digests):
                 self._reported.add("passed")
@@ -477,8 +499,14 @@ class Resharder:
                 self._act(r.shard_warm(shard_id))
             case ShardWarm(shard_id=shard_id, warm=False) if handle.id_base == self._new_base():
                 self._act(r.shard_cold(shard_id))
-            case NewCut() if handle.id_base == (self._new_base() if self.child is not None else self.sup._rt.id_base):
-                self._new_cut(handle, packet, r)
+            case CutPassed(shard_id=shard_id, digests=dropped, marker_seq=marker_seq) if (
+                    handle.id_base == (self._new_base() if self.child is not None else self.sup._rt.id_base)):
+                self._marks[shard_id] = (marker_seq, dropped)  # to gate a restart of its worker after go
+                if shard_id in self._unflushed:  # after go (a forced switch)
+                    self._unflushed[shard_id] = marker_seq
+                self._act(r.new_shard_passed(shard_id))
+            case Flushed(shard_id=shard_id) if self.child is None and handle.id_base == self.sup._rt.id_base:
+                self._flushed(shard_id)
             case CutPassed(shard_id=shard_id, digests=digests) if handle.id_base != self._new_base():
                 self._old_digests += digests
                 self._act(r.old_passed(shard_id))
@@ -536,6 +564,7 @@ class Resharder:
             self._warm_by.clear()
             self._old_digests = []
             self._marks = {}
+            self._mark_at = None
             self._old_fatal.clear()
             self.record = None
 
@@ -597,6 +626,8 @@ class Resharder:
                     r.reason = why
                     if r.phase is not Phase.CUTTING_OVER:
                         actions = [r.new_lost("the cluster switched before this host saw the cut")]
+            if Action.MARK in actions and self.record is None:
+                self._mark()
             if Action.ROLL_BACK in actions:
                 await self._roll_back(r)
                 return
@@ -645,20 +676,31 @@ class Resharder:
         # an old worker (re)started during the cutover is gated too: it gets the cut right after its Assign
         def gate(handle: WorkerHandle) -> None:
             self._send(handle, Cutover(at, True))
+            if self._mark_at is not None:
+                self._send(handle, CutMark(self._mark_at))
 
         self.sup._workers.after_assign = gate
         r.cut_sent(at, time.monotonic())
-        log.info("reshard: all %d new shards are ready; cutting over at %.3f (%d heartbeats per shard)",
-                 r.new_total, at, ACKS_AFTER_CUT)
+        log.info("reshard: all %d new shards are ready; cutting over at %.3f", r.new_total, at)
         rt.emit("reshard_phase", phase=r.phase.value)
         sent = [h for h in child.workers.values() if self._send(h, Cutover(at, False))]
         for h in rt.workers.values():  # an old worker restarting meanwhile gets it after its Assign
             self._send(h, Cutover(at, True))
         for s in self._gone_old:
             self._act(r.old_passed(s))
-        if not r.mine_old and not r.mine_new:  # a host with no block of either layout: nothing of its own to pass
-            self._act(Action.GO)  # (with new shards only, the last of their markers brings GO)
+        if not r.mine_old:  # a host that held no block of the old layout: nothing of it to pass
+            self._act(Action.GO)
         return sent
+
+    def _mark(self) -> None:
+        """Every new shard passed its marker (on every host): the old set sends its marker heartbeats, after
+        :data:`~cluster.cutover.FANOUT_SKEW`. An old worker restarted from now on gets the mark after its cut."""
+        if self._mark_at is not None:
+            return
+        self._mark_at = at = time.time() + FANOUT_SKEW
+        log.info("reshard: every new shard passed its marker; the old set marks at %.3f", at)
+        for h in self.sup._rt.workers.values():
+            self._send(h, CutMark(at))
 
     def _watch_cutover(self, r: Reshard, handles: list[WorkerHandle]) -> list[Action]:
         """A new worker lost during the cutover (its held events with it): roll back. An old one is restarted as
@@ -670,7 +712,7 @@ class Resharder:
         """The switch: the new set delivers, the old set drops; the new layout becomes the cluster's; the old
         sessions are closed with 1000 and their workers retired. A new worker restarted from now on, before its shards
         delivered what they held, resumes their sessions before it and gates the replay again (:class:`Regate`), until
-        each shard says it is done (:class:`NewCut` ``flushed``)."""
+        each shard says it is done (:class:`Flushed`)."""
         sup, rt, child = self.sup, self.sup._rt, self.child
         assert child is not None and self.workers is not None and self.router is not None
         if r.cut_at is not None:  # old shards that are gone pass at once: still, the new set takes over at the cut
@@ -702,7 +744,7 @@ class Resharder:
         sup._workers, sup._router = self.workers, self.router
         # a new worker restarted before its shards delivered what they held resumes before it, behind rebuilt gates
         assert r.cut_at is not None
-        self._unflushed = {s: self._marks.get(s) for s in r.mine_new}
+        self._unflushed = {s: self._marks.get(s, (None, []))[0] for s in r.mine_new}
         self._regate_with = (r.cut_at, list(digests))
         self.workers.after_assign = self._regate_worker
         for h in rt.workers.values():  # the supervisor did not ping the new set before: its silence starts now
@@ -737,17 +779,12 @@ class Resharder:
         marks = {s: m for s, m in self._unflushed.items() if s in handle.shard_ids}
         if marks:
             log.info("worker %d: shards %s resume what they held at the switch, gated", handle.worker_id, sorted(marks))
-            self._send(handle, Regate(self._regate_with[0], marks, self._regate_with[1]))
+            dropped = {s: self._marks[s][1] for s in marks if s in self._marks}
+            self._send(handle, Regate(self._regate_with[0], marks, self._regate_with[1], dropped))
 
-    def _new_cut(self, handle: WorkerHandle, packet: NewCut, r: Reshard) -> None:
-        """A new shard passed its marker (kept to regate it), or delivered what it held (no regate needed any more)."""
-        shard_id = packet.shard_id
-        if not packet.flushed:
-            self._marks[shard_id] = packet.marker_seq
-            if shard_id in self._unflushed:  # after go (a forced switch)
-                self._unflushed[shard_id] = packet.marker_seq
-            self._act(r.new_marked(shard_id))
-        elif shard_id in self._unflushed:
+    def _flushed(self, shard_id: int) -> None:
+        """A new shard delivered what it held after go: a restart of its worker needs no gate for it any more."""
+        if shard_id in self._unflushed:
             del self._unflushed[shard_id]
             if not self._unflushed:
                 self._forget_regate()

@@ -16,9 +16,27 @@ from cluster.runtime import ACTIVE, Runtime, WorkerHandle
 from ipc import ChannelClosed, answer, gather
 from ipc.calls import Reply, encode_call, encode_value
 from ipc.channel import BROADCAST_MARGIN
-from ipc.protocol import (CutLate, CutPassed, Drained, Hello, IdentifyCancel, IdentifyDone, IdentifyRequest,
-                          IdentifyStarted, IdentifyUnused, NewCut, Packet, Pong, Request, Response, SessionReport,
-                          ShardFatal, ShardWarm, StatusReport, WorkerFatal)
+from ipc.protocol import (
+    CutLate,
+    CutPassed,
+    Drained,
+    Flushed,
+    Hello,
+    IdentifyCancel,
+    IdentifyDone,
+    IdentifyRequest,
+    IdentifyStarted,
+    IdentifyUnused,
+    Packet,
+    Pong,
+    Request,
+    Response,
+    SessionReport,
+    ShardFatal,
+    ShardWarm,
+    StatusReport,
+    WorkerFatal,
+)
 
 __all__ = ["Router"]
 
@@ -43,7 +61,8 @@ class Router:
         """Told of a shard closed fatally (id, close code) before the cluster stops; True if it handled it (a live
         reshard: a new shard lost rolls it back; --auto-reshard on 4011)."""
         self.on_cutover: Callable[[WorkerHandle, Packet], None] | None = None
-        """Gets a live reshard's reports (:class:`ShardWarm`, :class:`CutPassed`, :class:`CutLate`, :class:`NewCut`)."""
+        """Gets a live reshard's reports (:class:`ShardWarm`, :class:`CutPassed`, :class:`CutLate`,
+        :class:`Flushed`)."""
 
     def on_packet(self, handle: WorkerHandle, p: Packet) -> None:
         rt = self.rt
@@ -73,7 +92,7 @@ class Router:
                 if self.on_fatal is None or not self.on_fatal(shard_id, code):
                     exit_code, text = for_close_code(code)
                     rt.stop(exit_code, f"shard {shard_id}: {text}")
-            case ShardWarm() | CutPassed() | CutLate() | NewCut():
+            case ShardWarm() | CutPassed() | CutLate() | Flushed():
                 if self.on_cutover is not None:
                     self.on_cutover(handle, p)
             case WorkerFatal(kind=kind, message=message):

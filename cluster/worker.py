@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, cast
 
-from cluster.cutover import (ACKS_AFTER_CUT, OLD_MARGIN, NewGate, OldGate, ResumedGate, Verdict, snowflake_at,
-                             snowflake_time)
+from cluster.cutover import NewGate, OldGate, ResumedGate, Verdict, snowflake_at, snowflake_time
 from cluster.fence import Fence
 from cluster.handler import HandlerImportError, WorkerContext, load_handler, maybe_await
 from cluster.liveness import Liveness
@@ -30,10 +29,34 @@ from cluster.queue import IpcQueue
 from cluster.snapshot import ShardPhase
 from cluster.watchdog import LoopWatchdog
 from ipc import Channel, ChannelClosed, SessionDiff, answer
-from ipc.protocol import (Assign, Assignment, CutLate, CutoverEnd, Cutover, CutPassed, Drain, Drained, Hello,
-                          IdentifyGrant, IdentifyRefused, LeaseDeadline, NewCut, Packet, Regate, Request, RestartShard,
-                          SessionInfo, SessionReport, ShardFatal, ShardStatus, ShardWarm, StatusReport, WorkerFatal,
-                          encode)
+from ipc.protocol import (
+    Assign,
+    Assignment,
+    CutLate,
+    CutMark,
+    Cutover,
+    CutoverEnd,
+    CutPassed,
+    Drain,
+    Drained,
+    Flushed,
+    Hello,
+    IdentifyGrant,
+    IdentifyRefused,
+    LeaseDeadline,
+    Packet,
+    Regate,
+    Request,
+    RestartShard,
+    SessionInfo,
+    SessionReport,
+    ShardFatal,
+    ShardStatus,
+    ShardWarm,
+    StatusReport,
+    WorkerFatal,
+    encode,
+)
 
 __all__ = ["EXIT_HANDLER_IMPORT", "QUEUED", "WorkerSpec", "run_worker"]
 
@@ -45,6 +68,8 @@ QUEUED = "QUEUED"
 until the slot is granted (``shard.Shard`` takes its identify turn before connecting), so the worker
 starts every shard at once."""
 EXIT_HANDLER_SETUP = 9
+BEAT_RETRY = 0.05
+"""Seconds between tries to send a cutover marker heartbeat on a shard that is not Active yet."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,7 @@ class Worker:
         self.held: dict[int, list[Any]] = {}  # events a gate holds back, by shard
         self._assign: asyncio.Future[Assign] | None = None
         self._early_cutover: Cutover | Regate | None = None  # read before the Assign's shards were started
+        self._early_mark: CutMark | None = None  # and its CutMark
         self._stop: asyncio.Future[bool] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._releases: set[asyncio.Task[None]] = set()  # deliveries of held events (cutover end), awaited at the stop
@@ -190,6 +216,9 @@ class Worker:
         if self._early_cutover is not None:  # sent right after the Assign (a worker restarted during a cutover)
             self._apply(self._early_cutover)
             self._early_cutover = None
+        if self._early_mark is not None:
+            self._start_task(self._beat_at(self._early_mark.at, OldGate))
+            self._early_mark = None
         self.ctx = WorkerContext(self.spec.worker_id, self.shards, self.shard_total, self.channel)
         setup = getattr(self.handler, "setup", None)
         if setup is not None:
@@ -258,8 +287,13 @@ class Worker:
                 self._early_cutover = packet  # read with the Assign: applied once its shards exist
             else:
                 self._apply(packet)
+        elif isinstance(packet, CutMark):
+            if self._assign is None or not self._assign.done() or not self.shards:
+                self._early_mark = packet
+            else:
+                self._start_task(self._beat_at(packet.at, OldGate))
         elif isinstance(packet, CutoverEnd):
-            self._early_cutover = None
+            self._early_cutover = self._early_mark = None
             self._end_cutover(packet.go, packet.delivered)
 
     def _send(self, packet: Packet) -> None:
@@ -358,7 +392,7 @@ class Worker:
         cut = snowflake_at(packet.at)  # restarted after go: each shard's replay is gated as its lost gate would have
         for shard_id, marker_seq in packet.marks.items():
             if shard_id in self.shards:
-                self.gates[shard_id] = ResumedGate(cut, marker_seq, packet.delivered,
+                self.gates[shard_id] = ResumedGate(cut, marker_seq, packet.delivered, packet.dropped.get(shard_id, []),
                                                    on_done=partial(self._resumed, shard_id))
                 if marker_seq is None:
                     log.warning("shard %d: resumed after the switch without its marker; events without a creation id "
@@ -373,46 +407,59 @@ class Worker:
         """A new shard delivered what it held (or its replay): report its session, then say so."""
         if not self.channel.closed:
             self._report_sessions()
-            self._send(NewCut(shard_id, flushed=True))
+            self._send(Flushed(shard_id))
 
     def _cutover(self, at: float, old: bool) -> None:
-        """The cut is at ``at``: gate the old set's shards, arm the new set's; at ``at``, every gated shard sends
-        the heartbeats whose ACKs mark it past the cut if no event with a creation id does first."""
+        """The cut is at ``at``: gate the old set's shards, arm the new set's. At ``at`` every new shard sends the
+        heartbeat whose ACK marks it past the cut if no event with a creation id does first; the old set's shards
+        send theirs at :class:`CutMark`, once every new shard passed."""
         cut = snowflake_at(at)
         for shard_id in list(self.shards):
-            if old:  # its marker OLD_MARGIN after the new set's: between them, both deliver (deduplicated at go)
-                self.gates[shard_id] = OldGate(cut, mark=snowflake_at(at + OLD_MARGIN),
-                                               on_pass=partial(self._old_passed, shard_id))
+            if old:
+                self.gates[shard_id] = OldGate(cut, on_pass=partial(self._passed, shard_id))
                 self.held[shard_id] = []
             else:
                 gate = self.gates.get(shard_id)
-                if isinstance(gate, NewGate) and not gate.arm(cut, on_pass=partial(self._new_passed, shard_id)):
+                if isinstance(gate, NewGate) and not gate.arm(cut, on_pass=partial(self._passed, shard_id)):
                     ahead = snowflake_time(gate.max_seen) - at
                     log.error("shard %d: the cut came too late: a message created %.3f s after it was already dropped "
                               "(is this host's clock behind Discord's?)", shard_id, ahead)
                     self._send(CutLate(shard_id, ahead))
-        self._start_task(self._heartbeat_at(at + OLD_MARGIN if old else at))
+        if not old:
+            self._start_task(self._beat_at(at, NewGate))
 
-    def _old_passed(self, shard_id: int) -> None:
+    def _passed(self, shard_id: int) -> None:
+        """A gated shard passed its marker: the supervisor counts it (an old one's digests with it); a new one that
+        is live already needs no gate any more."""
         gate = self.gates.get(shard_id)
-        self._send(CutPassed(shard_id, gate.digests if isinstance(gate, OldGate) else []))
+        if isinstance(gate, NewGate):  # what a restart of this worker after go needs to gate its replay
+            self._send(CutPassed(shard_id, gate.dropped, gate.marker_seq))
+        else:
+            self._send(CutPassed(shard_id, gate.digests if isinstance(gate, OldGate) else []))
+        if isinstance(gate, NewGate) and gate.mode == "live":
+            del self.gates[shard_id]
 
-    async def _heartbeat_at(self, at: float) -> None:
+    async def _beat_at(self, at: float, kind: type[OldGate] | type[NewGate]) -> None:
+        """At wall time ``at``, each shard gated by a ``kind`` gate sends its marker heartbeat (on the heartbeat path:
+        no command permit, never behind queued commands); one that is not Active (reconnecting, or resuming in a
+        restarted worker) sends it once it is, so its marker follows what its session replayed."""
         await asyncio.sleep(max(0.0, at - time.time()))
-        for shard_id, gate in list(self.gates.items()):
-            shard = self.shards.get(shard_id)
-            marker = gate.marker
-            if shard is None or marker is None:
-                continue
-            session = shard.session
-            beat = b'{"op":1,"d":%s}' % (b"null" if session is None else str(session.sequence).encode())
-            try:
-                for _ in range(ACKS_AFTER_CUT):
-                    await shard.send(beat)
-            except Exception as exc:  # noqa: BLE001 - a closed shard: creation ids or the cut timeout decide
-                log.info("shard %d: no cutover heartbeat (%s)", shard_id, exc)
-                continue
-            marker.heartbeats_sent()
+        waiting = [shard_id for shard_id, gate in self.gates.items() if isinstance(gate, kind)]
+        while waiting:
+            later = []
+            for shard_id in waiting:
+                gate, shard = self.gates.get(shard_id), self.shards.get(shard_id)
+                if (not isinstance(gate, kind) or gate.marker is None or gate.marker.passed or shard is None
+                        or (isinstance(gate, OldGate) and gate.ended)):
+                    continue  # passed (a new shard may, by a creation id), ungated, or the switch came
+                acks = shard.beat_now()
+                if acks is None:
+                    later.append(shard_id)
+                else:
+                    gate.marker.heartbeats_sent(acks)
+            waiting = later
+            if waiting:
+                await asyncio.sleep(BEAT_RETRY)
 
     def _end_cutover(self, go: bool, delivered: list[int]) -> None:
         """``go``: the new set delivers what it held (then live), the old set drops everything. A rollback: the old
@@ -432,15 +479,6 @@ class Worker:
                 self._start_release(shard_id)
             else:
                 self.held[shard_id].clear()
-
-    def _new_passed(self, shard_id: int) -> None:
-        """A new shard passed its marker: the supervisor keeps its marker_seq (to regate a restart); once live, it
-        needs no gate any more."""
-        gate = self.gates.get(shard_id)
-        if isinstance(gate, NewGate):
-            self._send(NewCut(shard_id, gate.marker_seq))
-            if gate.mode == "live":
-                del self.gates[shard_id]
 
     def _start_release(self, shard_id: int) -> None:
         task = asyncio.get_running_loop().create_task(self._release(shard_id))

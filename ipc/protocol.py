@@ -15,8 +15,9 @@ from msgspec import Struct
 __all__ = [
     "AnyPacket", "Assign", "Assignment", "Drain", "Drained", "Hello",
     "IdentifyCancel", "IdentifyDone", "IdentifyGrant", "IdentifyRefused", "IdentifyRequest", "IdentifyUnused",
-    "IdentifyStarted", "CutLate", "CutPassed", "Cutover", "CutoverEnd", "LeaseDeadline", "NewCut", "Packet",
-    "Regate", "ShardWarm", "Ping", "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
+    "IdentifyStarted", "CutLate", "CutMark", "CutPassed", "Cutover", "CutoverEnd", "Flushed", "LeaseDeadline",
+    "Packet", "Regate", "ShardWarm", "Ping",
+    "Pong", "Request", "Response", "RestartShard", "SessionInfo", "SessionReport",
     "ShardFatal", "ShardStatus", "StatusReport", "WorkerFatal", "decode", "encode",
 ]
 
@@ -124,12 +125,23 @@ class Cutover(Packet, tag="cutover"):
     old: bool
 
 
+class CutMark(Packet, tag="cut_mark"):
+    """S→W, to the old set: every new shard passed its marker; at ``at`` (Unix seconds) each old shard sends the
+    heartbeat whose ACK is its own marker (:mod:`cluster.cutover`)."""
+
+    at: float
+
+
 class CutPassed(Packet, tag="cut_passed"):
-    """W→S: an old shard passed the cut: it delivered everything from before it and holds what follows;
-    ``digests``: those of the events without a creation id it delivered while gated (:func:`cluster.cutover.digest`)."""
+    """W→S: a gated shard passed its marker. An old one delivered everything from before it and holds what follows;
+    ``digests``: those of the events without a creation id it delivered while gated (:func:`cluster.cutover.digest`).
+    A new one delivers what follows at go: once all have, the old set may mark (:class:`CutMark`); its ``digests`` are
+    those it dropped before its marker, and ``marker_seq`` the sequence number of the last dispatch before it (both
+    kept to gate a restart of its worker after go: :class:`Regate`)."""
 
     shard_id: int
     digests: list[int] = []
+    marker_seq: int | None = None
 
 
 class CutLate(Packet, tag="cut_late"):
@@ -149,24 +161,23 @@ class CutoverEnd(Packet, tag="cutover_end"):
     delivered: list[int] = []
 
 
-class NewCut(Packet, tag="new_cut"):
-    """W→S: a new shard passed its own marker after dispatch ``marker_seq`` (kept to gate a restart of its worker,
-    :attr:`cluster.cutover.NewGate.marker_seq`); ``flushed``: after ``go`` it delivered what it held and reported its
-    session (a restart needs no gate any more)."""
+class Flushed(Packet, tag="flushed"):
+    """W→S: after ``go``, a new shard delivered what it held (or its worker's replay, :class:`Regate`) and reported its
+    session: a restart of its worker needs no gate any more."""
 
     shard_id: int
-    marker_seq: int | None = None
-    flushed: bool = False
 
 
 class Regate(Packet, tag="regate"):
     """S→W, right after the Assign of a new-set worker restarted after ``go`` whose shards had not delivered all they
     held: gate the replay of each shard of ``marks`` (shard id: its ``marker_seq``, None if unknown) with the cut at
-    ``at`` and the old set's ``delivered`` digests (:class:`cluster.cutover.ResumedGate`)."""
+    ``at``, the old set's ``delivered`` digests less those the shard had dropped (``dropped``, by shard id)
+    (:class:`cluster.cutover.ResumedGate`)."""
 
     at: float
     marks: dict[int, int | None]
     delivered: list[int] = []
+    dropped: dict[int, list[int]] = {}
 
 
 # --- liveness ------------------------------------------------------------------------------
@@ -294,7 +305,7 @@ AnyPacket = (
     Hello | Assign | Drain | Drained | RestartShard | WorkerFatal | ShardFatal | Ping | Pong
     | IdentifyRequest | IdentifyGrant | IdentifyRefused | IdentifyStarted | IdentifyDone
     | IdentifyCancel | IdentifyUnused | SessionReport | StatusReport | Request | Response | LeaseDeadline
-    | ShardWarm | Cutover | CutPassed | CutLate | CutoverEnd | NewCut | Regate
+    | ShardWarm | Cutover | CutMark | CutPassed | CutLate | CutoverEnd | Flushed | Regate
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -40,6 +40,11 @@ class Heartbeater:
         self.awaiting_ack = True
         return Beat.SEND
 
+    def restart(self, now: float) -> None:
+        """A beat was sent out of schedule at ``now``: it expects an ACK; the next one is due an interval later."""
+        self.deadline = now + self.interval
+        self.awaiting_ack = True
+
     def sent_on_request(self) -> None:
         """A beat was sent because the gateway asked (op 1); it also expects an ACK."""
         self.awaiting_ack = True

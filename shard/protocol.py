@@ -144,6 +144,7 @@ class GatewayProtocol:
         self.outgoing: list[bytes] = []  # frames to write: the driver takes them with data_to_send()
         self.inflater: ZlibInflater | ZstdInflater | None = None
         self.heartbeater: Heartbeater | None = None
+        self.unacked = 0                 # heartbeats sent on this connection and not acknowledged yet
         self.ratelimiter: CommandRatelimiter | None = None
         self.want_identify = False
         self.identify_pending = False
@@ -345,6 +346,7 @@ class GatewayProtocol:
         cfg = self.config
         self.inflater = new_inflater(cfg.compression, cfg.zlib_backend, cfg.max_inflated_size, cfg.max_message_size)
         self.heartbeater = None
+        self.unacked = 0
         self.ratelimiter = None
         self.want_identify = False
         self.identify_pending = False
@@ -435,7 +437,22 @@ class GatewayProtocol:
 
     def send_heartbeat(self, now: float) -> None:
         self._send(self._heartbeat_payload())
+        self.unacked += 1
         self.latency.record_sent(now)
+
+    def beat_now(self, now: float) -> int | None:
+        """Send a heartbeat now, out of schedule: a marker, whose ACK follows everything the gateway sent before it
+        read the beat. It takes the heartbeat path (no command permit, never behind queued commands); the schedule
+        restarts from it (the next beat one interval later), so a 60 s window still holds no more beats than the
+        ratelimiter's heartbeat reserve. Returns how many ACKs are due until this beat's (the beats still
+        unanswered, it included), or None unless the connection is Active (a resumed session has replayed what it
+        missed first)."""
+        hb = self.heartbeater
+        if hb is None or not self.can_send_commands():
+            return None
+        hb.restart(now)
+        self.send_heartbeat(now)
+        return self.unacked
 
     def identify(self) -> None:
         """Queue the Identify frame (call once the identify queue and the ratelimiter allowed it)."""
@@ -872,6 +889,7 @@ class GatewayProtocol:
 
     def _on_control(self, op: int, d: object, out: bytes) -> None:
         if op == 11:
+            self.unacked = max(0, self.unacked - 1)
             if self.heartbeater is not None and not self.heartbeater.ack():
                 log.debug("shard %s: unrequested heartbeat ACK", self.shard_id)
             self.latency.record_received(self._clock())

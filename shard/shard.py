@@ -392,6 +392,18 @@ class Shard:
         """Queue a gateway command (UpdatePresence, RequestGuildMembers, UpdateVoiceState, ...)."""
         await self.send(encode_command(command))
 
+    def beat_now(self) -> int | None:
+        """Send a heartbeat now, out of schedule, on the heartbeat path: no command permit, never behind the send
+        queue (a marker: its ACK comes after everything the gateway sent before it). Returns how many heartbeat
+        ACKs are due until its own (the beats still unanswered, it included), or None unless the shard is Active."""
+        conn = self._conn
+        if conn is None or conn.transport is None:
+            return None
+        acks = self._protocol.beat_now(time.monotonic())
+        if acks is not None:
+            self._after(conn)
+        return acks
+
     def sender(self) -> MessageSender:
         """A handle other tasks can use to send through this shard."""
         return MessageSender(self)

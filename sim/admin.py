@@ -10,7 +10,8 @@
     POST /_sim/shards/{n}/heartbeat              server-sent op 1
     POST /_sim/shards/{n}/corrupt?kind=compressed|json|opcode|event
     POST /_sim/shards/{n}/pause | unpause        pause the event stream
-    POST /_sim/shards/{n}/delay?seconds=0.5      delay all output
+    POST /_sim/shards/{n}/delay?seconds=0.5[&shards=16]      delay all output (of the sessions of that count)
+    POST /_sim/shards/{n}/ack-delay?seconds=0.5[&shards=16]   answer heartbeats late (the sessions of that count)
     GET  /_sim/guild-events?since_id=ID          the shared guild stream: total, per guild, ids after since_id
     POST /_sim/guild-events {"count": N}         emit N events now; {"per_second": R} sets the stream's rate
     GET  /_sim/guilds                            the bot's guild count and the recommended shard count
@@ -49,7 +50,8 @@ class AdminHost(Protocol):
     def corrupt(self, shard: int, kind: str) -> int: ...
     def pause(self, shard: int, paused: bool = True) -> int: ...
     def unpause(self, shard: int) -> int: ...
-    def delay(self, shard: int, seconds: float) -> int: ...
+    def delay(self, shard: int, seconds: float, num_shards: int | None = None) -> int: ...
+    def ack_delay(self, shard: int, seconds: float, num_shards: int | None = None) -> int: ...
     @property
     def total_guilds(self) -> int: ...
     @property
@@ -171,8 +173,10 @@ def handle(sim: AdminHost, req: Request) -> Response:
                 n = sim.pause(shard)
             elif action == "unpause":
                 n = sim.unpause(shard)
-            elif action == "delay":
-                n = sim.delay(shard, _float("seconds", req.arg("seconds", "0")))
+            elif action in ("delay", "ack-delay"):  # of the sessions of one shard count, or of any
+                count = req.arg("shards")
+                n = (sim.delay if action == "delay" else sim.ack_delay)(
+                    shard, _float("seconds", req.arg("seconds", "0")), None if count is None else _int("shards", count))
             else:
                 return json_response({"message": f"unknown chaos action {_shown(action)}"}, 404)
         except ValueError as err:

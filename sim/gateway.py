@@ -376,7 +376,11 @@ class GatewayConnection(asyncio.Protocol):
         if sess is not None and d is not None:
             sess.confirm(d)
         self._arm_heartbeat()
-        if not self.zombie:
+        if self.zombie:
+            pass
+        elif sess is not None and sess.ack_delay > 0:  # a long round trip: what the session sends meanwhile comes first
+            self.later(sess.ack_delay, lambda: self.send_payload(ACK))
+        else:
             self.send_payload(ACK)
         self.sim.stats.changed()
 

@@ -521,9 +521,11 @@ class Simulator:
         """Live connections whose session belongs to `shard`."""
         return [c for c in self.connections if c.session is not None and c.session.shard == shard and not c.closing]
 
-    def _apply(self, shard: int, fn: Callable[[GatewayConnection], object]) -> int:
-        """Call `fn` on each live connection of `shard`; the number of connections."""
-        conns = self.connections_of(shard)
+    def _apply(self, shard: int, fn: Callable[[GatewayConnection], object], num_shards: int | None = None) -> int:
+        """Call `fn` on each live connection of `shard` (of a session of `num_shards` shards, or any count); the
+        number of connections."""
+        conns = [c for c in self.connections_of(shard)
+                 if num_shards is None or (c.session is not None and c.session.num_shards == num_shards)]
         for c in conns:
             fn(c)
         self.stats.changed()
@@ -591,12 +593,29 @@ class Simulator:
     def unpause(self, shard: int) -> int:
         return self.pause(shard, False)
 
-    def delay(self, shard: int, seconds: float) -> int:
-        """Delay everything sent to the shard's current connections by `seconds` (finite, >= 0)."""
-        if not 0 <= seconds < math.inf:  # also false for nan
-            raise ValueError(f"delay must be a finite number of seconds >= 0, got {seconds!r}")
-        return self._apply(shard, lambda c: setattr(c, "delay", seconds))
+    def ack_delay(self, shard: int, seconds: float, num_shards: int | None = None) -> int:
+        """Answer each heartbeat of the shard's sessions (of ``num_shards`` shards, or any count) `seconds` late
+        (finite, >= 0): the events the session generates meanwhile reach the client before the ACK, as over a
+        long round trip. It stays with the session across resumes."""
+        _check_seconds("ack delay", seconds)
+        sessions = [s for s in self.sessions.values() if s.shard == shard and s.resumable
+                    and (num_shards is None or s.num_shards == num_shards)]
+        for s in sessions:
+            s.ack_delay = seconds
+        return len(sessions)
+
+    def delay(self, shard: int, seconds: float, num_shards: int | None = None) -> int:
+        """Delay everything sent to the shard's current connections (of sessions of ``num_shards`` shards, or any
+        count) by `seconds` (finite, >= 0)."""
+        _check_seconds("delay", seconds)
+        return self._apply(shard, lambda c: setattr(c, "delay", seconds), num_shards)
 
     async def wait_until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
         """Wait until `predicate(stats snapshot)` holds; re-checked on every change. Returns the snapshot."""
         return await self.stats.wait_until(predicate, timeout)
+
+
+def _check_seconds(what: str, seconds: float) -> None:
+    """Raise ValueError unless ``seconds`` is finite and >= 0 (a chaos control's delay)."""
+    if not 0 <= seconds < math.inf:  # also false for nan
+        raise ValueError(f"{what} must be a finite number of seconds >= 0, got {seconds!r}")

@@ -49,7 +49,7 @@ class Session:
     __slots__ = ("id", "shard", "num_shards", "intents", "seq", "confirmed", "buffer", "conn", "state",
                  "resumes", "replayed", "lost", "end_reason", "detached_at", "unconfirmed_at_end",
                  "guilds", "stream_paused", "large_threshold", "stats", "stream_task", "overlapping_resumes",
-                 "frames_after_takeover")
+                 "frames_after_takeover", "ack_delay")
 
     def __init__(self, shard: int, num_shards: int, intents: int, buffer_size: int, guilds: range,
                  large_threshold: int, stats: ShardStats) -> None:
@@ -73,6 +73,7 @@ class Session:
         self.end_reason = ""
         self.detached_at = 0.0
         self.stream_paused = False
+        self.ack_delay = 0.0  # seconds each heartbeat ACK waits (events generated meanwhile go out before it)
         self.stats = stats
         self.stream_task: asyncio.Task[None] | None = None
 

@@ -60,8 +60,19 @@ def test_the_leader_goes_once_every_host_passed_or_the_cut_timeout_is_over():
     assert leader_step(cutting, ["a", "b"], 6.0) == (Step.NONE, "")
     assert leader_step(cutting, ["a", "b", "c"], 6.0)[0] is Step.NONE  # a host that takes no part changes nothing
     assert leader_step(replace(cutting, passed=frozenset({"a", "b"})), ["a", "b"], 6.0) == (Step.GO, "")
-    step, why = leader_step(replace(cutting, passed=frozenset({"a"})), ["a", "b"], 15.0)
+    step, why = leader_step(replace(cutting, passed=frozenset({"a"}), marked=frozenset({"a", "b"})), ["a", "b"], 15.0)
     assert step is Step.GO and "host b did not report its old shards past the cut within 10 s" in why
+
+
+def test_the_leader_rolls_back_if_a_host_new_shards_never_passed_their_markers_by_the_cut_timeout():
+    """Then no old set was told to mark (it delivered everything): a rollback loses nothing, a switch would."""
+    cutting = record(phase=ClusterPhase.CUTTING_OVER, warm=frozenset({"a", "b"}), cut_at=5.0, go_deadline=15.0,
+                     marked=frozenset({"a"}))
+    assert not cutting.all_marked and replace(cutting, marked=frozenset({"a", "b", "c"})).all_marked
+    assert not replace(cutting, phase=ClusterPhase.GO, marked=frozenset({"a", "b"})).all_marked
+    assert leader_step(cutting, ["a", "b"], 14.9) == (Step.NONE, "")
+    assert leader_step(cutting, ["a", "b"], 15.0) == (
+        Step.ROLL_BACK, "the new shards of host b did not pass their cutover markers within 10 s")
 
 
 def test_the_leader_rolls_back_for_a_dead_host_or_the_warm_up_deadline():
@@ -118,9 +129,12 @@ def test_the_leader_names_every_host_it_waited_for():
         Step.ROLL_BACK, "host b, c left the registry (its record expired) before the switch")
     assert leader_step(record(**three, warm=frozenset({"a"})), ["a", "b", "c"], 100.0) == (
         Step.ROLL_BACK, "the new set did not warm up in time on host b, c")
-    cutting = record(**three, phase=ClusterPhase.CUTTING_OVER, cut_at=5.0, go_deadline=15.0, passed=frozenset({"a"}))
+    cutting = record(**three, phase=ClusterPhase.CUTTING_OVER, cut_at=5.0, go_deadline=15.0, passed=frozenset({"a"}),
+                     marked=frozenset({"a", "b", "c"}))
     assert leader_step(cutting, ["a", "b", "c"], 15.0) == (
         Step.GO, "host b, c did not report its old shards past the cut within 10 s; switching anyway")
+    assert leader_step(replace(cutting, marked=frozenset({"a"})), ["a", "b", "c"], 15.0) == (
+        Step.ROLL_BACK, "the new shards of host b, c did not pass their cutover markers within 10 s")
 
 
 @pytest.mark.parametrize("hosts, blocks", [(["a", "b"], 4), (["b", "a", "c"], 4), (["a", "b", "c"], 32),

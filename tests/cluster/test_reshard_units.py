@@ -40,7 +40,10 @@ def test_an_old_shard_delivers_before_the_cut_and_holds_from_its_marker():
     gate = OldGate(100, on_pass=lambda: passed.append(True))
     assert [gate.admit(*msg(i)) for i in (98, 99)] == [D, D]
     assert gate.admit("TYPING_START", {}) is D  # no id, before the marker
-    assert gate.admit(*msg(100)) is H and gate.passed and passed == [True]
+    assert gate.admit(*msg(100)) is H and not gate.passed  # the new set's; it never marks an old shard
+    assert gate.admit("TYPING_START", {}) is D and len(gate.digests) == 2
+    gate.marker.heartbeats_sent(1)
+    assert gate.admit(ACK, None) is D and gate.passed and passed == [True]
     assert gate.admit("TYPING_START", {}) is H and gate.admit(*msg(101)) is H  # everything after the marker,
     assert gate.admit(*msg(99)) is D  # but a message created before the cut, however late: the new set drops it
     gate.ended = True  # go: the new set delivers
@@ -53,8 +56,8 @@ def _deliveries(old_stream, new_stream):
     old, new = OldGate(1000), NewGate()
     new.admit("READY", {"guilds": []})
     assert new.arm(1000)
-    old.marker.heartbeats_sent()
-    new.marker.heartbeats_sent()
+    old.marker.heartbeats_sent(2)
+    new.marker.heartbeats_sent(2)
     delivered, held = [], []
     for gate, stream, kept in ((old, old_stream, []), (new, new_stream, held)):
         for label, event in stream:
@@ -81,8 +84,8 @@ def test_a_message_created_before_the_cut_but_arriving_past_the_marker_is_delive
 def test_heartbeat_acks_mark_a_quiet_shard_past_the_cut():
     gate = OldGate(100)
     assert gate.admit(ACK, None) is D and not gate.passed  # an ACK before the cut's heartbeats counts for nothing
-    gate.marker.heartbeats_sent()
-    assert gate.admit(ACK, None) is D and not gate.passed  # may answer the shard's own beat from before the cut
+    gate.marker.heartbeats_sent(2)
+    assert gate.admit(ACK, None) is D and not gate.passed  # answers the shard's own beat from before the cut
     assert gate.admit("PRESENCE_UPDATE", {}) is D
     assert gate.admit(ACK, None) is D and gate.passed
     assert gate.admit("PRESENCE_UPDATE", {}) is H
@@ -171,8 +174,6 @@ def test_the_phases_of_a_reshard_that_succeeds():
     assert r.phase is Phase.CUTTING_OVER and r.next_deadline() == 15.0
     assert [r.old_passed(s) for s in (0, 1, 2)] == [Action.NONE] * 3
     assert r.tick(6.0) is Action.NONE
-    assert [r.new_marked(s) for s in range(8)] == [Action.NONE] * 8  # every new shard past its own marker first
-    assert r.new_marked(99) is Action.NONE and r.marked == set(range(8))
     assert r.old_passed(3) is Action.GO
     r.switched(6.5)
     assert r.phase is Phase.CLOSING_OLD and r.running and r.new_lost("late") is Action.NONE  # no rollback after go
@@ -189,6 +190,7 @@ def test_it_rolls_back_before_go_and_switches_anyway_after_the_cut_timeout():
     for s in range(8):
         r.shard_warm(s)
     r.cut_sent(0.0, now=1.0)
+    assert [r.new_shard_passed(s) for s in range(8)] == [Action.NONE] * 7 + [Action.MARK]
     r.old_passed(0)
     assert r.tick(10.9) is Action.NONE
     assert r.tick(11.0) is Action.GO and "1, 2, 3" in r.reason
@@ -254,8 +256,8 @@ JOIN = "GUILD_MEMBER_ADD", {"guild_id": "1", "user": {"id": "5"}}
 
 
 def test_an_event_without_id_between_the_two_markers_is_delivered_once():
-    """The new set's marker comes first (its heartbeats at the cut, the old set's OLD_MARGIN later): a member who
-    joins between them reaches both sets, and the new set drops its copy at go (the old set's digest)."""
+    """The new set's marker comes first (the old set beats once every new shard passed): a member who joins between
+    them reaches both sets, and the new set drops its copy at go (the old set's digest)."""
     old = [("join", JOIN), ("ack", (ACK, None)), ("ack", (ACK, None))]
     new = [("ack", (ACK, None)), ("ack", (ACK, None)), ("join", JOIN)]
     assert _deliveries(old, new).count("join") == 1
@@ -264,12 +266,15 @@ def test_an_event_without_id_between_the_two_markers_is_delivered_once():
     assert [label for label in got if label != "ack"] == ["join", "join2"]
 
 
-def test_the_old_set_marker_waits_for_its_own_mark_but_splits_ids_at_the_cut():
-    gate = OldGate(1000, mark=1100)
+def test_the_old_set_marker_is_its_heartbeat_ack_alone_but_ids_split_at_the_cut():
+    gate = OldGate(1000)
     assert gate.admit(*msg(1050)) is H and not gate.passed  # the new set's message, before the old set's marker
     assert gate.admit(*JOIN) is D and len(gate.digests) == 1
-    assert gate.admit(*msg(1100)) is H and gate.passed
-    assert gate.admit(*JOIN) is H and len(gate.digests) == 1
+    assert gate.admit(*msg(10**9)) is H and not gate.passed  # no creation id marks it, however late
+    assert gate.admit(*JOIN) is D and len(gate.digests) == 2
+    gate.marker.heartbeats_sent(1)
+    assert gate.admit(ACK, None) is D and gate.passed
+    assert gate.admit(*JOIN) is H and len(gate.digests) == 2
     assert digest(*JOIN) == gate.digests[0] != digest("GUILD_MEMBER_REMOVE", JOIN[1])
 
 
@@ -358,9 +363,8 @@ def test_the_deadline_reasons_give_the_time_taken_and_every_late_old_shard():
     assert r.reason == "the new set did not warm up in time (1/8 shards ready after 61 s)"
     r = Reshard(12, 24, 0.0, warm_deadline=60.0, cut_timeout=2.5)
     r.cut_sent(0.0, now=1.0)
+    r.new_passed.update(range(24))
     r.old_passed(0)
-    for s in range(24):
-        r.new_marked(s)
     assert r.tick(3.5) is Action.GO
     assert r.reason == ("old shards 1, 2, 3, 4, 5, 6, 7, 8 and 3 more did not pass the cut within 2.5 s; switching "
                         "anyway (their guilds may see an event twice or not at all)")
@@ -394,7 +398,7 @@ def test_a_guild_delete_before_any_ready_does_not_make_a_new_shard_warm():
 def test_an_armed_new_shard_passes_its_marker_at_the_heartbeat_acks_after_the_cut():
     gate = NewGate()
     gate.arm(100)
-    gate.marker.heartbeats_sent()
+    gate.marker.heartbeats_sent(2)
     assert gate.admit(ACK, None) is K and not gate.passed
     assert gate.admit(ACK, None) is K and gate.passed  # the marker's own ACK: before the marker, not held
     assert gate.admit("TYPING_START", {}) is H
@@ -465,10 +469,9 @@ def test_a_forced_go_lists_up_to_eight_late_old_shards_then_counts_the_rest():
     def late(old_total: int, passed: int) -> str:
         r = Reshard(old_total, 2 * old_total, 0.0, warm_deadline=60.0, cut_timeout=1)
         r.cut_sent(0.0, now=0.0)
+        r.new_passed.update(range(2 * old_total))
         for s in range(passed):
             r.old_passed(s)
-        for s in range(2 * old_total):
-            r.new_marked(s)
         assert r.tick(1.0) is Action.GO
         return r.reason.split(" did not pass")[0]
 
@@ -482,44 +485,54 @@ def test_one_shard_is_refused_as_not_growing_the_cluster():
         "the cluster runs 1 shards; a reshard only grows it (asked for 1)")
 
 
-def test_go_waits_for_every_new_shard_past_its_own_marker_and_a_forced_go_names_those_that_are_not():
-    r = reshard(old=2, new=4)
-    for s in range(4):
+def test_the_old_set_marks_only_once_every_new_shard_passed_its_marker_and_a_new_set_that_never_does_rolls_back():
+    r = reshard()
+    assert r.new_shard_passed(7) is Action.NONE and not r.new_marked  # before the cut: not counted
+    for s in range(8):
         r.shard_warm(s)
-    assert r.new_marked(0) is Action.NONE  # before the cut: kept, no GO
     r.cut_sent(0.0, now=1.0)
-    assert [r.old_passed(s) for s in (0, 1)] == [Action.NONE, Action.NONE]
-    assert [r.new_marked(s) for s in (1, 2)] == [Action.NONE, Action.NONE]
-    assert r.new_marked(3) is Action.GO
+    assert [r.new_shard_passed(s) for s in range(7)] == [Action.NONE] * 7 and not r.new_marked
+    assert r.new_shard_passed(3) is Action.NONE and r.new_shard_passed(99) is Action.NONE  # repeated, unknown
+    assert r.tick(11.0) is Action.ROLL_BACK and r.phase is Phase.CUTTING_OVER  # the driver rolls back on it
+    assert r.reason == ("new shards 7 did not pass their cutover marker within 10 s (the old set was never marked "
+                        "and delivered everything)")
+    assert r.new_shard_passed(7) is Action.MARK and r.new_marked
+    assert r.new_shard_passed(7) is Action.NONE  # once
+    assert [r.old_passed(s) for s in range(3)] == [Action.NONE] * 3 and r.old_passed(3) is Action.GO
 
-    def forced(passed: tuple[int, ...], marked: tuple[int, ...]) -> str:
-        r = reshard(old=2, new=4)
-        r.cut_sent(0.0, now=1.0)
-        for s in marked:
-            r.new_marked(s)
-        for s in passed:
-            r.old_passed(s)
-        assert r.tick(11.0) is Action.GO
-        return r.reason
 
-    assert forced((0, 1), (0,)) == ("new shards 1, 2, 3 did not pass their marker within 10 s; switching anyway "
-                                    "(their guilds may see an event twice or not at all)")
-    assert forced((0,), (0, 1, 2)) == ("old shards 1 did not pass the cut and new shards 3 did not pass their marker "
-                                       "within 10 s; switching anyway (their guilds may see an event twice or not at "
-                                       "all)")
-    r = reshard(old=2, new=4)
-    r.switched(1.0)
-    assert r.new_marked(0) is Action.NONE  # after the switch: nothing more to decide
+def test_an_identical_payload_before_the_new_marker_and_after_the_old_one_is_still_delivered_once_each():
+    """The old set delivers the first copy (before both markers, the new set drops it) and holds the second (after
+    both): the new set must deliver the second, not take it for the first (one digest, two events)."""
+    old = [("join1", JOIN), ("ack", (ACK, None)), ("ack", (ACK, None)), ("join2", JOIN)]
+    new = [("join1", JOIN), ("ack", (ACK, None)), ("ack", (ACK, None)), ("join2", JOIN)]
+    assert [label for label in _deliveries(old, new) if label != "ack"] == ["join1", "join2"]
+
+
+def test_identical_payloads_on_both_sides_of_both_markers_count_exactly():
+    """Copies 1-2 before the new marker (old delivers), 3-4 between the markers (both), 5 after both (new only)."""
+    joins = [(f"join{i}", JOIN) for i in range(1, 6)]
+    acks = [("ack", (ACK, None))] * 2
+    old = joins[:4] + acks + joins[4:]
+    new = joins[:2] + acks + joins[2:]
+    assert [label for label in _deliveries(old, new) if label != "ack"] == [f"join{i}" for i in range(1, 6)]
+    # a gateway event (the marker's ACKs) never counts: only what the old set could have delivered
+    gate = NewGate()
+    gate.arm(1000)
+    gate.admit(ACK, None)
+    gate.old_delivered([digest(ACK, None)])
+    assert gate.delivered_by_old(ACK, None)
 
 
 def test_a_new_shard_records_the_sequence_its_marker_came_after():
     gate = NewGate()
     assert gate.admit("READY", {"guilds": []}, 1) is H and gate.marker_seq is None
     gate.arm(100)
-    gate.marker.heartbeats_sent()
+    gate.marker.heartbeats_sent(2)
     assert gate.admit("TYPING_START", {}, 2) is K and gate.admit(ACK, None) is K
     assert gate.admit("TYPING_START", {}, 3) is K and gate.admit(ACK, None) is K
     assert gate.passed and gate.marker_seq == 3  # the ACKs carry no sequence number: the last dispatch before them
+    assert gate.dropped == [digest("TYPING_START", {})] * 2  # reported with it (the old set's, before its marker)
     assert gate.admit("TYPING_START", {}, 4) is H and gate.marker_seq == 3
     by_id = NewGate()
     by_id.arm(100)
@@ -573,7 +586,8 @@ def test_a_flushing_new_shard_that_held_nothing_before_go_caps_its_session_at_it
 def test_a_resumed_gate_splits_the_replay_by_sequence_number_and_ends_at_resumed():
     done = []
     typing, other = ("TYPING_START", {"user_id": "1"}), ("TYPING_START", {"user_id": "2"})
-    gate = ResumedGate(100, 5, [digest(*typing)], on_done=lambda: done.append(True))
+    gate = ResumedGate(100, 5, [digest(*typing), digest(*typing), digest(*other)], [digest(*typing), digest(*other)],
+                       on_done=lambda: done.append(True))  # the old set delivered 2 typing, the shard had dropped 1
     assert gate.admit(*msg(99), 3) is K and gate.admit(*msg(100), 3) is D  # creation ids by the cut, at any sequence
     assert gate.admit(*msg(99), 9) is K and gate.admit(*msg(101), 9) is D
     assert gate.admit(*other, 4) is K and gate.admit(*other, 5) is K  # up to the marker: the old set's
@@ -589,7 +603,7 @@ def test_a_resumed_gate_splits_the_replay_by_sequence_number_and_ends_at_resumed
 def test_a_resumed_gate_ends_at_a_new_ready_and_without_a_marker_loses_nothing():
     done = []
     gate = ResumedGate(100, None, [digest("TYPING_START", {})], on_done=lambda: done.append(True))
-    assert gate.marker is None and gate.marker_seq is None
+    assert gate.marker_seq is None
     assert gate.admit("TYPING_START", {}, 1) is D  # no marker known: delivered, may repeat, never lost
     assert gate.admit(*msg(99), 2) is K
     assert gate.admit("READY", {"guilds": []}, 1) is D and done == [True]
@@ -614,14 +628,14 @@ def test_a_new_worker_restarted_after_go_delivers_exactly_what_the_lost_gate_wou
     reported sequence, and the replay through a ResumedGate delivers just the rest of what one gate delivers."""
     cut = 1000
     warm, armed, after = _stream(cut)
-    delivered_by_old = [digest("TYPING_START", {"n": 4})]  # between the two markers: the old set delivered it
+    delivered_by_old = [digest("TYPING_START", {"n": 2}), digest("TYPING_START", {"n": 4})]  # 4: between the markers
     gate = NewGate()
     held = []
     for t, d, seq in warm:
         if gate.admit(t, d, seq) is H:
             held.append((t, d, seq))
     gate.arm(cut)
-    gate.marker.heartbeats_sent()
+    gate.marker.heartbeats_sent(2)
     for t, d, seq in armed:
         if gate.admit(t, d, seq) is H:
             held.append((t, d, seq))
@@ -643,7 +657,7 @@ def test_a_new_worker_restarted_after_go_delivers_exactly_what_the_lost_gate_wou
         gate.released(seq)
     resume = gate.resume_seq(session)
     replay = [e for e in warm + armed + after if e[2] is not None and e[2] > resume]
-    regated = ResumedGate(cut, gate.marker_seq, delivered_by_old)
+    regated = ResumedGate(cut, gate.marker_seq, delivered_by_old, gate.dropped)
     got += [e for e in replay if regated.admit(*e) is D]
     assert regated.admit("RESUMED", {}, session + 1) is D and regated.done
     assert gate.marker_seq == 5  # the message past the cut (seq 6) is the marker; the ACKs after it are held
@@ -660,7 +674,7 @@ def test_a_session_reported_before_the_marker_resumes_into_a_replay_the_gate_spl
     the old set's (those up to the marker, and the copy it delivered between the markers)."""
     cut = 1000
     warm, armed, after = _stream(cut)
-    delivered_by_old = [digest("TYPING_START", {"n": 4})]
+    delivered_by_old = [digest("TYPING_START", {"n": 2}), digest("TYPING_START", {"n": 4})]
     gate = NewGate()
     resume = None
     step = (None, None, None)  # the cut, then go
@@ -670,7 +684,7 @@ def test_a_session_reported_before_the_marker_resumes_into_a_replay_the_gate_spl
         if t is None:
             if gate.marker is None:
                 gate.arm(cut)
-                gate.marker.heartbeats_sent()
+                gate.marker.heartbeats_sent(2)
             else:
                 gate.mode = "flushing"
                 gate.old_delivered(delivered_by_old)
@@ -678,7 +692,7 @@ def test_a_session_reported_before_the_marker_resumes_into_a_replay_the_gate_spl
         gate.admit(t, d, seq)
     assert resume is not None
     replay = [e for e in warm + armed + after if e[2] is not None and e[2] > resume]
-    regated = ResumedGate(cut, gate.marker_seq, delivered_by_old)
+    regated = ResumedGate(cut, gate.marker_seq, delivered_by_old, gate.dropped)
     assert [e[2] for e in replay if regated.admit(*e) is D] == [6, 8, 10, 11, 12, 13, 15]
 
 

@@ -710,3 +710,40 @@ def test_the_driver_contract_output_through_methods() -> None:
     feed(p, b"\x82\xfe")  # a masked frame from the server
     feed(p, b"\x00\x01" + b"\x00" * 5)
     assert p.transport_action() is TransportAction.CLOSE
+
+
+def test_a_marker_beat_goes_out_at_once_without_a_permit_and_counts_the_acks_before_its_own() -> None:
+    """``beat_now`` (the cutover's marker): only when Active; on the heartbeat path, so a spent command budget does not
+    hold it; its ACK is the one after those of the beats still unanswered; the schedule restarts from it."""
+    p, w, now = make()
+    feed(p, w.msg(HELLO))
+    assert p.beat_now(now[0]) is None and p.unacked == 0  # not Active yet: a resumed session would replay after it
+    p.identify()
+    feed(p, w.msg(READY))
+    sent(p)
+    rl = p.ratelimiter
+    assert rl is not None
+    while rl.try_acquire():
+        pass
+    now[0] = 100.5
+    p.heartbeat_timer(now[0])  # the scheduled beat, not answered yet
+    assert len(sent(p)) == 1 and p.unacked == 1
+    now[0] = 100.7
+    assert p.beat_now(now[0]) == 2
+    (op, body), = sent(p)
+    assert json.loads(body) == {"op": 1, "d": 1}
+    assert p.heartbeat_deadline == pytest.approx(101.7)  # the next scheduled beat one interval after the marker
+    assert rl.available() == 0  # no permit was there to take, and none was needed
+    feed(p, w.msg({"op": 11}))
+    assert p.unacked == 1
+    feed(p, w.msg({"op": 11}))
+    feed(p, w.msg({"op": 11}))  # an unrequested ACK never counts below zero
+    assert p.unacked == 0
+    now[0] = 101.7
+    p.heartbeat_timer(now[0])
+    assert len(sent(p)) == 1 and not p.abort  # the marker's ACK answered it: no zombie
+    p.close(CloseFrame.RESUME)
+    assert p.beat_now(now[0]) is None  # closing
+    p.connection_lost()
+    p.connection_made()
+    assert p.unacked == 0  # a new connection answers none of the old one's beats

@@ -123,6 +123,17 @@ def test_no_zombie_while_reading_is_suspended() -> None:
     assert hb.tick(1.0, suspended=True) is Beat.SEND
 
 
+def test_a_beat_out_of_schedule_restarts_the_schedule_and_expects_its_ack() -> None:
+    hb = Heartbeater(10.0, now=100.0, rand=lambda: 0.5)
+    hb.restart(103.0)  # the cutover's marker beat (GatewayProtocol.beat_now)
+    assert hb.deadline == pytest.approx(113.0) and hb.awaiting_ack
+    assert hb.tick(113.0) is Beat.ZOMBIE  # no ACK since the marker beat
+    hb = Heartbeater(10.0, now=100.0, rand=lambda: 0.5)
+    hb.restart(103.0)
+    assert hb.ack()  # the marker's ACK was expected
+    assert hb.tick(113.0) is Beat.SEND
+
+
 def test_unrequested_ack() -> None:
     hb = Heartbeater(1.0, now=0.0, rand=lambda: 0.5)
     assert not hb.ack()

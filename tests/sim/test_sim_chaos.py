@@ -140,6 +140,35 @@ async def test_delay_adds_latency_and_keeps_order(sim, gw):
     sim.delay(0, 0)
 
 
+async def test_ack_delay_answers_one_session_s_heartbeats_after_what_it_sent_meanwhile(make_sim, gw):
+    """A long round trip of one shard set's session: events generated after the heartbeat reached the gateway come
+    before its ACK; the same shard number of another count is untouched."""
+    sim = await make_sim(shards=2, max_concurrency=2, identify_window=0.0)
+    slow, _ = await connected(sim, gw, shard=(1, 2))
+    other, _ = await connected(sim, gw, shard=(1, 4))
+    assert sim.ack_delay(1, 0.3, num_shards=8) == 0
+    assert sim.ack_delay(1, 0.3, num_shards=2) == 1
+    for c in (slow, other):
+        await c.heartbeat()
+        await c.send({"op": 43, "d": {"guild_id": "1", "fields": ["status"]}})
+    _, before = await slow.recv_until(op=11)
+    assert "CHANNEL_INFO" in [p.get("t") for p in before]  # answered after the beat, delivered before its ACK
+    _, before = await other.recv_until(op=11)
+    assert "CHANNEL_INFO" not in [p.get("t") for p in before]  # undelayed: the ACK first
+    await other.recv_until(t="CHANNEL_INFO")
+    status, _, body = await admin(sim, "ack-delay?seconds=0&shards=2", shard=1)
+    assert status == 200 and json.loads(body)["affected"] == 1
+    await slow.heartbeat()
+    await slow.send({"op": 43, "d": {"guild_id": "1", "fields": ["status"]}})
+    _, before = await slow.recv_until(op=11)
+    assert "CHANNEL_INFO" not in [p.get("t") for p in before]
+    for query, message in (("ack-delay?seconds=nan", "ack delay must be a finite number of seconds >= 0, got nan"),
+                           ("ack-delay?seconds=1&shards=-2", "shards must be a non-negative integer, got '-2'")):
+        status, _, body = await admin(sim, query, shard=1)
+        assert status == 400 and json.loads(body) == {"message": message}
+    assert sim.sessions[next(iter(sim.sessions))].ack_delay == 0.0
+
+
 # ---- the same controls over HTTP ------------------------------------------------------------------
 
 

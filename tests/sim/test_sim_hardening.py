@@ -236,13 +236,14 @@ def test_delay_refuses_non_finite_seconds_from_python():
             sim.delay(0, seconds)
 
 
-ACTIONS = ["reconnect", "invalidate", "zombie", "drop", "close", "heartbeat", "corrupt", "pause", "unpause", "delay"]
+ACTIONS = ["reconnect", "invalidate", "zombie", "drop", "close", "heartbeat", "corrupt", "pause", "unpause", "delay",
+           "ack-delay"]
 hostile = st.text(max_size=12) | st.sampled_from(["nan", "inf", "-inf", "1e999", "-1", "9" * 5000, "1_000", "", "0"])
 
 
 @settings(max_examples=300, deadline=None)
 @given(shard=hostile, action=st.sampled_from(ACTIONS), params=st.dictionaries(
-    st.sampled_from(["seconds", "code", "reason", "kind", "on", "resumable"]), hostile, max_size=3))
+    st.sampled_from(["seconds", "code", "reason", "kind", "on", "resumable", "shards"]), hostile, max_size=3))
 def test_admin_never_answers_500(shard, action, params):
     """Whatever the values, a chaos control answers 200, or a 4xx whose body says what was wrong."""
     sim = Simulator()
