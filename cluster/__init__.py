@@ -22,14 +22,8 @@ __version__ = "0.1.0"  # the release, as in pyproject.toml (tests/test_packaging
 
 from cluster.config import ClusterConfig, load_config
 from cluster.coordination import Coordination, IdentifyCoordinator, SessionBudget
-from cluster.error import (
-                           ClusterError,
-                           ClusterExit,
-                           ConfigError,
-                           CoordinatorUnavailable,
-                           HandlerImportError,
-                           ReshardRefused,
-)
+from cluster.error import (ClusterError, ClusterExit, ConfigError, CoordinatorUnavailable, HandlerImportError,
+                           ReshardRefused)
 from cluster.exitcodes import ExitCode
 from cluster.handler import ClusterStatus, Handler, WorkerContext
 from cluster.layout import round_up, split

@@ -31,22 +31,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from cluster.hosts import HOST_RENEW_INTERVAL, read_hosts
 from cluster.coordination.redis_conn import keep_trying, on_trouble
 from cluster.error import ReshardRefused
-from cluster.hosts import HOST_RENEW_INTERVAL, read_hosts
-from cluster.leases import (
-    START_TIMEOUT,
-    Lease,
-    LeaseStore,
-    Renewal,
-    Takeover,
-    blocks,
-    deadline_after,
-    lease_key,
-    lease_value,
-    plan,
-    renew_interval,
-)
+from cluster.leases import (START_TIMEOUT, Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key,
+                            lease_value, plan, renew_interval)
 from cluster.restart import RestartPolicy
 from cluster.runtime import Runtime, ShardView, WorkerHandle
 from cluster.snapshot import BlockSnapshot

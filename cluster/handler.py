@@ -28,6 +28,7 @@ import logging
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 import ipc
+
 from cluster.error import HandlerImportError
 
 if TYPE_CHECKING:

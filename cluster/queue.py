@@ -7,16 +7,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from ipc.protocol import (
-    IdentifyCancel,
-    IdentifyDone,
-    IdentifyGrant,
-    IdentifyRefused,
-    IdentifyRequest,
-    IdentifyStarted,
-    IdentifyUnused,
-    Packet,
-)
+from ipc.protocol import (IdentifyCancel, IdentifyDone, IdentifyGrant, IdentifyRefused,
+                          IdentifyRequest, IdentifyStarted, IdentifyUnused, Packet)
 
 __all__ = ["IpcQueue"]
 

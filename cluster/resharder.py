@@ -39,30 +39,13 @@ from cluster.error import ConfigError, CoordinatorUnavailable
 from cluster.exitcodes import ClusterExit, ExitCode, for_close_code
 from cluster.hosts import HostRecord, host_ordinal, read_hosts
 from cluster.layout import round_up, split_range
-from cluster.leases import blocks
 from cluster.loops import Loops
-from cluster.reshard import (
-    Action,
-    Phase,
-    Reshard,
-    ReshardRefused,
-    auto_target,
-    check_start,
-    cut_late_reason,
-    warm_timeout,
-)
-from cluster.reshard_plan import (
-    ClusterPhase,
-    ClusterReshard,
-    Step,
-    check_hosts,
-    check_leased,
-    follower_step,
-    leader_step,
-    new_blocks,
-    new_part,
-)
 from cluster.restart import RestartPolicy
+from cluster.reshard import (Action, Phase, Reshard, ReshardRefused, auto_target, check_start, cut_late_reason,
+                             warm_timeout)
+from cluster.leases import blocks
+from cluster.reshard_plan import (ClusterPhase, ClusterReshard, Step, check_hosts, check_leased, follower_step,
+                                  leader_step, new_blocks, new_part)
 from cluster.routing import Router
 from cluster.runtime import Runtime, ShardView, WorkerHandle, WorkerState
 from cluster.snapshot import ReshardSnapshot

@@ -16,27 +16,9 @@ from cluster.runtime import ACTIVE, Runtime, WorkerHandle
 from ipc import ChannelClosed, answer, gather
 from ipc.calls import Reply, encode_call, encode_value
 from ipc.channel import BROADCAST_MARGIN
-from ipc.protocol import (
-    CutLate,
-    CutPassed,
-    Drained,
-    Flushed,
-    Hello,
-    IdentifyCancel,
-    IdentifyDone,
-    IdentifyRequest,
-    IdentifyStarted,
-    IdentifyUnused,
-    Packet,
-    Pong,
-    Request,
-    Response,
-    SessionReport,
-    ShardFatal,
-    ShardWarm,
-    StatusReport,
-    WorkerFatal,
-)
+from ipc.protocol import (CutLate, CutPassed, Drained, Flushed, Hello, IdentifyCancel, IdentifyDone, IdentifyRequest,
+                          IdentifyStarted, IdentifyUnused, Packet, Pong, Request, Response, SessionReport, ShardFatal,
+                          ShardWarm, StatusReport, WorkerFatal)
 
 __all__ = ["Router"]
 

@@ -27,7 +27,8 @@ import msgspec
 from cluster.coordination.redis_conn import REDIS_DOWN, on_trouble, unavailable
 from cluster.coordination.redis_url import redacted_url
 from cluster.leases import fence_check
-from cluster.state import VERSION, StateFile, check_sessions, load_sessions, save_sessions, saved_problem, skipped_note
+from cluster.state import (VERSION, StateFile, check_sessions, load_sessions, save_sessions, saved_problem,
+                           skipped_note)
 from ipc.protocol import SessionInfo
 
 __all__ = ["FileSessionStore", "RedisSessionStore", "SessionStore"]

@@ -27,17 +27,8 @@ from cluster.discord_api import fetch_gateway_bot
 from cluster.error import CoordinatorUnavailable
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.handler import HandlerImportError, check_handler
-from cluster.hosts import (
-    HostRecord,
-    agree_layout,
-    conflict_message,
-    host_id,
-    host_key,
-    keep_registered,
-    new_record,
-    remove_host,
-    try_register_host,
-)
+from cluster.hosts import (HostRecord, agree_layout, conflict_message, host_id, host_key, keep_registered,
+                           new_record, remove_host, try_register_host)
 from cluster.layout import round_up, split_range
 from cluster.loops import Loops
 from cluster.reshard import ReshardRefused  # noqa: F401 - what reshard() raises

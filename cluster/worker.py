@@ -29,34 +29,10 @@ from cluster.queue import IpcQueue
 from cluster.snapshot import ShardPhase
 from cluster.watchdog import LoopWatchdog
 from ipc import Channel, ChannelClosed, SessionDiff, answer
-from ipc.protocol import (
-    Assign,
-    Assignment,
-    CutLate,
-    CutMark,
-    Cutover,
-    CutoverEnd,
-    CutPassed,
-    Drain,
-    Drained,
-    Flushed,
-    Hello,
-    IdentifyGrant,
-    IdentifyRefused,
-    LeaseDeadline,
-    Packet,
-    Regate,
-    Request,
-    RestartShard,
-    SessionInfo,
-    SessionReport,
-    ShardFatal,
-    ShardStatus,
-    ShardWarm,
-    StatusReport,
-    WorkerFatal,
-    encode,
-)
+from ipc.protocol import (Assign, Assignment, CutLate, CutMark, CutoverEnd, Cutover, CutPassed, Drain, Drained, Flushed,
+                          Hello, IdentifyGrant, IdentifyRefused, LeaseDeadline, Packet, Regate, Request, RestartShard,
+                          SessionInfo, SessionReport, ShardFatal, ShardStatus, ShardWarm, StatusReport, WorkerFatal,
+                          encode)
 
 __all__ = ["EXIT_HANDLER_IMPORT", "QUEUED", "WorkerSpec", "run_worker"]
 

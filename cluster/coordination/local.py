@@ -27,15 +27,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from cluster.coordination.base import (
-    CoordinationSetup,
-    CoordinationStats,
-    Decision,
-    Defer,
-    Grant,
-    IdentifyEvent,
-    Refuse,
-)
+from cluster.coordination.base import (CoordinationSetup, CoordinationStats, Decision, Defer, Grant, IdentifyEvent,
+                                       Refuse)
 from ipc.protocol import IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused
 
 __all__ = ["LEAD", "BudgetDecision", "IdentifyCoordinator", "SessionBudget", "local_coordination"]

@@ -56,16 +56,8 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from cluster.coordination.base import (
-    CoordinationFactory,
-    CoordinationSetup,
-    CoordinationStats,
-    Decision,
-    Defer,
-    Grant,
-    IdentifyEvent,
-    Refuse,
-)
+from cluster.coordination.base import (CoordinationFactory, CoordinationSetup, CoordinationStats, Decision, Defer,
+                                       Grant, IdentifyEvent, Refuse)
 from cluster.coordination.local import LEAD
 from cluster.coordination.redis_conn import keep_subscribed, on_trouble
 from ipc.protocol import IdentifyCancel, IdentifyDone, IdentifyRequest, IdentifyStarted, IdentifyUnused
