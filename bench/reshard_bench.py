@@ -5,8 +5,9 @@
 
 The simulator runs in its own process (``python -m sim``) with its shared guild stream on (MESSAGE_CREATE events
 with increasing snowflake ids); the supervisor runs here, its workers in their own processes, each handler writing
-the message ids it was given to a file. Each run starts a fresh cluster of ``--old`` shards, lets the stream flow,
-then calls ``Supervisor.reshard(--new)`` and measures:
+the message ids it was given to a file (``bench/stream_log.py``, the live resharding tests' handler too). Each run
+starts a fresh cluster of ``--old`` shards, lets the stream flow, then calls ``Supervisor.reshard(--new)`` and
+measures:
 
 - command -> switch: from the call until the new set delivers (``closing_old``); the target is
   ceil(new / max_concurrency) x window + 2 s (the identifies of the new set are the floor);
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import glob
 import json
 import math
 import os
@@ -44,34 +44,9 @@ from cluster import ClusterConfig, Supervisor  # noqa: E402
 from cluster.cutover import snowflake_at  # noqa: E402
 from cluster_bench import Sim  # noqa: E402
 from sim import DEFAULT_TOKEN  # noqa: E402
+from stream_log import delivered  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "reshard.md"
-
-
-class IdLog:
-    """The benchmark's handler: one line per MESSAGE_CREATE (message id, shard count) in ``$RESHARD_ID_LOG``."""
-
-    async def setup(self, ctx: object) -> None:
-        # kept open for the worker's life (closed with the process), line-buffered so a reader sees every line at once
-        path = os.path.join(os.environ["RESHARD_ID_LOG"], f"{os.getpid()}.ids")
-        self.file = open(path, "a", buffering=1)  # noqa: ASYNC230, SIM115 - a local file, opened once at setup
-
-    def on_event(self, shard: object, event: object) -> None:
-        if event.type == "MESSAGE_CREATE":  # type: ignore[attr-defined]
-            self.file.write(f"{event.data['id']} {shard.id.total}\n")  # type: ignore[attr-defined]
-
-    def teardown(self) -> None:
-        self.file.close()
-
-
-def delivered(path: str) -> Counter[int]:
-    counts: Counter[int] = Counter()
-    for name in glob.glob(os.path.join(path, "*.ids")):
-        with open(name) as f:
-            for line in f:
-                if line.endswith("\n"):
-                    counts[int(line.split()[0])] += 1
-    return counts
 
 
 def admin(sim: Sim, path: str, body: dict | None = None) -> dict:
@@ -99,7 +74,7 @@ async def one_run(args: argparse.Namespace) -> dict:
         cfg = ClusterConfig(gateway_url=sim.url, api_url=sim.api_url, http_port=None, fresh=True,
                             state_file=os.path.join(logs, "state.json"), log_level="WARNING", shards=args.old,
                             shards_per_worker=args.shards_per_worker, identify_window=args.window,
-                            handler="reshard_bench:IdLog")
+                            handler="stream_log:IdLog")
         sup = Supervisor(cfg, token=DEFAULT_TOKEN, handle_signals=False)
         phases: dict[str, float] = {}
         assigned: list[float] = []
@@ -130,12 +105,12 @@ async def one_run(args: argparse.Namespace) -> dict:
             await asyncio.sleep(0.2)
             log = await asyncio.to_thread(admin, sim, "guild-events")
             emitted = [int(i) for i in log["ids"]]
-            await until(lambda: set(emitted) <= set(delivered(logs)), 30, "every message delivered")
+            await until(lambda: set(emitted) <= {d.id for d in delivered(logs)}, 30, "every message delivered")
             stats = await sim.stats()
         finally:
             sup.stop()
             await asyncio.wait_for(task, 60)
-    counts = delivered(logs)
+    counts = Counter(d.id for d in delivered(logs))
     in_flight = sum(1 for i in emitted if snowflake_at(cut_at) <= i < snowflake_at(switch_wall))
     return {"switch": phases["closing_old"] - started, "first_worker": min(assigned) - started,
             "last_worker": max(assigned) - started, "cut": phases["cutting_over"] - started,

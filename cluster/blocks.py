@@ -199,10 +199,12 @@ class BlockKeeper:
             await self.leases.started(block, epoch)
 
     async def renew(self) -> None:
-        held = dict(self.held)
+        sent = time.monotonic()
+        # not a block past its deadline: the guard stops it, and this host writes nothing more for it (a renewal
+        # now would extend its lease, or write back one that expired, after the host let the block go)
+        held = {b: e for b, e in self.held.items() if sent < self.deadline.get(b, 0.0)}
         if not held:
             return
-        sent = time.monotonic()
         async with asyncio.timeout(renew_interval(self.ttl)):
             results = await self.leases.renew(held, self._still_starting())
         for block, result in results.items():

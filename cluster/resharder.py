@@ -590,6 +590,8 @@ class Resharder:
         while True:
             now = time.monotonic()
             actions, self._actions = self._actions, []
+            if rt.stopping:  # the supervisor stops (stop()): roll back, unless the cluster switched (across hosts)
+                actions.append(r.new_lost("the supervisor is stopping"))
             actions.append(r.tick(now))
             for s, h in list(self._warm_by.items()):  # a restarted worker's shards warm up again (or resume)
                 if child.workers.get(h.worker_id) is not h or h.exited.done():
@@ -830,13 +832,17 @@ class Resharder:
             rt.stop(exit_code, f"shard {shard_id}: {text} (closed during the reshard, which rolled back)")
 
     async def stop(self) -> None:
-        """The supervisor stops: roll a reshard back before the switch, or finish closing the old set after it."""
+        """The supervisor stops (``rt.stopping``): roll a reshard back before the switch (across hosts: switch if the
+        cluster did), or finish closing the old set after it.
+
+        The procedure sees the stop at its next step and rolls back itself; its task is not cancelled: a Redis call
+        can swallow a cancel (Python 3.11's ``wait_for`` in redis-py returns its result instead), and a reshard that
+        missed it went on to switch while its host stopped. If it is still running after the wait, the supervisor's
+        shutdown cancels it with its other tasks (:meth:`_run` rolls back then)."""
         task = self._task
         if task is None or task.done():
             return
-        r = self.last
-        if r is not None and r.phase is not Phase.CLOSING_OLD:
-            task.cancel()
+        self._wake.set()
         await asyncio.wait([task], timeout=2 * self.sup.config.shutdown_timeout)
 
     def _send(self, handle: WorkerHandle, packet: Packet) -> bool:

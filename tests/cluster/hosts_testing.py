@@ -49,8 +49,9 @@ def identified_again(snap):
 
 def host_env(sim, env=None):
     """The environment of a host process: the simulator's token, and this tree's code first on the path (the
-    handlers of tests/cluster are importable, and the hosts run the code under test, not an installed copy)."""
-    path = os.pathsep.join(p for p in (str(ROOT), str(HERE), os.environ.get("PYTHONPATH")) if p)
+    handlers of tests/cluster and bench/ are importable, and the hosts run the code under test, not an installed
+    copy)."""
+    path = os.pathsep.join(p for p in (str(ROOT), str(HERE), str(ROOT / "bench"), os.environ.get("PYTHONPATH")) if p)
     return {**os.environ, "DISCORD_TOKEN": sim.token, "PYTHONPATH": path, **(env or {})}
 
 

@@ -315,3 +315,37 @@ async def test_a_lease_held_under_the_keys_before_layouts_stops_a_host_of_this_v
         "1 block lease(s) under shardstack:test:lease:<block> are held by hosts of an earlier shardstack version (its "
         "leases are not keyed by layout): stop every host of that version before starting this one (no rolling "
         "update across this change)")
+
+
+async def test_a_block_past_its_deadline_is_neither_renewed_nor_written_back(client):
+    """Past a block's deadline (its renewals failed for ttl - margin, or the host was paused) the guard stops it and
+    the host writes nothing more for it: a renewal sent before the guard's next check must not extend its lease,
+    nor write it back once expired. It did, and the host let the block go with its lease still in Redis (a
+    stopping host left a lease behind it for a TTL)."""
+    import time
+
+    from cluster.blocks import BlockKeeper
+    from cluster.config import ClusterConfig
+    from cluster.restart import RestartPolicy
+    from cluster.runtime import Runtime
+    from cluster.workers import Workers
+
+    async def nothing(*args):
+        return {}
+
+    rt = Runtime(ClusterConfig(), stop=lambda code, message: None, token=lambda: "unused")
+    rt.shard_total = 12
+    workers = Workers(rt, None, handler=None, shard_options={}, on_packet=lambda handle, packet: None)
+    keeper = BlockKeeper(rt, workers, LeaseStore(client, NS, "a", ttl=3.0), client=client, ns=NS, host_ttl=5.0,
+                         shards_per_worker=4, load=nothing, save=nothing, policy=lambda block: RestartPolicy("w"))
+    epochs = {blk: (await keeper.leases.claim(blk))[0] for blk in range(3)}
+    now = time.monotonic()
+    keeper.held.update(epochs)
+    keeper.deadline.update({0: now - 0.1, 1: now - 0.1, 2: now + 2.0})  # 0 and 1 past their deadline
+    await client.delete(lease_key(NS, 0))  # expired meanwhile
+    for blk in (1, 2):
+        await client.pexpire(lease_key(NS, blk), 1000)
+    await keeper.renew()
+    assert not await client.exists(lease_key(NS, 0))  # not written back
+    assert 0 < await client.pttl(lease_key(NS, 1)) <= 1000  # not extended
+    assert await client.pttl(lease_key(NS, 2)) > 1000 and keeper.deadline[2] > now + 2.0  # renewed

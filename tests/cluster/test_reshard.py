@@ -6,7 +6,6 @@ fatally: the old set goes on)."""
 from __future__ import annotations
 
 import asyncio
-import glob
 import json
 import os
 import re
@@ -14,25 +13,13 @@ from collections import Counter, defaultdict
 
 import pytest
 from cluster_testing import running, until
+from stream_log import delivered
 
 from cluster.reshard import ReshardRefused
 from sim import Simulator
 
-HANDLER = "reshard_handlers:IdLog"
+HANDLER = "stream_log:IdLog"
 FAST = dict(identify_window=0.3, heartbeat_interval=1000)
-
-
-def delivered(path, guilds: bool = False) -> list[tuple[int, int, int, float]]:
-    """(message id, guild id, shard count, monotonic time) of every MESSAGE_CREATE any handler got; with ``guilds``,
-    (0, guild id, shard count, time) of every GUILD_CREATE instead."""
-    out = []
-    for name in glob.glob(os.path.join(path, "*.ids")):
-        with open(name) as f:
-            for line in f:
-                parts = line.split()
-                if len(parts) == 4 and (parts[0] == "G") == guilds:
-                    out.append((0 if guilds else int(parts[0]), int(parts[1]), int(parts[2]), float(parts[3])))
-    return out
 
 
 async def all_delivered(sim, path, since: int | None = None, timeout: float = 20.0) -> list[tuple]:
