@@ -20,7 +20,7 @@ from cluster.config import ClusterConfig
 from cluster.worker import WorkerSpec, run_worker
 from ipc import Channel
 from ipc.framing import encode_frame
-from ipc.protocol import (Assign, Assignment, Cutover, CutoverEnd, CutPassed, Drain, Hello, IdentifyGrant,
+from ipc.protocol import (Assign, Assignment, CutMark, Cutover, CutoverEnd, CutPassed, Drain, Hello, IdentifyGrant,
                           IdentifyRequest, Packet, StatusReport, encode)
 from sim import Simulator
 
@@ -149,16 +149,17 @@ async def next_packet(packets: asyncio.Queue[Packet], kind: type[Packet], timeou
 
 
 async def test_a_cutover_read_together_with_the_assign_gates_the_shards_the_assign_starts(id_log):
-    """An old worker restarted during a cutover gets its Cutover right after its Assign; read in one piece with it
-    (one write here), it must gate the shards that Assign starts: they pass the cut and hold what comes after it
-    until the cutover ends. It used to be applied to the worker's shards as they were, none yet: the worker
+    """An old worker restarted during a cutover gets its Cutover (and, once every new shard passed, its CutMark) right
+    after its Assign; read in one piece with it (one write here), it must gate the shards that Assign starts: they
+    pass the cut and hold what comes after it until the cutover ends. It used to be applied to the worker's shards as they were, none yet: the worker
     delivered past the cut and never passed it."""
     async with Simulator(shards=2, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
         async with lone_worker(sim, HANDLER) as (channel, packets):
             await next_packet(packets, Hello)
             cut = time.time()  # passed by the time the shards are up, as for a worker restarted in the cutover
             assign = Assign(2, [Assignment(0), Assignment(1)], 2)
-            channel._transport.write(encode_frame(encode(assign)) + encode_frame(encode(Cutover(cut, True))))
+            channel._transport.write(encode_frame(encode(assign)) + encode_frame(encode(Cutover(cut, True)))
+                                     + encode_frame(encode(CutMark(cut))))  # every new shard passed: the old set marks
             passed = [(await next_packet(packets, CutPassed)).shard_id for _ in range(2)]
             assert sorted(passed) == [0, 1]
             ids = sim.emit_guild_events(8)  # created after the cut: held
