@@ -151,8 +151,8 @@ async def next_packet(packets: asyncio.Queue[Packet], kind: type[Packet], timeou
 async def test_a_cutover_read_together_with_the_assign_gates_the_shards_the_assign_starts(id_log):
     """An old worker restarted during a cutover gets its Cutover (and, once every new shard passed, its CutMark) right
     after its Assign; read in one piece with it (one write here), it must gate the shards that Assign starts: they
-    pass the cut and hold what comes after it until the cutover ends. It used to be applied to the worker's shards as they were, none yet: the worker
-    delivered past the cut and never passed it."""
+    pass the cut and hold what comes after it until the cutover ends. It used to be applied to the worker's shards
+    as they were, none yet: the worker delivered past the cut and never passed it."""
     async with Simulator(shards=2, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
         async with lone_worker(sim, HANDLER) as (channel, packets):
             await next_packet(packets, Hello)
