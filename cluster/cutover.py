@@ -34,7 +34,8 @@ A new shard's worker may die after ``go``, before it delivered what it held. So 
 new shard reports its session as of the first event it holds and has not handed over (:meth:`NewGate.resume_seq`),
 and, at its marker, the sequence number the marker came after (:attr:`NewGate.marker_seq`) and the digests it dropped
 before it; the restarted worker resumes there, and a :class:`ResumedGate` decides the replay (up to RESUMED) by
-sequence number, as the lost gate did.
+sequence number, as the lost gate did. An old shard's session stops before its first held event the same way, so
+that an old worker that dies holding them resumes them (held again behind the same cut, or delivered at a rollback).
 """
 
 from __future__ import annotations
