@@ -34,8 +34,8 @@ from typing import Any
 from cluster.hosts import HOST_RENEW_INTERVAL, read_hosts
 from cluster.coordination.redis_conn import keep_trying, on_trouble
 from cluster.error import ReshardRefused
-from cluster.leases import (START_TIMEOUT, Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key,
-                            lease_value, plan, renew_interval)
+from cluster.leases import (START_TIMEOUT, LayoutMoved, Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after,
+                            lease_key, lease_value, plan, renew_interval)
 from cluster.restart import RestartPolicy
 from cluster.runtime import Runtime, ShardView, WorkerHandle
 from cluster.snapshot import BlockSnapshot
@@ -82,6 +82,7 @@ class BlockKeeper:
         self.moves: Counter[tuple[str, str]] = Counter()  # (claim|loss|handoff, reason)
         self.view: tuple[BlockSnapshot, ...] = ()  # the blocks as last read, for /status
         self.leaving = False
+        self.layout_moved = False  # a claim was refused: the cluster's layout is another (a reshard switched)
         self._moving_task: asyncio.Future[None] | None = None  # not cancelled at shutdown: a handoff completes
         self._ticking: asyncio.Future[None] | None = None  # the tick under way
         self._run_id: str | None = None  # the Redis server's run_id: a new one is a restart, maybe without data
@@ -160,8 +161,15 @@ class BlockKeeper:
         if time.monotonic() < self._grace_until:
             return
         moves = plan(self.me, hosts, leases, len(self.ranges), handing_off=self.moving is not None or self.frozen)
-        for block in moves.claim:
-            await self._claim(block)
+        try:
+            for block in moves.claim:
+                await self._claim(block)
+        except LayoutMoved as exc:  # the resharder follows the new layout (a poll away): until then, nothing moves
+            if not self.layout_moved:
+                log.warning("lease claims refused: %s, not %d shards (this host follows it shortly)", exc,
+                            self.rt.shard_total)
+            self.layout_moved = True
+            return
         if moves.claim:
             self._show(leases | {b: Lease(b, self.me, e, self.ttl) for b, e in self.held.items()})
         if moves.hand_off is not None and moves.hand_off in self.held and not self.leaving:
@@ -259,7 +267,7 @@ class BlockKeeper:
         self.planning = False
         for block in blocks:
             sent = time.monotonic()
-            got = await self.leases.claim(block)
+            got = await self.leases.claim(block, reshard=True)
             if got is None:
                 raise ReshardRefused(f"block {block} of the new {self.rt.shard_total}-shard layout is leased already")
             epoch = got[0]

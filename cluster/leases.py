@@ -82,6 +82,7 @@ __all__ = [
     "MARGIN_FRACTION",
     "RENEW_FRACTION",
     "START_TIMEOUT",
+    "LayoutMoved",
     "Lease",
     "LeaseStore",
     "Plan",
@@ -93,6 +94,7 @@ __all__ = [
     "epoch_key",
     "fair",
     "fence_check",
+    "layout_check",
     "layout_ns",
     "lease_key",
     "lease_value",
@@ -252,17 +254,31 @@ end
 """
 """A Lua prelude for scripts that write about a block: ``fenced(lease key, '<epoch>:<owner>')``."""
 
-_CLAIM = """
+layout_check = """
+local function current_layout(key, total)
+  if total == '' then return true end
+  local layout = redis.call('GET', key)
+  return not layout or string.match(layout, '^(%d+),') == total
+end
+"""
+"""A Lua prelude for scripts that write about one layout: ``current_layout(the cluster's layout key, shard count)``,
+true unless the key (``shards,max_concurrency``) names another count (a missing key, a flushed Redis, or a count of
+``''`` pass): a write of a layout a reshard switched away from is refused in the same script."""
+
+_CLAIM = layout_check + """
 local held = redis.call('GET', KEYS[1])
 if held then return {0, held, ''} end
+if not current_layout(KEYS[5], ARGV[3]) then return {-1, redis.call('GET', KEYS[5]), ''} end
 local released = redis.call('GET', KEYS[3]) or ''
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], epoch .. ':' .. ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[4], epoch, 'PX', ARGV[2])
 return {1, tostring(epoch), released}
 """
-"""KEYS: lease, epoch counter, released marker, starting marker; ARGV: owner, ttl ms. {1, epoch, the epoch last
-released or ''} or {0, the holder's value, ''}. The block is starting from its claim on."""
+"""KEYS: lease, epoch counter, released marker, starting marker, the cluster's layout (``<ns>layout``); ARGV: owner,
+ttl ms, this layout's shard count ('' for a reshard's claim, made before its layout is the cluster's). {1, epoch, the
+epoch last released or ''}, {0, the holder's value, ''}, or {-1, the cluster's layout, ''} if it names another count
+(a missing layout, a flushed Redis, refuses nothing). The block is starting from its claim on."""
 
 _RENEW = fence_check + """
 local value = ARGV[2] .. ':' .. ARGV[1]
@@ -310,6 +326,14 @@ return 1
 """KEYS: starting marker; ARGV: epoch. The block's shards are all active: its mark goes (if it is this tenure's)."""
 
 
+class LayoutMoved(Exception):
+    """A claim refused: the cluster's layout (``<ns>layout``) is not the store's any more (a reshard switched)."""
+
+    def __init__(self, layout: str) -> None:
+        super().__init__(f"the cluster's layout is {layout!r} (shards,max_concurrency) now")
+        self.layout = layout
+
+
 class Renewal(Enum):
     """The outcome of renewing one lease."""
 
@@ -325,12 +349,16 @@ class LeaseStore:
     """The leases of one layout of a bot (key prefix ``ns``, :func:`layout_ns`) in Redis, for host ``owner``: claim,
     renew, release, read.
 
-    ``client`` is a ``redis.asyncio`` client; Redis errors (ConnectionError, TimeoutError) propagate."""
+    ``client`` is a ``redis.asyncio`` client; Redis errors (ConnectionError, TimeoutError) propagate. With ``layout``
+    (the cluster's layout key, :func:`cluster.hosts.layout_key`, and this store's shard count) a claim is refused
+    once the cluster's layout names another count: a host that has not followed a reshard yet claims none of the
+    old layout's blocks the switched hosts release (their sessions went at the switch)."""
 
     client: Any
     ns: str
     owner: str
     ttl: float = LEASE_TTL
+    layout: tuple[str, int] | None = None
     _scripts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -341,12 +369,17 @@ class LeaseStore:
     def _ttl_ms(self) -> int:
         return max(1, int(self.ttl * 1000))
 
-    async def claim(self, block: int) -> tuple[int, Takeover] | None:
-        """Take the free ``block`` (starting): its new epoch and how it came free, or None if another host holds it."""
+    async def claim(self, block: int, *, reshard: bool = False) -> tuple[int, Takeover] | None:
+        """Take the free ``block`` (starting): its new epoch and how it came free, or None if another host holds it.
+        LayoutMoved if the cluster's layout is not this store's (unless ``reshard``: a reshard's new layout, claimed
+        before the switch makes it the cluster's)."""
+        layout_key, total = self.layout if self.layout is not None else (f"{self.ns}-", None)
         ok, value, released = await self._scripts["claim"](
             keys=[lease_key(self.ns, block), epoch_key(self.ns, block), released_key(self.ns, block),
-                  starting_key(self.ns, block)],
-            args=[self.owner, self._ttl_ms])
+                  starting_key(self.ns, block), layout_key],
+            args=[self.owner, self._ttl_ms, "" if reshard or total is None else total])
+        if int(ok) < 0:
+            raise LayoutMoved(value.decode() if isinstance(value, bytes) else str(value))
         if not ok:
             return None
         epoch = int(value)

@@ -349,3 +349,70 @@ async def test_a_block_past_its_deadline_is_neither_renewed_nor_written_back(cli
     assert not await client.exists(lease_key(NS, 0))  # not written back
     assert 0 < await client.pttl(lease_key(NS, 1)) <= 1000  # not extended
     assert await client.pttl(lease_key(NS, 2)) > 1000 and keeper.deadline[2] > now + 2.0  # renewed
+
+
+# --- a layout the cluster switched away from (a host that joined during a reshard) -------------
+
+async def test_a_claim_of_a_layout_the_cluster_switched_away_from_is_refused(client):
+    """Review finding 2: once a reshard's go made the cluster's layout (``<ns>layout``) 24 shards, a block of the old
+    12-shard layout released by a switched host must not be claimed by a host still planning the old layout (its
+    sessions went at go: it would identify and run those guilds twice). The claim script checks the layout."""
+    from cluster.hosts import layout_key
+    from cluster.leases import LayoutMoved, layout_ns
+
+    old_ns, new_ns = layout_ns(NS, 12), layout_ns(NS, 24)
+    old = LeaseStore(client, old_ns, "c", ttl=3.0, layout=(layout_key(NS), 12))
+    new = LeaseStore(client, new_ns, "c", ttl=3.0, layout=(layout_key(NS), 24))
+    assert await old.claim(0) == (1, Takeover.NEW)  # no layout stored (a flushed Redis): nothing refused
+    await client.set(layout_key(NS), "12,4")
+    assert await old.claim(1) == (1, Takeover.NEW)  # the cluster's layout: claimed
+    with pytest.raises(LayoutMoved):
+        await new.claim(0)  # the new layout is not the cluster's before go...
+    assert await new.claim(0, reshard=True) == (1, Takeover.NEW)  # ...but a reshard reserves its blocks before go
+    await client.set(layout_key(NS), "24,4")  # go
+    with pytest.raises(LayoutMoved) as e:
+        await old.claim(2)
+    assert e.value.layout == "24,4"
+    assert not await client.exists(lease_key(old_ns, 2), epoch_key(old_ns, 2), starting_key(old_ns, 2))
+    assert sorted(await old.read(3)) == [0, 1]  # nothing written, no epoch spent
+    assert await new.claim(1) == (1, Takeover.NEW)
+    assert await old.renew({0: 1, 1: 1}) == {0: Renewal.RENEWED, 1: Renewal.RENEWED}  # held ones run until released
+
+
+async def test_a_keeper_of_an_old_layout_claims_no_block_once_the_cluster_resharded(client):
+    """The joining host of review finding 2, deterministically: its old-layout keeper plans 3 blocks with 2 of them
+    free (the switched host released them) while the cluster's layout is already the new one; it claims nothing and
+    keeps ticking (the resharder's layout poll retires it); with the old layout still the cluster's it claims them."""
+    from cluster.blocks import BlockKeeper
+    from cluster.config import ClusterConfig
+    from cluster.hosts import layout_key
+    from cluster.leases import layout_ns
+    from cluster.restart import RestartPolicy
+    from cluster.runtime import Runtime
+    from cluster.workers import Workers
+
+    loaded: list[range] = []
+
+    async def load(shards):
+        loaded.append(shards)
+        raise asyncio.CancelledError  # the test stops at the claim: no worker starts
+
+    async def save(sessions):
+        raise AssertionError("nothing is saved")
+
+    rt = Runtime(ClusterConfig(), stop=lambda code, message: None, token=lambda: "unused")
+    rt.shard_total = 12
+    workers = Workers(rt, None, handler=None, shard_options={}, on_packet=lambda handle, packet: None)
+    old_ns = layout_ns(NS, 12)
+    store = LeaseStore(client, old_ns, "c", ttl=3.0, layout=(layout_key(NS), 12))
+    keeper = BlockKeeper(rt, workers, store, client=client, ns=NS, host_ttl=5.0, shards_per_worker=4, load=load,
+                         save=save, policy=lambda block: RestartPolicy("w"))
+    await LeaseStore(client, old_ns, "b", ttl=3.0).claim(2)  # B has not switched yet
+    await client.set(layout_key(NS), "24,4")  # go: A switched and released blocks 0 and 1
+    await keeper.tick()
+    assert keeper.held == {} and keeper.layout_moved and loaded == [] and not keeper.moves
+    assert sorted(await store.read(3)) == [2]
+    await client.set(layout_key(NS), "12,4")  # (the same keeper while the old layout is still the cluster's)
+    with pytest.raises(asyncio.CancelledError):
+        await keeper.tick()
+    assert loaded == [range(0, 4)] and keeper.moves[("claim", "new")] == 1  # claimed (given back: no sessions)
