@@ -35,7 +35,7 @@ from cluster.hosts import HOST_RENEW_INTERVAL, read_hosts
 from cluster.coordination.redis_conn import keep_trying, on_trouble
 from cluster.error import ReshardRefused
 from cluster.leases import (START_TIMEOUT, LayoutMoved, Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after,
-                            lease_key, lease_value, plan, renew_interval)
+                            lease_key, lease_value, legacy_leases, plan, renew_interval)
 from cluster.restart import RestartPolicy
 from cluster.runtime import Runtime, ShardView, WorkerHandle
 from cluster.snapshot import BlockSnapshot
@@ -55,6 +55,10 @@ FRESH_HOST = 2.5 * HOST_RENEW_INTERVAL
 """A host whose registry record was renewed within this many seconds counts as live for the fair shares: a
 killed or frozen host drops out after it, long before its record expires, so that the survivors' shares grow
 and they claim its blocks as soon as its leases expire (and hand nothing to a host that cannot take it)."""
+
+
+LEGACY_LOG_EVERY = 60.0
+"""Seconds between two error lines about leases held by hosts of an earlier version (:meth:`BlockKeeper.tick`)."""
 
 
 class BlockKeeper:
@@ -83,6 +87,8 @@ class BlockKeeper:
         self.view: tuple[BlockSnapshot, ...] = ()  # the blocks as last read, for /status
         self.leaving = False
         self.layout_moved = False  # a claim was refused: the cluster's layout is another (a reshard switched)
+        self.legacy = 0  # leases held under the keys before layouts by hosts of an earlier version, as last read
+        self._legacy_logged = (0, -LEGACY_LOG_EVERY)  # (count, when) last logged
         self._moving_task: asyncio.Future[None] | None = None  # not cancelled at shutdown: a handoff completes
         self._ticking: asyncio.Future[None] | None = None  # the tick under way
         self._run_id: str | None = None  # the Redis server's run_id: a new one is a restart, maybe without data
@@ -158,7 +164,7 @@ class BlockKeeper:
                         "hosts write back the leases it lost", self.ttl)
         self._run_id = run_id
         self._show(leases)
-        if time.monotonic() < self._grace_until:
+        if time.monotonic() < self._grace_until or await self._legacy_held():
             return
         moves = plan(self.me, hosts, leases, len(self.ranges), handing_off=self.moving is not None or self.frozen)
         try:
@@ -176,6 +182,22 @@ class BlockKeeper:
             self.moving = moves.hand_off
             self._moving_task = asyncio.ensure_future(self._hand_off(moves.hand_off, "rebalance"))
             self._moving_task.add_done_callback(self._handed_off)
+
+    async def _legacy_held(self) -> bool:
+        """Whether hosts of an earlier version hold leases under the keys before layouts (started after this host:
+        the start's check cannot see them). They and this version would run the same blocks: this host keeps what
+        it runs but claims and hands off nothing until they are gone, and says so (an error log when the count
+        changes and once a minute, ``/status``'s ``legacy_leases`` and the ``cluster_legacy_leases`` gauge)."""
+        self.legacy = await legacy_leases(self.client, self.ns, len(self.ranges))
+        now = time.monotonic()
+        if self.legacy and (self.legacy != self._legacy_logged[0] or now - self._legacy_logged[1] >= LEGACY_LOG_EVERY):
+            log.error("%d block lease(s) under %slease:<block> are held by hosts of an earlier shardstack version "
+                      "(started after this one): they may run blocks this version runs too; stop them (this host "
+                      "claims and hands off nothing until they are gone)", self.legacy, self.ns)
+            self._legacy_logged = (self.legacy, now)
+        elif not self.legacy:
+            self._legacy_logged = (0, -LEGACY_LOG_EVERY)
+        return self.legacy > 0
 
     def _show(self, leases: dict[int, Lease]) -> None:
         self.view = tuple(

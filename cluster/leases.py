@@ -96,6 +96,7 @@ __all__ = [
     "fence_check",
     "layout_check",
     "layout_ns",
+    "legacy_leases",
     "lease_key",
     "lease_value",
     "margin",
@@ -429,10 +430,16 @@ class LeaseStore:
         return out
 
 
+async def legacy_leases(client: Any, ns: str, block_count: int) -> int:
+    """How many leases of the bot ``ns`` hosts of an earlier version hold under the keys before layouts
+    (``<ns>lease:<block>``): they do not see this version's leases, nor this version theirs (one EXISTS)."""
+    return int(await client.exists(*(lease_key(ns, b) for b in range(block_count))))
+
+
 async def check_no_legacy_leases(client: Any, ns: str, block_count: int) -> None:
     """ConfigError if a host of an earlier version holds a lease of the bot ``ns`` under the keys before layouts
-    (``<ns>lease:<block>``): it would not see this host's leases, nor this host its, and both would run the block."""
-    held = await client.exists(*(lease_key(ns, b) for b in range(block_count)))
+    (:func:`legacy_leases`): it would not see this host's leases, nor this host its, and both would run the block."""
+    held = await legacy_leases(client, ns, block_count)
     if held:
         raise ConfigError(f"{held} block lease(s) under {ns}lease:<block> are held by hosts of an earlier shardstack "
                           "version (its leases are not keyed by layout): stop every host of that version before "

@@ -206,6 +206,7 @@ class Supervisor:
             hosts=self._cross.summaries() if self._cross is not None else None,
             blocks=self.blocks.view if self.blocks is not None else None,
             lease_moves=dict(self.blocks.moves) if self.blocks is not None else None,
+            legacy_leases=self.blocks.legacy if self.blocks is not None else 0,
             reshard=self._resharder.snapshot(),
         )
 

@@ -416,3 +416,57 @@ async def test_a_keeper_of_an_old_layout_claims_no_block_once_the_cluster_reshar
     with pytest.raises(asyncio.CancelledError):
         await keeper.tick()
     assert loaded == [range(0, 4)] and keeper.moves[("claim", "new")] == 1  # claimed (given back: no sessions)
+
+
+async def test_a_host_of_an_earlier_version_started_later_stops_this_hosts_claims_and_is_reported(client, caplog):
+    """Review finding 4: the start's check cannot see a host of an earlier version started later, which leases
+    blocks under the keys before layouts (``<ns>lease:<block>``) while this version runs them. The keeper checks at
+    each tick: it keeps what it runs, claims nothing while they are held, logs an error (once per count, and once a
+    minute), and ``/status`` and ``/metrics`` show the count."""
+    import dataclasses
+    import logging
+
+    from cluster.blocks import BlockKeeper
+    from cluster.config import ClusterConfig
+    from cluster.hosts import layout_key
+    from cluster.leases import layout_ns
+    from cluster.metrics import render_snapshot
+    from cluster.restart import RestartPolicy
+    from cluster.runtime import Runtime
+    from cluster.snapshot import ClusterSnapshot
+    from cluster.workers import Workers
+
+    loaded: list[range] = []
+
+    async def load(shards):
+        loaded.append(shards)
+        raise asyncio.CancelledError  # the test stops at the claim: no worker starts
+
+    async def save(sessions):
+        raise AssertionError("nothing is saved")
+
+    rt = Runtime(ClusterConfig(), stop=lambda code, message: None, token=lambda: "unused")
+    rt.shard_total = 8
+    workers = Workers(rt, None, handler=None, shard_options={}, on_packet=lambda handle, packet: None)
+    store = LeaseStore(client, layout_ns(NS, 8), "a", ttl=3.0, layout=(layout_key(NS), 8))
+    keeper = BlockKeeper(rt, workers, store, client=client, ns=NS, host_ttl=5.0, shards_per_worker=4, load=load,
+                         save=save, policy=lambda block: RestartPolicy("w"))
+    await client.set(f"{NS}lease:1", "4:old-host", px=30_000)  # as an earlier version writes it
+    with caplog.at_level(logging.ERROR, logger="cluster"):
+        await keeper.tick()
+        await keeper.tick()  # the same count: not logged again before a minute
+    assert keeper.legacy == 1 and keeper.held == {} and loaded == [] and await store.read(2) == {}
+    assert caplog.text.count("1 block lease(s) under shardstack:test:lease:<block> are held by hosts of an earlier "
+                             "shardstack version (started after this one)") == 1
+    snap = ClusterSnapshot(
+        shard_total=8, max_concurrency=1, uptime=1.0, rolling=False, stopping=False, coordination=None,
+        identifies={}, identify_waits=(("+Inf", 0.0),), identify_wait_sum=0.0, restarts={}, errors={}, loop_lag=0.0,
+        problems=(), workers=(), shards=(), blocks=keeper.view, lease_moves=dict(keeper.moves),
+        legacy_leases=keeper.legacy)
+    assert snap.status()["legacy_leases"] == 1
+    assert b"cluster_legacy_leases 1.0" in render_snapshot(snap)
+    assert b"cluster_legacy_leases 0.0" in render_snapshot(dataclasses.replace(snap, legacy_leases=0))
+    await client.delete(f"{NS}lease:1")  # stopped
+    with pytest.raises(asyncio.CancelledError):
+        await keeper.tick()
+    assert keeper.legacy == 0 and loaded == [range(0, 4)]  # claims again
