@@ -324,6 +324,10 @@ class BlockKeeper:
             with on_trouble():  # Redis away: the lease expires by itself
                 await self.leases.release(block, epoch)
             self._moved("release", block, epoch, "resharded")
+        with on_trouble():  # the last host to let the layout go drops its epoch counters and markers
+            if await self.leases.forget(len(self.ranges)):
+                log.info("lease counters and markers under %s deleted (the cluster's layout is another, and no lease "
+                         "of this one is left)", self.leases.ns)
 
     async def _hand_off(self, block: int, reason: str) -> None:
         """Drain the block resumably, save its sessions under its epoch, release its lease."""

@@ -281,7 +281,7 @@ ttl ms, this layout's shard count ('' for a reshard's claim, made before its lay
 epoch last released or ''}, {0, the holder's value, ''}, or {-1, the cluster's layout, ''} if it names another count
 (a missing layout, a flushed Redis, refuses nothing). The block is starting from its claim on."""
 
-_RENEW = fence_check + """
+_RENEW = fence_check + layout_check + """
 local value = ARGV[2] .. ':' .. ARGV[1]
 local function starting()
   if ARGV[4] == '1' then
@@ -295,7 +295,7 @@ if fenced(KEYS[1], value) then
   starting()
   return 1
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 or not current_layout(KEYS[5], ARGV[5]) then return 0 end
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 if last > tonumber(ARGV[2]) or redis.call('GET', KEYS[3]) == ARGV[2] then return 0 end
 if last < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
@@ -303,11 +303,33 @@ redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
 starting()
 return 2
 """
-"""KEYS: lease, epoch counter, released marker, starting marker; ARGV: owner, epoch, ttl ms, '1' if the block is
-still starting (its marker is kept) else '0' (its marker is deleted). 1 renewed, 2 written back (Redis had
-lost it), 0 lost. A missing key is written back only if no later tenure began (the counter is not past the epoch)
-and this tenure was not released: a renewal that crosses the host's own release (or a handoff and its claim) in
-flight must not bring the lease back."""
+"""KEYS: lease, epoch counter, released marker, starting marker, the cluster's layout; ARGV: owner, epoch, ttl ms,
+'1' if the block is still starting (its marker is kept) else '0' (its marker is deleted), this layout's shard count
+(or ''). 1 renewed, 2 written back (Redis had lost it), 0 lost. A missing key is written back only if no later
+tenure began (the counter is not past the epoch), this tenure was not released (a renewal that crosses the host's
+own release, or a handoff and its claim, in flight must not bring the lease back) and the cluster's layout is this
+one (or missing, as after a Redis that lost its data): a layout a reshard left behind gets no lease back, so that
+:data:`_FORGET` may drop its counters and markers."""
+
+_FORGET = layout_check + """
+local layout = redis.call('GET', KEYS[1])
+if not layout or current_layout(KEYS[1], ARGV[2]) then return 0 end
+local n = tonumber(ARGV[3])
+for b = 0, n - 1 do
+  if redis.call('EXISTS', ARGV[1] .. 'lease:' .. b) == 1 then return 0 end
+end
+for b = 0, n - 1 do
+  for _, kind in ipairs({'lease-epoch:', 'lease-released:', 'lease-starting:'}) do
+    redis.call('DEL', ARGV[1] .. kind .. b)
+  end
+end
+return 1
+"""
+"""KEYS: the cluster's layout; ARGV: the layout's key prefix, its shard count, its block count. Once the cluster's
+layout is another and no lease of this one is left, delete its epoch counters and markers: 1 (else 0). Safe for
+the fencing: no lease of it can come back (a claim and a write-back check the layout), a session write of it is
+refused by the layout too, and if a reshard returns to this count its epochs start over with no tenure of the old
+ones alive."""
 
 _RELEASE = fence_check + """
 if fenced(KEYS[1], ARGV[2] .. ':' .. ARGV[1]) then
@@ -363,8 +385,22 @@ class LeaseStore:
     _scripts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, text in (("claim", _CLAIM), ("renew", _RENEW), ("release", _RELEASE), ("started", _STARTED)):
+        for name, text in (("claim", _CLAIM), ("renew", _RENEW), ("release", _RELEASE), ("started", _STARTED),
+                           ("forget", _FORGET)):
             self._scripts[name] = self.client.register_script(text)
+
+    @property
+    def _layout(self) -> tuple[str, str]:
+        """The cluster's layout key and this store's shard count for the scripts (a count of '' checks nothing)."""
+        return (self.layout[0], str(self.layout[1])) if self.layout is not None else (f"{self.ns}-", "")
+
+    async def forget(self, block_count: int) -> bool:
+        """Delete this layout's epoch counters and markers once the cluster's layout is another and none of its
+        ``block_count`` leases is left (:data:`_FORGET`); False if not (or without ``layout``)."""
+        if self.layout is None:
+            return False
+        return bool(await self._scripts["forget"](keys=[self.layout[0]],
+                                                  args=[self.ns, self.layout[1], block_count]))
 
     @property
     def _ttl_ms(self) -> int:
@@ -374,11 +410,11 @@ class LeaseStore:
         """Take the free ``block`` (starting): its new epoch and how it came free, or None if another host holds it.
         LayoutMoved if the cluster's layout is not this store's (unless ``reshard``: a reshard's new layout, claimed
         before the switch makes it the cluster's)."""
-        layout_key, total = self.layout if self.layout is not None else (f"{self.ns}-", None)
+        layout_key, total = self._layout
         ok, value, released = await self._scripts["claim"](
             keys=[lease_key(self.ns, block), epoch_key(self.ns, block), released_key(self.ns, block),
                   starting_key(self.ns, block), layout_key],
-            args=[self.owner, self._ttl_ms, "" if reshard or total is None else total])
+            args=[self.owner, self._ttl_ms, "" if reshard else total])
         if int(ok) < 0:
             raise LayoutMoved(value.decode() if isinstance(value, bytes) else str(value))
         if not ok:
@@ -394,10 +430,12 @@ class LeaseStore:
         if not held:
             return {}
         async with self.client.pipeline(transaction=False) as pipe:
+            layout_key, total = self._layout
             for block, epoch in held.items():
                 await self._scripts["renew"](keys=[lease_key(self.ns, block), epoch_key(self.ns, block),
-                                                   released_key(self.ns, block), starting_key(self.ns, block)],
-                                             args=[self.owner, epoch, self._ttl_ms, int(block in starting)],
+                                                   released_key(self.ns, block), starting_key(self.ns, block),
+                                                   layout_key],
+                                             args=[self.owner, epoch, self._ttl_ms, int(block in starting), total],
                                              client=pipe)
             results = await pipe.execute()
         return {block: Renewal(int(r)) for block, r in zip(held, results, strict=True)}

@@ -470,3 +470,34 @@ async def test_a_host_of_an_earlier_version_started_later_stops_this_hosts_claim
     with pytest.raises(asyncio.CancelledError):
         await keeper.tick()
     assert keeper.legacy == 0 and loaded == [range(0, 4)]  # claims again
+
+
+async def test_a_layout_left_behind_loses_its_counters_once_no_lease_of_it_is_left(client):
+    """Review finding 10: a layout's epoch counters and released markers had no TTL and stayed forever after a
+    reshard (or a rollback) left it. They go once the cluster's layout is another and no lease of it is left; until
+    then they stay (a lease of it may still be renewed, and its epochs must not go back). A renewal finding a lease
+    of such a layout gone writes nothing back (it would undo the deletion), as a claim does not."""
+    from cluster.hosts import layout_key
+    from cluster.leases import LayoutMoved, layout_ns, released_key
+
+    old_ns = layout_ns(NS, 8)
+    a, b = (LeaseStore(client, old_ns, h, ttl=3.0, layout=(layout_key(NS), 8)) for h in ("a", "b"))
+    await client.set(layout_key(NS), "8,1")
+    ea, _ = await a.claim(0)
+    eb, _ = await b.claim(1)
+    assert await a.release(0, ea)
+    assert not await a.forget(2)  # the cluster's layout: kept
+    await client.set(layout_key(NS), "16,1")  # go
+    assert not await a.forget(2)  # b still holds block 1
+    assert await client.exists(epoch_key(old_ns, 0), released_key(old_ns, 0), epoch_key(old_ns, 1)) == 3
+    await client.delete(lease_key(old_ns, 1))  # b's lease "lost" while b is within its deadline...
+    assert await b.renew({1: eb}) == {1: Renewal.LOST}  # ...is not written back: the layout moved on
+    assert await b.forget(2)
+    assert not await client.keys(f"{old_ns}*")
+    with pytest.raises(LayoutMoved):
+        await a.claim(0)
+    assert not await client.keys(f"{old_ns}*")
+    await client.delete(layout_key(NS))  # a Redis that lost its data: nothing is forgotten without a layout
+    await LeaseStore(client, old_ns, "c", ttl=3.0).claim(0)
+    await client.delete(lease_key(old_ns, 0))
+    assert not await a.forget(2) and await client.exists(epoch_key(old_ns, 0))
