@@ -17,6 +17,9 @@ off: the reshard counts on its old shards), and one for its share of the new lay
 once (:meth:`BlockKeeper.reserve`) and renews without planning while the new set warms up. At the switch the new
 keeper takes over and plans (:meth:`BlockKeeper.adopt`) and the old one releases its leases without saving
 anything (:meth:`BlockKeeper.retire`: the old layout's sessions went with it); a rollback retires the new one.
+A host that took no part (it joined meanwhile) keeps its old keeper until it sees the new layout: its claims are
+refused from the switch on (:class:`~cluster.leases.LayoutMoved`). Leases held under the keys of an earlier version
+(a host of it started after this one) stop this host's claims and handoffs while they are held (:meth:`tick`).
 
 Every move is one log line ``lease <event> block=<b> shards=<a>-<z> epoch=<e> reason=<r>`` and is counted in
 :attr:`BlockKeeper.moves` (``(event, reason)``), which ``/metrics`` exports.

@@ -35,7 +35,13 @@ Pacing (a deliberate choice, one rule for each kind of move):
   it runs on this host; the hosts taking part claim the new layout's blocks, each its :func:`quota` of them as one
   consecutive run (:func:`cluster.reshard_plan.new_blocks`: the plan's fixed point, so nothing moves after the
   switch), marked starting until their shards are active. After the switch the hosts plan the new layout only,
-  by these same rules; the old layout's leases are released (or expire with a dead host).
+  by these same rules; the old layout's leases are released (or expire with a dead host). A claim checks the
+  cluster's layout (``<ns>layout``, which the switch sets) in its script and is refused (:class:`LayoutMoved`) if
+  it names another shard count: a host that has not followed the switch yet (one that joined during the reshard
+  polls for it) claims none of the old blocks the switched hosts release, whose sessions went at the switch (a
+  reshard's own claims of its new blocks, before the switch, are exempt). Nor does a renewal write back a lease of
+  such a layout, and the last host to release one deletes the layout's counters and markers
+  (:meth:`LeaseStore.forget`): no lease of it can come back, so its epochs need not be kept.
 * **A host leaving (SIGTERM) hands all its blocks over at once** (drained together, then each saved and
   released): it must be done within its grace period, and the others claim them at once, as in a failover.
 
