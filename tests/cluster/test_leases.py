@@ -379,10 +379,10 @@ async def test_a_claim_of_a_layout_the_cluster_switched_away_from_is_refused(cli
     assert await old.renew({0: 1, 1: 1}) == {0: Renewal.RENEWED, 1: Renewal.RENEWED}  # held ones run until released
 
 
-async def test_a_keeper_of_an_old_layout_claims_no_block_once_the_cluster_resharded(client):
-    """The joining host of review finding 2, deterministically: its old-layout keeper plans 3 blocks with 2 of them
-    free (the switched host released them) while the cluster's layout is already the new one; it claims nothing and
-    keeps ticking (the resharder's layout poll retires it); with the old layout still the cluster's it claims them."""
+def claiming_keeper(client, shard_total: int, owner: str):
+    """A keeper of the ``shard_total``-shard layout for ``owner`` (blocks of 4, its store checking the cluster's layout)
+    whose claims stop at loading their sessions (CancelledError, from :meth:`BlockKeeper.tick`): no worker starts.
+    Returns it and the list of the shard ranges it loaded."""
     from cluster.blocks import BlockKeeper
     from cluster.config import ClusterConfig
     from cluster.hosts import layout_key
@@ -395,18 +395,29 @@ async def test_a_keeper_of_an_old_layout_claims_no_block_once_the_cluster_reshar
 
     async def load(shards):
         loaded.append(shards)
-        raise asyncio.CancelledError  # the test stops at the claim: no worker starts
+        raise asyncio.CancelledError
 
     async def save(sessions):
         raise AssertionError("nothing is saved")
 
     rt = Runtime(ClusterConfig(), stop=lambda code, message: None, token=lambda: "unused")
-    rt.shard_total = 12
+    rt.shard_total = shard_total
     workers = Workers(rt, None, handler=None, shard_options={}, on_packet=lambda handle, packet: None)
-    old_ns = layout_ns(NS, 12)
-    store = LeaseStore(client, old_ns, "c", ttl=3.0, layout=(layout_key(NS), 12))
+    store = LeaseStore(client, layout_ns(NS, shard_total), owner, ttl=3.0, layout=(layout_key(NS), shard_total))
     keeper = BlockKeeper(rt, workers, store, client=client, ns=NS, host_ttl=5.0, shards_per_worker=4, load=load,
                          save=save, policy=lambda block: RestartPolicy("w"))
+    return keeper, loaded
+
+
+async def test_a_keeper_of_an_old_layout_claims_no_block_once_the_cluster_resharded(client):
+    """The joining host of review finding 2, deterministically: its old-layout keeper plans 3 blocks with 2 of them
+    free (the switched host released them) while the cluster's layout is already the new one; it claims nothing and
+    keeps ticking (the resharder's layout poll retires it); with the old layout still the cluster's it claims them."""
+    from cluster.hosts import layout_key
+    from cluster.leases import layout_ns
+
+    keeper, loaded = claiming_keeper(client, 12, "c")
+    store, old_ns = keeper.leases, layout_ns(NS, 12)
     await LeaseStore(client, old_ns, "b", ttl=3.0).claim(2)  # B has not switched yet
     await client.set(layout_key(NS), "24,4")  # go: A switched and released blocks 0 and 1
     await keeper.tick()
@@ -426,31 +437,11 @@ async def test_a_host_of_an_earlier_version_started_later_stops_this_hosts_claim
     import dataclasses
     import logging
 
-    from cluster.blocks import BlockKeeper
-    from cluster.config import ClusterConfig
-    from cluster.hosts import layout_key
-    from cluster.leases import layout_ns
     from cluster.metrics import render_snapshot
-    from cluster.restart import RestartPolicy
-    from cluster.runtime import Runtime
     from cluster.snapshot import ClusterSnapshot
-    from cluster.workers import Workers
 
-    loaded: list[range] = []
-
-    async def load(shards):
-        loaded.append(shards)
-        raise asyncio.CancelledError  # the test stops at the claim: no worker starts
-
-    async def save(sessions):
-        raise AssertionError("nothing is saved")
-
-    rt = Runtime(ClusterConfig(), stop=lambda code, message: None, token=lambda: "unused")
-    rt.shard_total = 8
-    workers = Workers(rt, None, handler=None, shard_options={}, on_packet=lambda handle, packet: None)
-    store = LeaseStore(client, layout_ns(NS, 8), "a", ttl=3.0, layout=(layout_key(NS), 8))
-    keeper = BlockKeeper(rt, workers, store, client=client, ns=NS, host_ttl=5.0, shards_per_worker=4, load=load,
-                         save=save, policy=lambda block: RestartPolicy("w"))
+    keeper, loaded = claiming_keeper(client, 8, "a")
+    store = keeper.leases
     await client.set(f"{NS}lease:1", "4:old-host", px=30_000)  # as an earlier version writes it
     with caplog.at_level(logging.ERROR, logger="cluster"):
         await keeper.tick()
