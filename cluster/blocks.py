@@ -39,6 +39,7 @@ from cluster.coordination.redis_conn import keep_trying, on_trouble
 from cluster.error import ReshardRefused
 from cluster.leases import (START_TIMEOUT, LayoutMoved, Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after,
                             lease_key, lease_value, legacy_leases, plan, renew_interval)
+from cluster.reshard_plan import CLUSTER_RUNNING, reshard_key
 from cluster.restart import RestartPolicy
 from cluster.runtime import Runtime, ShardView, WorkerHandle
 from cluster.snapshot import BlockSnapshot
@@ -169,7 +170,12 @@ class BlockKeeper:
         self._show(leases)
         if time.monotonic() < self._grace_until or await self._legacy_held():
             return
-        moves = plan(self.me, hosts, leases, len(self.ranges), handing_off=self.moving is not None or self.frozen)
+        # no handoff while a reshard runs in the cluster, on any host: not only on those taking part once they
+        # joined it (frozen), but before (a host joins at its next poll) and on one that joined the cluster meanwhile
+        # (an old block handed to it would run past the switch, until it follows the new layout)
+        phase = await self.client.hget(reshard_key(self.ns), "phase")
+        frozen = self.frozen or (phase is not None and phase.decode() in CLUSTER_RUNNING)
+        moves = plan(self.me, hosts, leases, len(self.ranges), handing_off=self.moving is not None or frozen)
         try:
             for block in moves.claim:
                 await self._claim(block)

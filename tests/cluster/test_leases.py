@@ -492,3 +492,34 @@ async def test_a_layout_left_behind_loses_its_counters_once_no_lease_of_it_is_le
     await LeaseStore(client, old_ns, "c", ttl=3.0).claim(0)
     await client.delete(lease_key(old_ns, 0))
     assert not await a.forget(2) and await client.exists(epoch_key(old_ns, 0))
+
+
+async def test_no_block_is_handed_off_while_a_reshard_runs_in_the_cluster(client):
+    """Review finding 2 (the rest of the window): a host that takes part in a reshard is frozen only once it joins
+    it (at its next poll of the record), and a host that joined the cluster meanwhile never is: an old block handed
+    off in between runs on a host that is not in the record, past the switch. No host hands off while the record's
+    phase is warming or cutting over; it does once the reshard is over."""
+    from cluster.hosts import new_record, try_register_host
+    from cluster.reshard_plan import reshard_key
+
+    keeper, _ = claiming_keeper(client, 8, "a")
+    saved: list[object] = []
+
+    async def save(sessions):
+        saved.append(sessions)
+
+    keeper.save = save
+    for host in ("a", "b"):
+        assert await try_register_host(client, NS, new_record(host, range(0), 8)) is None
+    for block in (0, 1):
+        keeper.held[block] = (await keeper.leases.claim(block))[0]
+        keeper.deadline[block] = float("inf")
+    for phase in ("warming", "cutting_over"):
+        await client.hset(reshard_key(NS), "phase", phase)
+        await keeper.tick()
+        assert keeper.moving is None and sorted(keeper.held) == [0, 1], phase
+    await client.hset(reshard_key(NS), "phase", "go")
+    await keeper.tick()
+    assert keeper.moving == 1  # b is below its share: a hands it one block
+    await keeper._moving_task
+    assert sorted(keeper.held) == [0] and keeper.moves[("handoff", "rebalance")] == 1
