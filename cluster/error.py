@@ -7,17 +7,18 @@ The hierarchy::
     ├── HandlerImportError      the ``module:attribute`` handler cannot be imported or created (also an ImportError)
     ├── ClusterExit             stop the cluster with an exit code (``code``, an ``ExitCode``) and a message
     ├── CoordinatorUnavailable  the coordinator (Redis) cannot be reached right now: retry with backoff
-    └── ReshardRefused          a live reshard must not start now (also a ValueError); the message says why
+    ├── ReshardRefused          a live reshard must not start now (also a ValueError); the message says why
+    └── LayoutMoved             internal: a block claim refused, the cluster's layout is not the claimer's any more
 
-All are public and exported from ``cluster``; the stdlib bases stay so that code catching ``ValueError``
-or ``ImportError`` keeps catching them. This module imports nothing of the package, so any module may raise
-these without an import cycle.
+All but ``LayoutMoved`` (internal to the lease planning, :mod:`cluster.leases`) are public and exported from
+``cluster``; the stdlib bases stay so that code catching ``ValueError`` or ``ImportError`` keeps catching them.
+This module imports nothing of the package, so any module may raise these without an import cycle.
 """
 
 from __future__ import annotations
 
 __all__ = ["ClusterError", "ClusterExit", "ConfigError", "CoordinatorUnavailable", "HandlerImportError",
-           "ReshardRefused"]
+           "LayoutMoved", "ReshardRefused"]
 
 
 class ClusterError(Exception):
@@ -53,3 +54,11 @@ class CoordinatorUnavailable(ClusterError, ConnectionError):
 class ReshardRefused(ClusterError, ValueError):
     """A live reshard that must not start (the session budget, one already running, a count that does not grow the
     cluster, a coordinator); the message says why in one line. Nothing was started."""
+
+
+class LayoutMoved(ClusterError):
+    """A claim refused: the cluster's layout (``<ns>layout``) is not the store's any more (a reshard switched)."""
+
+    def __init__(self, layout: str) -> None:
+        super().__init__(f"the cluster's layout is {layout!r} (shards,max_concurrency) now")
+        self.layout = layout

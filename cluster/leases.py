@@ -80,7 +80,7 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
-from cluster.error import ConfigError
+from cluster.error import ConfigError, LayoutMoved
 from cluster.layout import split
 
 __all__ = [
@@ -353,14 +353,6 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1
 """
 """KEYS: starting marker; ARGV: epoch. The block's shards are all active: its mark goes (if it is this tenure's)."""
-
-
-class LayoutMoved(Exception):
-    """A claim refused: the cluster's layout (``<ns>layout``) is not the store's any more (a reshard switched)."""
-
-    def __init__(self, layout: str) -> None:
-        super().__init__(f"the cluster's layout is {layout!r} (shards,max_concurrency) now")
-        self.layout = layout
 
 
 class Renewal(Enum):

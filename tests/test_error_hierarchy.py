@@ -15,7 +15,7 @@ import pytest
 TREES = {
     "shard": ("ShardError", {"GatewayError", "RedirectRefused"}, {"InflateError", "HandshakeError"}),
     "cluster": ("ClusterError", {"ConfigError", "HandlerImportError", "ClusterExit", "CoordinatorUnavailable",
-                                 "ReshardRefused"}, set()),
+                                 "ReshardRefused"}, {"LayoutMoved"}),
     "ipc": ("IpcError", {"ChannelClosed", "CallError", "UnknownCall", "FramingError", "FrameTooLarge"}, set()),
     "sim": ("SimError", set(), {"HttpError", "FrameError"}),
 }
