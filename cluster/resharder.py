@@ -127,7 +127,8 @@ class Resharder:
         self._mark_at: float | None = None  # when the old set sends its marker heartbeats (every new shard passed)
         self._auto_pending = False
         self.record: ClusterReshard | None = None  # with a coordinator: the cluster's record of the running reshard
-        self._seen_epoch = 0
+        self._seen = ""  # the identity (epoch/id) of the latest record this host joined or passed over
+        self._seen_epoch = 0  # and its epoch (for the snapshot)
         self._leader: str | None = None  # the latest cluster reshard's leader (for the snapshot)
         self._reported: set[str] = set()  # "warm", "passed": what this host told the record
         self._store_: Any = None
@@ -234,7 +235,7 @@ class Resharder:
     def _join(self, record: ClusterReshard) -> Reshard:
         """Start this host's part of the cluster's reshard ``record``: its static range for the new count."""
         sup, rt, cfg = self.sup, self.sup._rt, self.sup.config
-        self._seen_epoch = max(self._seen_epoch, record.epoch)
+        self._seen, self._seen_epoch = record.identity, record.epoch
         host = sup.host
         if self.running or rt.rolling or rt.stopping or host is None:
             raise ReshardRefused("this host is busy (a reshard, a rolling restart, or stopping)")
@@ -281,13 +282,14 @@ class Resharder:
             try:
                 if self.sup.blocks is not None:
                     await self._follow_layout(store)
-                record = await store.read() if await store.epoch() > self._seen_epoch else None
+                # another record than the last seen, not a higher epoch: a Redis that lost its data counts from 1
+                record = await store.read() if await store.identity() != self._seen else None
             except CoordinatorUnavailable:
                 continue  # the coordinator's own loops say so
-            if record is None or record.epoch <= self._seen_epoch:
+            if record is None or record.identity == self._seen:
                 continue
             if record.phase is not ClusterPhase.WARMING or store.host not in record.hosts:
-                self._seen_epoch = record.epoch  # not ours (over, or begun before this host joined the cluster)
+                self._seen = record.identity  # not ours (over, or begun before this host joined the cluster)
                 continue
             try:
                 self._join(record)
@@ -322,7 +324,7 @@ class Resharder:
             latest = await store.read()
         except CoordinatorUnavailable:
             latest = record  # keep waiting: the deadlines still hold
-        if latest is None or latest.epoch != record.epoch:
+        if latest is None or latest.identity != record.identity:
             r.new_lost("the cluster's reshard record left Redis")
             return Action.ROLL_BACK, ""
         self.record = record = latest

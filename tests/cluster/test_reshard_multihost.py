@@ -288,3 +288,39 @@ async def test_a_host_killed_before_the_switch_rolls_the_others_back_once_its_re
             await proc.wait()
     assert [v[b"phase"] for v in record.values()] == [b"rolled_back"]
     assert list(layout.values()) == [b"8,4"]
+
+
+async def test_after_redis_lost_its_data_the_next_reshard_moves_every_host_again(tmp_path, id_log, redis_server):
+    """The reshard epoch counter restarts at 1 in a Redis restarted empty, while host B has seen epoch 1 already: B
+    must still join the next reshard (a record is known by its epoch and a random id, not by a higher epoch)."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        common = dict(coordinator=redis_server.url, shards_per_worker=2, identify_window=0.3, host_count=2,
+                      report_interval=0.2)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        async with running(sim, HANDLER, tmp_path / "a", host_index=0, **common) as (a, task_a), \
+                running(sim, HANDLER, tmp_path / "b", host_index=1, **common) as (b, task_b):
+            await until(lambda: a.active_shards() == 2 and b.active_shards() == 2, 30, "both hosts' shards active")
+            await a.reshard(6)
+            await until(ended(a, b), 60, "the first reshard's end on both hosts")
+            assert [s.snapshot().reshard.phase for s in (a, b)] == ["done", "done"]
+            assert {s.status()["reshard"]["epoch"] for s in (a, b)} == {1}
+            redis_server.kill()
+            redis_server.start()  # empty: the epoch counter starts again
+            hosts = {}
+            for _ in range(200):  # the registry loops write both hosts' records again
+                hosts = await redis_value(redis_server.url, "shardstack:*:host:*")
+                if len(hosts) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert sorted(_json(h)["shard_total"] for h in hosts.values()) == [6, 6]
+            await a.reshard(8)
+            await until(ended(a), 60, "the second reshard's end on host A")
+            assert a.snapshot().reshard.phase == "done", a.snapshot().reshard.reason  # B joined: the cluster switched
+            await until(lambda: b.snapshot().reshard.new_total == 8 and ended(b)(), 30, "the end on host B")
+            for sup in (a, b):
+                snap = sup.snapshot()
+                assert snap.reshard.phase == "done", snap.reshard.reason
+                assert snap.shard_total == 8 and sup.status()["reshard"]["epoch"] == 1
+            assert sorted(a.shards) == [0, 1, 2, 3] and sorted(b.shards) == [4, 5, 6, 7]
+            assert not task_a.done() and not task_b.done()
