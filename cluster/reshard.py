@@ -185,14 +185,17 @@ class Reshard:
         self.new_passed.add(shard_id)
         return Action.MARK if self.new_marked else Action.NONE
 
+    @property
+    def old_all_passed(self) -> bool:
+        """In the cutover, every old shard of this host passed the cut (or is gone)."""
+        return self.phase is Phase.CUTTING_OVER and len(self.passed) == len(self.mine_old)
+
     def old_passed(self, shard_id: int) -> Action:
         """An old shard passed the cut (or is gone for good: it delivers nothing more)."""
         if shard_id not in self.mine_old:
             return Action.NONE
         self.passed.add(shard_id)
-        if self.phase is Phase.CUTTING_OVER and len(self.passed) == len(self.mine_old):
-            return Action.GO
-        return Action.NONE
+        return Action.GO if self.old_all_passed else Action.NONE
 
     def new_lost(self, what: str) -> Action:
         """A new shard closed fatally, a new worker gave up, a cut came too late: roll back before GO."""

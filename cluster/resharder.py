@@ -350,8 +350,9 @@ class Resharder:
                 self._reported.add("marked")
             if record.all_marked:
                 self._mark()  # the cluster's every new shard passed: this host's old set marks
-            if Action.GO in actions and "passed" not in self._reported and await store.report(
-                    record, "passed", self._old_digests):
+            # from the state, not only the one-time GO action: a report that failed is made again at the next step
+            if ((Action.GO in actions or r.old_all_passed) and "passed" not in self._reported
+                    and await store.report(record, "passed", self._old_digests)):
                 self._reported.add("passed")
             live = [h.host_id for h in await read_hosts(self.sup._redis, self.sup._ns)]
             lead = record.leader == store.host

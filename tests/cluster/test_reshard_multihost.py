@@ -20,6 +20,7 @@ from test_reshard import FAST, HANDLER, INTENTS, KINDS, _cli, all_delivered, del
 
 from cluster.config import ClusterConfig
 from cluster.coordination.redis_conn import connect
+from cluster.error import CoordinatorUnavailable
 from cluster.reshard import ReshardRefused
 from cluster.supervisor import Supervisor
 from sim import Simulator
@@ -323,4 +324,36 @@ async def test_after_redis_lost_its_data_the_next_reshard_moves_every_host_again
                 assert snap.reshard.phase == "done", snap.reshard.reason
                 assert snap.shard_total == 8 and sup.status()["reshard"]["epoch"] == 1
             assert sorted(a.shards) == [0, 1, 2, 3] and sorted(b.shards) == [4, 5, 6, 7]
+            assert not task_a.done() and not task_b.done()
+
+
+async def test_a_failed_passed_report_is_made_again_at_the_next_step_not_at_the_cut_timeout(tmp_path, id_log,
+                                                                                             redis_server):
+    """Host B's first report of its old shards past the cut fails (Redis trouble on that one call): B reports again at
+    its next step, and the cluster switches because every host passed, long before the 60 s cut timeout would force
+    it ("switching anyway")."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        common = dict(coordinator=redis_server.url, shards_per_worker=2, identify_window=0.3, host_count=2,
+                      report_interval=0.2, reshard_cut_timeout=60.0)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        async with running(sim, HANDLER, tmp_path / "a", host_index=0, **common) as (a, task_a), \
+                running(sim, HANDLER, tmp_path / "b", host_index=1, **common) as (b, task_b):
+            await until(lambda: a.active_shards() == 2 and b.active_shards() == 2, 30, "both hosts' shards active")
+            store = b._resharder._store
+            report, calls = store.report, []
+
+            async def failing_once(record, what, digests=()):
+                calls.append(what)
+                if what == "passed" and calls.count("passed") == 1:
+                    raise CoordinatorUnavailable("coordinator redis://127.0.0.1 unavailable: injected")
+                return await report(record, what, digests)
+
+            store.report = failing_once
+            await a.reshard(6)
+            await until(lambda: calls.count("passed") == 2 and ended(a, b)(), 40, "the reshard's end on both hosts")
+            for sup in (a, b):
+                snap = sup.snapshot()
+                assert snap.reshard.phase == "done" and snap.reshard.reason == "", snap.reshard
+                assert snap.shard_total == 6
             assert not task_a.done() and not task_b.done()
