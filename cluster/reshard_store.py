@@ -60,16 +60,17 @@ local same = (rec[1] or '') .. '/' .. (rec[2] or '') == ARGV[1]
 
 _REPORT = _SAME + """
 if not same or rec[3] ~= ARGV[2] then return 0 end
-redis.call('SADD', KEYS[2], ARGV[3])
+local added = redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if #ARGV > 4 then
+if added == 1 and #ARGV > 4 then
   redis.call('RPUSH', KEYS[3], unpack(ARGV, 5))
   redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
 return 1
 """
 """Add host ``ARGV[3]`` to the set ``KEYS[2]`` if the record is still ``ARGV[1]`` in phase ``ARGV[2]``, and
-append the digests ``ARGV[5..]`` to the list ``KEYS[3]``."""
+append the digests ``ARGV[5..]`` to the list ``KEYS[3]``, once (the client runs a script again after a timeout: a
+second append would make the new sets drop as many more identical events)."""
 
 _ADVANCE = _SAME + """
 if not same then return 0 end

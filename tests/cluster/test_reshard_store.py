@@ -66,3 +66,21 @@ async def test_a_record_from_before_redis_lost_its_data_moves_nothing_of_the_new
         assert (await a.read()).phase is ClusterPhase.ROLLED_BACK
     finally:
         await client.aclose()
+
+
+async def test_a_passed_report_run_twice_appends_its_digests_once(redis_server):
+    """The client runs a script again after a timeout: a host's digests counted twice would make every new set drop
+    one more identical event than the old sets delivered."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        a, b = (ReshardStore(client, redis_server.url, NS, h) for h in ("a", "b"))
+        await a.begin(8, 16, 4, ["a", "b"], warm_deadline=time.time() + 60, cut_timeout=10.0, budget_floor=0)
+        assert await a.cut(await a.read(), time.time() + 1.0)
+        record = await a.read()
+        assert await a.report(record, "passed", [11, 11, 12])
+        assert await a.report(record, "passed", [11, 11, 12])  # the same report, run again
+        assert await b.report(record, "passed", [11])
+        assert sorted(await a.digests()) == [11, 11, 11, 12]
+        assert (await a.read()).passed == {"a", "b"}
+    finally:
+        await client.aclose()
