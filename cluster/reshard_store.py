@@ -22,7 +22,7 @@ import msgspec
 
 from cluster.coordination.redis_conn import REDIS_DOWN, on_trouble, unavailable
 from cluster.error import ReshardRefused
-from cluster.hosts import HostRecord, host_key, layout_key
+from cluster.hosts import HostRecord, host_key, layout_key, read_hosts
 from cluster.reshard_plan import ClusterPhase, ClusterReshard
 
 __all__ = ["ReshardStore"]
@@ -156,6 +156,14 @@ class ReshardStore:
         raw = await self._do(lambda: self.client.get(layout_key(self.ns)))
         total = _text(raw).partition(",")[0] if raw is not None else ""
         return int(total) if total.isdigit() else None
+
+    async def switched(self, record: ClusterReshard) -> bool:
+        """Whether the cluster switched to ``record``'s new count: the layout (written with go) or the registry record
+        of one of its hosts says so. A host that cannot confirm the record's decision asks before it rolls back."""
+        if await self.layout_total() == record.new_total:
+            return True
+        hosts = await self._do(lambda: read_hosts(self.client, self.ns))
+        return any(h.host_id in record.hosts and h.shard_total == record.new_total for h in hosts)
 
     async def read(self) -> ClusterReshard | None:
         """The current record, or None (no reshard yet, or it expired, or it does not decode)."""

@@ -325,6 +325,9 @@ class Resharder:
         except CoordinatorUnavailable:
             latest = record  # keep waiting: the deadlines still hold
         if latest is None or latest.identity != record.identity:
+            if await self._switched(record):
+                return Action.GO, (f"the reshard record left Redis, but the cluster had switched to "
+                                   f"{record.new_total} shards; switching too")
             r.new_lost("the cluster's reshard record left Redis")
             return Action.ROLL_BACK, ""
         self.record = record = latest
@@ -334,9 +337,9 @@ class Resharder:
         if record.phase is ClusterPhase.GO:
             return Action.GO, record.reason
         if Action.ROLL_BACK in actions:  # a failure on this host: the whole cluster rolls back, unless it switched
-            if await self._tell_roll_back(r) or self.record.phase is not ClusterPhase.GO:
+            if await self._tell_roll_back(r):
                 return Action.ROLL_BACK, ""
-            return Action.GO, self.record.reason
+            return Action.GO, self.record.reason or f"{r.reason}; but the cluster had switched: switching too"
         try:
             if ("warm" not in self._reported and r.phase is Phase.WARMING and len(r.warm) == len(r.mine_new)
                     and self.child is not None
@@ -379,7 +382,8 @@ class Resharder:
         return record is not None and record.running
 
     async def _tell_roll_back(self, r: Reshard) -> bool:
-        """Roll the cluster's reshard back for this host's reason (best effort); False if it had switched."""
+        """Roll the cluster's reshard back for this host's reason (best effort); False if it had switched (the record
+        says go, or it left Redis, or cannot be written, and :meth:`_switched` says so)."""
         store, record = self._store, self.record
         if store is None or record is None:
             return True
@@ -387,11 +391,27 @@ class Resharder:
             async with asyncio.timeout(2.0):
                 if await store.roll_back(record, f"host {store.host}: {r.reason}"):
                     return True
-                self.record = await store.read() or record
+                latest = await store.read()
         except (CoordinatorUnavailable, TimeoutError) as exc:
+            if await self._switched(record):
+                return False
             log.error("could not tell the other hosts that the reshard rolls back (%s); their deadlines will", exc)
             return True
-        return self.record.phase is not ClusterPhase.GO
+        if latest is not None and latest.identity == record.identity:
+            self.record = latest
+            return latest.phase is not ClusterPhase.GO
+        return not await self._switched(record)
+
+    async def _switched(self, record: ClusterReshard) -> bool:
+        """Whether the cluster switched to ``record``'s new count although this host cannot see its go (the record
+        left Redis, or cannot be written): then it must switch too, never roll back alone (split layouts). False if
+        Redis cannot say."""
+        store = self._store
+        try:
+            async with asyncio.timeout(2.0):
+                return store is not None and await store.switched(record)
+        except (CoordinatorUnavailable, TimeoutError):
+            return False
 
     async def auto(self, *, sharding_required: bool) -> None:
         """``--auto-reshard``: reshard if Discord recommends more shards (after a 4011: always grow)."""

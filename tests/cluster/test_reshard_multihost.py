@@ -357,3 +357,49 @@ async def test_a_failed_passed_report_is_made_again_at_the_next_step_not_at_the_
                 assert snap.reshard.phase == "done" and snap.reshard.reason == "", snap.reshard
                 assert snap.shard_total == 6
             assert not task_a.done() and not task_b.done()
+
+
+async def test_a_host_that_finds_the_record_gone_after_the_cluster_switched_switches_too(tmp_path, id_log,
+                                                                                          redis_server):
+    """Host B reported its old shards past the cut, then could not read the record (Redis trouble on its reads) until
+    the cluster had switched and the record had left Redis: the layout in Redis says the cluster switched, so B
+    switches too instead of rolling back alone (a split layout that nothing would heal)."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        common = dict(coordinator=redis_server.url, shards_per_worker=2, identify_window=0.3, host_count=2,
+                      report_interval=0.2, reshard_cut_timeout=60.0)
+        (tmp_path / "a").mkdir()
+        (tmp_path / "b").mkdir()
+        async with running(sim, HANDLER, tmp_path / "a", host_index=0, **common) as (a, task_a), \
+                running(sim, HANDLER, tmp_path / "b", host_index=1, **common) as (b, task_b):
+            await until(lambda: a.active_shards() == 2 and b.active_shards() == 2, 30, "both hosts' shards active")
+            store = b._resharder._store
+            read, report, blind = store.read, store.report, asyncio.Event()
+
+            async def reported(record, what, digests=()):
+                done = await report(record, what, digests)
+                if what == "passed" and done:
+                    blind.set()
+                return done
+
+            async def failing_read():
+                if blind.is_set():
+                    raise CoordinatorUnavailable("coordinator redis://127.0.0.1 unavailable: injected")
+                return await read()
+
+            store.read, store.report = failing_read, reported
+            await a.reshard(6)
+            await until(ended(a), 40, "the switch on host A")
+            assert a.snapshot().reshard.phase == "done" and b.snapshot().reshard.phase == "cutting_over"
+            client = await connect(redis_server.url)
+            try:
+                assert await client.delete(*await client.keys("shardstack:*:reshard")) == 1
+            finally:
+                await client.aclose()
+            store.read = read
+            blind.clear()
+            await until(ended(b), 30, "the reshard's end on host B")
+            snap = b.snapshot()
+            assert snap.reshard.phase == "done" and snap.shard_total == 6, snap.reshard
+            assert "the reshard record left Redis, but the cluster had switched to 6 shards" in snap.reshard.reason
+            assert sorted(a.shards) == [0, 1, 2] and sorted(b.shards) == [3, 4, 5]
+            assert not task_a.done() and not task_b.done()
