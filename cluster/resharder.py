@@ -631,7 +631,7 @@ class Resharder:
                     cut_workers = self._cut(r, self.record.cut_at)  # the cut passed unseen: cut, then switch at once
                 actions = [step]
                 if step is Action.GO:
-                    r.reason = why
+                    r.cluster_go(why)
                     if r.phase is not Phase.CUTTING_OVER:
                         actions = [r.new_lost("the cluster switched before this host saw the cut")]
             if Action.MARK in actions and self.record is None:
@@ -688,7 +688,7 @@ class Resharder:
                 self._send(handle, CutMark(self._mark_at))
 
         self.sup._workers.after_assign = gate
-        r.cut_sent(at, time.monotonic())
+        r.cut_sent(at, time.monotonic(), lead=max(0.0, at - time.time()))
         log.info("reshard: all %d new shards are ready; cutting over at %.3f", r.new_total, at)
         rt.emit("reshard_phase", phase=r.phase.value)
         sent = [h for h in child.workers.values() if self._send(h, Cutover(at, False))]

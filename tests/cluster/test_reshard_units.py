@@ -706,3 +706,26 @@ def test_a_new_shard_restarted_in_its_worker_drops_the_replay_of_what_it_decided
     assert gate.admit("RESUMED", {}, 4) is H and gate.admit("TYPING_START", {}, 5) is H
     assert gate.admit("READY", {"guilds": []}, 1) is H and gate.last_seq == 1  # a new session: from 1 again
     assert gate.admit("TYPING_START", {}, 2) is H
+
+
+def test_the_cut_timeout_runs_from_the_cut_and_a_forced_switch_keeps_its_reason_when_the_cluster_goes():
+    """Across hosts, a host sees the cut ~1.5 s before it is due: its cut timeout runs from the cut, as the record's
+    go_deadline; and the record's go (no reason: every host passed) does not hide this host's forced switch."""
+    r = reshard()
+    for s in range(8):
+        r.shard_warm(s)
+    r.cut_sent(1001.5, now=5.0, lead=1.5)
+    assert r.next_deadline() == 16.5  # 5 + 1.5 + 10: the cut's time plus the cut timeout
+    for s in range(8):
+        r.new_shard_passed(s)
+    assert r.tick(15.0) is Action.NONE
+    assert r.tick(16.5) is Action.GO and r.reason.startswith("old shards 0, 1, 2, 3 did not pass the cut within 10 s")
+    forced = r.reason
+    r.cluster_go("")
+    assert r.reason == forced
+    r.cluster_go("host b did not report its old shards past the cut within 10 s; switching anyway")
+    assert r.reason == f"{forced}; host b did not report its old shards past the cut within 10 s; switching anyway"
+    r = reshard()
+    r.cut_sent(1000.5, now=5.0)
+    r.cluster_go("")  # every host passed: nothing forced
+    assert r.reason == ""
