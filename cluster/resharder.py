@@ -888,4 +888,6 @@ class Resharder:
                                None if r.switched_at is None else r.switched_at - r.started, r.reason,
                                shards=None if part is None else (part.start, part.stop - 1),
                                epoch=self._seen_epoch if part is not None else None,
-                               leader=self._leader if part is not None else None)
+                               leader=self._leader if part is not None else None,
+                               unmarked=tuple(sorted(set(r.mine_new) - r.new_passed))
+                               if r.phase is Phase.CUTTING_OVER else ())
