@@ -740,12 +740,12 @@ def test_a_hosts_reshard_progress_counts_its_own_part_and_names_the_new_shards_n
     part = ReshardSnapshot("cutting_over", 8, 16, 8, 2, 3.0, None, "", shards=(8, 15), epoch=2, leader="a",
                            unmarked=tuple(range(8, 18))).status()
     assert part["shards"] == [8, 15] and part["unmarked"] == list(range(8, 18))
-    assert _reshard_progress(part) == ("cutting_over · 8/8 of this host's new shards ready · 2 of this host's old "
+    assert _reshard_progress(part) == ("8/8 of this host's new shards ready · 2 of this host's old "
                                        "shards past the cut · new shards 8, 9, 10, 11, 12, 13, 14, 15 and 2 more not "
                                        "past their markers")
     empty = ReshardSnapshot("warming", 8, 16, 0, 0, 1.0, None, "", shards=(0, -1), epoch=2, leader="a").status()
     assert empty["shards"] == [] and "unmarked" not in empty
-    assert _reshard_progress(empty).startswith("warming · 0/0 of this host's new shards ready")
+    assert _reshard_progress(empty).startswith("0/0 of this host's new shards ready")
     alone = ReshardSnapshot("done", 4, 8, 8, 4, 2.0, 1.5, "").status()
     assert _reshard_line(alone) == ["reshard 4 -> 8 shards: done · 8/8 new shards ready · 4/4 old shards past the cut "
                                     "· 2.0 s"]
