@@ -29,15 +29,16 @@ pytestmark = pytest.mark.usefixtures("id_log")
 
 
 @contextlib.asynccontextmanager
-async def two_hosts(sim, redis_url, tmp_path, **options):
-    """Hosts 0 and 1 of 2 of an 8-shard cluster (4 shards each, one worker each) on one Redis."""
-    common = dict(coordinator=redis_url, shards=8, shards_per_worker=4, identify_window=0.3, host_count=2,
-                  report_interval=0.2, **options)
+async def two_hosts(sim, redis_url, tmp_path, shards=8, **options):
+    """Hosts 0 and 1 of 2 of an 8-shard cluster (4 shards each, one worker each; or ``shards``) on one Redis."""
+    common = dict(coordinator=redis_url, shards=shards, shards_per_worker=shards // 2, identify_window=0.3,
+                  host_count=2, report_interval=0.2, **options)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     async with running(sim, HANDLER, tmp_path / "a", host_index=0, **common) as (a, task_a), \
             running(sim, HANDLER, tmp_path / "b", host_index=1, **common) as (b, task_b):
-        await until(lambda: a.active_shards() == 4 and b.active_shards() == 4, 30, "both hosts' shards active")
+        await until(lambda: a.active_shards() == shards // 2 and b.active_shards() == shards // 2, 30,
+                    "both hosts' shards active")
         yield a, b, task_a, task_b
 
 
@@ -295,13 +296,7 @@ async def test_after_redis_lost_its_data_the_next_reshard_moves_every_host_again
     """The reshard epoch counter restarts at 1 in a Redis restarted empty, while host B has seen epoch 1 already: B
     must still join the next reshard (a record is known by its epoch and a random id, not by a higher epoch)."""
     async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
-        common = dict(coordinator=redis_server.url, shards_per_worker=2, identify_window=0.3, host_count=2,
-                      report_interval=0.2)
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        async with running(sim, HANDLER, tmp_path / "a", host_index=0, **common) as (a, task_a), \
-                running(sim, HANDLER, tmp_path / "b", host_index=1, **common) as (b, task_b):
-            await until(lambda: a.active_shards() == 2 and b.active_shards() == 2, 30, "both hosts' shards active")
+        async with two_hosts(sim, redis_server.url, tmp_path, shards=4) as (a, b, task_a, task_b):
             await a.reshard(6)
             await until(ended(a, b), 60, "the first reshard's end on both hosts")
             assert [s.snapshot().reshard.phase for s in (a, b)] == ["done", "done"]
@@ -333,13 +328,7 @@ async def test_a_failed_passed_report_is_made_again_at_the_next_step_not_at_the_
     its next step, and the cluster switches because every host passed, long before the 60 s cut timeout would force
     it ("switching anyway")."""
     async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
-        common = dict(coordinator=redis_server.url, shards_per_worker=2, identify_window=0.3, host_count=2,
-                      report_interval=0.2, reshard_cut_timeout=60.0)
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        async with running(sim, HANDLER, tmp_path / "a", host_index=0, **common) as (a, task_a), \
-                running(sim, HANDLER, tmp_path / "b", host_index=1, **common) as (b, task_b):
-            await until(lambda: a.active_shards() == 2 and b.active_shards() == 2, 30, "both hosts' shards active")
+        async with two_hosts(sim, redis_server.url, tmp_path, shards=4, reshard_cut_timeout=60.0) as (a, b, ta, tb):
             store = b._resharder._store
             report, calls = store.report, []
 
@@ -356,7 +345,7 @@ async def test_a_failed_passed_report_is_made_again_at_the_next_step_not_at_the_
                 snap = sup.snapshot()
                 assert snap.reshard.phase == "done" and snap.reshard.reason == "", snap.reshard
                 assert snap.shard_total == 6
-            assert not task_a.done() and not task_b.done()
+            assert not ta.done() and not tb.done()
 
 
 async def test_a_host_that_finds_the_record_gone_after_the_cluster_switched_switches_too(tmp_path, id_log,
@@ -365,13 +354,7 @@ async def test_a_host_that_finds_the_record_gone_after_the_cluster_switched_swit
     the cluster had switched and the record had left Redis: the layout in Redis says the cluster switched, so B
     switches too instead of rolling back alone (a split layout that nothing would heal)."""
     async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
-        common = dict(coordinator=redis_server.url, shards_per_worker=2, identify_window=0.3, host_count=2,
-                      report_interval=0.2, reshard_cut_timeout=60.0)
-        (tmp_path / "a").mkdir()
-        (tmp_path / "b").mkdir()
-        async with running(sim, HANDLER, tmp_path / "a", host_index=0, **common) as (a, task_a), \
-                running(sim, HANDLER, tmp_path / "b", host_index=1, **common) as (b, task_b):
-            await until(lambda: a.active_shards() == 2 and b.active_shards() == 2, 30, "both hosts' shards active")
+        async with two_hosts(sim, redis_server.url, tmp_path, shards=4, reshard_cut_timeout=60.0) as (a, b, ta, tb):
             store = b._resharder._store
             read, report, blind = store.read, store.report, asyncio.Event()
 
@@ -402,4 +385,4 @@ async def test_a_host_that_finds_the_record_gone_after_the_cluster_switched_swit
             assert snap.reshard.phase == "done" and snap.shard_total == 6, snap.reshard
             assert "the reshard record left Redis, but the cluster had switched to 6 shards" in snap.reshard.reason
             assert sorted(a.shards) == [0, 1, 2] and sorted(b.shards) == [3, 4, 5]
-            assert not task_a.done() and not task_b.done()
+            assert not ta.done() and not tb.done()
