@@ -283,7 +283,8 @@ class Resharder:
                 if self.sup.blocks is not None:
                     await self._follow_layout(store)
                 # another record than the last seen, not a higher epoch: a Redis that lost its data counts from 1
-                record = await store.read() if await store.identity() != self._seen else None
+                identity = await store.identity()
+                record = await store.read() if identity and identity != self._seen else None
             except CoordinatorUnavailable:
                 continue  # the coordinator's own loops say so
             if record is None or record.identity == self._seen:
