@@ -17,6 +17,9 @@ off: the reshard counts on its old shards), and one for its share of the new lay
 once (:meth:`BlockKeeper.reserve`) and renews without planning while the new set warms up. At the switch the new
 keeper takes over and plans (:meth:`BlockKeeper.adopt`) and the old one releases its leases without saving
 anything (:meth:`BlockKeeper.retire`: the old layout's sessions went with it); a rollback retires the new one.
+A host that took no part (it joined meanwhile) keeps its old keeper until it sees the new layout: its claims are
+refused from the switch on (:class:`~cluster.leases.LayoutMoved`). Leases held under the keys of an earlier version
+(a host of it started after this one) stop this host's claims and handoffs while they are held (:meth:`tick`).
 
 Every move is one log line ``lease <event> block=<b> shards=<a>-<z> epoch=<e> reason=<r>`` and is counted in
 :attr:`BlockKeeper.moves` (``(event, reason)``), which ``/metrics`` exports.
@@ -34,8 +37,9 @@ from typing import Any
 from cluster.hosts import HOST_RENEW_INTERVAL, read_hosts
 from cluster.coordination.redis_conn import keep_trying, on_trouble
 from cluster.error import ReshardRefused
-from cluster.leases import (START_TIMEOUT, Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after, lease_key,
-                            lease_value, plan, renew_interval)
+from cluster.leases import (START_TIMEOUT, LayoutMoved, Lease, LeaseStore, Renewal, Takeover, blocks, deadline_after,
+                            lease_key, lease_value, legacy_leases, plan, renew_interval)
+from cluster.reshard_plan import CLUSTER_RUNNING, reshard_key
 from cluster.restart import RestartPolicy
 from cluster.runtime import Runtime, ShardView, WorkerHandle
 from cluster.snapshot import BlockSnapshot
@@ -55,6 +59,10 @@ FRESH_HOST = 2.5 * HOST_RENEW_INTERVAL
 """A host whose registry record was renewed within this many seconds counts as live for the fair shares: a
 killed or frozen host drops out after it, long before its record expires, so that the survivors' shares grow
 and they claim its blocks as soon as its leases expire (and hand nothing to a host that cannot take it)."""
+
+
+LEGACY_LOG_EVERY = 60.0
+"""Seconds between two error lines about leases held by hosts of an earlier version (:meth:`BlockKeeper.tick`)."""
 
 
 class BlockKeeper:
@@ -82,6 +90,9 @@ class BlockKeeper:
         self.moves: Counter[tuple[str, str]] = Counter()  # (claim|loss|handoff, reason)
         self.view: tuple[BlockSnapshot, ...] = ()  # the blocks as last read, for /status
         self.leaving = False
+        self.layout_moved = False  # a claim was refused: the cluster's layout is another (a reshard switched)
+        self.legacy = 0  # leases held under the keys before layouts by hosts of an earlier version, as last read
+        self._legacy_logged = (0, -LEGACY_LOG_EVERY)  # (count, when) last logged
         self._moving_task: asyncio.Future[None] | None = None  # not cancelled at shutdown: a handoff completes
         self._ticking: asyncio.Future[None] | None = None  # the tick under way
         self._run_id: str | None = None  # the Redis server's run_id: a new one is a restart, maybe without data
@@ -157,17 +168,45 @@ class BlockKeeper:
                         "hosts write back the leases it lost", self.ttl)
         self._run_id = run_id
         self._show(leases)
-        if time.monotonic() < self._grace_until:
+        if time.monotonic() < self._grace_until or await self._legacy_held():
             return
-        moves = plan(self.me, hosts, leases, len(self.ranges), handing_off=self.moving is not None or self.frozen)
-        for block in moves.claim:
-            await self._claim(block)
+        # no handoff while a reshard runs in the cluster, on any host: not only on those taking part once they
+        # joined it (frozen), but before (a host joins at its next poll) and on one that joined the cluster meanwhile
+        # (an old block handed to it would run past the switch, until it follows the new layout)
+        phase = await self.client.hget(reshard_key(self.ns), "phase")
+        frozen = self.frozen or (phase is not None and phase.decode() in CLUSTER_RUNNING)
+        moves = plan(self.me, hosts, leases, len(self.ranges), handing_off=self.moving is not None or frozen)
+        try:
+            for block in moves.claim:
+                await self._claim(block)
+        except LayoutMoved as exc:  # the resharder follows the new layout (a poll away): until then, nothing moves
+            if not self.layout_moved:
+                log.warning("lease claims refused: %s, not %d shards (this host follows it shortly)", exc,
+                            self.rt.shard_total)
+            self.layout_moved = True
+            return
         if moves.claim:
             self._show(leases | {b: Lease(b, self.me, e, self.ttl) for b, e in self.held.items()})
         if moves.hand_off is not None and moves.hand_off in self.held and not self.leaving:
             self.moving = moves.hand_off
             self._moving_task = asyncio.ensure_future(self._hand_off(moves.hand_off, "rebalance"))
             self._moving_task.add_done_callback(self._handed_off)
+
+    async def _legacy_held(self) -> bool:
+        """Whether hosts of an earlier version hold leases under the keys before layouts (started after this host:
+        the start's check cannot see them). They and this version would run the same blocks: this host keeps what
+        it runs but claims and hands off nothing until they are gone, and says so (an error log when the count
+        changes and once a minute, ``/status``'s ``legacy_leases`` and the ``cluster_legacy_leases`` gauge)."""
+        self.legacy = await legacy_leases(self.client, self.ns, len(self.ranges))
+        now = time.monotonic()
+        if self.legacy and (self.legacy != self._legacy_logged[0] or now - self._legacy_logged[1] >= LEGACY_LOG_EVERY):
+            log.error("%d block lease(s) under %slease:<block> are held by hosts of an earlier shardstack version "
+                      "(started after this one): they may run blocks this version runs too; stop them (this host "
+                      "claims and hands off nothing until they are gone)", self.legacy, self.ns)
+            self._legacy_logged = (self.legacy, now)
+        elif not self.legacy:
+            self._legacy_logged = (0, -LEGACY_LOG_EVERY)
+        return self.legacy > 0
 
     def _show(self, leases: dict[int, Lease]) -> None:
         self.view = tuple(
@@ -259,7 +298,7 @@ class BlockKeeper:
         self.planning = False
         for block in blocks:
             sent = time.monotonic()
-            got = await self.leases.claim(block)
+            got = await self.leases.claim(block, reshard=True)
             if got is None:
                 raise ReshardRefused(f"block {block} of the new {self.rt.shard_total}-shard layout is leased already")
             epoch = got[0]
@@ -294,6 +333,10 @@ class BlockKeeper:
             with on_trouble():  # Redis away: the lease expires by itself
                 await self.leases.release(block, epoch)
             self._moved("release", block, epoch, "resharded")
+        with on_trouble():  # the last host to let the layout go drops its epoch counters and markers
+            if await self.leases.forget(len(self.ranges)):
+                log.info("lease counters and markers under %s deleted (the cluster's layout is another, and no lease "
+                         "of this one is left)", self.leases.ns)
 
     async def _hand_off(self, block: int, reason: str) -> None:
         """Drain the block resumably, save its sessions under its epoch, release its lease."""

@@ -188,6 +188,9 @@ def format_status(st: dict[str, Any]) -> str:
                          f"{lease_age:>9}  {owner}")
         moves = ", ".join(f"{m['event']} {m['reason']} {m['count']}" for m in st.get("lease_moves", []))
         lines.append(f"lease moves: {moves or 'none'}")
+        if st.get("legacy_leases"):
+            lines.append(f"legacy leases: {st['legacy_leases']} held by hosts of an earlier version (stop them): "
+                         "this host claims and hands off nothing")
     return "\n".join(lines)
 
 

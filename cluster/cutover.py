@@ -34,7 +34,8 @@ A new shard's worker may die after ``go``, before it delivered what it held. So 
 new shard reports its session as of the first event it holds and has not handed over (:meth:`NewGate.resume_seq`),
 and, at its marker, the sequence number the marker came after (:attr:`NewGate.marker_seq`) and the digests it dropped
 before it; the restarted worker resumes there, and a :class:`ResumedGate` decides the replay (up to RESUMED) by
-sequence number, as the lost gate did.
+sequence number, as the lost gate did. An old shard's session stops before its first held event the same way, so
+that an old worker that dies holding them resumes them (held again behind the same cut, or delivered at a rollback).
 """
 
 from __future__ import annotations
@@ -144,12 +145,46 @@ class _Marker:
         self._on_pass()
 
 
-class OldGate:
+class _Gate:
+    """What every cutover gate shares: the session a restart must resume after while the gate holds events.
+
+    A held event counts as handled once the worker asks for the next one, so the session the worker reports must not
+    move past the first held event not handed over yet (or dropped), else a restarted worker resumes past it and it
+    is lost: :meth:`resume_seq` caps it just before that event, and :meth:`released` moves the cap on as the held
+    events are delivered or dropped, in order."""
+
+    def __init__(self) -> None:
+        self._cap: int | None = None  # resume after this: before the first held event not handed over
+
+    def _held(self, seq: int | None) -> None:
+        """Dispatch ``seq`` is held: the first one caps the session (a restart resumes before it)."""
+        if seq is not None and self._cap is None:
+            self._cap = seq - 1
+
+    def released(self, seq: int | None) -> None:
+        """The worker handed held dispatch ``seq`` over (or dropped it): a restart resumes after it."""
+        if seq is not None and self._cap is not None and seq > self._cap:
+            self._cap = seq
+
+    def resume_seq(self, handled: int) -> int:
+        """The sequence a restarted worker must resume this shard's session after, ``handled`` being the last one its
+        consumer finished: never past the first held event not handed over yet."""
+        return handled if self._cap is None else min(handled, self._cap)
+
+
+class OldGate(_Gate):
     """An old-set shard during the cutover at snowflake ``cut``. Its marker is the ACK of the heartbeat it sends once
     every new shard passed its own (never a creation id: a time would say nothing of the new set's markers).
-    ``on_pass()`` is called once, at the marker; :attr:`digests` are then complete."""
+    ``on_pass()`` is called once, at the marker; :attr:`digests` are then complete.
+
+    Fed each dispatch's sequence number, it caps the session to report before the first event it holds
+    (:meth:`_Gate.resume_seq`): a restarted old worker resumes there, and its new gate (the same cut and mark) decides
+    the replay: what the lost gate held is held again (or, before the new marker, delivered with its digest: the
+    marker came later), so that a rollback still delivers it. A creation id below the cut that the lost gate delivered
+    after its first held event is replayed and delivered again (at least once, as after any worker's death)."""
 
     def __init__(self, cut: int, on_pass: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
         self.cut = cut
         self.marker = _Marker(None, on_pass)
         self.ended: bool | None = None  # None while the cutover runs; True after go, False after a rollback
@@ -160,8 +195,18 @@ class OldGate:
     def passed(self) -> bool:
         return self.marker.passed
 
+    def resume_seq(self, handled: int) -> int:
+        """As :meth:`_Gate.resume_seq`; after ``go`` the new set delivers what this shard held: ``handled``."""
+        return handled if self.ended else super().resume_seq(handled)
+
     def admit(self, event_type: str, data: object, seq: int | None = None) -> Verdict:
-        """What to do with the next event this shard received (``seq``: unused, as the new set's gates take it)."""
+        """What to do with the next event this shard received (``seq``: its sequence number, None if not a dispatch)."""
+        verdict = self._admit(event_type, data)
+        if verdict is Verdict.HOLD:
+            self._held(seq)
+        return verdict
+
+    def _admit(self, event_type: str, data: object) -> Verdict:
         if self.ended:
             return Verdict.DROP  # the new set delivers now; this shard is about to be closed
         marker = self.marker
@@ -177,7 +222,7 @@ class OldGate:
         return Verdict.HOLD if message_id is not None else Verdict.DELIVER  # the marker's own ACK is delivered
 
 
-class NewGate:
+class NewGate(_Gate):
     """A new-set shard: delivers nothing until ``go``.
 
     While *warming* (no cut yet) it keeps READY and GUILD_CREATE (handed over at the switch, so that a handler
@@ -197,12 +242,12 @@ class NewGate:
     must resume after (:meth:`resume_seq`), which the worker reports instead of the last one handled."""
 
     def __init__(self, on_warm: Callable[[], None] = lambda: None, on_cold: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
         self.marker: _Marker | None = None
         self.cut: int  # the cut's snowflake, set when armed (read only once there is a marker)
         self.last_seq: int | None = None  # the sequence number of the last dispatch decided on
         self.marker_seq: int | None = None
         """The sequence number of the last dispatch before the marker (0 if none came before it), once passed."""
-        self._cap: int | None = None  # resume after this: before the first held event (from the cut on) not handed over
         self.max_seen = 0  # the largest creation id seen while warming (to tell a cut that came too late)
         self.warm = False
         self.mode = "warming"
@@ -258,19 +303,15 @@ class NewGate:
         """The digests of the events without a creation id it dropped while armed, before its marker."""
         return list(self._dropped.elements())
 
-    def released(self, seq: int | None) -> None:
-        """The worker handed held dispatch ``seq`` over (or dropped it at ``go``): a restart resumes after it."""
-        if seq is not None and self._cap is not None and seq > self._cap:
-            self._cap = seq
-
     def resume_seq(self, handled: int) -> int:
         """The sequence a restarted worker must resume this shard's session after, ``handled`` being the last one its
         consumer finished: until it is live, the last dispatch decided on, or just before the first held one (from the
         cut on) not handed over yet, so that the replay brings back exactly what was not delivered."""
         if self.mode == "live":
             return handled
-        cap = self._cap if self._cap is not None else self.last_seq
-        return handled if cap is None else min(handled, cap)
+        if self._cap is None and self.last_seq is not None:
+            return min(handled, self.last_seq)  # nothing held yet: the last dispatch decided on
+        return super().resume_seq(handled)
 
     def _cold(self) -> None:
         if self.warm:
@@ -307,8 +348,8 @@ class NewGate:
             return Verdict.DROP  # replayed after its shard was restarted in this worker (a new session's READY: 1)
         verdict = self._admit(event_type, data)
         if seq is not None:
-            if verdict is Verdict.HOLD and self._cap is None and self.marker is not None:
-                self._cap = seq - 1
+            if verdict is Verdict.HOLD and self.marker is not None:  # (the warm-up's are handed over at go)
+                self._held(seq)
             self.last_seq = seq
         return verdict
 
@@ -334,7 +375,7 @@ class NewGate:
         return Verdict.DROP
 
 
-class ResumedGate:
+class ResumedGate(_Gate):
     """A new shard whose worker was restarted after ``go`` before it delivered all it held: the session resumes just
     before the first event it had not handed over (:meth:`NewGate.resume_seq`), and this gate decides the replay as the
     lost :class:`NewGate` did, by sequence number instead of heartbeat ACKs (those are not replayed): a creation id
@@ -346,6 +387,7 @@ class ResumedGate:
 
     def __init__(self, cut: int, marker_seq: int | None, delivered: Iterable[int], dropped: Iterable[int] = (),
                  on_done: Callable[[], None] = lambda: None) -> None:
+        super().__init__()
         self.cut = cut
         self.marker_seq = marker_seq
         self.done = False

@@ -35,7 +35,13 @@ Pacing (a deliberate choice, one rule for each kind of move):
   it runs on this host; the hosts taking part claim the new layout's blocks, each its :func:`quota` of them as one
   consecutive run (:func:`cluster.reshard_plan.new_blocks`: the plan's fixed point, so nothing moves after the
   switch), marked starting until their shards are active. After the switch the hosts plan the new layout only,
-  by these same rules; the old layout's leases are released (or expire with a dead host).
+  by these same rules; the old layout's leases are released (or expire with a dead host). A claim checks the
+  cluster's layout (``<ns>layout``, which the switch sets) in its script and is refused (:class:`LayoutMoved`) if
+  it names another shard count: a host that has not followed the switch yet (one that joined during the reshard
+  polls for it) claims none of the old blocks the switched hosts release, whose sessions went at the switch (a
+  reshard's own claims of its new blocks, before the switch, are exempt). Nor does a renewal write back a lease of
+  such a layout, and the last host to release one deletes the layout's counters and markers
+  (:meth:`LeaseStore.forget`): no lease of it can come back, so its epochs need not be kept.
 * **A host leaving (SIGTERM) hands all its blocks over at once** (drained together, then each saved and
   released): it must be done within its grace period, and the others claim them at once, as in a failover.
 
@@ -82,6 +88,7 @@ __all__ = [
     "MARGIN_FRACTION",
     "RENEW_FRACTION",
     "START_TIMEOUT",
+    "LayoutMoved",
     "Lease",
     "LeaseStore",
     "Plan",
@@ -93,7 +100,9 @@ __all__ = [
     "epoch_key",
     "fair",
     "fence_check",
+    "layout_check",
     "layout_ns",
+    "legacy_leases",
     "lease_key",
     "lease_value",
     "margin",
@@ -252,19 +261,33 @@ end
 """
 """A Lua prelude for scripts that write about a block: ``fenced(lease key, '<epoch>:<owner>')``."""
 
-_CLAIM = """
+layout_check = """
+local function current_layout(key, total)
+  if total == '' then return true end
+  local layout = redis.call('GET', key)
+  return not layout or string.match(layout, '^(%d+),') == total
+end
+"""
+"""A Lua prelude for scripts that write about one layout: ``current_layout(the cluster's layout key, shard count)``,
+true unless the key (``shards,max_concurrency``) names another count (a missing key, a flushed Redis, or a count of
+``''`` pass): a write of a layout a reshard switched away from is refused in the same script."""
+
+_CLAIM = layout_check + """
 local held = redis.call('GET', KEYS[1])
 if held then return {0, held, ''} end
+if not current_layout(KEYS[5], ARGV[3]) then return {-1, redis.call('GET', KEYS[5]), ''} end
 local released = redis.call('GET', KEYS[3]) or ''
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], epoch .. ':' .. ARGV[1], 'PX', ARGV[2])
 redis.call('SET', KEYS[4], epoch, 'PX', ARGV[2])
 return {1, tostring(epoch), released}
 """
-"""KEYS: lease, epoch counter, released marker, starting marker; ARGV: owner, ttl ms. {1, epoch, the epoch last
-released or ''} or {0, the holder's value, ''}. The block is starting from its claim on."""
+"""KEYS: lease, epoch counter, released marker, starting marker, the cluster's layout (``<ns>layout``); ARGV: owner,
+ttl ms, this layout's shard count ('' for a reshard's claim, made before its layout is the cluster's). {1, epoch, the
+epoch last released or ''}, {0, the holder's value, ''}, or {-1, the cluster's layout, ''} if it names another count
+(a missing layout, a flushed Redis, refuses nothing). The block is starting from its claim on."""
 
-_RENEW = fence_check + """
+_RENEW = fence_check + layout_check + """
 local value = ARGV[2] .. ':' .. ARGV[1]
 local function starting()
   if ARGV[4] == '1' then
@@ -278,7 +301,7 @@ if fenced(KEYS[1], value) then
   starting()
   return 1
 end
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 1 or not current_layout(KEYS[5], ARGV[5]) then return 0 end
 local last = tonumber(redis.call('GET', KEYS[2]) or '0')
 if last > tonumber(ARGV[2]) or redis.call('GET', KEYS[3]) == ARGV[2] then return 0 end
 if last < tonumber(ARGV[2]) then redis.call('SET', KEYS[2], ARGV[2]) end
@@ -286,11 +309,33 @@ redis.call('SET', KEYS[1], value, 'PX', ARGV[3])
 starting()
 return 2
 """
-"""KEYS: lease, epoch counter, released marker, starting marker; ARGV: owner, epoch, ttl ms, '1' if the block is
-still starting (its marker is kept) else '0' (its marker is deleted). 1 renewed, 2 written back (Redis had
-lost it), 0 lost. A missing key is written back only if no later tenure began (the counter is not past the epoch)
-and this tenure was not released: a renewal that crosses the host's own release (or a handoff and its claim) in
-flight must not bring the lease back."""
+"""KEYS: lease, epoch counter, released marker, starting marker, the cluster's layout; ARGV: owner, epoch, ttl ms,
+'1' if the block is still starting (its marker is kept) else '0' (its marker is deleted), this layout's shard count
+(or ''). 1 renewed, 2 written back (Redis had lost it), 0 lost. A missing key is written back only if no later
+tenure began (the counter is not past the epoch), this tenure was not released (a renewal that crosses the host's
+own release, or a handoff and its claim, in flight must not bring the lease back) and the cluster's layout is this
+one (or missing, as after a Redis that lost its data): a layout a reshard left behind gets no lease back, so that
+:data:`_FORGET` may drop its counters and markers."""
+
+_FORGET = layout_check + """
+local layout = redis.call('GET', KEYS[1])
+if not layout or current_layout(KEYS[1], ARGV[2]) then return 0 end
+local n = tonumber(ARGV[3])
+for b = 0, n - 1 do
+  if redis.call('EXISTS', ARGV[1] .. 'lease:' .. b) == 1 then return 0 end
+end
+for b = 0, n - 1 do
+  for _, kind in ipairs({'lease-epoch:', 'lease-released:', 'lease-starting:'}) do
+    redis.call('DEL', ARGV[1] .. kind .. b)
+  end
+end
+return 1
+"""
+"""KEYS: the cluster's layout; ARGV: the layout's key prefix, its shard count, its block count. Once the cluster's
+layout is another and no lease of this one is left, delete its epoch counters and markers: 1 (else 0). Safe for
+the fencing: no lease of it can come back (a claim and a write-back check the layout), a session write of it is
+refused by the layout too, and if a reshard returns to this count its epochs start over with no tenure of the old
+ones alive."""
 
 _RELEASE = fence_check + """
 if fenced(KEYS[1], ARGV[2] .. ':' .. ARGV[1]) then
@@ -310,6 +355,14 @@ return 1
 """KEYS: starting marker; ARGV: epoch. The block's shards are all active: its mark goes (if it is this tenure's)."""
 
 
+class LayoutMoved(Exception):
+    """A claim refused: the cluster's layout (``<ns>layout``) is not the store's any more (a reshard switched)."""
+
+    def __init__(self, layout: str) -> None:
+        super().__init__(f"the cluster's layout is {layout!r} (shards,max_concurrency) now")
+        self.layout = layout
+
+
 class Renewal(Enum):
     """The outcome of renewing one lease."""
 
@@ -325,28 +378,51 @@ class LeaseStore:
     """The leases of one layout of a bot (key prefix ``ns``, :func:`layout_ns`) in Redis, for host ``owner``: claim,
     renew, release, read.
 
-    ``client`` is a ``redis.asyncio`` client; Redis errors (ConnectionError, TimeoutError) propagate."""
+    ``client`` is a ``redis.asyncio`` client; Redis errors (ConnectionError, TimeoutError) propagate. With ``layout``
+    (the cluster's layout key, :func:`cluster.hosts.layout_key`, and this store's shard count) a claim is refused
+    once the cluster's layout names another count: a host that has not followed a reshard yet claims none of the
+    old layout's blocks the switched hosts release (their sessions went at the switch)."""
 
     client: Any
     ns: str
     owner: str
     ttl: float = LEASE_TTL
+    layout: tuple[str, int] | None = None
     _scripts: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name, text in (("claim", _CLAIM), ("renew", _RENEW), ("release", _RELEASE), ("started", _STARTED)):
+        for name, text in (("claim", _CLAIM), ("renew", _RENEW), ("release", _RELEASE), ("started", _STARTED),
+                           ("forget", _FORGET)):
             self._scripts[name] = self.client.register_script(text)
+
+    @property
+    def _layout(self) -> tuple[str, str]:
+        """The cluster's layout key and this store's shard count for the scripts (a count of '' checks nothing)."""
+        return (self.layout[0], str(self.layout[1])) if self.layout is not None else (f"{self.ns}-", "")
+
+    async def forget(self, block_count: int) -> bool:
+        """Delete this layout's epoch counters and markers once the cluster's layout is another and none of its
+        ``block_count`` leases is left (:data:`_FORGET`); False if not (or without ``layout``)."""
+        if self.layout is None:
+            return False
+        return bool(await self._scripts["forget"](keys=[self.layout[0]],
+                                                  args=[self.ns, self.layout[1], block_count]))
 
     @property
     def _ttl_ms(self) -> int:
         return max(1, int(self.ttl * 1000))
 
-    async def claim(self, block: int) -> tuple[int, Takeover] | None:
-        """Take the free ``block`` (starting): its new epoch and how it came free, or None if another host holds it."""
+    async def claim(self, block: int, *, reshard: bool = False) -> tuple[int, Takeover] | None:
+        """Take the free ``block`` (starting): its new epoch and how it came free, or None if another host holds it.
+        LayoutMoved if the cluster's layout is not this store's (unless ``reshard``: a reshard's new layout, claimed
+        before the switch makes it the cluster's)."""
+        layout_key, total = self._layout
         ok, value, released = await self._scripts["claim"](
             keys=[lease_key(self.ns, block), epoch_key(self.ns, block), released_key(self.ns, block),
-                  starting_key(self.ns, block)],
-            args=[self.owner, self._ttl_ms])
+                  starting_key(self.ns, block), layout_key],
+            args=[self.owner, self._ttl_ms, "" if reshard else total])
+        if int(ok) < 0:
+            raise LayoutMoved(value.decode() if isinstance(value, bytes) else str(value))
         if not ok:
             return None
         epoch = int(value)
@@ -360,10 +436,12 @@ class LeaseStore:
         if not held:
             return {}
         async with self.client.pipeline(transaction=False) as pipe:
+            layout_key, total = self._layout
             for block, epoch in held.items():
                 await self._scripts["renew"](keys=[lease_key(self.ns, block), epoch_key(self.ns, block),
-                                                   released_key(self.ns, block), starting_key(self.ns, block)],
-                                             args=[self.owner, epoch, self._ttl_ms, int(block in starting)],
+                                                   released_key(self.ns, block), starting_key(self.ns, block),
+                                                   layout_key],
+                                             args=[self.owner, epoch, self._ttl_ms, int(block in starting), total],
                                              client=pipe)
             results = await pipe.execute()
         return {block: Renewal(int(r)) for block, r in zip(held, results, strict=True)}
@@ -396,10 +474,16 @@ class LeaseStore:
         return out
 
 
+async def legacy_leases(client: Any, ns: str, block_count: int) -> int:
+    """How many leases of the bot ``ns`` hosts of an earlier version hold under the keys before layouts
+    (``<ns>lease:<block>``): they do not see this version's leases, nor this version theirs (one EXISTS)."""
+    return int(await client.exists(*(lease_key(ns, b) for b in range(block_count))))
+
+
 async def check_no_legacy_leases(client: Any, ns: str, block_count: int) -> None:
     """ConfigError if a host of an earlier version holds a lease of the bot ``ns`` under the keys before layouts
-    (``<ns>lease:<block>``): it would not see this host's leases, nor this host its, and both would run the block."""
-    held = await client.exists(*(lease_key(ns, b) for b in range(block_count)))
+    (:func:`legacy_leases`): it would not see this host's leases, nor this host its, and both would run the block."""
+    held = await legacy_leases(client, ns, block_count)
     if held:
         raise ConfigError(f"{held} block lease(s) under {ns}lease:<block> are held by hosts of an earlier shardstack "
                           "version (its leases are not keyed by layout): stop every host of that version before "

@@ -137,6 +137,9 @@ class _Collector:
             for (event, reason), n in sorted(snap.lease_moves.items()):
                 moves.add_metric([event, reason], n)
             yield moves
+            yield GaugeMetricFamily("cluster_legacy_leases", "Block leases held by hosts of an earlier version under "
+                                    "the keys before layouts (--assign auto): while any is, this host claims and hands "
+                                    "off nothing", value=snap.legacy_leases)
         reshard = snap.reshard
         phase = GaugeMetricFamily("cluster_reshard_phase", "1 for the phase of the latest live reshard (idle: none "
                                   "since the start)", labels=["phase"])

@@ -58,6 +58,11 @@ class ClusterPhase(enum.StrEnum):
 CLUSTER_RUNNING = frozenset({ClusterPhase.WARMING, ClusterPhase.CUTTING_OVER})
 
 
+def reshard_key(ns: str) -> str:
+    """The reshard record of the bot ``ns`` in Redis (a hash; :mod:`cluster.reshard_store`)."""
+    return f"{ns}reshard"
+
+
 class ClusterReshard(msgspec.Struct, frozen=True, kw_only=True):
     """The reshard record in Redis: epoch ``epoch`` (random ``id``) from ``old_total`` to ``new_total`` shards,
     begun by ``leader`` with the hosts ``hosts`` taking part. Times are wall-clock Unix seconds (every host's)."""

@@ -23,7 +23,7 @@ import msgspec
 from cluster.coordination.redis_conn import REDIS_DOWN, on_trouble, unavailable
 from cluster.error import ReshardRefused
 from cluster.hosts import HostRecord, host_key, layout_key, read_hosts
-from cluster.reshard_plan import ClusterPhase, ClusterReshard
+from cluster.reshard_plan import ClusterPhase, ClusterReshard, reshard_key
 
 __all__ = ["ReshardStore"]
 
@@ -94,7 +94,7 @@ class ReshardStore:
 
     def __init__(self, client: Any, url: str, ns: str, host: str) -> None:
         self.client, self.url, self.ns, self.host = client, url, ns, host
-        self.key = f"{ns}reshard"
+        self.key = reshard_key(ns)
         self._begin = client.register_script(_BEGIN)
         self._report = client.register_script(_REPORT)
         self._advance = client.register_script(_ADVANCE)

@@ -13,6 +13,9 @@ auto`` each write is also fenced by the shard's block lease (:mod:`cluster.lease
 unless the lease still holds this host's ``<epoch>:<owner>``, so that a host that wakes up after its block was
 taken over cannot overwrite the new owner's session; with static ranges, by this host's registry record
 (:mod:`cluster.hosts`), so that a host whose record lapsed cannot overwrite those of the host that took its range.
+Every write is also refused once the cluster's layout (``<namespace>layout``) names another shard count than the
+session's: a live reshard's switch deletes the old layout's sessions, and a host that has not switched yet must
+not write them back (under the same keys as the new layout's).
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ import msgspec
 
 from cluster.coordination.redis_conn import REDIS_DOWN, on_trouble, unavailable
 from cluster.coordination.redis_url import redacted_url
-from cluster.leases import fence_check
+from cluster.hosts import layout_key
+from cluster.leases import fence_check, layout_check
 from cluster.state import (VERSION, StateFile, check_sessions, load_sessions, save_sessions, saved_problem,
                            skipped_note)
 from ipc.protocol import SessionInfo
@@ -71,20 +75,25 @@ class FileSessionStore:
         save_sessions(self.path, shard_total, sessions, user_id=user_id)
 
 
-_REPLACE = """
-redis.call('DEL', KEYS[1])
-redis.call('HSET', KEYS[1], unpack(ARGV, 2))
-redis.call('PEXPIRE', KEYS[1], ARGV[1])
-"""
-"""Replace one shard's hash whole and set its expiry (ARGV: ttl ms, then field, value, ...), atomically."""
-_REPLACE_FENCED = fence_check + """
-if not fenced(KEYS[2], ARGV[2]) then return 0 end
+_REPLACE = layout_check + """
+if not current_layout(KEYS[2], ARGV[2]) then return -1 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[1], unpack(ARGV, 3))
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
 """
-""":data:`_REPLACE` only while the lease ``KEYS[2]`` holds ``ARGV[2]`` (``<epoch>:<owner>``); 1 written, 0 refused."""
+"""Replace one shard's hash whole and set its expiry (ARGV: ttl ms, shard count, then field, value, ...), atomically,
+unless the cluster's layout ``KEYS[2]`` names another shard count (-1: a reshard switched away from this one); 1."""
+_REPLACE_FENCED = fence_check + layout_check + """
+if not current_layout(KEYS[3], ARGV[3]) then return -1 end
+if not fenced(KEYS[2], ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 4))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+return 1
+"""
+""":data:`_REPLACE` only while the lease ``KEYS[2]`` holds ``ARGV[2]`` (``<epoch>:<owner>``; layout ``KEYS[3]``, shard
+count ``ARGV[3]``); 1 written, 0 refused by the fence, -1 by the layout."""
 Fence = Callable[[int], "tuple[str, str] | None"]
 """A shard's block lease, or this host's registry record (key, expected value), to check a write against, or None
 (not fenced)."""
@@ -101,7 +110,8 @@ class RedisSessionStore:
 
     ``fence`` names the key (and value) a shard's write depends on: with ``--assign auto`` its block lease
     (``<epoch>:<owner>``), with static ranges this host's registry record. A write whose key holds another value
-    (or none) is refused by Redis, counted in :attr:`refused` and logged; the others are written.
+    (or none) is refused by Redis, counted in :attr:`refused` and logged; the others are written. So is a write
+    of a shard count the cluster's layout (``<prefix>layout``) no longer names (a reshard switched).
     """
 
     def __init__(self, client: Any, url: str, prefix: str, *, host: str, ttl: float, interval: float,
@@ -112,7 +122,7 @@ class RedisSessionStore:
         self.fence = fence
         self.refused = 0
         """Session writes refused because the shard's block lease (or this host's registry record) was no longer
-        this host's."""
+        this host's, or the cluster's layout was no longer the sessions' shard count."""
         self._written: dict[int, tuple[SessionInfo, float]] = {}
         self._replace = client.register_script(_REPLACE)
         self._replace_fenced = client.register_script(_REPLACE_FENCED)
@@ -157,7 +167,7 @@ class RedisSessionStore:
                or now - last[1] > self.ttl / 3]
         if not due:
             return
-        ttl_ms = max(1, int(self.ttl * 1000))
+        ttl_ms, layout = max(1, int(self.ttl * 1000)), layout_key(self.prefix)
         with on_trouble(REDIS_DOWN) as caught:
             async with self.client.pipeline(transaction=False) as pipe:
                 for s in due:  # one script per shard: a reader sees the old session or the new one, whole
@@ -169,22 +179,28 @@ class RedisSessionStore:
                         fields += ["user_id", user_id]
                     lease = self.fence(s.shard_id) if self.fence is not None else None
                     if lease is None:
-                        await self._replace(keys=[self.key(s.shard_id)], args=[ttl_ms, *fields], client=pipe)
+                        await self._replace(keys=[self.key(s.shard_id), layout],
+                                            args=[ttl_ms, shard_total, *fields], client=pipe)
                     else:
-                        await self._replace_fenced(keys=[self.key(s.shard_id), lease[0]],
-                                                   args=[ttl_ms, lease[1], *fields], client=pipe)
+                        await self._replace_fenced(keys=[self.key(s.shard_id), lease[0], layout],
+                                                   args=[ttl_ms, lease[1], shard_total, *fields], client=pipe)
                 results = await pipe.execute()
         if caught.exc is not None:
             self._written.clear()  # a Redis that comes back may have lost them all: write everything next time
             raise unavailable(self.url, caught.exc) from None
-        refused = []
+        refused, stale = [], []
         for s, result in zip(due, results, strict=True):
             if result == 0:
                 refused.append(s.shard_id)
+            elif result == -1:
+                stale.append(s.shard_id)
             else:
                 self._written[s.shard_id] = (s, now)
+        self.refused += len(refused) + len(stale)
+        if stale:
+            log.warning("not saving the sessions of shards %s of the %d-shard layout: the cluster resharded away from "
+                        "it (its sessions went with the switch)", ", ".join(map(str, stale)), shard_total)
         if refused:
-            self.refused += len(refused)
             log.warning("not saving the sessions of shards %s: their block's lease, or this host's registry record, "
                         "is no longer this host's (another host may run them now)", ", ".join(map(str, refused)))
 

@@ -200,6 +200,10 @@ class ClusterSnapshot:
     lease_moves: Mapping[tuple[str, str], int] | None = None
     """This host's lease moves since it started, by (``claim``/``loss``/``handoff``/``failover``/``release``,
     reason)."""
+    legacy_leases: int = 0
+    """Block leases held by hosts of an earlier version under the keys before layouts, as this host last read them
+    (``--assign auto``; :meth:`cluster.blocks.BlockKeeper.tick`): while any is, this host claims and hands off
+    nothing."""
     reshard: ReshardSnapshot | None = None
     """The latest live reshard since the start; None if there was none (``/status`` then says phase ``idle``)."""
 
@@ -247,4 +251,5 @@ class ClusterSnapshot:
             "blocks": [{"block": b.block, "shards": [b.first, b.last], "owner": b.owner, "epoch": b.epoch,
                         "lease_age": b.lease_age, "mine": b.mine} for b in self.blocks],
             "lease_moves": [{"event": e, "reason": r, "count": n}
-                            for (e, r), n in sorted((self.lease_moves or {}).items())]})
+                            for (e, r), n in sorted((self.lease_moves or {}).items())],
+            "legacy_leases": self.legacy_leases})

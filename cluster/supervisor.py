@@ -28,7 +28,7 @@ from cluster.error import CoordinatorUnavailable
 from cluster.exitcodes import ClusterExit, ExitCode
 from cluster.handler import HandlerImportError, check_handler
 from cluster.hosts import (HostRecord, agree_layout, conflict_message, host_id, host_key, keep_registered,
-                           new_record, remove_host, try_register_host)
+                           layout_key, new_record, remove_host, try_register_host)
 from cluster.layout import round_up, split_range
 from cluster.loops import Loops
 from cluster.reshard import ReshardRefused  # noqa: F401 - what reshard() raises
@@ -206,6 +206,7 @@ class Supervisor:
             hosts=self._cross.summaries() if self._cross is not None else None,
             blocks=self.blocks.view if self.blocks is not None else None,
             lease_moves=dict(self.blocks.moves) if self.blocks is not None else None,
+            legacy_leases=self.blocks.legacy if self.blocks is not None else 0,
             reshard=self._resharder.snapshot(),
         )
 
@@ -396,7 +397,8 @@ class Supervisor:
         async def save(sessions: list[Any]) -> None:
             await store.save(self.shard_total, sessions, user_id=user_id)
 
-        leases = LeaseStore(self._redis, layout_ns(self._ns, rt.shard_total), self._host_id, cfg.lease_ttl)
+        leases = LeaseStore(self._redis, layout_ns(self._ns, rt.shard_total), self._host_id, cfg.lease_ttl,
+                            layout=(layout_key(self._ns), rt.shard_total))
         keeper = BlockKeeper(rt, workers, leases, client=self._redis, ns=self._ns, host_ttl=cfg.host_ttl,
                              shards_per_worker=cfg.shards_per_worker, load=load, save=save, policy=self._policy)
         if self.blocks is not None:

@@ -115,10 +115,10 @@ class Worker:
                            getattr(shard, "resume_url", None))
 
     def _resume_seq(self, shard_id: int, handled: int) -> int:
-        """The sequence to report for a shard's session: a new shard of a live reshard resumes before the first event
-        it holds (cluster.cutover), so that a restart after the switch loses none of them."""
+        """The sequence to report for a shard's session: a shard of either set resumes before the first event its
+        cutover gate holds (cluster.cutover), so that a restart loses none of them."""
         gate = self.gates.get(shard_id)
-        return gate.resume_seq(handled) if isinstance(gate, NewGate) else handled
+        return handled if gate is None else gate.resume_seq(handled)
 
     def _status(self, shard_id: int, now: float, queued: frozenset[int] = frozenset()) -> ShardStatus:
         shard = self.shards[shard_id]
@@ -478,7 +478,7 @@ class Worker:
                     self.handler_errors += 1
                     log.exception("handler failed on %s for shard %d; the shard goes on", event.type, shard_id)
             held.pop(0)
-            if isinstance(gate, NewGate):
+            if gate is not None:
                 gate.released(event.seq)
         gate = self.gates.get(shard_id)
         if isinstance(gate, NewGate):

@@ -349,3 +349,177 @@ async def test_a_block_past_its_deadline_is_neither_renewed_nor_written_back(cli
     assert not await client.exists(lease_key(NS, 0))  # not written back
     assert 0 < await client.pttl(lease_key(NS, 1)) <= 1000  # not extended
     assert await client.pttl(lease_key(NS, 2)) > 1000 and keeper.deadline[2] > now + 2.0  # renewed
+
+
+# --- a layout the cluster switched away from (a host that joined during a reshard) -------------
+
+async def test_a_claim_of_a_layout_the_cluster_switched_away_from_is_refused(client):
+    """Review finding 2: once a reshard's go made the cluster's layout (``<ns>layout``) 24 shards, a block of the old
+    12-shard layout released by a switched host must not be claimed by a host still planning the old layout (its
+    sessions went at go: it would identify and run those guilds twice). The claim script checks the layout."""
+    from cluster.hosts import layout_key
+    from cluster.leases import LayoutMoved, layout_ns
+
+    old_ns, new_ns = layout_ns(NS, 12), layout_ns(NS, 24)
+    old = LeaseStore(client, old_ns, "c", ttl=3.0, layout=(layout_key(NS), 12))
+    new = LeaseStore(client, new_ns, "c", ttl=3.0, layout=(layout_key(NS), 24))
+    assert await old.claim(0) == (1, Takeover.NEW)  # no layout stored (a flushed Redis): nothing refused
+    await client.set(layout_key(NS), "12,4")
+    assert await old.claim(1) == (1, Takeover.NEW)  # the cluster's layout: claimed
+    with pytest.raises(LayoutMoved):
+        await new.claim(0)  # the new layout is not the cluster's before go...
+    assert await new.claim(0, reshard=True) == (1, Takeover.NEW)  # ...but a reshard reserves its blocks before go
+    await client.set(layout_key(NS), "24,4")  # go
+    with pytest.raises(LayoutMoved) as e:
+        await old.claim(2)
+    assert e.value.layout == "24,4"
+    assert not await client.exists(lease_key(old_ns, 2), epoch_key(old_ns, 2), starting_key(old_ns, 2))
+    assert sorted(await old.read(3)) == [0, 1]  # nothing written, no epoch spent
+    assert await new.claim(1) == (1, Takeover.NEW)
+    assert await old.renew({0: 1, 1: 1}) == {0: Renewal.RENEWED, 1: Renewal.RENEWED}  # held ones run until released
+
+
+def claiming_keeper(client, shard_total: int, owner: str):
+    """A keeper of the ``shard_total``-shard layout for ``owner`` (blocks of 4, its store checking the cluster's layout)
+    whose claims stop at loading their sessions (CancelledError, from :meth:`BlockKeeper.tick`): no worker starts.
+    Returns it and the list of the shard ranges it loaded."""
+    from cluster.blocks import BlockKeeper
+    from cluster.config import ClusterConfig
+    from cluster.hosts import layout_key
+    from cluster.leases import layout_ns
+    from cluster.restart import RestartPolicy
+    from cluster.runtime import Runtime
+    from cluster.workers import Workers
+
+    loaded: list[range] = []
+
+    async def load(shards):
+        loaded.append(shards)
+        raise asyncio.CancelledError
+
+    async def save(sessions):
+        raise AssertionError("nothing is saved")
+
+    rt = Runtime(ClusterConfig(), stop=lambda code, message: None, token=lambda: "unused")
+    rt.shard_total = shard_total
+    workers = Workers(rt, None, handler=None, shard_options={}, on_packet=lambda handle, packet: None)
+    store = LeaseStore(client, layout_ns(NS, shard_total), owner, ttl=3.0, layout=(layout_key(NS), shard_total))
+    keeper = BlockKeeper(rt, workers, store, client=client, ns=NS, host_ttl=5.0, shards_per_worker=4, load=load,
+                         save=save, policy=lambda block: RestartPolicy("w"))
+    return keeper, loaded
+
+
+async def test_a_keeper_of_an_old_layout_claims_no_block_once_the_cluster_resharded(client):
+    """The joining host of review finding 2, deterministically: its old-layout keeper plans 3 blocks with 2 of them
+    free (the switched host released them) while the cluster's layout is already the new one; it claims nothing and
+    keeps ticking (the resharder's layout poll retires it); with the old layout still the cluster's it claims them."""
+    from cluster.hosts import layout_key
+    from cluster.leases import layout_ns
+
+    keeper, loaded = claiming_keeper(client, 12, "c")
+    store, old_ns = keeper.leases, layout_ns(NS, 12)
+    await LeaseStore(client, old_ns, "b", ttl=3.0).claim(2)  # B has not switched yet
+    await client.set(layout_key(NS), "24,4")  # go: A switched and released blocks 0 and 1
+    await keeper.tick()
+    assert keeper.held == {} and keeper.layout_moved and loaded == [] and not keeper.moves
+    assert sorted(await store.read(3)) == [2]
+    await client.set(layout_key(NS), "12,4")  # (the same keeper while the old layout is still the cluster's)
+    with pytest.raises(asyncio.CancelledError):
+        await keeper.tick()
+    assert loaded == [range(0, 4)] and keeper.moves[("claim", "new")] == 1  # claimed (given back: no sessions)
+
+
+async def test_a_host_of_an_earlier_version_started_later_stops_this_hosts_claims_and_is_reported(client, caplog):
+    """Review finding 4: the start's check cannot see a host of an earlier version started later, which leases
+    blocks under the keys before layouts (``<ns>lease:<block>``) while this version runs them. The keeper checks at
+    each tick: it keeps what it runs, claims nothing while they are held, logs an error (once per count, and once a
+    minute), and ``/status`` and ``/metrics`` show the count."""
+    import dataclasses
+    import logging
+
+    from cluster.metrics import render_snapshot
+    from cluster.snapshot import ClusterSnapshot
+
+    keeper, loaded = claiming_keeper(client, 8, "a")
+    store = keeper.leases
+    await client.set(f"{NS}lease:1", "4:old-host", px=30_000)  # as an earlier version writes it
+    with caplog.at_level(logging.ERROR, logger="cluster"):
+        await keeper.tick()
+        await keeper.tick()  # the same count: not logged again before a minute
+    assert keeper.legacy == 1 and keeper.held == {} and loaded == [] and await store.read(2) == {}
+    assert caplog.text.count("1 block lease(s) under shardstack:test:lease:<block> are held by hosts of an earlier "
+                             "shardstack version (started after this one)") == 1
+    snap = ClusterSnapshot(
+        shard_total=8, max_concurrency=1, uptime=1.0, rolling=False, stopping=False, coordination=None,
+        identifies={}, identify_waits=(("+Inf", 0.0),), identify_wait_sum=0.0, restarts={}, errors={}, loop_lag=0.0,
+        problems=(), workers=(), shards=(), blocks=keeper.view, lease_moves=dict(keeper.moves),
+        legacy_leases=keeper.legacy)
+    assert snap.status()["legacy_leases"] == 1
+    assert b"cluster_legacy_leases 1.0" in render_snapshot(snap)
+    assert b"cluster_legacy_leases 0.0" in render_snapshot(dataclasses.replace(snap, legacy_leases=0))
+    await client.delete(f"{NS}lease:1")  # stopped
+    with pytest.raises(asyncio.CancelledError):
+        await keeper.tick()
+    assert keeper.legacy == 0 and loaded == [range(0, 4)]  # claims again
+
+
+async def test_a_layout_left_behind_loses_its_counters_once_no_lease_of_it_is_left(client):
+    """Review finding 10: a layout's epoch counters and released markers had no TTL and stayed forever after a
+    reshard (or a rollback) left it. They go once the cluster's layout is another and no lease of it is left; until
+    then they stay (a lease of it may still be renewed, and its epochs must not go back). A renewal finding a lease
+    of such a layout gone writes nothing back (it would undo the deletion), as a claim does not."""
+    from cluster.hosts import layout_key
+    from cluster.leases import LayoutMoved, layout_ns, released_key
+
+    old_ns = layout_ns(NS, 8)
+    a, b = (LeaseStore(client, old_ns, h, ttl=3.0, layout=(layout_key(NS), 8)) for h in ("a", "b"))
+    await client.set(layout_key(NS), "8,1")
+    ea, _ = await a.claim(0)
+    eb, _ = await b.claim(1)
+    assert await a.release(0, ea)
+    assert not await a.forget(2)  # the cluster's layout: kept
+    await client.set(layout_key(NS), "16,1")  # go
+    assert not await a.forget(2)  # b still holds block 1
+    assert await client.exists(epoch_key(old_ns, 0), released_key(old_ns, 0), epoch_key(old_ns, 1)) == 3
+    await client.delete(lease_key(old_ns, 1))  # b's lease "lost" while b is within its deadline...
+    assert await b.renew({1: eb}) == {1: Renewal.LOST}  # ...is not written back: the layout moved on
+    assert await b.forget(2)
+    assert not await client.keys(f"{old_ns}*")
+    with pytest.raises(LayoutMoved):
+        await a.claim(0)
+    assert not await client.keys(f"{old_ns}*")
+    await client.delete(layout_key(NS))  # a Redis that lost its data: nothing is forgotten without a layout
+    await LeaseStore(client, old_ns, "c", ttl=3.0).claim(0)
+    await client.delete(lease_key(old_ns, 0))
+    assert not await a.forget(2) and await client.exists(epoch_key(old_ns, 0))
+
+
+async def test_no_block_is_handed_off_while_a_reshard_runs_in_the_cluster(client):
+    """Review finding 2 (the rest of the window): a host that takes part in a reshard is frozen only once it joins
+    it (at its next poll of the record), and a host that joined the cluster meanwhile never is: an old block handed
+    off in between runs on a host that is not in the record, past the switch. No host hands off while the record's
+    phase is warming or cutting over; it does once the reshard is over."""
+    from cluster.hosts import new_record, try_register_host
+    from cluster.reshard_plan import reshard_key
+
+    keeper, _ = claiming_keeper(client, 8, "a")
+    saved: list[object] = []
+
+    async def save(sessions):
+        saved.append(sessions)
+
+    keeper.save = save
+    for host in ("a", "b"):
+        assert await try_register_host(client, NS, new_record(host, range(0), 8)) is None
+    for block in (0, 1):
+        keeper.held[block] = (await keeper.leases.claim(block))[0]
+        keeper.deadline[block] = float("inf")
+    for phase in ("warming", "cutting_over"):
+        await client.hset(reshard_key(NS), "phase", phase)
+        await keeper.tick()
+        assert keeper.moving is None and sorted(keeper.held) == [0, 1], phase
+    await client.hset(reshard_key(NS), "phase", "go")
+    await keeper.tick()
+    assert keeper.moving == 1  # b is below its share: a hands it one block
+    await keeper._moving_task
+    assert sorted(keeper.held) == [0] and keeper.moves[("handoff", "rebalance")] == 1

@@ -123,6 +123,8 @@ async def test_two_auto_hosts_move_from_8_to_16_shards_and_a_killed_host_resumes
     new = await poll("the new blocks leased two a host", lambda: _spread(redis, 16, 2), 10)
     assert {o.split("-")[1] for o in new.values()} == {"a", "b"}
     assert await poll("the old leases released", lambda: _old_gone(redis), 10)
+    # and the old layout's epoch counters and markers deleted by the last host to release (review finding 10)
+    assert await poll("the old layout's lease keys deleted", lambda: _no_keys(redis, 8), 10)
     await sim.wait_until(lambda s: active(s) == 16, 30)
     total = sim.guild_events.total
     await until(lambda: sim.guild_events.total >= total + 100, 10, "traffic after the reshard")
@@ -174,6 +176,10 @@ async def _both_done(redis):
 
 async def _old_gone(redis) -> bool:
     return not await owners(redis, 8)
+
+
+async def _no_keys(redis, shards: int) -> bool:
+    return not await redis.keys(f"{layout_ns(NS, shards)}*")
 
 
 async def test_a_host_killed_before_the_switch_rolls_the_reshard_back_and_the_old_layout_serves_on(

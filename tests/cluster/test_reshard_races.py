@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import time
 from collections import Counter
 
@@ -102,6 +104,42 @@ async def test_a_stop_in_the_cutover_delivers_what_the_old_set_held_and_leaves_n
     counts = Counter(d.id for d in got)
     assert sorted(counts) == sorted(ids) and max(counts.values()) == 1  # each message delivered, once
     assert stats["sets"]["4"]["identifies"] == 4  # resumed, not identified again
+
+
+async def test_an_old_worker_killed_holding_events_then_a_rollback_delivers_each_held_event_once(tmp_path, id_log):
+    """Old shards 0-1 pass their markers and hold a burst of messages (old shard 3's marker ACK lags, so no switch
+    comes), their worker is killed (SIGKILL) and restarted, then a new worker dies and the reshard rolls back: every
+    message of the burst reaches a handler exactly once. The held events used to count as handled in the session the
+    old worker reported, so its restart resumed past them and the rollback lost them."""
+    # a heartbeat every 30 s: old shard 3's late ACK never makes it reconnect (and pass the cut) during the test
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=4, identify_window=0.3,
+                         heartbeat_interval=30_000) as sim:
+        async with running(sim, HANDLER, tmp_path, shards=4, shards_per_worker=2, identify_window=0.3,
+                           shutdown_timeout=20.0) as (sup, _):
+            await until(lambda: sup.active_shards() == 4, 30, "4 shards active")
+            _at_phase(sup, "cutting_over", lambda: sim.ack_delay(3, 120.0, num_shards=4))  # old shard 3 never passes
+            await sup.reshard(8)
+            rs = sup._resharder
+            await until(lambda: {0, 1} <= rs.last.passed, 30, "old shards 0-1 past their markers")
+            before = _messages(sup, range(2))
+            ids = sim.emit_guild_events(80)  # 20 a shard: old shards 0-1 hold theirs
+            # the worker reports its sessions right before the counts: they are reported as of the burst held
+            await until(lambda: _messages(sup, range(2)) >= before + 40, 10, "old shards 0-1 holding the burst")
+            early = [d for d in delivered(id_log) if d[0] in set(ids)]
+            assert all((guild >> 22) % 4 == 3 for _, guild, *_ in early)  # only old shard 3 (not gated) delivers
+            old = sup._rt.workers[0]
+            os.kill(old.pid, signal.SIGKILL)
+            await until(lambda: sup._rt.workers[0] is not old and all(
+                sup._rt.shards[s].events.get("RESUMED", 0) >= 1 for s in (0, 1)), 30, "old worker 0 restarted, resumed")
+            assert rs.last.phase.value == "cutting_over"
+            new = next(iter(rs.child.workers.values()))
+            os.kill(new.pid, signal.SIGKILL)  # a new worker lost in the cutover: the reshard rolls back
+            await until(lambda: sup.snapshot().reshard.phase in ("done", "rolled_back"), 30, "the reshard's end")
+            assert sup.snapshot().reshard.phase == "rolled_back", sup.snapshot().reshard.reason
+            await until(lambda: set(ids) <= {d[0] for d in delivered(id_log)}, 20, "every burst message delivered")
+            got = [d for d in delivered(id_log) if d[0] in set(ids)]
+    counts = Counter(d[0] for d in got)
+    assert sorted(counts) == sorted(ids) and max(counts.values()) == 1  # each message delivered, once
 
 
 def _messages(sup, shards: range) -> int:

@@ -708,6 +708,79 @@ def test_a_new_shard_restarted_in_its_worker_drops_the_replay_of_what_it_decided
     assert gate.admit("TYPING_START", {}, 2) is H
 
 
+def _old_stream(cut):
+    """An old shard's session at a cutover at ``cut``: (type, data, seq or None) up to its marker (the ACK), then
+    after it: held messages past the cut and events without an id, and a message from before the cut that came late
+    (delivered)."""
+    before = [("TYPING_START", {"n": 1}, 1), (*msg(cut - 1), 2), ("TYPING_START", {"n": 2}, 3), (ACK, None, None)]
+    after = [(*msg(cut + 1), 4), ("TYPING_START", {"n": 3}, 5), (*msg(cut - 2), 6), ("TYPING_START", {"n": 4}, 7),
+             (*msg(cut + 2), 8)]
+    return before, after
+
+
+def _old_gate(cut, events, beats=1):
+    """A fresh old gate fed ``events`` (its marker heartbeats sent first): (the gate, delivered, held)."""
+    gate = OldGate(cut)
+    gate.marker.heartbeats_sent(beats)
+    delivered, held = [], []
+    for event in events:
+        verdict = gate.admit(*event)
+        (delivered if verdict is D else held if verdict is H else []).append(event)
+    return gate, delivered, held
+
+
+def test_an_old_shard_reports_its_session_before_the_first_event_it_holds_until_go():
+    before, after = _old_stream(100)
+    gate, delivered, held = _old_gate(100, before)
+    assert gate.resume_seq(3) == 3 and gate.passed  # nothing held: what its consumer handled
+    gate, delivered, held = _old_gate(100, before + after)
+    assert [e[2] for e in held] == [4, 5, 7, 8] and [e[2] for e in delivered if e[2]] == [1, 2, 3, 6]
+    assert gate.resume_seq(8) == 3  # before the first held event, whatever was delivered after it
+    assert gate.resume_seq(2) == 2  # never past what its consumer handled
+    gate.released(None)
+    gate.released(4)
+    assert gate.resume_seq(8) == 4
+    gate.released(2)  # never backwards
+    assert gate.resume_seq(8) == 4
+    gate.ended = False  # a rollback: still capped while the held events are handed over
+    assert gate.resume_seq(8) == 4
+    gate.ended = True  # go: the new set delivers what it held
+    assert gate.resume_seq(8) == 8
+    assert OldGate(100).resume_seq(5) == 5 and ResumedGate(100, 3, []).resume_seq(5) == 5
+
+
+@pytest.mark.parametrize("handed", range(5))
+def test_an_old_worker_restarted_at_a_rollback_delivers_every_held_event(handed):
+    """The old shard holds events after its marker; a rollback starts and its worker hands ``handed`` of them over,
+    then dies. Restarted (ungated: the cutover ended), it resumes after the reported sequence: every event is delivered,
+    and only the message from before the cut that came after the first held event twice (at least once)."""
+    before, after = _old_stream(100)
+    gate, delivered, held = _old_gate(100, before + after)
+    gate.ended = False
+    for event in held[:handed]:
+        delivered.append(event)
+        gate.released(event[2])
+    resume = gate.resume_seq(8)
+    delivered += [e for e in before + after if e[2] is not None and e[2] > resume]  # the replay, ungated
+    seqs = [e[2] for e in delivered if e[2] is not None]
+    assert sorted(set(seqs)) == list(range(1, 9))  # none lost
+    assert [s for s in set(seqs) if seqs.count(s) > 1] == ([6] if handed < 3 else [])
+
+
+def test_an_old_worker_restarted_during_the_cutover_holds_the_replay_again_and_a_rollback_delivers_it():
+    """Killed while holding, the old worker is restarted gated by the same cut and mark: its shard resumes before the
+    first held event, the replay before its new marker is delivered (its digests reported: the new set drops those at
+    go), messages past the cut held again; the rollback hands those over. Nothing is lost."""
+    before, after = _old_stream(100)
+    gate, delivered, held = _old_gate(100, before + after)
+    replay = [e for e in before + after if e[2] is not None and e[2] > gate.resume_seq(8)]
+    again, redelivered, reheld = _old_gate(100, [*replay, (ACK, None, None), ("TYPING_START", {"n": 5}, 9)])
+    assert again.passed and [e[2] for e in reheld] == [4, 8, 9] and again.resume_seq(9) == 3
+    assert again.digests == [digest("TYPING_START", {"n": 3}), digest("TYPING_START", {"n": 4})]
+    seqs = [e[2] for e in delivered + redelivered + reheld if e[2] is not None]  # reheld: the rollback hands over
+    assert sorted(set(seqs)) == list(range(1, 10)) and [s for s in set(seqs) if seqs.count(s) > 1] == [6]
+
+
 def test_the_cut_timeout_runs_from_the_cut_and_a_forced_switch_keeps_its_reason_when_the_cluster_goes():
     """Across hosts, a host sees the cut ~1.5 s before it is due: its cut timeout runs from the cut, as the record's
     go_deadline; and the record's go (no reason: every host passed) does not hide this host's forced switch."""

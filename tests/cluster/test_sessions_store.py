@@ -188,3 +188,29 @@ async def test_a_fenced_write_is_refused_once_the_block_lease_is_another_hosts(c
     fence[0] = (lease_key(PREFIX, 0), lease_value(new_epoch, "new"))  # with the right epoch it is written
     await st.save(8, late, user_id=USER)
     assert await client.hget(PREFIX + "session:0", "seq") == b"6" and st.refused == 1
+
+
+async def test_a_session_of_a_layout_the_cluster_resharded_away_from_is_not_written(client, redis_server, caplog):
+    """Review finding 2 (related): the switch of a live reshard deletes the old layout's sessions with the layout
+    change (one script); a host not switched yet (or a joiner's old workers) must not write them back under the same
+    ``session:<shard>`` keys, over the new layout's sessions: fenced or not, a write checks the layout."""
+    from cluster.hosts import layout_key
+    from cluster.leases import LeaseStore, lease_key, lease_value
+
+    epoch, _ = await LeaseStore(client, PREFIX, "old", ttl=5.0).claim(0)
+    fence = {0: (lease_key(PREFIX, 0), lease_value(epoch, "old"))}
+    st = RedisSessionStore(client, redis_server.url, PREFIX, host="old", ttl=60.0, interval=1.0, fence=fence.get)
+    await client.set(layout_key(PREFIX), "8,1")
+    await st.save(8, [SessionInfo(0, "sess-0", 5, RESUME), SessionInfo(2, "sess-2", 5, RESUME)], user_id=USER)
+    assert [await client.hget(PREFIX + f"session:{s}", "seq") for s in (0, 2)] == [b"5", b"5"] and st.refused == 0
+    await client.set(layout_key(PREFIX), "16,1")  # go: the layout is 16 shards, the 8 shards' sessions deleted
+    await client.delete(PREFIX + "session:0", PREFIX + "session:2")
+    await client.hset(PREFIX + "session:2", mapping={"seq": 77, "shard_total": 16})  # the new layout's shard 2
+    with caplog.at_level(logging.WARNING, logger="cluster"):
+        await st.save(8, [SessionInfo(0, "sess-0", 6, RESUME), SessionInfo(2, "sess-2", 6, RESUME)], user_id=USER)
+    assert not await client.exists(PREFIX + "session:0")  # the lease still holds, but the layout moved on
+    assert await client.hgetall(PREFIX + "session:2") == {b"seq": b"77", b"shard_total": b"16"}
+    assert st.refused == 2
+    assert "not saving the sessions of shards 0, 2 of the 8-shard layout: the cluster resharded away" in caplog.text
+    await st.save(16, [SessionInfo(2, "sess-2n", 9, RESUME)], user_id=USER)  # the new layout's writes go through
+    assert await client.hget(PREFIX + "session:2", "session_id") == b"sess-2n"
