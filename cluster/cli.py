@@ -198,13 +198,24 @@ def _reshard_line(r: dict[str, Any] | None) -> list[str]:
     """The latest live reshard, for ``cluster status`` (nothing if there was none)."""
     if not r or r["phase"] == "idle":
         return []
-    mine = r.get("shards")  # across hosts: this host's part of the new set
-    ready = (f"{r['ready']}/{mine[1] - mine[0] + 1} of this host's new shards" if mine
-             else f"{r['ready']}/{r['to']} new shards")
-    passed = f"{r['passed']} of this host's old shards" if mine else f"{r['passed']}/{r['from']} old shards"
-    line = (f"reshard {r['from']} -> {r['to']} shards: {r['phase']} · {ready} ready · {passed} past the cut · "
-            f"{r['elapsed']:.1f} s")
+    line = f"reshard {r['from']} -> {r['to']} shards: {r['phase']} · {_reshard_progress(r)} · {r['elapsed']:.1f} s"
     return [line + (f" · {r['reason']}" if r["reason"] else "")]
+
+
+def _reshard_progress(r: dict[str, Any]) -> str:
+    """A reshard's counts from ``/status``; across hosts (``shards``: its part), that host's."""
+    mine = r.get("shards")
+    if mine is not None:
+        ready = f"{r['ready']}/{mine[1] - mine[0] + 1 if mine else 0} of this host's new shards"
+        passed = f"{r['passed']} of this host's old shards"
+    else:
+        ready, passed = f"{r['ready']}/{r['to']} new shards", f"{r['passed']}/{r['from']} old shards"
+    unmarked = r.get("unmarked")
+    waiting = ""
+    if unmarked:
+        shown = ", ".join(map(str, unmarked[:8])) + (f" and {len(unmarked) - 8} more" if len(unmarked) > 8 else "")
+        waiting = f" · new shards {shown} not past their markers"
+    return f"{ready} ready · {passed} past the cut{waiting}"
 
 
 def format_hosts(hosts: list[dict[str, Any]]) -> str:
@@ -281,8 +292,7 @@ def _reshard(base: str, token: str | None, shards: int | None, *, wait: bool, ti
             print(f"cluster: {base}/status answered {status}", file=sys.stderr)
             return RESHARD_EXIT["unreachable"]
         r = json.loads(body)["reshard"]
-        line = (f"{r['phase']}: {r['ready']}/{r['to']} new shards ready, {r['passed']}/{r['from']} old shards "
-                "past the cut")
+        line = f"{r['phase']}: {_reshard_progress(r)}"
         if line != shown:
             print(f"{r['elapsed']:6.1f} s  {line}")
             shown = line

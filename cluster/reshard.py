@@ -130,6 +130,8 @@ class Reshard:
     finished_at: float | None = None
     reason: str = ""
     """Why it rolled back, or what the GO was forced by."""
+    forced: str = ""
+    """Why this host forced the GO at its cut timeout (kept when the cluster's record switches, :meth:`cluster_go`)."""
     new_shards: range | None = None
     """This host's part of the new set (multi-host, :mod:`cluster.reshard_plan`); None: all ``new_total``."""
     old_shards: Sequence[int] | None = None
@@ -170,8 +172,10 @@ class Reshard:
             self.warm.discard(shard_id)
         return Action.NONE
 
-    def cut_sent(self, cut_at: float, now: float) -> None:
-        self.phase, self.cut_at, self.go_deadline = Phase.CUTTING_OVER, cut_at, now + self.cut_timeout
+    def cut_sent(self, cut_at: float, now: float, *, lead: float = 0.0) -> None:
+        """The cut at wall time ``cut_at`` was sent at ``now``, ``lead`` seconds before it: the cut timeout runs from
+        the cut (as the cluster's record's ``go_deadline``)."""
+        self.phase, self.cut_at, self.go_deadline = Phase.CUTTING_OVER, cut_at, now + lead + self.cut_timeout
 
     @property
     def new_marked(self) -> bool:
@@ -185,14 +189,17 @@ class Reshard:
         self.new_passed.add(shard_id)
         return Action.MARK if self.new_marked else Action.NONE
 
+    @property
+    def old_all_passed(self) -> bool:
+        """In the cutover, every old shard of this host passed the cut (or is gone)."""
+        return self.phase is Phase.CUTTING_OVER and len(self.passed) == len(self.mine_old)
+
     def old_passed(self, shard_id: int) -> Action:
         """An old shard passed the cut (or is gone for good: it delivers nothing more)."""
         if shard_id not in self.mine_old:
             return Action.NONE
         self.passed.add(shard_id)
-        if self.phase is Phase.CUTTING_OVER and len(self.passed) == len(self.mine_old):
-            return Action.GO
-        return Action.NONE
+        return Action.GO if self.old_all_passed else Action.NONE
 
     def new_lost(self, what: str) -> Action:
         """A new shard closed fatally, a new worker gave up, a cut came too late: roll back before GO."""
@@ -214,10 +221,16 @@ class Reshard:
             return Action.ROLL_BACK
         if self.phase is Phase.CUTTING_OVER and now >= self.go_deadline:
             missing = sorted(set(self.mine_old) - self.passed)
-            self.reason = (f"old shards {_ids(missing)} did not pass the cut within {self.cut_timeout:g} s; "
-                           "switching anyway (their guilds may see an event twice or not at all)")
+            self.reason = self.forced = (f"old shards {_ids(missing)} did not pass the cut within "
+                                         f"{self.cut_timeout:g} s; switching anyway (their guilds may see an event "
+                                         "twice or not at all)")
             return Action.GO
         return Action.NONE
+
+    def cluster_go(self, why: str) -> None:
+        """The cluster's record says go, forced for ``why`` or not (""): the reason names that and this host's own
+        forced switch, if it forced one."""
+        self.reason = "; ".join(x for x in (self.forced, why) if x)
 
     def next_deadline(self) -> float:
         if self.phase in (Phase.STARTING, Phase.WARMING):

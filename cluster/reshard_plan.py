@@ -64,8 +64,8 @@ def reshard_key(ns: str) -> str:
 
 
 class ClusterReshard(msgspec.Struct, frozen=True, kw_only=True):
-    """The reshard record in Redis: epoch ``epoch`` from ``old_total`` to ``new_total`` shards, begun by
-    ``leader`` with the hosts ``hosts`` taking part. Times are wall-clock Unix seconds (every host's)."""
+    """The reshard record in Redis: epoch ``epoch`` (random ``id``) from ``old_total`` to ``new_total`` shards,
+    begun by ``leader`` with the hosts ``hosts`` taking part. Times are wall-clock Unix seconds (every host's)."""
 
     epoch: int
     old_total: int
@@ -81,6 +81,12 @@ class ClusterReshard(msgspec.Struct, frozen=True, kw_only=True):
     warm: frozenset[str] = frozenset()
     passed: frozenset[str] = frozenset()
     marked: frozenset[str] = frozenset()
+    id: str = ""
+
+    @property
+    def identity(self) -> str:
+        """``epoch/id``: which begin wrote this record. The epoch alone can come back (Redis lost its counter)."""
+        return f"{self.epoch}/{self.id}"
 
     @property
     def all_marked(self) -> bool:

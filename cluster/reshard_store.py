@@ -4,14 +4,16 @@ Keys under the bot's namespace: ``<ns>reshard`` (a hash: epoch, counts, leader, 
 reason), ``<ns>reshard:warm``, ``<ns>reshard:marked`` and ``<ns>reshard:passed`` (the hosts that reported),
 ``<ns>reshard:digests`` (what the hosts' old sets delivered without a creation id while gated, :mod:`cluster.cutover`:
 a guild's old shard and its new shard may run on two hosts, and every host's new set must drop all of them at go),
-and ``<ns>reshard:epoch`` (a counter that never expires, so an epoch is never reused). Every write is one Lua script
-that first checks the record's epoch and phase, so a late or stale host can never move another reshard, and two
-hosts that begin at once cannot both win. The step to *go* also writes the cluster's layout (``<ns>layout``) and
+and ``<ns>reshard:epoch`` (a counter that never expires, so an epoch is not reused, unless Redis loses its data: each
+begin also writes a random ``id``, and a record is known by both, :attr:`ClusterReshard.identity`). Every write is one
+Lua script that first checks the record's identity and phase, so a late or stale host can never move another reshard,
+and two hosts that begin at once cannot both win. The step to *go* also writes the cluster's layout (``<ns>layout``) and
 removes the old count's sessions in the same script: the switch and the new layout are one atomic step.
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -20,7 +22,7 @@ import msgspec
 
 from cluster.coordination.redis_conn import REDIS_DOWN, on_trouble, unavailable
 from cluster.error import ReshardRefused
-from cluster.hosts import HostRecord, host_key, layout_key
+from cluster.hosts import HostRecord, host_key, layout_key, read_hosts
 from cluster.reshard_plan import ClusterPhase, ClusterReshard, reshard_key
 
 __all__ = ["ReshardStore"]
@@ -40,8 +42,8 @@ local remaining = tonumber(redis.call('HGET', KEYS[6], 'remaining'))
 if remaining and remaining - tonumber(ARGV[3]) < tonumber(ARGV[9]) then return {-2, remaining} end
 local epoch = redis.call('INCR', KEYS[2])
 redis.call('DEL', KEYS[1], KEYS[4], KEYS[5], KEYS[7], KEYS[8])
-redis.call('HSET', KEYS[1], 'epoch', epoch, 'old', ARGV[1], 'new', ARGV[3], 'leader', ARGV[4], 'hosts', ARGV[5],
-           'phase', 'warming', 'warm_deadline', ARGV[6], 'cut_timeout', ARGV[7])
+redis.call('HSET', KEYS[1], 'epoch', epoch, 'id', ARGV[10], 'old', ARGV[1], 'new', ARGV[3], 'leader', ARGV[4],
+           'hosts', ARGV[5], 'phase', 'warming', 'warm_deadline', ARGV[6], 'cut_timeout', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[8])
 return {1, epoch}
 """
@@ -49,24 +51,30 @@ return {1, epoch}
 :mod:`cluster.coordination.redis`) would fall below ``ARGV[9]`` after the new set's identifies: ``{1, epoch}``,
 ``{0, 'old -> new', leader}`` (one runs), ``{-1, layout}`` or ``{-2, remaining}``."""
 
-_REPORT = """
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] or redis.call('HGET', KEYS[1], 'phase') ~= ARGV[2] then
-  return 0
-end
-redis.call('SADD', KEYS[2], ARGV[3])
+_SAME = """
+local rec = redis.call('HMGET', KEYS[1], 'epoch', 'id', 'phase')
+local same = (rec[1] or '') .. '/' .. (rec[2] or '') == ARGV[1]
+"""
+"""``same``: the record ``KEYS[1]`` is still the one ``ARGV[1]`` (``epoch/id``, :attr:`ClusterReshard.identity`);
+``rec[3]``: its phase."""
+
+_REPORT = _SAME + """
+if not same or rec[3] ~= ARGV[2] then return 0 end
+local added = redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if #ARGV > 4 then
+if added == 1 and #ARGV > 4 then
   redis.call('RPUSH', KEYS[3], unpack(ARGV, 5))
   redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
 return 1
 """
-"""Add host ``ARGV[3]`` to the set ``KEYS[2]`` if the record is still epoch ``ARGV[1]`` in phase ``ARGV[2]``, and
-append the digests ``ARGV[5..]`` to the list ``KEYS[3]``."""
+"""Add host ``ARGV[3]`` to the set ``KEYS[2]`` if the record is still ``ARGV[1]`` in phase ``ARGV[2]``, and
+append the digests ``ARGV[5..]`` to the list ``KEYS[3]``, once (the client runs a script again after a timeout: a
+second append would make the new sets drop as many more identical events)."""
 
-_ADVANCE = """
-if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then return 0 end
-local phase = redis.call('HGET', KEYS[1], 'phase')
+_ADVANCE = _SAME + """
+if not same then return 0 end
+local phase = rec[3]
 if not phase or not string.find(' ' .. ARGV[2] .. ' ', ' ' .. phase .. ' ', 1, true) then return 0 end
 redis.call('HSET', KEYS[1], 'phase', ARGV[3], unpack(ARGV, 8))
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
@@ -76,7 +84,7 @@ if ARGV[5] ~= '' then
 end
 return 1
 """
-"""Move the record of epoch ``ARGV[1]`` from one of the phases ``ARGV[2]`` to ``ARGV[3]`` with the fields
+"""Move the record ``ARGV[1]`` from one of the phases ``ARGV[2]`` to ``ARGV[3]`` with the fields
 ``ARGV[8..]``; with a layout ``ARGV[5]``, also set it and delete the sessions ``ARGV[6]0..ARGV[7]-1``. 1 or 0."""
 
 
@@ -114,7 +122,8 @@ class ReshardStore:
                                              self._set("passed"), f"{self.ns}id:budget", self._set("digests"),
                                              self._set("marked")],
                                [old_total, max_concurrency, new_total, self.host, msgspec.json.encode(hosts),
-                                repr(warm_deadline), repr(cut_timeout), int(ttl * 1000), budget_floor])
+                                repr(warm_deadline), repr(cut_timeout), int(ttl * 1000), budget_floor,
+                                secrets.token_hex(8)])
         status = int(out[0])
         if status == -2:
             return 0, int(out[1])
@@ -129,18 +138,32 @@ class ReshardStore:
         return int(out[1]), None
 
     async def epoch(self) -> int:
-        """The current record's epoch (0: none): one cheap command, for idle hosts watching for a new reshard."""
+        """The current record's epoch (0: none)."""
         raw = await self._do(lambda: self.client.hget(self.key, "epoch"))
         try:
             return int(raw) if raw is not None else 0
         except ValueError:
             return 0
 
+    async def identity(self) -> str:
+        """The current record's :attr:`~cluster.reshard_plan.ClusterReshard.identity` ("": none): one cheap command,
+        for idle hosts watching for a new reshard."""
+        epoch, id_ = await self._do(lambda: self.client.hmget(self.key, ["epoch", "id"]))
+        return "" if epoch is None else f"{_text(epoch)}/{_text(id_) if id_ is not None else ''}"
+
     async def layout_total(self) -> int | None:
         """The cluster's shard count in Redis (``<ns>layout``), or None (missing or not ``shards,max_concurrency``)."""
         raw = await self._do(lambda: self.client.get(layout_key(self.ns)))
         total = _text(raw).partition(",")[0] if raw is not None else ""
         return int(total) if total.isdigit() else None
+
+    async def switched(self, record: ClusterReshard) -> bool:
+        """Whether the cluster switched to ``record``'s new count: the layout (written with go) or the registry record
+        of one of its hosts says so. A host that cannot confirm the record's decision asks before it rolls back."""
+        if await self.layout_total() == record.new_total:
+            return True
+        hosts = await self._do(lambda: read_hosts(self.client, self.ns))
+        return any(h.host_id in record.hosts and h.shard_total == record.new_total for h in hosts)
 
     async def read(self) -> ClusterReshard | None:
         """The current record, or None (no reshard yet, or it expired, or it does not decode)."""
@@ -158,7 +181,8 @@ class ReshardStore:
         f = {_text(k): _text(v) for k, v in raw.items()}
         try:
             return ClusterReshard(
-                epoch=int(f["epoch"]), old_total=int(f["old"]), new_total=int(f["new"]), leader=f["leader"],
+                epoch=int(f["epoch"]), id=f.get("id", ""), old_total=int(f["old"]), new_total=int(f["new"]),
+                leader=f["leader"],
                 hosts=tuple(msgspec.json.decode(f["hosts"], type=list[str])), phase=ClusterPhase(f["phase"]),
                 warm_deadline=float(f["warm_deadline"]), cut_timeout=float(f["cut_timeout"]),
                 cut_at=float(f["cut_at"]) if "cut_at" in f else None,
@@ -174,7 +198,7 @@ class ReshardStore:
         creation id while gated); False if the record moved on."""
         phase = ClusterPhase.WARMING if what == "warm" else ClusterPhase.CUTTING_OVER
         return bool(await self._call(self._report, [self.key, self._set(what), self._set("digests")],
-                                     [record.epoch, phase.value, self.host, int(DONE_TTL * 1000), *digests]))
+                                     [record.identity, phase.value, self.host, int(DONE_TTL * 1000), *digests]))
 
     async def digests(self) -> list[int]:
         """Every host's old-set digests, as reported with ``passed`` (read at go)."""
@@ -199,7 +223,7 @@ class ReshardStore:
     async def _move(self, record: ClusterReshard, from_: tuple[ClusterPhase, ...], to: ClusterPhase,
                     fields: list[str], *, ttl: float = DONE_TTL, layout: str = "", old_total: int = 0) -> bool:
         return bool(await self._call(self._advance, [self.key, layout_key(self.ns)],
-                                     [record.epoch, " ".join(from_), to.value, int(ttl * 1000), layout,
+                                     [record.identity, " ".join(from_), to.value, int(ttl * 1000), layout,
                                       f"{self.ns}session:", old_total, *fields]))
 
     async def move_host(self, record: HostRecord, ttl: float) -> None:

@@ -127,7 +127,8 @@ class Resharder:
         self._mark_at: float | None = None  # when the old set sends its marker heartbeats (every new shard passed)
         self._auto_pending = False
         self.record: ClusterReshard | None = None  # with a coordinator: the cluster's record of the running reshard
-        self._seen_epoch = 0
+        self._seen = ""  # the identity (epoch/id) of the latest record this host joined or passed over
+        self._seen_epoch = 0  # and its epoch (for the snapshot)
         self._leader: str | None = None  # the latest cluster reshard's leader (for the snapshot)
         self._reported: set[str] = set()  # "warm", "passed": what this host told the record
         self._store_: Any = None
@@ -234,7 +235,7 @@ class Resharder:
     def _join(self, record: ClusterReshard) -> Reshard:
         """Start this host's part of the cluster's reshard ``record``: its static range for the new count."""
         sup, rt, cfg = self.sup, self.sup._rt, self.sup.config
-        self._seen_epoch = max(self._seen_epoch, record.epoch)
+        self._seen, self._seen_epoch = record.identity, record.epoch
         host = sup.host
         if self.running or rt.rolling or rt.stopping or host is None:
             raise ReshardRefused("this host is busy (a reshard, a rolling restart, or stopping)")
@@ -281,13 +282,15 @@ class Resharder:
             try:
                 if self.sup.blocks is not None:
                     await self._follow_layout(store)
-                record = await store.read() if await store.epoch() > self._seen_epoch else None
+                # another record than the last seen, not a higher epoch: a Redis that lost its data counts from 1
+                identity = await store.identity()
+                record = await store.read() if identity and identity != self._seen else None
             except CoordinatorUnavailable:
                 continue  # the coordinator's own loops say so
-            if record is None or record.epoch <= self._seen_epoch:
+            if record is None or record.identity == self._seen:
                 continue
             if record.phase is not ClusterPhase.WARMING or store.host not in record.hosts:
-                self._seen_epoch = record.epoch  # not ours (over, or begun before this host joined the cluster)
+                self._seen = record.identity  # not ours (over, or begun before this host joined the cluster)
                 continue
             try:
                 self._join(record)
@@ -322,7 +325,10 @@ class Resharder:
             latest = await store.read()
         except CoordinatorUnavailable:
             latest = record  # keep waiting: the deadlines still hold
-        if latest is None or latest.epoch != record.epoch:
+        if latest is None or latest.identity != record.identity:
+            if await self._switched(record):
+                return Action.GO, (f"the reshard record left Redis, but the cluster had switched to "
+                                   f"{record.new_total} shards; switching too")
             r.new_lost("the cluster's reshard record left Redis")
             return Action.ROLL_BACK, ""
         self.record = record = latest
@@ -332,9 +338,9 @@ class Resharder:
         if record.phase is ClusterPhase.GO:
             return Action.GO, record.reason
         if Action.ROLL_BACK in actions:  # a failure on this host: the whole cluster rolls back, unless it switched
-            if await self._tell_roll_back(r) or self.record.phase is not ClusterPhase.GO:
+            if await self._tell_roll_back(r):
                 return Action.ROLL_BACK, ""
-            return Action.GO, self.record.reason
+            return Action.GO, self.record.reason or f"{r.reason}; but the cluster had switched: switching too"
         try:
             if ("warm" not in self._reported and r.phase is Phase.WARMING and len(r.warm) == len(r.mine_new)
                     and self.child is not None
@@ -348,8 +354,9 @@ class Resharder:
                 self._reported.add("marked")
             if record.all_marked:
                 self._mark()  # the cluster's every new shard passed: this host's old set marks
-            if Action.GO in actions and "passed" not in self._reported and await store.report(
-                    record, "passed", self._old_digests):
+            # from the state, not only the one-time GO action: a report that failed is made again at the next step
+            if ((Action.GO in actions or r.old_all_passed) and "passed" not in self._reported
+                    and await store.report(record, "passed", self._old_digests)):
                 self._reported.add("passed")
             live = [h.host_id for h in await read_hosts(self.sup._redis, self.sup._ns)]
             lead = record.leader == store.host
@@ -376,7 +383,8 @@ class Resharder:
         return record is not None and record.running
 
     async def _tell_roll_back(self, r: Reshard) -> bool:
-        """Roll the cluster's reshard back for this host's reason (best effort); False if it had switched."""
+        """Roll the cluster's reshard back for this host's reason (best effort); False if it had switched (the record
+        says go, or it left Redis, or cannot be written, and :meth:`_switched` says so)."""
         store, record = self._store, self.record
         if store is None or record is None:
             return True
@@ -384,11 +392,27 @@ class Resharder:
             async with asyncio.timeout(2.0):
                 if await store.roll_back(record, f"host {store.host}: {r.reason}"):
                     return True
-                self.record = await store.read() or record
+                latest = await store.read()
         except (CoordinatorUnavailable, TimeoutError) as exc:
+            if await self._switched(record):
+                return False
             log.error("could not tell the other hosts that the reshard rolls back (%s); their deadlines will", exc)
             return True
-        return self.record.phase is not ClusterPhase.GO
+        if latest is not None and latest.identity == record.identity:
+            self.record = latest
+            return latest.phase is not ClusterPhase.GO
+        return not await self._switched(record)
+
+    async def _switched(self, record: ClusterReshard) -> bool:
+        """Whether the cluster switched to ``record``'s new count although this host cannot see its go (the record
+        left Redis, or cannot be written): then it must switch too, never roll back alone (split layouts). False if
+        Redis cannot say."""
+        store = self._store
+        try:
+            async with asyncio.timeout(2.0):
+                return store is not None and await store.switched(record)
+        except (CoordinatorUnavailable, TimeoutError):
+            return False
 
     async def auto(self, *, sharding_required: bool) -> None:
         """``--auto-reshard``: reshard if Discord recommends more shards (after a 4011: always grow)."""
@@ -608,7 +632,7 @@ class Resharder:
                     cut_workers = self._cut(r, self.record.cut_at)  # the cut passed unseen: cut, then switch at once
                 actions = [step]
                 if step is Action.GO:
-                    r.reason = why
+                    r.cluster_go(why)
                     if r.phase is not Phase.CUTTING_OVER:
                         actions = [r.new_lost("the cluster switched before this host saw the cut")]
             if Action.MARK in actions and self.record is None:
@@ -665,7 +689,7 @@ class Resharder:
                 self._send(handle, CutMark(self._mark_at))
 
         self.sup._workers.after_assign = gate
-        r.cut_sent(at, time.monotonic())
+        r.cut_sent(at, time.monotonic(), lead=max(0.0, at - time.time()))
         log.info("reshard: all %d new shards are ready; cutting over at %.3f", r.new_total, at)
         rt.emit("reshard_phase", phase=r.phase.value)
         sent = [h for h in child.workers.values() if self._send(h, Cutover(at, False))]
@@ -865,4 +889,6 @@ class Resharder:
                                None if r.switched_at is None else r.switched_at - r.started, r.reason,
                                shards=None if part is None else (part.start, part.stop - 1),
                                epoch=self._seen_epoch if part is not None else None,
-                               leader=self._leader if part is not None else None)
+                               leader=self._leader if part is not None else None,
+                               unmarked=tuple(sorted(set(r.mine_new) - r.new_passed))
+                               if r.phase is Phase.CUTTING_OVER else ())

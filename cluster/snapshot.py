@@ -144,7 +144,8 @@ class ReshardSnapshot:
     shard counts, new shards warm (READY with all their guilds) and old shards past the cut, seconds since it
     started (until it ended), seconds from the start to the switch (None before), and why it rolled back or
     switched without every old shard. Across hosts (:mod:`cluster.reshard_plan`): this host's part of the new set
-    (first and last shard; ``ready`` counts its shards only), the reshard's epoch and the host that leads it."""
+    (first and last shard; ``ready`` counts its shards only), the reshard's epoch and the host that leads it. In the
+    cutover, ``unmarked``: the new shards (of this host) not past their cutover markers yet."""
 
     phase: str
     old_total: int
@@ -157,13 +158,17 @@ class ReshardSnapshot:
     shards: tuple[int, int] | None = None
     epoch: int | None = None
     leader: str | None = None
+    unmarked: tuple[int, ...] = ()
 
     def status(self) -> dict[str, Any]:
         out = {"phase": self.phase, "from": self.old_total, "to": self.new_total, "ready": self.ready,
                "passed": self.passed, "elapsed": self.elapsed, "switch_after": self.switch_after,
                "reason": self.reason}
-        if self.shards is not None:
-            out |= {"shards": list(self.shards), "epoch": self.epoch, "leader": self.leader}
+        if self.phase == "cutting_over":
+            out["unmarked"] = list(self.unmarked)
+        if self.shards is not None:  # an empty part (no block of the new layout): []
+            out |= {"shards": list(self.shards) if self.shards[1] >= self.shards[0] else [], "epoch": self.epoch,
+                    "leader": self.leader}
         return out
 
 

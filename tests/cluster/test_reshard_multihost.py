@@ -20,6 +20,7 @@ from test_reshard import FAST, HANDLER, INTENTS, KINDS, _cli, all_delivered, del
 
 from cluster.config import ClusterConfig
 from cluster.coordination.redis_conn import connect
+from cluster.error import CoordinatorUnavailable
 from cluster.reshard import ReshardRefused
 from cluster.supervisor import Supervisor
 from sim import Simulator
@@ -28,15 +29,16 @@ pytestmark = pytest.mark.usefixtures("id_log")
 
 
 @contextlib.asynccontextmanager
-async def two_hosts(sim, redis_url, tmp_path, **options):
-    """Hosts 0 and 1 of 2 of an 8-shard cluster (4 shards each, one worker each) on one Redis."""
-    common = dict(coordinator=redis_url, shards=8, shards_per_worker=4, identify_window=0.3, host_count=2,
-                  report_interval=0.2, **options)
+async def two_hosts(sim, redis_url, tmp_path, shards=8, **options):
+    """Hosts 0 and 1 of 2 of an 8-shard cluster (4 shards each, one worker each; or ``shards``) on one Redis."""
+    common = dict(coordinator=redis_url, shards=shards, shards_per_worker=shards // 2, identify_window=0.3,
+                  host_count=2, report_interval=0.2, **options)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     async with running(sim, HANDLER, tmp_path / "a", host_index=0, **common) as (a, task_a), \
             running(sim, HANDLER, tmp_path / "b", host_index=1, **common) as (b, task_b):
-        await until(lambda: a.active_shards() == 4 and b.active_shards() == 4, 30, "both hosts' shards active")
+        await until(lambda: a.active_shards() == shards // 2 and b.active_shards() == shards // 2, 30,
+                    "both hosts' shards active")
         yield a, b, task_a, task_b
 
 
@@ -288,3 +290,99 @@ async def test_a_host_killed_before_the_switch_rolls_the_others_back_once_its_re
             await proc.wait()
     assert [v[b"phase"] for v in record.values()] == [b"rolled_back"]
     assert list(layout.values()) == [b"8,4"]
+
+
+async def test_after_redis_lost_its_data_the_next_reshard_moves_every_host_again(tmp_path, id_log, redis_server):
+    """The reshard epoch counter restarts at 1 in a Redis restarted empty, while host B has seen epoch 1 already: B
+    must still join the next reshard (a record is known by its epoch and a random id, not by a higher epoch)."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        async with two_hosts(sim, redis_server.url, tmp_path, shards=4) as (a, b, task_a, task_b):
+            await a.reshard(6)
+            await until(ended(a, b), 60, "the first reshard's end on both hosts")
+            assert [s.snapshot().reshard.phase for s in (a, b)] == ["done", "done"]
+            assert {s.status()["reshard"]["epoch"] for s in (a, b)} == {1}
+            redis_server.kill()
+            redis_server.start()  # empty: the epoch counter starts again
+            hosts = {}
+            for _ in range(200):  # the registry loops write both hosts' records again
+                hosts = await redis_value(redis_server.url, "shardstack:*:host:*")
+                if len(hosts) == 2:
+                    break
+                await asyncio.sleep(0.1)
+            assert sorted(_json(h)["shard_total"] for h in hosts.values()) == [6, 6]
+            await a.reshard(8)
+            await until(ended(a), 60, "the second reshard's end on host A")
+            assert a.snapshot().reshard.phase == "done", a.snapshot().reshard.reason  # B joined: the cluster switched
+            await until(lambda: b.snapshot().reshard.new_total == 8 and ended(b)(), 30, "the end on host B")
+            for sup in (a, b):
+                snap = sup.snapshot()
+                assert snap.reshard.phase == "done", snap.reshard.reason
+                assert snap.shard_total == 8 and sup.status()["reshard"]["epoch"] == 1
+            assert sorted(a.shards) == [0, 1, 2, 3] and sorted(b.shards) == [4, 5, 6, 7]
+            assert not task_a.done() and not task_b.done()
+
+
+async def test_a_failed_passed_report_is_made_again_at_the_next_step_not_at_the_cut_timeout(tmp_path, id_log,
+                                                                                             redis_server):
+    """Host B's first report of its old shards past the cut fails (Redis trouble on that one call): B reports again at
+    its next step, and the cluster switches because every host passed, long before the 60 s cut timeout would force
+    it ("switching anyway")."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        async with two_hosts(sim, redis_server.url, tmp_path, shards=4, reshard_cut_timeout=60.0) as (a, b, ta, tb):
+            store = b._resharder._store
+            report, calls = store.report, []
+
+            async def failing_once(record, what, digests=()):
+                calls.append(what)
+                if what == "passed" and calls.count("passed") == 1:
+                    raise CoordinatorUnavailable("coordinator redis://127.0.0.1 unavailable: injected")
+                return await report(record, what, digests)
+
+            store.report = failing_once
+            await a.reshard(6)
+            await until(lambda: calls.count("passed") == 2 and ended(a, b)(), 40, "the reshard's end on both hosts")
+            for sup in (a, b):
+                snap = sup.snapshot()
+                assert snap.reshard.phase == "done" and snap.reshard.reason == "", snap.reshard
+                assert snap.shard_total == 6
+            assert not ta.done() and not tb.done()
+
+
+async def test_a_host_that_finds_the_record_gone_after_the_cluster_switched_switches_too(tmp_path, id_log,
+                                                                                          redis_server):
+    """Host B reported its old shards past the cut, then could not read the record (Redis trouble on its reads) until
+    the cluster had switched and the record had left Redis: the layout in Redis says the cluster switched, so B
+    switches too instead of rolling back alone (a split layout that nothing would heal)."""
+    async with Simulator(shards=4, max_concurrency=2, guilds_per_shard=2, **FAST) as sim:
+        async with two_hosts(sim, redis_server.url, tmp_path, shards=4, reshard_cut_timeout=60.0) as (a, b, ta, tb):
+            store = b._resharder._store
+            read, report, blind = store.read, store.report, asyncio.Event()
+
+            async def reported(record, what, digests=()):
+                done = await report(record, what, digests)
+                if what == "passed" and done:
+                    blind.set()
+                return done
+
+            async def failing_read():
+                if blind.is_set():
+                    raise CoordinatorUnavailable("coordinator redis://127.0.0.1 unavailable: injected")
+                return await read()
+
+            store.read, store.report = failing_read, reported
+            await a.reshard(6)
+            await until(ended(a), 40, "the switch on host A")
+            assert a.snapshot().reshard.phase == "done" and b.snapshot().reshard.phase == "cutting_over"
+            client = await connect(redis_server.url)
+            try:
+                assert await client.delete(*await client.keys("shardstack:*:reshard")) == 1
+            finally:
+                await client.aclose()
+            store.read = read
+            blind.clear()
+            await until(ended(b), 30, "the reshard's end on host B")
+            snap = b.snapshot()
+            assert snap.reshard.phase == "done" and snap.shard_total == 6, snap.reshard
+            assert "the reshard record left Redis, but the cluster had switched to 6 shards" in snap.reshard.reason
+            assert sorted(a.shards) == [0, 1, 2] and sorted(b.shards) == [3, 4, 5]
+            assert not ta.done() and not tb.done()

@@ -779,3 +779,46 @@ def test_an_old_worker_restarted_during_the_cutover_holds_the_replay_again_and_a
     assert again.digests == [digest("TYPING_START", {"n": 3}), digest("TYPING_START", {"n": 4})]
     seqs = [e[2] for e in delivered + redelivered + reheld if e[2] is not None]  # reheld: the rollback hands over
     assert sorted(set(seqs)) == list(range(1, 10)) and [s for s in set(seqs) if seqs.count(s) > 1] == [6]
+
+
+def test_the_cut_timeout_runs_from_the_cut_and_a_forced_switch_keeps_its_reason_when_the_cluster_goes():
+    """Across hosts, a host sees the cut ~1.5 s before it is due: its cut timeout runs from the cut, as the record's
+    go_deadline; and the record's go (no reason: every host passed) does not hide this host's forced switch."""
+    r = reshard()
+    for s in range(8):
+        r.shard_warm(s)
+    r.cut_sent(1001.5, now=5.0, lead=1.5)
+    assert r.next_deadline() == 16.5  # 5 + 1.5 + 10: the cut's time plus the cut timeout
+    for s in range(8):
+        r.new_shard_passed(s)
+    assert r.tick(15.0) is Action.NONE
+    assert r.tick(16.5) is Action.GO and r.reason.startswith("old shards 0, 1, 2, 3 did not pass the cut within 10 s")
+    forced = r.reason
+    r.cluster_go("")
+    assert r.reason == forced
+    r.cluster_go("host b did not report its old shards past the cut within 10 s; switching anyway")
+    assert r.reason == f"{forced}; host b did not report its old shards past the cut within 10 s; switching anyway"
+    r = reshard()
+    r.cut_sent(1000.5, now=5.0)
+    r.cluster_go("")  # every host passed: nothing forced
+    assert r.reason == ""
+
+
+def test_a_hosts_reshard_progress_counts_its_own_part_and_names_the_new_shards_not_past_their_markers():
+    """``cluster reshard``'s wait loop and ``cluster status`` read one host's /status: across hosts its counts are
+    that host's part (an empty part shows 0, not a range [0, -1]); in the cutover, the unmarked new shards show."""
+    from cluster.cli import _reshard_line, _reshard_progress  # noqa: PLC0415
+    from cluster.snapshot import ReshardSnapshot  # noqa: PLC0415
+
+    part = ReshardSnapshot("cutting_over", 8, 16, 8, 2, 3.0, None, "", shards=(8, 15), epoch=2, leader="a",
+                           unmarked=tuple(range(8, 18))).status()
+    assert part["shards"] == [8, 15] and part["unmarked"] == list(range(8, 18))
+    assert _reshard_progress(part) == ("8/8 of this host's new shards ready · 2 of this host's old "
+                                       "shards past the cut · new shards 8, 9, 10, 11, 12, 13, 14, 15 and 2 more not "
+                                       "past their markers")
+    empty = ReshardSnapshot("warming", 8, 16, 0, 0, 1.0, None, "", shards=(0, -1), epoch=2, leader="a").status()
+    assert empty["shards"] == [] and "unmarked" not in empty
+    assert _reshard_progress(empty).startswith("0/0 of this host's new shards ready")
+    alone = ReshardSnapshot("done", 4, 8, 8, 4, 2.0, 1.5, "").status()
+    assert _reshard_line(alone) == ["reshard 4 -> 8 shards: done · 8/8 new shards ready · 4/4 old shards past the cut "
+                                    "· 2.0 s"]
