@@ -36,7 +36,7 @@ MODULES = [
     "shard/close_codes.py", "shard/queue.py", "shard/ratelimiter.py", "shard/heartbeat.py", "shard/session.py",
     "shard/frames.py", "cluster/coordination/local.py", "cluster/coordination/redis_url.py", "cluster/layout.py",
     "cluster/restart.py", "cluster/state.py", "cluster/snapshot.py", "ipc/framing.py", "cluster/cutover.py",
-    "cluster/reshard.py", "cluster/reshard_plan.py",
+    "cluster/reshard.py", "cluster/reshard_plan.py", "cluster/liveness.py",
 ]
 # the fast unit tests (a few seconds together; no simulator, supervisor or Redis): mutmut runs the ones that
 # call the mutated function. A test file listed here holds fast tests only: slow ones go in a file beside it.

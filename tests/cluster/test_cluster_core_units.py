@@ -483,3 +483,11 @@ def test_liveness_counts_heartbeat_acks_only_while_the_consumer_waits():
     assert live.age(170.0, False, 160.5) == 9.5  # not Active: the age goes on (for the status page)
     assert live.age(171.0, True, None) == 0.0  # Active again (a new connection: no ACK yet)
     assert live.age(172.5, True, None) == 1.5
+
+
+def test_liveness_of_a_shard_active_at_its_first_reading_counts_from_then():
+    from cluster.liveness import Liveness
+
+    live = Liveness(100.0)
+    assert live.age(150.0, True, None) == 0.0  # it became Active since it started (after a long identify wait)
+    assert live.age(151.0, True, None) == 1.0

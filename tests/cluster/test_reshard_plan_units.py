@@ -174,3 +174,13 @@ def test_with_assign_auto_every_live_host_takes_part_once_every_old_block_runs_o
     with pytest.raises(ReshardRefused) as e:
         check_leased([auto_host("a"), auto_host("b")], leases | {1: Lease(1, "a", 2, starting=True)}, 8, 2)
     assert str(e.value) == "block 1 of the 8 shards is still starting on a new owner: try again once every block runs"
+    both = leases | {0: Lease(0, "b", 4, starting=True), 1: Lease(1, "a", 2, starting=True)}
+    with pytest.raises(ReshardRefused) as e:
+        check_leased([auto_host("a"), auto_host("b")], both, 8, 2)
+    assert str(e.value) == ("blocks 0, 1 of the 8 shards are still starting on a new owner: try again once every "
+                            "block runs")
+
+
+def test_with_assign_auto_a_starting_lease_of_a_block_outside_the_layout_does_not_stop_a_reshard():
+    leases = {0: Lease(0, "b", 3), 1: Lease(1, "a", 1), 2: Lease(2, "a", 2, starting=True)}  # block 2 of 8 blocks
+    assert check_leased([auto_host("a"), auto_host("b")], leases, 8, 2) == ["a", "b"]

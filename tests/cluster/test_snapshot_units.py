@@ -6,8 +6,8 @@ supervisor's snapshots are in test_cluster_snapshot.py."""
 
 import dataclasses
 
-from cluster.snapshot import (WAIT_BUCKETS, BlockSnapshot, ClusterSnapshot, CoordinationStats, ShardPhase,
-                              ShardSnapshot, WaitHistogram, WorkerSnapshot, WorkerState)
+from cluster.snapshot import (WAIT_BUCKETS, BlockSnapshot, ClusterSnapshot, CoordinationStats, ReshardSnapshot,
+                              ShardPhase, ShardSnapshot, WaitHistogram, WorkerSnapshot, WorkerState)
 
 
 def worker(worker_id=0, state=WorkerState.RUNNING, shards=range(0, 2)):
@@ -125,3 +125,19 @@ def test_status_lists_every_block_and_this_hosts_lease_moves_in_order():
     no_moves = dataclasses.replace(cluster([shard(0)]), blocks=(), lease_moves=None).status()
     assert (no_moves["blocks"], no_moves["lease_moves"]) == ([], [])  # auto assignment, nothing held or moved yet
     assert "blocks" not in cluster([shard(0)]).status() and "lease_moves" not in cluster([shard(0)]).status()
+    assert status["legacy_leases"] == 0
+    assert dataclasses.replace(cluster([shard(0)]), blocks=(), legacy_leases=2).status()["legacy_leases"] == 2
+    assert "legacy_leases" not in cluster([shard(0)]).status()
+
+
+def test_status_shows_the_latest_reshard_field_by_field_with_this_hosts_part_across_hosts():
+    one = ReshardSnapshot(phase="cutting_over", old_total=4, new_total=8, ready=8, passed=3, elapsed=12.5,
+                          switch_after=None, reason="")
+    assert dataclasses.replace(cluster([shard(0)]), reshard=one).status()["reshard"] == {
+        "phase": "cutting_over", "from": 4, "to": 8, "ready": 8, "passed": 3, "elapsed": 12.5, "switch_after": None,
+        "reason": ""}
+    hosts = ReshardSnapshot(phase="rolled_back", old_total=8, new_total=16, ready=4, passed=8, elapsed=30.0,
+                            switch_after=20.5, reason="why", shards=(8, 15), epoch=3, leader="host-a")
+    assert hosts.status() == {
+        "phase": "rolled_back", "from": 8, "to": 16, "ready": 4, "passed": 8, "elapsed": 30.0, "switch_after": 20.5,
+        "reason": "why", "shards": [8, 15], "epoch": 3, "leader": "host-a"}

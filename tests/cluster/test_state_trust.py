@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from cluster.state import load_sessions, resume_url_problem, save_sessions, token_user_id
+from cluster.state import grown_total, load_sessions, resume_url_problem, save_sessions, token_user_id
 from ipc.protocol import SessionInfo
 from sim.config import BOT_ID, DEFAULT_TOKEN
 
@@ -236,3 +236,20 @@ def test_resume_url_problems_word_for_word():
     assert resume_url_problem("ws://evil.example/", GATEWAY) == (
         "is neither wss:// on discord.gg nor the configured gateway's host (127.0.0.1:8123)")
     assert resume_url_problem("ws://evil.example/", "") is not None  # an empty gateway setting allows nothing
+
+
+def test_a_state_file_of_more_shards_gives_its_total_for_this_bot_whatever_its_age(tmp_path):
+    path = tmp_path / "state.json"
+    assert grown_total(path, 4, user_id=BOT_ID, now=1000.0) is None  # no file
+    save_sessions(path, 8, [], user_id=BOT_ID, now=1000.0)
+    assert grown_total(path, 4, user_id=BOT_ID, now=1000.0) == 8
+    assert grown_total(path, 7, user_id=BOT_ID, now=10.0**9) == 8  # years later: Discord keeps the 8 shards
+    assert grown_total(path, 8, user_id=BOT_ID, now=1000.0) is None  # not larger
+    assert grown_total(path, 4, user_id=OTHER_BOT, now=1000.0) is None  # another bot's
+    assert grown_total(path, 4, user_id=BOT_ID, now=0.0) is None  # from the future
+    assert grown_total(path, 4, user_id=BOT_ID) == 8  # now: the clock's (the file's time is long past)
+    path.write_text("{not json")
+    assert grown_total(path, 4, user_id=BOT_ID, now=1000.0) is None
+    path.write_text(json.dumps({"shard_total": "8"}))
+    assert grown_total(path, 4, user_id=BOT_ID, now=1000.0) is None
+
