@@ -34,8 +34,8 @@ from cluster.coordination.redis_url import redacted_url, url_problem
 from cluster.error import ConfigError, CoordinatorUnavailable
 from cluster.state import token_user_id
 
-__all__ = ["KEY_ROOT", "REDIS_DOWN", "REDIS_TROUBLE", "CancelSafeConnection", "Caught", "connect", "keep_subscribed", "keep_trying",
-           "namespace", "on_trouble", "unavailable"]
+__all__ = ["KEY_ROOT", "REDIS_DOWN", "REDIS_TROUBLE", "CancelSafeConnection", "Caught", "connect", "keep_subscribed",
+           "keep_trying", "namespace", "on_trouble", "unavailable"]
 
 KEY_ROOT = "shardstack"
 """Every key of every bot starts with ``shardstack:<cluster name>:``."""

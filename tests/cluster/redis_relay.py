@@ -46,7 +46,7 @@ class CancelRelay:
                 assert isinstance(transport, asyncio.Transport)
                 self.transport = transport
                 transport.pause_reading()  # until the upstream connection is made
-                loop.create_task(self._link())
+                self.linking = loop.create_task(self._link())
 
             async def _link(self) -> None:
                 try:
