@@ -23,7 +23,10 @@ async def ended(task: asyncio.Task[object]) -> bool:
     return task.done()
 
 
-async def test_a_command_whose_cancel_wait_for_swallowed_raises_it_and_the_connection_stays_in_step(redis_server):
+@pytest.mark.parametrize("call", ["command", "pipeline"])
+async def test_a_command_whose_cancel_wait_for_swallowed_raises_it_and_the_connection_stays_in_step(redis_server,
+                                                                                                     call):
+    """A command, and a pipeline (where the stack dump of a reshard loop that went on after its cancel showed it)."""
     key = f"cancels:{uuid.uuid4().hex}".encode()
     async with CancelRelay(redis_server.port) as relay:
         client = await connect(relay.url)
@@ -31,7 +34,11 @@ async def test_a_command_whose_cancel_wait_for_swallowed_raises_it_and_the_conne
             await client.set(key, b"before")
 
             async def write() -> str:
-                await client.set(key, b"after")
+                if call == "command":
+                    await client.set(key, b"after")
+                else:
+                    async with client.pipeline(transaction=False) as pipe:
+                        await pipe.set(key, b"after").get(key).execute()
                 return "went on as if never cancelled"
 
             task = asyncio.create_task(write())
