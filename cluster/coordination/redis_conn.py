@@ -10,10 +10,10 @@ Every loop that retries Redis calls catches their trouble with :func:`on_trouble
 :func:`keep_trying` / :func:`keep_subscribed`, which use it), so that no loop can swallow its task's cancel.
 
 A cancel is never lost inside the client either: on Python 3.11, redis-py sends each command under
-``asyncio.wait_for``, which returns the command's result instead of raising a cancel that lands just as the write
-finished (cpython gh-86296, fixed by 3.12's rewrite of ``wait_for``); the task then went on as if never cancelled.
-The client's connections (:class:`CancelSafeConnection`) raise that cancel after all, and :func:`on_trouble` does
-for whatever else might swallow one in its block.
+``asyncio.wait_for`` (it does with a socket timeout, which :func:`connect` sets), which returns the command's result
+instead of raising a cancel that lands just as the write finished (cpython gh-86296, fixed by 3.12's rewrite of
+``wait_for``); the task then went on as if never cancelled. The client's connections (:class:`CancelSafeConnection`)
+raise that cancel after all, and :func:`on_trouble` does for whatever else might swallow one in its block.
 """
 
 from __future__ import annotations
