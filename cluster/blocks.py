@@ -288,8 +288,9 @@ class BlockKeeper:
         self.rt.sessions.update(sessions)
         for s in shards:
             self.rt.shards[s] = ShardView(s, block)
-        self.rt.spawn_task(self.workers.bring_up(block, shards, self.policy(block)), "leases")
-        self.rt.spawn_task(self._started(block, epoch), "leases")
+        self.rt.spawn_task(self.workers.bring_up(block, shards, self.policy(block)), "leases",
+                           f"bring_up block {block}")
+        self.rt.spawn_task(self._started(block, epoch), "leases", f"started block {block}")
 
     async def reserve(self, blocks: range) -> None:
         """A reshard's new layout: claim ``blocks`` (this host's share, free until now), whose workers the resharder

@@ -145,7 +145,7 @@ class CrossHost:
 
     def __init__(self, client: Any, url: str, prefix: str, *, host: str, report_interval: float, session_ttl: float,
                  status: Callable[[], dict[str, Any]], channels: Callable[[], dict[int, Any]],
-                 http_url: Callable[[], str | None], spawn: Callable[[Any], Any]) -> None:
+                 http_url: Callable[[], str | None], spawn: Callable[[Any, str, str], Any]) -> None:
         self.client, self.url, self.prefix = client, url, prefix
         self.host = host  # the host registry's id (cluster.hosts.host_id)
         self.report_interval = report_interval
@@ -206,7 +206,7 @@ class CrossHost:
             if pending is not None:
                 pending.add(message)
         elif message.origin != self.host:
-            self.spawn(self._serve(message))
+            self.spawn(self._serve(message), "serve", f"serve broadcast from {message.origin}")
 
     async def _serve(self, request: BroadcastRequest) -> None:
         """Gather this host's workers' replies to another host's broadcast and send them back."""

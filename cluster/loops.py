@@ -126,7 +126,7 @@ class Loops:
                     reason = f"unresponsive: no IPC heartbeat answer for {hb.silence(now):.1f} s"
                     log.error("worker %d %s; killing it", handle.worker_id, reason)
                     handle.state = WorkerState.DRAINING
-                    rt.spawn_task(self.kill(handle, reason), "kill")
+                    rt.spawn_task(self.kill(handle, reason), "kill", f"kill worker {handle.worker_id}")
                     continue
                 try:
                     handle.channel.send(Ping(hb.ping(now)))

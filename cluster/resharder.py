@@ -607,7 +607,7 @@ class Resharder:
                 await workers.bring_up(wid, shards, sup._policy(wid))
 
         for wid, shards in ranges:
-            child.spawn_task(bring_up(wid, shards), "reshard_bring_up")
+            child.spawn_task(bring_up(wid, shards), "reshard_bring_up", f"reshard_bring_up worker {wid}")
         r.workers_started()
         rt.emit("reshard_phase", phase=r.phase.value)
         cut_workers: list[WorkerHandle] = []

@@ -69,7 +69,7 @@ class Router:
                 if not handle.drained.done():
                     handle.drained.set_result(None)
             case Request():
-                rt.spawn_task(self._answer(handle, p))
+                rt.spawn_task(self._answer(handle, p), "answer", f"answer worker {handle.worker_id}")
             case ShardFatal(shard_id=shard_id, code=code):
                 if self.on_fatal is None or not self.on_fatal(shard_id, code):
                     exit_code, text = for_close_code(code)

@@ -135,13 +135,13 @@ class Runtime:
         self.identify_events.append((now, event))
         self.wake.set()
 
-    def spawn_task(self, coro: Any, where: str | None = None) -> asyncio.Task[Any]:
-        """Run ``coro`` as a supervisor task. A :class:`ClusterExit` from it stops the cluster with its
-        code (the documented fatal conditions); any other exception is logged and counted, and the
-        cluster goes on (one failed request, restart or kill is not worth every shard)."""
-        task = asyncio.get_running_loop().create_task(coro)
+    def spawn_task(self, coro: Any, where: str, name: str | None = None) -> asyncio.Task[Any]:
+        """Run ``coro`` as a supervisor task named ``name`` (default ``where``; a log line about a task that outlived
+        its cancel shows it). A :class:`ClusterExit` from it stops the cluster with its code (the documented fatal
+        conditions); any other exception is logged and counted under ``where``, and the cluster goes on (one failed
+        request, restart or kill is not worth every shard)."""
+        task = asyncio.get_running_loop().create_task(coro, name=name or where)
         self.tasks.add(task)
-        where = where or getattr(coro, "__name__", "task").lstrip("_")
 
         def done(t: asyncio.Task[Any]) -> None:
             self.tasks.discard(t)

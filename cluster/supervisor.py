@@ -144,7 +144,7 @@ class Supervisor:
         rt = self._rt
         if rt.rolling or rt.stopping or self._resharder.running:
             return False
-        rt.rolling_task = rt.spawn_task(self._workers.rolling_restart())
+        rt.rolling_task = rt.spawn_task(self._workers.rolling_restart(), "rolling_restart")
         return True
 
     @property
@@ -346,7 +346,7 @@ class Supervisor:
         if cfg.auto_reshard:
             self._rt.spawn_loop("auto_reshard", self._resharder.watch)
         for wid, r in enumerate(ranges):
-            self._rt.spawn_task(self._workers.bring_up(wid, r, self._policy(wid)))
+            self._rt.spawn_task(self._workers.bring_up(wid, r, self._policy(wid)), "bring_up", f"bring_up worker {wid}")
 
     def keep_registered(self) -> None:
         """Renew this host's registry record (:attr:`host`) while the host runs; called again once it changed (a

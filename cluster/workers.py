@@ -117,7 +117,8 @@ class Workers:
             self._spawn_failures[worker_id] += 1
             retry = policy.backoff.delay(self._spawn_failures[worker_id] - 1, policy.rng)
             rt.failed("spawn", exc, f"could not start worker {worker_id}", f"trying again in {retry:.1f} s")
-            rt.spawn_task(self.bring_up(worker_id, shard_ids, policy, generation, retry, replacing))
+            rt.spawn_task(self.bring_up(worker_id, shard_ids, policy, generation, retry, replacing), "bring_up",
+                          f"bring_up worker {worker_id}")
             return
         self._spawn_failures.pop(worker_id, None)
         if rt.stopping:
@@ -206,7 +207,8 @@ class Workers:
             return
         log.info("restarting worker %d in %.1f s (attempt %d)", handle.worker_id, decision.delay, decision.attempt)
         rt.spawn_task(self.bring_up(handle.worker_id, handle.shard_ids, handle.policy,
-                                    handle.generation + 1, decision.delay, replacing=handle))
+                                    handle.generation + 1, decision.delay, replacing=handle),
+                      "bring_up", f"bring_up worker {handle.worker_id}")
 
     async def kill(self, handle: WorkerHandle, reason: str) -> None:
         """SIGKILL a worker and wait until it is reaped (confirmed dead)."""

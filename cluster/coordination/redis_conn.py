@@ -8,6 +8,12 @@ with backoff. No message or log line holds the URL's password.
 
 Every loop that retries Redis calls catches their trouble with :func:`on_trouble` (or runs in
 :func:`keep_trying` / :func:`keep_subscribed`, which use it), so that no loop can swallow its task's cancel.
+
+A cancel is never lost inside the client either: on Python 3.11, redis-py sends each command under
+``asyncio.wait_for`` (it does with a socket timeout, which :func:`connect` sets), which returns the command's result
+instead of raising a cancel that lands just as the write finished (cpython gh-86296, fixed by 3.12's rewrite of
+``wait_for``); the task then went on as if never cancelled. The client's connections (:class:`CancelSafeConnection`)
+raise that cancel after all, and :func:`on_trouble` does for whatever else might swallow one in its block.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import NoReturn
 
 import redis.asyncio as aioredis
 from redis import exceptions as rx
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -27,8 +34,8 @@ from cluster.coordination.redis_url import redacted_url, url_problem
 from cluster.error import ConfigError, CoordinatorUnavailable
 from cluster.state import token_user_id
 
-__all__ = ["KEY_ROOT", "REDIS_DOWN", "REDIS_TROUBLE", "Caught", "connect", "keep_subscribed", "keep_trying",
-           "namespace", "on_trouble", "unavailable"]
+__all__ = ["KEY_ROOT", "REDIS_DOWN", "REDIS_TROUBLE", "CancelSafeConnection", "Caught", "connect", "keep_subscribed",
+           "keep_trying", "namespace", "on_trouble", "unavailable"]
 
 KEY_ROOT = "shardstack"
 """Every key of every bot starts with ``shardstack:<cluster name>:``."""
@@ -64,19 +71,29 @@ class Caught:
         self.exc: BaseException | None = None
 
 
+def _cancels() -> int:
+    """How many cancels of the current task are pending (requested, not yet withdrawn by ``uncancel``)."""
+    task = asyncio.current_task()
+    return 0 if task is None else task.cancelling()
+
+
 @contextlib.contextmanager
 def on_trouble(kinds: tuple[type[BaseException], ...] = REDIS_TROUBLE) -> Iterator[Caught]:
     """Catch Redis trouble (``kinds``) raised in the block into ``caught.exc``, for the caller to retry or report.
     Every Redis call that is retried goes through here, so that a cancel is never swallowed: the client turns a
-    cancel that cuts a read short into a connection error, and that is re-raised as the cancel it was."""
+    cancel that cuts a read short into a connection error, and that is re-raised as the cancel it was; a cancel
+    that came during the block and that something in it swallowed (the block ran through with one more cancel
+    pending than when it began) is raised at its end."""
     caught = Caught()
+    before = _cancels()
     try:
         yield caught
     except kinds as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
+        if _cancels():
             raise asyncio.CancelledError from exc
         caught.exc = exc
+    if _cancels() > before:
+        raise asyncio.CancelledError
 
 
 async def keep_trying(step: Callable[[], Awaitable[object]], every: float, *, retry: float | None = None,
@@ -125,6 +142,28 @@ async def keep_subscribed(client: aioredis.Redis, channels: Sequence[str], on_me
         delay = min(retry[1], delay * 2)
 
 
+class CancelSafeConnection(Connection):
+    """A connection that raises a cancel which redis-py's ``asyncio.wait_for`` swallowed while sending a command
+    (Python 3.11: the write finished as the cancel came, and ``wait_for`` returned instead of raising), after
+    dropping the connection, whose reply would otherwise be read as the next command's."""
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+        before = _cancels()
+        await super().send_packed_command(command, check_health)
+        if _cancels() > before:
+            await self.disconnect(nowait=True)
+            raise asyncio.CancelledError
+
+
+class _CancelSafeSSLConnection(CancelSafeConnection, SSLConnection):
+    """``rediss://``: :class:`CancelSafeConnection` over TLS."""
+
+
+def _cancel_safe(cls: type[AbstractConnection]) -> type[AbstractConnection]:
+    """The cancel-safe class for the URL's connection class (``redis://`` or ``rediss://``)."""
+    return _CancelSafeSSLConnection if issubclass(cls, SSLConnection) else CancelSafeConnection
+
+
 def unavailable(url: str, exc: BaseException) -> CoordinatorUnavailable:
     """The error for a Redis that cannot be reached (or timed out), naming the URL without its password."""
     detail = type(exc).__name__ if isinstance(exc, (TimeoutError, rx.TimeoutError)) else str(exc) or type(exc).__name__
@@ -154,6 +193,7 @@ async def connect(url: str, *, timeout: float = 5.0) -> aioredis.Redis:
     client = aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout,
                                      health_check_interval=HEALTH_CHECK, retry=Retry(NoBackoff(), 1),
                                      decode_responses=False)
+    client.connection_pool.connection_class = _cancel_safe(client.connection_pool.connection_class)
     shown = redacted_url(url)
     try:
         await client.ping()
