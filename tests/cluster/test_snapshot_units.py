@@ -132,10 +132,12 @@ def test_status_lists_every_block_and_this_hosts_lease_moves_in_order():
 
 def test_status_shows_the_latest_reshard_field_by_field_with_this_hosts_part_across_hosts():
     one = ReshardSnapshot(phase="cutting_over", old_total=4, new_total=8, ready=8, passed=3, elapsed=12.5,
-                          switch_after=None, reason="")
+                          switch_after=None, reason="", unmarked=(5, 7))
     assert dataclasses.replace(cluster([shard(0)]), reshard=one).status()["reshard"] == {
         "phase": "cutting_over", "from": 4, "to": 8, "ready": 8, "passed": 3, "elapsed": 12.5, "switch_after": None,
-        "reason": ""}
+        "reason": "", "unmarked": [5, 7]}  # the new shards not past their markers: only while cutting over
+    assert "unmarked" not in dataclasses.replace(one, phase="warming").status()
+    assert dataclasses.replace(one, shards=(8, 7)).status()["shards"] == []  # a host with no new block
     hosts = ReshardSnapshot(phase="rolled_back", old_total=8, new_total=16, ready=4, passed=8, elapsed=30.0,
                             switch_after=20.5, reason="why", shards=(8, 15), epoch=3, leader="host-a")
     assert hosts.status() == {
