@@ -138,6 +138,7 @@ def test_status_shows_the_latest_reshard_field_by_field_with_this_hosts_part_acr
         "reason": "", "unmarked": [5, 7]}  # the new shards not past their markers: only while cutting over
     assert "unmarked" not in dataclasses.replace(one, phase="warming").status()
     assert dataclasses.replace(one, shards=(8, 7)).status()["shards"] == []  # a host with no new block
+    assert dataclasses.replace(one, shards=(8, 8)).status()["shards"] == [8, 8]  # a part of one shard
     hosts = ReshardSnapshot(phase="rolled_back", old_total=8, new_total=16, ready=4, passed=8, elapsed=30.0,
                             switch_after=20.5, reason="why", shards=(8, 15), epoch=3, leader="host-a")
     assert hosts.status() == {
