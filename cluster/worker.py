@@ -109,8 +109,10 @@ class Worker:
         but not handled; they, and the one being handled, come again after the resume (at least once)."""
         shard = self.shards.get(shard_id)
         session = getattr(shard, "handled_session", None)
-        if session is None:
-            return None
+        return None if session is None else self._info(shard_id, shard, session)
+
+    def _info(self, shard_id: int, shard: Any, session: Any) -> SessionInfo:
+        """A shard's ``session`` as reported to the supervisor, capped by its cutover gate (:meth:`_resume_seq`)."""
         return SessionInfo(shard_id, session.id, self._resume_seq(shard_id, session.sequence),
                            getattr(shard, "resume_url", None))
 
@@ -259,18 +261,22 @@ class Worker:
         elif isinstance(packet, LeaseDeadline):
             self.fence.extend(packet.deadline)
         elif isinstance(packet, (Cutover, Regate)):
-            if self._assign is None or not self._assign.done() or not self.shards:
+            if not self._started():
                 self._early_cutover = packet  # read with the Assign: applied once its shards exist
             else:
                 self._apply(packet)
         elif isinstance(packet, CutMark):
-            if self._assign is None or not self._assign.done() or not self.shards:
+            if not self._started():
                 self._early_mark = packet
             else:
                 self._start_task(self._beat_at(packet.at, OldGate))
         elif isinstance(packet, CutoverEnd):
             self._early_cutover = self._early_mark = None
             self._end_cutover(packet.go, packet.delivered)
+
+    def _started(self) -> bool:
+        """Whether the Assign's shards exist (a cutover packet read with the Assign waits for them)."""
+        return self._assign is not None and self._assign.done() and bool(self.shards)
 
     def _send(self, packet: Packet) -> None:
         if not self.channel.closed:
@@ -505,8 +511,7 @@ class Worker:
             log.warning("closing shard %d: %s", shard_id, exc)
             session = None
         if session is not None:
-            info = SessionInfo(shard_id, session.id, self._resume_seq(shard_id, session.sequence),
-                               getattr(shard, "resume_url", None))
+            info = self._info(shard_id, shard, session)
         return info if resumable else None
 
     async def _close_all(self, resumable: bool) -> list[SessionInfo]:
